@@ -1,0 +1,42 @@
+"""renderloop: inverse graphics and sim-to-real training on synthetic data made while training runs.
+
+The repository's top-level folders install as sub-packages of one import package, so nothing
+shadows a popular top-level name (a top-level ``datasets`` would hide Hugging Face ``datasets``).
+"""
+
+from pathlib import Path
+
+from setuptools import setup
+
+SUBPACKAGES = ("renderers", "models", "datasets", "trainers", "cluster")
+
+setup(
+    name="renderloop",
+    version="0.1.0",
+    description="Train inverse-graphics and sim-to-real methods on synthetic data made while training runs.",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["renderloop", *(f"renderloop.{name}" for name in SUBPACKAGES)],
+    package_dir={"renderloop": "renderloop", **{f"renderloop.{name}": name for name in SUBPACKAGES}},
+    package_data={"renderloop": ["conf/*.yaml", "conf/*/*.yaml"]},
+    include_package_data=True,
+    install_requires=[
+        # torch is deliberately unpinned here: `make` pins the build for the machine it runs on.
+        "torch>=2.4",
+        "numpy>=1.24",
+        "pillow>=9",
+        "hydra-core>=1.3",
+        "omegaconf>=2.3",
+        "prometheus-client>=0.17",
+        "kornia>=0.7",
+        "trimesh>=4",
+        "webdataset>=0.2.86",
+        "fsspec>=2023.1",
+        "tqdm>=4.60",
+        "deepspeed>=0.14",
+        "ray[default,data,train]>=2.40",
+    ],
+    extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
+    entry_points={"console_scripts": ["renderloop = renderloop.cli:main"]},
+)
