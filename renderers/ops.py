@@ -280,7 +280,7 @@ def interpolate(attr: torch.Tensor, fragments: Fragments) -> torch.Tensor:
         attr = attr.unsqueeze(0).expand(B, -1, -1)
     check_shape("interpolate", "attr", attr, (B, ">0", None))
     V, C = attr.shape[1:]
-    if V != fragments.num_verts:
+    if fragments.num_verts != V:
         raise ValueError(f"interpolate(): attr must have a row per vertex ({fragments.num_verts}); got {V}")
     index = (fragments.vert_id + V * torch.arange(B, device=attr.device).view(B, 1, 1, 1)).view(-1)
     corner = attr.reshape(B * V, C)[index].view(B, H, W, 3, C)
