@@ -182,20 +182,35 @@ def _visible_faces(
     # Tie rule for a centre exactly on an edge: the symbolic shift (-1, -eps) of the sample point.
     owns_edge = (oriented[..., 1] > 0) | ((oriented[..., 1] == 0) & (oriented[..., 0] < 0))
 
-    flat = lambda t: t.reshape(B * num_faces, *t.shape[2:])  # noqa: E731
-    origin, direction, orient, owns_edge, w, area = map(flat, (origin, direction, orient, owns_edge, w, area))
+    # One row of per-face data, so each candidate needs a single gather:
+    # origin (6) | direction (6) | orient (3) | owns_edge (3) | w (3) | |area| (1).
+    table = torch.cat(
+        [
+            origin.flatten(2),
+            direction.flatten(2),
+            orient,
+            owns_edge.to(xy.dtype),
+            w.to(xy.dtype),
+            area.abs().unsqueeze(-1),
+        ],
+        dim=-1,
+    ).view(B * num_faces, 22)
     best = torch.full((B * H * W,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=clip_pos.device)
     for face, row, col in _candidates(xy, valid, resolution, 0.0, max_candidates):
-        p = torch.stack([col, row], dim=-1).to(xy.dtype).unsqueeze(1) + 0.5  # (N, 1, 2)
-        o, d = origin[face], direction[face]
-        edge = (d[..., 0] * (p[..., 1] - o[..., 1]) - d[..., 1] * (p[..., 0] - o[..., 0])) * orient[face]
-        inside = ((edge > 0) | ((edge == 0) & owns_edge[face])).all(-1)
-        # Perspective-correct depth: 1 / sum(b_k / w_k) with screen-space barycentrics b_k.
-        inv_depth = (edge / w[face]).sum(-1) / area[face].abs()
+        rowdata = table.index_select(0, face)
+        o, d = rowdata[:, 0:6].view(-1, 3, 2), rowdata[:, 6:12].view(-1, 3, 2)
+        px = (col.to(xy.dtype) + 0.5).unsqueeze(1)
+        py = (row.to(xy.dtype) + 0.5).unsqueeze(1)
+        edge = (d[..., 0] * (py - o[..., 1]) - d[..., 1] * (px - o[..., 0])) * rowdata[:, 12:15]
+        inside = ((edge > 0) | ((edge == 0) & (rowdata[:, 15:18] > 0))).all(-1)
+        # Perspective-correct depth: 1 / sum(b_k / w_k) with screen-space barycentrics b_k = edge_k / area.
+        inv_depth = (edge / rowdata[:, 18:21]).sum(-1) / rowdata[:, 21]
         depth = (1.0 / inv_depth).float().clamp(min=0)
         key = (depth.view(torch.int32).long() << 32) | (face % num_faces)  # non-negative floats sort as ints
         pixel = (face // num_faces) * (H * W) + row * W + col
-        best.scatter_reduce_(0, pixel[inside], key[inside], reduce="amin")
+        # Candidates outside their face get the empty key, which never wins the min.
+        key = torch.where(inside, key, torch.iinfo(torch.int64).max)
+        best.scatter_reduce_(0, pixel, key, reduce="amin")
     face_id = torch.where(best == torch.iinfo(torch.int64).max, -1, best & 0xFFFFFFFF)
     return face_id.view(B, H, W)
 
@@ -238,31 +253,27 @@ def rasterize(
 
 
 def _fragments(clip_pos: torch.Tensor, faces: torch.Tensor, face_id: torch.Tensor) -> Fragments:
-    """Recompute barycentrics and depth of the visible faces, differentiably, at covered pixels only."""
+    """Recompute barycentrics and depth of the visible faces, differentiably (dense over pixels)."""
     B, H, W = face_id.shape
-    covered = face_id.view(-1) >= 0
-    pix = covered.nonzero().squeeze(-1)  # (P,)
-    item = pix // (H * W)
-    fid = face_id.view(-1)[pix]
-    vid = faces[item, fid]  # (P, 3)
-    corners = clip_pos[item.unsqueeze(-1), vid]  # (P, 3, 4)
+    V, num_faces = clip_pos.shape[1], faces.shape[1]
+    mask = (face_id >= 0).view(-1, 1)
+    item = torch.arange(B, device=face_id.device).repeat_interleave(H * W)
+    fid = face_id.view(-1).clamp(min=0) + item * num_faces
+    vid = faces.reshape(-1, 3).index_select(0, fid).clamp(min=0) * mask  # (P, 3), 0 in the background
+    corners = clip_pos.reshape(B * V, 4).index_select(0, (vid + (item * V).unsqueeze(-1)).view(-1)).view(-1, 3, 4)
     xy = clip_to_pixel(corners, (H, W))  # (P, 3, 2)
-    w = corners[..., 3]
-    rem = pix % (H * W)
-    p = torch.stack([rem % W, rem // W], dim=-1).to(xy.dtype).unsqueeze(1) + 0.5  # (P, 1, 2)
+    w = torch.where(mask, corners[..., 3], 1.0)  # background rows stay finite (no NaN gradients)
+    grid = torch.arange(H * W, device=face_id.device).repeat(B)
+    px = ((grid % W).to(xy.dtype) + 0.5).unsqueeze(1)
+    py = ((grid // W).to(xy.dtype) + 0.5).unsqueeze(1)
     # Screen-space edge values b_k * area for corner k, from the edge opposite it.
     a, b = xy[:, [1, 2, 0]], xy[:, [2, 0, 1]]
-    edge = (b[..., 0] - a[..., 0]) * (p[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (p[..., 0] - a[..., 0])
+    edge = (b[..., 0] - a[..., 0]) * (py - a[..., 1]) - (b[..., 1] - a[..., 1]) * (px - a[..., 0])
     persp = edge / w  # proportional to perspective-correct barycentrics
-    total = persp.sum(-1, keepdim=True)
-    bary_p = persp / total
-    area = edge.sum(-1, keepdim=True)
-    depth_p = (area / total).squeeze(-1)
-
-    bary = clip_pos.new_zeros(B * H * W, 3).index_put((pix,), bary_p).view(B, H, W, 3)
-    depth = clip_pos.new_zeros(B * H * W).index_put((pix,), depth_p).view(B, H, W)
-    vert_id = torch.zeros(B * H * W, 3, dtype=torch.long, device=clip_pos.device).index_put((pix,), vid)
-    return Fragments(face_id, bary, depth, vert_id.view(B, H, W, 3), clip_pos.shape[1])
+    total = torch.where(mask, persp.sum(-1, keepdim=True), 1.0)
+    bary = torch.where(mask, persp / total, 0.0)
+    depth = torch.where(mask, edge.sum(-1, keepdim=True) / total, 0.0)
+    return Fragments(face_id, bary.view(B, H, W, 3), depth.view(B, H, W), vid.view(B, H, W, 3), V)
 
 
 def interpolate(attr: torch.Tensor, fragments: Fragments) -> torch.Tensor:
@@ -283,7 +294,7 @@ def interpolate(attr: torch.Tensor, fragments: Fragments) -> torch.Tensor:
     if fragments.num_verts != V:
         raise ValueError(f"interpolate(): attr must have a row per vertex ({fragments.num_verts}); got {V}")
     index = (fragments.vert_id + V * torch.arange(B, device=attr.device).view(B, 1, 1, 1)).view(-1)
-    corner = attr.reshape(B * V, C)[index].view(B, H, W, 3, C)
+    corner = attr.reshape(B * V, C).index_select(0, index).view(B, H, W, 3, C)
     return (fragments.bary.unsqueeze(-1).to(attr.dtype) * corner).sum(-2)
 
 

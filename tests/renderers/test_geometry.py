@@ -10,6 +10,8 @@ import torch
 
 from renderloop.renderers import cameras, degradations, depth_map, keypoints, warping
 
+EYE = torch.eye(3)[None]
+
 
 def test_look_at_frames_torch():
     eye = torch.tensor([[0.0, 0.0, 5.0]])
@@ -148,7 +150,7 @@ def test_degradations_torch():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: warping.warp(torch.rand(1, 3, 4, 4), torch.ones(1, 4, 5), torch.eye(3)[None], torch.eye(3)[None], torch.zeros(1, 3)),
+        (lambda: warping.warp(torch.rand(1, 3, 4, 4), torch.ones(1, 4, 5), EYE, EYE, torch.zeros(1, 3)),
          r"warp\(\): target_depth must have shape \[1, 4, 4\]"),
         (lambda: keypoints.fit_pca(torch.full((4, 2, 3), float("nan")), 2), r"fit_pca\(\): shapes must be finite"),
         (lambda: keypoints.fit_pca(torch.rand(4, 2, 3), 9), r"num_components must be in \[1, 4\]"),

@@ -1,0 +1,139 @@
+"""Renderer throughput: forward and forward+backward images/s and peak memory.
+
+Renders icospheres (1,280 / 5,120 / 20,480 faces) with per-vertex colours through ``MeshRenderer``
+(rasterize → interpolate normals and colours → Lambertian shading), each batch item from its own
+viewpoint. Forward runs without autograd; forward+backward backpropagates the mean colour (and the
+soft silhouette where asked) to vertex positions and colours.
+
+    python -m bench.renderers                       # CPU default grid
+    python -m bench.renderers --device cuda         # GPU default grid
+    python -m bench.renderers --settings 64x256x5120 --compile --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import resource
+import time
+from datetime import datetime, timezone
+
+import torch
+
+from renderloop.renderers.renderer import MeshRenderer, RendererConfig
+from tests.renderers.helpers import orbit_scene
+
+SUBDIVISIONS = {1280: 3, 5120: 4, 20480: 5}
+DEFAULT_GRID = {
+    "cpu": ["8x128x1280", "8x256x5120", "64x256x5120"],
+    "cuda": ["64x128x5120", "64x256x5120", "256x256x5120", "64x512x5120", "64x256x20480"],
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+
+
+def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, iters: int):
+    cfg = RendererConfig(height=res, width=res, soft_mask=soft, compile=compile_)
+    renderer = MeshRenderer(cfg)
+    verts, face_idx, R, t, K = orbit_scene(batch, (res, res), SUBDIVISIONS[faces], device=device)
+    colors = 0.5 + 0.5 * verts.detach()
+    light = torch.nn.functional.normalize(torch.tensor([[0.3, -0.4, -1.0]], device=device), dim=-1).expand(batch, 3)
+    train = mode == "fwd+bwd"
+
+    def step():
+        v = verts.clone().requires_grad_(train)
+        c = colors.clone().requires_grad_(train)
+        with torch.set_grad_enabled(train):
+            out = renderer(v, face_idx, c, R, t, K, light)
+            if train:
+                (out.rgb.mean() + out.mask.mean()).backward()
+        return out
+
+    for _ in range(3):  # warm-up: allocator, compile, caches
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        out = step()
+    _sync(device)
+    seconds = (time.perf_counter() - start) / iters
+    coverage = float(out.fragments.mask.float().mean())
+    return {
+        "batch": batch, "resolution": res, "faces": faces, "mode": mode, "soft_mask": soft, "compile": compile_,
+        "ms_per_batch": 1e3 * seconds, "images_per_s": batch / seconds, "peak_mib": _peak_mib(device),
+        "coverage": coverage,
+    }  # fmt: skip
+
+
+def profile(setting: str, device: torch.device) -> None:
+    """Print where one forward+backward batch spends its time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    batch, res, faces = (int(x) for x in setting.split("x"))
+    activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device.type == "cuda")
+    with torch_profile(activities=activities) as prof:
+        bench_setting(batch, res, faces, device=device, mode="fwd+bwd", soft=False, compile_=False, iters=2)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=20))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--settings", nargs="*", help="BATCHxRESxFACES, faces in " + str(sorted(SUBDIVISIONS)))
+    parser.add_argument("--iters", type=int, default=0, help="timed iterations (default: 20 on GPU, 3 on CPU)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd shading")
+    parser.add_argument("--soft", action="store_true", help="also time with the soft silhouette")
+    parser.add_argument("--out", default="", help="write results as JSON here")
+    parser.add_argument("--profile", action="store_true", help="print the top kernels of the first setting's fwd+bwd")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    iters = args.iters or (20 if device.type == "cuda" else 3)
+    settings = args.settings or DEFAULT_GRID[device.type]
+    variants = [(False, False)] + [(False, True)] * args.compile + [(True, False)] * args.soft
+    rows = []
+    header = (
+        f"{'setting':>16} {'mode':>8} {'soft':>5} {'comp':>5} {'ms/batch':>9} {'img/s':>9} {'peak MiB':>9} {'cover':>6}"
+    )
+    print(header)
+    for setting in settings:
+        batch, res, faces = (int(x) for x in setting.split("x"))
+        for soft, comp in variants:
+            for mode in ("fwd", "fwd+bwd"):
+                r = bench_setting(batch, res, faces, device=device, mode=mode, soft=soft, compile_=comp, iters=iters)
+                rows.append(r)
+                print(
+                    f"{setting:>16} {mode:>8} {str(soft):>5} {str(comp):>5} {r['ms_per_batch']:9.2f} "
+                    f"{r['images_per_s']:9.0f} {r['peak_mib']:9.0f} {r['coverage']:6.2f}",
+                    flush=True,
+                )
+    if args.profile:
+        profile(settings[0], device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    meta = {
+        "device": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "iters": iters,
+    }  # fmt: skip
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    print(json.dumps(meta))
+    assert math.isfinite(rows[-1]["images_per_s"])
+
+
+if __name__ == "__main__":
+    main()
