@@ -43,7 +43,8 @@ def _peak_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
 
 
-def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, iters: int):
+def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool):
+    """A closure that renders (and for ``fwd+bwd`` backpropagates) one batch."""
     cfg = RendererConfig(height=res, width=res, soft_mask=soft, compile=compile_)
     renderer = MeshRenderer(cfg)
     verts, face_idx, R, t, K = orbit_scene(batch, (res, res), SUBDIVISIONS[faces], device=device)
@@ -60,6 +61,11 @@ def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: 
                 (out.rgb.mean() + out.mask.mean()).backward()
         return out
 
+    return step
+
+
+def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, iters: int):
+    step = make_step(batch, res, faces, device=device, mode=mode, soft=soft, compile_=compile_)
     for _ in range(3):  # warm-up: allocator, compile, caches
         step()
     _sync(device)
@@ -78,15 +84,21 @@ def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: 
     }  # fmt: skip
 
 
-def profile(setting: str, device: torch.device) -> None:
-    """Print where one forward+backward batch spends its time."""
+def profile(setting: str, device: torch.device, compile_: bool) -> None:
+    """Print where two forward+backward batches spend their time (after warm-up)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     batch, res, faces = (int(x) for x in setting.split("x"))
     activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device.type == "cuda")
+    step = make_step(batch, res, faces, device=device, mode="fwd+bwd", soft=False, compile_=compile_)
+    for _ in range(3):
+        step()
+    _sync(device)
     with torch_profile(activities=activities) as prof:
-        bench_setting(batch, res, faces, device=device, mode="fwd+bwd", soft=False, compile_=False, iters=2)
+        step()
+        step()
+        _sync(device)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=20))
 
@@ -122,7 +134,7 @@ def main() -> None:
                     flush=True,
                 )
     if args.profile:
-        profile(settings[0], device)
+        profile(settings[0], device, args.compile)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     meta = {
         "device": name, "torch": torch.__version__, "threads": torch.get_num_threads(),

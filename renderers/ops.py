@@ -13,17 +13,27 @@ two triangles is covered exactly once and a closed mesh has no holes.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from renderloop.checks import check_finite, check_shape
+from renderloop.checks import check_shape
 
+from ._binning import candidate_chunks, screen_triangles
 from .cameras import clip_to_pixel
 
-__all__ = ["Fragments", "rasterize", "interpolate", "gather_faces", "texture", "soft_silhouette"]
+__all__ = [
+    "Fragments",
+    "RasterContext",
+    "make_context",
+    "rasterize",
+    "interpolate",
+    "gather_faces",
+    "texture",
+    "soft_silhouette",
+]
 
 # Candidate (face, pixel) pairs processed at once; bounds peak memory (~100 bytes a pair).
 DEFAULT_MAX_CANDIDATES = 1 << 24
@@ -61,7 +71,7 @@ class Fragments:
 
 
 def _check_mesh(op: str, clip_pos: torch.Tensor, faces: torch.Tensor, dims: int) -> torch.Tensor:
-    """Validate ``clip_pos [B, V, dims]`` and ``faces``; return faces as ``[B, F, 3]``."""
+    """Validate ``clip_pos [B, V, dims]`` and ``faces``; return faces as int64 ``[B, F, 3]``."""
     check_shape(op, "clip_pos", clip_pos, ("B", ">0", dims))
     if not clip_pos.is_floating_point():
         raise TypeError(f"{op}(): clip_pos must be a floating-point tensor; got {clip_pos.dtype}")
@@ -75,71 +85,18 @@ def _check_mesh(op: str, clip_pos: torch.Tensor, faces: torch.Tensor, dims: int)
     if faces.device != clip_pos.device:
         raise ValueError(f"{op}(): faces and clip_pos must share a device; got {faces.device} and {clip_pos.device}")
     faces = faces.long()
-    lo, hi = int(faces.min()), int(faces.max())
+    # One CPU-GPU sync for all value checks.
+    lo, hi, finite = torch.stack(
+        [faces.min().double(), faces.max().double(), torch.isfinite(clip_pos.detach()).all().double()]
+    ).tolist()
     num_verts = clip_pos.shape[1]
     if lo < -1 or hi >= num_verts:
-        raise ValueError(f"{op}(): faces must index vertices in [0, {num_verts}) (-1 pads); got range [{lo}, {hi}]")
-    check_finite(op, "clip_pos", clip_pos)
+        raise ValueError(
+            f"{op}(): faces must index vertices in [0, {num_verts}) (-1 pads); got range [{int(lo)}, {int(hi)}]"
+        )
+    if not finite:
+        raise ValueError(f"{op}(): clip_pos must be finite; got NaN or infinity")
     return faces
-
-
-def _screen_triangles(clip_pos: torch.Tensor, faces: torch.Tensor, resolution: tuple[int, int]):
-    """Corner pixel positions ``[B, F, 3, 2]``, depths ``[B, F, 3]`` and a validity mask ``[B, F]``.
-
-    A face is invalid if it is padding (``-1``) or any corner lies behind the near plane
-    (``z < -w``): such faces are culled, not clipped.
-    """
-    B = clip_pos.shape[0]
-    corners = torch.gather(clip_pos, 1, faces.clamp(min=0).reshape(B, -1, 1).expand(-1, -1, clip_pos.shape[-1])).view(
-        B, -1, 3, clip_pos.shape[-1]
-    )  # (B, F, 3, 4)
-    w = corners[..., 3]
-    valid = (faces[..., 0] >= 0) & ((corners[..., 2] >= -w) & (w > 0)).all(-1)
-    return clip_to_pixel(corners, resolution), w, valid
-
-
-def _pixel_ranges(xy: torch.Tensor, valid: torch.Tensor, resolution: tuple[int, int], margin: float):
-    """Per-face inclusive ranges of pixel columns/rows whose centres lie in the (grown) screen bbox."""
-    H, W = resolution
-    lo = xy.amin(dim=-2) - margin  # (B, F, 2)
-    hi = xy.amax(dim=-2) + margin
-    # Pixel j's centre is j + 0.5: the first centre >= lo is ceil(lo - 0.5), the last <= hi is floor(hi - 0.5).
-    first = torch.ceil(lo - 0.5).clamp(min=0)
-    last = torch.minimum(torch.floor(hi - 0.5), xy.new_tensor([W - 1, H - 1]))
-    size = (last - first + 1).clamp(min=0)
-    size = torch.where(valid.unsqueeze(-1), size, torch.zeros_like(size))
-    return first.long(), size.long()
-
-
-def _candidates(
-    xy: torch.Tensor, valid: torch.Tensor, resolution: tuple[int, int], margin: float, max_candidates: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield chunks of (flat face index into ``B * F``, pixel row, pixel column) candidate pairs."""
-    first, size = _pixel_ranges(xy, valid, resolution, margin)
-    first, size = first.view(-1, 2), size.view(-1, 2)
-    counts = size[:, 0] * size[:, 1]
-    ends = counts.cumsum(0)
-    total = int(ends[-1]) if ends.numel() else 0  # CPU-GPU sync: the chunk sizes depend on it.
-    if total == 0:
-        return
-    # Chunk boundaries between faces so each chunk holds about max_candidates pairs (or one face).
-    stops = [counts.numel()]
-    if total > max_candidates:
-        targets = torch.arange(max_candidates, total, max_candidates, device=ends.device)
-        stops = torch.searchsorted(ends, targets, right=True).tolist() + stops
-    start = 0
-    for stop in stops:
-        if stop <= start:
-            continue
-        c = counts[start:stop]
-        n = int(c.sum())
-        if n:
-            face = torch.repeat_interleave(torch.arange(start, stop, device=c.device), c, output_size=n)
-            base = ends[start] - counts[start]  # global position of this chunk's first pair
-            offset = torch.arange(n, device=c.device) + base - (ends[face] - counts[face])
-            width = size[face, 0]
-            yield face, first[face, 1] + offset // width, first[face, 0] + offset % width
-        start = stop
 
 
 def _edge_terms(faces: torch.Tensor, xy: torch.Tensor):
@@ -159,101 +116,34 @@ def _edge_terms(faces: torch.Tensor, xy: torch.Tensor):
     return origin, direction, sign
 
 
-@torch.no_grad()
-def _visible_faces(
-    clip_pos: torch.Tensor,
-    faces: torch.Tensor,
-    resolution: tuple[int, int],
-    cull_backfaces: bool,
-    max_candidates: int,
-) -> torch.Tensor:
-    """Nearest covering face per pixel, ``[B, H, W]`` int64 (-1 for none)."""
-    B, num_faces = faces.shape[:2]
-    H, W = resolution
-    xy, w, valid = _screen_triangles(clip_pos, faces, resolution)
-    origin, direction, sign = _edge_terms(faces, xy)
-    d01, d02 = xy[..., 1, :] - xy[..., 0, :], xy[..., 2, :] - xy[..., 0, :]
-    area = d01[..., 0] * d02[..., 1] - d01[..., 1] * d02[..., 0]  # > 0: clockwise as seen (back face)
-    valid &= area != 0
-    if cull_backfaces:
-        valid &= area < 0
-    orient = torch.sign(area).unsqueeze(-1) * sign  # maps canonical edge values to "inside > 0"
-    oriented = direction * orient.unsqueeze(-1)
-    # Tie rule for a centre exactly on an edge: the symbolic shift (-1, -eps) of the sample point.
-    owns_edge = (oriented[..., 1] > 0) | ((oriented[..., 1] == 0) & (oriented[..., 0] < 0))
-
-    # One row of per-face data, so each candidate needs a single gather:
-    # origin (6) | direction (6) | orient (3) | owns_edge (3) | w (3) | |area| (1).
-    table = torch.cat(
-        [
-            origin.flatten(2),
-            direction.flatten(2),
-            orient,
-            owns_edge.to(xy.dtype),
-            w.to(xy.dtype),
-            area.abs().unsqueeze(-1),
-        ],
-        dim=-1,
-    ).view(B * num_faces, 22)
-    best = torch.full((B * H * W,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=clip_pos.device)
-    for face, row, col in _candidates(xy, valid, resolution, 0.0, max_candidates):
-        rowdata = table.index_select(0, face)
-        o, d = rowdata[:, 0:6].view(-1, 3, 2), rowdata[:, 6:12].view(-1, 3, 2)
-        px = (col.to(xy.dtype) + 0.5).unsqueeze(1)
-        py = (row.to(xy.dtype) + 0.5).unsqueeze(1)
-        edge = (d[..., 0] * (py - o[..., 1]) - d[..., 1] * (px - o[..., 0])) * rowdata[:, 12:15]
-        inside = ((edge > 0) | ((edge == 0) & (rowdata[:, 15:18] > 0))).all(-1)
-        # Perspective-correct depth: 1 / sum(b_k / w_k) with screen-space barycentrics b_k = edge_k / area.
-        inv_depth = (edge / rowdata[:, 18:21]).sum(-1) / rowdata[:, 21]
-        depth = (1.0 / inv_depth).float().clamp(min=0)
-        key = (depth.view(torch.int32).long() << 32) | (face % num_faces)  # non-negative floats sort as ints
-        pixel = (face // num_faces) * (H * W) + row * W + col
-        # Candidates outside their face get the empty key, which never wins the min.
-        key = torch.where(inside, key, torch.iinfo(torch.int64).max)
-        best.scatter_reduce_(0, pixel, key, reduce="amin")
-    face_id = torch.where(best == torch.iinfo(torch.int64).max, -1, best & 0xFFFFFFFF)
-    return face_id.view(B, H, W)
+_EMPTY_KEY = torch.iinfo(torch.int64).max
 
 
-def rasterize(
-    clip_pos: torch.Tensor,
-    faces: torch.Tensor,
-    resolution: tuple[int, int],
-    *,
-    cull_backfaces: bool = False,
-    max_candidates: int = DEFAULT_MAX_CANDIDATES,
-) -> Fragments:
-    """Rasterize triangles: nearest face, perspective-correct barycentrics and depth per pixel.
-
-    Visibility (which face covers a pixel) is discrete and has no gradient; barycentrics and depth
-    of the visible face are recomputed differentiably, so :func:`interpolate` carries gradients
-    to vertex positions. Faces with a corner behind the near plane are culled.
-
-    Args:
-        clip_pos: ``[B, V, 4]`` float clip coordinates (see ``cameras.camera_to_clip``), any device.
-        faces: ``[F, 3]`` int vertex indices shared by the batch, or ``[B, F, 3]`` per item with
-            rows of ``-1`` as padding (a different mesh per batch item).
-        resolution: ``(H, W)`` of the output.
-        cull_backfaces: drop faces seen from behind (clockwise as seen by the camera).
-        max_candidates: (face, pixel) pairs tested at once; lower it to save memory.
-
-    Returns:
-        :class:`Fragments` of shape ``[B, H, W]``.
-
-    Raises:
-        ValueError: wrong shapes, empty meshes, out-of-range indices, or non-finite positions.
-    """
-    check_shape("rasterize", "clip_pos", clip_pos, ("B", ">0", 4))
-    H, W = resolution
-    if H <= 0 or W <= 0:
-        raise ValueError(f"rasterize(): resolution must be positive (H, W); got {tuple(resolution)}")
-    faces = _check_mesh("rasterize", clip_pos, faces, 4)
-    face_id = _visible_faces(clip_pos, faces, (H, W), cull_backfaces, max_candidates)
-    return _fragments(clip_pos, faces, face_id)
+def _candidate_keys(
+    table: torch.Tensor, face: torch.Tensor, row: torch.Tensor, col: torch.Tensor, num_faces: int, H: int, W: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel index and packed ``(depth, face)`` key of each candidate; the empty key where the
+    pixel centre is outside the face. ``table`` rows: origin (6), direction (6), orientation (3),
+    edge ownership (3), corner depths (3), |area| (1)."""
+    rowdata = table.index_select(0, face)
+    o, d = rowdata[:, 0:6].view(-1, 3, 2), rowdata[:, 6:12].view(-1, 3, 2)
+    px = (col.to(table.dtype) + 0.5).unsqueeze(1)
+    py = (row.to(table.dtype) + 0.5).unsqueeze(1)
+    edge = (d[..., 0] * (py - o[..., 1]) - d[..., 1] * (px - o[..., 0])) * rowdata[:, 12:15]
+    inside = ((edge > 0) | ((edge == 0) & (rowdata[:, 15:18] > 0))).all(-1)
+    # Perspective-correct depth: 1 / sum(b_k / w_k) with screen-space barycentrics b_k = edge_k / area.
+    inv_depth = (edge / rowdata[:, 18:21]).sum(-1) / rowdata[:, 21]
+    depth = (1.0 / inv_depth).float().clamp(min=0)
+    key = (depth.view(torch.int32).long() << 32) | (face % num_faces)  # non-negative floats sort as ints
+    pixel = (face // num_faces) * (H * W) + row * W + col
+    return pixel, torch.where(inside, key, _EMPTY_KEY)
 
 
-def _fragments(clip_pos: torch.Tensor, faces: torch.Tensor, face_id: torch.Tensor) -> Fragments:
-    """Recompute barycentrics and depth of the visible faces, differentiably (dense over pixels)."""
+def _fragment_math(
+    clip_pos: torch.Tensor, faces: torch.Tensor, face_id: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Barycentrics ``[P, 3]``, depth ``[P, 1]`` and corner vertex ids ``[P, 3]`` of each pixel's
+    visible face, differentiable w.r.t. ``clip_pos`` (dense over pixels; zero in the background)."""
     B, H, W = face_id.shape
     V, num_faces = clip_pos.shape[1], faces.shape[1]
     mask = (face_id >= 0).view(-1, 1)
@@ -273,7 +163,105 @@ def _fragments(clip_pos: torch.Tensor, faces: torch.Tensor, face_id: torch.Tenso
     total = torch.where(mask, persp.sum(-1, keepdim=True), 1.0)
     bary = torch.where(mask, persp / total, 0.0)
     depth = torch.where(mask, edge.sum(-1, keepdim=True) / total, 0.0)
-    return Fragments(face_id, bary.view(B, H, W, 3), depth.view(B, H, W), vid.view(B, H, W, 3), V)
+    return bary, depth, vid
+
+
+@dataclass(frozen=True)
+class RasterContext:
+    """The dense kernels ``rasterize`` runs. Build one per process with :func:`make_context`;
+    ``compile=True`` fuses each into a single ``torch.compile``d kernel (dynamic shapes)."""
+
+    candidate_keys: Callable = _candidate_keys
+    fragment_math: Callable = _fragment_math
+
+
+def make_context(*, compile: bool = False) -> RasterContext:
+    """A :class:`RasterContext`; eager by default, ``torch.compile``d with ``compile=True``."""
+    if not compile:
+        return RasterContext()
+    return RasterContext(
+        candidate_keys=torch.compile(_candidate_keys, dynamic=True),
+        fragment_math=torch.compile(_fragment_math, dynamic=True),
+    )
+
+
+_EAGER = RasterContext()
+
+
+@torch.no_grad()
+def _visible_faces(
+    clip_pos: torch.Tensor,
+    faces: torch.Tensor,
+    resolution: tuple[int, int],
+    cull_backfaces: bool,
+    max_candidates: int,
+    ctx: RasterContext,
+) -> torch.Tensor:
+    """Nearest covering face per pixel, ``[B, H, W]`` int64 (-1 for none)."""
+    B, num_faces = faces.shape[:2]
+    H, W = resolution
+    xy, w, valid = screen_triangles(clip_pos, faces, resolution)
+    origin, direction, sign = _edge_terms(faces, xy)
+    d01, d02 = xy[..., 1, :] - xy[..., 0, :], xy[..., 2, :] - xy[..., 0, :]
+    area = d01[..., 0] * d02[..., 1] - d01[..., 1] * d02[..., 0]  # > 0: clockwise as seen (back face)
+    valid &= area != 0
+    if cull_backfaces:
+        valid &= area < 0
+    orient = torch.sign(area).unsqueeze(-1) * sign  # maps canonical edge values to "inside > 0"
+    oriented = direction * orient.unsqueeze(-1)
+    # Tie rule for a centre exactly on an edge: the symbolic shift (-1, -eps) of the sample point.
+    owns_edge = (oriented[..., 1] > 0) | ((oriented[..., 1] == 0) & (oriented[..., 0] < 0))
+    table = torch.cat(
+        [origin.flatten(2), direction.flatten(2), orient, owns_edge.to(xy.dtype), w, area.abs().unsqueeze(-1)], dim=-1
+    ).view(B * num_faces, 22)
+    best = torch.full((B * H * W,), _EMPTY_KEY, dtype=torch.int64, device=clip_pos.device)
+    for chunk in candidate_chunks(xy, valid, resolution, 0.0, max_candidates):
+        pixel, key = ctx.candidate_keys(table, chunk.face, chunk.row, chunk.col, num_faces, H, W)
+        best.scatter_reduce_(0, pixel, key, reduce="amin")
+    face_id = torch.where(best == _EMPTY_KEY, -1, best & 0xFFFFFFFF)
+    return face_id.view(B, H, W)
+
+
+def rasterize(
+    clip_pos: torch.Tensor,
+    faces: torch.Tensor,
+    resolution: tuple[int, int],
+    *,
+    cull_backfaces: bool = False,
+    max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    ctx: RasterContext | None = None,
+) -> Fragments:
+    """Rasterize triangles: nearest face, perspective-correct barycentrics and depth per pixel.
+
+    Visibility (which face covers a pixel) is discrete and has no gradient; barycentrics and depth
+    of the visible face are recomputed differentiably, so :func:`interpolate` carries gradients
+    to vertex positions. Faces with a corner behind the near plane are culled.
+
+    Args:
+        clip_pos: ``[B, V, 4]`` float clip coordinates (see ``cameras.camera_to_clip``), any device.
+        faces: ``[F, 3]`` int vertex indices shared by the batch, or ``[B, F, 3]`` per item with
+            rows of ``-1`` as padding (a different mesh per batch item).
+        resolution: ``(H, W)`` of the output.
+        cull_backfaces: drop faces seen from behind (clockwise as seen by the camera).
+        max_candidates: (face, pixel) pairs tested at once; lower it to save memory.
+        ctx: kernels to run (:func:`make_context`); eager by default.
+
+    Returns:
+        :class:`Fragments` of shape ``[B, H, W]``.
+
+    Raises:
+        ValueError: wrong shapes, empty meshes, out-of-range indices, or non-finite positions.
+    """
+    check_shape("rasterize", "clip_pos", clip_pos, ("B", ">0", 4))
+    H, W = resolution
+    if H <= 0 or W <= 0:
+        raise ValueError(f"rasterize(): resolution must be positive (H, W); got {tuple(resolution)}")
+    faces = _check_mesh("rasterize", clip_pos, faces, 4)
+    ctx = ctx or _EAGER
+    face_id = _visible_faces(clip_pos, faces, (H, W), cull_backfaces, max_candidates, ctx)
+    bary, depth, vid = ctx.fragment_math(clip_pos, faces, face_id)
+    B = face_id.shape[0]
+    return Fragments(face_id, bary.view(B, H, W, 3), depth.view(B, H, W), vid.view(B, H, W, 3), clip_pos.shape[1])
 
 
 def interpolate(attr: torch.Tensor, fragments: Fragments) -> torch.Tensor:
@@ -367,14 +355,13 @@ def soft_silhouette(
         raise ValueError(f"soft_silhouette(): cutoff must be in (0, 1); got {cutoff}")
     B, num_faces = faces.shape[:2]
     H, W = resolution
-    xy, _, valid = _screen_triangles(clip_pos, faces, resolution)  # differentiable xy
+    xy, _, valid = screen_triangles(clip_pos, faces, resolution)  # differentiable xy
     margin = (sigma * math.log(1.0 / cutoff)) ** 0.5
     tri_flat = xy.reshape(B * num_faces, 3, 2)
     log_empty = clip_pos.new_zeros(B * H * W)
     covered = torch.zeros(B * H * W, dtype=torch.bool, device=clip_pos.device)
-    with torch.no_grad():
-        chunks = list(_candidates(xy.detach(), valid, resolution, margin, max_candidates))
-    for face, row, col in chunks:
+    for chunk in candidate_chunks(xy, valid, resolution, margin, max_candidates):
+        face, row, col = chunk.face, chunk.row, chunk.col
         p = torch.stack([col, row], dim=-1).to(xy.dtype) + 0.5
         tri = tri_flat[face]
         d01, d02 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]

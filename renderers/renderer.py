@@ -2,8 +2,8 @@
 
 It chains the functional core: world → camera → clip, rasterize, interpolate normals and colours,
 Lambertian shading, and (optionally) a soft silhouette for mask gradients. With
-``compile: true`` the dense shading stage is ``torch.compile``d (the rasterizer's data-dependent
-candidate lists stay eager) with a persistent compile cache, and ``warmup()`` pays the
+``compile: true`` the rasterizer's dense kernels and the shading stage are ``torch.compile``d
+(the data-dependent candidate lists stay eager) with a persistent compile cache, and ``warmup()`` pays the
 compilation before the first real batch.
 """
 
@@ -21,7 +21,7 @@ from renderloop.config import ConfigError
 from .backends import get_backend
 from .cameras import camera_to_clip, fov_intrinsics, orbit_camera, world_to_camera
 from .meshes import icosphere
-from .ops import Fragments, interpolate
+from .ops import Fragments, interpolate, make_context
 from .shading import lambertian, vertex_normals
 
 __all__ = ["RendererConfig", "RenderOutput", "MeshRenderer", "configure_compile_cache"]
@@ -128,6 +128,7 @@ class MeshRenderer(torch.nn.Module):
         if self.config.compile:
             configure_compile_cache(self.config.compile_cache_dir)
             self._shade = torch.compile(_shade, dynamic=True)
+        self.raster_context = make_context(compile=self.config.compile)
 
     @property
     def resolution(self) -> tuple[int, int]:
@@ -158,7 +159,9 @@ class MeshRenderer(torch.nn.Module):
         cfg = self.config
         cam = world_to_camera(verts, R, t)
         clip = camera_to_clip(cam, K, self.resolution, cfg.near, cfg.far)
-        frags = self.backend.rasterize(clip, faces, self.resolution, cull_backfaces=cfg.cull_backfaces)
+        frags = self.backend.rasterize(
+            clip, faces, self.resolution, cull_backfaces=cfg.cull_backfaces, ctx=self.raster_context
+        )
         colors = colors.unsqueeze(0).expand(verts.shape[0], -1, -1) if colors.dim() == 2 else colors
         amb = torch.as_tensor(ambient, dtype=verts.dtype, device=verts.device).expand(verts.shape[0])
         dif = torch.as_tensor(diffuse, dtype=verts.dtype, device=verts.device).expand(verts.shape[0])

@@ -1,0 +1,80 @@
+"""Which (face, pixel) pairs to test: screen-space bounding boxes enumerated without Python loops.
+
+Each face's bounding box (optionally grown by a margin) covers a rectangle of pixel centres; all
+rectangles are laid end to end in one flat index space, and a candidate's face, row and column
+are recovered from its position in that space. Work is split into chunks of a bounded number of
+candidates so peak memory stays bounded for huge faces or batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .cameras import clip_to_pixel
+
+
+def screen_triangles(clip_pos: torch.Tensor, faces: torch.Tensor, resolution: tuple[int, int]):
+    """Corner pixel positions ``[B, F, 3, 2]``, depths ``[B, F, 3]`` and a validity mask ``[B, F]``.
+
+    A face is invalid if it is padding (``-1``) or any corner lies behind the near plane
+    (``z < -w``): such faces are culled, not clipped. Differentiable w.r.t. ``clip_pos``.
+    """
+    B, V, D = clip_pos.shape
+    index = (faces.clamp(min=0) + V * torch.arange(B, device=faces.device).view(B, 1, 1)).view(-1)
+    corners = clip_pos.reshape(B * V, D).index_select(0, index).view(B, -1, 3, D)
+    w = corners[..., 3]
+    valid = (faces[..., 0] >= 0) & ((corners[..., 2] >= -w) & (w > 0)).all(-1)
+    return clip_to_pixel(corners, resolution), w, valid
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Candidates ``[n]``: flat face index into ``B * F``, pixel row and column."""
+
+    face: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+
+
+def candidate_chunks(
+    xy: torch.Tensor, valid: torch.Tensor, resolution: tuple[int, int], margin: float, max_candidates: int
+) -> Iterator[Chunk]:
+    """Yield the (face, pixel) pairs whose pixel centre lies in the face's bbox grown by ``margin``."""
+    H, W = resolution
+    xy = xy.detach()
+    lo = xy.amin(dim=-2) - margin  # (B, F, 2)
+    hi = xy.amax(dim=-2) + margin
+    # Pixel j's centre is j + 0.5: the first centre >= lo is ceil(lo - 0.5), the last <= hi is floor(hi - 0.5).
+    first = torch.ceil(lo - 0.5).clamp(min=0)
+    last = torch.minimum(torch.floor(hi - 0.5), xy.new_tensor([W - 1, H - 1]))
+    size = (last - first + 1).clamp(min=0) * valid.unsqueeze(-1)
+    first, size = first.long().view(-1, 2), size.long().view(-1, 2)
+    counts = size[:, 0] * size[:, 1]
+    ends = counts.cumsum(0)
+    starts = ends - counts
+    # One int64 row per face so each candidate needs one gather: first col, first row, width, start.
+    meta = torch.stack([first[:, 0], first[:, 1], size[:, 0].clamp(min=1), starts], dim=-1)
+    total = int(ends[-1])  # CPU-GPU sync: output sizes depend on it.
+    if total == 0:
+        return
+    # Chunk boundaries fall between faces, about max_candidates pairs apart (a huge face gets its own).
+    stops = [counts.numel()]
+    if total > max_candidates:
+        targets = torch.arange(max_candidates, total, max_candidates, device=ends.device)
+        stops = sorted(set(torch.searchsorted(ends, targets, right=True).tolist() + stops))
+        stops = [s for s in stops if s > 0]
+    bounds = torch.cat([ends.new_zeros(1), ends])[torch.tensor([0, *stops], device=ends.device)].tolist()
+    start = 0
+    for stop, lo_pos, hi_pos in zip(stops, bounds[:-1], bounds[1:], strict=True):
+        n = hi_pos - lo_pos
+        if n > 0:
+            face = torch.repeat_interleave(
+                torch.arange(start, stop, device=counts.device), counts[start:stop], output_size=n
+            )
+            m = meta.index_select(0, face)
+            offset = torch.arange(lo_pos, hi_pos, device=counts.device) - m[:, 3]
+            yield Chunk(face, m[:, 1] + offset // m[:, 2], m[:, 0] + offset % m[:, 2])
+        start = stop
