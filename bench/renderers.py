@@ -95,12 +95,18 @@ def profile(setting: str, device: torch.device, compile_: bool) -> None:
     for _ in range(3):
         step()
     _sync(device)
-    with torch_profile(activities=activities) as prof:
+    with torch_profile(activities=activities, record_shapes=True, with_stack=True) as prof:
         step()
         step()
         _sync(device)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=20))
+    # The most expensive ops, with where they are called from and their input shapes.
+    cost = (lambda e: e.self_device_time_total) if device.type == "cuda" else (lambda e: e.self_cpu_time_total)
+    ops = [e for e in prof.key_averages(group_by_input_shape=True, group_by_stack_n=4) if e.key.startswith("aten::")]
+    for event in sorted(ops, key=cost, reverse=True)[:8]:
+        print(f"{event.key} {cost(event) / 1e3:.2f} ms shapes={event.input_shapes}")
+        print("   " + "\n   ".join(event.stack[:4]))
 
 
 def main() -> None:

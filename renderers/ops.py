@@ -107,8 +107,8 @@ def _edge_terms(faces: torch.Tensor, xy: torch.Tensor):
     get exactly opposite values. Returns origin ``[..., 3, 2]``, direction ``[..., 3, 2]``
     (both canonical) and the orientation sign ``[..., 3]`` that maps canonical to face order.
     """
-    a_idx, b_idx = faces[..., [1, 2, 0]], faces[..., [2, 0, 1]]
-    a_xy, b_xy = xy[..., [1, 2, 0], :], xy[..., [2, 0, 1], :]
+    a_idx, b_idx = faces.roll(-1, dims=-1), faces.roll(-2, dims=-1)  # corners (1, 2, 0) and (2, 0, 1)
+    a_xy, b_xy = xy.roll(-1, dims=-2), xy.roll(-2, dims=-2)
     swap = (a_idx > b_idx).unsqueeze(-1)
     origin = torch.where(swap, b_xy, a_xy)
     direction = torch.where(swap, a_xy - b_xy, b_xy - a_xy)
@@ -157,7 +157,7 @@ def _fragment_math(
     px = ((grid % W).to(xy.dtype) + 0.5).unsqueeze(1)
     py = ((grid // W).to(xy.dtype) + 0.5).unsqueeze(1)
     # Screen-space edge values b_k * area for corner k, from the edge opposite it.
-    a, b = xy[:, [1, 2, 0]], xy[:, [2, 0, 1]]
+    a, b = xy.roll(-1, dims=1), xy.roll(-2, dims=1)  # corners (1, 2, 0) and (2, 0, 1)
     edge = (b[..., 0] - a[..., 0]) * (py - a[..., 1]) - (b[..., 1] - a[..., 1]) * (px - a[..., 0])
     persp = edge / w  # proportional to perspective-correct barycentrics
     total = torch.where(mask, persp.sum(-1, keepdim=True), 1.0)
@@ -315,7 +315,7 @@ def texture(tex: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
 
 def _point_triangle_sq_dist(p: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
     """Squared distance from points ``[N, 2]`` to the boundary of triangles ``[N, 3, 2]``."""
-    a, b = tri, tri[:, [1, 2, 0]]
+    a, b = tri, tri.roll(-1, dims=1)
     ab = b - a
     ap = p.unsqueeze(1) - a
     t = ((ap * ab).sum(-1) / (ab * ab).sum(-1).clamp(min=1e-12)).clamp(0, 1)
@@ -366,7 +366,7 @@ def soft_silhouette(
         tri = tri_flat[face]
         d01, d02 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
         area = d01[:, 0] * d02[:, 1] - d01[:, 1] * d02[:, 0]
-        a, b = tri, tri[:, [1, 2, 0]]
+        a, b = tri, tri.roll(-1, dims=1)
         edge = (b[..., 0] - a[..., 0]) * (p[:, 1:2] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (p[:, 0:1] - a[..., 0])
         inside = (edge * torch.sign(area).unsqueeze(-1) > 0).all(-1)
         pixel = (face // num_faces) * (H * W) + row * W + col

@@ -12,11 +12,11 @@ __all__ = ["face_normals", "vertex_normals", "lambertian", "blinn_phong"]
 
 def _corners(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """``[B, F, 3, 3]`` corner positions; ``faces`` is ``[F, 3]`` or ``[B, F, 3]`` (``-1`` pads → vertex 0)."""
-    B = verts.shape[0]
+    B, V, _ = verts.shape
     if faces.dim() == 2:
-        return verts[:, faces]
-    idx = faces.clamp(min=0).reshape(B, -1, 1).expand(-1, -1, 3)
-    return torch.gather(verts, 1, idx).view(B, -1, 3, 3)
+        return verts.index_select(1, faces.reshape(-1)).view(B, -1, 3, 3)
+    index = (faces.clamp(min=0) + V * torch.arange(B, device=verts.device).view(B, 1, 1)).reshape(-1)
+    return verts.reshape(B * V, 3).index_select(0, index).view(B, -1, 3, 3)
 
 
 def face_normals(verts: torch.Tensor, faces: torch.Tensor, *, unit: bool = True) -> torch.Tensor:
@@ -36,7 +36,7 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     faces = faces.expand(B, -1, -1) if faces.dim() == 2 else faces
     n = n * (faces[..., :1] >= 0)  # padding faces add nothing
     idx = (faces.clamp(min=0) + V * torch.arange(B, device=verts.device).view(B, 1, 1)).reshape(-1)
-    acc = verts.new_zeros(B * V, 3).index_add(0, idx, n.repeat_interleave(3, dim=1).reshape(-1, 3))
+    acc = verts.new_zeros(B * V, 3).index_add(0, idx, n.unsqueeze(2).expand(-1, -1, 3, -1).reshape(-1, 3))
     return F.normalize(acc.view(B, V, 3), dim=-1, eps=1e-12)
 
 
