@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._gather import take_rows
 from .cameras import clip_to_pixel
 
 
@@ -24,7 +25,7 @@ def screen_triangles(clip_pos: torch.Tensor, faces: torch.Tensor, resolution: tu
     """
     B, V, D = clip_pos.shape
     index = (faces.clamp(min=0) + V * torch.arange(B, device=faces.device).view(B, 1, 1)).view(-1)
-    corners = clip_pos.reshape(B * V, D).index_select(0, index).view(B, -1, 3, D)
+    corners = take_rows(clip_pos.reshape(B * V, D), index).view(B, -1, 3, D)
     w = corners[..., 3]
     valid = (faces[..., 0] >= 0) & ((corners[..., 2] >= -w) & (w > 0)).all(-1)
     return clip_to_pixel(corners, resolution), w, valid
@@ -32,11 +33,20 @@ def screen_triangles(clip_pos: torch.Tensor, faces: torch.Tensor, resolution: tu
 
 @dataclass(frozen=True)
 class Chunk:
-    """Candidates ``[n]``: flat face index into ``B * F``, pixel row and column."""
+    """``n`` candidates: ``face [n]`` (flat index into ``B * F``) and ``pos [n]`` (position in the
+    flat candidate space). ``meta [B * F, 4]`` holds each face's first column, first row, bbox
+    width and start position, from which :func:`pixel_of` recovers the candidate's pixel."""
 
     face: torch.Tensor
-    row: torch.Tensor
-    col: torch.Tensor
+    pos: torch.Tensor
+    meta: torch.Tensor
+
+
+def pixel_of(meta: torch.Tensor, face: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column ``[n]`` of candidates ``(face, pos)`` (see :class:`Chunk`)."""
+    m = take_rows(meta, face)
+    offset = pos - m[:, 3]
+    return m[:, 1] + offset // m[:, 2], m[:, 0] + offset % m[:, 2]
 
 
 def candidate_chunks(
@@ -54,9 +64,7 @@ def candidate_chunks(
     first, size = first.long().view(-1, 2), size.long().view(-1, 2)
     counts = size[:, 0] * size[:, 1]
     ends = counts.cumsum(0)
-    starts = ends - counts
-    # One int64 row per face so each candidate needs one gather: first col, first row, width, start.
-    meta = torch.stack([first[:, 0], first[:, 1], size[:, 0].clamp(min=1), starts], dim=-1)
+    meta = torch.stack([first[:, 0], first[:, 1], size[:, 0].clamp(min=1), ends - counts], dim=-1)
     total = int(ends[-1])  # CPU-GPU sync: output sizes depend on it.
     if total == 0:
         return
@@ -74,7 +82,5 @@ def candidate_chunks(
             face = torch.repeat_interleave(
                 torch.arange(start, stop, device=counts.device), counts[start:stop], output_size=n
             )
-            m = meta.index_select(0, face)
-            offset = torch.arange(lo_pos, hi_pos, device=counts.device) - m[:, 3]
-            yield Chunk(face, m[:, 1] + offset // m[:, 2], m[:, 0] + offset % m[:, 2])
+            yield Chunk(face, torch.arange(lo_pos, hi_pos, device=counts.device), meta)
         start = stop

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from renderloop.checks import check_shape
 
-from ._binning import candidate_chunks, screen_triangles
+from ._binning import candidate_chunks, pixel_of, screen_triangles
+from ._gather import take_rows
 from .cameras import clip_to_pixel
 
 __all__ = [
@@ -120,12 +121,19 @@ _EMPTY_KEY = torch.iinfo(torch.int64).max
 
 
 def _candidate_keys(
-    table: torch.Tensor, face: torch.Tensor, row: torch.Tensor, col: torch.Tensor, num_faces: int, H: int, W: int
+    table: torch.Tensor,
+    meta: torch.Tensor,
+    face: torch.Tensor,
+    pos: torch.Tensor,
+    num_faces: int,
+    H: int,
+    W: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel index and packed ``(depth, face)`` key of each candidate; the empty key where the
-    pixel centre is outside the face. ``table`` rows: origin (6), direction (6), orientation (3),
-    edge ownership (3), corner depths (3), |area| (1)."""
-    rowdata = table.index_select(0, face)
+    """Pixel index and packed ``(depth, face)`` key of each candidate ``(face, pos)``; the empty key
+    where the pixel centre is outside the face. ``table`` rows: origin (6), direction (6),
+    orientation (3), edge ownership (3), corner depths (3), |area| (1); ``meta``: see ``Chunk``."""
+    row, col = pixel_of(meta, face, pos)
+    rowdata = take_rows(table, face)
     o, d = rowdata[:, 0:6].view(-1, 3, 2), rowdata[:, 6:12].view(-1, 3, 2)
     px = (col.to(table.dtype) + 0.5).unsqueeze(1)
     py = (row.to(table.dtype) + 0.5).unsqueeze(1)
@@ -149,8 +157,8 @@ def _fragment_math(
     mask = (face_id >= 0).view(-1, 1)
     item = torch.arange(B, device=face_id.device).repeat_interleave(H * W)
     fid = face_id.view(-1).clamp(min=0) + item * num_faces
-    vid = faces.reshape(-1, 3).index_select(0, fid).clamp(min=0) * mask  # (P, 3), 0 in the background
-    corners = clip_pos.reshape(B * V, 4).index_select(0, (vid + (item * V).unsqueeze(-1)).view(-1)).view(-1, 3, 4)
+    vid = take_rows(faces.reshape(-1, 3), fid).clamp(min=0) * mask  # (P, 3), 0 in the background
+    corners = take_rows(clip_pos.reshape(B * V, 4), vid + (item * V).unsqueeze(-1))  # (P, 3, 4)
     xy = clip_to_pixel(corners, (H, W))  # (P, 3, 2)
     w = torch.where(mask, corners[..., 3], 1.0)  # background rows stay finite (no NaN gradients)
     grid = torch.arange(H * W, device=face_id.device).repeat(B)
@@ -216,7 +224,7 @@ def _visible_faces(
     ).view(B * num_faces, 22)
     best = torch.full((B * H * W,), _EMPTY_KEY, dtype=torch.int64, device=clip_pos.device)
     for chunk in candidate_chunks(xy, valid, resolution, 0.0, max_candidates):
-        pixel, key = ctx.candidate_keys(table, chunk.face, chunk.row, chunk.col, num_faces, H, W)
+        pixel, key = ctx.candidate_keys(table, chunk.meta, chunk.face, chunk.pos, num_faces, H, W)
         best.scatter_reduce_(0, pixel, key, reduce="amin")
     face_id = torch.where(best == _EMPTY_KEY, -1, best & 0xFFFFFFFF)
     return face_id.view(B, H, W)
@@ -282,7 +290,7 @@ def interpolate(attr: torch.Tensor, fragments: Fragments) -> torch.Tensor:
     if fragments.num_verts != V:
         raise ValueError(f"interpolate(): attr must have a row per vertex ({fragments.num_verts}); got {V}")
     index = (fragments.vert_id + V * torch.arange(B, device=attr.device).view(B, 1, 1, 1)).view(-1)
-    corner = attr.reshape(B * V, C).index_select(0, index).view(B, H, W, 3, C)
+    corner = take_rows(attr.reshape(B * V, C), index).view(B, H, W, 3, C)
     return (fragments.bary.unsqueeze(-1).to(attr.dtype) * corner).sum(-2)
 
 
@@ -359,20 +367,21 @@ def soft_silhouette(
     margin = (sigma * math.log(1.0 / cutoff)) ** 0.5
     tri_flat = xy.reshape(B * num_faces, 3, 2)
     log_empty = clip_pos.new_zeros(B * H * W)
-    covered = torch.zeros(B * H * W, dtype=torch.bool, device=clip_pos.device)
+    covered = torch.zeros(B * H * W, dtype=torch.int32, device=clip_pos.device)
     for chunk in candidate_chunks(xy, valid, resolution, margin, max_candidates):
-        face, row, col = chunk.face, chunk.row, chunk.col
+        face = chunk.face
+        row, col = pixel_of(chunk.meta, face, chunk.pos)
         p = torch.stack([col, row], dim=-1).to(xy.dtype) + 0.5
-        tri = tri_flat[face]
+        tri = take_rows(tri_flat.view(-1, 6), face).view(-1, 3, 2)
         d01, d02 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
         area = d01[:, 0] * d02[:, 1] - d01[:, 1] * d02[:, 0]
         a, b = tri, tri.roll(-1, dims=1)
         edge = (b[..., 0] - a[..., 0]) * (p[:, 1:2] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (p[:, 0:1] - a[..., 0])
         inside = (edge * torch.sign(area).unsqueeze(-1) > 0).all(-1)
         pixel = (face // num_faces) * (H * W) + row * W + col
-        covered[pixel[inside]] = True
+        covered.scatter_reduce_(0, pixel, inside.int(), reduce="amax")
         # log(1 - exp(-x)), with x kept off zero so a centre exactly on an edge has a finite gradient.
-        x = (_point_triangle_sq_dist(p[~inside], tri[~inside]) / sigma).clamp(min=1e-6)
-        log_empty = log_empty.index_add(0, pixel[~inside], torch.log(-torch.expm1(-x)))
+        x = (_point_triangle_sq_dist(p, tri) / sigma).clamp(min=1e-6)
+        log_empty = log_empty.index_add(0, pixel, torch.where(inside, 0.0, torch.log(-torch.expm1(-x))))
     soft = 1 - torch.exp(log_empty)
-    return torch.where(covered, torch.ones_like(soft), soft).view(B, H, W)
+    return torch.where(covered > 0, torch.ones_like(soft), soft).view(B, H, W)

@@ -7,16 +7,17 @@ import torch.nn.functional as F
 
 from renderloop.checks import check_shape
 
+from ._gather import take_rows
+
 __all__ = ["face_normals", "vertex_normals", "lambertian", "blinn_phong"]
 
 
 def _corners(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """``[B, F, 3, 3]`` corner positions; ``faces`` is ``[F, 3]`` or ``[B, F, 3]`` (``-1`` pads → vertex 0)."""
     B, V, _ = verts.shape
-    if faces.dim() == 2:
-        return verts.index_select(1, faces.reshape(-1)).view(B, -1, 3, 3)
-    index = (faces.clamp(min=0) + V * torch.arange(B, device=verts.device).view(B, 1, 1)).reshape(-1)
-    return verts.reshape(B * V, 3).index_select(0, index).view(B, -1, 3, 3)
+    faces = faces.expand(B, -1, -1) if faces.dim() == 2 else faces
+    index = faces.clamp(min=0) + V * torch.arange(B, device=verts.device).view(B, 1, 1)
+    return take_rows(verts.reshape(B * V, 3), index)  # (B, F, 3, 3)
 
 
 def face_normals(verts: torch.Tensor, faces: torch.Tensor, *, unit: bool = True) -> torch.Tensor:
