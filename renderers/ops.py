@@ -51,14 +51,14 @@ class Fragments:
             zero in the background. Differentiable w.r.t. ``clip_pos``.
         depth: ``[B, H, W]`` camera-space depth (the clip ``w``); zero in the background.
             Differentiable w.r.t. ``clip_pos``.
-        vert_id: ``[B, H, W, 3]`` int64 vertex indices of ``face_id``'s corners (0 in the background).
+        faces: ``[B, F, 3]`` int64, the rasterized faces (``-1`` rows pad).
         num_verts: ``V``, the vertex count of the rasterized mesh.
     """
 
     face_id: torch.Tensor
     bary: torch.Tensor
     depth: torch.Tensor
-    vert_id: torch.Tensor
+    faces: torch.Tensor
     num_verts: int
 
     @property
@@ -138,27 +138,45 @@ def _candidate_keys(
     px = (col.to(table.dtype) + 0.5).unsqueeze(1)
     py = (row.to(table.dtype) + 0.5).unsqueeze(1)
     edge = (d[..., 0] * (py - o[..., 1]) - d[..., 1] * (px - o[..., 0])) * rowdata[:, 12:15]
-    inside = ((edge > 0) | ((edge == 0) & (rowdata[:, 15:18] > 0))).all(-1)
+    hit = (edge > 0) | ((edge == 0) & (rowdata[:, 15:18] > 0))
+    inside = hit[:, 0] & hit[:, 1] & hit[:, 2]
     # Perspective-correct depth: 1 / sum(b_k / w_k) with screen-space barycentrics b_k = edge_k / area.
-    inv_depth = (edge / rowdata[:, 18:21]).sum(-1) / rowdata[:, 21]
+    ratio = edge / rowdata[:, 18:21]
+    inv_depth = (ratio[:, 0] + ratio[:, 1] + ratio[:, 2]) / rowdata[:, 21]
     depth = (1.0 / inv_depth).float().clamp(min=0)
     key = (depth.view(torch.int32).long() << 32) | (face % num_faces)  # non-negative floats sort as ints
     pixel = (face // num_faces) * (H * W) + row * W + col
     return pixel, torch.where(inside, key, _EMPTY_KEY)
 
 
+def _corner_table(values: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Per-face corner values ``[B * F, 3 * C]`` of vertex values ``[B, V, C]``.
+
+    Gathering per face first and per pixel second keeps the backward pass's scatter-adds
+    spread out: each pixel adds into its face's row, each face into its vertices' rows.
+    """
+    B, V, C = values.shape
+    index = faces.clamp(min=0) + V * torch.arange(B, device=faces.device).view(B, 1, 1)
+    return take_rows(values.reshape(B * V, C), index).reshape(-1, 3 * C)
+
+
+def _pixel_faces(face_id: torch.Tensor, num_faces: int) -> torch.Tensor:
+    """Row of each pixel's face in a ``[B * F, ...]`` table, ``[B * H * W]``. Background pixels
+    point at faces spread over the table (their weights are zero) so no row gets hot."""
+    B, H, W = face_id.shape
+    pixel = torch.arange(B * H * W, device=face_id.device).view(B, H, W)
+    local = torch.where(face_id >= 0, face_id, pixel % num_faces)
+    return (local + num_faces * torch.arange(B, device=face_id.device).view(B, 1, 1)).view(-1)
+
+
 def _fragment_math(
     clip_pos: torch.Tensor, faces: torch.Tensor, face_id: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Barycentrics ``[P, 3]``, depth ``[P, 1]`` and corner vertex ids ``[P, 3]`` of each pixel's
-    visible face, differentiable w.r.t. ``clip_pos`` (dense over pixels; zero in the background)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Barycentrics ``[P, 3]`` and depth ``[P, 1]`` of each pixel's visible face, differentiable
+    w.r.t. ``clip_pos`` (dense over pixels; zero in the background)."""
     B, H, W = face_id.shape
-    V, num_faces = clip_pos.shape[1], faces.shape[1]
     mask = (face_id >= 0).view(-1, 1)
-    item = torch.arange(B, device=face_id.device).repeat_interleave(H * W)
-    fid = face_id.view(-1).clamp(min=0) + item * num_faces
-    vid = take_rows(faces.reshape(-1, 3), fid).clamp(min=0) * mask  # (P, 3), 0 in the background
-    corners = take_rows(clip_pos.reshape(B * V, 4), vid + (item * V).unsqueeze(-1))  # (P, 3, 4)
+    corners = take_rows(_corner_table(clip_pos, faces), _pixel_faces(face_id, faces.shape[1])).view(-1, 3, 4)
     xy = clip_to_pixel(corners, (H, W))  # (P, 3, 2)
     w = torch.where(mask, corners[..., 3], 1.0)  # background rows stay finite (no NaN gradients)
     grid = torch.arange(H * W, device=face_id.device).repeat(B)
@@ -168,10 +186,11 @@ def _fragment_math(
     a, b = xy.roll(-1, dims=1), xy.roll(-2, dims=1)  # corners (1, 2, 0) and (2, 0, 1)
     edge = (b[..., 0] - a[..., 0]) * (py - a[..., 1]) - (b[..., 1] - a[..., 1]) * (px - a[..., 0])
     persp = edge / w  # proportional to perspective-correct barycentrics
-    total = torch.where(mask, persp.sum(-1, keepdim=True), 1.0)
+    # Sums over the three corners are spelled out: compiled, they stay pointwise (no reduction kernel).
+    total = torch.where(mask, persp[:, 0:1] + persp[:, 1:2] + persp[:, 2:3], 1.0)
     bary = torch.where(mask, persp / total, 0.0)
-    depth = torch.where(mask, edge.sum(-1, keepdim=True) / total, 0.0)
-    return bary, depth, vid
+    depth = torch.where(mask, (edge[:, 0:1] + edge[:, 1:2] + edge[:, 2:3]) / total, 0.0)
+    return bary, depth
 
 
 @dataclass(frozen=True)
@@ -267,9 +286,9 @@ def rasterize(
     faces = _check_mesh("rasterize", clip_pos, faces, 4)
     ctx = ctx or _EAGER
     face_id = _visible_faces(clip_pos, faces, (H, W), cull_backfaces, max_candidates, ctx)
-    bary, depth, vid = ctx.fragment_math(clip_pos, faces, face_id)
+    bary, depth = ctx.fragment_math(clip_pos, faces, face_id)
     B = face_id.shape[0]
-    return Fragments(face_id, bary.view(B, H, W, 3), depth.view(B, H, W), vid.view(B, H, W, 3), clip_pos.shape[1])
+    return Fragments(face_id, bary.view(B, H, W, 3), depth.view(B, H, W), faces, clip_pos.shape[1])
 
 
 def interpolate(attr: torch.Tensor, fragments: Fragments) -> torch.Tensor:
@@ -289,17 +308,18 @@ def interpolate(attr: torch.Tensor, fragments: Fragments) -> torch.Tensor:
     V, C = attr.shape[1:]
     if fragments.num_verts != V:
         raise ValueError(f"interpolate(): attr must have a row per vertex ({fragments.num_verts}); got {V}")
-    index = (fragments.vert_id + V * torch.arange(B, device=attr.device).view(B, 1, 1, 1)).view(-1)
-    corner = take_rows(attr.reshape(B * V, C), index).view(B, H, W, 3, C)
-    return (fragments.bary.unsqueeze(-1).to(attr.dtype) * corner).sum(-2)
+    table = _corner_table(attr, fragments.faces)
+    corner = take_rows(table, _pixel_faces(fragments.face_id, fragments.faces.shape[1])).view(B, H, W, 3, C)
+    bary = fragments.bary.to(attr.dtype)
+    return bary[..., 0:1] * corner[..., 0, :] + bary[..., 1:2] * corner[..., 1, :] + bary[..., 2:3] * corner[..., 2, :]
 
 
 def gather_faces(face_attr: torch.Tensor, fragments: Fragments) -> torch.Tensor:
     """Per-face attributes ``[B, F, C]`` (e.g. flat normals) at each pixel → ``[B, H, W, C]``; 0 in the background."""
     B, H, W = fragments.face_id.shape
-    check_shape("gather_faces", "face_attr", face_attr, (B, ">0", None))
-    fid = fragments.face_id.clamp(min=0).view(B, H * W, 1).expand(-1, -1, face_attr.shape[-1])
-    out = torch.gather(face_attr, 1, fid).view(B, H, W, -1)
+    check_shape("gather_faces", "face_attr", face_attr, (B, fragments.faces.shape[1], None))
+    rows = _pixel_faces(fragments.face_id, face_attr.shape[1])
+    out = take_rows(face_attr.reshape(-1, face_attr.shape[-1]), rows).view(B, H, W, -1)
     return out * fragments.mask.unsqueeze(-1).to(out.dtype)
 
 

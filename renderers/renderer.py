@@ -22,7 +22,7 @@ from .backends import get_backend
 from .cameras import camera_to_clip, fov_intrinsics, orbit_camera, world_to_camera
 from .meshes import icosphere
 from .ops import Fragments, interpolate, make_context
-from .shading import lambertian, vertex_normals
+from .shading import lambertian, unit3, vertex_normals
 
 __all__ = ["RendererConfig", "RenderOutput", "MeshRenderer", "configure_compile_cache"]
 
@@ -110,8 +110,8 @@ def _shade(
     background: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense shading of visible fragments (the stage that ``compile`` fuses)."""
-    n = F.normalize(interpolate(normals, frags), dim=-1, eps=1e-12)
-    albedo = interpolate(colors, frags)
+    both = interpolate(torch.cat([normals, colors], dim=-1), frags)  # one gather for both attributes
+    n, albedo = unit3(both[..., :3]), both[..., 3:]
     m = frags.mask.unsqueeze(-1).to(albedo.dtype)
     rgb = lambertian(n, albedo, light_dir, ambient, diffuse) * m + background * (1 - m)
     return rgb, n * m

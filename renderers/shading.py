@@ -9,7 +9,7 @@ from renderloop.checks import check_shape
 
 from ._gather import take_rows
 
-__all__ = ["face_normals", "vertex_normals", "lambertian", "blinn_phong"]
+__all__ = ["face_normals", "vertex_normals", "unit3", "lambertian", "blinn_phong"]
 
 
 def _corners(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -41,6 +41,17 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return F.normalize(acc.view(B, V, 3), dim=-1, eps=1e-12)
 
 
+def _dot3(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[..., 1]`` dot product of 3-vectors, spelled out so compiled code stays pointwise."""
+    p = a * b
+    return p[..., 0:1] + p[..., 1:2] + p[..., 2:3]
+
+
+def unit3(v: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Normalize 3-vectors ``[..., 3]`` (pointwise form of ``F.normalize``)."""
+    return v * torch.rsqrt(_dot3(v, v).clamp(min=eps * eps))
+
+
 def _per_item(x: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     """A float or ``[B]`` tensor, broadcastable against ``[B, ..., C]``."""
     x = torch.as_tensor(x, dtype=like.dtype, device=like.device)
@@ -66,8 +77,7 @@ def lambertian(
         ``[B, ..., C]`` shaded colours.
     """
     check_shape("lambertian", "light_dir", light_dir, (normals.shape[0], 3))
-    view = (normals.shape[0],) + (1,) * (normals.dim() - 2) + (3,)
-    cos = (normals * light_dir.view(view)).sum(-1, keepdim=True).clamp(min=0)
+    cos = _dot3(normals, light_dir.view((normals.shape[0],) + (1,) * (normals.dim() - 2) + (3,))).clamp(min=0)
     return albedo * (_per_item(ambient, albedo) + _per_item(diffuse, albedo) * cos)
 
 
@@ -84,5 +94,5 @@ def blinn_phong(
     """
     view = (normals.shape[0],) + (1,) * (normals.dim() - 2) + (3,)
     half = F.normalize(view_dir + light_dir.view(view), dim=-1, eps=1e-12)
-    cos = (normals * half).sum(-1, keepdim=True).clamp(min=0)
+    cos = _dot3(normals, half).clamp(min=0)
     return _per_item(strength, cos) * cos ** _per_item(shininess, cos)
