@@ -66,7 +66,7 @@ def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool
 
 def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, iters: int):
     step = make_step(batch, res, faces, device=device, mode=mode, soft=soft, compile_=compile_)
-    for _ in range(3):  # warm-up: allocator, compile, caches
+    for _ in range(5):  # warm-up: allocator, compile (and its dynamic-shape recompile), caches
         step()
     _sync(device)
     if device.type == "cuda":

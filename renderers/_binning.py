@@ -8,7 +8,7 @@ candidates so peak memory stays bounded for huge faces or batches.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +24,8 @@ def screen_triangles(clip_pos: torch.Tensor, faces: torch.Tensor, resolution: tu
     (``z < -w``): such faces are culled, not clipped. Differentiable w.r.t. ``clip_pos``.
     """
     B, V, D = clip_pos.shape
-    index = (faces.clamp(min=0) + V * torch.arange(B, device=faces.device).view(B, 1, 1)).view(-1)
+    # Clamped so a bad index cannot fault the gather; rasterize() reports it after its one sync.
+    index = (faces.clamp(0, V - 1) + V * torch.arange(B, device=faces.device).view(B, 1, 1)).view(-1)
     corners = take_rows(clip_pos.reshape(B * V, D), index).view(B, -1, 3, D)
     w = corners[..., 3]
     valid = (faces[..., 0] >= 0) & ((corners[..., 2] >= -w) & (w > 0)).all(-1)
@@ -33,9 +34,9 @@ def screen_triangles(clip_pos: torch.Tensor, faces: torch.Tensor, resolution: tu
 
 @dataclass(frozen=True)
 class Chunk:
-    """``n`` candidates: ``face [n]`` (flat index into ``B * F``) and ``pos [n]`` (position in the
-    flat candidate space). ``meta [B * F, 4]`` holds each face's first column, first row, bbox
-    width and start position, from which :func:`pixel_of` recovers the candidate's pixel."""
+    """``n`` candidates: ``face [n]`` (int32 flat index into ``B * F``) and ``pos [n]`` (int32
+    position in the chunk). ``meta [B * F, 4]`` int32 holds each face's first column, first row,
+    bbox width and start position in the chunk, from which :func:`pixel_of` recovers the pixel."""
 
     face: torch.Tensor
     pos: torch.Tensor
@@ -50,22 +51,35 @@ def pixel_of(meta: torch.Tensor, face: torch.Tensor, pos: torch.Tensor) -> tuple
 
 
 def candidate_chunks(
-    xy: torch.Tensor, valid: torch.Tensor, resolution: tuple[int, int], margin: float, max_candidates: int
+    xy: torch.Tensor,
+    valid: torch.Tensor,
+    resolution: tuple[int, int],
+    margin: float,
+    max_candidates: int,
+    check: tuple[torch.Tensor, Callable[[list[float]], None]] | None = None,
 ) -> Iterator[Chunk]:
-    """Yield the (face, pixel) pairs whose pixel centre lies in the face's bbox grown by ``margin``."""
+    """Yield the (face, pixel) pairs whose pixel centre lies in the face's bbox grown by ``margin``.
+
+    ``check = (values, fn)``: device ``values`` are copied to the host in the same transfer as the
+    candidate count (the one CPU-GPU sync) and passed to ``fn``, which may raise, before any work.
+    """
     H, W = resolution
     xy = xy.detach()
     lo = xy.amin(dim=-2) - margin  # (B, F, 2)
     hi = xy.amax(dim=-2) + margin
     # Pixel j's centre is j + 0.5: the first centre >= lo is ceil(lo - 0.5), the last <= hi is floor(hi - 0.5).
-    first = torch.ceil(lo - 0.5).clamp(min=0)
+    first = torch.ceil(lo - 0.5).clamp(0, max(H, W))
     last = torch.minimum(torch.floor(hi - 0.5), xy.new_tensor([W - 1, H - 1]))
     size = (last - first + 1).clamp(min=0) * valid.unsqueeze(-1)
-    first, size = first.long().view(-1, 2), size.long().view(-1, 2)
+    first, size = first.nan_to_num(0).long().view(-1, 2), size.nan_to_num(0).long().view(-1, 2)
     counts = size[:, 0] * size[:, 1]
     ends = counts.cumsum(0)
-    meta = torch.stack([first[:, 0], first[:, 1], size[:, 0].clamp(min=1), ends - counts], dim=-1)
-    total = int(ends[-1])  # CPU-GPU sync: output sizes depend on it.
+    starts = ends - counts
+    host = torch.cat([ends[-1:].double(), check[0].double().view(-1) if check else ends.new_zeros(0).double()])
+    total, *values = host.tolist()  # the CPU-GPU sync: output sizes depend on it
+    if check:
+        check[1](values)
+    total = int(total)
     if total == 0:
         return
     # Chunk boundaries fall between faces, about max_candidates pairs apart (a huge face gets its own).
@@ -74,13 +88,16 @@ def candidate_chunks(
         targets = torch.arange(max_candidates, total, max_candidates, device=ends.device)
         stops = sorted(set(torch.searchsorted(ends, targets, right=True).tolist() + stops))
         stops = [s for s in stops if s > 0]
-    bounds = torch.cat([ends.new_zeros(1), ends])[torch.tensor([0, *stops], device=ends.device)].tolist()
+        bounds = torch.cat([ends.new_zeros(1), ends])[torch.tensor([0, *stops], device=ends.device)].tolist()
+    else:
+        bounds = [0, total]
     start = 0
     for stop, lo_pos, hi_pos in zip(stops, bounds[:-1], bounds[1:], strict=True):
         n = hi_pos - lo_pos
         if n > 0:
-            face = torch.repeat_interleave(
-                torch.arange(start, stop, device=counts.device), counts[start:stop], output_size=n
-            )
-            yield Chunk(face, torch.arange(lo_pos, hi_pos, device=counts.device), meta)
+            faces = torch.arange(start, stop, device=counts.device, dtype=torch.int32)
+            face = torch.repeat_interleave(faces, counts[start:stop], output_size=n)
+            # Positions relative to the chunk fit in int32 (rows of faces outside it are never read).
+            meta = torch.stack([first[:, 0], first[:, 1], size[:, 0].clamp(min=1), starts - lo_pos], dim=-1)
+            yield Chunk(face, torch.arange(n, device=counts.device, dtype=torch.int32), meta.int())
         start = stop

@@ -71,8 +71,12 @@ class Fragments:
         return tuple(self.face_id.shape[1:3])
 
 
-def _check_mesh(op: str, clip_pos: torch.Tensor, faces: torch.Tensor, dims: int) -> torch.Tensor:
-    """Validate ``clip_pos [B, V, dims]`` and ``faces``; return faces as int64 ``[B, F, 3]``."""
+def _check_mesh(op: str, clip_pos: torch.Tensor, faces: torch.Tensor, dims: int):
+    """Validate shapes and types of ``clip_pos [B, V, dims]`` and ``faces``.
+
+    Returns faces as int64 ``[B, F, 3]`` and the value checks (index range, finiteness) as a
+    ``(device values, raise-on-host function)`` pair that the candidate pass fetches with its sync.
+    """
     check_shape(op, "clip_pos", clip_pos, ("B", ">0", dims))
     if not clip_pos.is_floating_point():
         raise TypeError(f"{op}(): clip_pos must be a floating-point tensor; got {clip_pos.dtype}")
@@ -86,18 +90,19 @@ def _check_mesh(op: str, clip_pos: torch.Tensor, faces: torch.Tensor, dims: int)
     if faces.device != clip_pos.device:
         raise ValueError(f"{op}(): faces and clip_pos must share a device; got {faces.device} and {clip_pos.device}")
     faces = faces.long()
-    # One CPU-GPU sync for all value checks.
-    lo, hi, finite = torch.stack(
-        [faces.min().double(), faces.max().double(), torch.isfinite(clip_pos.detach()).all().double()]
-    ).tolist()
     num_verts = clip_pos.shape[1]
-    if lo < -1 or hi >= num_verts:
-        raise ValueError(
-            f"{op}(): faces must index vertices in [0, {num_verts}) (-1 pads); got range [{int(lo)}, {int(hi)}]"
-        )
-    if not finite:
-        raise ValueError(f"{op}(): clip_pos must be finite; got NaN or infinity")
-    return faces
+    values = torch.stack([faces.min().double(), faces.max().double(), torch.isfinite(clip_pos.detach()).all().double()])
+
+    def raise_if_bad(host: list[float]) -> None:
+        lo, hi, finite = host
+        if lo < -1 or hi >= num_verts:
+            raise ValueError(
+                f"{op}(): faces must index vertices in [0, {num_verts}) (-1 pads); got range [{int(lo)}, {int(hi)}]"
+            )
+        if not finite:
+            raise ValueError(f"{op}(): clip_pos must be finite; got NaN or infinity")
+
+    return faces, (values, raise_if_bad)
 
 
 def _edge_terms(faces: torch.Tensor, xy: torch.Tensor):
@@ -130,22 +135,24 @@ def _candidate_keys(
     W: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel index and packed ``(depth, face)`` key of each candidate ``(face, pos)``; the empty key
-    where the pixel centre is outside the face. ``table`` rows: origin (6), direction (6),
-    orientation (3), edge ownership (3), corner depths (3), |area| (1); ``meta``: see ``Chunk``."""
+    where the pixel centre is outside the face. ``table`` rows (see ``_face_table``): edge
+    coefficients (9), edge ownership (3), corner 1/w (3), 1/|area| (1); ``meta``: see ``Chunk``."""
     row, col = pixel_of(meta, face, pos)
-    rowdata = take_rows(table, face)
-    o, d = rowdata[:, 0:6].view(-1, 3, 2), rowdata[:, 6:12].view(-1, 3, 2)
-    px = (col.to(table.dtype) + 0.5).unsqueeze(1)
-    py = (row.to(table.dtype) + 0.5).unsqueeze(1)
-    edge = (d[..., 0] * (py - o[..., 1]) - d[..., 1] * (px - o[..., 0])) * rowdata[:, 12:15]
-    hit = (edge > 0) | ((edge == 0) & (rowdata[:, 15:18] > 0))
-    inside = hit[:, 0] & hit[:, 1] & hit[:, 2]
-    # Perspective-correct depth: 1 / sum(b_k / w_k) with screen-space barycentrics b_k = edge_k / area.
-    ratio = edge / rowdata[:, 18:21]
-    inv_depth = (ratio[:, 0] + ratio[:, 1] + ratio[:, 2]) / rowdata[:, 21]
-    depth = (1.0 / inv_depth).float().clamp(min=0)
-    key = (depth.view(torch.int32).long() << 32) | (face % num_faces)  # non-negative floats sort as ints
-    pixel = (face // num_faces) * (H * W) + row * W + col
+    r = take_rows(table, face)
+    px = col.to(table.dtype) + 0.5
+    py = row.to(table.dtype) + 0.5
+    e0 = r[:, 0] * px + r[:, 1] * py + r[:, 2]
+    e1 = r[:, 3] * px + r[:, 4] * py + r[:, 5]
+    e2 = r[:, 6] * px + r[:, 7] * py + r[:, 8]
+    inside = (
+        ((e0 > 0) | ((e0 == 0) & (r[:, 9] > 0)))
+        & ((e1 > 0) | ((e1 == 0) & (r[:, 10] > 0)))
+        & ((e2 > 0) | ((e2 == 0) & (r[:, 11] > 0)))
+    )
+    # Perspective-correct depth: 1 / sum(b_k / w_k) with screen-space barycentrics b_k = e_k / area.
+    depth = (1.0 / ((e0 * r[:, 12] + e1 * r[:, 13] + e2 * r[:, 14]) * r[:, 15])).float().clamp(min=0)
+    key = (depth.view(torch.int32).long() << 32) | (face % num_faces).long()  # non-negative floats sort as ints
+    pixel = (face // num_faces).long() * (H * W) + (row * W + col).long()
     return pixel, torch.where(inside, key, _EMPTY_KEY)
 
 
@@ -164,9 +171,9 @@ def _pixel_faces(face_id: torch.Tensor, num_faces: int) -> torch.Tensor:
     """Row of each pixel's face in a ``[B * F, ...]`` table, ``[B * H * W]``. Background pixels
     point at faces spread over the table (their weights are zero) so no row gets hot."""
     B, H, W = face_id.shape
-    pixel = torch.arange(B * H * W, device=face_id.device).view(B, H, W)
-    local = torch.where(face_id >= 0, face_id, pixel % num_faces)
-    return (local + num_faces * torch.arange(B, device=face_id.device).view(B, 1, 1)).view(-1)
+    pixel = torch.arange(H * W, device=face_id.device, dtype=torch.int32).view(1, H, W)
+    local = torch.where(face_id >= 0, face_id.int(), pixel % num_faces)
+    return (local + num_faces * torch.arange(B, device=face_id.device, dtype=torch.int32).view(B, 1, 1)).view(-1)
 
 
 def _fragment_math(
@@ -179,7 +186,7 @@ def _fragment_math(
     corners = take_rows(_corner_table(clip_pos, faces), _pixel_faces(face_id, faces.shape[1])).view(-1, 3, 4)
     xy = clip_to_pixel(corners, (H, W))  # (P, 3, 2)
     w = torch.where(mask, corners[..., 3], 1.0)  # background rows stay finite (no NaN gradients)
-    grid = torch.arange(H * W, device=face_id.device).repeat(B)
+    grid = torch.arange(H * W, device=face_id.device, dtype=torch.int32).repeat(B)
     px = ((grid % W).to(xy.dtype) + 0.5).unsqueeze(1)
     py = ((grid // W).to(xy.dtype) + 0.5).unsqueeze(1)
     # Screen-space edge values b_k * area for corner k, from the edge opposite it.
@@ -223,6 +230,7 @@ def _visible_faces(
     cull_backfaces: bool,
     max_candidates: int,
     ctx: RasterContext,
+    check,
 ) -> torch.Tensor:
     """Nearest covering face per pixel, ``[B, H, W]`` int64 (-1 for none)."""
     B, num_faces = faces.shape[:2]
@@ -238,11 +246,15 @@ def _visible_faces(
     oriented = direction * orient.unsqueeze(-1)
     # Tie rule for a centre exactly on an edge: the symbolic shift (-1, -eps) of the sample point.
     owns_edge = (oriented[..., 1] > 0) | ((oriented[..., 1] == 0) & (oriented[..., 0] < 0))
+    # Edge k as e_k(p) = a px + b py + c from its canonical origin and direction, then oriented:
+    # both faces of a shared edge compute identical coefficients, so their values are exact negatives.
+    dx, dy = direction[..., 0], direction[..., 1]
+    coeffs = torch.stack([-dy, dx, dy * origin[..., 0] - dx * origin[..., 1]], dim=-1) * orient.unsqueeze(-1)
     table = torch.cat(
-        [origin.flatten(2), direction.flatten(2), orient, owns_edge.to(xy.dtype), w, area.abs().unsqueeze(-1)], dim=-1
-    ).view(B * num_faces, 22)
+        [coeffs.flatten(2), owns_edge.to(xy.dtype), 1.0 / w, 1.0 / area.abs().clamp(min=1e-30).unsqueeze(-1)], dim=-1
+    ).view(B * num_faces, 16)
     best = torch.full((B * H * W,), _EMPTY_KEY, dtype=torch.int64, device=clip_pos.device)
-    for chunk in candidate_chunks(xy, valid, resolution, 0.0, max_candidates):
+    for chunk in candidate_chunks(xy, valid, resolution, 0.0, max_candidates, check):
         pixel, key = ctx.candidate_keys(table, chunk.meta, chunk.face, chunk.pos, num_faces, H, W)
         best.scatter_reduce_(0, pixel, key, reduce="amin")
     face_id = torch.where(best == _EMPTY_KEY, -1, best & 0xFFFFFFFF)
@@ -283,9 +295,9 @@ def rasterize(
     H, W = resolution
     if H <= 0 or W <= 0:
         raise ValueError(f"rasterize(): resolution must be positive (H, W); got {tuple(resolution)}")
-    faces = _check_mesh("rasterize", clip_pos, faces, 4)
+    faces, check = _check_mesh("rasterize", clip_pos, faces, 4)
     ctx = ctx or _EAGER
-    face_id = _visible_faces(clip_pos, faces, (H, W), cull_backfaces, max_candidates, ctx)
+    face_id = _visible_faces(clip_pos, faces, (H, W), cull_backfaces, max_candidates, ctx, check)
     bary, depth = ctx.fragment_math(clip_pos, faces, face_id)
     B = face_id.shape[0]
     return Fragments(face_id, bary.view(B, H, W, 3), depth.view(B, H, W), faces, clip_pos.shape[1])
@@ -376,7 +388,7 @@ def soft_silhouette(
     Returns:
         ``[B, H, W]`` silhouette in ``[0, 1]``.
     """
-    faces = _check_mesh("soft_silhouette", clip_pos, faces, 4)
+    faces, check = _check_mesh("soft_silhouette", clip_pos, faces, 4)
     if not sigma > 0:
         raise ValueError(f"soft_silhouette(): sigma must be > 0; got {sigma}")
     if not 0 < cutoff < 1:
@@ -388,7 +400,7 @@ def soft_silhouette(
     tri_flat = xy.reshape(B * num_faces, 3, 2)
     log_empty = clip_pos.new_zeros(B * H * W)
     covered = torch.zeros(B * H * W, dtype=torch.int32, device=clip_pos.device)
-    for chunk in candidate_chunks(xy, valid, resolution, margin, max_candidates):
+    for chunk in candidate_chunks(xy, valid, resolution, margin, max_candidates, check):
         face = chunk.face
         row, col = pixel_of(chunk.meta, face, chunk.pos)
         p = torch.stack([col, row], dim=-1).to(xy.dtype) + 0.5
@@ -398,7 +410,7 @@ def soft_silhouette(
         a, b = tri, tri.roll(-1, dims=1)
         edge = (b[..., 0] - a[..., 0]) * (p[:, 1:2] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (p[:, 0:1] - a[..., 0])
         inside = (edge * torch.sign(area).unsqueeze(-1) > 0).all(-1)
-        pixel = (face // num_faces) * (H * W) + row * W + col
+        pixel = (face // num_faces).long() * (H * W) + (row * W + col).long()
         covered.scatter_reduce_(0, pixel, inside.int(), reduce="amax")
         # log(1 - exp(-x)), with x kept off zero so a centre exactly on an edge has a finite gradient.
         x = (_point_triangle_sq_dist(p, tri) / sigma).clamp(min=1e-6)

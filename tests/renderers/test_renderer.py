@@ -31,7 +31,7 @@ def test_renderer_outputs_and_gradients_torch():
     assert int(((outside > 0.01) & (outside < 0.99)).sum()) > 20  # a soft band around the outline
     # Headlight on a sphere: the centre faces the light, the rim grazes it.
     centre, rim = out.rgb[0, 16, 16, 0], out.rgb[0][hard[0]][:, 0].min()
-    assert float(centre) > 0.75 and float(rim) < float(centre)
+    assert float(centre.detach()) > 0.75 and float(rim.detach()) < float(centre.detach())
     assert bool((out.normals[hard][:, 2] < 0.05).all())  # visible normals face the camera
     (out.rgb.sum() + out.mask.sum()).backward()
     assert float(verts.grad.abs().sum()) > 0 and float(colors.grad.abs().sum()) > 0
