@@ -17,13 +17,13 @@ def check_shape(op: str, name: str, tensor: torch.Tensor, shape: Sequence[int | 
     """
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{op}(): {name} must be a torch.Tensor; got {type(tensor).__name__}")
-    want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
     ok = tensor.dim() == len(shape)
     if ok:
         for size, spec in zip(tensor.shape, shape, strict=True):
             if isinstance(spec, int) and size != spec or spec == ">0" and size == 0:
                 ok = False
-    if not ok:
+    if not ok:  # the message is built only on failure, so compiled callers trace straight through
+        want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
         raise ValueError(f"{op}(): {name} must have shape {want}; got {list(tensor.shape)}")
 
 
