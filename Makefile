@@ -32,7 +32,7 @@ test: lint
 	$(VENV)/bin/pytest -q
 
 bench: $(VENV)/.installed
-	$(PY) bench/renderers.py
+	$(PY) -m bench.renderers
 
 clean:
 	rm -rf $(VENV) build *.egg-info

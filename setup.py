@@ -17,10 +17,10 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["renderloop", *(f"renderloop.{name}" for name in SUBPACKAGES)],
+    packages=["renderloop", "renderloop.conf", *(f"renderloop.{name}" for name in SUBPACKAGES)],
     package_dir={"renderloop": "renderloop", **{f"renderloop.{name}": name for name in SUBPACKAGES}},
-    package_data={"renderloop": ["conf/*.yaml", "conf/*/*.yaml"]},
-    include_package_data=True,
+    # The Hydra config tree ships as data of the importable `renderloop.conf` module.
+    package_data={"renderloop.conf": ["*.yaml", "*/*.yaml"]},
     install_requires=[
         # torch is deliberately unpinned here: `make` pins the build for the machine it runs on.
         "torch>=2.4",

@@ -1,0 +1,1 @@
+"""Hydra config tree: one primary config per command, groups in sub-folders."""
