@@ -307,7 +307,7 @@ def interpolate(attr: torch.Tensor, fragments: Fragments) -> torch.Tensor:
     """Interpolate vertex attributes at pixel centres; differentiable w.r.t. ``attr`` and positions.
 
     Args:
-        attr: ``[B, V, C]`` or ``[V, C]`` float vertex attributes (colours, normals, UVs, ...).
+        attr: ``[B, V, C]``, ``[1, V, C]`` or ``[V, C]`` float vertex attributes (colours, normals, UVs, ...).
         fragments: output of :func:`rasterize` for the same mesh.
 
     Returns:
@@ -315,7 +315,9 @@ def interpolate(attr: torch.Tensor, fragments: Fragments) -> torch.Tensor:
     """
     B, H, W = fragments.face_id.shape
     if attr.dim() == 2:
-        attr = attr.unsqueeze(0).expand(B, -1, -1)
+        attr = attr.unsqueeze(0)
+    if attr.dim() == 3 and attr.shape[0] == 1:
+        attr = attr.expand(B, -1, -1)
     check_shape("interpolate", "attr", attr, (B, ">0", None))
     V, C = attr.shape[1:]
     if fragments.num_verts != V:
