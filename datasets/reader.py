@@ -1,0 +1,188 @@
+"""Streaming reader: an ``IterableDataset`` that follows a stream's ledger while it grows.
+
+Shards are split across ranks and dataloader workers by a hash of their name (stable no matter
+in which order producers publish), so every published sample is read exactly once per epoch
+across all of them. Each shard's checksum is verified before decoding; a truncated or corrupt
+shard is skipped, logged and counted, and reading goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import random
+import tarfile
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .ledger import Ledger, LedgerEntry
+from .schema import decode_sample
+from .storage import Storage
+
+__all__ = ["ReaderStats", "ShardStream", "shard_slot", "iter_tar_samples"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReaderStats:
+    """Counters of one reader (one rank × worker)."""
+
+    samples: int = 0
+    shards: int = 0
+    bytes: int = 0
+    skipped_shards: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def shard_slot(shard: str, slots: int) -> int:
+    """The (rank, worker) slot that reads ``shard``: a stable hash, independent of publish order."""
+    return zlib.crc32(shard.encode()) % slots
+
+
+def iter_tar_samples(data: bytes) -> Iterator[dict[str, bytes]]:
+    """Raw samples (``__key__`` + field bytes) of a WebDataset tar held in memory."""
+    current: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, name = member.name.rpartition("/")[2].partition(".")
+            if current and current["__key__"] != key:
+                yield current
+                current = {}
+            current["__key__"] = key
+            current[name] = tar.extractfile(member).read()
+    if current:
+        yield current
+
+
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class ShardStream(IterableDataset):
+    """Decoded samples of a stream, for this rank and dataloader worker.
+
+    Args:
+        root: storage root (path or fsspec URL); stream: stream folder name.
+        rank, world_size: default from ``torch.distributed`` or ``RANK``/``WORLD_SIZE``.
+        follow: keep polling the ledger for new shards until the stream is closed (live training);
+            otherwise read what is published now.
+        epochs: passes over a finished stream (``follow=False``); 0 repeats forever.
+        shuffle_buffer: samples held for shuffling (0 keeps shard order).
+        seed: shuffling seed (mixed with epoch and slot).
+        poll_seconds: ledger polling interval while following.
+        idle_timeout: stop following after this many seconds without a new shard (None: wait).
+        consumer: id prefix under which consumed shard counts are recorded for backpressure.
+        fields: keep only these fields (plus ``__key__``); None keeps all.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        stream: str,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        follow: bool = True,
+        epochs: int = 1,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        poll_seconds: float = 0.2,
+        idle_timeout: float | None = None,
+        consumer: str = "reader",
+        fields: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if epochs < 0 or shuffle_buffer < 0 or poll_seconds <= 0:
+            raise ValueError("ShardStream(): epochs and shuffle_buffer must be >= 0 and poll_seconds > 0")
+        self.root, self.stream = root, stream
+        self.rank, self.world_size = rank, world_size
+        self.follow, self.epochs, self.shuffle_buffer, self.seed = follow, epochs, shuffle_buffer, seed
+        self.poll_seconds, self.idle_timeout, self.consumer = poll_seconds, idle_timeout, consumer
+        self.fields = set(fields) if fields else None
+        self.stats = ReaderStats()
+
+    def _slot(self) -> tuple[int, int, str]:
+        rank, world = self.rank, self.world_size
+        if rank is None or world is None:
+            rank, world = _distributed()
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        return rank * workers + worker, world * workers, f"{self.consumer}-r{rank}-w{worker}"
+
+    def _read_shard(self, storage: Storage, ledger: Ledger, entry: LedgerEntry) -> list[dict[str, Any]] | None:
+        rel = ledger.rel("shards", entry.shard)
+        try:
+            data = storage.read_bytes(rel)
+            if hashlib.sha256(data).hexdigest() != entry.sha256:
+                raise ValueError(f"checksum mismatch ({len(data)} bytes, ledger says {entry.bytes})")
+            raws = list(iter_tar_samples(data))
+        except (OSError, ValueError, tarfile.TarError) as err:
+            self.stats.skipped_shards += 1
+            self.stats.skipped.append(entry.shard)
+            log.warning("skipping shard %s of stream %s: %s", entry.shard, self.stream, err)
+            return None
+        self.stats.shards += 1
+        self.stats.bytes += len(data)
+        samples = []
+        for raw in raws:
+            if self.fields is not None:
+                raw = {k: v for k, v in raw.items() if k == "__key__" or k in self.fields}
+            samples.append(decode_sample(raw, shard=entry.shard))
+        return samples
+
+    def _epoch(self, storage: Storage, ledger: Ledger, slot: int, slots: int, consumer: str, epoch: int):
+        done: set[str] = set()
+        last_new = time.monotonic()
+        while True:
+            fresh = [e for e in ledger.entries() if e.shard not in done and shard_slot(e.shard, slots) == slot]
+            for entry in fresh:
+                done.add(entry.shard)
+                samples = self._read_shard(storage, ledger, entry)
+                if samples is not None:
+                    yield from samples
+                ledger.record_consumed(consumer, self.stats.shards + self.stats.skipped_shards)
+            if fresh:
+                last_new = time.monotonic()
+            if not self.follow or epoch > 0:
+                return
+            if ledger.closed and not [
+                e for e in ledger.entries() if e.shard not in done and shard_slot(e.shard, slots) == slot
+            ]:
+                return
+            if self.idle_timeout is not None and time.monotonic() - last_new > self.idle_timeout:
+                log.warning("stream %s: no new shard for %.1f s; stopping", self.stream, self.idle_timeout)
+                return
+            time.sleep(self.poll_seconds)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        slot, slots, consumer = self._slot()
+        storage = Storage(self.root)
+        ledger = Ledger(storage, self.stream)
+        epoch = 0
+        while self.epochs == 0 or epoch < self.epochs:
+            rng = random.Random(hash((self.seed, epoch, slot)))
+            buffer: list[dict[str, Any]] = []
+            for sample in self._epoch(storage, ledger, slot, slots, consumer, epoch):
+                self.stats.samples += 1
+                if self.shuffle_buffer <= 1:
+                    yield sample
+                    continue
+                buffer.append(sample)
+                if len(buffer) >= self.shuffle_buffer:
+                    yield buffer.pop(rng.randrange(len(buffer)))
+            rng.shuffle(buffer)
+            yield from buffer
+            epoch += 1
