@@ -1,0 +1,275 @@
+"""The procedural 3D simulator: labeled images of random shapes, batched on any device.
+
+``Simulator(config, device)`` is built once (meshes loaded, renderer built and optionally
+compiled); ``generate(seed, batch_index)`` returns a batch that depends only on its arguments.
+Every image comes with mask, depth, normals, part segmentation, 2D/3D keypoints, camera and
+light. ``style: real_like`` adds specular highlights, colour cast, vignetting, blur and sensor
+noise, so sim-to-real methods get a controlled domain gap with labels on both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import kornia
+import torch
+import torch.nn.functional as F
+
+from renderloop.config import ConfigError
+from renderloop.renderers import cameras, ops
+from renderloop.renderers.meshes import icosphere, load_mesh, pad_meshes
+from renderloop.renderers.renderer import MeshRenderer, RendererConfig
+from renderloop.renderers.shading import blinn_phong
+
+from .shapes import PROCEDURAL, TEXTURES, deform, keypoint_vertices, part_labels, random_rotation, solid_texture
+
+__all__ = ["SimulatorConfig", "Simulator", "STYLES"]
+
+STYLES = ("synthetic", "real_like")
+SHAPES = (*PROCEDURAL, "mesh")
+BACKGROUNDS = ("solid", "gradient", "noise")
+VERSION = "1"
+
+
+@dataclass
+class SimulatorConfig:
+    """Settings of the simulator source (Hydra group ``source``, option ``simulator``)."""
+
+    resolution: int = 128
+    """Square image size in pixels."""
+    batch_size: int = 64
+    """Images per ``generate`` call (objects × views)."""
+    style: str = "synthetic"
+    """``synthetic`` (plain Lambertian) or ``real_like`` (specular, colour cast, vignetting, blur, noise)."""
+    shapes: list[str] = field(default_factory=lambda: list(PROCEDURAL))
+    """Shape kinds drawn uniformly: superquadric, deformed_sphere, extrusion, mesh."""
+    mesh_paths: list[str] = field(default_factory=list)
+    """OBJ/PLY/OFF/STL files for the ``mesh`` kind."""
+    subdivisions: int = 3
+    """Icosphere subdivisions of procedural shapes (3: 642 vertices, 1,280 faces)."""
+    textures: list[str] = field(default_factory=lambda: list(TEXTURES))
+    """Solid textures drawn uniformly: solid, checker, noise, gradient."""
+    num_parts: int = 6
+    """Part labels per shape (regions around fixed directions)."""
+    num_keypoints: int = 8
+    """Keypoints per shape (vertices farthest along fixed directions)."""
+    views: int = 1
+    """Views per object: > 1 renders each object from several cameras (multi-view groups)."""
+    azimuth_deg: tuple[float, float] = (0.0, 360.0)
+    elevation_deg: tuple[float, float] = (-10.0, 45.0)
+    distance: tuple[float, float] = (2.6, 3.4)
+    fov_deg: float = 40.0
+    ambient: tuple[float, float] = (0.25, 0.5)
+    diffuse: tuple[float, float] = (0.5, 0.85)
+    compile: bool = False
+    """torch.compile the renderer (see ``renderer.compile``)."""
+
+    def __post_init__(self) -> None:
+        def bad(key: str, msg: str) -> ConfigError:
+            return ConfigError(f"source.{key}", msg)
+
+        if self.resolution < 8:
+            raise bad("resolution", f"must be >= 8; got {self.resolution}")
+        if self.style not in STYLES:
+            raise bad("style", f"must be one of {STYLES}; got {self.style!r}")
+        if not self.shapes or set(self.shapes) - set(SHAPES):
+            raise bad("shapes", f"must be a non-empty subset of {SHAPES}; got {self.shapes}")
+        if "mesh" in self.shapes and not self.mesh_paths:
+            raise bad("mesh_paths", "the 'mesh' shape needs at least one mesh file")
+        if not self.textures or set(self.textures) - set(TEXTURES):
+            raise bad("textures", f"must be a non-empty subset of {TEXTURES}; got {self.textures}")
+        if self.views < 1 or self.batch_size % self.views:
+            raise bad("views", f"must be >= 1 and divide batch_size={self.batch_size}; got {self.views}")
+        for key in ("num_parts", "num_keypoints", "batch_size"):
+            if not 1 <= getattr(self, key) <= 255:
+                raise bad(key, f"must be in [1, 255]; got {getattr(self, key)}")
+        if not 0 < self.distance[0] <= self.distance[1] or self.distance[0] <= 1.05:
+            raise bad("distance", f"must be an increasing range beyond the object's radius 1; got {self.distance}")
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _mix(seed: int, batch_index: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{batch_index}".encode()).digest()[:8], "little") >> 1
+
+
+class Simulator:
+    """Procedural labeled scenes; build once, then call :meth:`generate` per batch."""
+
+    name = "simulator"
+
+    def __init__(self, config: SimulatorConfig | None = None, device: torch.device | str = "cpu") -> None:
+        self.config = cfg = config or SimulatorConfig()
+        self.device = torch.device(device)
+        res = cfg.resolution
+        self.renderer = MeshRenderer(RendererConfig(height=res, width=res, compile=cfg.compile))
+        # Fixed (seed-independent) part centres and keypoint directions keep labels semantic.
+        fixed = torch.Generator().manual_seed(20240601)
+        self.part_centres = F.normalize(torch.randn(cfg.num_parts, 3, generator=fixed), dim=-1).to(self.device)
+        kp_dirs = F.normalize(torch.randn(cfg.num_keypoints, 3, generator=fixed), dim=-1).to(self.device)
+        sphere = icosphere(cfg.subdivisions).to(self.device)
+        meshes = [load_mesh(p).normalized() for p in cfg.mesh_paths] if "mesh" in cfg.shapes else []
+        # Topology 0 is the procedural sphere; 1.. are the loaded meshes, all padded to one size.
+        verts, faces = pad_meshes([sphere, *(m.to(self.device) for m in meshes)])
+        self.topo_verts, self.topo_faces = verts.to(self.device), faces.to(self.device)
+        self.sphere_dirs, self.num_sphere_verts = sphere.verts, sphere.verts.shape[0]
+        sizes = [sphere.verts.shape[0], *(m.verts.shape[0] for m in meshes)]
+        self.keypoint_ids = torch.stack(
+            [keypoint_vertices(verts[i, :n].to(self.device), kp_dirs) for i, n in enumerate(sizes)]
+        )
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {"source": self.name, "version": VERSION, "style": self.config.style, "config": self.config.digest()}
+
+    def _range(self, gen, n, bounds, scale=1.0):
+        lo, hi = bounds
+        return (lo + (hi - lo) * torch.rand(n, generator=gen, device=self.device)) * scale
+
+    @torch.no_grad()
+    def generate(self, seed: int, batch_index: int) -> dict[str, torch.Tensor]:
+        """One batch; a pure function of ``(seed, batch_index)`` on a given device."""
+        cfg, dev = self.config, self.device
+        gen = torch.Generator(device=dev).manual_seed(_mix(seed, batch_index))
+        B, V = cfg.batch_size, cfg.views
+        N = B // V  # objects
+        res = cfg.resolution
+
+        # Objects: shape kind, topology, canonical vertices, rotation, texture, parts.
+        shape_names = torch.tensor([SHAPES.index(s) for s in cfg.shapes], device=dev)
+        kind = shape_names[torch.randint(len(cfg.shapes), (N,), generator=gen, device=dev)]
+        mesh_count = self.topo_verts.shape[0] - 1
+        topo = torch.where(
+            kind == SHAPES.index("mesh"), 1 + torch.randint(max(mesh_count, 1), (N,), generator=gen, device=dev), 0
+        )
+        proc = deform(self.sphere_dirs, kind.clamp(max=len(PROCEDURAL) - 1), gen)  # (N, Vs, 3)
+        canon = self.topo_verts[topo].clone()
+        canon[:, : self.num_sphere_verts] = torch.where(
+            (topo == 0).view(N, 1, 1), proc, canon[:, : self.num_sphere_verts]
+        )
+        faces = self.topo_faces[topo]  # (N, F, 3), -1 pads
+        texture_names = torch.tensor([TEXTURES.index(t) for t in cfg.textures], device=dev)
+        colors = solid_texture(
+            canon, texture_names[torch.randint(len(cfg.textures), (N,), generator=gen, device=dev)], gen
+        )
+        parts = part_labels(canon, self.part_centres)  # (N, Vmax)
+        world = canon @ random_rotation(N, gen, device=dev).transpose(1, 2)
+
+        # Views: each object seen by `views` cameras.
+        def per_view(x):
+            return x.repeat_interleave(V, dim=0)
+
+        world, faces, colors, parts, topo = map(per_view, (world, faces, colors, parts, topo))
+        az = self._range(gen, B, cfg.azimuth_deg, math.pi / 180)
+        el = self._range(gen, B, cfg.elevation_deg, math.pi / 180)
+        dist = self._range(gen, B, cfg.distance)
+        R, t = cameras.orbit_camera(az, el, dist)
+        K = cameras.fov_intrinsics(cfg.fov_deg, res, res, batch=B, device=dev)
+        light = F.normalize(
+            torch.cat([2 * torch.rand(B, 2, generator=gen, device=dev) - 1, -torch.ones(B, 1, device=dev)], -1), dim=-1
+        )
+        ambient, diffuse = self._range(gen, B, cfg.ambient), self._range(gen, B, cfg.diffuse)
+
+        out = self.renderer(world, faces, colors, R, t, K, light, ambient, diffuse)
+        mask = out.fragments.mask
+        face_parts = torch.gather(parts, 1, faces[..., 0].clamp(min=0))  # (B, F)
+        seg = (ops.gather_faces(face_parts.unsqueeze(-1).float() + 1, out.fragments)[..., 0]).round().long()
+        rgb = out.rgb
+        if cfg.style == "real_like":
+            rays = F.normalize(
+                cameras.pixel_to_camera(
+                    cameras.pixel_grid(res, res, device=dev).expand(B, res, res, 2),
+                    torch.ones(B, res, res, device=dev),
+                    K,
+                ),
+                dim=-1,
+            )
+            shine = self._range(gen, B, (16.0, 64.0))
+            strength = self._range(gen, B, (0.2, 0.5))
+            rgb = rgb + blinn_phong(out.normals, -rays, light, shine, strength) * mask.unsqueeze(-1)
+        image = torch.where(mask.unsqueeze(-1), rgb, self._background(gen, B, res)).permute(0, 3, 1, 2)
+        if cfg.style == "real_like":
+            image = self._camera_effects(gen, image)
+
+        cam_pts = cameras.world_to_camera(world, R, t)
+        kp3d = torch.gather(cam_pts, 1, self.keypoint_ids[topo].unsqueeze(-1).expand(-1, -1, 3))
+        return {
+            "rgb": image.clamp(0, 1),
+            "mask": mask,
+            "depth": out.depth,
+            "normal": out.normals,
+            "seg": seg,
+            "kp2d": cameras.camera_to_pixel(kp3d, K),
+            "kp3d": kp3d,
+            "K": K, "R": R, "t": t, "azimuth": az, "elevation": el, "distance": dist,
+            "light": light, "ambient": ambient, "diffuse": diffuse,
+            "group": torch.arange(N, device=dev).repeat_interleave(V) + batch_index * N,
+            "view": torch.arange(V, device=dev).repeat(N),
+        }  # fmt: skip
+
+    def _background(self, gen, B: int, res: int) -> torch.Tensor:
+        dev = self.device
+        c1, c2 = torch.rand(B, 1, 1, 3, generator=gen, device=dev), torch.rand(B, 1, 1, 3, generator=gen, device=dev)
+        grid = cameras.pixel_grid(res, res, device=dev) / res  # (H, W, 2) in [0, 1]
+        gradient = grid[..., 1].view(1, res, res, 1)
+        freq = 2 + 6 * torch.rand(B, 1, 1, 2, generator=gen, device=dev)
+        noise = 0.5 + 0.25 * (
+            torch.sin(freq[..., :1] * 6.28 * grid[..., :1]) + torch.sin(freq[..., 1:] * 6.28 * grid[..., 1:])
+        )
+        kind = torch.randint(len(BACKGROUNDS), (B, 1, 1, 1), generator=gen, device=dev)
+        mix = torch.where(kind == 0, torch.zeros_like(noise), torch.where(kind == 1, gradient.expand_as(noise), noise))
+        return c1 + (c2 - c1) * mix
+
+    def _camera_effects(self, gen, image: torch.Tensor) -> torch.Tensor:
+        """Colour cast, vignetting, blur and sensor noise of a cheap real camera; ``[B, 3, H, W]``."""
+        B, _, H, W = image.shape
+        dev = self.device
+        image = image * (0.85 + 0.3 * torch.rand(B, 3, 1, 1, generator=gen, device=dev))
+        grid = cameras.pixel_grid(H, W, device=dev)
+        r2 = (((grid - grid.new_tensor([W / 2, H / 2])) / max(H, W)) ** 2).sum(-1) * 2  # 0 centre, 1 corners
+        image = image * (1 - (0.1 + 0.3 * torch.rand(B, 1, 1, 1, generator=gen, device=dev)) * r2)
+        sigma = (0.4 + 0.6 * torch.rand(B, 1, generator=gen, device=dev)).expand(B, 2)
+        image = kornia.filters.gaussian_blur2d(image, (5, 5), sigma)
+        noise_std = 0.01 + 0.02 * torch.rand(B, 1, 1, 1, generator=gen, device=dev)
+        return image + noise_std * torch.randn(image.shape, generator=gen, device=dev)
+
+    def to_samples(self, batch: dict[str, torch.Tensor], seeds: list[int], keys: list[str]) -> list[dict[str, Any]]:
+        """Schema samples (CPU, ready for ``encode_sample``) from a batch, with their keys and seeds."""
+        cpu = {k: v.detach().cpu() for k, v in batch.items()}
+        rgb = (cpu["rgb"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+        mask = cpu["mask"].to(torch.uint8).numpy() * 255
+        seg = cpu["seg"].clamp(0, 255).to(torch.uint8).numpy()
+        meta = self.meta
+        samples = []
+        for i, (key, seed) in enumerate(zip(keys, seeds, strict=True)):
+            sample = {
+                "__key__": key,
+                "rgb.png": rgb[i],
+                "mask.png": mask[i],
+                "depth.npy": cpu["depth"][i].numpy(),
+                "normal.npy": cpu["normal"][i].numpy(),
+                "seg.png": seg[i],
+                "kp2d.npy": cpu["kp2d"][i].numpy(),
+                "kp3d.npy": cpu["kp3d"][i].numpy(),
+                "cam.json": {k: cpu[k][i] for k in ("K", "R", "t", "azimuth", "elevation", "distance")},
+                "light.json": {
+                    "direction": cpu["light"][i],
+                    "ambient": cpu["ambient"][i],
+                    "diffuse": cpu["diffuse"][i],
+                },
+                "meta.json": {**meta, "seed": int(seed)},
+            }
+            if self.config.views > 1:
+                sample["group.txt"], sample["view.txt"] = int(cpu["group"][i]), int(cpu["view"][i])
+            samples.append(sample)
+        return samples
+
+
+def sample_seeds(seed: int, batch_index: int, batch_size: int) -> list[int]:
+    """Seeds recorded for the samples of batch ``batch_index`` (unique per producer seed)."""
+    return [seed * 1_000_000_007 + batch_index * batch_size + i for i in range(batch_size)]
