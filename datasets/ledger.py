@@ -10,6 +10,7 @@ Layout of a stream ``<root>/<stream>/``::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -73,10 +74,8 @@ class Ledger:
         prefix = f"{producer}-"
         for name in self.storage.list(self.rel("shards")):
             if name.startswith(prefix):
-                try:
+                with contextlib.suppress(ValueError):
                     used.append(int(name[len(prefix) :].split(".")[0]))
-                except ValueError:
-                    pass
         return max(used, default=-1) + 1
 
     def record_consumed(self, consumer: str, shards: int) -> None:

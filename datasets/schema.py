@@ -52,6 +52,18 @@ def _gray(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("L")).copy()
 
 
+def _mask(data: bytes) -> torch.Tensor:
+    return torch.from_numpy(_gray(data) > 127).float()[None]
+
+
+def _labels(data: bytes) -> torch.Tensor:
+    return torch.from_numpy(_gray(data)).long()
+
+
+def _normals(data: bytes) -> torch.Tensor:
+    return _from_npy(data).permute(2, 0, 1)
+
+
 def _npy(x: Any) -> bytes:
     buf = io.BytesIO()
     np.save(buf, _to_numpy(x).astype(np.float32), allow_pickle=False)
@@ -93,12 +105,12 @@ class Field:
 FIELDS: dict[str, Field] = {
     f.name: f
     for f in (
-        Field("rgb.png", _png, _image, "image, uint8 [H, W, 3] in; float [3, H, W] in [0, 1] out"),
+        Field("rgb.png", _png, _image, "image: uint8 [H, W, 3] in, float [3, H, W] in [0, 1] out"),
         Field("rgb.jpg", _jpg, _image, "image (lossy), as rgb.png"),
-        Field("mask.png", _png, lambda b: torch.from_numpy(_gray(b) > 127).float()[None], "object mask 0/255 → [1, H, W] {0, 1}"),
+        Field("mask.png", _png, _mask, "object mask 0/255 → float [1, H, W] in {0, 1}"),
         Field("depth.npy", _npy, _from_npy, "float32 [H, W] camera depth, 0 in the background"),
-        Field("normal.npy", _npy, lambda b: _from_npy(b).permute(2, 0, 1), "float32 camera normals [H, W, 3] → [3, H, W]"),
-        Field("seg.png", _png, lambda b: torch.from_numpy(_gray(b)).long(), "uint8 part labels (0 = background) → int64 [H, W]"),
+        Field("normal.npy", _npy, _normals, "float32 camera normals [H, W, 3] → [3, H, W]"),
+        Field("seg.png", _png, _labels, "uint8 part labels (0 = background) → int64 [H, W]"),
         Field("kp2d.npy", _npy, _from_npy, "float32 [J, 2] keypoints, pixels"),
         Field("kp3d.npy", _npy, _from_npy, "float32 [J, 3] keypoints, camera frame"),
         Field("cam.json", _json, _camera, "K [3, 3], R [3, 3], t [3], azimuth, elevation, distance"),

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -62,10 +63,8 @@ class Storage:
         """Flush ``f`` to stable storage (fsync on local disks) and close it."""
         f.flush()
         if self.is_local and hasattr(f, "fileno"):
-            try:
+            with contextlib.suppress(OSError, ValueError):  # not every local file object has a descriptor
                 os.fsync(f.fileno())
-            except (OSError, ValueError):
-                pass
         f.close()
 
     def rename(self, src: str, dst: str) -> None:
