@@ -37,7 +37,7 @@ class LedgerEntry:
     index: int
     """The producer's shard counter (never reused, also across restarts)."""
     seeds: tuple[int, int]
-    """First and last sample seed in the shard."""
+    """First and last sample number in the shard (with the producer's seed they fix each sample)."""
     published_at: float
     """Unix time of publication."""
 

@@ -51,8 +51,9 @@ class ShardWriter:
             raise ValueError(f"ShardWriter(): producer id must be non-empty without '-', '/' or '.'; got {producer!r}")
         self.ledger, self.producer, self.samples_per_shard = ledger, producer, samples_per_shard
         self.storage = ledger.storage
-        self._remove_stale_tmp()
+        # The index counts stale temporary shards too (before they are removed): never reuse a name.
         self.index = ledger.next_index(producer)
+        self._remove_stale_tmp()
         self._open = None
         self.published: list[LedgerEntry] = []
 

@@ -268,8 +268,3 @@ class Simulator:
                 sample["group.txt"], sample["view.txt"] = int(cpu["group"][i]), int(cpu["view"][i])
             samples.append(sample)
         return samples
-
-
-def sample_seeds(seed: int, batch_index: int, batch_size: int) -> list[int]:
-    """Seeds recorded for the samples of batch ``batch_index`` (unique per producer seed)."""
-    return [seed * 1_000_000_007 + batch_index * batch_size + i for i in range(batch_size)]

@@ -11,7 +11,17 @@ from dataclasses import dataclass, field
 
 import fsspec
 
-__all__ = ["Storage"]
+__all__ = ["Storage", "StorageConfig"]
+
+
+@dataclass
+class StorageConfig:
+    """Where a stream lives (Hydra group ``storage``)."""
+
+    root: str = "data"
+    """A local path or an fsspec URL."""
+    stream: str = "simulator"
+    """The stream's folder name under ``root``."""
 
 
 @dataclass

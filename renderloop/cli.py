@@ -10,6 +10,8 @@ from renderloop.config import ConfigError, load_config
 COMMANDS = {
     "info": "print versions, devices, renderer backends and the compile cache location",
     "demo": "render a turntable of a mesh with renderloop's renderers and write a PNG sheet",
+    "generate": "run a source (simulator, image folder) into a stream of WebDataset shards",
+    "inspect": "summarize a stream under ROOT and write a contact sheet of samples with labels",
 }
 
 
@@ -22,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "inspect":
+            cmd.add_argument("root", metavar="ROOT", help="storage root (path or fsspec URL)")
         cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra config overrides")
     return parser
 
@@ -42,6 +46,24 @@ def _demo(overrides: list[str]) -> None:
     print(f"wrote {run(cfg)}")
 
 
+def _generate(overrides: list[str]) -> None:
+    from renderloop.generate import GenerateConfig, run
+
+    cfg = load_config("generate", overrides, GenerateConfig)
+    s = run(cfg)
+    print(
+        f"{s['samples']} samples in {s['seconds']:.1f} s ({s['samples_per_s']:.1f} samples/s); "
+        f"stream {s['stream']}: {s['shards']} shards, {s['bytes'] / 2**20:.1f} MiB"
+    )
+
+
+def _inspect(root: str, overrides: list[str]) -> None:
+    from renderloop.inspection import InspectConfig, run
+
+    cfg = load_config("inspect", [f"root={root}", *overrides], InspectConfig)
+    print("\n".join(run(cfg)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -49,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        {"info": _info, "demo": _demo}[args.command](args.overrides)
-    except ConfigError as err:
+        if args.command == "inspect":
+            _inspect(args.root, args.overrides)
+        else:
+            {"info": _info, "demo": _demo, "generate": _generate}[args.command](args.overrides)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"renderloop {args.command}: {err}", file=sys.stderr)
         return 2
     return 0

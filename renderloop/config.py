@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ConfigError", "load_config"]
+__all__ = ["ConfigError", "load_config", "to_schema"]
 
 
 class ConfigError(ValueError):
@@ -57,3 +57,16 @@ def _first_line(err: BaseException) -> str:
             return lines[0]
         err = err.__cause__ or err.__context__
     return "invalid configuration"
+
+
+def to_schema(schema: type, node: Any, key: str) -> Any:
+    """Validate a config subtree ``node`` (found at dotted ``key``) against dataclass ``schema``."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        sub = getattr(err, "full_key", None)
+        raise ConfigError(f"{key}.{sub}" if sub else key, _first_line(err)) from None

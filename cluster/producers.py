@@ -1,0 +1,88 @@
+"""Producer actors on Ray: each builds its source once (model loaded, renderer compiled) and runs
+a ``Producer`` into the stream. A killed actor is restarted by Ray (``max_restarts``) and its
+``run_until`` call retried: the new ``Producer`` continues from the ledger, so no partial shard
+becomes visible and no shard name or seed is reused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from renderloop.datasets.ledger import Ledger
+from renderloop.datasets.producer import Producer
+from renderloop.datasets.sources import build_source
+from renderloop.datasets.storage import Storage
+from renderloop.metrics import RaySink
+
+from .config import ClusterConfig
+
+__all__ = ["ProducerActor", "ProducerPool"]
+
+
+@ray.remote
+class ProducerActor:
+    """One producer; its constructor does the heavy, once-per-actor work."""
+
+    def __init__(
+        self, source_name: str, source_config: Any, root: str, stream: str, producer: str, options: dict[str, Any]
+    ) -> None:
+        import torch
+
+        device = options.get("device", "auto")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        source = build_source(source_name, source_config, device)
+        self.producer = Producer(
+            source,
+            Ledger(Storage(root), stream),
+            producer,
+            samples_per_shard=options["samples_per_shard"],
+            seed=options.get("seed", 0),
+            max_backlog_shards=options.get("max_backlog_shards", 0),
+            metrics=RaySink(),
+        )
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+    def run_until(self, total: int) -> dict[str, float]:
+        stats = self.producer.run_until(total)
+        return dict(vars(stats))
+
+    def published(self) -> int:
+        return self.producer.published_samples()
+
+
+class ProducerPool:
+    """``cluster.producers`` actors with the resources and restarts of ``cluster``."""
+
+    def __init__(
+        self,
+        cluster: ClusterConfig,
+        source_name: str,
+        source_config: Any,
+        root: str,
+        stream: str,
+        options: dict[str, Any],
+    ) -> None:
+        self.ids = [f"p{i}" for i in range(cluster.producers)]
+        self.actors = [
+            ProducerActor.options(
+                num_cpus=cluster.num_cpus_per_producer,
+                num_gpus=cluster.num_gpus_per_producer,
+                max_restarts=cluster.max_restarts,
+                max_task_retries=-1,  # a method call interrupted by a restart is retried
+            ).remote(source_name, source_config, root, stream, pid, options)
+            for pid in self.ids
+        ]
+
+    def run_until(self, totals: list[int]) -> list[ray.ObjectRef]:
+        """Start every actor; each runs until its producer id has published ``totals[i]`` samples."""
+        return [actor.run_until.remote(total) for actor, total in zip(self.actors, totals, strict=True)]
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)

@@ -1,0 +1,140 @@
+"""A producer: runs a source into a stream (batches → samples → shards → ledger), with backpressure.
+
+The same class runs in a thread (local mode) and inside a Ray actor (``cluster/producers.py``).
+After a restart it continues from the ledger: the next shard index is one past everything this
+producer id has published or left behind, and batch indices (hence seeds) follow from it, so no
+shard name or seed is ever reused.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+
+from renderloop.metrics import MetricsSink
+
+from .ledger import Ledger
+from .shards import ShardWriter
+
+__all__ = ["ProducerStats", "Producer", "producer_seed"]
+
+
+@dataclass
+class ProducerStats:
+    samples: int = 0
+    shards: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    paused_seconds: float = 0.0
+
+
+def producer_seed(seed: int, producer: str) -> int:
+    """A producer's own seed: distinct producers of one run never share sample seeds."""
+    return (seed * 1_000_003 + zlib.crc32(producer.encode())) % (1 << 62)
+
+
+class Producer:
+    """Generate batches from ``source`` and publish them as shards of ``samples_per_shard``.
+
+    Args:
+        source: a built source (see ``datasets.sources``).
+        ledger: the stream to publish into.
+        producer: id, unique within the stream (letters, digits and underscores).
+        samples_per_shard: a multiple of the source's batch size.
+        seed: run seed, mixed with the producer id.
+        max_backlog_shards: pause while more published shards than this are unconsumed (0: no bound).
+        metrics: where to report.
+    """
+
+    def __init__(
+        self,
+        source,
+        ledger: Ledger,
+        producer: str,
+        *,
+        samples_per_shard: int,
+        seed: int = 0,
+        max_backlog_shards: int = 0,
+        poll_seconds: float = 0.2,
+        metrics: MetricsSink | None = None,
+    ) -> None:
+        batch = source.config.batch_size
+        if samples_per_shard % batch:
+            raise ValueError(
+                f"Producer(): samples_per_shard ({samples_per_shard}) must be a multiple of the batch size ({batch})"
+            )
+        self.source, self.ledger, self.producer = source, ledger, producer
+        self.writer = ShardWriter(ledger, producer, samples_per_shard)
+        self.batches_per_shard = samples_per_shard // batch
+        self.seed = producer_seed(seed, producer)
+        self.max_backlog, self.poll_seconds = max_backlog_shards, poll_seconds
+        self.metrics = metrics or MetricsSink()
+        self.stats = ProducerStats()
+        self.labels = {"source": source.name, "producer": producer}
+
+    def _wait_for_room(self, stop: threading.Event | None) -> None:
+        if not self.max_backlog:
+            return
+        start = time.monotonic()
+        while (backlog := self.ledger.backlog()) >= self.max_backlog and not (stop and stop.is_set()):
+            self.metrics.set("renderloop_backlog_shards", backlog, stream=self.ledger.stream)
+            time.sleep(self.poll_seconds)
+        paused = time.monotonic() - start
+        self.stats.paused_seconds += paused
+        self.metrics.inc("renderloop_producer_paused_seconds_total", paused, **self.labels)
+
+    def published_samples(self) -> int:
+        """Samples this producer id has published in the stream, restarts included."""
+        return sum(e.count for e in self.ledger.entries() if e.producer == self.producer)
+
+    def run_until(self, total: int, stop: threading.Event | None = None) -> ProducerStats:
+        """Produce until this producer id has published ``total`` samples (idempotent across restarts)."""
+        return self.run(max(total - self.published_samples(), 0), stop)
+
+    def run(self, num_samples: int | None = None, stop: threading.Event | None = None) -> ProducerStats:
+        """Produce until ``num_samples`` more samples are published (None: until ``stop`` is set)."""
+        batch_size = self.source.config.batch_size
+        target = None if num_samples is None else self.stats.samples + num_samples
+        start = time.monotonic()
+        while (target is None or self.stats.samples < target) and not (stop and stop.is_set()):
+            if self.writer._open is None:  # a new shard starts: respect the backlog bound
+                self._wait_for_room(stop)
+                if stop and stop.is_set():
+                    break
+            batch_index = (
+                self.writer.index * self.batches_per_shard + (self.writer._open or {}).get("count", 0) // batch_size
+            )
+            t0 = time.perf_counter()
+            batch = self.source.generate(self.seed, batch_index)
+            # A sample's number within this producer: with the producer seed, it pins the sample down.
+            seeds = [batch_index * batch_size + i for i in range(batch_size)]
+            keys = [f"{self.producer}_{batch_index:09d}_{i:04d}" for i in range(batch_size)]
+            samples = self.source.to_samples(batch, seeds, keys)
+            for sample in samples:
+                sample["meta.json"] = {
+                    **sample.get("meta.json", {}),
+                    "producer": self.producer,
+                    "producer_seed": self.seed,
+                }
+            self.metrics.observe("renderloop_producer_batch_seconds", time.perf_counter() - t0, **self.labels)
+            if target is not None:
+                samples = samples[: target - self.stats.samples]
+            for sample, s in zip(samples, seeds, strict=False):
+                entry = self.writer.write(sample, s)
+                if entry is not None:
+                    self._published(entry)
+            self.stats.samples += len(samples)
+            self.metrics.inc("renderloop_samples_generated_total", len(samples), **self.labels)
+        entry = self.writer.close()
+        if entry is not None:
+            self._published(entry)
+        self.stats.seconds += time.monotonic() - start
+        return self.stats
+
+    def _published(self, entry) -> None:
+        self.stats.shards += 1
+        self.stats.bytes += entry.bytes
+        self.metrics.inc("renderloop_shards_published_total", **self.labels)
+        self.metrics.inc("renderloop_bytes_written_total", entry.bytes, **self.labels)

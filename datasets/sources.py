@@ -1,0 +1,41 @@
+"""Source registry: a source's name → its config dataclass and its class.
+
+A source is built once per process (or Ray actor) and then produces batches:
+``generate(seed, batch_index) -> dict of tensors`` (a pure function of its arguments) and
+``to_samples(batch, seeds, keys) -> list of schema samples``; ``config.batch_size`` and ``meta``
+describe it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from renderloop.config import ConfigError, to_schema
+
+from .image_folder import ImageFolder, ImageFolderConfig
+from .simulator import Simulator, SimulatorConfig
+
+__all__ = ["SOURCES", "source_config", "build_source"]
+
+SOURCES: dict[str, tuple[type, type]] = {
+    "simulator": (SimulatorConfig, Simulator),
+    "image_folder": (ImageFolderConfig, ImageFolder),
+}
+
+
+def source_config(node: Any) -> tuple[str, Any]:
+    """``(name, validated config)`` of a ``source`` config node holding ``name`` and the source's keys."""
+    from omegaconf import OmegaConf
+
+    plain = dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node)
+    name = plain.pop("name", None)
+    if name not in SOURCES:
+        raise ConfigError("source.name", f"must be one of {sorted(SOURCES)}; got {name!r}")
+    return name, to_schema(SOURCES[name][0], plain, "source")
+
+
+def build_source(name: str, config: Any, device: torch.device | str = "cpu"):
+    """Build the source ``name`` from its validated ``config`` (once per process or actor)."""
+    return SOURCES[name][1](config, device)
