@@ -124,20 +124,17 @@ def run(cfg: InspectConfig) -> list[str]:
     streams = _streams(storage, cfg.stream)
     if not streams:
         raise ValueError(f"no stream under {cfg.root}")
-    for i, stream in enumerate(streams):
+    for stream in streams:
         s = summarize(storage, stream)
         lines.append(
             f"{s['stream']}: {s['samples']} samples in {s['shards']} shards, {s['bytes'] / 2**20:.1f} MiB, "
-            f"producers {', '.join(s['producers']) or '-'}, {'closed' if s['closed'] else 'open'}, backlog {s['backlog_shards']} shards"
+            f"producers {', '.join(s['producers']) or '-'}, {'closed' if s['closed'] else 'open'}, "
+            f"backlog {s['backlog_shards']} shards"
         )
         lines.append(f"  fields: {' '.join(s['fields'])}")
         if s["samples"]:
             out = Path(cfg.output)
-            if len(streams) > 1:
-                out = (
-                    out.with_name(f"{out.stem}-{stream}{out.suffix}")
-                    if i
-                    else out.with_name(f"{out.stem}-{stream}{out.suffix}")
-                )
+            if len(streams) > 1:  # one sheet per stream
+                out = out.with_name(f"{out.stem}-{stream}{out.suffix}")
             lines.append(f"  contact sheet: {contact_sheet(storage, stream, cfg.samples, out)}")
     return lines
