@@ -134,6 +134,8 @@ class Producer:
         return self.stats
 
     def _published(self, entry) -> None:
+        if self.max_backlog:
+            self.metrics.set("renderloop_backlog_shards", self.ledger.backlog(), stream=self.ledger.stream)
         self.stats.shards += 1
         self.stats.bytes += entry.bytes
         self.metrics.inc("renderloop_shards_published_total", **self.labels)

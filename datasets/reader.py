@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from renderloop.metrics import MetricsSink
+
 from .ledger import Ledger, LedgerEntry
 from .schema import decode_sample
 from .storage import Storage
@@ -86,6 +88,7 @@ class ShardStream(IterableDataset):
         idle_timeout: stop following after this many seconds without a new shard (None: wait).
         consumer: id prefix under which consumed shard counts are recorded for backpressure.
         fields: keep only these fields (plus ``__key__``); None keeps all.
+        metrics: where to report samples, shards, bytes and skipped shards.
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class ShardStream(IterableDataset):
         idle_timeout: float | None = None,
         consumer: str = "reader",
         fields: list[str] | None = None,
+        metrics: MetricsSink | None = None,
     ) -> None:
         super().__init__()
         if epochs < 0 or shuffle_buffer < 0 or poll_seconds <= 0:
@@ -113,6 +117,8 @@ class ShardStream(IterableDataset):
         self.poll_seconds, self.idle_timeout, self.consumer = poll_seconds, idle_timeout, consumer
         self.fields = set(fields) if fields else None
         self.stats = ReaderStats()
+        self.metrics = metrics or MetricsSink()
+        self._consumer = consumer
 
     def _slot(self) -> tuple[int, int, str]:
         rank, world = self.rank, self.world_size
@@ -132,10 +138,15 @@ class ShardStream(IterableDataset):
         except (OSError, ValueError, tarfile.TarError) as err:
             self.stats.skipped_shards += 1
             self.stats.skipped.append(entry.shard)
+            self.metrics.inc("renderloop_shards_skipped_total", stream=self.stream, consumer=self._consumer)
             log.warning("skipping shard %s of stream %s: %s", entry.shard, self.stream, err)
             return None
         self.stats.shards += 1
         self.stats.bytes += len(data)
+        labels = {"stream": self.stream, "consumer": self._consumer}
+        self.metrics.inc("renderloop_shards_consumed_total", **labels)
+        self.metrics.inc("renderloop_bytes_read_total", len(data), **labels)
+        self.metrics.inc("renderloop_samples_consumed_total", len(raws), **labels)
         samples = []
         for raw in raws:
             if self.fields is not None:
@@ -169,6 +180,7 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         slot, slots, consumer = self._slot()
+        self._consumer = consumer
         storage = Storage(self.root)
         ledger = Ledger(storage, self.stream)
         epoch = 0

@@ -48,3 +48,34 @@ def test_bad_config_is_refused_with_the_key(capsys, tmp_path):
     assert main(["demo", "no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_generate_then_inspect(tmp_path, capsys):
+    root = tmp_path / "data"
+    args = [
+        "generate",
+        "source=debug",
+        f"storage.root={root}",
+        "num_samples=24",
+        "samples_per_shard=8",
+        "cluster.producers=2",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "24 samples" in out and "4 shards" in out  # each producer: one full shard and one of 4
+    sheet = tmp_path / "sheet.png"
+    assert main(["inspect", str(root), f"output={sheet}", "samples=3"]) == 0
+    out = capsys.readouterr().out
+    assert "simulator: 24 samples in 4 shards" in out and "closed" in out and "kp2d.npy" in out
+    image = np.asarray(Image.open(sheet))
+    assert image.shape[0] == 3 * 128 and image.shape[1] == 5 * 128  # 3 samples × (rgb, overlay, depth, normals, seg)
+
+
+def test_generate_refuses_bad_config_before_work(tmp_path, capsys):
+    assert main(["generate", "source=debug", f"storage.root={tmp_path}", "samples_per_shard=6"]) == 2
+    assert "samples_per_shard: must be a multiple of source.batch_size=8" in capsys.readouterr().err
+    assert main(["generate", "source=debug", "source.style=cartoon", f"storage.root={tmp_path}"]) == 2
+    assert "config error at source.style" in capsys.readouterr().err
+    assert main(["generate", "cluster.mode=slurm", f"storage.root={tmp_path}"]) == 2
+    assert "config error at cluster.mode" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
