@@ -21,7 +21,10 @@ def _sample():
         "seg.png": rng.integers(0, 7, (6, 5), dtype=np.uint8),
         "kp2d.npy": rng.random((4, 2)).astype(np.float32),
         "kp3d.npy": rng.random((4, 3)).astype(np.float32),
-        "cam.json": {"K": torch.eye(3), "R": torch.eye(3), "t": torch.tensor([0.0, 0.0, 3.0]), "azimuth": 0.5, "elevation": 0.1, "distance": 3.0},
+        "cam.json": {
+            "K": torch.eye(3), "R": torch.eye(3), "t": torch.tensor([0.0, 0.0, 3.0]),
+            "azimuth": 0.5, "elevation": 0.1, "distance": 3.0,
+        },
         "light.json": {"direction": [0.0, 0.0, -1.0], "ambient": 0.3, "diffuse": 0.7},
         "latent.npy": rng.standard_normal(512).astype(np.float32),
         "view.txt": 2,
