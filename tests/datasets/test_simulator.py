@@ -96,3 +96,14 @@ def test_loaded_meshes_render_with_labels(tmp_path):
 def test_bad_config_names_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=rf"config error at {key}"):
         SimulatorConfig(**kwargs)
+
+
+def test_simulator_renders_debian_meshes(tmp_path):
+    from tests.debian_data import cgal_mesh, debian_file
+
+    paths = [cgal_mesh("bunny00.off", tmp_path), cgal_mesh("cow.off", tmp_path), debian_file("/usr/share/assimp/models/OBJ/spider.obj")]
+    sim = Simulator(SimulatorConfig(resolution=48, batch_size=6, shapes=["mesh"], mesh_paths=[str(p) for p in paths]))
+    b = sim.generate(0, 0)
+    coverage = b["mask"].float().mean((1, 2))
+    assert bool((coverage > 0.02).all()) and torch.equal(b["depth"] > 0, b["mask"])
+    assert int(b["seg"].amax()) > 1  # several parts on real meshes
