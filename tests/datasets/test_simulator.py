@@ -101,9 +101,23 @@ def test_bad_config_names_the_key(kwargs, key):
 def test_simulator_renders_debian_meshes(tmp_path):
     from tests.debian_data import cgal_mesh, debian_file
 
-    paths = [cgal_mesh("bunny00.off", tmp_path), cgal_mesh("cow.off", tmp_path), debian_file("/usr/share/assimp/models/OBJ/spider.obj")]
+    paths = [
+        cgal_mesh("bunny00.off", tmp_path),
+        cgal_mesh("cow.off", tmp_path),
+        debian_file("/usr/share/assimp/models/OBJ/spider.obj"),
+    ]
     sim = Simulator(SimulatorConfig(resolution=48, batch_size=6, shapes=["mesh"], mesh_paths=[str(p) for p in paths]))
     b = sim.generate(0, 0)
     coverage = b["mask"].float().mean((1, 2))
     assert bool((coverage > 0.02).all()) and torch.equal(b["depth"] > 0, b["mask"])
     assert int(b["seg"].amax()) > 1  # several parts on real meshes
+
+
+@pytest.mark.gpu
+def test_simulator_on_cuda_is_deterministic_with_consistent_labels_cuda():
+    sim = Simulator(SimulatorConfig(resolution=64, batch_size=8, style="real_like", views=2), "cuda")
+    a, b = sim.generate(7, 2), sim.generate(7, 2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(a["depth"] > 0, a["mask"]) and torch.equal(a["seg"] > 0, a["mask"])
+    samples = sim.to_samples(a, list(range(8)), [f"k{i}" for i in range(8)])
+    assert samples[0]["rgb.png"].shape == (64, 64, 3)

@@ -1,0 +1,140 @@
+"""Data throughput: simulator images/s with all labels, and shard write / read samples/s and MB/s.
+
+    python -m bench.data                                  # CPU
+    python -m bench.data --device cuda --compile --out data-cuda.json
+
+*simulator* times ``Simulator.generate`` (shapes, textures, cameras, render, labels; all on the
+device) at each resolution and style. *write* encodes samples to the schema and writes shards
+through ``ShardWriter`` to a local folder; *read* streams them back through ``ShardStream`` with
+checksums and decoding. Both are host-side and single-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+
+import torch
+
+from renderloop.datasets.ledger import Ledger
+from renderloop.datasets.reader import ShardStream
+from renderloop.datasets.shards import ShardWriter
+from renderloop.datasets.simulator import Simulator, SimulatorConfig
+from renderloop.datasets.storage import Storage
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_simulator(res: int, batch: int, style: str, device: torch.device, compile_: bool, iters: int) -> dict:
+    sim = Simulator(SimulatorConfig(resolution=res, batch_size=batch, style=style, compile=compile_), device)
+    for i in range(5):  # warm-up (compilation, allocator)
+        sim.generate(0, i)
+    _sync(device)
+    start = time.perf_counter()
+    for i in range(iters):
+        sim.generate(1, i)
+    _sync(device)
+    seconds = (time.perf_counter() - start) / iters
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    return {
+        "what": "simulator",
+        "resolution": res,
+        "batch": batch,
+        "style": style,
+        "compile": compile_,
+        "images_per_s": batch / seconds,
+        "peak_mib": peak,
+    }
+
+
+def bench_shards(res: int, samples: int, device: torch.device) -> list[dict]:
+    sim = Simulator(SimulatorConfig(resolution=res, batch_size=64), device)
+    batches = [sim.generate(0, i) for i in range(max(samples // 64, 1))]
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        ledger = Ledger(Storage(root), "bench")
+        writer = ShardWriter(ledger, "p0", 256)
+        start = time.perf_counter()
+        n = 0
+        for i, batch in enumerate(batches):
+            keys = [f"k{i:05d}_{j:03d}" for j in range(64)]
+            for sample in sim.to_samples(batch, list(range(n, n + 64)), keys):
+                writer.write(sample, n)
+                n += 1
+        writer.close()
+        seconds = time.perf_counter() - start
+        total = sum(e.bytes for e in ledger.entries())
+        rows.append(
+            {
+                "what": "write",
+                "resolution": res,
+                "samples_per_s": n / seconds,
+                "mb_per_s": total / seconds / 1e6,
+                "bytes_per_sample": total / n,
+            }
+        )
+        stream = ShardStream(root, "bench", follow=False)
+        start = time.perf_counter()
+        count = sum(1 for _ in stream)
+        seconds = time.perf_counter() - start
+        rows.append(
+            {
+                "what": "read",
+                "resolution": res,
+                "samples_per_s": count / seconds,
+                "mb_per_s": stream.stats.bytes / seconds / 1e6,
+                "bytes_per_sample": total / n,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=0, help="simulator batch (default: 512 on GPU, 32 on CPU)")
+    parser.add_argument("--iters", type=int, default=0, help="timed batches (default: 20 on GPU, 3 on CPU)")
+    parser.add_argument("--compile", action="store_true", help="also time the compiled renderer")
+    parser.add_argument("--shard-samples", type=int, default=1024, help="samples written and read per resolution")
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    batch, iters = args.batch or (512 if gpu else 32), args.iters or (20 if gpu else 3)
+    rows = []
+    for res in (128, 256):
+        for style in ("synthetic", "real_like"):
+            for comp in (False, True) if args.compile else (False,):
+                b = batch if res == 128 else max(batch // 4, 1)
+                r = bench_simulator(res, b, style, device, comp, iters)
+                rows.append(r)
+                print(
+                    f"simulator {res}² {style:9s} batch {b:4d} compile={comp!s:5s} {r['images_per_s']:10.0f} images/s  peak {r['peak_mib']:.0f} MiB",
+                    flush=True,
+                )
+    for res in (128, 256):
+        for r in bench_shards(res, args.shard_samples, device):
+            rows.append(r)
+            print(
+                f"{r['what']:5s} {res}² {r['samples_per_s']:8.0f} samples/s {r['mb_per_s']:7.1f} MB/s ({r['bytes_per_sample'] / 1e3:.0f} kB/sample)",
+                flush=True,
+            )
+    meta = {
+        "device": torch.cuda.get_device_name(device) if gpu else platform.processor() or platform.machine(),
+        "torch": torch.__version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    print(json.dumps(meta))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
