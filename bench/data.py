@@ -116,14 +116,16 @@ def main() -> None:
                 r = bench_simulator(res, b, style, device, comp, iters)
                 rows.append(r)
                 print(
-                    f"simulator {res}² {style:9s} batch {b:4d} compile={comp!s:5s} {r['images_per_s']:10.0f} images/s  peak {r['peak_mib']:.0f} MiB",
+                    f"simulator {res}² {style:9s} batch {b:4d} compile={comp!s:5s} "
+                    f"{r['images_per_s']:10.0f} images/s  peak {r['peak_mib']:.0f} MiB",
                     flush=True,
                 )
     for res in (128, 256):
         for r in bench_shards(res, args.shard_samples, device):
             rows.append(r)
             print(
-                f"{r['what']:5s} {res}² {r['samples_per_s']:8.0f} samples/s {r['mb_per_s']:7.1f} MB/s ({r['bytes_per_sample'] / 1e3:.0f} kB/sample)",
+                f"{r['what']:5s} {res}² {r['samples_per_s']:8.0f} samples/s {r['mb_per_s']:7.1f} MB/s "
+                f"({r['bytes_per_sample'] / 1e3:.0f} kB/sample)",
                 flush=True,
             )
     meta = {
