@@ -84,9 +84,11 @@ class SimulatorConfig:
             raise bad("textures", f"must be a non-empty subset of {TEXTURES}; got {self.textures}")
         if self.views < 1 or self.batch_size % self.views:
             raise bad("views", f"must be >= 1 and divide batch_size={self.batch_size}; got {self.views}")
-        for key in ("num_parts", "num_keypoints", "batch_size"):
+        for key in ("num_parts", "num_keypoints"):  # part labels are stored as uint8
             if not 1 <= getattr(self, key) <= 255:
                 raise bad(key, f"must be in [1, 255]; got {getattr(self, key)}")
+        if self.batch_size < 1:
+            raise bad("batch_size", f"must be >= 1; got {self.batch_size}")
         if not 0 < self.distance[0] <= self.distance[1] or self.distance[0] <= 1.05:
             raise bad("distance", f"must be an increasing range beyond the object's radius 1; got {self.distance}")
 

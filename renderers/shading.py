@@ -31,13 +31,20 @@ def face_normals(verts: torch.Tensor, faces: torch.Tensor, *, unit: bool = True)
 
 
 def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Area-weighted unit vertex normals ``[B, V, 3]`` of ``verts [B, V, 3]``."""
+    """Area-weighted unit vertex normals ``[B, V, 3]`` of ``verts [B, V, 3]``.
+
+    Face normals are summed per vertex with a sorted segment reduction rather than atomic
+    scatter-adds, so the result is bitwise reproducible on GPUs too.
+    """
     B, V, _ = verts.shape
     n = face_normals(verts, faces, unit=False)  # (B, F, 3), length = 2 * area
     faces = faces.expand(B, -1, -1) if faces.dim() == 2 else faces
     n = n * (faces[..., :1] >= 0)  # padding faces add nothing
     idx = (faces.clamp(min=0) + V * torch.arange(B, device=verts.device).view(B, 1, 1)).reshape(-1)
-    acc = verts.new_zeros(B * V, 3).index_add(0, idx, n.unsqueeze(2).expand(-1, -1, 3, -1).reshape(-1, 3))
+    order = torch.argsort(idx, stable=True)
+    lengths = torch.bincount(idx, minlength=B * V)
+    corner_normals = n.unsqueeze(2).expand(-1, -1, 3, -1).reshape(-1, 3)
+    acc = torch.segment_reduce(corner_normals[order], "sum", lengths=lengths, unsafe=True)
     return F.normalize(acc.view(B, V, 3), dim=-1, eps=1e-12)
 
 
