@@ -54,6 +54,23 @@ def bench_simulator(res: int, batch: int, style: str, device: torch.device, comp
     }
 
 
+def profile_simulator(res: int, batch: int, device: torch.device, compile_: bool) -> None:
+    """Print the most expensive ops of two ``generate`` calls (after warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sim = Simulator(SimulatorConfig(resolution=res, batch_size=batch, compile=compile_), device)
+    for i in range(5):
+        sim.generate(0, i)
+    _sync(device)
+    activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device.type == "cuda")
+    with profile(activities=activities, record_shapes=True) as prof:
+        sim.generate(1, 0)
+        sim.generate(1, 1)
+        _sync(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=25, max_name_column_width=60))
+
+
 def bench_shards(res: int, samples: int, device: torch.device) -> list[dict]:
     sim = Simulator(SimulatorConfig(resolution=res, batch_size=64), device)
     batches = [sim.generate(0, i) for i in range(max(samples // 64, 1))]
@@ -104,10 +121,14 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the compiled renderer")
     parser.add_argument("--shard-samples", type=int, default=1024, help="samples written and read per resolution")
     parser.add_argument("--out", default="")
+    parser.add_argument("--profile", action="store_true", help="only profile the 128² simulator")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     batch, iters = args.batch or (512 if gpu else 32), args.iters or (20 if gpu else 3)
+    if args.profile:
+        profile_simulator(128, batch, device, args.compile)
+        return
     rows = []
     for res in (128, 256):
         for style in ("synthetic", "real_like"):
