@@ -53,11 +53,16 @@ def deform(dirs: torch.Tensor, kind: torch.Tensor, gen: torch.Generator) -> torc
 
 
 def random_rotation(n: int, gen: torch.Generator, device=None) -> torch.Tensor:
-    """Uniform random rotations ``[n, 3, 3]`` (QR of a Gaussian matrix, sign-fixed)."""
-    q, r = torch.linalg.qr(torch.randn(n, 3, 3, generator=gen, device=device))
-    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
-    det = torch.linalg.det(q)
-    return q * torch.stack([torch.ones_like(det), torch.ones_like(det), det], -1).unsqueeze(-2)
+    """Uniform random rotations ``[n, 3, 3]``: normalized 4D Gaussians are uniform unit quaternions."""
+    w, x, y, z = F.normalize(torch.randn(n, 4, generator=gen, device=device), dim=-1).unbind(-1)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).view(n, 3, 3)  # fmt: skip
 
 
 def solid_texture(points: torch.Tensor, kind: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

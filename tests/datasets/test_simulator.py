@@ -121,3 +121,13 @@ def test_simulator_on_cuda_is_deterministic_with_consistent_labels_cuda():
     assert torch.equal(a["depth"] > 0, a["mask"]) and torch.equal(a["seg"] > 0, a["mask"])
     samples = sim.to_samples(a, list(range(8)), [f"k{i}" for i in range(8)])
     assert samples[0]["rgb.png"].shape == (64, 64, 3)
+
+
+def test_random_rotations_are_proper_and_spread():
+    from renderloop.datasets.shapes import random_rotation
+
+    R = random_rotation(2000, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(R @ R.transpose(1, 2), torch.eye(3).expand(2000, 3, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.linalg.det(R), torch.ones(2000), atol=1e-5, rtol=0)
+    # Uniform on SO(3): each axis maps to a uniform direction, with mean near zero.
+    assert float(R[:, :, 2].mean(0).abs().max()) < 0.06
