@@ -42,10 +42,9 @@ def test_labels_agree_with_each_other(sim):
 
 
 def test_depth_reprojects_to_keypoints(sim):
-    b = sim.generate(3, 1)
     res = sim.config.resolution
     seen = behind = total = 0
-    for i in range(b["kp2d"].shape[0]):
+    for b, i in ((sim.generate(3, k), i) for k in range(3) for i in range(sim.config.batch_size)):
         for (u, v), z in zip(b["kp2d"][i], b["kp3d"][i, :, 2], strict=True):
             if not (0 <= u < res and 0 <= v < res):
                 continue
@@ -55,7 +54,8 @@ def test_depth_reprojects_to_keypoints(sim):
                 seen += 1  # a visible keypoint: the depth map passes through it
             if d > z * 1.05:
                 behind += 1  # the rendered surface would be behind the keypoint: impossible
-    assert total > 20 and seen / total > 0.3 and behind <= 0.05 * total
+    # About half the keypoints face away from the camera or are occluded.
+    assert total > 60 and seen / total > 0.2 and behind <= 0.05 * total
 
 
 def test_multiview_groups_share_the_object(sim):
