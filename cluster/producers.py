@@ -33,6 +33,8 @@ class ProducerActor:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         source = build_source(source_name, source_config, device)
+        if hasattr(source, "warmup"):
+            source.warmup()
         self.producer = Producer(
             source,
             Ledger(Storage(root), stream),

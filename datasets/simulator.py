@@ -125,6 +125,10 @@ class Simulator:
             [keypoint_vertices(verts[i, :n].to(self.device), kp_dirs) for i, n in enumerate(sizes)]
         )
 
+    def warmup(self) -> None:
+        """Generate and drop one batch: compiles the renderer and warms the allocator."""
+        self.generate(0, 0)
+
     @property
     def meta(self) -> dict[str, Any]:
         return {"source": self.name, "version": VERSION, "style": self.config.style, "config": self.config.digest()}

@@ -3,7 +3,7 @@
 A source is built once per process (or Ray actor) and then produces batches:
 ``generate(seed, batch_index) -> dict of tensors`` (a pure function of its arguments) and
 ``to_samples(batch, seeds, keys) -> list of schema samples``; ``config.batch_size`` and ``meta``
-describe it.
+describe it. An optional ``warmup()`` does one throwaway batch (producer actors call it).
 """
 
 from __future__ import annotations

@@ -65,3 +65,14 @@ def test_killed_actor_restarts_and_continues(local_ray, tmp_path):
     samples = list(ShardStream(root, "s", follow=False))
     assert len(samples) == sum(e.count for e in Ledger(Storage(root), "s").entries())
     pool.kill()
+
+
+def test_generate_command_on_ray(local_ray, tmp_path, capsys):
+    from renderloop.cli import main
+
+    args = ["generate", "source=debug", "cluster=ray", "cluster.producers=2", "cluster.num_cpus_per_producer=0.5"]
+    assert main([*args, f"storage.root={tmp_path}", "num_samples=32", "samples_per_shard=8"]) == 0
+    assert "32 samples" in capsys.readouterr().out
+    ledger = Ledger(Storage(str(tmp_path)), "simulator")
+    assert ledger.closed and sum(e.count for e in ledger.entries()) == 32
+    assert {e.producer for e in ledger.entries()} == {"p0", "p1"}

@@ -188,3 +188,13 @@ def test_metrics_endpoint_serves_producer_and_reader_counters(tmp_path):
     assert 'renderloop_samples_generated_total{producer="p0",source="simulator"} 8.0' in text
     assert 'renderloop_samples_consumed_total{consumer="reader-r0-w0",stream="s"} 8.0' in text
     assert "renderloop_producer_batch_seconds_bucket" in text and "renderloop_shards_published_total" in text
+
+
+def test_dataloader_batches_decoded_samples(tmp_path):
+    tiny_producer(str(tmp_path)).run(8)
+    loader = DataLoader(
+        ShardStream(str(tmp_path), "s", follow=False, fields=["rgb.png", "mask.png", "cam.json"]), batch_size=4
+    )
+    batch = next(iter(loader))
+    assert batch["rgb.png"].shape == (4, 3, 16, 16) and batch["mask.png"].shape == (4, 1, 16, 16)
+    assert batch["cam.json"]["K"].shape == (4, 3, 3) and len(batch["__key__"]) == 4 and "depth.npy" not in batch
