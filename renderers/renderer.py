@@ -21,8 +21,8 @@ from renderloop.config import ConfigError
 from .backends import get_backend
 from .cameras import camera_to_clip, fov_intrinsics, orbit_camera, world_to_camera
 from .meshes import icosphere
-from .ops import Fragments, interpolate, make_context
-from .shading import lambertian, unit3, vertex_normals
+from .ops import Fragments, gather_faces, interpolate, make_context
+from .shading import face_normals, lambertian, unit3, vertex_normals
 
 __all__ = ["RendererConfig", "RenderOutput", "MeshRenderer", "configure_compile_cache"]
 
@@ -39,6 +39,8 @@ class RendererConfig:
     """Rasterizer backend name (see ``renderers.backends``)."""
     cull_backfaces: bool = False
     """Drop faces seen from behind; off by default so open meshes render from both sides."""
+    normals: str = "vertex"
+    """Shading normals: ``vertex`` (interpolated, smooth) or ``face`` (flat)."""
     near: float = 0.01
     """Near plane distance; faces with a corner in front of it are culled."""
     far: float = 100.0
@@ -64,6 +66,8 @@ class RendererConfig:
             raise ConfigError("renderer.near", f"must satisfy 0 < near < far; got near={self.near}, far={self.far}")
         if self.sigma <= 0:
             raise ConfigError("renderer.sigma", f"must be > 0; got {self.sigma}")
+        if self.normals not in ("vertex", "face"):
+            raise ConfigError("renderer.normals", f"must be 'vertex' or 'face'; got {self.normals!r}")
         if self.warmup_batch < 0:
             raise ConfigError("renderer.warmup_batch", f"must be >= 0; got {self.warmup_batch}")
         try:
@@ -108,10 +112,15 @@ def _shade(
     ambient: torch.Tensor,
     diffuse: torch.Tensor,
     background: float,
+    flat: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense shading of visible fragments (the stage that ``compile`` fuses)."""
-    both = interpolate(torch.cat([normals, colors], dim=-1), frags)  # one gather for both attributes
-    n, albedo = unit3(both[..., :3]), both[..., 3:]
+    """Dense shading of visible fragments (the stage that ``compile`` fuses). ``normals`` are
+    per face ``[B, F, 3]`` when ``flat``, else per vertex ``[B, V, 3]``."""
+    if flat:
+        n, albedo = unit3(gather_faces(normals, frags)), interpolate(colors, frags)
+    else:
+        both = interpolate(torch.cat([normals, colors], dim=-1), frags)  # one gather for both attributes
+        n, albedo = unit3(both[..., :3]), both[..., 3:]
     m = frags.mask.unsqueeze(-1).to(albedo.dtype)
     rgb = lambertian(n, albedo, light_dir, ambient, diffuse) * m + background * (1 - m)
     return rgb, n * m
@@ -165,7 +174,9 @@ class MeshRenderer(torch.nn.Module):
         colors = colors.unsqueeze(0).expand(verts.shape[0], -1, -1) if colors.dim() == 2 else colors
         amb = torch.as_tensor(ambient, dtype=verts.dtype, device=verts.device).expand(verts.shape[0])
         dif = torch.as_tensor(diffuse, dtype=verts.dtype, device=verts.device).expand(verts.shape[0])
-        rgb, normals = self._shade(frags, vertex_normals(cam, faces), colors, light_dir, amb, dif, cfg.background)
+        flat = cfg.normals == "face"
+        normals = face_normals(cam, faces) if flat else vertex_normals(cam, faces)
+        rgb, normals = self._shade(frags, normals, colors, light_dir, amb, dif, cfg.background, flat)
         if cfg.soft_mask:
             mask = self.backend.soft_silhouette(clip, faces, self.resolution, sigma=cfg.sigma)
         else:

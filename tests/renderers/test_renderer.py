@@ -58,6 +58,7 @@ def test_renderer_warmup_and_compile_torch(tmp_path, monkeypatch):
         ({"sigma": -1.0}, "renderer.sigma"),
         ({"backend": "nope"}, "renderer.backend"),
         ({"warmup_batch": -2}, "renderer.warmup_batch"),
+        ({"normals": "phong"}, "renderer.normals"),
     ],
 )
 def test_renderer_config_errors_name_the_key_torch(kwargs, key):
@@ -98,3 +99,16 @@ def test_meshes_torch(tmp_path):
         load_mesh(tmp_path / "missing.obj")
     verts, faces = pad_meshes([Mesh(torch.zeros(3, 3), torch.tensor([[0, 1, 2]])), ring])
     assert verts.shape == (2, 60, 3) and faces.shape == (2, 120, 3) and int(faces[0, 1:].max()) == -1
+
+
+def test_flat_shading_is_constant_per_face_torch():
+    flat = MeshRenderer(RendererConfig(height=32, width=32, normals="face"))
+    smooth = MeshRenderer(RendererConfig(height=32, width=32))
+    out_flat, _, _ = _render(flat)
+    out_smooth, _, _ = _render(smooth)
+    frags = out_flat.fragments
+    for face in frags.face_id[0].unique()[1:6]:  # pixels of one face share one normal
+        normals = out_flat.normals[0][frags.face_id[0] == face]
+        torch.testing.assert_close(normals, normals[:1].expand_as(normals))
+    assert not torch.allclose(out_flat.rgb, out_smooth.rgb)
+    assert torch.equal(out_flat.fragments.mask, out_smooth.fragments.mask)
