@@ -5,6 +5,7 @@ Layout of a stream ``<root>/<stream>/``::
     shards/<producer>-<index>.tar      complete shards (written as ``*.tmp``, then renamed)
     ledger/<producer>-<index>.json     one entry per published shard, written after its rename
     consumers/<consumer>.json          how many shards each reader has consumed (backpressure)
+    producers/<producer>.json          the producer's next unreserved batch index
     CLOSED                             written when generation is finished (followers stop)
 """
 
@@ -37,7 +38,7 @@ class LedgerEntry:
     index: int
     """The producer's shard counter (never reused, also across restarts)."""
     seeds: tuple[int, int]
-    """First and last sample number in the shard (with the producer's seed they fix each sample)."""
+    """First and last batch index in the shard (with the producer's seed they fix every sample)."""
     published_at: float
     """Unix time of publication."""
 
@@ -99,6 +100,22 @@ class Ledger:
     def close(self) -> None:
         """Mark the stream finished: followers stop once they have read every entry."""
         self.storage.write_atomic(self.rel("CLOSED"), b"")
+
+    def reopen(self) -> None:
+        """Remove the ``CLOSED`` mark before more samples are appended."""
+        self.storage.remove(self.rel("CLOSED"))
+
+    def reserve_batches(self, producer: str, count: int) -> int:
+        """Reserve ``count`` batch indices for ``producer``; returns the first.
+
+        The counter lives in ``producers/<producer>.json`` and only moves forward, so batches of a
+        shard that was never published (a killed producer) are not generated again, and a run
+        with another batch or shard size cannot land on indices already used.
+        """
+        rel = self.rel("producers", f"{producer}.json")
+        first = json.loads(self.storage.read_bytes(rel))["next_batch"] if self.storage.exists(rel) else 0
+        self.storage.write_atomic(rel, json.dumps({"next_batch": first + count}).encode())
+        return first
 
     @property
     def closed(self) -> bool:

@@ -2,8 +2,9 @@
 
 The same class runs in a thread (local mode) and inside a Ray actor (``cluster/producers.py``).
 After a restart it continues from the ledger: the next shard index is one past everything this
-producer id has published or left behind, and batch indices (hence seeds) follow from it, so no
-shard name or seed is ever reused.
+producer id has published or left behind, and batch indices (which, with the producer's seed,
+fix every sample) come from a forward-only counter in the ledger, so no shard name or seed is
+ever reused, whatever the batch or shard size of earlier runs.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class Producer:
         self.metrics = metrics or MetricsSink()
         self.stats = ProducerStats()
         self.labels = {"source": source.name, "producer": producer}
+        self._group_base = (zlib.crc32(producer.encode()) & 0xFFFFF) << 40
+        self._next_batch = 0
 
     def _wait_for_room(self, stop: threading.Event | None) -> None:
         if not self.max_backlog:
@@ -99,25 +102,29 @@ class Producer:
         target = None if num_samples is None else self.stats.samples + num_samples
         start = time.monotonic()
         while (target is None or self.stats.samples < target) and not (stop and stop.is_set()):
-            if self.writer._open is None:  # a new shard starts: respect the backlog bound
+            if self.writer._open is None:  # a new shard starts: respect the backlog bound, reserve batches
                 self._wait_for_room(stop)
                 if stop and stop.is_set():
                     break
-            batch_index = (
-                self.writer.index * self.batches_per_shard + (self.writer._open or {}).get("count", 0) // batch_size
-            )
+                self._next_batch = self.ledger.reserve_batches(self.producer, self.batches_per_shard)
+            batch_index = self._next_batch
+            self._next_batch += 1
             t0 = time.perf_counter()
             batch = self.source.generate(self.seed, batch_index)
-            # A sample's number within this producer: with the producer seed, it pins the sample down.
-            seeds = [batch_index * batch_size + i for i in range(batch_size)]
+            # The batch index and the producer seed fix every sample; the ledger records batch ranges.
+            seeds = [batch_index] * batch_size
             keys = [f"{self.producer}_{batch_index:09d}_{i:04d}" for i in range(batch_size)]
             samples = self.source.to_samples(batch, seeds, keys)
-            for sample in samples:
+            for i, sample in enumerate(samples):
                 sample["meta.json"] = {
                     **sample.get("meta.json", {}),
                     "producer": self.producer,
                     "producer_seed": self.seed,
+                    "batch": batch_index,
+                    "index": i,
                 }
+                if "group.txt" in sample:  # group ids unique across the producers of a stream
+                    sample["group.txt"] = self._group_base | int(sample["group.txt"])
             self.metrics.observe("renderloop_producer_batch_seconds", time.perf_counter() - t0, **self.labels)
             if target is not None:
                 samples = samples[: target - self.stats.samples]

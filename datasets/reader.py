@@ -1,8 +1,8 @@
 """Streaming reader: an ``IterableDataset`` that follows a stream's ledger while it grows.
 
-Shards are split across ranks and dataloader workers by a hash of their name (stable no matter
-in which order producers publish), so every published sample is read exactly once per epoch
-across all of them. Each shard's checksum is verified before decoding; a truncated or corrupt
+Shards are split across ranks and dataloader workers round-robin by each producer's shard index
+(stable no matter in which order producers publish), so every published sample is read exactly
+once per epoch across all of them, and the split stays balanced. Each shard's checksum is verified before decoding; a truncated or corrupt
 shard is skipped, logged and counted, and reading goes on.
 """
 
@@ -45,9 +45,10 @@ class ReaderStats:
     skipped: list[str] = field(default_factory=list)
 
 
-def shard_slot(shard: str, slots: int) -> int:
-    """The (rank, worker) slot that reads ``shard``: a stable hash, independent of publish order."""
-    return zlib.crc32(shard.encode()) % slots
+def shard_slot(entry: LedgerEntry, slots: int) -> int:
+    """The (rank, worker) slot that reads a shard: round-robin over each producer's shard indices,
+    offset per producer, so the split is balanced and independent of publish order."""
+    return (entry.index + zlib.crc32(entry.producer.encode())) % slots
 
 
 def iter_tar_samples(data: bytes) -> Iterator[dict[str, bytes]]:
@@ -86,7 +87,8 @@ class ShardStream(IterableDataset):
         seed: shuffling seed (mixed with epoch and slot).
         poll_seconds: ledger polling interval while following.
         idle_timeout: stop following after this many seconds without a new shard (None: wait).
-        consumer: id prefix under which consumed shard counts are recorded for backpressure.
+        consumer: consumer group: each reader records, under ``<consumer>-r<rank>-w<worker>``, how
+            many shards its live (first) pass has read; producers' backpressure sums the files.
         fields: keep only these fields (plus ``__key__``); None keeps all.
         metrics: where to report samples, shards, bytes and skipped shards.
     """
@@ -126,7 +128,8 @@ class ShardStream(IterableDataset):
             rank, world = _distributed()
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        return rank * workers + worker, world * workers, f"{self.consumer}-r{rank}-w{worker}"
+        name = f"{self.consumer}-r{rank}-" + (f"w{worker}" if info else "main")
+        return rank * workers + worker, world * workers, name
 
     def _read_shard(self, storage: Storage, ledger: Ledger, entry: LedgerEntry) -> list[dict[str, Any]] | None:
         rel = ledger.rel("shards", entry.shard)
@@ -158,19 +161,20 @@ class ShardStream(IterableDataset):
         done: set[str] = set()
         last_new = time.monotonic()
         while True:
-            fresh = [e for e in ledger.entries() if e.shard not in done and shard_slot(e.shard, slots) == slot]
+            fresh = [e for e in ledger.entries() if e.shard not in done and shard_slot(e, slots) == slot]
             for entry in fresh:
                 done.add(entry.shard)
                 samples = self._read_shard(storage, ledger, entry)
                 if samples is not None:
                     yield from samples
-                ledger.record_consumed(consumer, self.stats.shards + self.stats.skipped_shards)
+                if epoch == 0:  # the live pass is what backpressure accounts for
+                    ledger.record_consumed(consumer, len(done))
             if fresh:
                 last_new = time.monotonic()
             if not self.follow or epoch > 0:
                 return
             if ledger.closed and not [
-                e for e in ledger.entries() if e.shard not in done and shard_slot(e.shard, slots) == slot
+                e for e in ledger.entries() if e.shard not in done and shard_slot(e, slots) == slot
             ]:
                 return
             if self.idle_timeout is not None and time.monotonic() - last_new > self.idle_timeout:

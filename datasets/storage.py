@@ -50,10 +50,12 @@ class Storage:
         self.fs.makedirs(self.path(rel), exist_ok=True)
 
     def exists(self, rel: str) -> bool:
+        self.fs.invalidate_cache(self.path(rel))  # other processes write here: no stale listings
         return self.fs.exists(self.path(rel))
 
     def list(self, rel: str) -> list[str]:
         """Names (not paths) in folder ``rel``, sorted; empty if it does not exist."""
+        self.fs.invalidate_cache(self.path(rel))  # object stores cache listings; others write here
         try:
             entries = self.fs.ls(self.path(rel), detail=False)
         except FileNotFoundError:

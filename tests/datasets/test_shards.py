@@ -41,8 +41,8 @@ def test_write_publish_read_on_fsspec(tmp_path, scheme):
     samples = list(ShardStream(root, "s", follow=False))
     assert len(samples) == 20 and len({s["__key__"] for s in samples}) == 20
     assert samples[0]["rgb.png"].shape == (3, 16, 16) and samples[0]["kp2d.npy"].shape == (3, 2)
-    seeds = sorted(s["meta.json"]["seed"] for s in samples)
-    assert seeds == list(range(20))
+    ids = {(s["meta.json"]["batch"], s["meta.json"]["index"]) for s in samples}
+    assert len(ids) == 20 and {b for b, _ in ids} == {0, 1, 2, 3, 4}
 
 
 def _read_all(root: str, rank: int, world: int, out: list, errors: list):
@@ -105,7 +105,7 @@ def test_corrupt_shard_is_skipped_and_counted(tmp_path, damage):
     samples = list(stream)
     assert len(samples) == 16 and stream.stats.skipped_shards == 1 and stream.stats.skipped == [victim.name]
     assert (
-        sink.registry.get_sample_value("renderloop_shards_skipped_total", {"stream": "s", "consumer": "reader-r0-w0"})
+        sink.registry.get_sample_value("renderloop_shards_skipped_total", {"stream": "s", "consumer": "reader-r0-main"})
         == 1
     )
 
@@ -143,6 +143,27 @@ PRODUCER_SCRIPT = textwrap.dedent(
     producer.run(None)
     """
 )
+
+
+def test_appending_with_other_sizes_never_reuses_batches(tmp_path):
+    tiny_producer(str(tmp_path), per_shard=16).run(16)
+    tiny_producer(str(tmp_path), per_shard=8).run(8)  # another shard size on the same stream
+    samples = list(ShardStream(str(tmp_path), "s", follow=False))
+    keys = [s["__key__"] for s in samples]
+    assert len(keys) == 24 and len(set(keys)) == 24
+    images = {s["rgb.png"].numpy().tobytes() for s in samples}
+    assert len(images) == 24
+
+
+def test_split_across_slots_is_balanced(tmp_path):
+    from renderloop.datasets.reader import shard_slot
+
+    for producer in ("p0", "p1"):
+        tiny_producer(str(tmp_path), producer=producer, per_shard=4).run(32)
+    entries = Ledger(Storage(str(tmp_path)), "s").entries()
+    for slots in (2, 4):
+        counts = [sum(shard_slot(e, slots) == k for e in entries) for k in range(slots)]
+        assert max(counts) - min(counts) <= 2, counts
 
 
 def test_kill_9_mid_shard_leaves_no_partial_shard_and_restart_continues(tmp_path):
@@ -186,7 +207,7 @@ def test_metrics_endpoint_serves_producer_and_reader_counters(tmp_path):
     finally:
         sink.close()
     assert 'renderloop_samples_generated_total{producer="p0",source="simulator"} 8.0' in text
-    assert 'renderloop_samples_consumed_total{consumer="reader-r0-w0",stream="s"} 8.0' in text
+    assert 'renderloop_samples_consumed_total{consumer="reader-r0-main",stream="s"} 8.0' in text
     assert "renderloop_producer_batch_seconds_bucket" in text and "renderloop_shards_published_total" in text
 
 
