@@ -2,8 +2,9 @@
 
 Shards are split across ranks and dataloader workers round-robin by each producer's shard index
 (stable no matter in which order producers publish), so every published sample is read exactly
-once per epoch across all of them, and the split stays balanced. Each shard's checksum is verified before decoding; a truncated or corrupt
-shard is skipped, logged and counted, and reading goes on.
+once per epoch across all of them, and the split stays balanced. Each shard's checksum is
+verified before decoding; a truncated or corrupt shard is skipped, logged and counted, and
+reading goes on.
 """
 
 from __future__ import annotations

@@ -28,8 +28,10 @@ def screen_triangles(clip_pos: torch.Tensor, faces: torch.Tensor, resolution: tu
     index = (faces.clamp(0, V - 1) + V * torch.arange(B, device=faces.device).view(B, 1, 1)).view(-1)
     corners = take_rows(clip_pos.reshape(B * V, D), index).view(B, -1, 3, D)
     w = corners[..., 3]
-    valid = (faces[..., 0] >= 0) & ((corners[..., 2] >= -w) & (w > 0)).all(-1)
-    return clip_to_pixel(corners, resolution), w, valid
+    valid = (faces >= 0).all(-1) & ((corners[..., 2] >= -w) & (w > 0)).all(-1)
+    # Culled faces get a harmless w so the divide (and its gradient) stays finite.
+    safe = torch.where(valid.view(B, -1, 1, 1), corners, corners.new_tensor([0.0, 0.0, 0.0, 1.0]))
+    return clip_to_pixel(safe, resolution), w, valid
 
 
 @dataclass(frozen=True)

@@ -116,9 +116,14 @@ def reproject(
     check_shape("reproject", "image", image, ("B", None, ">0", ">0"))
     check_shape("reproject", "depth", depth, (image.shape[0], image.shape[2], image.shape[3]))
     B, _, H, W = image.shape
-    points = depth_to_points(depth, K).reshape(B, H * W, 3) @ R.transpose(1, 2) + t.unsqueeze(1)
-    frags = rasterize(camera_to_clip(points, K, (H, W)), grid_faces(H, W, device=depth.device), (H, W))
-    canonical_uv = pixel_grid(H, W, dtype=depth.dtype, device=depth.device).view(H * W, 2) / depth.new_tensor([W, H])
+    # The mesh runs through pixel centres; a ring of one extra (replicated) pixel puts every
+    # border centre strictly inside a triangle, so the identity view covers the whole image.
+    padded = F.pad(depth.unsqueeze(1), (1, 1, 1, 1), mode="replicate").squeeze(1)  # (B, H + 2, W + 2)
+    uv = pixel_grid(H + 2, W + 2, dtype=depth.dtype, device=depth.device) - 1  # centres of pixels -1 .. W
+    points = pixel_to_camera(uv.expand(B, H + 2, W + 2, 2), padded, K).reshape(B, -1, 3) @ R.transpose(1, 2)
+    points = points + t.unsqueeze(1)
+    frags = rasterize(camera_to_clip(points, K, (H, W)), grid_faces(H + 2, W + 2, device=depth.device), (H, W))
+    canonical_uv = uv.view(-1, 2) / depth.new_tensor([W, H])
     uv = interpolate(canonical_uv, frags)  # (B, H, W, 2): where each pixel's surface point started
     mask = frags.mask.unsqueeze(1).to(image.dtype)
     out = texture(image.permute(0, 2, 3, 1), uv).permute(0, 3, 1, 2) * mask

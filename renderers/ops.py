@@ -91,10 +91,16 @@ def _check_mesh(op: str, clip_pos: torch.Tensor, faces: torch.Tensor, dims: int)
         raise ValueError(f"{op}(): faces and clip_pos must share a device; got {faces.device} and {clip_pos.device}")
     faces = faces.long()
     num_verts = clip_pos.shape[1]
-    values = torch.stack([faces.min().double(), faces.max().double(), torch.isfinite(clip_pos.detach()).all().double()])
+    padding = faces < 0
+    mixed = (padding.any(-1) & ~padding.all(-1)).any()  # rows must be all indices or all -1
+    values = torch.stack(
+        [faces.min().double(), faces.max().double(), torch.isfinite(clip_pos.detach()).all().double(), mixed.double()]
+    )
 
     def raise_if_bad(host: list[float]) -> None:
-        lo, hi, finite = host
+        lo, hi, finite, mixed = host
+        if mixed:
+            raise ValueError(f"{op}(): faces rows must be all vertex indices or all -1 (padding); got a mixed row")
         if lo < -1 or hi >= num_verts:
             raise ValueError(
                 f"{op}(): faces must index vertices in [0, {num_verts}) (-1 pads); got range [{int(lo)}, {int(hi)}]"
@@ -184,8 +190,11 @@ def _fragment_math(
     B, H, W = face_id.shape
     mask = (face_id >= 0).view(-1, 1)
     corners = take_rows(_corner_table(clip_pos, faces), _pixel_faces(face_id, faces.shape[1])).view(-1, 3, 4)
+    # Background rows read arbitrary (possibly culled, w <= 0) faces: swap in a harmless corner
+    # before any division so neither values nor gradients can become NaN.
+    corners = torch.where(mask.unsqueeze(-1), corners, corners.new_tensor([0.0, 0.0, 0.0, 1.0]))
     xy = clip_to_pixel(corners, (H, W))  # (P, 3, 2)
-    w = torch.where(mask, corners[..., 3], 1.0)  # background rows stay finite (no NaN gradients)
+    w = corners[..., 3]
     grid = torch.arange(H * W, device=face_id.device, dtype=torch.int32).repeat(B)
     px = ((grid % W).to(xy.dtype) + 0.5).unsqueeze(1)
     py = ((grid // W).to(xy.dtype) + 0.5).unsqueeze(1)

@@ -39,7 +39,7 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     B, V, _ = verts.shape
     n = face_normals(verts, faces, unit=False)  # (B, F, 3), length = 2 * area
     faces = faces.expand(B, -1, -1) if faces.dim() == 2 else faces
-    n = n * (faces[..., :1] >= 0)  # padding faces add nothing
+    n = n * (faces >= 0).all(-1, keepdim=True)  # padding faces add nothing
     idx = (faces.clamp(min=0) + V * torch.arange(B, device=verts.device).view(B, 1, 1)).reshape(-1)
     order = torch.argsort(idx, stable=True)
     lengths = torch.bincount(idx, minlength=B * V)

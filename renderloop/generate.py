@@ -56,6 +56,7 @@ def run(cfg: GenerateConfig) -> dict[str, float]:
         )
     storage = Storage(cfg.storage.root)
     ledger = Ledger(storage, cfg.storage.stream)
+    ledger.reopen()  # appending: live followers must not stop at an old CLOSED mark
     metrics = PrometheusSink()
     if cfg.metrics_port >= 0:
         print(f"metrics on http://127.0.0.1:{metrics.serve(cfg.metrics_port)}/metrics")
@@ -100,14 +101,19 @@ def run(cfg: GenerateConfig) -> dict[str, float]:
         ray.init(address=cfg.cluster.address, ignore_reinit_error=True, include_dashboard=False)
         pool = ProducerPool(cfg.cluster, name, scfg, cfg.storage.root, cfg.storage.stream, options)
         pending = pool.run_until(totals)
-        while pending:
-            _, pending = ray.wait(pending, timeout=0.5)
-            done = sum(e.count for e in ledger.entries() if e.producer in already) - sum(already.values())
-            bar.update(done - bar.n)
-        pool.kill()
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, timeout=0.5)
+                ray.get(ready)  # raises if a producer failed for good (restarts exhausted, bad source)
+                done = sum(e.count for e in ledger.entries() if e.producer in already) - sum(already.values())
+                bar.update(done - bar.n)
+        finally:
+            pool.kill()
     produced = sum(e.count for e in ledger.entries() if e.producer in already) - sum(already.values())
     bar.update(produced - bar.n)
     bar.close()
+    if produced < cfg.num_samples:
+        raise RuntimeError(f"generate: only {produced} of {cfg.num_samples} samples were published; stream left open")
     ledger.close()
     metrics.close()
     seconds = time.monotonic() - start

@@ -166,3 +166,17 @@ def test_soft_silhouette_is_one_inside_and_decays_outside_torch():
     expected = 1 - (1 - math.exp(-0.25)) * (1 - math.exp(-8.0))
     assert math.isclose(float(sil[0, 8, 12]), expected, rel_tol=1e-5)
     assert float(sil[0, 0, 0]) < 1e-3
+
+
+def test_culled_faces_never_make_nan_gradients_torch():
+    # Face 1 has a corner exactly at w = 0 (culled); its neighbours are rendered.
+    clip = _tri_clip().clone()
+    clip = torch.cat([clip, torch.tensor([[[0.3, 0.2, 0.0, 0.0]]], dtype=D)], dim=1).requires_grad_(True)
+    faces = torch.tensor([[0, 1, 2], [1, 4, 2], [1, 3, 2]])
+    frags = ops.rasterize(clip, faces, (16, 16))
+    attr = torch.rand(5, 2, dtype=D)
+    (ops.interpolate(attr, frags).sum() + frags.depth.sum()).backward()
+    assert bool(torch.isfinite(clip.grad).all())
+    clip.grad = None
+    ops.soft_silhouette(clip, faces, (16, 16)).sum().backward()
+    assert bool(torch.isfinite(clip.grad).all())

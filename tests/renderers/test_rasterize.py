@@ -209,6 +209,8 @@ def test_backface_culling_torch():
         (torch.ones(1, 3, 4), torch.tensor([[0.0, 1.0, 2.0]]), r"faces must be an integer tensor"),
         (torch.full((1, 3, 4), float("nan")), torch.tensor([[0, 1, 2]]), r"clip_pos must be finite"),
         (torch.ones(2, 3, 4), torch.tensor([[[0, 1, 2]]]), r"faces must have shape \[2, >0, 3\]"),
+        (torch.ones(1, 3, 4), torch.tensor([[0, -1, 2]]), r"faces rows must be all vertex indices or all -1"),
+        (torch.ones(1, 3, 4), torch.tensor([[0, -1, 2]]), r"faces rows must be all vertex indices or all -1"),
     ],
 )
 def test_bad_inputs_raise_torch(clip, faces, match):
