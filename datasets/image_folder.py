@@ -1,9 +1,11 @@
 """Unlabeled real images: a folder of PNG/JPG files, or the ``rgb`` field of an existing stream,
 resized (shorter side) and centre-cropped to a square. Deterministic per ``(seed, batch_index)``:
-each epoch is a seeded permutation of the images."""
+each epoch is a seeded permutation of the images. Producers draw their orders independently, so
+converting a folder into a stream exactly once per image takes one producer."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +54,10 @@ class ImageFolder:
         self.config, self.device = config, torch.device(device)
         if config.stream:
             ledger = Ledger(Storage(config.path), config.stream)
-            self._shards = {e.shard: ledger.rel("shards", e.shard) for e in ledger.entries()}
+            entries = ledger.entries()  # read once: the stream may grow meanwhile
+            self._shards = {e.shard: ledger.rel("shards", e.shard) for e in entries}
             self._storage = ledger.storage
-            self.items = [(s, i) for s, e in zip(self._shards, ledger.entries(), strict=True) for i in range(e.count)]
+            self.items = [(e.shard, i) for e in entries for i in range(e.count)]
         else:
             root = Path(config.path)
             if not root.is_dir():
@@ -63,6 +66,7 @@ class ImageFolder:
         if not self.items:
             raise ConfigError("source.path", f"no images found in {config.path} {config.stream}".strip())
         self._cached: tuple[str, list[bytes]] | None = None
+        self._order: tuple[tuple[int, int], torch.Tensor] | None = None
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -98,9 +102,18 @@ class ImageFolder:
         images = []
         for k in range(batch_index * B, (batch_index + 1) * B):
             epoch, pos = divmod(k, n)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-            images.append(self._load(self.items[int(order[pos])]))
+            images.append(self._load(self.items[int(self._permutation(seed, epoch)[pos])]))
         return {"rgb": torch.stack(images).to(self.device)}
+
+    def _permutation(self, seed: int, epoch: int) -> torch.Tensor:
+        """The seeded order of the images in ``epoch`` (cached for the current epoch)."""
+        if self._order is None or self._order[0] != (seed, epoch):
+            mixed = int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
+            self._order = (
+                (seed, epoch),
+                torch.randperm(len(self.items), generator=torch.Generator().manual_seed(mixed)),
+            )
+        return self._order[1]
 
     def to_samples(self, batch: dict[str, torch.Tensor], seeds: list[int], keys: list[str]) -> list[dict[str, Any]]:
         rgb = (batch["rgb"].detach().cpu().permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()

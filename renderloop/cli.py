@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from renderloop.config import ConfigError, load_config
+from renderloop.config import ConfigError, load_config, to_schema
 
 COMMANDS = {
     "info": "print versions, devices, renderer backends and the compile cache location",
@@ -35,7 +35,7 @@ def _info(overrides: list[str]) -> None:
     from renderloop.renderers.renderer import RendererConfig
 
     cfg = load_config("info", overrides)
-    renderer = RendererConfig(**cfg.renderer)
+    renderer = to_schema(RendererConfig, cfg.renderer, "renderer")
     print(format_report(collect(renderer)))
 
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             _inspect(args.root, args.overrides)
         else:
             {"info": _info, "demo": _demo, "generate": _generate}[args.command](args.overrides)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except ConfigError as err:
         print(f"renderloop {args.command}: {err}", file=sys.stderr)
         return 2
     return 0

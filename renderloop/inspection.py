@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from renderloop.config import ConfigError
 from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.reader import iter_tar_samples
 from renderloop.datasets.schema import decode_sample
@@ -77,7 +78,9 @@ def _panels(sample: dict) -> list[np.ndarray]:
     if "kp2d.npy" in sample:
         colours = _colormap(np.linspace(0, 1, len(sample["kp2d.npy"])))
         for (u, v), c in zip(sample["kp2d.npy"].numpy(), colours, strict=True):
-            j, i = int(u), int(v)
+            if not (0 <= u < W and 0 <= v < H):
+                continue  # off-image keypoints are not drawn
+            j, i = int(np.floor(u)), int(np.floor(v))
             overlay[max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2] = c
     panels.append(overlay)
     if "depth.npy" in sample:
@@ -107,7 +110,7 @@ def contact_sheet(storage: Storage, stream: str, rows: int, path: Path) -> Path:
         if len(samples) >= rows:
             break
     if not samples:
-        raise ValueError(f"stream {stream!r} has no published samples")
+        raise ConfigError("stream", f"stream {stream!r} has no published samples")
     lines = [np.concatenate(_panels(s), axis=1) for s in samples]
     width = max(line.shape[1] for line in lines)
     sheet = np.concatenate([np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0))) for line in lines], axis=0)
@@ -123,7 +126,7 @@ def run(cfg: InspectConfig) -> list[str]:
     lines = []
     streams = _streams(storage, cfg.stream)
     if not streams:
-        raise ValueError(f"no stream under {cfg.root}")
+        raise ConfigError("root", f"no stream under {cfg.root}")
     for stream in streams:
         s = summarize(storage, stream)
         lines.append(

@@ -79,3 +79,13 @@ def test_generate_refuses_bad_config_before_work(tmp_path, capsys):
     assert main(["generate", "cluster.mode=slurm", f"storage.root={tmp_path}"]) == 2
     assert "config error at cluster.mode" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_info_refuses_bad_renderer_values(capsys):
+    assert main(["info", "renderer.height=abc"]) == 2
+    assert "config error at renderer.height" in capsys.readouterr().err
+
+
+def test_inspect_of_an_empty_root_is_a_clear_error(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "config error at root: no stream under" in capsys.readouterr().err

@@ -76,3 +76,13 @@ def test_generate_command_on_ray(local_ray, tmp_path, capsys):
     ledger = Ledger(Storage(str(tmp_path)), "simulator")
     assert ledger.closed and sum(e.count for e in ledger.entries()) == 32
     assert {e.producer for e in ledger.entries()} == {"p0", "p1"}
+
+
+def test_generate_on_ray_fails_loudly_when_producers_fail(local_ray, tmp_path):
+    from renderloop.cli import main
+
+    args = ["generate", "source=image_folder", f"source.path={tmp_path / 'missing'}", "source.batch_size=4"]
+    args += ["cluster=ray", "cluster.producers=1", "cluster.num_cpus_per_producer=0.5", "cluster.max_restarts=0"]
+    with pytest.raises(Exception, match="no such folder"):
+        main([*args, f"storage.root={tmp_path}", "num_samples=8", "samples_per_shard=4"])
+    assert not Ledger(Storage(str(tmp_path)), "image_folder").closed
