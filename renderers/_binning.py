@@ -30,7 +30,10 @@ def screen_triangles(clip_pos: torch.Tensor, faces: torch.Tensor, resolution: tu
     w = corners[..., 3]
     valid = (faces >= 0).all(-1) & ((corners[..., 2] >= -w) & (w > 0)).all(-1)
     # Culled faces get a harmless w so the divide (and its gradient) stays finite.
-    safe = torch.where(valid.view(B, -1, 1, 1), corners, corners.new_tensor([0.0, 0.0, 0.0, 1.0]))
+    keep = valid.view(B, -1, 1)
+    safe = torch.cat(
+        [torch.where(keep.unsqueeze(-1), corners[..., :3], 0.0), torch.where(keep, w, 1.0).unsqueeze(-1)], -1
+    )
     return clip_to_pixel(safe, resolution), w, valid
 
 

@@ -192,9 +192,9 @@ def _fragment_math(
     corners = take_rows(_corner_table(clip_pos, faces), _pixel_faces(face_id, faces.shape[1])).view(-1, 3, 4)
     # Background rows read arbitrary (possibly culled, w <= 0) faces: swap in a harmless corner
     # before any division so neither values nor gradients can become NaN.
-    corners = torch.where(mask.unsqueeze(-1), corners, corners.new_tensor([0.0, 0.0, 0.0, 1.0]))
+    w = torch.where(mask, corners[..., 3], 1.0)
+    corners = torch.cat([torch.where(mask.unsqueeze(-1), corners[..., :3], 0.0), w.unsqueeze(-1)], dim=-1)
     xy = clip_to_pixel(corners, (H, W))  # (P, 3, 2)
-    w = corners[..., 3]
     grid = torch.arange(H * W, device=face_id.device, dtype=torch.int32).repeat(B)
     px = ((grid % W).to(xy.dtype) + 0.5).unsqueeze(1)
     py = ((grid // W).to(xy.dtype) + 0.5).unsqueeze(1)
