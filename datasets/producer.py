@@ -102,7 +102,7 @@ class Producer:
         target = None if num_samples is None else self.stats.samples + num_samples
         start = time.monotonic()
         while (target is None or self.stats.samples < target) and not (stop and stop.is_set()):
-            if self.writer._open is None:  # a new shard starts: respect the backlog bound, reserve batches
+            if not self.writer.in_progress:  # a new shard starts: respect the backlog bound, reserve batches
                 self._wait_for_room(stop)
                 if stop and stop.is_set():
                     break

@@ -77,6 +77,11 @@ class ShardWriter:
             "seeds": [],
         }
 
+    @property
+    def in_progress(self) -> bool:
+        """True while a shard has been started and not yet published."""
+        return self._open is not None
+
     def write(self, sample: Mapping[str, Any], seed: int) -> LedgerEntry | None:
         """Encode and append one sample; returns the ledger entry if this completed a shard."""
         if self._open is None:
