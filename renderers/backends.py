@@ -23,8 +23,8 @@ __all__ = ["RasterBackend", "register_backend", "get_backend", "backend_report"]
 class RasterBackend:
     """A named pair of functions with the signatures of ``ops.rasterize`` and ``ops.soft_silhouette``.
 
-    ``rasterize`` receives the caller's ``ctx`` keyword (an ``ops.RasterContext``); a backend
-    with kernels of its own may ignore it."""
+    Both receive the caller's ``ctx`` keyword (an ``ops.RasterContext``); a backend with kernels
+    of its own may ignore it."""
 
     name: str
     rasterize: Callable[..., ops.Fragments]

@@ -209,6 +209,45 @@ def _fragment_math(
     return bary, depth
 
 
+def _point_triangle_sq_dist(p: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
+    """Squared distance from points ``[N, 2]`` to the boundary of triangles ``[N, 3, 2]``."""
+    a, b = tri, tri.roll(-1, dims=1)
+    ab = b - a
+    ap = p.unsqueeze(1) - a
+    t = ((ap * ab).sum(-1) / (ab * ab).sum(-1).clamp(min=1e-12)).clamp(0, 1)
+    closest = a + t.unsqueeze(-1) * ab
+    return ((p.unsqueeze(1) - closest) ** 2).sum(-1).amin(-1)
+
+
+def _soft_terms(
+    tri_table: torch.Tensor,
+    meta: torch.Tensor,
+    face: torch.Tensor,
+    pos: torch.Tensor,
+    num_faces: int,
+    H: int,
+    W: int,
+    sigma: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per candidate of the soft silhouette: pixel index, whether the centre is inside the face,
+    and ``log(1 - exp(-d²/sigma))`` (0 inside). ``tri_table`` is ``[B * F, 6]`` screen corners."""
+    row, col = pixel_of(meta, face, pos)
+    p = torch.stack([col, row], dim=-1).to(tri_table.dtype) + 0.5
+    tri = take_rows(tri_table, face).view(-1, 3, 2)
+    d01, d02 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    area = d01[:, 0] * d02[:, 1] - d01[:, 1] * d02[:, 0]
+    a, b = tri, tri.roll(-1, dims=1)
+    edge = (
+        (b[..., 0] - a[..., 0]) * (p[:, 1:2] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (p[:, 0:1] - a[..., 0])
+    ) * torch.sign(area).unsqueeze(-1)
+    inside = (edge[:, 0] > 0) & (edge[:, 1] > 0) & (edge[:, 2] > 0)
+    # log(1 - exp(-x)), with x kept off zero so a centre exactly on an edge has a finite gradient.
+    x = (_point_triangle_sq_dist(p, tri) / sigma).clamp(min=1e-6)
+    term = torch.where(inside, 0.0, torch.log(-torch.expm1(-x)))
+    pixel = (face // num_faces).long() * (H * W) + (row * W + col).long()
+    return pixel, inside, term
+
+
 @dataclass(frozen=True)
 class RasterContext:
     """The dense kernels ``rasterize`` runs. Build one per process with :func:`make_context`;
@@ -216,6 +255,7 @@ class RasterContext:
 
     candidate_keys: Callable = _candidate_keys
     fragment_math: Callable = _fragment_math
+    soft_terms: Callable = _soft_terms
 
 
 def make_context(*, compile: bool = False) -> RasterContext:
@@ -225,6 +265,7 @@ def make_context(*, compile: bool = False) -> RasterContext:
     return RasterContext(
         candidate_keys=torch.compile(_candidate_keys, dynamic=True),
         fragment_math=torch.compile(_fragment_math, dynamic=True),
+        soft_terms=torch.compile(_soft_terms, dynamic=True),
     )
 
 
@@ -364,16 +405,6 @@ def texture(tex: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     return out.permute(0, 2, 3, 1)
 
 
-def _point_triangle_sq_dist(p: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
-    """Squared distance from points ``[N, 2]`` to the boundary of triangles ``[N, 3, 2]``."""
-    a, b = tri, tri.roll(-1, dims=1)
-    ab = b - a
-    ap = p.unsqueeze(1) - a
-    t = ((ap * ab).sum(-1) / (ab * ab).sum(-1).clamp(min=1e-12)).clamp(0, 1)
-    closest = a + t.unsqueeze(-1) * ab
-    return ((p.unsqueeze(1) - closest) ** 2).sum(-1).amin(-1)
-
-
 def soft_silhouette(
     clip_pos: torch.Tensor,
     faces: torch.Tensor,
@@ -382,6 +413,7 @@ def soft_silhouette(
     sigma: float = 1.0,
     cutoff: float = 1e-4,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    ctx: RasterContext | None = None,
 ) -> torch.Tensor:
     """Soft mask with gradients w.r.t. vertex positions (DIB-R-style aggregation).
 
@@ -395,6 +427,7 @@ def soft_silhouette(
         resolution: ``(H, W)``.
         sigma: softness in squared pixels (> 0); smaller is sharper.
         cutoff: contributions below this value are dropped (bounds the work).
+        ctx: kernels to run (:func:`make_context`); eager by default.
 
     Returns:
         ``[B, H, W]`` silhouette in ``[0, 1]``.
@@ -411,20 +444,10 @@ def soft_silhouette(
     tri_flat = xy.reshape(B * num_faces, 3, 2)
     log_empty = clip_pos.new_zeros(B * H * W)
     covered = torch.zeros(B * H * W, dtype=torch.int32, device=clip_pos.device)
+    kernel = (ctx or _EAGER).soft_terms
     for chunk in candidate_chunks(xy, valid, resolution, margin, max_candidates, check):
-        face = chunk.face
-        row, col = pixel_of(chunk.meta, face, chunk.pos)
-        p = torch.stack([col, row], dim=-1).to(xy.dtype) + 0.5
-        tri = take_rows(tri_flat.view(-1, 6), face).view(-1, 3, 2)
-        d01, d02 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
-        area = d01[:, 0] * d02[:, 1] - d01[:, 1] * d02[:, 0]
-        a, b = tri, tri.roll(-1, dims=1)
-        edge = (b[..., 0] - a[..., 0]) * (p[:, 1:2] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (p[:, 0:1] - a[..., 0])
-        inside = (edge * torch.sign(area).unsqueeze(-1) > 0).all(-1)
-        pixel = (face // num_faces).long() * (H * W) + (row * W + col).long()
+        pixel, inside, term = kernel(tri_flat.view(-1, 6), chunk.meta, chunk.face, chunk.pos, num_faces, H, W, sigma)
         covered.scatter_reduce_(0, pixel, inside.int(), reduce="amax")
-        # log(1 - exp(-x)), with x kept off zero so a centre exactly on an edge has a finite gradient.
-        x = (_point_triangle_sq_dist(p, tri) / sigma).clamp(min=1e-6)
-        log_empty = log_empty.index_add(0, pixel, torch.where(inside, 0.0, torch.log(-torch.expm1(-x))))
+        log_empty = log_empty.index_add(0, pixel, term)
     soft = 1 - torch.exp(log_empty)
     return torch.where(covered > 0, torch.ones_like(soft), soft).view(B, H, W)

@@ -178,7 +178,7 @@ class MeshRenderer(torch.nn.Module):
         normals = face_normals(cam, faces) if flat else vertex_normals(cam, faces)
         rgb, normals = self._shade(frags, normals, colors, light_dir, amb, dif, cfg.background, flat)
         if cfg.soft_mask:
-            mask = self.backend.soft_silhouette(clip, faces, self.resolution, sigma=cfg.sigma)
+            mask = self.backend.soft_silhouette(clip, faces, self.resolution, sigma=cfg.sigma, ctx=self.raster_context)
         else:
             mask = frags.mask.to(verts.dtype)
         return RenderOutput(rgb=rgb, mask=mask, depth=frags.depth, normals=normals, fragments=frags)

@@ -40,13 +40,18 @@ def test_renderer_outputs_and_gradients_torch():
 def test_renderer_warmup_and_compile_torch(tmp_path, monkeypatch):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
-    cfg = RendererConfig(height=16, width=16, compile=True, compile_cache_dir=str(tmp_path / "cache"), warmup_batch=2)
+    cache = str(tmp_path / "cache")
+    cfg = RendererConfig(height=16, width=16, soft_mask=True, compile=True, compile_cache_dir=cache, warmup_batch=2)
     renderer = MeshRenderer(cfg)
     renderer.warmup()
-    eager = MeshRenderer(RendererConfig(height=16, width=16))
-    a, _, _ = _render(renderer, res=(16, 16))
-    b, _, _ = _render(eager, res=(16, 16))
+    eager = MeshRenderer(RendererConfig(height=16, width=16, soft_mask=True))
+    a, va, _ = _render(renderer, res=(16, 16))
+    b, vb, _ = _render(eager, res=(16, 16))
     torch.testing.assert_close(a.rgb, b.rgb, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.mask, b.mask, atol=1e-5, rtol=1e-5)  # compiled soft silhouette too
+    (ga,) = torch.autograd.grad(a.mask.sum(), va)
+    (gb,) = torch.autograd.grad(b.mask.sum(), vb)
+    torch.testing.assert_close(ga, gb, atol=1e-4, rtol=1e-4)
     assert any((tmp_path / "cache" / "inductor").rglob("*"))  # the persistent cache was written
 
 
