@@ -123,6 +123,7 @@ def main() -> None:
     iters = args.iters or (20 if device.type == "cuda" else 3)
     settings = args.settings or DEFAULT_GRID[device.type]
     variants = [(False, False)] + [(False, True)] * args.compile + [(True, False)] * args.soft
+    variants += [(True, True)] * (args.soft and args.compile)
     rows = []
     header = (
         f"{'setting':>16} {'mode':>8} {'soft':>5} {'comp':>5} {'ms/batch':>9} {'img/s':>9} {'peak MiB':>9} {'cover':>6}"
