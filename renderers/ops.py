@@ -131,6 +131,11 @@ def _edge_terms(faces: torch.Tensor, xy: torch.Tensor):
 _EMPTY_KEY = torch.iinfo(torch.int64).max
 
 
+def _flat_pixel(face: torch.Tensor, row: torch.Tensor, col: torch.Tensor, num_faces: int, H: int, W: int):
+    """Index into ``[B * H * W]`` of the pixel ``(row, col)`` of the batch item that owns flat ``face``."""
+    return (face // num_faces).long() * (H * W) + (row * W + col).long()
+
+
 def _candidate_keys(
     table: torch.Tensor,
     meta: torch.Tensor,
@@ -141,7 +146,7 @@ def _candidate_keys(
     W: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel index and packed ``(depth, face)`` key of each candidate ``(face, pos)``; the empty key
-    where the pixel centre is outside the face. ``table`` rows (see ``_face_table``): edge
+    where the pixel centre is outside the face. ``table`` rows (built in ``_visible_faces``): edge
     coefficients (9), edge ownership (3), corner 1/w (3), 1/|area| (1); ``meta``: see ``Chunk``."""
     row, col = pixel_of(meta, face, pos)
     r = take_rows(table, face)
@@ -158,7 +163,7 @@ def _candidate_keys(
     # Perspective-correct depth: 1 / sum(b_k / w_k) with screen-space barycentrics b_k = e_k / area.
     depth = (1.0 / ((e0 * r[:, 12] + e1 * r[:, 13] + e2 * r[:, 14]) * r[:, 15])).float().clamp(min=0)
     key = (depth.view(torch.int32).long() << 32) | (face % num_faces).long()  # non-negative floats sort as ints
-    pixel = (face // num_faces).long() * (H * W) + (row * W + col).long()
+    pixel = _flat_pixel(face, row, col, num_faces, H, W)
     return pixel, torch.where(inside, key, _EMPTY_KEY)
 
 
@@ -244,7 +249,7 @@ def _soft_terms(
     # log(1 - exp(-x)), with x kept off zero so a centre exactly on an edge has a finite gradient.
     x = (_point_triangle_sq_dist(p, tri) / sigma).clamp(min=1e-6)
     term = torch.where(inside, 0.0, torch.log(-torch.expm1(-x)))
-    pixel = (face // num_faces).long() * (H * W) + (row * W + col).long()
+    pixel = _flat_pixel(face, row, col, num_faces, H, W)
     return pixel, inside, term
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_shape", "check_finite", "check_same_device"]
+__all__ = ["check_shape", "check_finite"]
 
 
 def check_shape(op: str, name: str, tensor: torch.Tensor, shape: Sequence[int | None | str]) -> None:
@@ -31,11 +31,3 @@ def check_finite(op: str, name: str, tensor: torch.Tensor) -> None:
     """Raise ``ValueError`` if ``tensor`` holds NaN or infinity (a CPU-GPU sync point)."""
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"{op}(): {name} must be finite; got NaN or infinity")
-
-
-def check_same_device(op: str, **tensors: torch.Tensor) -> None:
-    """Raise ``ValueError`` unless all ``tensors`` live on one device."""
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
-        listing = ", ".join(f"{name} on {dev}" for name, dev in devices.items())
-        raise ValueError(f"{op}(): tensors must share one device; got {listing}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["METRICS", "MetricsSink", "NullSink", "PrometheusSink", "RaySink"]
+__all__ = ["METRICS", "MetricsSink", "PrometheusSink", "RaySink"]
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,6 @@ class MetricsSink:
 
     def close(self) -> None:
         pass
-
-
-NullSink = MetricsSink
 
 
 class PrometheusSink(MetricsSink):
