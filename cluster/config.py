@@ -6,15 +6,20 @@ from dataclasses import dataclass
 
 from renderloop.config import ConfigError
 
-__all__ = ["ClusterConfig"]
+__all__ = ["ClusterConfig", "MODES"]
+
+MODES = ("local", "torchrun", "ray")
 
 
 @dataclass
 class ClusterConfig:
     mode: str = "local"
-    """``local`` (threads of this process) or ``ray`` (actors on a Ray cluster)."""
+    """``local``: producers are threads and the trainer is this process (CPU or one GPU, no
+    launcher). ``torchrun``: ``workers`` trainer processes per node under torchrun, producers as
+    threads of the launching process. ``ray``: producers are Ray actors and the trainer runs under
+    Ray Train (``TorchTrainer``)."""
     producers: int = 1
-    """Producer count."""
+    """Producers per stream."""
     address: str | None = None
     """Ray address; None connects to ``RAY_ADDRESS`` or starts a local Ray."""
     num_cpus_per_producer: float = 1.0
@@ -22,11 +27,30 @@ class ClusterConfig:
     """GPU fraction per producer actor (several producers can share a GPU)."""
     max_restarts: int = 3
     """Times Ray restarts a dead producer actor."""
+    workers: int = 1
+    """Trainer processes: torchrun's processes per node, or Ray Train's workers."""
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    """Ray Train: GPUs per trainer worker (0 trains on CPU with gloo)."""
+    max_failures: int = 0
+    """Ray Train: restarts of the worker group after a failure, each from the last checkpoint (-1: no limit)."""
+    storage_path: str | None = None
+    """Ray Train: where Ray keeps the run's checkpoints (shared storage on a multi-node cluster);
+    None uses ``<run_dir>/ray``."""
+    nnodes: int = 1
+    """torchrun: nodes; more than one needs ``rdzv_endpoint``."""
+    rdzv_endpoint: str | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("local", "ray"):
-            raise ConfigError("cluster.mode", f"must be 'local' or 'ray'; got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ConfigError("cluster.mode", f"must be one of {MODES}; got {self.mode!r}")
         if self.producers < 1:
             raise ConfigError("cluster.producers", f"must be >= 1; got {self.producers}")
         if self.num_gpus_per_producer < 0 or self.num_cpus_per_producer < 0 or self.max_restarts < 0:
             raise ConfigError("cluster", "resources per producer and max_restarts must be >= 0")
+        if self.workers < 1 or self.cpus_per_worker < 0 or self.gpus_per_worker < 0:
+            raise ConfigError("cluster.workers", "workers must be >= 1 and resources per worker >= 0")
+        if self.max_failures < -1:
+            raise ConfigError("cluster.max_failures", f"must be >= -1; got {self.max_failures}")
+        if self.nnodes < 1 or (self.nnodes > 1 and not self.rdzv_endpoint):
+            raise ConfigError("cluster.rdzv_endpoint", "torchrun over several nodes needs a rendezvous endpoint")

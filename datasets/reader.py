@@ -92,6 +92,9 @@ class ShardStream(IterableDataset):
             many shards its live (first) pass has read; producers' backpressure sums the files.
         fields: keep only these fields (plus ``__key__``); None keeps all.
         metrics: where to report samples, shards, bytes and skipped shards.
+        skip: samples to pass over at the start, per dataloader worker (index = worker id; the
+            main process is worker 0): a trainer's resume position. Skipped samples are shuffled
+            like the others but never decoded, so a resumed reader continues the same sequence.
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class ShardStream(IterableDataset):
         consumer: str = "reader",
         fields: list[str] | None = None,
         metrics: MetricsSink | None = None,
+        skip: tuple[int, ...] | list[int] = (),
     ) -> None:
         super().__init__()
         if epochs < 0 or shuffle_buffer < 0 or poll_seconds <= 0:
@@ -121,6 +125,7 @@ class ShardStream(IterableDataset):
         self.fields = set(fields) if fields else None
         self.stats = ReaderStats()
         self.metrics = metrics or MetricsSink()
+        self.skip = tuple(skip)
         self._consumer = consumer
 
     def _slot(self) -> tuple[int, int, str]:
@@ -132,7 +137,8 @@ class ShardStream(IterableDataset):
         name = f"{self.consumer}-r{rank}-" + (f"w{worker}" if info else "main")
         return rank * workers + worker, world * workers, name
 
-    def _read_shard(self, storage: Storage, ledger: Ledger, entry: LedgerEntry) -> list[dict[str, Any]] | None:
+    def _read_shard(self, storage: Storage, ledger: Ledger, entry: LedgerEntry) -> list[dict[str, bytes]] | None:
+        """The raw (undecoded) samples of a shard, or None if it is corrupt."""
         rel = ledger.rel("shards", entry.shard)
         try:
             data = storage.read_bytes(rel)
@@ -151,12 +157,9 @@ class ShardStream(IterableDataset):
         self.metrics.inc("renderloop_shards_consumed_total", **labels)
         self.metrics.inc("renderloop_bytes_read_total", len(data), **labels)
         self.metrics.inc("renderloop_samples_consumed_total", len(raws), **labels)
-        samples = []
-        for raw in raws:
-            if self.fields is not None:
-                raw = {k: v for k, v in raw.items() if k == "__key__" or k in self.fields}
-            samples.append(decode_sample(raw, shard=entry.shard))
-        return samples
+        if self.fields is not None:
+            raws = [{k: v for k, v in raw.items() if k == "__key__" or k in self.fields} for raw in raws]
+        return [{**raw, "__shard__": entry.shard} for raw in raws]
 
     def _epoch(self, storage: Storage, ledger: Ledger, slot: int, slots: int, consumer: str, epoch: int):
         done: set[str] = set()
@@ -184,6 +187,20 @@ class ShardStream(IterableDataset):
             time.sleep(self.poll_seconds)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        for raw in self._raw_samples():
+            yield decode_sample(raw, shard=raw["__shard__"])
+
+    def _raw_samples(self) -> Iterator[dict[str, bytes]]:
+        info = get_worker_info()
+        worker = info.id if info else 0
+        skip = self.skip[worker] if worker < len(self.skip) else 0
+        for raw in self._shuffled():
+            if skip:
+                skip -= 1
+                continue
+            yield raw
+
+    def _shuffled(self) -> Iterator[dict[str, bytes]]:
         slot, slots, consumer = self._slot()
         self._consumer = consumer
         storage = Storage(self.root)

@@ -9,9 +9,13 @@ from renderloop.config import ConfigError, load_config, to_schema
 
 COMMANDS = {
     "info": "print versions, devices, renderer backends and the compile cache location",
-    "demo": "render a turntable of a mesh with renderloop's renderers and write a PNG sheet",
+    "demo": "the embedded SimGAN experiment: train on live simulator streams, then evaluate",
     "generate": "run a source (simulator, image folder) into a stream of WebDataset shards",
     "inspect": "summarize a stream under ROOT and write a contact sheet of samples with labels",
+    "train": "train a method (method=simgan ...) on streams that exist",
+    "run": "start producers for a method's streams and train while they publish",
+    "eval": "evaluate the models a run exported (method=... run_dir=...)",
+    "turntable": "render a turntable of a mesh with renderloop's renderers and write a PNG sheet",
 }
 
 
@@ -19,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="renderloop",
         description="Train inverse-graphics and sim-to-real methods on synthetic data made while training runs.",
-        epilog="Settings are Hydra overrides, e.g.: renderloop demo mesh=icosphere renderer.height=256",
+        epilog="Settings are Hydra overrides, e.g.: renderloop run method=simgan engine.max_steps=100 cluster=ray",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
@@ -39,11 +43,49 @@ def _info(overrides: list[str]) -> None:
     print(format_report(collect(renderer)))
 
 
+def _turntable(overrides: list[str]) -> None:
+    from renderloop.turntable import TurntableConfig, run
+
+    cfg = load_config("turntable", overrides, TurntableConfig)
+    print(f"wrote {run(cfg)}")
+
+
+def _train(overrides: list[str]) -> None:
+    from renderloop.train import TrainConfig, train
+
+    _print_summary(train(load_config("train", overrides, TrainConfig), overrides))
+
+
+def _run(overrides: list[str]) -> None:
+    from renderloop.train import TrainConfig, run
+
+    _print_summary(run(load_config("run", overrides, TrainConfig), overrides))
+
+
+def _print_summary(summary: dict) -> None:
+    if summary:
+        shown = {k: v for k, v in summary.items() if k in ("step", "samples_per_s", "data_wait_fraction")}
+        print("done: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
+
+
+def _eval(overrides: list[str]) -> None:
+    from renderloop.train import TrainConfig, evaluate
+
+    cfg = load_config("eval", overrides, TrainConfig)
+    _print_results(evaluate(cfg), f"{cfg.run_dir}/eval")
+
+
 def _demo(overrides: list[str]) -> None:
-    from renderloop.demo import DemoConfig, run
+    from renderloop.demo import DemoConfig, demo
 
     cfg = load_config("demo", overrides, DemoConfig)
-    print(f"wrote {run(cfg)}")
+    _print_results(demo(cfg, overrides), f"{cfg.run_dir}/eval")
+
+
+def _print_results(results: dict, where: str) -> None:
+    for key, value in results.items():
+        print(f"{key:>32}: {value:.3f}" if isinstance(value, float) else f"{key:>32}: {value}")
+    print(f"figures and results in {where}")
 
 
 def _generate(overrides: list[str]) -> None:
@@ -74,7 +116,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "inspect":
             _inspect(args.root, args.overrides)
         else:
-            {"info": _info, "demo": _demo, "generate": _generate}[args.command](args.overrides)
+            handlers = {
+                "info": _info,
+                "demo": _demo,
+                "generate": _generate,
+                "train": _train,
+                "run": _run,
+                "eval": _eval,
+                "turntable": _turntable,
+            }
+            handlers[args.command](args.overrides)
     except ConfigError as err:
         print(f"renderloop {args.command}: {err}", file=sys.stderr)
         return 2

@@ -28,6 +28,14 @@ METRICS: dict[str, Metric] = {
     "renderloop_shards_consumed_total": Metric("counter", "Shards read by a reader", ("stream", "consumer")),
     "renderloop_bytes_read_total": Metric("counter", "Shard bytes read", ("stream", "consumer")),
     "renderloop_shards_skipped_total": Metric("counter", "Corrupt or truncated shards skipped", ("stream", "consumer")),
+    "renderloop_trainer_steps_total": Metric("counter", "Engine steps done", ("method", "rank")),
+    "renderloop_trainer_samples_total": Metric("counter", "Samples trained on", ("method", "rank")),
+    "renderloop_trainer_step_seconds": Metric("histogram", "Time of one engine step", ("method", "rank")),
+    "renderloop_trainer_data_wait_seconds": Metric("histogram", "Time a step waited for data", ("method", "rank")),
+    "renderloop_trainer_samples_per_second": Metric("gauge", "Training throughput of a rank", ("method", "rank")),
+    "renderloop_trainer_data_wait_fraction": Metric("gauge", "Share of step time spent waiting", ("method", "rank")),
+    "renderloop_loss": Metric("gauge", "Latest loss terms", ("method", "phase", "term", "rank")),
+    "renderloop_gpu_memory_bytes": Metric("gauge", "GPU memory of a rank", ("method", "rank", "kind")),
 }
 
 

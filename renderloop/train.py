@@ -1,0 +1,234 @@
+"""``renderloop train``, ``run`` and ``eval``: the trainer on existing or live streams, and evaluation.
+
+Imported by the CLI on demand. The launch mode (``cluster.mode``) decides where the trainer runs:
+this process (``local``), ``workers`` processes under torchrun, or Ray Train workers. ``run``
+first starts producers for every stream the method reads, then trains while they publish.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from renderloop.cluster.config import ClusterConfig
+from renderloop.config import ConfigError, to_schema
+from renderloop.datasets.ledger import Ledger
+from renderloop.datasets.sources import source_config
+from renderloop.datasets.storage import Storage, StorageConfig
+from renderloop.metrics import MetricsSink, PrometheusSink
+from renderloop.trainers.config import EngineConfig
+from renderloop.trainers.method import METHODS, method_config
+
+__all__ = ["TrainConfig", "train", "run", "evaluate", "train_worker"]
+
+
+@dataclass
+class TrainConfig:
+    method: Any = None
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    run_dir: str = "runs/simgan"
+    device: str = "auto"
+    metrics_port: int = -1
+    samples_per_shard: int = 256
+    max_backlog_shards: int = 16
+
+    def __post_init__(self) -> None:
+        # Validate the method (name and every key) now, before anything heavy is built.
+        self.method_name, self.method_config = method_config(self.method)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError("device", f"must be auto, cpu or cuda; got {self.device!r}")
+        if self.samples_per_shard < 1 or self.max_backlog_shards < 0:
+            raise ConfigError("samples_per_shard", "samples_per_shard must be >= 1 and max_backlog_shards >= 0")
+        for role, node in self.streams().items():
+            _, scfg = source_config(node)
+            if self.samples_per_shard % scfg.batch_size:
+                raise ConfigError(
+                    "samples_per_shard",
+                    f"must be a multiple of method.data.{role}.batch_size={scfg.batch_size}; "
+                    f"got {self.samples_per_shard}",
+                )
+
+    def streams(self) -> dict[str, Any]:
+        """Data role → source config node."""
+        return dict(self.method_config.data)
+
+    def stream(self, role: str) -> str:
+        from renderloop.trainers.engine import stream_name
+
+        return stream_name(self.storage.stream, role)
+
+
+def _in_torchrun_worker() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def train_worker(cfg: TrainConfig, *, checkpoints=None, metrics: MetricsSink | None = None, device: str | None = None):
+    """One trainer process (any launch mode): train, export the models, return the last summary."""
+    from renderloop.trainers.engine import Trainer
+
+    rank = int(os.environ.get("RANK", 0))
+    own_sink = metrics is None
+    if own_sink:
+        metrics = PrometheusSink()
+        if cfg.metrics_port >= 0:
+            port = metrics.serve(cfg.metrics_port + rank if cfg.metrics_port else 0)
+            print(f"rank {rank}: metrics on http://127.0.0.1:{port}/metrics", flush=True)
+    trainer = Trainer(
+        cfg.method_name,
+        cfg.method_config,
+        cfg.engine,
+        root=cfg.storage.root,
+        stream_prefix=cfg.storage.stream,
+        run_dir=cfg.run_dir,
+        device=device or cfg.device,
+        metrics=metrics,
+        checkpoints=checkpoints,
+    )
+    try:
+        if trainer.dist.is_main:
+            run_dir = Path(cfg.run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "method.json").write_text(json.dumps(_plain(cfg.method_config), indent=2) + "\n")
+        summary = trainer.fit()
+        trainer.export()
+        return summary
+    finally:
+        if own_sink:
+            metrics.close()
+
+
+def _plain(obj: Any) -> Any:
+    return asdict(obj) if hasattr(obj, "__dataclass_fields__") else obj
+
+
+def _check_streams(cfg: TrainConfig) -> None:
+    storage = Storage(cfg.storage.root)
+    for role in cfg.streams():
+        ledger = Ledger(storage, cfg.stream(role))
+        if not ledger.entries() and ledger.closed:
+            raise ConfigError("storage", f"stream {storage.url(cfg.stream(role))} is closed and empty")
+        if not ledger.entries() and not cfg.engine.data.follow:
+            raise ConfigError(
+                "storage",
+                f"stream {storage.url(cfg.stream(role))} has no shards; generate it first "
+                f"(renderloop generate ... storage.stream={cfg.stream(role)}) or use `renderloop run`",
+            )
+
+
+def train(cfg: TrainConfig, overrides: list[str], command: str = "train") -> dict[str, float]:
+    """Train on the streams, in the launch mode of ``cluster.mode``."""
+    mode = cfg.cluster.mode
+    if command == "train" and not _in_torchrun_worker():
+        _check_streams(cfg)
+    if mode == "local" or (mode == "torchrun" and _in_torchrun_worker()):
+        return train_worker(cfg)
+    if mode == "torchrun":
+        from renderloop.cluster.torchrun import launch
+
+        launch(command, overrides, cfg.cluster)
+        return _last_summary(cfg)
+    from renderloop.cluster.ray_train import fit_on_ray
+
+    return fit_on_ray(cfg)
+
+
+def _last_summary(cfg: TrainConfig) -> dict[str, float]:
+    log = Path(cfg.run_dir) / "train_log.jsonl"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def run(cfg: TrainConfig, overrides: list[str]) -> dict[str, float]:
+    """Start producers for every stream of the method, train while they publish, then stop them."""
+    storage = Storage(cfg.storage.root)
+    for role in cfg.streams():
+        Ledger(storage, cfg.stream(role)).reopen()
+    cfg.engine.data.follow = True
+    stop = _start_producers(cfg)
+    try:
+        return train(cfg, [*overrides, "engine.data.follow=true"], command="train")
+    finally:
+        stop()
+
+
+def _start_producers(cfg: TrainConfig):
+    """Producers for each stream (threads, or Ray actors with ``cluster.mode=ray``); returns a stopper."""
+    ids = [f"p{i}" for i in range(cfg.cluster.producers)]
+    options = {
+        "samples_per_shard": cfg.samples_per_shard,
+        "seed": cfg.engine.seed,
+        "max_backlog_shards": cfg.max_backlog_shards,
+        "device": cfg.device,
+    }
+    if cfg.cluster.mode == "ray":
+        import ray
+
+        from renderloop.cluster.producers import ProducerPool
+
+        ray.init(address=cfg.cluster.address, ignore_reinit_error=True, include_dashboard=False)
+        pools = []
+        for role, node in cfg.streams().items():
+            name, scfg = source_config(node)
+            pool = ProducerPool(cfg.cluster, name, scfg, cfg.storage.root, cfg.stream(role), options)
+            pool.run_until([1 << 62] * len(ids))  # until stopped; backpressure bounds the backlog
+            pools.append(pool)
+        return lambda: [pool.kill() for pool in pools]
+
+    from renderloop.cluster.local import LocalProducers
+    from renderloop.datasets.producer import Producer
+    from renderloop.datasets.sources import build_source
+    from renderloop.devices import resolve_device
+
+    device = resolve_device(cfg.device)
+    storage = Storage(cfg.storage.root)
+    del options["device"]
+    pools = []
+    for role, node in cfg.streams().items():
+        name, scfg = source_config(node)
+        stream = cfg.stream(role)
+        pool = LocalProducers(
+            lambda pid, name=name, scfg=scfg, stream=stream: Producer(
+                build_source(name, scfg, device), Ledger(storage, stream), pid, **options
+            ),
+            ids,
+        )
+        pool.start()
+        pools.append(pool)
+
+    def stop() -> None:
+        for pool in pools:
+            pool.stop()
+        for pool in pools:
+            pool.join()
+
+    return stop
+
+
+def evaluate(cfg: TrainConfig) -> dict[str, float]:
+    """Evaluate the models ``<run_dir>/models`` holds, with the method config the run trained with."""
+    import torch
+
+    from renderloop.devices import resolve_device
+
+    run_dir = Path(cfg.run_dir)
+    models = run_dir / "models"
+    if not models.is_dir():
+        raise ConfigError("run_dir", f"{run_dir} has no exported models; train first (renderloop train/run)")
+    method_config = cfg.method_config
+    saved = run_dir / "method.json"
+    if saved.exists():  # the run's architecture, this command's evaluation settings
+        trained = json.loads(saved.read_text())
+        trained["evaluation"] = _plain(cfg.method_config.evaluation) if hasattr(method_config, "evaluation") else {}
+        method_config = to_schema(METHODS[cfg.method_name].config, trained, "method")
+    device = resolve_device(cfg.device)
+    method = METHODS[cfg.method_name].method(method_config, device)
+    nets = {}
+    for name, spec in method.build().items():
+        spec.module.load_state_dict(torch.load(models / f"{name}.pt", map_location="cpu", weights_only=True))
+        nets[name] = spec.module.to(device).eval()
+    return method.evaluate(nets, run_dir / "eval")

@@ -1,0 +1,38 @@
+"""Tiny SimGAN runs for engine tests: closed streams of 16² images and the debug configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from renderloop.config import load_config
+from renderloop.datasets.ledger import Ledger
+from renderloop.datasets.producer import Producer
+from renderloop.datasets.sources import build_source, source_config
+from renderloop.datasets.storage import Storage
+from renderloop.train import TrainConfig
+
+
+def debug_config(root: Path, run_dir: Path, *overrides: str, command: str = "train") -> TrainConfig:
+    return load_config(
+        command,
+        [
+            "method=simgan_debug",
+            "engine=debug",
+            f"storage.root={root}",
+            f"run_dir={run_dir}",
+            "samples_per_shard=8",
+            "device=cpu",
+            *overrides,
+        ],
+        TrainConfig,
+    )
+
+
+def make_streams(cfg: TrainConfig, samples: int = 64) -> None:
+    """Generate every stream of the method, closed (``follow`` then repeats them)."""
+    storage = Storage(cfg.storage.root)
+    for role, node in cfg.streams().items():
+        name, scfg = source_config(node)
+        ledger = Ledger(storage, cfg.stream(role))
+        Producer(build_source(name, scfg), ledger, "p0", samples_per_shard=cfg.samples_per_shard, seed=3).run(samples)
+        ledger.close()

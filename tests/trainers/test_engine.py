@@ -1,0 +1,126 @@
+"""The engine with SimGAN on CPU: GAN alternation, exact resume, ZeRO stages, bad configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from renderloop.config import ConfigError
+from renderloop.train import train_worker
+from renderloop.trainers.engine import Trainer
+from renderloop.trainers.reporting import StepTimes
+from tests.trainers.helpers import debug_config, make_streams
+
+
+def _trainer(cfg) -> Trainer:
+    return Trainer(
+        cfg.method_name,
+        cfg.method_config,
+        cfg.engine,
+        root=cfg.storage.root,
+        stream_prefix=cfg.storage.stream,
+        run_dir=cfg.run_dir,
+        device="cpu",
+    )
+
+
+def _params(module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(before, module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+@pytest.fixture
+def streams(tmp_path):
+    cfg = debug_config(tmp_path / "data", tmp_path / "run")
+    make_streams(cfg)
+    return tmp_path
+
+
+def test_gan_step_updates_both_and_discriminator_gets_no_generator_gradient(streams):
+    cfg = debug_config(streams / "data", streams / "run")
+    trainer = _trainer(cfg)
+    try:
+        trainer._open_data()
+        trainer.step = 2  # past the one-step pre-training phases: R_main and D_main run
+        R, D = trainer.modules["R"], trainer.modules["D"]
+        r0, d0 = _params(R), _params(D)
+
+        phase = next(p for p in trainer.phases if p.name == "R_main")
+        nets = trainer.nets(phase)
+        assert nets["D"] is D and nets["R"] is trainer.engines["R"]
+        batch, _ = trainer._batch(phase.inputs, StepTimes())
+        out = trainer.method.step(phase, batch, nets)
+        trainer.engines["R"].backward(out["loss"])
+        assert all(p.grad is None for p in D.parameters()), "the generator loss reached D"
+        assert all(not p.requires_grad for p in D.parameters())
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in R.parameters())
+        trainer.engines["R"].step()
+        assert _changed(r0, R) and not _changed(d0, D)
+
+        d1 = _params(D)
+        losses, samples = trainer.train_step(StepTimes())
+        assert _changed(d1, D)
+        assert {"R_main/adversarial", "R_main/self_reg", "D_main/loss"} <= set(losses)
+        assert samples == 3 * cfg.engine.data.batch_size  # R: synthetic; D: synthetic + real
+    finally:
+        for data in trainer.data.values():
+            data.close()
+
+
+def _losses(run_dir) -> dict[int, dict[str, float]]:
+    rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    return {r["step"]: {k: v for k, v in r.items() if k.startswith("loss/")} for r in rows}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_reproduces_the_uninterrupted_loss_curve(streams, workers):
+    data, extra = streams / "data", [f"engine.data.num_workers={workers}", "engine.max_steps=6"]
+    whole = debug_config(data, streams / "whole", *extra, "engine.checkpoint_every=3")
+    train_worker(whole)
+    part = debug_config(data, streams / "part", *extra, "engine.checkpoint_every=3")
+    part.engine.max_steps = 3
+    train_worker(part)  # "killed" after the step-3 checkpoint
+    part.engine.max_steps = 6
+    train_worker(part)  # resumes at step 3
+    a, b = _losses(streams / "whole"), _losses(streams / "part")
+    assert sorted(b) == list(range(6)) and any(k.startswith("loss/D_main") for k in a[5])
+    for step in range(6):
+        assert a[step].keys() == b[step].keys()
+        for key in a[step]:
+            assert a[step][key] == pytest.approx(b[step][key], rel=1e-6, abs=1e-7), (step, key)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero_stages_train_and_checkpoint(streams, stage):
+    run_dir = streams / f"zero{stage}"
+    cfg = debug_config(streams / "data", run_dir, f"engine.zero_stage={stage}", "engine.max_steps=3")
+    summary = train_worker(cfg)
+    assert summary["step"] == 2 and all(v == v for v in summary.values())  # no NaN
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step00000003"
+    exported = torch.load(run_dir / "models" / "R.pt", weights_only=True)
+    assert exported["stem.weight"].shape == (8, 3, 3, 3)  # full weights, also under ZeRO-3
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("method.name=nosuch", "method.name"),
+        ("method.self_reg=-1", "method.self_reg"),
+        ("engine.zero_stage=5", "engine.zero_stage"),
+        ("engine.precision=fp8", "engine.precision"),
+        ("cluster.mode=slurm", "cluster.mode"),
+        ("samples_per_shard=6", "samples_per_shard"),
+    ],
+)
+def test_bad_config_is_refused_before_any_model_is_built(tmp_path, monkeypatch, override, key):
+    def fail(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(Trainer, "__init__", fail)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        debug_config(tmp_path, tmp_path / "run", override)

@@ -1,0 +1,134 @@
+"""Engine settings (Hydra group ``engine``) and their translation into DeepSpeed configs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from renderloop.config import ConfigError
+
+__all__ = ["EngineConfig", "DataConfig", "deepspeed_config", "lr_multiplier"]
+
+PRECISIONS = ("fp32", "bf16")
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclass
+class DataConfig:
+    """How the trainer reads its streams."""
+
+    batch_size: int = 32
+    """Micro-batch per rank and per stream."""
+    num_workers: int = 2
+    """Dataloader worker processes per stream (0 decodes in the training process)."""
+    shuffle_buffer: int = 256
+    """Samples held for shuffling per worker."""
+    follow: bool = True
+    """Wait for shards that producers have not published yet (live streams); a closed stream repeats."""
+    idle_timeout: float | None = None
+    """Stop waiting after this many seconds without a new shard (None: wait for ever)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("engine.data.batch_size", f"must be >= 1; got {self.batch_size}")
+        if self.num_workers < 0 or self.shuffle_buffer < 0:
+            raise ConfigError("engine.data", "num_workers and shuffle_buffer must be >= 0")
+
+
+@dataclass
+class EngineConfig:
+    """Everything the engine owns; a method's own settings live under ``method``."""
+
+    max_steps: int = 1000
+    """Engine steps; every active phase runs once per step (see ``trainers.method.Phase``)."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage, 0-3."""
+    precision: str = "fp32"
+    """``fp32`` or ``bf16`` (DeepSpeed keeps fp32 master weights)."""
+    gradient_accumulation: int = 1
+    grad_clip: float = 0.0
+    """Clip the global gradient norm at this value (0: off)."""
+    lr_schedule: str = "constant"
+    """``constant``, ``cosine`` or ``linear`` decay to ``min_lr_ratio`` at ``max_steps``."""
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    ema_half_life: float = 0.0
+    """EMA half-life, in optimizer updates, of models that ask for one (0: EMA equals the model)."""
+    seed: int = 0
+    checkpoint_every: int = 500
+    """Save every this many steps (and at the end); 0 saves only at the end."""
+    keep_checkpoints: int = 2
+    resume: bool = True
+    """Continue from the run directory's latest checkpoint when there is one."""
+    log_every: int = 10
+    image_every: int = 0
+    """Write image grids to TensorBoard every this many steps (0: never)."""
+    tensorboard: bool = True
+    progress: bool = True
+    """Show a progress bar on rank 0."""
+    sync_timing: bool = False
+    """Synchronize the device around forward/backward/optimizer to time them apart (slower)."""
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        def bad(key: str, msg: str) -> ConfigError:
+            return ConfigError(f"engine.{key}", msg)
+
+        if self.max_steps < 1:
+            raise bad("max_steps", f"must be >= 1; got {self.max_steps}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise bad("zero_stage", f"must be 0, 1, 2 or 3; got {self.zero_stage}")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"must be one of {PRECISIONS}; got {self.precision!r}")
+        if self.gradient_accumulation < 1:
+            raise bad("gradient_accumulation", f"must be >= 1; got {self.gradient_accumulation}")
+        if self.grad_clip < 0:
+            raise bad("grad_clip", f"must be >= 0; got {self.grad_clip}")
+        if self.lr_schedule not in SCHEDULES:
+            raise bad("lr_schedule", f"must be one of {SCHEDULES}; got {self.lr_schedule!r}")
+        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise bad("warmup_steps", "warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
+        if self.ema_half_life < 0:
+            raise bad("ema_half_life", f"must be >= 0; got {self.ema_half_life}")
+        for key in ("checkpoint_every", "log_every", "image_every"):
+            if getattr(self, key) < 0:
+                raise bad(key, f"must be >= 0; got {getattr(self, key)}")
+        if self.keep_checkpoints < 1:
+            raise bad("keep_checkpoints", f"must be >= 1; got {self.keep_checkpoints}")
+
+    @property
+    def ema_beta(self) -> float:
+        return 0.5 ** (1.0 / self.ema_half_life) if self.ema_half_life > 0 else 0.0
+
+
+def lr_multiplier(cfg: EngineConfig, update: int) -> float:
+    """Learning-rate factor at optimizer update ``update``: linear warm-up, then the decay."""
+    if update < cfg.warmup_steps:
+        return (update + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    progress = min((update - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1), 1.0)
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1 - progress
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
+
+
+def deepspeed_config(cfg: EngineConfig, lr: float, betas: tuple[float, float], weight_decay: float, world: int):
+    """The DeepSpeed config of one model's engine."""
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation,
+        "train_batch_size": cfg.data.batch_size * cfg.gradient_accumulation * world,
+        "optimizer": {
+            # torch's Adam: no JIT-built extension, on CPU and GPU alike.
+            "type": "AdamW" if weight_decay else "Adam",
+            "params": {"lr": lr, "betas": list(betas), "weight_decay": weight_decay, "torch_adam": True},
+        },
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.grad_clip:
+        ds["gradient_clipping"] = cfg.grad_clip
+    return ds

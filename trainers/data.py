@@ -1,0 +1,120 @@
+"""The trainer's view of its streams: resumable batch iterators, one per data role.
+
+Each role (e.g. SimGAN's ``synthetic`` and ``real``) is a :class:`ShardStream` under a DataLoader.
+The position that a checkpoint records is the number of batches consumed; a resumed loader makes
+every worker skip exactly the samples it had batched, so the batches after a resume are the ones
+an uninterrupted run would have seen (for a stream whose shards are all published).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from renderloop.datasets.reader import ShardStream
+from renderloop.metrics import MetricsSink
+
+from .config import DataConfig
+
+__all__ = ["StreamBatches", "collate", "to_device", "worker_skips"]
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack decoded samples; fields lose their extension (``rgb.png`` → ``rgb``)."""
+    plain = [{k.partition(".")[0]: v for k, v in s.items() if not k.startswith("__")} for s in samples]
+    batch = default_collate(plain)
+    batch["key"] = [s["__key__"] for s in samples]
+    return batch
+
+
+def to_device(batch: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """Move tensors to ``device``; floating tensors take the compute ``dtype``."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        return batch.to(dtype) if batch.is_floating_point() else batch
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, dtype) for k, v in batch.items()}
+    return batch
+
+
+def worker_skips(consumed_batches: int, workers: int, batch_size: int) -> list[int]:
+    """Samples each dataloader worker had batched after ``consumed_batches`` batches.
+
+    The DataLoader takes batches from its workers in turn (batch i from worker i mod W).
+    """
+    workers = max(workers, 1)
+    return [len(range(w, consumed_batches, workers)) * batch_size for w in range(workers)]
+
+
+class StreamBatches:
+    """Endless batches of one stream for this rank; ``consumed`` is its resumable position."""
+
+    def __init__(
+        self,
+        root: str,
+        stream: str,
+        config: DataConfig,
+        *,
+        fields: list[str] | None,
+        seed: int,
+        consumer: str,
+        rank: int,
+        world_size: int,
+        consumed: int = 0,
+        metrics: MetricsSink | None = None,
+    ) -> None:
+        self.stream, self.consumed, self.config = stream, consumed, config
+        reader = ShardStream(
+            root,
+            stream,
+            rank=rank,
+            world_size=world_size,
+            follow=config.follow,
+            epochs=0,
+            shuffle_buffer=config.shuffle_buffer,
+            seed=seed,
+            idle_timeout=config.idle_timeout,
+            consumer=consumer,
+            fields=fields,
+            metrics=metrics,
+            skip=worker_skips(consumed, config.num_workers, config.batch_size),
+        )
+        self.loader = DataLoader(
+            reader,
+            batch_size=config.batch_size,
+            num_workers=config.num_workers,
+            collate_fn=collate,
+            drop_last=True,
+            # A private generator: creating the iterator must not draw from the global RNG, or a
+            # resumed run would diverge from an uninterrupted one.
+            generator=torch.Generator().manual_seed(seed),
+            persistent_workers=config.num_workers > 0,
+            prefetch_factor=4 if config.num_workers else None,
+        )
+        self._it: Iterator | None = None
+
+    def start(self) -> None:
+        """Start the workers (they begin reading and decoding ahead)."""
+        if self._it is None:
+            self._it = iter(self.loader)
+
+    def next(self) -> tuple[dict[str, Any], float]:
+        """The next batch and the seconds spent waiting for it."""
+        self.start()
+        t0 = time.perf_counter()
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            raise RuntimeError(
+                f"stream {self.stream!r} ended: no new shard within engine.data.idle_timeout; "
+                "are its producers running?"
+            ) from None
+        self.consumed += 1
+        return batch, time.perf_counter() - t0
+
+    def close(self) -> None:
+        self._it = None  # workers stop with the iterator

@@ -1,0 +1,329 @@
+"""The training engine: one loop for every method.
+
+The engine builds one DeepSpeed engine per trainable model of a method, reads the method's
+streams, and runs its phases step after step. It owns precision, ZeRO, gradient accumulation,
+GAN alternation (a model that a phase does not update is frozen and handed to the method as its
+plain module, so it gets no gradient and ZeRO never reduces it), EMA, checkpoints with exact
+resume, logging and metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from renderloop.metrics import MetricsSink
+
+from .checkpoint import CheckpointStore
+from .config import EngineConfig, deepspeed_config, lr_multiplier
+from .data import StreamBatches, to_device
+from .distributed import init_distributed, rng_state, seed_everything, set_rng_state
+from .method import METHODS, Method, Phase
+from .reporting import Reporter, StepTimes
+
+__all__ = ["Trainer", "stream_name"]
+
+
+def stream_name(prefix: str, role: str) -> str:
+    """The stream a method's data role reads: ``<prefix>-<role>``."""
+    return f"{prefix}-{role}"
+
+
+class EMA:
+    """Exponential moving average of a model's weights (fp32, on the model's device)."""
+
+    def __init__(self, module: nn.Module, beta: float) -> None:
+        self.module = copy.deepcopy(module).float().eval().requires_grad_(False)
+        self.beta = beta
+
+    @torch.no_grad()
+    def update(self, source: nn.Module, zero3: bool) -> None:
+        params = list(source.parameters())
+        gather = contextlib.nullcontext()
+        if zero3:
+            import deepspeed
+
+            gather = deepspeed.zero.GatheredParameters(params)
+        with gather:
+            for ema, p in zip(self.module.parameters(), params, strict=True):
+                ema.lerp_(p.detach().float(), 1 - self.beta)
+        for ema, b in zip(self.module.buffers(), source.buffers(), strict=True):
+            ema.copy_(b)
+
+
+class Trainer:
+    """Train ``method`` on its streams under ``root``; ``fit()`` runs to ``engine.max_steps``.
+
+    Args:
+        method: registered method name; method_config: its validated config.
+        engine: engine settings.
+        root: storage root of the streams; stream_prefix: streams are ``<prefix>-<role>``.
+        run_dir: logs, TensorBoard and (unless ``checkpoints`` is given) checkpoints.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        metrics: where this rank reports (Prometheus or Ray); checkpoints: a store other than
+            ``<run_dir>/checkpoints`` (Ray Train gives its own).
+    """
+
+    def __init__(
+        self,
+        method: str,
+        method_config: Any,
+        engine: EngineConfig,
+        *,
+        root: str,
+        stream_prefix: str,
+        run_dir: str | Path,
+        device: str = "auto",
+        metrics: MetricsSink | None = None,
+        checkpoints: CheckpointStore | None = None,
+    ) -> None:
+        import deepspeed
+
+        self.cfg, self.run_dir = engine, Path(run_dir)
+        self.dist = dist = init_distributed(device)
+        self.device = dist.device
+        self.dtype = torch.bfloat16 if engine.precision == "bf16" else torch.float32
+        self.metrics = metrics or MetricsSink()
+        seed_everything(engine.seed)  # identical initial weights on every rank
+        self.method: Method = METHODS[method].method(method_config, self.device)
+        specs = self.method.build()
+        self.engines: dict[str, Any] = {}
+        self.modules: dict[str, nn.Module] = {}
+        self.emas: dict[str, EMA] = {}
+        for name, spec in specs.items():
+            if not spec.trainable:
+                self.modules[name] = spec.module.to(self.device, self.dtype).eval().requires_grad_(False)
+                continue
+            if spec.ema:
+                self.emas[name] = EMA(spec.module, engine.ema_beta)
+                self.emas[name].module.to(self.device)
+            ds_engine, *_ = deepspeed.initialize(
+                model=spec.module,
+                model_parameters=[p for p in spec.module.parameters() if p.requires_grad],
+                config=deepspeed_config(engine, spec.lr, spec.betas, spec.weight_decay, dist.world_size),
+                lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda u: lr_multiplier(engine, u)),
+            )
+            self.engines[name], self.modules[name] = ds_engine, ds_engine.module
+        self.phases = self.method.phases()
+        roles = self.method.streams()
+        for phase in self.phases:
+            if phase.model not in self.engines:
+                raise ValueError(f"phase {phase.name!r} updates {phase.model!r}, which is not a trainable model")
+            if unknown := set(phase.inputs) - set(roles):
+                raise ValueError(f"phase {phase.name!r} reads unknown data roles {sorted(unknown)}")
+        self.root, self.stream_prefix, self.roles = root, stream_prefix, list(roles)
+        self.checkpoints = checkpoints or CheckpointStore(self.run_dir / "checkpoints", engine.keep_checkpoints, dist)
+        self.step = 0
+        self.samples = 0
+        self.data: dict[str, StreamBatches] = {}
+        self._latest: dict[str, Any] = {}  # the last batch of each role, for image grids
+        self._positions = dict.fromkeys(self.roles, 0)
+        seed_everything(engine.seed * 1_000_003 + dist.rank)  # per-rank noise from here on
+
+    # -- nets handed to the method ------------------------------------------------------------
+
+    def nets(self, phase: Phase | None) -> dict[str, Any]:
+        """The DeepSpeed engine of ``phase.model``; every other model as its frozen module."""
+        out = dict(self.modules)
+        for name, engine in self.engines.items():
+            train = phase is not None and name == phase.model
+            engine.module.requires_grad_(train)
+            if train:
+                out[name] = engine
+        return out
+
+    def eval_nets(self) -> dict[str, nn.Module]:
+        """Modules for evaluation and images: the EMA copy where there is one."""
+        self.nets(None)
+        return {name: self.emas[name].module if name in self.emas else m for name, m in self.modules.items()}
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def _open_data(self) -> None:
+        for role in self.roles:
+            if role in self.data:
+                continue
+            self.data[role] = StreamBatches(
+                self.root,
+                stream_name(self.stream_prefix, role),
+                self.cfg.data,
+                fields=self.method.fields(role),
+                seed=self.cfg.seed * 7919 + self.roles.index(role),
+                consumer=f"train-{self.method.name}",
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+                consumed=self._positions[role],
+                metrics=self.metrics,
+            )
+            self.data[role].start()
+
+    def _batch(self, roles: tuple[str, ...], times: StepTimes) -> tuple[dict[str, Any], int]:
+        batch, samples = {}, 0
+        for role in roles:
+            raw, waited = self.data[role].next()
+            times.add("data_wait", waited)
+            samples += len(raw["key"])
+            batch[role] = self._latest[role] = to_device(raw, self.device, self.dtype)
+        return batch, samples
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _client_state(self) -> dict[str, Any]:
+        state = {
+            "step": self.step,
+            "samples": self.samples,
+            "world_size": self.dist.world_size,
+            "rng": rng_state(),
+            "data": {role: d.consumed for role, d in self.data.items()} or self._positions,
+            "method": self.method.state_dict(),
+        }
+        if self.dist.is_main:
+            state["ema"] = {name: ema.module.state_dict() for name, ema in self.emas.items()}
+        return state
+
+    def save(self, metrics: dict[str, float] | None = None) -> Path:
+        client = self._client_state()
+
+        def write(path: Path) -> None:
+            for name, engine in self.engines.items():
+                engine.save_checkpoint(str(path), tag=name, client_state={}, save_latest=False)
+            tmp = path / f".client-rank{self.dist.rank}.pt"
+            torch.save(client, tmp)
+            tmp.rename(path / f"client-rank{self.dist.rank}.pt")
+
+        return self.checkpoints.save(self.step, write, {"step": self.step, **(metrics or {})})
+
+    def resume(self) -> bool:
+        """Restore the latest checkpoint, if any; True if one was restored."""
+        path = self.checkpoints.latest() if self.cfg.resume else None
+        if path is None:
+            return False
+        client_file = path / f"client-rank{self.dist.rank}.pt"
+        if not client_file.exists():
+            raise FileNotFoundError(f"checkpoint {path} has no state for rank {self.dist.rank}")
+        client = torch.load(client_file, weights_only=True)
+        if client["world_size"] != self.dist.world_size:
+            raise ValueError(
+                f"checkpoint {path} was written by {client['world_size']} ranks; this run has "
+                f"{self.dist.world_size} (data positions and RNG states are per rank)"
+            )
+        for name, engine in self.engines.items():
+            engine.load_checkpoint(str(path), tag=name, load_optimizer_states=True, load_lr_scheduler_states=True)
+        if self.emas:
+            ema_state = torch.load(path / "client-rank0.pt", weights_only=True)["ema"]
+            for name, ema in self.emas.items():
+                ema.module.load_state_dict(ema_state[name])
+        self.step, self.samples = client["step"], client["samples"]
+        self._positions = dict(client["data"])
+        self.method.load_state_dict(client["method"])
+        set_rng_state(client["rng"])
+        return True
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _sync(self) -> float:
+        if self.cfg.sync_timing and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def train_step(self, times: StepTimes) -> tuple[dict[str, float], int]:
+        """Run every phase active at ``self.step``; returns the mean losses and samples read."""
+        losses: dict[str, list[float]] = defaultdict(list)
+        samples = 0
+        micro = self.cfg.gradient_accumulation
+        for phase in self.phases:
+            if not phase.active(self.step):
+                continue
+            engine = self.engines[phase.model]
+            nets = self.nets(phase)
+            for _ in range(phase.repeats * micro):
+                batch, n = self._batch(phase.inputs, times)
+                samples += n
+                t0 = self._sync()
+                out = self.method.step(phase, batch, nets)
+                t1 = self._sync()
+                engine.backward(out["loss"])
+                t2 = self._sync()
+                boundary = engine.is_gradient_accumulation_boundary()
+                engine.step()
+                if boundary and phase.model in self.emas:
+                    self.emas[phase.model].update(engine.module, self.cfg.zero_stage == 3)
+                t3 = self._sync()
+                times.add("forward", t1 - t0)
+                times.add("backward", t2 - t1)
+                times.add("optimizer", t3 - t2)
+                for key, value in out.items():
+                    losses[f"{phase.name}/{key}"].append(value.detach())
+        # One host sync per step for all loss values.
+        flat = {k: torch.stack(v).float().mean() for k, v in losses.items()}
+        values = torch.stack(list(flat.values())).tolist() if flat else []
+        return dict(zip(flat, values, strict=True)), samples
+
+    def fit(self) -> dict[str, float]:
+        """Resume if possible, train to ``max_steps``, checkpoint; returns the last log summary."""
+        cfg = self.cfg
+        resumed = self.resume()
+        self._open_data()
+        reporter = Reporter(
+            self.run_dir,
+            method=self.method.name,
+            rank=self.dist.rank,
+            metrics=self.metrics,
+            log_every=cfg.log_every,
+            tensorboard=cfg.tensorboard,
+            progress=cfg.progress,
+            start_step=self.step,
+            max_steps=cfg.max_steps,
+        )
+        if resumed:
+            reporter.message(f"resumed {self.method.name} at step {self.step}")
+        summary: dict[str, float] = {}
+        saved_at = self.step
+        try:
+            while self.step < cfg.max_steps:
+                times = StepTimes()
+                losses, samples = self.train_step(times)
+                times.stop()
+                self.samples += samples * self.dist.world_size
+                summary = reporter.step(self.step, losses, times, samples) or summary
+                if cfg.image_every and (self.step + 1) % cfg.image_every == 0 and self.dist.is_main:
+                    with torch.no_grad():
+                        reporter.images(self.step, self.method.images(self._latest, self.eval_nets()))
+                self.step += 1
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save(summary)
+                    saved_at = self.step
+            if saved_at != self.step:
+                self.save(summary)
+        finally:
+            reporter.close()
+            for data in self.data.values():
+                data.close()
+        return summary
+
+    def export(self) -> Path:
+        """Write each model's weights (the EMA copy where there is one) to ``<run_dir>/models/<name>.pt``."""
+        out = self.run_dir / "models"
+        zero3 = self.cfg.zero_stage == 3
+        for name, module in self.modules.items():
+            gather = contextlib.nullcontext()
+            if zero3 and name in self.engines:
+                import deepspeed
+
+                gather = deepspeed.zero.GatheredParameters(list(module.parameters()))
+            with gather:
+                source = self.emas[name].module if name in self.emas else module
+                state = {k: v.detach().float().cpu().clone() for k, v in source.state_dict().items()}
+            if self.dist.is_main:
+                out.mkdir(parents=True, exist_ok=True)
+                torch.save(state, out / f".{name}.pt")
+                (out / f".{name}.pt").rename(out / f"{name}.pt")
+        self.dist.barrier()
+        return out

@@ -1,0 +1,256 @@
+"""SimGAN (Shrivastava et al., CVPR 2017): refine simulated images so they look real, keep their labels.
+
+A refiner R (ResNet blocks, 1×1 output convolution) maps a simulated image x to R(x); a local
+discriminator D classifies every patch of an image as real or refined. R minimizes the
+adversarial loss plus the self-regularization ``λ · mean|ψ(R(x)) − ψ(x)|`` (the paper sums over
+pixels; a mean keeps λ independent of resolution); D sees real images against refined images
+of which a share comes from a history of earlier refiner outputs.
+
+Phases: ``R_pretrain`` (self-regularization only), ``D_pretrain``, then ``R_main`` ×K_g and
+``D_main`` ×K_d per engine step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from renderloop.config import ConfigError
+
+from .method import Method, ModelSpec, Phase, register_method
+
+__all__ = ["SimGANConfig", "SimGAN", "Refiner", "PatchDiscriminator", "HistoryBuffer", "EvalConfig"]
+
+SELF_REG_SPACES = ("identity", "channel_mean")
+
+
+@dataclass
+class EvalConfig:
+    """The downstream experiment of ``renderloop eval method=simgan`` (see ``trainers/downstream.py``)."""
+
+    train_samples: int = 4096
+    """Labeled simulated images the estimators train on (raw, then refined)."""
+    test_samples: int = 1024
+    """Labeled real-like held-out images both estimators are tested on."""
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 2e-3
+    seed: int = 1234
+    """Seeds of the evaluation images; distinct from the training streams' seeds."""
+    figure_rows: int = 8
+
+
+@dataclass
+class SimGANConfig:
+    data: dict[str, Any] = field(default_factory=dict)
+    """Data roles ``synthetic`` and ``real``: source configs of the streams they read."""
+    channels: int = 64
+    """Refiner width."""
+    blocks: int = 4
+    """Refiner ResNet blocks."""
+    disc_channels: list[int] = field(default_factory=lambda: [96, 64, 32, 32])
+    self_reg: float = 0.5
+    """λ of the self-regularization (mean absolute difference in ψ space)."""
+    self_reg_space: str = "identity"
+    """ψ: ``identity`` (RGB) or ``channel_mean`` (intensity; lets R change colours)."""
+    history_size: int = 512
+    """Refined images each rank keeps for the discriminator (0: no history)."""
+    history_fraction: float = 0.5
+    """Share of each refined batch that D sees from the history once it is full."""
+    pretrain_refiner_steps: int = 200
+    pretrain_discriminator_steps: int = 50
+    refiner_updates: int = 2
+    """K_g: refiner updates per engine step."""
+    discriminator_updates: int = 1
+    """K_d: discriminator updates per engine step."""
+    lr_refiner: float = 2e-4
+    lr_discriminator: float = 2e-4
+    ema: bool = True
+    """Keep an EMA refiner (``engine.ema_half_life``) for images, export and evaluation."""
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        def bad(key: str, msg: str) -> ConfigError:
+            return ConfigError(f"method.{key}", msg)
+
+        if set(self.data) != {"synthetic", "real"}:
+            raise bad("data", f"needs exactly the roles 'synthetic' and 'real'; got {sorted(self.data)}")
+        if self.self_reg < 0:
+            raise bad("self_reg", f"must be >= 0; got {self.self_reg}")
+        if self.self_reg_space not in SELF_REG_SPACES:
+            raise bad("self_reg_space", f"must be one of {SELF_REG_SPACES}; got {self.self_reg_space!r}")
+        if self.channels < 1 or self.blocks < 0 or not self.disc_channels or min(self.disc_channels) < 1:
+            raise bad("channels", "channels and disc_channels must be >= 1 and blocks >= 0")
+        if self.history_size < 0 or not 0 <= self.history_fraction < 1:
+            raise bad("history_size", "history_size must be >= 0 and history_fraction in [0, 1)")
+        if self.pretrain_refiner_steps < 0 or self.pretrain_discriminator_steps < 0:
+            raise bad("pretrain_refiner_steps", "pre-training steps must be >= 0")
+        if self.refiner_updates < 1 or self.discriminator_updates < 1:
+            raise bad("refiner_updates", "refiner_updates and discriminator_updates must be >= 1")
+        if self.lr_refiner <= 0 or self.lr_discriminator <= 0:
+            raise bad("lr_refiner", "learning rates must be > 0")
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.conv2(F.relu(self.conv1(x))))
+
+
+class Refiner(nn.Module):
+    """``[B, 3, H, W]`` in ``[0, 1]`` → refined ``[B, 3, H, W]`` in ``[0, 1]`` (fully convolutional)."""
+
+    def __init__(self, channels: int = 64, blocks: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.blocks = nn.Sequential(*(ResnetBlock(channels) for _ in range(blocks)))
+        self.head = nn.Conv2d(channels, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(F.relu(self.stem(2 * x - 1)))
+        return (torch.tanh(self.head(h)) + 1) / 2
+
+
+class PatchDiscriminator(nn.Module):
+    """``[B, 3, H, W]`` → ``[B, H/4, W/4]`` logits, one real-vs-refined decision per local patch."""
+
+    def __init__(self, channels: list[int]) -> None:
+        super().__init__()
+        c = [3, *channels]
+        layers: list[nn.Module] = [nn.Conv2d(c[0], c[1], 3, stride=2, padding=1), nn.ReLU()]
+        if len(c) > 2:
+            layers += [nn.Conv2d(c[1], c[2], 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(3, 1, padding=1)]
+        for a, b in zip(c[2:], c[3:], strict=False):
+            layers += [nn.Conv2d(a, b, 3, padding=1), nn.ReLU()]
+        layers.append(nn.Conv2d(c[-1], 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(2 * x - 1)[:, 0]
+
+
+class HistoryBuffer:
+    """Past refined images for the discriminator, one buffer per rank (never synchronized).
+
+    ``mix(refined)`` returns a batch of ``len(refined)`` images: while the buffer holds fewer than
+    ``size`` images, the batch is ``refined`` itself and all of it is stored; once full, a share
+    ``fraction`` of the batch is replaced by images drawn at random from the buffer, and as many
+    random buffer slots are overwritten by the current batch's first images. With W ranks the
+    history of the whole run is W × ``size`` images; each rank's buffer is saved in its checkpoint.
+    """
+
+    def __init__(self, size: int, fraction: float = 0.5) -> None:
+        self.size, self.fraction = size, fraction
+        self.images: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.images is None else self.images.shape[0]
+
+    @torch.no_grad()
+    def mix(self, refined: torch.Tensor) -> torch.Tensor:
+        refined = refined.detach()
+        if self.size == 0:
+            return refined
+        if len(self) < self.size:
+            room = self.size - len(self)
+            new = refined[:room]
+            self.images = new.clone() if self.images is None else torch.cat([self.images, new])
+            return refined
+        n = int(round(self.fraction * refined.shape[0]))
+        if n == 0:
+            return refined
+        dev = self.images.device
+        picked = self.images[torch.randint(self.size, (n,), device=dev)]
+        mixed = torch.cat([refined[: refined.shape[0] - n], picked.to(refined.dtype)])
+        slots = torch.randperm(self.size, device=dev)[:n]
+        self.images[slots] = refined[:n].to(self.images.dtype)
+        return mixed
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"images": None if self.images is None else self.images.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.images = None if state["images"] is None else state["images"].to(device)
+
+
+def _psi(x: torch.Tensor, space: str) -> torch.Tensor:
+    return x.mean(1, keepdim=True) if space == "channel_mean" else x
+
+
+@register_method("simgan", SimGANConfig)
+class SimGAN(Method):
+    """SimGAN: a refiner that makes simulated images look real while keeping their labels."""
+
+    def __init__(self, config: SimGANConfig, device: torch.device) -> None:
+        super().__init__(config, device)
+        self.history = HistoryBuffer(config.history_size, config.history_fraction)
+
+    def fields(self, role: str) -> list[str]:
+        return ["rgb.png"]
+
+    def build(self) -> dict[str, ModelSpec]:
+        cfg = self.config
+        return {
+            "R": ModelSpec(Refiner(cfg.channels, cfg.blocks), lr=cfg.lr_refiner, betas=(0.5, 0.999), ema=cfg.ema),
+            "D": ModelSpec(PatchDiscriminator(cfg.disc_channels), lr=cfg.lr_discriminator, betas=(0.5, 0.999)),
+        }
+
+    def phases(self) -> list[Phase]:
+        cfg = self.config
+        pre_r, main = cfg.pretrain_refiner_steps, cfg.pretrain_refiner_steps + cfg.pretrain_discriminator_steps
+        return [
+            Phase("R_pretrain", "R", ("synthetic",), stop=pre_r),
+            Phase("D_pretrain", "D", ("synthetic", "real"), start=pre_r, stop=main),
+            Phase("R_main", "R", ("synthetic",), repeats=cfg.refiner_updates, start=main),
+            Phase("D_main", "D", ("synthetic", "real"), repeats=cfg.discriminator_updates, start=main),
+        ]
+
+    def step(self, phase: Phase, batch: dict, nets: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        x = batch["synthetic"]["rgb"]
+        if phase.model == "R":
+            refined = nets["R"](x)
+            reg = cfg.self_reg * (_psi(refined, cfg.self_reg_space) - _psi(x, cfg.self_reg_space)).abs().float().mean()
+            if phase.name == "R_pretrain":
+                return {"loss": reg, "self_reg": reg}
+            logits = nets["D"](refined).float()  # D frozen: its module, no gradient into it
+            adversarial = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+            return {"loss": adversarial + reg, "adversarial": adversarial, "self_reg": reg}
+        with torch.no_grad():
+            refined = self.history.mix(nets["R"](x))
+        real = batch["real"]["rgb"]
+        logits = nets["D"](torch.cat([real, refined])).float()  # [2B, h, w]
+        target = torch.cat([torch.ones_like(logits[: len(real)]), torch.zeros_like(logits[len(real) :])])
+        loss = F.binary_cross_entropy_with_logits(logits, target)
+        accuracy = ((logits > 0) == (target > 0.5)).float().mean()
+        return {"loss": loss, "accuracy": accuracy}
+
+    @torch.no_grad()
+    def images(self, batch: dict, nets: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+        out = {}
+        if "synthetic" in batch:
+            x = batch["synthetic"]["rgb"][:16]
+            out["synthetic"], out["refined"] = x, nets["R"](x)
+        if "real" in batch:
+            out["real"] = batch["real"]["rgb"][:16]
+        return out
+
+    def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:
+        from .downstream import simgan_experiment
+
+        return simgan_experiment(self.config, nets["R"], self.device, out_dir)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history.load_state_dict(state["history"], self.device)
