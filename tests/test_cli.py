@@ -1,4 +1,5 @@
-"""The ``renderloop`` console script: help, info, demo, and config errors before heavy work."""
+"""The ``renderloop`` console script: help, info, turntable, generate/inspect, train/run/eval, and
+config errors before heavy work."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from renderloop.cli import main
 def test_help_lists_commands(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
-    assert "info" in out and "demo" in out
+    for command in ("info", "demo", "generate", "inspect", "train", "run", "eval", "turntable"):
+        assert command in out
 
 
 def test_console_script_help():
@@ -32,9 +34,9 @@ def test_info_reports_versions_devices_backends_cache(capsys, monkeypatch, tmp_p
         assert needle in out
 
 
-def test_demo_writes_a_turntable_sheet(tmp_path, capsys):
+def test_turntable_writes_a_sheet(tmp_path, capsys):
     path = tmp_path / "sheet.png"
-    assert main(["demo", "views=3", "renderer.height=24", "renderer.width=24", f"output={path}"]) == 0
+    assert main(["turntable", "views=3", "renderer.height=24", "renderer.width=24", f"output={path}"]) == 0
     sheet = np.asarray(Image.open(path))
     assert sheet.shape == (4 * 24, 3 * 24, 3)
     colour_row = sheet[:24]
@@ -43,9 +45,9 @@ def test_demo_writes_a_turntable_sheet(tmp_path, capsys):
 
 
 def test_bad_config_is_refused_with_the_key(capsys, tmp_path):
-    assert main(["demo", "renderer.height=-1", f"output={tmp_path}/x.png"]) == 2
+    assert main(["turntable", "renderer.height=-1", f"output={tmp_path}/x.png"]) == 2
     assert "config error at renderer.height" in capsys.readouterr().err
-    assert main(["demo", "no_such_key=1"]) == 2
+    assert main(["turntable", "no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
 

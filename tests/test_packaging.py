@@ -38,7 +38,7 @@ def test_plain_install_has_subpackages_and_configs(tmp_path):
     assert (target / "renderloop" / "conf" / "renderer" / "default.yaml").is_file()
     code = (
         "import renderloop.renderers.ops as ops, renderloop.config as c; "
-        "cfg = c.load_config('demo', ['views=2']); print(ops.__file__); print(cfg.views)"
+        "cfg = c.load_config('turntable', ['views=2']); print(ops.__file__); print(cfg.views)"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run(

@@ -198,7 +198,7 @@ class Trainer:
             torch.save(client, tmp)
             tmp.rename(path / f"client-rank{self.dist.rank}.pt")
 
-        return self.checkpoints.save(self.step, write, {"step": self.step, **(metrics or {})})
+        return self.checkpoints.save(self.step, write, {**(metrics or {}), "checkpoint_step": self.step})
 
     def resume(self) -> bool:
         """Restore the latest checkpoint, if any; True if one was restored."""

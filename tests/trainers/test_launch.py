@@ -1,0 +1,115 @@
+"""Launch modes on CPU: `renderloop run` with live local producers, then `eval`; torchrun with two
+gloo processes; Ray Train with two workers, including a restart from the last checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import psutil
+
+from renderloop.cli import main
+from renderloop.datasets.ledger import Ledger
+from renderloop.datasets.storage import Storage
+from renderloop.train import train
+from tests.trainers.helpers import debug_config, make_streams
+
+DEBUG = ["method=simgan_debug", "engine=debug", "samples_per_shard=8", "device=cpu"]
+
+
+def test_run_streams_from_live_producers_then_eval(tmp_path, capsys):
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    args = [*DEBUG, f"storage.root={root}", f"run_dir={run_dir}", "max_backlog_shards=4"]
+    assert main(["run", *args]) == 0
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step00000004"
+    storage = Storage(str(root))
+    for role in ("synthetic", "real"):
+        ledger = Ledger(storage, f"simgan-{role}")
+        assert ledger.entries() and not ledger.closed  # published live; left open for the next run
+        assert ledger.consumed() >= 1  # the trainer's reader recorded what it read
+    rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+
+    assert main(["eval", *args]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((run_dir / "eval" / "simgan_eval.json").read_text())
+    for name in ("synthetic", "refined", "real"):
+        assert 0 <= results[f"{name}_mean_error_deg"] <= 180
+        assert f"{name}_mean_error_deg" in out
+    assert (run_dir / "eval" / "simgan_eval.png").stat().st_size > 0
+
+
+def test_train_refuses_a_missing_stream(tmp_path, capsys):
+    args = [*DEBUG, f"storage.root={tmp_path}", f"run_dir={tmp_path / 'run'}", "engine.data.follow=false"]
+    assert main(["train", *args]) == 2
+    assert "has no shards" in capsys.readouterr().err
+
+
+def _client_files(run_dir):
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    return sorted(p.name for p in (run_dir / "checkpoints" / latest).glob("client-rank*.pt"))
+
+
+def test_torchrun_two_gloo_processes_train_and_checkpoint(tmp_path):
+    cfg = debug_config(tmp_path / "data", tmp_path / "run")
+    make_streams(cfg)
+    args = [*DEBUG, f"storage.root={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}", "engine.max_steps=3"]
+    assert main(["train", *args, "cluster=torchrun", "cluster.workers=2"]) == 0
+    assert _client_files(tmp_path / "run") == ["client-rank0.pt", "client-rank1.pt"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert (tmp_path / "run" / "models" / "R.pt").exists()
+
+
+def _kill_a_train_worker_after_a_checkpoint(ray_dir, done: threading.Event) -> list[int]:
+    killed: list[int] = []
+    deadline = time.monotonic() + 240
+    while not done.is_set() and time.monotonic() < deadline:
+        # Ray's controller registers reported checkpoints in its snapshot: kill only after that.
+        snapshots = list(ray_dir.rglob("checkpoint_manager_snapshot.json"))
+        if snapshots and "checkpoint_" in snapshots[0].read_text():
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                    killed.append(proc.info["pid"])
+                    return killed
+        time.sleep(0.2)
+    return killed
+
+
+def test_ray_train_two_workers_restore_after_a_worker_is_killed(tmp_path):
+    import ray
+
+    run_dir = tmp_path / "run"
+    cfg = debug_config(
+        tmp_path / "data",
+        run_dir,
+        "cluster=ray",
+        "cluster.workers=2",
+        "cluster.cpus_per_worker=0.5",
+        "cluster.max_failures=1",
+        "engine.max_steps=30",
+        "engine.checkpoint_every=2",
+    )
+    make_streams(cfg)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    done = threading.Event()
+    killed: list[int] = []
+    killer = threading.Thread(target=lambda: killed.extend(_kill_a_train_worker_after_a_checkpoint(run_dir, done)))
+    killer.start()
+    try:
+        summary = train(cfg, [], command="train")
+    finally:
+        done.set()
+        killer.join()
+        ray.shutdown()
+    assert killed, "no Ray Train worker was found to kill"
+    assert summary["checkpoint_step"] == 30
+    steps = [json.loads(line)["step"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])  # the log goes back
+    assert steps[restart] % 2 == 0 and steps[restart] >= 2, steps  # to a checkpoint (every 2 steps)
+    assert steps[restart:] == list(range(steps[restart], 30)), steps
+    assert (run_dir / "models" / "R.pt").exists()
