@@ -34,6 +34,8 @@ setup(
         "webdataset>=0.2.86",
         "fsspec>=2023.1",
         "tqdm>=4.60",
+        "tensorboardX>=2.6",
+        "psutil>=5",
         "deepspeed>=0.14",
         "ray[default,data,train]>=2.40",
     ],
