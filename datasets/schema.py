@@ -44,7 +44,8 @@ def _jpg(x: Any) -> bytes:
 
 
 def _image(data: bytes) -> torch.Tensor:
-    arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    image = Image.open(io.BytesIO(data))
+    arr = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
 
 

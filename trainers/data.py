@@ -66,6 +66,7 @@ class StreamBatches:
         world_size: int,
         consumed: int = 0,
         metrics: MetricsSink | None = None,
+        pin_memory: bool = False,
     ) -> None:
         self.stream, self.consumed, self.config = stream, consumed, config
         reader = ShardStream(
@@ -93,6 +94,7 @@ class StreamBatches:
             # resumed run would diverge from an uninterrupted one.
             generator=torch.Generator().manual_seed(seed),
             persistent_workers=config.num_workers > 0,
+            pin_memory=pin_memory,
             prefetch_factor=4 if config.num_workers else None,
         )
         self._it: Iterator | None = None

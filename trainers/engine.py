@@ -161,6 +161,7 @@ class Trainer:
                 world_size=self.dist.world_size,
                 consumed=self._positions[role],
                 metrics=self.metrics,
+                pin_memory=self.device.type == "cuda",
             )
             self.data[role].start()
 
