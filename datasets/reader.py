@@ -98,6 +98,8 @@ def _fast_tar_files(data: bytes) -> Iterator[tuple[str, bytes]]:
             name = header[345:500].split(b"\0", 1)[0].decode() + "/" + name
         name, pax = pax.get("path", name), {}
         yield name, data[start : start + size]
+    if data[off:].strip(b"\0"):
+        raise tarfile.ReadError(f"truncated header at byte {off}")
 
 
 def _tar_files(data: bytes) -> Iterator[tuple[str, bytes]]:

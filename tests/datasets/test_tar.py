@@ -46,7 +46,9 @@ def test_samples_group_by_key():
 def test_damaged_archives_are_refused():
     data = bytearray(_tar(tarfile.PAX_FORMAT))
     with pytest.raises(tarfile.ReadError):
-        list(_fast_tar_files(bytes(data[:1500])))  # truncated inside a member
+        list(_fast_tar_files(bytes(data[:1500])))  # truncated inside a header
+    with pytest.raises(tarfile.ReadError):
+        list(_fast_tar_files(bytes(data[:700])))  # truncated inside a member
     data[1030] ^= 0xFF  # inside the second header (the first member has one 512-byte block)
     with pytest.raises(tarfile.TarError):
         list(_fast_tar_files(bytes(data)))
