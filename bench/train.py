@@ -5,11 +5,12 @@ optimizer) and the data-wait fraction, per ZeRO stage.
     python -m bench.train --device cuda --zero 0 1 2 --out train-1gpu.json
     python -m bench.train --device cuda --generate-only               # make the streams once, then:
     torchrun --standalone --nproc_per_node 2 -m bench.train --device cuda --zero 2 --out train-2gpu.json
-    python -m bench.train --device cuda --live --producers 4          # producers on the same host
+    python -m bench.train --device cuda --live --producers 4          # Ray producer actors, same host
 
 By default the streams are generated first (closed, then repeated by the reader: the trainer never
-waits for producers, only for reading and decoding). ``--live`` trains while local producer
-threads publish (``renderloop run``). Throughput counts the samples of every rank; the step split
+waits for producers, only for reading and decoding). ``--live`` trains while producer actors
+publish (``renderloop run cluster=ray``: Ray producer actors sharing the GPU with one Ray Train
+worker). Throughput counts the samples of every rank; the step split
 needs device synchronization (``engine.sync_timing``), so ``--split`` runs time it apart.
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from renderloop.cluster.config import ClusterConfig
 from renderloop.config import load_config
 from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.producer import Producer
@@ -100,6 +102,16 @@ def measure(args, zero: int, sync: bool) -> dict | None:
     cfg = _config(args, zero, run_dir, sync)
     if args.live:
         cfg.storage.stream = f"live{zero}{int(sync)}"
+        gpu = args.device != "cpu"
+        cfg.cluster = ClusterConfig(
+            mode="ray",
+            producers=args.producers,
+            # All producers of both streams share half of the GPU; the trainer has the other half.
+            num_gpus_per_producer=0.5 / (2 * args.producers) if gpu else 0.0,
+            num_cpus_per_producer=1.0 if gpu else 0.5,
+            gpus_per_worker=0.5 if gpu else 0.0,
+            cpus_per_worker=1.0 if gpu else 0.5,
+        )
         run(cfg, [])
     else:
         train_worker(cfg)
@@ -142,7 +154,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--samples", type=int, default=8192, help="samples per generated stream")
     p.add_argument("--loader-workers", type=int, default=4, help="dataloader workers per stream")
-    p.add_argument("--producers", type=int, default=2, help="--live: producer threads per stream")
+    p.add_argument("--producers", type=int, default=2, help="--live: producer actors per stream")
     p.add_argument("--live", action="store_true")
     p.add_argument("--split", action="store_true", help="also time the step split (device syncs)")
     p.add_argument("--generate-only", action="store_true")
