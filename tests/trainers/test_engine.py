@@ -124,3 +124,23 @@ def test_bad_config_is_refused_before_any_model_is_built(tmp_path, monkeypatch, 
     monkeypatch.setattr(Trainer, "__init__", fail)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         debug_config(tmp_path, tmp_path / "run", override)
+
+
+def test_logging_writes_tensorboard_scalars_and_images_and_prometheus_metrics(streams):
+    import prometheus_client
+
+    from renderloop.metrics import PrometheusSink
+
+    run_dir = streams / "logged"
+    cfg = debug_config(streams / "data", run_dir, "engine.tensorboard=true", "engine.image_every=2")
+    sink = PrometheusSink()
+    train_worker(cfg, metrics=sink)
+    events = list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    data = events[0].read_bytes()
+    for tag in (b"loss/R_main/adversarial", b"perf/samples_per_s", b"perf/data_wait_fraction", b"images/refined"):
+        assert tag in data, tag
+    text = prometheus_client.generate_latest(sink.registry).decode()
+    assert 'renderloop_trainer_steps_total{method="simgan",rank="0"} 4.0' in text
+    assert "renderloop_trainer_data_wait_seconds_count" in text and "renderloop_trainer_samples_per_second" in text
+    assert 'renderloop_loss{method="simgan",phase="D_main",rank="0",term="loss"}' in text
