@@ -73,7 +73,8 @@ def _fast_tar_files(data: bytes) -> Iterator[tuple[str, bytes]]:
         header = data[off : off + 512]
         if not header.strip(b"\0"):
             return  # end-of-archive blocks
-        if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
+        stored, unsigned = _octal(header[148:156]), sum(header[:148]) + 256 + sum(header[156:])
+        if stored != unsigned and stored != unsigned - 256 * sum(b > 127 for b in header):  # signed bytes
             raise tarfile.HeaderError(f"bad header checksum at byte {off}")
         kind = header[156:157]
         size = int(pax["size"]) if "size" in pax else _octal(header[124:136])
@@ -85,16 +86,19 @@ def _fast_tar_files(data: bytes) -> Iterator[tuple[str, bytes]]:
             body, pax = data[start : start + size], {}
             while body:
                 length = int(body.split(b" ", 1)[0])
+                if length <= 0:
+                    raise tarfile.HeaderError(f"bad pax record at byte {off}")
                 key, _, value = body[: length - 1].split(b" ", 1)[1].partition(b"=")
                 pax[key.decode()] = value.decode()
                 body = body[length:]
             continue
         if kind in (b"g", b"5"):
+            pax = {} if kind == b"5" else pax
             continue
         if kind not in (b"0", b"\0"):
             raise _Unsupported(f"member type {kind!r}")
         name = header[:100].split(b"\0", 1)[0].decode()
-        if header[257:262] == b"ustar" and header[345] != 0:
+        if header[257:263] == b"ustar\0" and header[345] != 0:  # POSIX prefix (GNU keeps times here)
             name = header[345:500].split(b"\0", 1)[0].decode() + "/" + name
         name, pax = pax.get("path", name), {}
         yield name, data[start : start + size]
@@ -265,7 +269,9 @@ class ShardStream(IterableDataset):
         while self.epochs == 0 or epoch < self.epochs:
             rng = random.Random(hash((self.seed, epoch, slot)))
             buffer: list[dict[str, Any]] = []
+            read = 0
             for sample in self._epoch(storage, ledger, slot, slots, consumer, epoch):
+                read += 1
                 self.stats.samples += 1
                 if self.shuffle_buffer <= 1:
                     yield sample
@@ -275,4 +281,9 @@ class ShardStream(IterableDataset):
                     yield buffer.pop(rng.randrange(len(buffer)))
             rng.shuffle(buffer)
             yield from buffer
+            if not read and self.epochs == 0:  # repeating an empty pass would spin for ever
+                raise RuntimeError(
+                    f"stream {self.stream!r}: reader slot {slot} of {slots} (ranks × dataloader workers) "
+                    f"has no shards; the stream has {len(ledger.entries())}: use fewer ranks or workers"
+                )
             epoch += 1

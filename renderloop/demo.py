@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from renderloop.datasets.storage import Storage
-from renderloop.train import TrainConfig, evaluate, run
+from renderloop.train import TrainConfig, evaluate, in_torchrun_worker, run
 
 __all__ = ["DemoConfig", "demo"]
 
@@ -25,13 +25,15 @@ class DemoConfig(TrainConfig):
 
 
 def demo(cfg: DemoConfig, overrides: list[str]) -> dict[str, float]:
+    if in_torchrun_worker():  # a child of `renderloop demo cluster=torchrun`: train only
+        return run(cfg, overrides, command="demo")
     if cfg.fresh:
         shutil.rmtree(cfg.run_dir, ignore_errors=True)
         storage = Storage(cfg.storage.root)
         for role in cfg.streams():
             if storage.exists(cfg.stream(role)):
                 storage.fs.rm(storage.path(cfg.stream(role)), recursive=True)
-    run(cfg, overrides)
+    run(cfg, overrides, command="demo")
     results = evaluate(cfg)
     results["figure"] = str(Path(cfg.run_dir) / "eval" / "simgan_eval.png")
     return results

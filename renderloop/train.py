@@ -42,6 +42,12 @@ class TrainConfig:
         self.method_name, self.method_config = method_config(self.method)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError("device", f"must be auto, cpu or cuda; got {self.device!r}")
+        if self.cluster.mode == "local" and self.cluster.workers != 1:
+            raise ConfigError(
+                "cluster.workers",
+                f"local mode trains in this process: must be 1; got {self.cluster.workers} "
+                "(use cluster=torchrun or cluster=ray for more)",
+            )
         if self.samples_per_shard < 1 or self.max_backlog_shards < 0:
             raise ConfigError("samples_per_shard", "samples_per_shard must be >= 1 and max_backlog_shards >= 0")
         for role, node in self.streams().items():
@@ -63,7 +69,7 @@ class TrainConfig:
         return stream_name(self.storage.stream, role)
 
 
-def _in_torchrun_worker() -> bool:
+def in_torchrun_worker() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
@@ -109,6 +115,12 @@ def _plain(obj: Any) -> Any:
 def _check_streams(cfg: TrainConfig) -> None:
     storage = Storage(cfg.storage.root)
     for role in cfg.streams():
+        if not storage.exists(cfg.stream(role)):
+            raise ConfigError(
+                "storage",
+                f"stream {storage.url(cfg.stream(role))} does not exist; generate it first "
+                f"(renderloop generate ... storage.stream={cfg.stream(role)}) or use `renderloop run`",
+            )
         ledger = Ledger(storage, cfg.stream(role))
         if not ledger.entries() and ledger.closed:
             raise ConfigError("storage", f"stream {storage.url(cfg.stream(role))} is closed and empty")
@@ -123,9 +135,9 @@ def _check_streams(cfg: TrainConfig) -> None:
 def train(cfg: TrainConfig, overrides: list[str], command: str = "train") -> dict[str, float]:
     """Train on the streams, in the launch mode of ``cluster.mode``."""
     mode = cfg.cluster.mode
-    if command == "train" and not _in_torchrun_worker():
+    if command == "train" and not in_torchrun_worker():
         _check_streams(cfg)
-    if mode == "local" or (mode == "torchrun" and _in_torchrun_worker()):
+    if mode == "local" or (mode == "torchrun" and in_torchrun_worker()):
         return train_worker(cfg)
     if mode == "torchrun":
         from renderloop.cluster.torchrun import launch
@@ -143,15 +155,21 @@ def _last_summary(cfg: TrainConfig) -> dict[str, float]:
     return json.loads(lines[-1]) if lines else {}
 
 
-def run(cfg: TrainConfig, overrides: list[str]) -> dict[str, float]:
-    """Start producers for every stream of the method, train while they publish, then stop them."""
+def run(cfg: TrainConfig, overrides: list[str], command: str = "run") -> dict[str, float]:
+    """Start producers for every stream of the method, train while they publish, then stop them.
+
+    Under torchrun the launching process runs the producers; its children (which re-run
+    ``command``) only train.
+    """
+    cfg.engine.data.follow = True
+    if in_torchrun_worker():
+        return train_worker(cfg)
     storage = Storage(cfg.storage.root)
     for role in cfg.streams():
         Ledger(storage, cfg.stream(role)).reopen()
-    cfg.engine.data.follow = True
     stop = _start_producers(cfg)
     try:
-        return train(cfg, [*overrides, "engine.data.follow=true"], command="train")
+        return train(cfg, [*overrides, "engine.data.follow=true"], command=command)
     finally:
         stop()
 

@@ -43,7 +43,8 @@ class CheckpointStore:
         """Call ``write(folder)`` on every rank, then (rank 0) point ``latest`` at it and prune."""
         path = self.directory / step_tag(step)
         if self.dist.is_main:
-            path.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(path, ignore_errors=True)  # a stale folder of an earlier run must not mix in
+            path.mkdir(parents=True)
         self.dist.barrier()
         write(path)
         self.dist.barrier()
@@ -51,8 +52,9 @@ class CheckpointStore:
             tmp = self.directory / f".latest.{os.getpid()}"
             tmp.write_text(path.name + "\n")
             os.replace(tmp, self.directory / "latest")
-            saved = sorted(p for p in self.directory.glob("step*") if p.is_dir())
-            for old in saved[: -self.keep]:
+            others = sorted((p for p in self.directory.glob("step*") if p.is_dir() and p != path),
+                            key=lambda p: p.stat().st_mtime)  # fmt: skip
+            for old in others[: max(len(others) - (self.keep - 1), 0)]:
                 shutil.rmtree(old, ignore_errors=True)
         self.dist.barrier()
         return path

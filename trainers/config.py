@@ -50,8 +50,10 @@ class EngineConfig:
     grad_clip: float = 0.0
     """Clip the global gradient norm at this value (0: off)."""
     lr_schedule: str = "constant"
-    """``constant``, ``cosine`` or ``linear`` decay to ``min_lr_ratio`` at ``max_steps``."""
+    """``constant``, ``cosine`` or ``linear`` decay to ``min_lr_ratio``, reached at each model's
+    last optimizer update of the run (a model updated twice per step decays over twice the updates)."""
     warmup_steps: int = 0
+    """Linear warm-up, in optimizer updates of each model."""
     min_lr_ratio: float = 0.0
     ema_half_life: float = 0.0
     """EMA half-life, in optimizer updates, of models that ask for one (0: EMA equals the model)."""
@@ -87,8 +89,10 @@ class EngineConfig:
             raise bad("grad_clip", f"must be >= 0; got {self.grad_clip}")
         if self.lr_schedule not in SCHEDULES:
             raise bad("lr_schedule", f"must be one of {SCHEDULES}; got {self.lr_schedule!r}")
-        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise bad("warmup_steps", "warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
+        if self.warmup_steps < 0:
+            raise bad("warmup_steps", f"must be >= 0; got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise bad("min_lr_ratio", f"must be in [0, 1]; got {self.min_lr_ratio}")
         if self.ema_half_life < 0:
             raise bad("ema_half_life", f"must be >= 0; got {self.ema_half_life}")
         for key in ("checkpoint_every", "log_every", "image_every"):
@@ -102,13 +106,14 @@ class EngineConfig:
         return 0.5 ** (1.0 / self.ema_half_life) if self.ema_half_life > 0 else 0.0
 
 
-def lr_multiplier(cfg: EngineConfig, update: int) -> float:
-    """Learning-rate factor at optimizer update ``update``: linear warm-up, then the decay."""
+def lr_multiplier(cfg: EngineConfig, update: int, total_updates: int) -> float:
+    """Learning-rate factor at a model's optimizer update ``update`` of ``total_updates``: linear
+    warm-up over ``warmup_steps`` updates, then the decay, which ends at the model's last update."""
     if update < cfg.warmup_steps:
         return (update + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
         return 1.0
-    progress = min((update - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1), 1.0)
+    progress = min((update - cfg.warmup_steps) / max(total_updates - cfg.warmup_steps, 1), 1.0)
     decay = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1 - progress
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
 

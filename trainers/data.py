@@ -119,4 +119,7 @@ class StreamBatches:
         return batch, time.perf_counter() - t0
 
     def close(self) -> None:
-        self._it = None  # workers stop with the iterator
+        """Stop the dataloader workers (persistent workers outlive the iterator otherwise)."""
+        if self._it is not None and hasattr(self._it, "_shutdown_workers"):
+            self._it._shutdown_workers()
+        self._it = None

@@ -93,10 +93,12 @@ class Trainer:
         self.metrics = metrics or MetricsSink()
         seed_everything(engine.seed)  # identical initial weights on every rank
         self.method: Method = METHODS[method].method(method_config, self.device)
+        self.phases = self.method.phases()
         specs = self.method.build()
         self.engines: dict[str, Any] = {}
         self.modules: dict[str, nn.Module] = {}
         self.emas: dict[str, EMA] = {}
+        self._trainable: dict[str, list[nn.Parameter]] = {}
         for name, spec in specs.items():
             if not spec.trainable:
                 self.modules[name] = spec.module.to(self.device, self.dtype).eval().requires_grad_(False)
@@ -104,14 +106,18 @@ class Trainer:
             if spec.ema:
                 self.emas[name] = EMA(spec.module, engine.ema_beta)
                 self.emas[name].module.to(self.device)
+            params = [p for p in spec.module.parameters() if p.requires_grad]
+            self._trainable[name] = params
+            horizon = sum(p.updates(engine.max_steps) for p in self.phases if p.model == name)
             ds_engine, *_ = deepspeed.initialize(
                 model=spec.module,
-                model_parameters=[p for p in spec.module.parameters() if p.requires_grad],
+                model_parameters=params,
                 config=deepspeed_config(engine, spec.lr, spec.betas, spec.weight_decay, dist.world_size),
-                lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda u: lr_multiplier(engine, u)),
+                lr_scheduler=lambda opt, h=horizon: torch.optim.lr_scheduler.LambdaLR(
+                    opt, lambda u: lr_multiplier(engine, u, h)
+                ),
             )
             self.engines[name], self.modules[name] = ds_engine, ds_engine.module
-        self.phases = self.method.phases()
         roles = self.method.streams()
         for phase in self.phases:
             if phase.model not in self.engines:
@@ -134,7 +140,8 @@ class Trainer:
         out = dict(self.modules)
         for name, engine in self.engines.items():
             train = phase is not None and name == phase.model
-            engine.module.requires_grad_(train)
+            for p in self._trainable[name]:  # parameters the method froze stay frozen
+                p.requires_grad_(train)
             if train:
                 out[name] = engine
         return out
@@ -183,11 +190,20 @@ class Trainer:
             "world_size": self.dist.world_size,
             "rng": rng_state(),
             "data": {role: d.consumed for role, d in self.data.items()} or self._positions,
+            "data_layout": self._data_layout(),
             "method": self.method.state_dict(),
         }
         if self.dist.is_main:
-            state["ema"] = {name: ema.module.state_dict() for name, ema in self.emas.items()}
+            state["ema"] = {
+                name: {k: v.cpu() for k, v in ema.module.state_dict().items()} for name, ema in self.emas.items()
+            }
         return state
+
+    def _data_layout(self) -> dict[str, int]:
+        """What fixes which samples each rank and worker reads: a resume must keep it."""
+        d = self.cfg.data
+        return {"batch_size": d.batch_size, "num_workers": d.num_workers, "shuffle_buffer": d.shuffle_buffer,
+                "seed": self.cfg.seed}  # fmt: skip
 
     def save(self, metrics: dict[str, float] | None = None) -> Path:
         client = self._client_state()
@@ -206,19 +222,26 @@ class Trainer:
         path = self.checkpoints.latest() if self.cfg.resume else None
         if path is None:
             return False
-        client_file = path / f"client-rank{self.dist.rank}.pt"
-        if not client_file.exists():
-            raise FileNotFoundError(f"checkpoint {path} has no state for rank {self.dist.rank}")
-        client = torch.load(client_file, weights_only=True)
-        if client["world_size"] != self.dist.world_size:
+        first = torch.load(path / "client-rank0.pt", map_location="cpu", weights_only=True)
+        if first["world_size"] != self.dist.world_size:
             raise ValueError(
-                f"checkpoint {path} was written by {client['world_size']} ranks; this run has "
+                f"checkpoint {path} was written by {first['world_size']} ranks; this run has "
                 f"{self.dist.world_size} (data positions and RNG states are per rank)"
             )
+        if first.get("data_layout") != self._data_layout():
+            raise ValueError(
+                f"checkpoint {path} read its streams with {first.get('data_layout')}; this run has "
+                f"{self._data_layout()} (engine.data.* and engine.seed must match to resume)"
+            )
+        client = torch.load(path / f"client-rank{self.dist.rank}.pt", map_location="cpu", weights_only=True)
         for name, engine in self.engines.items():
-            engine.load_checkpoint(str(path), tag=name, load_optimizer_states=True, load_lr_scheduler_states=True)
+            loaded, _ = engine.load_checkpoint(
+                str(path), tag=name, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+            if loaded is None:
+                raise FileNotFoundError(f"checkpoint {path} has no DeepSpeed state for model {name!r}")
         if self.emas:
-            ema_state = torch.load(path / "client-rank0.pt", weights_only=True)["ema"]
+            ema_state = first["ema"]
             for name, ema in self.emas.items():
                 ema.module.load_state_dict(ema_state[name])
         self.step, self.samples = client["step"], client["samples"]
@@ -294,9 +317,8 @@ class Trainer:
                 times.stop()
                 self.samples += samples * self.dist.world_size
                 summary = reporter.step(self.step, losses, times, samples) or summary
-                if cfg.image_every and (self.step + 1) % cfg.image_every == 0 and self.dist.is_main:
-                    with torch.no_grad():
-                        reporter.images(self.step, self.method.images(self._latest, self.eval_nets()))
+                if cfg.image_every and (self.step + 1) % cfg.image_every == 0:
+                    reporter.images(self.step, self._images())  # every rank: ZeRO-3 forwards gather
                 self.step += 1
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save(summary)
@@ -308,6 +330,13 @@ class Trainer:
             for data in self.data.values():
                 data.close()
         return summary
+
+    @torch.no_grad()
+    def _images(self) -> dict[str, torch.Tensor]:
+        # EMA copies are fp32 while bf16 runs feed bf16 batches: autocast reconciles them.
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+            grids = self.method.images(self._latest, self.eval_nets())
+        return {k: v.float() for k, v in grids.items()}
 
     def export(self) -> Path:
         """Write each model's weights (the EMA copy where there is one) to ``<run_dir>/models/<name>.pt``."""

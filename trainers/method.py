@@ -50,6 +50,11 @@ class Phase:
     start: int = 0
     stop: int | None = None
 
+    def updates(self, max_steps: int) -> int:
+        """Optimizer updates this phase makes in a run of ``max_steps`` engine steps."""
+        stop = max_steps if self.stop is None else min(self.stop, max_steps)
+        return len(range(self.start, stop, self.interval)) * self.repeats
+
     def active(self, step: int) -> bool:
         in_range = self.start <= step and (self.stop is None or step < self.stop)
         return in_range and (step - self.start) % self.interval == 0

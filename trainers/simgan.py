@@ -44,6 +44,13 @@ class EvalConfig:
     """Seeds of the evaluation images; distinct from the training streams' seeds."""
     figure_rows: int = 8
 
+    def __post_init__(self) -> None:
+        for key in ("train_samples", "test_samples", "steps", "batch_size", "figure_rows"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"method.evaluation.{key}", f"must be >= 1; got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ConfigError("method.evaluation.lr", f"must be > 0; got {self.lr}")
+
 
 @dataclass
 class SimGANConfig:
@@ -84,16 +91,25 @@ class SimGANConfig:
             raise bad("self_reg", f"must be >= 0; got {self.self_reg}")
         if self.self_reg_space not in SELF_REG_SPACES:
             raise bad("self_reg_space", f"must be one of {SELF_REG_SPACES}; got {self.self_reg_space!r}")
-        if self.channels < 1 or self.blocks < 0 or not self.disc_channels or min(self.disc_channels) < 1:
-            raise bad("channels", "channels and disc_channels must be >= 1 and blocks >= 0")
-        if self.history_size < 0 or not 0 <= self.history_fraction < 1:
-            raise bad("history_size", "history_size must be >= 0 and history_fraction in [0, 1)")
-        if self.pretrain_refiner_steps < 0 or self.pretrain_discriminator_steps < 0:
-            raise bad("pretrain_refiner_steps", "pre-training steps must be >= 0")
-        if self.refiner_updates < 1 or self.discriminator_updates < 1:
-            raise bad("refiner_updates", "refiner_updates and discriminator_updates must be >= 1")
-        if self.lr_refiner <= 0 or self.lr_discriminator <= 0:
-            raise bad("lr_refiner", "learning rates must be > 0")
+        checks = {
+            "channels": (self.channels >= 1, "must be >= 1"),
+            "blocks": (self.blocks >= 0, "must be >= 0"),
+            "disc_channels": (bool(self.disc_channels) and min(self.disc_channels) >= 1, "must be widths >= 1"),
+            "history_size": (self.history_size >= 0, "must be >= 0"),
+            "history_fraction": (0 <= self.history_fraction < 1, "must be in [0, 1)"),
+            "pretrain_refiner_steps": (self.pretrain_refiner_steps >= 0, "must be >= 0"),
+            "pretrain_discriminator_steps": (self.pretrain_discriminator_steps >= 0, "must be >= 0"),
+            "refiner_updates": (self.refiner_updates >= 1, "must be >= 1"),
+            "discriminator_updates": (self.discriminator_updates >= 1, "must be >= 1"),
+            "lr_refiner": (self.lr_refiner > 0, "must be > 0"),
+            "lr_discriminator": (self.lr_discriminator > 0, "must be > 0"),
+        }
+        for key, (ok, rule) in checks.items():
+            if not ok:
+                raise bad(key, f"{rule}; got {getattr(self, key)!r}")
+        for role, node in self.data.items():
+            if (node.get("name") if isinstance(node, dict) else getattr(node, "name", None)) is None:
+                raise bad(f"data.{role}", "needs a source config with a name")
 
 
 class ResnetBlock(nn.Module):

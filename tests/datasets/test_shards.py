@@ -17,7 +17,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from renderloop.datasets.ledger import Ledger
-from renderloop.datasets.reader import ShardStream
+from renderloop.datasets.reader import ShardStream, shard_slot
 from renderloop.datasets.storage import Storage
 from renderloop.metrics import PrometheusSink
 
@@ -219,3 +219,16 @@ def test_dataloader_batches_decoded_samples(tmp_path):
     batch = next(iter(loader))
     assert batch["rgb.png"].shape == (4, 3, 16, 16) and batch["mask.png"].shape == (4, 1, 16, 16)
     assert batch["cam.json"]["K"].shape == (4, 3, 3) and len(batch["__key__"]) == 4 and "depth.npy" not in batch
+
+
+def test_an_endless_reader_without_shards_in_its_slot_raises(tmp_path):
+    root = str(tmp_path)
+    producer = tiny_producer(root)
+    producer.run(8)  # one shard
+    producer.ledger.close()
+    owner = shard_slot(producer.ledger.entries()[0], 2)
+    starved = ShardStream(root, "s", rank=1 - owner, world_size=2, follow=True, epochs=0)
+    with pytest.raises(RuntimeError, match="has no shards"):
+        next(iter(starved))
+    fed = ShardStream(root, "s", rank=owner, world_size=2, follow=True, epochs=0)
+    assert len([s for _, s in zip(range(20), fed, strict=False)]) == 20  # repeats its one shard

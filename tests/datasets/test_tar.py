@@ -52,3 +52,21 @@ def test_damaged_archives_are_refused():
     data[1030] ^= 0xFF  # inside the second header (the first member has one 512-byte block)
     with pytest.raises(tarfile.TarError):
         list(_fast_tar_files(bytes(data)))
+
+
+def test_directory_pax_records_do_not_leak_and_gnu_headers_keep_names():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        folder = tarfile.TarInfo("d" * 120)
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        info = tarfile.TarInfo("k_000.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    assert list(_fast_tar_files(buf.getvalue())) == [("k_000.txt", b"hi")]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("k_001.txt")
+        info.size, info.mtime = 2, 1_700_000_000
+        tar.addfile(info, io.BytesIO(b"yo"))
+    assert list(_fast_tar_files(buf.getvalue())) == [("k_001.txt", b"yo")]

@@ -144,3 +144,26 @@ def test_logging_writes_tensorboard_scalars_and_images_and_prometheus_metrics(st
     assert 'renderloop_trainer_steps_total{method="simgan",rank="0"} 4.0' in text
     assert "renderloop_trainer_data_wait_seconds_count" in text and "renderloop_trainer_samples_per_second" in text
     assert 'renderloop_loss{method="simgan",phase="D_main",rank="0",term="loss"}' in text
+
+
+def test_bf16_training_with_fp32_ema_image_grids(streams):
+    cfg = debug_config(
+        streams / "data", streams / "bf16", "engine.precision=bf16", "engine.image_every=2", "engine.tensorboard=true"
+    )
+    summary = train_worker(cfg)
+    assert summary["step"] == 3 and summary["R_main/loss"] == summary["R_main/loss"]  # finite, not NaN
+
+
+def test_resume_refuses_another_data_layout_and_keeps_new_checkpoints(streams):
+    run_dir = streams / "layout"
+    cfg = debug_config(streams / "data", run_dir, "engine.max_steps=2")
+    train_worker(cfg)
+    other = debug_config(streams / "data", run_dir, "engine.max_steps=4", "engine.data.shuffle_buffer=4")
+    with pytest.raises(ValueError, match="engine.data"):
+        train_worker(other)
+    # A fresh run in a folder with later stale checkpoints: its own saves survive pruning.
+    (run_dir / "checkpoints" / "step00000099").mkdir()
+    fresh = debug_config(streams / "data", run_dir, "engine.max_steps=2", "engine.resume=false")
+    train_worker(fresh)
+    latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert latest.name == "step00000002" and (latest / "client-rank0.pt").exists()

@@ -43,9 +43,9 @@ def test_run_streams_from_live_producers_then_eval(tmp_path, capsys):
 
 
 def test_train_refuses_a_missing_stream(tmp_path, capsys):
-    args = [*DEBUG, f"storage.root={tmp_path}", f"run_dir={tmp_path / 'run'}", "engine.data.follow=false"]
+    args = [*DEBUG, f"storage.root={tmp_path}", f"run_dir={tmp_path / 'run'}"]
     assert main(["train", *args]) == 2
-    assert "has no shards" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
 
 
 def _client_files(run_dir):

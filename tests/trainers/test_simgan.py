@@ -11,7 +11,14 @@ from renderloop.config import load_config
 from renderloop.trainers.config import EngineConfig, lr_multiplier
 from renderloop.trainers.data import worker_skips
 from renderloop.trainers.downstream import angular_error_deg, train_estimator
-from renderloop.trainers.simgan import HistoryBuffer, PatchDiscriminator, Refiner
+from renderloop.trainers.simgan import HistoryBuffer, PatchDiscriminator, Refiner, SimGAN
+
+
+def _simgan_cfg():
+    from renderloop.train import TrainConfig
+
+    overrides = ["method.pretrain_refiner_steps=3", "method.pretrain_discriminator_steps=2"]
+    return load_config("train", overrides, TrainConfig).method_config
 
 
 def test_refiner_keeps_shape_and_range_and_discriminator_is_local():
@@ -81,11 +88,15 @@ def test_estimator_learns_a_direction_from_shading():
 
 
 def test_lr_schedule_warmup_then_cosine_and_worker_skips():
-    cfg = EngineConfig(max_steps=110, warmup_steps=10, lr_schedule="cosine", min_lr_ratio=0.1)
-    assert lr_multiplier(cfg, 0) == pytest.approx(0.1) and lr_multiplier(cfg, 9) == pytest.approx(1.0)
-    assert lr_multiplier(cfg, 10) == pytest.approx(1.0) and lr_multiplier(cfg, 60) == pytest.approx(0.55)
-    assert lr_multiplier(cfg, 110) == pytest.approx(0.1)
-    assert lr_multiplier(EngineConfig(lr_schedule="linear", max_steps=10), 5) == pytest.approx(0.5)
+    cfg = EngineConfig(max_steps=55, warmup_steps=10, lr_schedule="cosine", min_lr_ratio=0.1)
+    assert lr_multiplier(cfg, 0, 110) == pytest.approx(0.1) and lr_multiplier(cfg, 9, 110) == pytest.approx(1.0)
+    assert lr_multiplier(cfg, 10, 110) == pytest.approx(1.0) and lr_multiplier(cfg, 60, 110) == pytest.approx(0.55)
+    assert lr_multiplier(cfg, 110, 110) == pytest.approx(0.1)
+    assert lr_multiplier(EngineConfig(lr_schedule="linear", max_steps=10), 5, 10) == pytest.approx(0.5)
+    # SimGAN's refiner: 3 pre-training updates, then 2 per step; the decay spans all of them.
+    phases = SimGAN(_simgan_cfg(), torch.device("cpu")).phases()
+    assert sum(p.updates(10) for p in phases if p.model == "R") == 3 + 2 * 5
+    assert sum(p.updates(10) for p in phases if p.model == "D") == 2 + 5
     assert worker_skips(0, 2, 4) == [0, 0] and worker_skips(5, 2, 4) == [12, 8] and worker_skips(3, 0, 4) == [12]
     assert EngineConfig(ema_half_life=10).ema_beta == pytest.approx(math.pow(0.5, 0.1))
 
