@@ -20,7 +20,7 @@ setup(
     packages=["renderloop", "renderloop.conf", *(f"renderloop.{name}" for name in SUBPACKAGES)],
     package_dir={"renderloop": "renderloop", **{f"renderloop.{name}": name for name in SUBPACKAGES}},
     # The Hydra config tree ships as data of the importable `renderloop.conf` module.
-    package_data={"renderloop.conf": ["*.yaml", "*/*.yaml"]},
+    package_data={"renderloop.conf": ["*.yaml", "*/*.yaml"], "renderloop.cluster": ["dashboards/*"]},
     install_requires=[
         # torch is deliberately unpinned here: `make` pins the build for the machine it runs on.
         "torch>=2.4",

@@ -32,6 +32,10 @@ class ProducerActor:
         device = options.get("device", "auto")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        labels = {"role": "producer", **options.get("labels", {})}
+        metrics = RaySink(**labels)
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            metrics.inc("renderloop_producer_restarts_total", source=source_name, producer=producer)
         source = build_source(source_name, source_config, device)
         if hasattr(source, "warmup"):
             source.warmup()
@@ -42,7 +46,7 @@ class ProducerActor:
             samples_per_shard=options["samples_per_shard"],
             seed=options.get("seed", 0),
             max_backlog_shards=options.get("max_backlog_shards", 0),
-            metrics=RaySink(),
+            metrics=metrics,
         )
 
     def pid(self) -> int:

@@ -59,7 +59,8 @@ def _worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     device = str(device) if device.type == "cuda" else "cpu"
     dist = init_distributed(device)
-    train_worker(cfg, checkpoints=RayCheckpointStore(dist), metrics=RaySink(), device=device)
+    metrics = RaySink(method=cfg.method_name, role="trainer", rank=str(dist.rank))
+    train_worker(cfg, checkpoints=RayCheckpointStore(dist), metrics=metrics, device=device)
 
 
 def fit_on_ray(cfg) -> dict[str, float]:

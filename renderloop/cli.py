@@ -16,6 +16,7 @@ COMMANDS = {
     "run": "start producers for a method's streams and train while they publish",
     "eval": "evaluate the models a run exported (method=... run_dir=...)",
     "turntable": "render a turntable of a mesh with renderloop's renderers and write a PNG sheet",
+    "dashboard": "start a local Prometheus on 127.0.0.1 that scrapes a local run (targets=[...])",
 }
 
 
@@ -82,6 +83,12 @@ def _demo(overrides: list[str]) -> None:
     _print_results(demo(cfg, overrides), f"{cfg.run_dir}/eval")
 
 
+def _dashboard(overrides: list[str]) -> None:
+    from renderloop.cluster.prometheus import DashboardConfig, serve_dashboard
+
+    serve_dashboard(load_config("dashboard", overrides, DashboardConfig))
+
+
 def _print_results(results: dict, where: str) -> None:
     for key, value in results.items():
         print(f"{key:>32}: {value:.3f}" if isinstance(value, float) else f"{key:>32}: {value}")
@@ -124,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 "run": _run,
                 "eval": _eval,
                 "turntable": _turntable,
+                "dashboard": _dashboard,
             }
             handlers[args.command](args.overrides)
     except ConfigError as err:

@@ -23,6 +23,7 @@ METRICS: dict[str, Metric] = {
     "renderloop_producer_paused_seconds_total": Metric(
         "counter", "Time paused by backpressure", ("source", "producer")
     ),
+    "renderloop_producer_restarts_total": Metric("counter", "Producer actor restarts", ("source", "producer")),
     "renderloop_backlog_shards": Metric("gauge", "Published but unconsumed shards", ("stream",)),
     "renderloop_samples_consumed_total": Metric("counter", "Samples read by a reader", ("stream", "consumer")),
     "renderloop_shards_consumed_total": Metric("counter", "Shards read by a reader", ("stream", "consumer")),
@@ -93,7 +94,11 @@ class PrometheusSink(MetricsSink):
 
 
 class RaySink(MetricsSink):
-    """Metrics through Ray's metrics agent (``ray.util.metrics``), scraped with the cluster's."""
+    """Metrics through Ray's metrics agent (``ray.util.metrics``), scraped with the cluster's.
+
+    ``default_labels`` (e.g. ``method``, ``role``, ``rank``) are added to every series of this
+    process, so one Prometheus query can tell producers from trainer ranks across the cluster.
+    """
 
     def __init__(self, **default_labels: str) -> None:
         from ray.util import metrics as rm
@@ -102,7 +107,10 @@ class RaySink(MetricsSink):
         self._metrics = {}
         for name, m in METRICS.items():
             kw = {"boundaries": [0.001, 0.01, 0.1, 1.0, 10.0]} if m.kind == "histogram" else {}
-            self._metrics[name] = kinds[m.kind](name, description=m.help, tag_keys=m.labels, **kw)
+            keys = tuple(dict.fromkeys((*m.labels, *default_labels)))
+            metric = kinds[m.kind](name, description=m.help, tag_keys=keys, **kw)
+            metric.set_default_tags({k: str(v) for k, v in default_labels.items()})
+            self._metrics[name] = metric
         self.default_labels = default_labels
 
     def inc(self, name, value=1.0, **labels):

@@ -77,13 +77,9 @@ def train_worker(cfg: TrainConfig, *, checkpoints=None, metrics: MetricsSink | N
     """One trainer process (any launch mode): train, export the models, return the last summary."""
     from renderloop.trainers.engine import Trainer
 
-    rank = int(os.environ.get("RANK", 0))
     own_sink = metrics is None
     if own_sink:
-        metrics = PrometheusSink()
-        if cfg.metrics_port >= 0:
-            port = metrics.serve(cfg.metrics_port + rank if cfg.metrics_port else 0)
-            print(f"rank {rank}: metrics on http://127.0.0.1:{port}/metrics", flush=True)
+        metrics = serve_metrics(cfg, int(os.environ.get("RANK", 0)), "rank")
     trainer = Trainer(
         cfg.method_name,
         cfg.method_config,
@@ -106,6 +102,16 @@ def train_worker(cfg: TrainConfig, *, checkpoints=None, metrics: MetricsSink | N
     finally:
         if own_sink:
             metrics.close()
+
+
+def serve_metrics(cfg: TrainConfig, offset: int, who: str) -> PrometheusSink:
+    """A Prometheus sink, served on 127.0.0.1:``metrics_port + offset`` when ``metrics_port`` >= 0
+    (0: any free port)."""
+    sink = PrometheusSink()
+    if cfg.metrics_port >= 0:
+        port = sink.serve(cfg.metrics_port + offset if cfg.metrics_port else 0)
+        print(f"{who} {offset}: metrics on http://127.0.0.1:{port}/metrics", flush=True)
+    return sink
 
 
 def _plain(obj: Any) -> Any:
@@ -132,13 +138,15 @@ def _check_streams(cfg: TrainConfig) -> None:
             )
 
 
-def train(cfg: TrainConfig, overrides: list[str], command: str = "train") -> dict[str, float]:
-    """Train on the streams, in the launch mode of ``cluster.mode``."""
+def train(
+    cfg: TrainConfig, overrides: list[str], command: str = "train", metrics: MetricsSink | None = None
+) -> dict[str, float]:
+    """Train on the streams, in the launch mode of ``cluster.mode`` (``metrics``: local mode's sink)."""
     mode = cfg.cluster.mode
     if command == "train" and not in_torchrun_worker():
         _check_streams(cfg)
     if mode == "local" or (mode == "torchrun" and in_torchrun_worker()):
-        return train_worker(cfg)
+        return train_worker(cfg, metrics=metrics)
     if mode == "torchrun":
         from renderloop.cluster.torchrun import launch
 
@@ -167,14 +175,21 @@ def run(cfg: TrainConfig, overrides: list[str], command: str = "run") -> dict[st
     storage = Storage(cfg.storage.root)
     for role in cfg.streams():
         Ledger(storage, cfg.stream(role)).reopen()
-    stop = _start_producers(cfg)
+    sink = None  # Ray actors report through Ray's metrics agent
+    if cfg.cluster.mode == "local":  # producers and the trainer share this process and its endpoint
+        sink = serve_metrics(cfg, 0, "rank")
+    elif cfg.cluster.mode == "torchrun":  # the producers' endpoint follows the ranks' ports
+        sink = serve_metrics(cfg, cfg.cluster.workers, "producers, port offset")
+    stop = _start_producers(cfg, sink)
     try:
-        return train(cfg, [*overrides, "engine.data.follow=true"], command=command)
+        return train(cfg, [*overrides, "engine.data.follow=true"], command=command, metrics=sink)
     finally:
         stop()
+        if sink is not None:
+            sink.close()
 
 
-def _start_producers(cfg: TrainConfig):
+def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
     """Producers for each stream (threads, or Ray actors with ``cluster.mode=ray``); returns a stopper."""
     ids = [f"p{i}" for i in range(cfg.cluster.producers)]
     options = {
@@ -184,6 +199,7 @@ def _start_producers(cfg: TrainConfig):
         "device": cfg.device,
     }
     if cfg.cluster.mode == "ray":
+        options["labels"] = {"method": cfg.method_name}
         import ray
 
         from renderloop.cluster.producers import ProducerPool
@@ -205,6 +221,7 @@ def _start_producers(cfg: TrainConfig):
     device = resolve_device(cfg.device)
     storage = Storage(cfg.storage.root)
     del options["device"]
+    options["metrics"] = metrics
     pools = []
     for role, node in cfg.streams().items():
         name, scfg = source_config(node)
