@@ -29,7 +29,7 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 
 test: lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "slow or not slow"
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.renderers

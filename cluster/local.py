@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
+from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.producer import Producer
 
-__all__ = ["LocalProducers"]
+__all__ = ["LocalProducers", "GenerationStatus"]
 
 
 class LocalProducers:
@@ -40,6 +42,10 @@ class LocalProducers:
     def alive(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
+    def failure(self) -> BaseException | None:
+        """The first error a producer thread stopped with, if any."""
+        return self.errors[0] if self.errors else None
+
     def stop(self) -> None:
         self._stop.set()
 
@@ -48,3 +54,18 @@ class LocalProducers:
             t.join(timeout)
         if self.errors:
             raise self.errors[0]
+
+
+class GenerationStatus:
+    """Progress-bar fields of a local run: samples generated per second since the last call, and
+    the largest backlog (published, unconsumed shards) over the streams."""
+
+    def __init__(self, pools: list[LocalProducers], ledgers: list[Ledger]) -> None:
+        self.pools, self.ledgers = pools, ledgers
+        self._last = (time.monotonic(), 0)
+
+    def __call__(self) -> dict[str, str]:
+        now, samples = time.monotonic(), sum(pool.samples for pool in self.pools)
+        rate = (samples - self._last[1]) / max(now - self._last[0], 1e-9)
+        self._last = (now, samples)
+        return {"generated/s": f"{rate:.0f}", "backlog": str(max(ledger.backlog() for ledger in self.ledgers))}

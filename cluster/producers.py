@@ -17,7 +17,13 @@ from renderloop.metrics import RaySink
 
 from .config import ClusterConfig
 
-__all__ = ["ProducerActor", "ProducerPool"]
+__all__ = ["ProducerActor", "ProducerPool", "producer_error"]
+
+
+def producer_error(err: BaseException) -> BaseException:
+    """The producer's own exception inside Ray's ``RayTaskError`` (one line instead of a traceback)."""
+    cause = getattr(err, "cause", None)
+    return cause if isinstance(cause, BaseException) else err
 
 
 @ray.remote
@@ -75,6 +81,7 @@ class ProducerPool:
         options: dict[str, Any],
     ) -> None:
         self.ids = [f"p{i}" for i in range(cluster.producers)]
+        self.calls: list[ray.ObjectRef] = []
         self.actors = [
             ProducerActor.options(
                 num_cpus=cluster.num_cpus_per_producer,
@@ -87,7 +94,19 @@ class ProducerPool:
 
     def run_until(self, totals: list[int]) -> list[ray.ObjectRef]:
         """Start every actor; each runs until its producer id has published ``totals[i]`` samples."""
-        return [actor.run_until.remote(total) for actor, total in zip(self.actors, totals, strict=True)]
+        self.calls = [actor.run_until.remote(total) for actor, total in zip(self.actors, totals, strict=True)]
+        return self.calls
+
+    def failure(self) -> BaseException | None:
+        """The error of the first ``run_until`` call that failed for good (restarts exhausted, storage
+        refused writes), unwrapped from Ray's task error; None while all run or finished."""
+        done, _ = ray.wait(self.calls, num_returns=len(self.calls), timeout=0)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except Exception as err:  # noqa: BLE001 - returned to the caller
+                return producer_error(err)
+        return None
 
     def kill(self) -> None:
         for actor in self.actors:

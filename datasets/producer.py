@@ -18,6 +18,7 @@ from renderloop.metrics import MetricsSink
 
 from .ledger import Ledger
 from .shards import ShardWriter
+from .storage import StorageError
 
 __all__ = ["ProducerStats", "Producer", "producer_seed"]
 
@@ -97,7 +98,22 @@ class Producer:
         return self.run(max(total - self.published_samples(), 0), stop)
 
     def run(self, num_samples: int | None = None, stop: threading.Event | None = None) -> ProducerStats:
-        """Produce until ``num_samples`` more samples are published (None: until ``stop`` is set)."""
+        """Produce until ``num_samples`` more samples are published (None: until ``stop`` is set).
+
+        Raises ``StorageError`` when storage refuses a write (full, read-only): the shard in
+        progress is dropped, so nothing partial is ever published.
+        """
+        try:
+            return self._run(num_samples, stop)
+        except OSError as err:
+            self.writer.abort()
+            self.metrics.inc("renderloop_producer_errors_total", **self.labels)
+            raise StorageError(
+                f"producer {self.producer} of stream {self.ledger.storage.url(self.ledger.stream)} stopped: "
+                f"storage refused a write ({err}); no partial shard was published"
+            ) from err
+
+    def _run(self, num_samples: int | None, stop: threading.Event | None) -> ProducerStats:
         batch_size = self.source.config.batch_size
         target = None if num_samples is None else self.stats.samples + num_samples
         start = time.monotonic()

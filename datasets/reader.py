@@ -221,6 +221,14 @@ class ShardStream(IterableDataset):
             raws = [{k: v for k, v in raw.items() if k == "__key__" or k in self.fields} for raw in raws]
         return [{**raw, "__shard__": entry.shard} for raw in raws]
 
+    def _record_consumed(self, ledger: Ledger, consumer: str, shards: int) -> None:
+        """Account for what was read (backpressure); storage refusing the small record only warns:
+        training goes on with what is published."""
+        try:
+            ledger.record_consumed(consumer, shards)
+        except OSError as err:
+            log.warning("stream %s: could not record consumed shards (%s); backpressure is stale", self.stream, err)
+
     def _epoch(self, storage: Storage, ledger: Ledger, slot: int, slots: int, consumer: str, epoch: int):
         done: set[str] = set()
         last_new = time.monotonic()
@@ -232,7 +240,7 @@ class ShardStream(IterableDataset):
                 if samples is not None:
                     yield from samples
                 if epoch == 0:  # the live pass is what backpressure accounts for
-                    ledger.record_consumed(consumer, len(done))
+                    self._record_consumed(ledger, consumer, len(done))
             if fresh:
                 last_new = time.monotonic()
             if not self.follow or epoch > 0:

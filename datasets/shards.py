@@ -7,6 +7,7 @@ which its restart removes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Mapping
@@ -117,3 +118,21 @@ class ShardWriter:
     def close(self) -> LedgerEntry | None:
         """Publish the partly filled shard, if any."""
         return self._publish() if self._open is not None and self._open["count"] else None
+
+    def abort(self) -> None:
+        """Drop the shard in progress (after a storage error): close it and remove its temporary file.
+
+        Best effort: storage that refused a write may refuse this too; a ``*.tmp`` left behind is
+        never listed by readers and is removed when this producer id starts again.
+        """
+        s, self._open = self._open, None
+        if s is None:
+            return
+        tar = s["tar"].tarstream
+        tar.closed = True  # no end-of-archive blocks: the file is dropped
+        with contextlib.suppress(AttributeError):
+            tar.fileobj.closed = True  # tarfile's stream wrapper would write them when collected
+        with contextlib.suppress(Exception):
+            s["raw"].close()
+        with contextlib.suppress(Exception):
+            self.storage.remove(s["tmp"])

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 
 import fsspec
 
-__all__ = ["Storage", "StorageConfig"]
+from renderloop.errors import RenderloopError
+
+__all__ = ["Storage", "StorageConfig", "StorageError"]
+
+
+class StorageError(RenderloopError):
+    """Storage refused a write (full, read-only, gone); the writer stopped and published nothing partial."""
 
 
 @dataclass
@@ -92,7 +98,14 @@ class Storage:
     def write_atomic(self, rel: str, data: bytes) -> None:
         """Write ``data`` so readers see either nothing or all of it."""
         tmp = f"{rel}.{uuid.uuid4().hex[:8]}.tmp"
-        f = self.open_write(tmp)
-        f.write(data)
-        self.sync_close(f)
-        self.rename(tmp, rel)
+        try:
+            f = self.open_write(tmp)
+            try:
+                f.write(data)
+            finally:
+                self.sync_close(f)
+            self.rename(tmp, rel)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.remove(tmp)
+            raise

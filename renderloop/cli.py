@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from renderloop.config import ConfigError, load_config, to_schema
+from renderloop.errors import RenderloopError
 
 COMMANDS = {
     "info": "print versions, devices, renderer backends and the compile cache location",
@@ -137,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"renderloop {args.command}: {err}", file=sys.stderr)
         return 2
+    except RenderloopError as err:
+        print(f"renderloop {args.command}: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

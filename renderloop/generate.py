@@ -89,14 +89,15 @@ def run(cfg: GenerateConfig) -> dict[str, float]:
             ids,
         )
         pool.start(totals)
-        while pool.alive():
+        while pool.alive() and pool.failure() is None:
             time.sleep(0.2)
             bar.update(pool.samples - bar.n)
+        pool.stop()
         pool.join()
     else:
         import ray
 
-        from renderloop.cluster.producers import ProducerPool
+        from renderloop.cluster.producers import ProducerPool, producer_error
 
         ray.init(address=cfg.cluster.address, ignore_reinit_error=True, include_dashboard=False)
         pool = ProducerPool(cfg.cluster, name, scfg, cfg.storage.root, cfg.storage.stream, options)
@@ -104,7 +105,10 @@ def run(cfg: GenerateConfig) -> dict[str, float]:
         try:
             while pending:
                 ready, pending = ray.wait(pending, timeout=0.5)
-                ray.get(ready)  # raises if a producer failed for good (restarts exhausted, bad source)
+                try:
+                    ray.get(ready)  # raises if a producer failed for good (restarts exhausted, storage, source)
+                except Exception as err:
+                    raise producer_error(err) from None
                 done = sum(e.count for e in ledger.entries() if e.producer in already) - sum(already.values())
                 bar.update(done - bar.n)
         finally:

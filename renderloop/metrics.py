@@ -24,6 +24,9 @@ METRICS: dict[str, Metric] = {
         "counter", "Time paused by backpressure", ("source", "producer")
     ),
     "renderloop_producer_restarts_total": Metric("counter", "Producer actor restarts", ("source", "producer")),
+    "renderloop_producer_errors_total": Metric(
+        "counter", "Producers stopped by a storage error", ("source", "producer")
+    ),
     "renderloop_backlog_shards": Metric("gauge", "Published but unconsumed shards", ("stream",)),
     "renderloop_samples_consumed_total": Metric("counter", "Samples read by a reader", ("stream", "consumer")),
     "renderloop_shards_consumed_total": Metric("counter", "Shards read by a reader", ("stream", "consumer")),

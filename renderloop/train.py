@@ -7,8 +7,10 @@ first starts producers for every stream the method reads, then trains while they
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +75,14 @@ def in_torchrun_worker() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def train_worker(cfg: TrainConfig, *, checkpoints=None, metrics: MetricsSink | None = None, device: str | None = None):
+def train_worker(
+    cfg: TrainConfig,
+    *,
+    checkpoints=None,
+    metrics: MetricsSink | None = None,
+    device: str | None = None,
+    status: Callable[[], dict[str, str]] | None = None,
+):
     """One trainer process (any launch mode): train, export the models, return the last summary."""
     from renderloop.trainers.engine import Trainer
 
@@ -90,6 +99,7 @@ def train_worker(cfg: TrainConfig, *, checkpoints=None, metrics: MetricsSink | N
         device=device or cfg.device,
         metrics=metrics,
         checkpoints=checkpoints,
+        status=status,
     )
     try:
         if trainer.dist.is_main:
@@ -109,7 +119,12 @@ def serve_metrics(cfg: TrainConfig, offset: int, who: str) -> PrometheusSink:
     (0: any free port)."""
     sink = PrometheusSink()
     if cfg.metrics_port >= 0:
-        port = sink.serve(cfg.metrics_port + offset if cfg.metrics_port else 0)
+        wanted = cfg.metrics_port + offset if cfg.metrics_port else 0
+        try:
+            port = sink.serve(wanted)
+        except OSError as err:  # in use: a debug run should not die for its metrics endpoint
+            port = sink.serve(0)
+            print(f"{who} {offset}: port {wanted} unavailable ({err.strerror}); using {port}", flush=True)
         print(f"{who} {offset}: metrics on http://127.0.0.1:{port}/metrics", flush=True)
     return sink
 
@@ -139,14 +154,19 @@ def _check_streams(cfg: TrainConfig) -> None:
 
 
 def train(
-    cfg: TrainConfig, overrides: list[str], command: str = "train", metrics: MetricsSink | None = None
+    cfg: TrainConfig,
+    overrides: list[str],
+    command: str = "train",
+    metrics: MetricsSink | None = None,
+    status: Callable[[], dict[str, str]] | None = None,
 ) -> dict[str, float]:
-    """Train on the streams, in the launch mode of ``cluster.mode`` (``metrics``: local mode's sink)."""
+    """Train on the streams, in the launch mode of ``cluster.mode`` (``metrics`` and ``status``:
+    local mode's sink and extra progress-bar fields)."""
     mode = cfg.cluster.mode
     if command == "train" and not in_torchrun_worker():
         _check_streams(cfg)
     if mode == "local" or (mode == "torchrun" and in_torchrun_worker()):
-        return train_worker(cfg, metrics=metrics)
+        return train_worker(cfg, metrics=metrics, status=status)
     if mode == "torchrun":
         from renderloop.cluster.torchrun import launch
 
@@ -180,9 +200,12 @@ def run(cfg: TrainConfig, overrides: list[str], command: str = "run") -> dict[st
         sink = serve_metrics(cfg, 0, "rank")
     elif cfg.cluster.mode == "torchrun":  # the producers' endpoint follows the ranks' ports
         sink = serve_metrics(cfg, cfg.cluster.workers, "producers, port offset")
-    stop = _start_producers(cfg, sink)
+    from renderloop.cluster.watch import ProducerWatch
+
+    stop, checks, status = _start_producers(cfg, sink)
     try:
-        return train(cfg, [*overrides, "engine.data.follow=true"], command=command, metrics=sink)
+        with ProducerWatch(checks):
+            return train(cfg, [*overrides, "engine.data.follow=true"], command=command, metrics=sink, status=status)
     finally:
         stop()
         if sink is not None:
@@ -190,7 +213,11 @@ def run(cfg: TrainConfig, overrides: list[str], command: str = "run") -> dict[st
 
 
 def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
-    """Producers for each stream (threads, or Ray actors with ``cluster.mode=ray``); returns a stopper."""
+    """Producers for each stream (threads, or Ray actors with ``cluster.mode=ray``).
+
+    Returns a function that stops them, the pools' health checks (see ``ProducerWatch``) and, for
+    local producers, a progress-bar status (generated samples/s, backlog).
+    """
     ids = [f"p{i}" for i in range(cfg.cluster.producers)]
     options = {
         "samples_per_shard": cfg.samples_per_shard,
@@ -211,9 +238,9 @@ def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
             pool = ProducerPool(cfg.cluster, name, scfg, cfg.storage.root, cfg.stream(role), options)
             pool.run_until([1 << 62] * len(ids))  # until stopped; backpressure bounds the backlog
             pools.append(pool)
-        return lambda: [pool.kill() for pool in pools]
+        return (lambda: [pool.kill() for pool in pools]), [pool.failure for pool in pools], None
 
-    from renderloop.cluster.local import LocalProducers
+    from renderloop.cluster.local import GenerationStatus, LocalProducers
     from renderloop.datasets.producer import Producer
     from renderloop.datasets.sources import build_source
     from renderloop.devices import resolve_device
@@ -239,9 +266,11 @@ def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
         for pool in pools:
             pool.stop()
         for pool in pools:
-            pool.join()
+            with contextlib.suppress(Exception):  # their errors were reported by the watch
+                pool.join()
 
-    return stop
+    status = GenerationStatus(pools, [Ledger(storage, cfg.stream(role)) for role in cfg.streams()])
+    return stop, [pool.failure for pool in pools], status
 
 
 def evaluate(cfg: TrainConfig) -> dict[str, float]:

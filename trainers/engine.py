@@ -13,6 +13,7 @@ import contextlib
 import copy
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ class Trainer:
         device: ``auto``, ``cpu`` or ``cuda``.
         metrics: where this rank reports (Prometheus or Ray); checkpoints: a store other than
             ``<run_dir>/checkpoints`` (Ray Train gives its own).
+        status: extra fields for the progress bar (e.g. the producers' rate in a local run).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class Trainer:
         device: str = "auto",
         metrics: MetricsSink | None = None,
         checkpoints: CheckpointStore | None = None,
+        status: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         import deepspeed
 
@@ -91,6 +94,7 @@ class Trainer:
         self.device = dist.device
         self.dtype = torch.bfloat16 if engine.precision == "bf16" else torch.float32
         self.metrics = metrics or MetricsSink()
+        self.status = status
         seed_everything(engine.seed)  # identical initial weights on every rank
         self.method: Method = METHODS[method].method(method_config, self.device)
         self.phases = self.method.phases()
@@ -305,6 +309,7 @@ class Trainer:
             progress=cfg.progress,
             start_step=self.step,
             max_steps=cfg.max_steps,
+            status=self.status,
         )
         if resumed:
             reporter.message(f"resumed {self.method.name} at step {self.step}")

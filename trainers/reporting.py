@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -49,7 +50,9 @@ class Reporter:
         progress: bool,
         start_step: int,
         max_steps: int,
+        status: Callable[[], dict[str, str]] | None = None,
     ) -> None:
+        self.status = status
         self.method, self.rank, self.metrics, self.log_every = method, str(rank), metrics, max(log_every, 1)
         self.main = rank == 0
         self._losses: dict[str, list[float]] = defaultdict(list)
@@ -95,6 +98,7 @@ class Reporter:
         seconds = max(w["seconds"], 1e-9)
         summary = {
             "step": step,
+            "time": time.time(),
             "samples_per_s": w["samples"] / seconds,
             "steps_per_s": w["steps"] / seconds,
             "step_seconds": seconds / w["steps"],
@@ -121,13 +125,13 @@ class Reporter:
             self._log.flush()
             if self._tb is not None:
                 for key, value in record.items():
-                    if key != "step":
+                    if key not in ("step", "time"):
                         self._tb.add_scalar(key if key.startswith("loss/") else f"perf/{key}", value, step)
             if self._bar is not None:
                 shown = {k.rpartition("/")[2] if k.count("/") else k: v for k, v in list(losses.items())[:4]}
-                self._bar.set_postfix(
-                    {"samples/s": f"{summary['samples_per_s']:.0f}", **{k: f"{v:.3g}" for k, v in shown.items()}}
-                )
+                extra = self.status() if self.status is not None else {}
+                shown = {k: f"{v:.3g}" for k, v in shown.items()}
+                self._bar.set_postfix({"samples/s": f"{summary['samples_per_s']:.0f}", **extra, **shown})
         self._losses.clear()
         self._window = {"steps": 0, "samples": 0, "seconds": 0.0, **dict.fromkeys(StepTimes.PARTS, 0.0)}
         return {**summary, **losses}

@@ -10,6 +10,7 @@ import threading
 import time
 
 import psutil
+import pytest
 
 from renderloop.cli import main
 from renderloop.datasets.ledger import Ledger
@@ -24,6 +25,7 @@ def test_run_streams_from_live_producers_then_eval(tmp_path, capsys):
     root, run_dir = tmp_path / "data", tmp_path / "run"
     args = [*DEBUG, f"storage.root={root}", f"run_dir={run_dir}", "max_backlog_shards=4"]
     assert main(["run", *args]) == 0
+    assert "metrics on http://127.0.0.1:" in capsys.readouterr().out  # the debug run's endpoint
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step00000004"
     storage = Storage(str(root))
     for role in ("synthetic", "real"):
@@ -64,20 +66,29 @@ def test_torchrun_two_gloo_processes_train_and_checkpoint(tmp_path):
     assert (tmp_path / "run" / "models" / "R.pt").exists()
 
 
-def _kill_a_train_worker_after_a_checkpoint(ray_dir, done: threading.Event) -> list[int]:
-    killed: list[int] = []
+def _log_rows(run_dir) -> list[dict]:
+    log = run_dir / "train_log.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _kill_a_train_worker_after_a_checkpoint(run_dir, done: threading.Event) -> list[int]:
+    """SIGKILL a Ray Train worker two logged steps after Ray registered a checkpoint, so some steps
+    after that checkpoint are logged twice: before the kill and again after the restore."""
+    rows_at_checkpoint = None
     deadline = time.monotonic() + 240
     while not done.is_set() and time.monotonic() < deadline:
-        # Ray's controller registers reported checkpoints in its snapshot: kill only after that.
-        snapshots = list(ray_dir.rglob("checkpoint_manager_snapshot.json"))
-        if snapshots and "checkpoint_" in snapshots[0].read_text():
+        if rows_at_checkpoint is None:
+            # Ray's controller registers reported checkpoints in its snapshot.
+            snapshots = list(run_dir.rglob("checkpoint_manager_snapshot.json"))
+            if snapshots and "checkpoint_" in snapshots[0].read_text():
+                rows_at_checkpoint = len(_log_rows(run_dir))
+        elif len(_log_rows(run_dir)) >= rows_at_checkpoint + 2:
             for proc in psutil.process_iter(["pid", "cmdline"]):
                 if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
                     os.kill(proc.info["pid"], signal.SIGKILL)
-                    killed.append(proc.info["pid"])
-                    return killed
-        time.sleep(0.2)
-    return killed
+                    return [proc.info["pid"]]
+        time.sleep(0.05)
+    return []
 
 
 def test_ray_train_two_workers_restore_after_a_worker_is_killed(tmp_path):
@@ -92,7 +103,7 @@ def test_ray_train_two_workers_restore_after_a_worker_is_killed(tmp_path):
         "cluster.cpus_per_worker=0.5",
         "cluster.max_failures=1",
         "engine.max_steps=30",
-        "engine.checkpoint_every=2",
+        "engine.checkpoint_every=10",
     )
     make_streams(cfg)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
@@ -108,8 +119,17 @@ def test_ray_train_two_workers_restore_after_a_worker_is_killed(tmp_path):
         ray.shutdown()
     assert killed, "no Ray Train worker was found to kill"
     assert summary["checkpoint_step"] == 30
-    steps = [json.loads(line)["step"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    rows = _log_rows(run_dir)
+    steps = [r["step"] for r in rows]
     restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])  # the log goes back
-    assert steps[restart] % 2 == 0 and steps[restart] >= 2, steps  # to a checkpoint (every 2 steps)
+    assert steps[restart] in (10, 20), steps  # to a checkpoint
     assert steps[restart:] == list(range(steps[restart], 30)), steps
+    # The loss after the restore continues the curve: steps run before the kill and again after
+    # it give the same losses.
+    before = {r["step"]: r for r in rows[:restart]}
+    replayed = [r for r in rows[restart:] if r["step"] in before]
+    assert replayed, steps
+    for row in replayed:
+        losses = {k: v for k, v in row.items() if k.startswith("loss/")}
+        assert losses and losses == pytest.approx({k: before[row["step"]][k] for k in losses}, rel=1e-5)
     assert (run_dir / "models" / "R.pt").exists()
