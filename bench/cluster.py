@@ -2,18 +2,21 @@
 time, data-wait fraction, and start-up time (submission to first training step).
 
     python -m bench.cluster                                   # CPU, tiny, one minute
-    python -m bench.cluster --gpus 1 --workers 1 --producers 4 --steps 4000 --out cluster-1gpu.json
-    python -m bench.cluster --gpus 2 --workers 2 --producers 6 --steps 4000 --out cluster-2gpu.json
+    python -m bench.cluster --gpus 1 --producers-by-role synthetic=6,real=2 --resolution 64 --batch 64 \
+        --samples-per-shard 256 --steps 3000 --out cluster-1gpu.json
+    python -m bench.cluster --gpus 2 --workers 2 --producers-by-role synthetic=10,real=4 ... --out cluster-2gpu.json
 
 The job is what a user submits (``ray job submit -- renderloop run method=simgan cluster=ray ...``);
 this script samples the streams' ledgers and the trainer's log while it runs. Producers of both
-streams share half of each GPU, the trainer workers the other half.
+streams share half of each GPU, the trainer workers the other half. ``--batch`` is both the
+producers' and the trainer's batch per stream.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -33,7 +36,10 @@ ROLES = ("synthetic", "real")
 
 def _entrypoint(args, root: Path, run_dir: Path) -> list[str]:
     gpu = args.gpus > 0
-    producer_gpus = 0.5 * args.gpus / (len(ROLES) * args.producers) if gpu else 0.0
+    counts = _producer_counts(args)
+    # Rounded down: Ray places resources in units of 1e-4, and a share rounded up would leave the
+    # trainer less than its half of the GPUs.
+    producer_gpus = math.floor(0.5e4 * args.gpus / sum(counts.values())) / 1e4 if gpu else 0.0
     res, batch = args.resolution, args.batch
     return [
         sys.executable,  # the `renderloop` command of this environment, wherever its scripts live
@@ -43,6 +49,7 @@ def _entrypoint(args, root: Path, run_dir: Path) -> list[str]:
         "method=simgan",
         *(f"method.data.{role}.resolution={res}" for role in ROLES),
         *(f"method.data.{role}.batch_size={batch}" for role in ROLES),
+        f"engine.data.batch_size={batch}",
         "method.pretrain_refiner_steps=0",
         "method.pretrain_discriminator_steps=0",
         f"engine.max_steps={args.steps}",
@@ -51,7 +58,7 @@ def _entrypoint(args, root: Path, run_dir: Path) -> list[str]:
         "engine.image_every=0",
         "engine.resume=false",
         "cluster=ray",
-        f"cluster.producers={args.producers}",
+        f"cluster.producers_by_role={{{','.join(f'{r}:{n}' for r, n in counts.items())}}}",
         f"cluster.num_cpus_per_producer={args.producer_cpus}",
         f"cluster.num_gpus_per_producer={producer_gpus:.4f}",
         f"cluster.workers={args.workers}",
@@ -63,6 +70,14 @@ def _entrypoint(args, root: Path, run_dir: Path) -> list[str]:
         f"samples_per_shard={args.samples_per_shard}",
         f"max_backlog_shards={args.max_backlog}",
     ]
+
+
+def _producer_counts(args) -> dict[str, int]:
+    counts = dict.fromkeys(ROLES, args.producers)
+    for item in filter(None, args.producers_by_role.split(",")):
+        role, _, n = item.partition("=")
+        counts[role] = int(n)
+    return counts
 
 
 def _log_rows(run_dir: Path) -> list[dict]:
@@ -95,6 +110,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--worker-cpus", type=float, default=1.0)
     p.add_argument("--producers", type=int, default=1, help="producer actors per stream")
+    p.add_argument("--producers-by-role", default="", help="e.g. synthetic=6,real=2 (overrides --producers)")
     p.add_argument("--producer-cpus", type=float, default=0.5)
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)

@@ -20,6 +20,9 @@ class ClusterConfig:
     Ray Train (``TorchTrainer``)."""
     producers: int = 1
     """Producers per stream."""
+    producers_by_role: dict[str, int] | None = None
+    """``renderloop run``: producers for the named data roles instead of ``producers`` (a method
+    may read one stream faster than another, e.g. ``{synthetic: 6, real: 2}`` for SimGAN)."""
     address: str | None = None
     """Ray address; None connects to ``RAY_ADDRESS`` or starts a local Ray."""
     num_cpus_per_producer: float = 1.0
@@ -41,11 +44,18 @@ class ClusterConfig:
     """torchrun: nodes; more than one needs ``rdzv_endpoint``."""
     rdzv_endpoint: str | None = None
 
+    def producers_for(self, role: str) -> int:
+        """Producers for the stream of data role ``role``."""
+        return (self.producers_by_role or {}).get(role, self.producers)
+
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError("cluster.mode", f"must be one of {MODES}; got {self.mode!r}")
         if self.producers < 1:
             raise ConfigError("cluster.producers", f"must be >= 1; got {self.producers}")
+        for role, count in (self.producers_by_role or {}).items():
+            if count < 1:
+                raise ConfigError(f"cluster.producers_by_role.{role}", f"must be >= 1; got {count}")
         if self.num_gpus_per_producer < 0 or self.num_cpus_per_producer < 0 or self.max_restarts < 0:
             raise ConfigError("cluster", "resources per producer and max_restarts must be >= 0")
         if self.workers < 1 or self.cpus_per_worker < 0 or self.gpus_per_worker < 0:

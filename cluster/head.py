@@ -8,6 +8,7 @@ machine). Jobs are submitted to ``dashboard_url`` with ``ray job submit --addres
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,14 @@ from renderloop.trainers.distributed import free_port
 __all__ = ["LocalRayHead", "ray_executable"]
 
 
+def _has_token() -> bool:
+    """Whether Ray would find a token here (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ~/.ray/auth_token)."""
+    return (
+        bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"))
+        or (Path.home() / ".ray" / "auth_token").exists()
+    )
+
+
 def ray_executable() -> str:
     """The ``ray`` CLI of this Python environment (so the head's workers run this interpreter)."""
     beside = Path(sys.executable).parent / "ray"
@@ -36,7 +45,8 @@ class LocalRayHead:
     Args:
         num_cpus, num_gpus: resources the head offers.
         token_path: file holding the cluster's auth token (``RAY_AUTH_TOKEN_PATH``); None uses
-            Ray's default ``~/.ray/auth_token``.
+            the token Ray finds (``RAY_AUTH_TOKEN``, ``~/.ray/auth_token``) or, where there is
+            none, a fresh one for this head alone. ``env`` carries it to submitters.
         env: extra environment for the head and everything it starts.
     """
 
@@ -47,6 +57,10 @@ class LocalRayHead:
         self.port, self.dashboard_port = free_port(), free_port()
         # Short: Ray's socket paths live under it and must stay below the Unix limit.
         self.temp_dir = tempfile.mkdtemp(prefix="rl-ray-", dir="/tmp")
+        if token_path is None and not _has_token():  # a fresh machine: a token for this head only
+            token_path = str(Path(self.temp_dir) / "auth_token")
+            Path(token_path).write_text(secrets.token_hex(32))
+            os.chmod(token_path, 0o600)
         self.env = {
             **os.environ,
             "RAY_AUTH_MODE": "token",

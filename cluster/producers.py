@@ -69,7 +69,7 @@ class ProducerActor:
 
 
 class ProducerPool:
-    """``cluster.producers`` actors with the resources and restarts of ``cluster``."""
+    """``producers`` actors (default ``cluster.producers``) with the resources and restarts of ``cluster``."""
 
     def __init__(
         self,
@@ -79,8 +79,9 @@ class ProducerPool:
         root: str,
         stream: str,
         options: dict[str, Any],
+        producers: int | None = None,
     ) -> None:
-        self.ids = [f"p{i}" for i in range(cluster.producers)]
+        self.ids = [f"p{i}" for i in range(cluster.producers if producers is None else producers)]
         self.calls: list[ray.ObjectRef] = []
         self.actors = [
             ProducerActor.options(

@@ -155,6 +155,10 @@ class ShardStream(IterableDataset):
         skip: samples to pass over at the start, per dataloader worker (index = worker id; the
             main process is worker 0): a trainer's resume position. Skipped samples are shuffled
             like the others but never decoded, so a resumed reader continues the same sequence.
+        delete_consumed: remove each shard file once the live pass has read it (its ledger entry
+            stays), so a long live run keeps only its backlog on disk. A resumed reader passes
+            over deleted shards and counts their samples as skipped: it continues after them
+            without repeats, but not in exactly the uninterrupted order. For streams read once.
     """
 
     def __init__(
@@ -174,6 +178,7 @@ class ShardStream(IterableDataset):
         fields: list[str] | None = None,
         metrics: MetricsSink | None = None,
         skip: tuple[int, ...] | list[int] = (),
+        delete_consumed: bool = False,
     ) -> None:
         super().__init__()
         if epochs < 0 or shuffle_buffer < 0 or poll_seconds <= 0:
@@ -186,7 +191,9 @@ class ShardStream(IterableDataset):
         self.stats = ReaderStats()
         self.metrics = metrics or MetricsSink()
         self.skip = tuple(skip)
+        self.delete_consumed = delete_consumed
         self._consumer = consumer
+        self._deleted_samples = 0  # samples of deleted shards passed over, not yet set against skip
 
     def _slot(self) -> tuple[int, int, str]:
         rank, world = self.rank, self.world_size
@@ -200,6 +207,9 @@ class ShardStream(IterableDataset):
     def _read_shard(self, storage: Storage, ledger: Ledger, entry: LedgerEntry) -> list[dict[str, bytes]] | None:
         """The raw (undecoded) samples of a shard, or None if it is corrupt."""
         rel = ledger.rel("shards", entry.shard)
+        if self.delete_consumed and not storage.exists(rel):  # read and deleted before a restart
+            self._deleted_samples += entry.count
+            return None
         try:
             data = storage.read_bytes(rel)
             if hashlib.sha256(data).hexdigest() != entry.sha256:
@@ -229,6 +239,12 @@ class ShardStream(IterableDataset):
         except OSError as err:
             log.warning("stream %s: could not record consumed shards (%s); backpressure is stale", self.stream, err)
 
+    def _delete(self, storage: Storage, ledger: Ledger, entry: LedgerEntry) -> None:
+        try:
+            storage.remove(ledger.rel("shards", entry.shard))
+        except OSError as err:
+            log.warning("stream %s: could not delete consumed shard %s (%s)", self.stream, entry.shard, err)
+
     def _epoch(self, storage: Storage, ledger: Ledger, slot: int, slots: int, consumer: str, epoch: int):
         done: set[str] = set()
         last_new = time.monotonic()
@@ -237,6 +253,8 @@ class ShardStream(IterableDataset):
             for entry in fresh:
                 done.add(entry.shard)
                 samples = self._read_shard(storage, ledger, entry)
+                if epoch == 0 and self.delete_consumed:
+                    self._delete(storage, ledger, entry)
                 if samples is not None:
                     yield from samples
                 if epoch == 0:  # the live pass is what backpressure accounts for
@@ -263,6 +281,8 @@ class ShardStream(IterableDataset):
         worker = info.id if info else 0
         skip = self.skip[worker] if worker < len(self.skip) else 0
         for raw in self._shuffled():
+            if self._deleted_samples:  # they stand for skipped samples that were never yielded
+                skip, self._deleted_samples = max(skip - self._deleted_samples, 0), 0
             if skip:
                 skip -= 1
                 continue

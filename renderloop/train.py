@@ -52,6 +52,12 @@ class TrainConfig:
             )
         if self.samples_per_shard < 1 or self.max_backlog_shards < 0:
             raise ConfigError("samples_per_shard", "samples_per_shard must be >= 1 and max_backlog_shards >= 0")
+        unknown = set(self.cluster.producers_by_role or {}) - set(self.streams())
+        if unknown:
+            raise ConfigError(
+                "cluster.producers_by_role",
+                f"names no data role of method {self.method_name}: {sorted(unknown)} (roles: {sorted(self.streams())})",
+            )
         for role, node in self.streams().items():
             _, scfg = source_config(node)
             if self.samples_per_shard % scfg.batch_size:
@@ -218,7 +224,6 @@ def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
     Returns a function that stops them, the pools' health checks (see ``ProducerWatch``) and, for
     local producers, a progress-bar status (generated samples/s, backlog).
     """
-    ids = [f"p{i}" for i in range(cfg.cluster.producers)]
     options = {
         "samples_per_shard": cfg.samples_per_shard,
         "seed": cfg.engine.seed,
@@ -235,8 +240,9 @@ def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
         pools = []
         for role, node in cfg.streams().items():
             name, scfg = source_config(node)
-            pool = ProducerPool(cfg.cluster, name, scfg, cfg.storage.root, cfg.stream(role), options)
-            pool.run_until([1 << 62] * len(ids))  # until stopped; backpressure bounds the backlog
+            count = cfg.cluster.producers_for(role)
+            pool = ProducerPool(cfg.cluster, name, scfg, cfg.storage.root, cfg.stream(role), options, count)
+            pool.run_until([1 << 62] * count)  # until stopped; backpressure bounds the backlog
             pools.append(pool)
         return (lambda: [pool.kill() for pool in pools]), [pool.failure for pool in pools], None
 
@@ -257,7 +263,7 @@ def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
             lambda pid, name=name, scfg=scfg, stream=stream: Producer(
                 build_source(name, scfg, device), Ledger(storage, stream), pid, **options
             ),
-            ids,
+            [f"p{i}" for i in range(cfg.cluster.producers_for(role))],
         )
         pool.start()
         pools.append(pool)

@@ -28,6 +28,10 @@ class DataConfig:
     """Wait for shards that producers have not published yet (live streams); a closed stream repeats."""
     idle_timeout: float | None = None
     """Stop waiting after this many seconds without a new shard (None: wait for ever)."""
+    delete_consumed: bool = False
+    """Delete each shard once it has been read (ledger entries stay): disk holds only the backlog.
+    ``renderloop run`` turns it on; a resume then continues after the deleted shards instead of
+    replaying them, so it is exact only up to the shuffle order around the restart."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -83,6 +83,7 @@ class StreamBatches:
             fields=fields,
             metrics=metrics,
             skip=worker_skips(consumed, config.num_workers, config.batch_size),
+            delete_consumed=config.delete_consumed,
         )
         self.loader = DataLoader(
             reader,

@@ -232,3 +232,18 @@ def test_an_endless_reader_without_shards_in_its_slot_raises(tmp_path):
         next(iter(starved))
     fed = ShardStream(root, "s", rank=owner, world_size=2, follow=True, epochs=0)
     assert len([s for _, s in zip(range(20), fed, strict=False)]) == 20  # repeats its one shard
+
+
+def test_deleting_consumed_shards_keeps_the_ledger_and_a_resume_goes_on_after_them(tmp_path):
+    tiny_producer(str(tmp_path)).run(32)  # four shards of eight
+    shards = tmp_path / "s" / "shards"
+    first = ShardStream(str(tmp_path), "s", follow=False, delete_consumed=True)
+    seen = [s["__key__"] for _, s in zip(range(12), first)]  # all of shard 0, half of shard 1
+    assert sorted(p.name for p in shards.iterdir()) == [
+        e.shard for e in Ledger(Storage(str(tmp_path)), "s").entries()[2:]
+    ]
+    resumed = ShardStream(str(tmp_path), "s", follow=False, delete_consumed=True, skip=[12])
+    rest = [s["__key__"] for s in resumed]
+    assert len(rest) == 16 and not set(rest) & set(seen)  # shards 2 and 3, nothing seen twice
+    assert resumed.stats.skipped_shards == 0 and not list(shards.iterdir())
+    assert len(Ledger(Storage(str(tmp_path)), "s").entries()) == 4

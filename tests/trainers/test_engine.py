@@ -115,6 +115,8 @@ def test_zero_stages_train_and_checkpoint(streams, stage):
         ("engine.precision=fp8", "engine.precision"),
         ("cluster.mode=slurm", "cluster.mode"),
         ("samples_per_shard=6", "samples_per_shard"),
+        ("cluster.producers_by_role={fake:3}", "cluster.producers_by_role"),
+        ("cluster.producers_by_role={real:0}", "cluster.producers_by_role.real"),
     ],
 )
 def test_bad_config_is_refused_before_any_model_is_built(tmp_path, monkeypatch, override, key):
