@@ -5,6 +5,8 @@ compiled); ``generate(seed, batch_index)`` returns a batch that depends only on 
 Every image comes with mask, depth, normals, part segmentation, 2D/3D keypoints, camera and
 light. ``style: real_like`` adds specular highlights, colour cast, vignetting, blur and sensor
 noise, so sim-to-real methods get a controlled domain gap with labels on both sides.
+With ``views > 1`` and ``view_step_deg > 0`` each object's views form a camera *sequence* of one
+static scene (for structure from motion): see :class:`SimulatorConfig`.
 """
 
 from __future__ import annotations
@@ -59,6 +61,15 @@ class SimulatorConfig:
     """Keypoints per shape (vertices farthest along fixed directions)."""
     views: int = 1
     """Views per object: > 1 renders each object from several cameras (multi-view groups)."""
+    view_step_deg: float = 0.0
+    """0: the views of an object are independent random cameras, each with its own light, ambient,
+    diffuse and background. > 0 (needs ``views > 1``): a camera sequence of one static scene. View
+    k + 1 is view k moved on its sphere by U(-s, s) degrees of azimuth (may leave ``azimuth_deg``)
+    and U(-s/2, s/2) of elevation (clamped to ``elevation_deg``); the views share a light fixed in
+    the world frame, ambient, diffuse, specular and a uniform background colour (a constant warps to
+    itself). ``real_like`` camera effects (cast, vignetting, blur, noise) still differ per frame."""
+    view_step_distance: float = 0.0
+    """Sequence mode: per-view change of camera distance, U(-d, d) metres, clamped to ``distance``."""
     azimuth_deg: tuple[float, float] = (0.0, 360.0)
     elevation_deg: tuple[float, float] = (-10.0, 45.0)
     distance: tuple[float, float] = (2.6, 3.4)
@@ -91,9 +102,22 @@ class SimulatorConfig:
             raise bad("batch_size", f"must be >= 1; got {self.batch_size}")
         if not 0 < self.distance[0] <= self.distance[1] or self.distance[0] <= 1.05:
             raise bad("distance", f"must be an increasing range beyond the object's radius 1; got {self.distance}")
+        if not 0 <= self.view_step_deg < math.inf:
+            raise bad("view_step_deg", f"must be a finite angle >= 0; got {self.view_step_deg}")
+        if self.view_step_deg > 0 and self.views < 2:
+            raise bad("view_step_deg", f"> 0 makes camera sequences and needs views >= 2; got views={self.views}")
+        if not 0 <= self.view_step_distance < math.inf:
+            raise bad("view_step_distance", f"must be a finite distance >= 0; got {self.view_step_distance}")
+        if self.view_step_distance > 0 and self.view_step_deg == 0:
+            raise bad("view_step_distance", "only applies to camera sequences: set view_step_deg > 0 too")
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """Short config hash. Keys added later count only when set, so older hashes stay valid."""
+        d = {k: v for k, v in asdict(self).items() if k not in _LATER_KEYS or v != _LATER_KEYS[k]}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+_LATER_KEYS = {"view_step_deg": 0.0, "view_step_distance": 0.0}  # added keys and their neutral defaults
 
 
 def _mix(seed: int, batch_index: int) -> int:
@@ -171,15 +195,28 @@ class Simulator:
             return x.repeat_interleave(V, dim=0)
 
         world, faces, colors, parts, topo = map(per_view, (world, faces, colors, parts, topo))
-        az = self._range(gen, B, cfg.azimuth_deg, math.pi / 180)
-        el = self._range(gen, B, cfg.elevation_deg, math.pi / 180)
-        dist = self._range(gen, B, cfg.distance)
+        # Sequence mode draws per object (then steps or repeats); otherwise every draw is per view.
+        # The order of draws without sequences is the original one: keep it, streams depend on it.
+        seq = cfg.view_step_deg > 0
+        if seq:
+            az, el, dist = self._sequence_cameras(gen, N, V)
+        else:
+            az = self._range(gen, B, cfg.azimuth_deg, math.pi / 180)
+            el = self._range(gen, B, cfg.elevation_deg, math.pi / 180)
+            dist = self._range(gen, B, cfg.distance)
         R, t = cameras.orbit_camera(az, el, dist)
         K = cameras.fov_intrinsics(cfg.fov_deg, res, res, batch=B, device=dev)
+        n = N if seq else B
         light = F.normalize(
-            torch.cat([2 * torch.rand(B, 2, generator=gen, device=dev) - 1, -torch.ones(B, 1, device=dev)], -1), dim=-1
+            torch.cat([2 * torch.rand(n, 2, generator=gen, device=dev) - 1, -torch.ones(n, 1, device=dev)], -1), dim=-1
         )
-        ambient, diffuse = self._range(gen, B, cfg.ambient), self._range(gen, B, cfg.diffuse)
+        ambient, diffuse = self._range(gen, n, cfg.ambient), self._range(gen, n, cfg.diffuse)
+        if seq:
+            # The light is drawn in the first view's camera frame, fixed in the world, and handed to
+            # the renderer in each view's camera frame: l_cam = R @ R_first^T @ l_first.
+            light_world = (light.unsqueeze(1) @ R[::V]).squeeze(1)  # (N, 3) row form of R^T l
+            light = (R @ per_view(light_world).unsqueeze(-1)).squeeze(-1)  # (B, 3)
+            ambient, diffuse = per_view(ambient), per_view(diffuse)
 
         out = self.renderer(world, faces, colors, R, t, K, light, ambient, diffuse)
         mask = out.fragments.mask
@@ -195,10 +232,16 @@ class Simulator:
                 ),
                 dim=-1,
             )
-            shine = self._range(gen, B, (16.0, 64.0))
-            strength = self._range(gen, B, (0.2, 0.5))
+            shine = self._range(gen, n, (16.0, 64.0))
+            strength = self._range(gen, n, (0.2, 0.5))
+            if seq:  # one material per object; the highlight still moves with the view
+                shine, strength = per_view(shine), per_view(strength)
             rgb = rgb + blinn_phong(out.normals, -rays, light, shine, strength) * mask.unsqueeze(-1)
-        image = torch.where(mask.unsqueeze(-1), rgb, self._background(gen, B, res)).permute(0, 3, 1, 2)
+        if seq:  # uniform, so a pixel's colour does not depend on the view
+            background = per_view(torch.rand(N, 1, 1, 3, generator=gen, device=dev)).expand(B, res, res, 3)
+        else:
+            background = self._background(gen, B, res)
+        image = torch.where(mask.unsqueeze(-1), rgb, background).permute(0, 3, 1, 2)
         if cfg.style == "real_like":
             image = self._camera_effects(gen, image)
 
@@ -217,6 +260,21 @@ class Simulator:
             "group": torch.arange(N, device=dev).repeat_interleave(V) + batch_index * N,
             "view": torch.arange(V, device=dev).repeat(N),
         }  # fmt: skip
+
+    def _sequence_cameras(self, gen, N: int, V: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Azimuth, elevation (radians) and distance ``[N * V]`` of ``N`` random walks of ``V`` views."""
+        cfg, dev = self.config, self.device
+        deg = math.pi / 180
+        s, d = cfg.view_step_deg, cfg.view_step_distance
+        az = [self._range(gen, N, cfg.azimuth_deg, deg)]
+        el = [self._range(gen, N, cfg.elevation_deg, deg)]
+        dist = [self._range(gen, N, cfg.distance)]
+        steps = 2 * torch.rand(V - 1, 3, N, generator=gen, device=dev) - 1  # U(-1, 1): azimuth, elevation, distance
+        for step in steps:
+            az.append(az[-1] + step[0] * s * deg)
+            el.append((el[-1] + step[1] * s / 2 * deg).clamp(cfg.elevation_deg[0] * deg, cfg.elevation_deg[1] * deg))
+            dist.append((dist[-1] + step[2] * d).clamp(*cfg.distance))
+        return tuple(torch.stack(x, dim=1).reshape(N * V) for x in (az, el, dist))  # group-major
 
     def _background(self, gen, B: int, res: int) -> torch.Tensor:
         dev = self.device

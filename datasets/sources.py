@@ -14,7 +14,9 @@ import torch
 
 from renderloop.config import ConfigError, to_schema
 
+from .fashion_mnist import FashionMNIST, FashionMNISTConfig
 from .image_folder import ImageFolder, ImageFolderConfig
+from .mocap import Mocap, MocapConfig
 from .simulator import Simulator, SimulatorConfig
 
 __all__ = ["SOURCES", "source_config", "build_source"]
@@ -22,6 +24,8 @@ __all__ = ["SOURCES", "source_config", "build_source"]
 SOURCES: dict[str, tuple[type, type]] = {
     "simulator": (SimulatorConfig, Simulator),
     "image_folder": (ImageFolderConfig, ImageFolder),
+    "fashion_mnist": (FashionMNISTConfig, FashionMNIST),
+    "mocap": (MocapConfig, Mocap),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -218,6 +219,12 @@ def run(cfg: TrainConfig, overrides: list[str], command: str = "run") -> dict[st
             sink.close()
 
 
+def stream_seed(seed: int, role: str) -> int:
+    """The producers' seed of a run's ``role`` stream: streams of one run never draw the same
+    samples, even from one source config (AIGN's inputs and memory must stay unpaired)."""
+    return (seed * 1_000_003 + zlib.crc32(role.encode())) % (1 << 62)
+
+
 def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
     """Producers for each stream (threads, or Ray actors with ``cluster.mode=ray``).
 
@@ -241,7 +248,8 @@ def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
         for role, node in cfg.streams().items():
             name, scfg = source_config(node)
             count = cfg.cluster.producers_for(role)
-            pool = ProducerPool(cfg.cluster, name, scfg, cfg.storage.root, cfg.stream(role), options, count)
+            role_options = {**options, "seed": stream_seed(cfg.engine.seed, role)}
+            pool = ProducerPool(cfg.cluster, name, scfg, cfg.storage.root, cfg.stream(role), role_options, count)
             pool.run_until([1 << 62] * count)  # until stopped; backpressure bounds the backlog
             pools.append(pool)
         return (lambda: [pool.kill() for pool in pools]), [pool.failure for pool in pools], None
@@ -258,10 +266,10 @@ def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
     pools = []
     for role, node in cfg.streams().items():
         name, scfg = source_config(node)
-        stream = cfg.stream(role)
+        stream, role_options = cfg.stream(role), {**options, "seed": stream_seed(cfg.engine.seed, role)}
         pool = LocalProducers(
-            lambda pid, name=name, scfg=scfg, stream=stream: Producer(
-                build_source(name, scfg, device), Ledger(storage, stream), pid, **options
+            lambda pid, name=name, scfg=scfg, stream=stream, role_options=role_options: Producer(
+                build_source(name, scfg, device), Ledger(storage, stream), pid, **role_options
             ),
             [f"p{i}" for i in range(cfg.cluster.producers_for(role))],
         )

@@ -14,6 +14,7 @@ import copy
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,7 @@ class Trainer:
             self.data[role] = StreamBatches(
                 self.root,
                 stream_name(self.stream_prefix, role),
-                self.cfg.data,
+                self.cfg.data if self.method.shuffle(role) else replace(self.cfg.data, shuffle_buffer=0),
                 fields=self.method.fields(role),
                 seed=self.cfg.seed * 7919 + self.roles.index(role),
                 consumer=f"train-{self.method.name}",

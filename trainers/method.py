@@ -81,6 +81,10 @@ class Method:
         """Schema fields the trainer decodes for ``role`` (None: all of them)."""
         return None
 
+    def shuffle(self, role: str) -> bool:
+        """Whether ``role``'s samples are shuffled (False keeps shard order, e.g. frame sequences)."""
+        return True
+
     def build(self) -> dict[str, ModelSpec]:
         """The method's networks (built on CPU, in float32; the engine places and wraps them)."""
         raise NotImplementedError
@@ -134,7 +138,7 @@ def method_config(node: Any) -> tuple[str, Any]:
     """``(name, validated config)`` of a ``method`` config node; unknown names are refused."""
     from omegaconf import OmegaConf
 
-    from . import simgan  # noqa: F401 - registers the built-in methods
+    from . import aign, simgan  # noqa: F401 - registers the built-in methods
 
     plain = dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node)
     name = plain.pop("name", None)

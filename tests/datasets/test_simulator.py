@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from renderloop.config import ConfigError
 from renderloop.datasets.simulator import Simulator, SimulatorConfig
+from renderloop.renderers.depth_map import depth_to_points
+from renderloop.renderers.warping import warp
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +95,11 @@ def test_loaded_meshes_render_with_labels(tmp_path):
         ({"shapes": ["mesh"]}, "source.mesh_paths"),
         ({"views": 3, "batch_size": 8}, "source.views"),
         ({"distance": (0.5, 2.0)}, "source.distance"),
+        ({"view_step_deg": -1.0, "views": 2}, "source.view_step_deg"),
+        ({"view_step_deg": math.nan, "views": 2}, "source.view_step_deg"),
+        ({"view_step_deg": 5.0}, "source.view_step_deg"),  # views = 1: no sequence to step along
+        ({"view_step_distance": 0.1, "views": 2}, "source.view_step_distance"),  # needs view_step_deg
+        ({"view_step_distance": -0.1, "view_step_deg": 5.0, "views": 2}, "source.view_step_distance"),
     ],
 )
 def test_bad_config_names_the_key(kwargs, key):
@@ -111,6 +120,94 @@ def test_simulator_renders_debian_meshes(tmp_path):
     coverage = b["mask"].float().mean((1, 2))
     assert bool((coverage > 0.02).all()) and torch.equal(b["depth"] > 0, b["mask"])
     assert int(b["seg"].amax()) > 1  # several parts on real meshes
+
+
+# |sum| of each tensor of generate(11, 2) before camera sequences existed: defaults keep the stream.
+STREAM_BEFORE_SEQUENCES = {
+    "synthetic": {"rgb": 6297.5897, "depth": 5378.8961, "normal": 3583.8717, "mask": 2373.0, "seg": 8346.0,
+                  "azimuth": 12.0456, "elevation": 1.7473, "distance": 11.8512, "light": 5.7824,
+                  "ambient": 1.7209, "diffuse": 2.9256, "kp2d": 1110.2881},
+    "real_like": {"rgb": 5639.26, "depth": 5378.8961, "light": 5.7824},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("style", ["synthetic", "real_like"])
+def test_default_stream_is_unchanged_by_sequences(style):
+    cfg = {"resolution": 32, "batch_size": 4, "views": 2, "subdivisions": 2, "style": style}
+    b = Simulator(SimulatorConfig(**cfg)).generate(11, 2)
+    sums = {k: round(float(b[k].double().abs().sum()), 4) for k in STREAM_BEFORE_SEQUENCES[style]}
+    assert sums == pytest.approx(STREAM_BEFORE_SEQUENCES[style], rel=1e-5)
+    explicit = Simulator(SimulatorConfig(**cfg, view_step_deg=0.0, view_step_distance=0.0)).generate(11, 2)
+    assert all(torch.equal(b[k], explicit[k]) for k in b)
+    assert SimulatorConfig(**cfg).digest() == SimulatorConfig(**cfg, view_step_deg=0.0).digest()
+
+
+def _sequences():
+    """Two objects, each seen by a sequence of three cameras."""
+    cfg = SimulatorConfig(
+        resolution=32, batch_size=6, views=3, subdivisions=2, view_step_deg=10.0, view_step_distance=0.2
+    )
+    return cfg, Simulator(cfg).generate(6, 1)
+
+
+def test_sequence_cameras_take_small_steps():
+    cfg, b = _sequences()
+    V, s = cfg.views, math.radians(cfg.view_step_deg)
+    assert b["group"].tolist() == [2, 2, 2, 3, 3, 3] and b["view"].tolist() == [0, 1, 2, 0, 1, 2]
+    centre = -(b["t"].unsqueeze(1) @ b["R"]).squeeze(1).view(-1, V, 3)  # -R^T t, (N, V, 3)
+    cos = torch.nn.functional.cosine_similarity(centre[:, 1:], centre[:, :-1], dim=-1)
+    angle = torch.acos(cos.clamp(max=1))
+    # A straight step in (elevation, azimuth) is at least as long as the arc between the centres.
+    assert bool((angle > 1e-3).all()) and bool((angle <= math.hypot(s, s / 2) + 1e-4).all())
+    dist = b["distance"].view(-1, V)
+    assert bool(((dist[:, 1:] - dist[:, :-1]).abs() <= cfg.view_step_distance + 1e-6).all())
+    assert bool((dist >= cfg.distance[0]).all()) and bool((dist <= cfg.distance[1]).all())
+    el = b["elevation"].rad2deg()
+    assert bool((el >= cfg.elevation_deg[0] - 1e-4).all()) and bool((el <= cfg.elevation_deg[1] + 1e-4).all())
+    torch.testing.assert_close(centre.norm(dim=-1), dist)
+
+
+def test_sequence_views_share_world_light_shading_and_background():
+    cfg, b = _sequences()
+    V = cfg.views
+    world_light = (b["light"].unsqueeze(1) @ b["R"]).view(-1, V, 3)  # R^T l per view
+    torch.testing.assert_close(world_light, world_light[:, :1].expand_as(world_light), atol=1e-6, rtol=0)
+    assert not torch.allclose(b["light"][0], b["light"][1])  # camera-frame light turns with the camera
+    for key in ("ambient", "diffuse"):
+        assert torch.equal(b[key].view(-1, V), b[key][::V, None].expand(-1, V))
+    rgb = b["rgb"].permute(0, 2, 3, 1).reshape(-1, V, cfg.resolution**2, 3)  # (N, V, H * W, 3)
+    background = ~b["mask"].view(-1, V, cfg.resolution**2)
+    for group, seen in zip(rgb, background, strict=True):
+        colours = group[seen]  # every background pixel of every view of the group
+        assert len(colours) > 100 and torch.equal(colours, colours[:1].expand_as(colours))
+    assert not torch.equal(rgb[0][background[0]][0], rgb[1][background[1]][0])
+
+
+def _warp_error(b, R_rel, t_rel, i, j, selected=None):
+    """Mean |rgb_i - warp(rgb_j)| over pixels that are object in view i and visible in view j."""
+    d1, K = b["depth"][i], b["K"][i]
+    source = torch.cat([b["rgb"][j], b["mask"][j].unsqueeze(1).float(), b["depth"][j].unsqueeze(1)], 1)
+    warped, valid = warp(source, d1, K, R_rel, t_rel)
+    z = (depth_to_points(d1, K).flatten(1, 2) @ R_rel.transpose(1, 2) + t_rel.unsqueeze(1))[..., 2].view_as(d1)
+    visible = (valid[:, 0] > 0) & (warped[:, 3] > 0.999) & ((warped[:, 4] - z).abs() < 0.02 * z)  # not occluded
+    selected = b["mask"][i] & visible if selected is None else selected
+    return float((warped[:, :3] - b["rgb"][i]).abs().mean(1)[selected].mean()), selected
+
+
+def test_warping_a_sequence_frame_with_the_true_pose_reproduces_the_previous_frame():
+    cfg = SimulatorConfig(resolution=48, batch_size=8, views=2, view_step_deg=8.0, view_step_distance=0.1)
+    b = Simulator(cfg).generate(0, 0)
+    i, j = slice(0, None, 2), slice(1, None, 2)  # view 1 (target) and view 2 (source) of each group
+    R1, t1, R2, t2 = b["R"][i], b["t"][i], b["R"][j], b["t"][j]
+    # warp() takes the target→source transform x_2 = R_rel x_1 + t_rel, from x_k = R_k x_world + t_k.
+    R_rel = R2 @ R1.transpose(1, 2)
+    t_rel = t2 - (R_rel @ t1.unsqueeze(-1)).squeeze(-1)
+    true_err, selected = _warp_error(b, R_rel, t_rel, i, j)
+    assert int(selected.sum()) > 0.8 * int(b["mask"][i].sum())  # most of the object is seen twice
+    assert true_err < 0.02  # about 0.006: bilinear resampling of textures
+    identity = torch.eye(3).expand_as(R_rel)
+    wrong_err, _ = _warp_error(b, identity, torch.zeros_like(t_rel), i, j, selected)
+    assert wrong_err > 4 * true_err  # about 0.033
 
 
 @pytest.mark.gpu

@@ -1,0 +1,147 @@
+"""AIGN settings: one config for every task; task-specific keys live in their own records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from renderloop.config import ConfigError
+
+__all__ = ["TASKS", "LOSSES", "AIGNConfig", "PoseConfig", "ImageConfig", "SfMConfig", "AIGNEvalConfig"]
+
+TASKS = ("pose", "sfm", "superres", "inpaint")
+LOSSES = ("both", "reconstruction", "adversarial")
+
+
+@dataclass
+class PoseConfig:
+    """3D human pose from 2D keypoints (task ``pose``)."""
+
+    components: int = 30
+    """PCA basis size, learnt from the memory's poses (the paper keeps 60 of 96 for 32 joints)."""
+    basis_samples: int = 8192
+    """Memory poses drawn to fit the basis."""
+    width: int = 1024
+    """Hidden width of the generator and discriminator MLPs."""
+    blocks: int = 2
+    """Residual blocks of the generator MLP."""
+
+
+@dataclass
+class ImageConfig:
+    """Super-resolution and inpainting (tasks ``superres``, ``inpaint``)."""
+
+    factor: int = 4
+    """Super-resolution: the degradation average-pools by this factor."""
+    box_fraction: tuple[float, float] = (0.3, 0.5)
+    """Inpainting: side of the missing box, as a fraction of the image side."""
+    channels: int = 64
+    blocks: int = 4
+    disc_channels: list[int] = field(default_factory=lambda: [64, 128, 256])
+
+
+@dataclass
+class SfMConfig:
+    """Structure from motion (task ``sfm``): depth and egomotion from two frames."""
+
+    channels: int = 32
+    """Base width of the depth U-Net and the pose encoder."""
+    disc_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    min_depth: float = 0.5
+    max_depth: float = 10.0
+
+
+@dataclass
+class AIGNEvalConfig:
+    """``renderloop eval``: held-out data and figures."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    """Source config of the held-out set (pose: other frames or sequences; images: the test split)."""
+    samples: int = 2048
+    batch_size: int = 256
+    seed: int = 4321
+    figure_rows: int = 8
+    attribute_classes: list[int] | None = None
+    """Images: classes whose share of the outputs a classifier measures (the biased memory's)."""
+    classifier_steps: int = 1500
+    """Images: steps of the Fashion-MNIST classifier trained for that measure."""
+
+
+@dataclass
+class AIGNConfig:
+    task: str = "pose"
+    data: dict[str, Any] = field(default_factory=dict)
+    """Data roles ``input`` (what the generator lifts) and ``memory`` (unpaired ground truth)."""
+    loss: str = "both"
+    """``both``, ``reconstruction`` (no discriminator) or ``adversarial`` (no reconstruction)."""
+    reconstruction_weight: float = 1.0
+    adversarial_weight: float = 0.01
+    """β of the adversarial term in the generator's loss."""
+    discriminator_updates: int = 1
+    lr_generator: float = 2e-4
+    lr_discriminator: float = 2e-4
+    ema: bool = True
+    pose: PoseConfig = field(default_factory=PoseConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    sfm: SfMConfig = field(default_factory=SfMConfig)
+    evaluation: AIGNEvalConfig = field(default_factory=AIGNEvalConfig)
+
+    def __post_init__(self) -> None:
+        def bad(key: str, msg: str) -> ConfigError:
+            return ConfigError(f"method.{key}", msg)
+
+        if self.task not in TASKS:
+            raise bad("task", f"must be one of {TASKS}; got {self.task!r}")
+        if self.loss not in LOSSES:
+            raise bad("loss", f"must be one of {LOSSES}; got {self.loss!r}")
+        if set(self.data) != {"input", "memory"}:
+            raise bad("data", f"needs exactly the roles 'input' and 'memory'; got {sorted(self.data)}")
+        for role, node in self.data.items():
+            if (node.get("name") if isinstance(node, dict) else getattr(node, "name", None)) is None:
+                raise bad(f"data.{role}", "needs a source config with a name")
+        checks = {
+            "reconstruction_weight": self.reconstruction_weight >= 0,
+            "adversarial_weight": self.adversarial_weight >= 0,
+            "discriminator_updates": self.discriminator_updates >= 1,
+            "lr_generator": self.lr_generator > 0,
+            "lr_discriminator": self.lr_discriminator > 0,
+            "pose.components": self.pose.components >= 1,
+            "pose.basis_samples": self.pose.basis_samples >= self.pose.components,
+            "pose.width": self.pose.width >= 1,
+            "image.factor": self.image.factor >= 2,
+            "image.channels": self.image.channels >= 1,
+            "sfm.channels": self.sfm.channels >= 1,
+            "sfm.min_depth": 0 < self.sfm.min_depth < self.sfm.max_depth,
+            "evaluation.samples": self.evaluation.samples >= 1,
+            "evaluation.batch_size": self.evaluation.batch_size >= 1,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise bad(key, f"out of range; got {eval_key(self, key)!r}")
+        lo, hi = self.image.box_fraction
+        if not 0 < lo <= hi < 1:
+            raise bad("image.box_fraction", f"must satisfy 0 < lo <= hi < 1; got {self.image.box_fraction}")
+        self._check_sources()
+
+    def _check_sources(self) -> None:
+        """The sources each task can read, checked before any stream or model is built."""
+        from renderloop.datasets.sources import source_config
+
+        sources = {role: source_config(node) for role, node in self.data.items()}
+        needs = {"pose": "mocap", "sfm": "simulator"}.get(self.task)
+        for role, (name, _) in sources.items():
+            if needs and name != needs:
+                raise ConfigError(f"method.data.{role}", f"task {self.task!r} reads {needs} sources; got {name!r}")
+        _, source = sources["input"]
+        if self.task == "sfm" and (source.views != 2 or source.batch_size % 2 or not source.view_step_deg > 0):
+            raise ConfigError("method.data.input", "task 'sfm' needs a sequence stream: views: 2, view_step_deg > 0")
+        if self.task == "superres" and source.resolution % self.image.factor:
+            raise ConfigError(
+                "method.image.factor", f"must divide the input resolution {source.resolution}; got {self.image.factor}"
+            )
+
+
+def eval_key(config: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config

@@ -1,0 +1,242 @@
+"""AIGN tasks ``superres`` and ``inpaint``: restore images whose degradation P is known.
+
+The input stream holds clean images; the task degrades them (average pooling by ``factor``, or a
+random missing box) and G restores them from the degraded image only. The reconstruction is
+``‖P(G(x)) − x‖₁`` and D compares G's outputs with a memory of clean images, which may be biased
+(e.g. Fashion-MNIST restricted to some classes): the paper's "biased memory" experiment.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from renderloop.datasets.sources import build_source, source_config
+from renderloop.renderers.degradations import apply_mask, downsample, random_box_masks
+
+from .config import AIGNConfig
+
+__all__ = ["Restorer", "ImageDiscriminator", "ImageTask", "psnr", "Classifier", "train_classifier"]
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of images in ``[0, 1]``, per image ``[N]``."""
+    mse = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse.clamp_min(1e-10))
+
+
+class _Block(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = (
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.conv2(F.relu(self.conv1(x))))
+
+
+class Restorer(nn.Module):
+    """``[B, C_in, H, W]`` degraded image (upsampled, or masked with its mask) → ``[B, 3, H, W]``.
+
+    An encoder halves the resolution twice so the receptive field covers missing boxes; ResNet
+    blocks work at 1/4 resolution; a decoder with a skip from full resolution restores it.
+    """
+
+    def __init__(self, in_channels: int, channels: int = 64, blocks: int = 4) -> None:
+        super().__init__()
+        c = channels
+        self.stem = nn.Conv2d(in_channels, c, 3, padding=1)
+        self.down = nn.Sequential(nn.Conv2d(c, 2 * c, 4, 2, 1), nn.ReLU(), nn.Conv2d(2 * c, 2 * c, 4, 2, 1), nn.ReLU())
+        self.blocks = nn.Sequential(*(_Block(2 * c) for _ in range(blocks)))
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(2 * c, 2 * c, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.ReLU()
+        )
+        self.head = nn.Conv2d(2 * c, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = F.relu(self.stem(2 * x - 1))
+        h = self.up(self.blocks(self.down(skip)))
+        return torch.sigmoid(self.head(torch.cat([h, skip], 1)))
+
+
+class ImageDiscriminator(nn.Module):
+    """``[B, 3, H, W]`` in ``[0, 1]`` → one real-vs-generated logit per image ``[B]``."""
+
+    def __init__(self, channels: list[int]) -> None:
+        super().__init__()
+        c = [3, *channels]
+        layers: list[nn.Module] = []
+        for a, b in zip(c, c[1:], strict=False):
+            layers += [nn.Conv2d(a, b, 4, 2, 1), nn.LeakyReLU(0.2)]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c[-1], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(2 * x - 1).mean((2, 3)))[:, 0]
+
+
+class ImageTask:
+    """Inputs and memory: ``rgb.png`` of image streams (Fashion-MNIST, the simulator, folders)."""
+
+    def __init__(self, config: AIGNConfig, device: torch.device) -> None:
+        self.config, self.device, self.icfg = config, device, config.image
+
+    def fields(self, role: str) -> list[str]:
+        return ["rgb.png"]
+
+    def shuffle(self, role: str) -> bool:
+        return True
+
+    def degrade(
+        self, clean: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(observation x, G's input)`` of clean images ``[B, 3, H, W]``."""
+        if self.config.task == "superres":
+            low = downsample(clean, self.icfg.factor)
+            return low, F.interpolate(low, size=clean.shape[-2:], mode="bilinear", align_corners=False)
+        mask = random_box_masks(
+            clean.shape[0], tuple(clean.shape[-2:]), tuple(self.icfg.box_fraction), generator=generator
+        ).to(clean)
+        masked = apply_mask(clean, mask, fill=0.5)
+        return torch.cat([masked, mask], 1), torch.cat([masked, mask], 1)
+
+    def render(self, image: torch.Tensor, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """P(image) and the observation to compare it with (the kept pixels, for inpainting)."""
+        if self.config.task == "superres":
+            return downsample(image, self.icfg.factor), observation
+        mask = observation[:, 3:]
+        return image * mask, observation[:, :3] * mask
+
+    def build(self) -> tuple[nn.Module, nn.Module]:
+        in_channels = 3 if self.config.task == "superres" else 4
+        return Restorer(in_channels, self.icfg.channels, self.icfg.blocks), ImageDiscriminator(self.icfg.disc_channels)
+
+    def lift(self, G: Any, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        observation, g_input = self.degrade(batch["rgb"])
+        restored = G(g_input)
+        rendered, observed = self.render(restored, observation)
+        return restored, (rendered - observed).abs().mean(), {}
+
+    def fake(self, restored: torch.Tensor) -> torch.Tensor:
+        return restored
+
+    def real(self, batch: dict) -> torch.Tensor:
+        return batch["rgb"]
+
+    def composite(self, restored: torch.Tensor, observation: torch.Tensor) -> torch.Tensor:
+        """The output image: inpainting keeps the observed pixels and takes G's in the box."""
+        if self.config.task == "superres":
+            return restored
+        mask = observation[:, 3:]
+        return observation[:, :3] * mask + restored * (1 - mask)
+
+    @torch.no_grad()
+    def images(self, batch: dict, G: nn.Module) -> dict[str, torch.Tensor]:
+        clean = batch["input"]["rgb"][:16]
+        observation, g_input = self.degrade(clean)
+        return {"input": g_input[:, :3], "restored": self.composite(G(g_input), observation), "truth": clean}
+
+    @torch.no_grad()
+    def evaluate(self, G: nn.Module, out_dir: Any) -> dict[str, float]:
+        from .figures import save_rows
+
+        ecfg = self.config.evaluation
+        name, scfg = source_config(ecfg.data or self.config.data["input"])
+        source = build_source(name, scfg, self.device)
+        generator = torch.Generator().manual_seed(ecfg.seed)
+        clean, inputs, outputs, baseline = [], [], [], []
+        for i in range(math.ceil(ecfg.samples / scfg.batch_size)):
+            truth = source.generate(ecfg.seed, i)["rgb"].float().to(self.device)
+            observation, g_input = self.degrade(truth, generator)
+            clean.append(truth.cpu())
+            inputs.append(g_input[:, :3].cpu())
+            outputs.append(self.composite(G(g_input), observation).cpu())
+            baseline.append(g_input[:, :3].cpu())  # bilinear upsampling, or the box filled with grey
+        clean, inputs, outputs, baseline = (torch.cat(x)[: ecfg.samples] for x in (clean, inputs, outputs, baseline))
+        results = {
+            "psnr_db": psnr(outputs, clean).mean().item(),
+            "baseline_psnr_db": psnr(baseline, clean).mean().item(),
+            "samples": float(len(clean)),
+        }
+        classes = ecfg.attribute_classes or _memory_classes(self.config)
+        if name == "fashion_mnist" and classes:
+            classifier = train_classifier(scfg, ecfg.classifier_steps, ecfg.seed, self.device)
+            results["classifier_test_accuracy"] = _accuracy(classifier, scfg, ecfg.seed, self.device)
+            share = lambda x: _share(classifier, x, classes, self.device)  # noqa: E731
+            results["attribute_share_outputs"] = share(outputs)
+            results["attribute_share_truth"] = share(clean)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_rows([inputs, outputs, clean], out / f"{self.config.task}.png", ecfg.figure_rows)
+        return results
+
+
+def _memory_classes(config: AIGNConfig) -> list[int] | None:
+    name, scfg = source_config(config.data["memory"])
+    return list(scfg.classes) if name == "fashion_mnist" and scfg.classes else None
+
+
+class Classifier(nn.Module):
+    """A small CNN: ``[B, 3, H, W]`` → ``[B, classes]`` logits."""
+
+    def __init__(self, classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        chans = [3, width, 2 * width, 4 * width]
+        layers: list[nn.Module] = []
+        for a, b in zip(chans, chans[1:], strict=False):
+            layers += [nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(chans[-1], classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def _split(scfg, split: str):
+    from dataclasses import replace
+
+    from renderloop.datasets.fashion_mnist import FashionMNIST
+
+    return FashionMNIST(replace(scfg, split=split, classes=None, index_range=(0.0, 1.0), batch_size=256), "cpu")
+
+
+@torch.enable_grad()
+def train_classifier(scfg, steps: int, seed: int, device: torch.device) -> Classifier:
+    """A Fashion-MNIST classifier on the train split at the source's resolution (Adam, cosine)."""
+    torch.manual_seed(seed)
+    source = _split(scfg, "train")
+    model = Classifier().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for step in range(steps):
+        batch = source.generate(seed, step)
+        loss = F.cross_entropy(model(batch["rgb"].to(device)), batch["label"].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def _accuracy(model: Classifier, scfg, seed: int, device: torch.device) -> float:
+    source = _split(scfg, "test")
+    right = total = 0
+    for i in range(8):
+        batch = source.generate(seed + 1, i)
+        right += (model(batch["rgb"].to(device)).argmax(-1).cpu() == batch["label"]).sum().item()
+        total += len(batch["label"])
+    return right / total
+
+
+@torch.no_grad()
+def _share(model: Classifier, images: torch.Tensor, classes: list[int], device: torch.device) -> float:
+    predicted = torch.cat([model(chunk.to(device)).argmax(-1).cpu() for chunk in images.split(256)])
+    return torch.isin(predicted, torch.tensor(classes)).float().mean().item()

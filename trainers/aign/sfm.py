@@ -1,0 +1,197 @@
+"""AIGN task ``sfm``: depth and egomotion from two frames, against a memory of depth maps.
+
+G predicts frame 1's disparity (1 / depth; 0 is infinitely far, like the background of the
+simulator's depth maps) and the rigid motion from frame 1's camera to frame 2's; P warps frame 2
+into frame 1 with them (``renderers.warping``), and the reconstruction is the photometric error
+where the warp lands inside frame 2. Photometric error alone fixes depth only up to scale; D
+compares G's disparity maps with those of other scenes, which carries the scale.
+
+Frames come from a simulator stream with ``views: 2`` and ``view_step_deg > 0`` read in shard
+order, so a batch holds consecutive (frame 1, frame 2) pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from renderloop.datasets.sources import build_source, source_config
+from renderloop.renderers.cameras import fov_intrinsics
+from renderloop.renderers.warping import pose_to_rt, warp
+
+from .config import AIGNConfig
+
+__all__ = ["DepthPoseNet", "DisparityDiscriminator", "SfMTask", "depth_errors", "pose_errors"]
+
+
+def _conv(a: int, b: int, stride: int = 1) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(a, b, 3, stride, 1), nn.GroupNorm(min(8, b), b), nn.ReLU())
+
+
+class DepthPoseNet(nn.Module):
+    """``(frame1, frame2) [B, 3, H, W]`` → ``(disparity [B, H, W], pose [B, 6])``.
+
+    Disparity comes from a U-Net on frame 1, in ``[0, 1 / min_depth]``; the pose (axis-angle,
+    translation; frame 1 camera → frame 2 camera) from an encoder of both frames, scaled small
+    at initialisation so training starts near the identity motion.
+    """
+
+    def __init__(self, channels: int = 32, min_depth: float = 0.5) -> None:
+        super().__init__()
+        c = channels
+        self.max_disparity = 1.0 / min_depth
+        self.enc = nn.ModuleList([_conv(3, c), _conv(c, 2 * c, 2), _conv(2 * c, 4 * c, 2), _conv(4 * c, 4 * c, 2)])
+        self.dec = nn.ModuleList([_conv(8 * c, 2 * c), _conv(4 * c, c), _conv(2 * c, c)])
+        self.disp = nn.Conv2d(c, 1, 3, padding=1)
+        self.pose = nn.Sequential(
+            _conv(6, c, 2), _conv(c, 2 * c, 2), _conv(2 * c, 4 * c, 2), _conv(4 * c, 4 * c, 2), nn.Conv2d(4 * c, 6, 1)
+        )
+
+    def forward(self, frame1: torch.Tensor, frame2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        skips, h = [], 2 * frame1 - 1
+        for layer in self.enc:
+            h = layer(h)
+            skips.append(h)
+        for layer, skip in zip(self.dec, reversed(skips[:-1]), strict=True):
+            h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            h = layer(torch.cat([h, skip], 1))
+        disparity = self.max_disparity * torch.sigmoid(self.disp(h)[:, 0])
+        pose = 0.01 * self.pose(torch.cat([frame1, frame2], 1) * 2 - 1).mean((2, 3))
+        return disparity, pose
+
+
+class DisparityDiscriminator(nn.Module):
+    """Disparity maps ``[B, H, W]`` → patch logits ``[B, h, w]``."""
+
+    def __init__(self, channels: list[int]) -> None:
+        super().__init__()
+        c = [1, *channels]
+        layers: list[nn.Module] = []
+        for a, b in zip(c, c[1:], strict=False):
+            layers += [nn.Conv2d(a, b, 4, 2, 1), nn.LeakyReLU(0.2)]
+        layers.append(nn.Conv2d(c[-1], 1, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, disparity: torch.Tensor) -> torch.Tensor:
+        return self.net(disparity.unsqueeze(1))[:, 0]
+
+
+def depth_errors(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """Abs-rel error over pixels with ground truth (``truth > 0``), raw and after scaling each
+    prediction by the ratio of medians (the usual monocular protocol)."""
+    valid = truth > 0
+    p, t = pred[valid], truth[valid]
+    ratio = torch.stack([
+        truth[i][valid[i]].median() / pred[i][valid[i]].median().clamp_min(1e-6) for i in range(len(pred))
+    ])  # fmt: skip
+    scaled = (pred * ratio.view(-1, 1, 1))[valid]
+    return {
+        "abs_rel": ((p - t).abs() / t).mean().item(),
+        "abs_rel_median_scaled": ((scaled - t).abs() / t).mean().item(),
+        "scale_ratio": ratio.median().item(),
+    }
+
+
+def pose_errors(R: torch.Tensor, t: torch.Tensor, R_true: torch.Tensor, t_true: torch.Tensor) -> dict[str, float]:
+    """Rotation error (degrees), translation error (metres) and translation direction error (degrees)."""
+    cos = ((R.transpose(1, 2) @ R_true).diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2
+    direction = F.cosine_similarity(t, t_true, dim=-1).clamp(-1, 1)
+    return {
+        "rotation_deg": torch.rad2deg(torch.acos(cos.clamp(-1, 1))).mean().item(),
+        "translation_m": (t - t_true).norm(dim=-1).mean().item(),
+        "translation_direction_deg": torch.rad2deg(torch.acos(direction)).mean().item(),
+    }
+
+
+def relative_motion(R: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame 1 camera → frame 2 camera transform from world→camera poses ``R [2N, 3, 3]``, ``t [2N, 3]``
+    of consecutive pairs: ``x₂ = R_rel x₁ + t_rel``."""
+    R1, R2, t1, t2 = R[0::2], R[1::2], t[0::2], t[1::2]
+    R_rel = R2 @ R1.transpose(1, 2)
+    return R_rel, t2 - (R_rel @ t1.unsqueeze(-1))[..., 0]
+
+
+class SfMTask:
+    """Inputs: ``rgb.png`` pairs of a simulator sequence stream; memory: ``depth.npy`` of other scenes."""
+
+    def __init__(self, config: AIGNConfig, device: torch.device) -> None:
+        self.config, self.device, self.scfg = config, device, config.sfm
+        _, self.source = source_config(config.data["input"])
+
+    def fields(self, role: str) -> list[str]:
+        return ["rgb.png", "view.txt"] if role == "input" else ["depth.npy"]
+
+    def shuffle(self, role: str) -> bool:
+        return role != "input"  # pairs stay consecutive in shard order
+
+    def intrinsics(self, batch: int, device) -> torch.Tensor:
+        res = self.source.resolution
+        return fov_intrinsics(self.source.fov_deg, res, res, batch=batch, device=device)
+
+    def build(self) -> tuple[nn.Module, nn.Module]:
+        return DepthPoseNet(self.scfg.channels, self.scfg.min_depth), DisparityDiscriminator(self.scfg.disc_channels)
+
+    def pairs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        rgb, view = batch["rgb"], batch.get("view")
+        if view is not None and (torch.as_tensor(view).view(-1, 2) != torch.tensor([0, 1])).any():
+            raise RuntimeError("sfm: a batch does not hold consecutive (frame 1, frame 2) pairs; "
+                               "engine.data.batch_size and samples_per_shard must be even")  # fmt: skip
+        return rgb[0::2], rgb[1::2]
+
+    def lift(self, G: Any, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        frame1, frame2 = self.pairs(batch)
+        disparity, pose = G(frame1, frame2)
+        depth = 1.0 / disparity.clamp_min(1.0 / self.scfg.max_depth)
+        R, t = pose_to_rt(pose.float())
+        warped, valid = warp(
+            frame2, depth, self.intrinsics(len(frame1), frame1.device).to(depth), R.to(depth), t.to(depth)
+        )
+        error = ((warped - frame1).abs().mean(1, keepdim=True) * valid).sum() / valid.sum().clamp_min(1)
+        return disparity, error, {"valid_fraction": valid.mean().detach()}
+
+    def fake(self, disparity: torch.Tensor) -> torch.Tensor:
+        return disparity
+
+    def real(self, batch: dict) -> torch.Tensor:
+        depth = batch["depth"].float()
+        return torch.where(depth > 0, 1.0 / depth.clamp_min(1e-6), torch.zeros_like(depth))
+
+    @torch.no_grad()
+    def images(self, batch: dict, G: nn.Module) -> dict[str, torch.Tensor]:
+        frame1, frame2 = self.pairs({k: v[:16] for k, v in batch["input"].items() if k != "key"})
+        disparity, _ = G(frame1, frame2)
+        return {"frame1": frame1, "frame2": frame2, "disparity": (disparity * self.scfg.min_depth).unsqueeze(1)}
+
+    @torch.no_grad()
+    def evaluate(self, G: nn.Module, out_dir: Any) -> dict[str, float]:
+        from .figures import save_rows
+
+        ecfg = self.config.evaluation
+        name, scfg = source_config(ecfg.data or self.config.data["input"])
+        source = build_source(name, scfg, self.device)
+        depth_pred, depth_true, motions, frames = [], [], [], []
+        for i in range(math.ceil(2 * ecfg.samples / scfg.batch_size)):
+            batch = source.generate(ecfg.seed, i)
+            frame1, frame2 = batch["rgb"][0::2], batch["rgb"][1::2]
+            disparity, pose = G(frame1, frame2)
+            R, t = pose_to_rt(pose.float())
+            R_true, t_true = relative_motion(batch["R"], batch["t"])
+            depth_pred.append((1.0 / disparity.clamp_min(1.0 / self.scfg.max_depth)).cpu())
+            depth_true.append(batch["depth"][0::2].cpu())
+            motions.append(tuple(x.cpu() for x in (R, t, R_true, t_true)))
+            frames.append((frame1.cpu(), frame2.cpu()))
+        pred, truth = torch.cat(depth_pred)[: ecfg.samples], torch.cat(depth_true)[: ecfg.samples]
+        R, t, R_true, t_true = (torch.cat(parts)[: ecfg.samples] for parts in zip(*motions, strict=True))
+        results = {**depth_errors(pred, truth), **pose_errors(R, t, R_true, t_true), "samples": float(len(pred))}
+        results["true_translation_m"] = t_true.norm(dim=-1).mean().item()
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        f1, f2 = (torch.cat(x) for x in zip(*frames, strict=True))
+        to_image = lambda d: (self.scfg.min_depth / d.clamp_min(self.scfg.min_depth) * (d > 0)).unsqueeze(1)  # noqa: E731
+        save_rows([f1, f2, to_image(pred), to_image(truth)], out / "sfm.png", ecfg.figure_rows)
+        return results
