@@ -30,20 +30,24 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1 / mse.clamp_min(1e-10))
 
 
+def _act() -> nn.Module:
+    return nn.LeakyReLU(0.2)  # plain ReLUs die on mostly-black images (Fashion-MNIST) and G stalls
+
+
 class _Block(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv1, self.conv2 = (
-            nn.Conv2d(channels, channels, 3, padding=1),
-            nn.Conv2d(channels, channels, 3, padding=1),
-        )
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.act = _act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x + self.conv2(F.relu(self.conv1(x))))
+        return self.act(x + self.conv2(self.act(self.conv1(x))))
 
 
 class Restorer(nn.Module):
-    """``[B, C_in, H, W]`` degraded image (upsampled, or masked with its mask) → ``[B, 3, H, W]``.
+    """``[B, C_in, H, W]`` degraded image (upsampled, or masked with its mask) → ``[B, 3, H, W]``
+    restored image (about ``[0, 1]``; :meth:`ImageTask.composite` clamps it).
 
     An encoder halves the resolution twice so the receptive field covers missing boxes; ResNet
     blocks work at 1/4 resolution; a decoder with a skip from full resolution restores it.
@@ -52,18 +56,22 @@ class Restorer(nn.Module):
     def __init__(self, in_channels: int, channels: int = 64, blocks: int = 4) -> None:
         super().__init__()
         c = channels
-        self.stem = nn.Conv2d(in_channels, c, 3, padding=1)
-        self.down = nn.Sequential(nn.Conv2d(c, 2 * c, 4, 2, 1), nn.ReLU(), nn.Conv2d(2 * c, 2 * c, 4, 2, 1), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1), _act())
+        self.down = nn.Sequential(nn.Conv2d(c, 2 * c, 4, 2, 1), _act(), nn.Conv2d(2 * c, 2 * c, 4, 2, 1), _act())
         self.blocks = nn.Sequential(*(_Block(2 * c) for _ in range(blocks)))
         self.up = nn.Sequential(
-            nn.ConvTranspose2d(2 * c, 2 * c, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.ReLU()
+            nn.ConvTranspose2d(2 * c, 2 * c, 4, 2, 1), _act(), nn.ConvTranspose2d(2 * c, c, 4, 2, 1), _act()
         )
         self.head = nn.Conv2d(2 * c, 3, 3, padding=1)
+        nn.init.zeros_(self.head.weight)  # starts as the identity on the degraded image
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skip = F.relu(self.stem(2 * x - 1))
+        # A residual on the degraded image, not a sigmoid: on mostly-black images a sigmoid output
+        # saturates at 0 and the L1 reconstruction stops sending gradients.
+        skip = self.stem(2 * x - 1)
         h = self.up(self.blocks(self.down(skip)))
-        return torch.sigmoid(self.head(torch.cat([h, skip], 1)))
+        return x[:, :3] + self.head(torch.cat([h, skip], 1))
 
 
 class ImageDiscriminator(nn.Module):
@@ -133,9 +141,9 @@ class ImageTask:
     def composite(self, restored: torch.Tensor, observation: torch.Tensor) -> torch.Tensor:
         """The output image: inpainting keeps the observed pixels and takes G's in the box."""
         if self.config.task == "superres":
-            return restored
+            return restored.clamp(0, 1)
         mask = observation[:, 3:]
-        return observation[:, :3] * mask + restored * (1 - mask)
+        return observation[:, :3] * mask + restored.clamp(0, 1) * (1 - mask)
 
     @torch.no_grad()
     def images(self, batch: dict, G: nn.Module) -> dict[str, torch.Tensor]:

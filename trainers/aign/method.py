@@ -13,7 +13,9 @@ module is the training recipe they share. ``loss`` selects the ablations: ``reco
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -96,4 +98,6 @@ class AIGN(Method):
         return self.task.images(batch, nets["G"]) if "input" in batch else {}
 
     def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:
-        return self.task.evaluate(nets["G"], out_dir)
+        results = self.task.evaluate(nets["G"], out_dir)
+        (Path(out_dir) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        return results

@@ -3,8 +3,9 @@
 G predicts frame 1's disparity (1 / depth; 0 is infinitely far, like the background of the
 simulator's depth maps) and the rigid motion from frame 1's camera to frame 2's; P warps frame 2
 into frame 1 with them (``renderers.warping``), and the reconstruction is the photometric error
-where the warp lands inside frame 2. Photometric error alone fixes depth only up to scale; D
-compares G's disparity maps with those of other scenes, which carries the scale.
+where the warp lands inside frame 2 (auto-masked: see :func:`photometric_error`). Photometric
+error alone fixes depth only up to scale; D compares G's disparity maps with those of other
+scenes, which carries the scale.
 
 Frames come from a simulator stream with ``views: 2`` and ``view_step_deg > 0`` read in shard
 order, so a batch holds consecutive (frame 1, frame 2) pairs.
@@ -26,7 +27,7 @@ from renderloop.renderers.warping import pose_to_rt, warp
 
 from .config import AIGNConfig
 
-__all__ = ["DepthPoseNet", "DisparityDiscriminator", "SfMTask", "depth_errors", "pose_errors"]
+__all__ = ["DepthPoseNet", "DisparityDiscriminator", "SfMTask", "depth_errors", "photometric_error", "pose_errors"]
 
 
 def _conv(a: int, b: int, stride: int = 1) -> nn.Module:
@@ -37,8 +38,8 @@ class DepthPoseNet(nn.Module):
     """``(frame1, frame2) [B, 3, H, W]`` → ``(disparity [B, H, W], pose [B, 6])``.
 
     Disparity comes from a U-Net on frame 1, in ``[0, 1 / min_depth]``; the pose (axis-angle,
-    translation; frame 1 camera → frame 2 camera) from an encoder of both frames, scaled small
-    at initialisation so training starts near the identity motion.
+    translation; frame 1 camera → frame 2 camera) from an encoder of both frames, whose last layer
+    starts at zero (the identity motion).
     """
 
     def __init__(self, channels: int = 32, min_depth: float = 0.5) -> None:
@@ -51,6 +52,8 @@ class DepthPoseNet(nn.Module):
         self.pose = nn.Sequential(
             _conv(6, c, 2), _conv(c, 2 * c, 2), _conv(2 * c, 4 * c, 2), _conv(4 * c, 4 * c, 2), nn.Conv2d(4 * c, 6, 1)
         )
+        nn.init.zeros_(self.pose[-1].weight)  # identity motion at the start
+        nn.init.zeros_(self.pose[-1].bias)
 
     def forward(self, frame1: torch.Tensor, frame2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         skips, h = [], 2 * frame1 - 1
@@ -61,7 +64,7 @@ class DepthPoseNet(nn.Module):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = layer(torch.cat([h, skip], 1))
         disparity = self.max_disparity * torch.sigmoid(self.disp(h)[:, 0])
-        pose = 0.01 * self.pose(torch.cat([frame1, frame2], 1) * 2 - 1).mean((2, 3))
+        pose = 0.1 * self.pose(torch.cat([frame1, frame2], 1) * 2 - 1).mean((2, 3))
         return disparity, pose
 
 
@@ -108,6 +111,15 @@ def pose_errors(R: torch.Tensor, t: torch.Tensor, R_true: torch.Tensor, t_true: 
     }
 
 
+def photometric_error(frame1, frame2, warped, valid) -> torch.Tensor:
+    """Mean L1 error between frame 1 and frame 2 warped into it, per pixel the smaller of that and
+    the error of not warping at all: pixels that look the same either way (the simulator's uniform
+    backgrounds, whose depth is undefined) carry no gradient (Monodepth2's auto-masking)."""
+    warped_error = (warped - frame1).abs().mean(1, keepdim=True)
+    still_error = (frame2 - frame1).abs().mean(1, keepdim=True)
+    return (torch.minimum(warped_error, still_error) * valid).sum() / valid.sum().clamp_min(1)
+
+
 def relative_motion(R: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame 1 camera → frame 2 camera transform from world→camera poses ``R [2N, 3, 3]``, ``t [2N, 3]``
     of consecutive pairs: ``x₂ = R_rel x₁ + t_rel``."""
@@ -138,7 +150,7 @@ class SfMTask:
 
     def pairs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         rgb, view = batch["rgb"], batch.get("view")
-        if view is not None and (torch.as_tensor(view).view(-1, 2) != torch.tensor([0, 1])).any():
+        if view is not None and (torch.as_tensor(view).view(-1, 2).cpu() != torch.tensor([0, 1])).any():
             raise RuntimeError("sfm: a batch does not hold consecutive (frame 1, frame 2) pairs; "
                                "engine.data.batch_size and samples_per_shard must be even")  # fmt: skip
         return rgb[0::2], rgb[1::2]
@@ -148,10 +160,9 @@ class SfMTask:
         disparity, pose = G(frame1, frame2)
         depth = 1.0 / disparity.clamp_min(1.0 / self.scfg.max_depth)
         R, t = pose_to_rt(pose.float())
-        warped, valid = warp(
-            frame2, depth, self.intrinsics(len(frame1), frame1.device).to(depth), R.to(depth), t.to(depth)
-        )
-        error = ((warped - frame1).abs().mean(1, keepdim=True) * valid).sum() / valid.sum().clamp_min(1)
+        K = self.intrinsics(len(frame1), frame1.device).to(depth)
+        warped, valid = warp(frame2, depth, K, R.to(depth), t.to(depth))
+        error = photometric_error(frame1, frame2, warped, valid)
         return disparity, error, {"valid_fraction": valid.mean().detach()}
 
     def fake(self, disparity: torch.Tensor) -> torch.Tensor:

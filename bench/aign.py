@@ -1,0 +1,135 @@
+"""AIGN experiments: every task and the paper's ablations, trained on live streams, then evaluated.
+
+    python -m bench.aign --device cuda --out aign.json                # the whole matrix, concurrently
+    python -m bench.aign --only pose_both pose_reconstruction --steps-scale 0.1   # a quick subset
+
+Each experiment is ``renderloop run method=aign/<task> ...`` (producers in the same process,
+``cluster=local``) followed by ``renderloop eval``; up to ``--parallel`` of them share the device.
+The JSON holds each run's evaluation, wall time, trainer samples/s and loss curve (mean of the
+reconstruction per tenth of the run); ``--figures DIR`` copies the evaluation figures there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+BIASED = "method.data.memory.classes=[5,7,9]"  # footwear: sandal, sneaker, ankle boot
+IMAGES = ["engine.data.batch_size=64", "method.data.input.batch_size=64", "method.data.memory.batch_size=64"]
+POSE = ["engine.data.batch_size=256", "method.data.input.batch_size=256", "method.data.memory.batch_size=256"]
+SFM = ["engine.data.batch_size=32", "method.data.input.batch_size=32", "method.data.memory.batch_size=32"]
+
+# name → (method, steps, overrides)
+EXPERIMENTS: dict[str, tuple[str, int, list[str]]] = {
+    "pose_both": ("aign/pose", 6000, POSE),
+    "pose_reconstruction": ("aign/pose", 6000, [*POSE, "method.loss=reconstruction"]),
+    "pose_adversarial": ("aign/pose", 6000, [*POSE, "method.loss=adversarial"]),
+    "sfm_both": ("aign/sfm", 4000, SFM),
+    "sfm_reconstruction": ("aign/sfm", 4000, [*SFM, "method.loss=reconstruction"]),
+    "superres_both": ("aign/superres", 4000, IMAGES),
+    "superres_reconstruction": ("aign/superres", 4000, [*IMAGES, "method.loss=reconstruction"]),
+    "superres_biased": ("aign/superres", 4000, [*IMAGES, BIASED]),
+    "inpaint_both": ("aign/inpaint", 4000, IMAGES),
+    "inpaint_reconstruction": ("aign/inpaint", 4000, [*IMAGES, "method.loss=reconstruction"]),
+    "inpaint_biased": ("aign/inpaint", 4000, [*IMAGES, BIASED]),
+}
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "renderloop.cli", *args]
+
+
+def _curve(run_dir: Path, parts: int = 10) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    values = [r["loss/G_main/reconstruction"] for r in rows if "loss/G_main/reconstruction" in r]
+    size = max(len(values) // parts, 1)
+    return [sum(values[i : i + size]) / len(values[i : i + size]) for i in range(0, len(values), size)][:parts]
+
+
+def _experiment(name: str, args, work: Path) -> dict:
+    method, steps, overrides = EXPERIMENTS[name]
+    steps = max(int(steps * args.steps_scale), 20)
+    run_dir, data = work / name / "run", work / name / "data"
+    common = [f"method={method}", f"run_dir={run_dir}", f"device={args.device}", *overrides]
+    train = [
+        "run", *common, f"engine.max_steps={steps}", f"storage.root={data}", "engine.log_every=20",
+        "engine.progress=false", "engine.tensorboard=false", "engine.image_every=0", "engine.checkpoint_every=0",
+        "engine.data.num_workers=1", "samples_per_shard=256", "metrics_port=-1",
+    ]  # fmt: skip
+    start = time.time()
+    trained = subprocess.run(_command(*train), capture_output=True, text=True)
+    wall = time.time() - start
+    if trained.returncode:
+        return {"error": (trained.stdout + trained.stderr)[-3000:]}
+    evaluated = subprocess.run(_command("eval", *common), capture_output=True, text=True)
+    if evaluated.returncode:
+        return {"error": (evaluated.stdout + evaluated.stderr)[-3000:]}
+    rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    steady = rows[len(rows) // 5 :]
+    result = {
+        "method": method,
+        "overrides": overrides,
+        "steps": steps,
+        "train_wall_seconds": wall,
+        "samples_per_s": sum(r["samples_per_s"] for r in steady) / max(len(steady), 1),
+        "data_wait_fraction": sum(r["data_wait_fraction"] for r in steady) / max(len(steady), 1),
+        "reconstruction_curve": _curve(run_dir),
+        "eval": json.loads((run_dir / "eval" / "results.json").read_text()),
+    }
+    if args.figures:
+        for png in (run_dir / "eval").glob("*.png"):
+            shutil.copy(png, Path(args.figures) / f"{name}.png")
+    print(f"{name}: {json.dumps(result['eval'])} ({wall:.0f} s)", flush=True)
+    if args.out:  # as each finishes, so a run cut short keeps what it measured
+        Path(f"{args.out}.{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--only", nargs="*", default=None, help=f"a subset of {list(EXPERIMENTS)}")
+    p.add_argument("--steps-scale", type=float, default=1.0)
+    p.add_argument("--parallel", type=int, default=len(EXPERIMENTS))
+    p.add_argument("--figures", default=None)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    names = args.only or list(EXPERIMENTS)
+    unknown = set(names) - set(EXPERIMENTS)
+    if unknown:
+        raise SystemExit(f"unknown experiments {sorted(unknown)}; choose from {list(EXPERIMENTS)}")
+    if args.figures:
+        Path(args.figures).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-aign-"))
+    start = time.time()
+    with ThreadPoolExecutor(args.parallel) as pool:
+        results = dict(zip(names, pool.map(lambda n: _experiment(n, args, work), names), strict=True))
+    report = {
+        "machine": platform.node(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m bench.aign " + " ".join(sys.argv[1:]),
+        "device": args.device,
+        "cpus": os.cpu_count(),
+        "wall_seconds": time.time() - start,
+        "experiments": results,
+    }
+    shutil.rmtree(work, ignore_errors=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    for name, result in results.items():
+        if "error" in result:
+            print(f"{name} FAILED:\n{result['error']}")
+
+
+if __name__ == "__main__":
+    main()
