@@ -9,6 +9,7 @@ from pathlib import Path
 from setuptools import setup
 
 SUBPACKAGES = ("renderers", "models", "datasets", "trainers", "cluster")
+NESTED = ("renderloop.trainers.aign",)  # packages inside the sub-packages
 
 setup(
     name="renderloop",
@@ -17,10 +18,14 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["renderloop", "renderloop.conf", *(f"renderloop.{name}" for name in SUBPACKAGES)],
-    package_dir={"renderloop": "renderloop", **{f"renderloop.{name}": name for name in SUBPACKAGES}},
+    packages=["renderloop", "renderloop.conf", *(f"renderloop.{name}" for name in SUBPACKAGES), *NESTED],
+    package_dir={
+        "renderloop": "renderloop",
+        **{f"renderloop.{name}": name for name in SUBPACKAGES},
+        **{name: name.removeprefix("renderloop.").replace(".", "/") for name in NESTED},
+    },
     # The Hydra config tree ships as data of the importable `renderloop.conf` module.
-    package_data={"renderloop.conf": ["*.yaml", "*/*.yaml"], "renderloop.cluster": ["dashboards/*"]},
+    package_data={"renderloop.conf": ["*.yaml", "*/*.yaml", "*/*/*.yaml"], "renderloop.cluster": ["dashboards/*"]},
     install_requires=[
         # torch is deliberately unpinned here: `make` pins the build for the machine it runs on.
         "torch>=2.4",

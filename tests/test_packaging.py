@@ -36,6 +36,8 @@ def test_plain_install_has_subpackages_and_configs(tmp_path):
     for sub in ("renderers", "models", "datasets", "trainers", "cluster", "conf"):
         assert (target / "renderloop" / sub / "__init__.py").is_file()
     assert (target / "renderloop" / "conf" / "renderer" / "default.yaml").is_file()
+    assert (target / "renderloop" / "trainers" / "aign" / "pose.py").is_file()
+    assert (target / "renderloop" / "conf" / "method" / "aign" / "pose.yaml").is_file()
     code = (
         "import renderloop.renderers.ops as ops, renderloop.config as c; "
         "cfg = c.load_config('turntable', ['views=2']); print(ops.__file__); print(cfg.views)"
