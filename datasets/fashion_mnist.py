@@ -7,9 +7,7 @@ sources over disjoint ``index_range`` slices (or class sets) make disjoint strea
 from __future__ import annotations
 
 import gzip
-import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from renderloop.config import ConfigError
+
+from .seeding import batch_seed, config_digest
 
 __all__ = ["CLASS_NAMES", "read_idx", "load_fashion_mnist", "FashionMNISTConfig", "FashionMNIST"]
 
@@ -144,11 +144,7 @@ class FashionMNISTConfig:
             raise bad("batch_size", f"must be >= 1; got {self.batch_size}")
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _mix(seed: int, batch_index: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{batch_index}".encode()).digest()[:8], "little") >> 1
+        return config_digest(self)
 
 
 class FashionMNIST:
@@ -191,7 +187,7 @@ class FashionMNIST:
             ``rgb`` float32 ``[B, 3, S, S]`` in ``[0, 1]`` (grey in all three channels), ``label``
             int64 ``[B]`` and ``index`` int64 ``[B]`` (the image's position in the split's files).
         """
-        gen = torch.Generator().manual_seed(_mix(seed, batch_index))
+        gen = torch.Generator().manual_seed(batch_seed(seed, batch_index))
         # Indices are drawn on the CPU so that every device picks the same images.
         pick = torch.randint(len(self), (self.config.batch_size,), generator=gen).to(self.device)
         x = self.images[pick].unsqueeze(1).float() / 255  # (B, 1, 28, 28)

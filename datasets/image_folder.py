@@ -5,7 +5,6 @@ converting a folder into a stream exactly once per image takes one producer."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from renderloop.config import ConfigError
 
 from .ledger import Ledger
 from .reader import iter_tar_samples
+from .seeding import batch_seed
 from .storage import Storage
 
 __all__ = ["ImageFolderConfig", "ImageFolder"]
@@ -108,7 +108,7 @@ class ImageFolder:
     def _permutation(self, seed: int, epoch: int) -> torch.Tensor:
         """The seeded order of the images in ``epoch`` (cached for the current epoch)."""
         if self._order is None or self._order[0] != (seed, epoch):
-            mixed = int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
+            mixed = batch_seed(seed, epoch)
             self._order = (
                 (seed, epoch),
                 torch.randperm(len(self.items), generator=torch.Generator().manual_seed(mixed)),

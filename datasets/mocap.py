@@ -9,11 +9,9 @@ camera frame and ``kp2d`` in pixels (frames of :mod:`renderloop.renderers.camera
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,8 @@ import torch
 
 from renderloop.config import ConfigError
 from renderloop.renderers import cameras
+
+from .seeding import batch_seed, config_digest
 
 __all__ = [
     "Motion", "read_bvh", "forward_kinematics", "COMMON_JOINTS", "COMMON_PARENTS", "SKELETON_MAPS",
@@ -335,11 +335,7 @@ class MocapConfig:
             raise bad("noise_px", f"must be >= 0; got {self.noise_px}")
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _mix(seed: int, batch_index: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{batch_index}".encode()).digest()[:8], "little") >> 1
+        return config_digest(self)
 
 
 class Mocap:
@@ -413,7 +409,7 @@ class Mocap:
         ``azimuth``, ``elevation`` (radians) and ``distance`` (metres), each ``[B, ...]``.
         """
         cfg, dev = self.config, self.device
-        gen = torch.Generator(device=dev).manual_seed(_mix(seed, batch_index))
+        gen = torch.Generator(device=dev).manual_seed(batch_seed(seed, batch_index))
         B = cfg.batch_size
         index = torch.randint(self.poses.shape[0], (B,), generator=gen, device=dev)
         az = self._range(gen, B, cfg.azimuth_deg, math.pi / 180)

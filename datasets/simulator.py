@@ -11,10 +11,8 @@ static scene (for structure from motion): see :class:`SimulatorConfig`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import kornia
@@ -27,6 +25,7 @@ from renderloop.renderers.meshes import icosphere, load_mesh, pad_meshes
 from renderloop.renderers.renderer import MeshRenderer, RendererConfig
 from renderloop.renderers.shading import blinn_phong
 
+from .seeding import batch_seed, config_digest
 from .shapes import PROCEDURAL, TEXTURES, deform, keypoint_vertices, part_labels, random_rotation, solid_texture
 
 __all__ = ["SimulatorConfig", "Simulator", "STYLES"]
@@ -113,15 +112,10 @@ class SimulatorConfig:
 
     def digest(self) -> str:
         """Short config hash. Keys added later count only when set, so older hashes stay valid."""
-        d = {k: v for k, v in asdict(self).items() if k not in _LATER_KEYS or v != _LATER_KEYS[k]}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+        return config_digest(self, _LATER_KEYS)
 
 
 _LATER_KEYS = {"view_step_deg": 0.0, "view_step_distance": 0.0}  # added keys and their neutral defaults
-
-
-def _mix(seed: int, batch_index: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{batch_index}".encode()).digest()[:8], "little") >> 1
 
 
 class Simulator:
@@ -165,7 +159,7 @@ class Simulator:
     def generate(self, seed: int, batch_index: int) -> dict[str, torch.Tensor]:
         """One batch; a pure function of ``(seed, batch_index)`` on a given device."""
         cfg, dev = self.config, self.device
-        gen = torch.Generator(device=dev).manual_seed(_mix(seed, batch_index))
+        gen = torch.Generator(device=dev).manual_seed(batch_seed(seed, batch_index))
         B, V = cfg.batch_size, cfg.views
         N = B // V  # objects
         res = cfg.resolution
