@@ -1,0 +1,155 @@
+"""StyleGAN2 building blocks: equalized-learning-rate layers, FIR resampling, modulated convolution.
+
+Parameter names and storage conventions follow the published StyleGAN2 checkpoints (weights are
+stored unscaled and multiplied by their gain at run time), so their tensors load by name. Images
+and feature maps are ``[B, C, H, W]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "fir_filter",
+    "upfirdn2d",
+    "upsample2d",
+    "bias_act",
+    "conv2d_resample",
+    "modulated_conv2d",
+    "FullyConnectedLayer",
+    "Conv2dLayer",
+    "normalize_2nd_moment",
+]
+
+LRELU_GAIN = math.sqrt(2)
+
+
+def fir_filter(taps=(1, 3, 3, 1)) -> torch.Tensor:
+    """Separable 2D low-pass filter ``[k, k]`` with unit sum, from 1D ``taps``."""
+    f = torch.as_tensor(taps, dtype=torch.float32)
+    f = torch.outer(f, f)
+    return f / f.sum()
+
+
+def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding=(0, 0, 0, 0), gain: float = 1.0):
+    """Upsample by zero insertion, pad (``x0, x1, y0, y1``; negative crops), filter with ``f``
+    (true convolution) times ``gain``, keep every ``down``-th pixel."""
+    B, C, H, W = x.shape
+    if up > 1:
+        x = x.reshape(B, C, H, 1, W, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(B, C, H * up, W * up)
+    x0, x1, y0, y1 = padding
+    x = F.pad(x, [max(x0, 0), max(x1, 0), max(y0, 0), max(y1, 0)])
+    x = x[:, :, max(-y0, 0) : x.shape[2] - max(-y1, 0), max(-x0, 0) : x.shape[3] - max(-x1, 0)]
+    kernel = (f * gain).flip([0, 1]).to(x.dtype)[None, None].repeat(C, 1, 1, 1)
+    x = F.conv2d(x, kernel, groups=C)
+    return x[:, :, ::down, ::down] if down > 1 else x
+
+
+def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:
+    """``up``× upsampling with the FIR filter ``f`` (the skip images of the synthesis network)."""
+    k = f.shape[-1]
+    pad = [(k + up - 1) // 2, (k - up) // 2]
+    return upfirdn2d(x, f, up=up, padding=[pad[0], pad[1], pad[0], pad[1]], gain=up * up)
+
+
+def bias_act(x: torch.Tensor, b: torch.Tensor | None, act: str = "linear", gain: float = 1.0, clamp=None):
+    """Add a per-channel bias, apply ``linear`` or ``lrelu`` (slope 0.2), scale by ``gain``, clamp."""
+    if b is not None:
+        x = x + b.reshape(1, -1, *([1] * (x.dim() - 2))).to(x.dtype)
+    if act == "lrelu":
+        x = F.leaky_relu(x, 0.2)
+    if gain != 1:
+        x = x * gain
+    if clamp is not None:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def conv2d_resample(x, w, f=None, up: int = 1, down: int = 1, padding: int = 0, groups: int = 1):
+    """2D convolution with an optional 2× FIR upsampling (transposed convolution, then filter) or
+    downsampling (filter, then strided convolution); ``w`` is ``[O, I/groups, k, k]``."""
+    k = w.shape[-1]
+    if up > 1:  # transposed convolution, then the filter removes its checkerboard
+        out, per_group = w.shape[0], w.shape[1]
+        w = w.reshape(groups, out // groups, per_group, k, k).transpose(1, 2)
+        w = w.reshape(groups * per_group, out // groups, k, k)
+        x = F.conv_transpose2d(x, w, stride=up, groups=groups)
+        p0 = padding + (f.shape[-1] + up - 1) // 2 - (k - 1)
+        p1 = padding + (f.shape[-1] - up) // 2 - (k - up)
+        return upfirdn2d(x, f, padding=[p0, p1, p0, p1], gain=up * up)
+    if down > 1:
+        fk = f.shape[-1]
+        p0, p1 = padding + (fk - down + 1) // 2, padding + (fk - down) // 2
+        if k == 1:  # filter and subsample together, then the 1×1 convolution
+            x = upfirdn2d(x, f, down=down, padding=[p0, p1, p0, p1])
+            return F.conv2d(x, w, groups=groups)
+        x = upfirdn2d(x, f, padding=[p0, p1, p0, p1])
+        return F.conv2d(x, w, stride=down, groups=groups)
+    return F.conv2d(x, w, padding=padding, groups=groups)
+
+
+def modulated_conv2d(x, weight, styles, noise=None, up: int = 1, padding: int = 0, f=None, demodulate=True):
+    """Per-sample weights ``weight ⊙ style`` (``[B, I]`` styles scale input channels), divided by
+    their norm when ``demodulate``, as one grouped convolution; ``noise`` is added after it."""
+    B = x.shape[0]
+    cout, cin, kh, kw = weight.shape
+    if x.dtype == torch.float16 and demodulate:  # keep fp16 activations in range
+        weight = weight * (1 / math.sqrt(cin * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
+        styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+    w = weight.unsqueeze(0) * styles.reshape(B, 1, cin, 1, 1)  # (B, out, in, k, k)
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().reshape(B, cout, 1, 1, 1)
+    x = x.reshape(1, B * cin, *x.shape[2:])
+    x = conv2d_resample(x, w.reshape(B * cout, cin, kh, kw).to(x.dtype), f=f, up=up, padding=padding, groups=B)
+    x = x.reshape(B, cout, *x.shape[2:])
+    return x + noise if noise is not None else x
+
+
+def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
+
+
+class FullyConnectedLayer(nn.Module):
+    """Linear layer with equalized learning rate: ``weight`` is stored ``× 1/lr_multiplier``."""
+
+    def __init__(self, in_features, out_features, bias=True, activation="linear", lr_multiplier=1.0, bias_init=0.0):
+        super().__init__()
+        self.activation = activation
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(x.dtype) * self.weight_gain
+        b = None if self.bias is None else self.bias.to(x.dtype) * self.bias_gain
+        x = x.matmul(w.t())
+        return bias_act(x, b, self.activation, gain=LRELU_GAIN if self.activation == "lrelu" else 1.0)
+
+
+class Conv2dLayer(nn.Module):
+    """Convolution with equalized learning rate, optional 2× FIR up/downsampling, bias and lrelu."""
+
+    def __init__(
+        self, in_channels, out_channels, kernel_size, bias=True, activation="linear", up=1, down=1, conv_clamp=None
+    ):
+        super().__init__()
+        self.activation, self.up, self.down, self.conv_clamp = activation, up, down, conv_clamp
+        self.register_buffer("resample_filter", fir_filter())
+        self.padding = kernel_size // 2
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
+        self.act_gain = LRELU_GAIN if activation == "lrelu" else 1.0
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        w = (self.weight * self.weight_gain).to(x.dtype)
+        x = conv2d_resample(x, w, f=self.resample_filter, up=self.up, down=self.down, padding=self.padding)
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, self.bias, self.activation, gain=self.act_gain * gain, clamp=clamp)
