@@ -1,0 +1,132 @@
+"""Our StyleGAN2: shapes, FIR resampling against hand-computed values, truncation, style mixing,
+view codes, W offsets and per-pixel features."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from renderloop.models.stylegan2 import Discriminator, Generator, GeneratorConfig, channels_for
+from renderloop.models.stylegan2.latents import (
+    ViewCodes,
+    feature_channels,
+    mix_styles,
+    offset_ws,
+    pixel_features,
+    sample_ws,
+    view_group,
+)
+from renderloop.models.stylegan2.layers import conv2d_resample, fir_filter, upfirdn2d, upsample2d
+
+
+def _tiny(res: int = 16, **kw) -> Generator:
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(
+        z_dim=32, w_dim=32, img_resolution=res, channel_base=256, channel_max=32, mapping_layers=2, **kw
+    )
+    return Generator(cfg).eval()
+
+
+@pytest.mark.parametrize("res", [8, 16, 32, 64])
+@pytest.mark.parametrize("architecture", ["skip", "resnet", "orig"])
+def test_shapes_at_several_resolutions(res, architecture):
+    G = _tiny(res, architecture=architecture)
+    img = G(torch.randn(3, 32))
+    assert img.shape == (3, 3, res, res) and torch.isfinite(img).all()
+    assert G.num_ws == 2 * (res.bit_length() - 1) - 2  # 2·log2(res) − 2
+    D = Discriminator(res, channel_base=256, channel_max=32)
+    assert D(img).shape == (3, 1)
+
+
+def test_channels_follow_base_and_max():
+    assert channels_for(256) == {4: 512, 8: 512, 16: 512, 32: 512, 64: 512, 128: 256, 256: 128}
+
+
+def test_fir_upsampling_and_downsampling_against_hand_values():
+    f = fir_filter()
+    assert f.sum().item() == pytest.approx(1.0) and f[0, 0].item() == pytest.approx(1 / 64)
+    flat = torch.full((1, 1, 4, 4), 2.0)
+    up = upsample2d(flat, f)
+    assert up.shape == (1, 1, 8, 8) and torch.allclose(up[..., 1:-1, 1:-1], torch.full((6, 6), 2.0))
+    # An impulse upsampled spreads 4 × the separable filter (taps 1, 3, 3, 1 over 8) around it.
+    impulse = torch.zeros(1, 1, 4, 4)
+    impulse[..., 1, 1] = 1.0
+    row = upsample2d(impulse, f)[0, 0, 2]
+    assert row[:6].tolist() == pytest.approx([0, 4 * 3 / 64, 4 * 9 / 64, 4 * 9 / 64, 4 * 3 / 64, 0])
+    assert upsample2d(impulse, f).sum().item() == pytest.approx(4.0)
+    down = upfirdn2d(flat, f, down=2, padding=[1, 1, 1, 1])
+    assert down.shape == (1, 1, 2, 2)
+    # A 3×3 box convolution with 2× down keeps a constant's interior constant (×9).
+    x = torch.ones(1, 1, 8, 8)
+    y = conv2d_resample(x, torch.ones(1, 1, 3, 3), f=f, down=2, padding=1)
+    assert y.shape == (1, 1, 4, 4) and y[..., 1:-1, 1:-1].allclose(torch.full((2, 2), 9.0))
+    y = conv2d_resample(x, torch.ones(1, 1, 3, 3), f=f, up=2, padding=1)
+    assert y.shape == (1, 1, 16, 16) and y[..., 2:-2, 2:-2].allclose(torch.full((12, 12), 9.0))
+
+
+def test_truncation_psi_zero_gives_the_mean_image():
+    G = _tiny()
+    G.mapping.w_avg.copy_(torch.randn(32))
+    a = G(torch.randn(2, 32), truncation_psi=0.0, noise_mode="const")
+    b = G(torch.randn(2, 32), truncation_psi=0.0, noise_mode="const")
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a[0], a[1], atol=1e-5)
+    ws = sample_ws(G, torch.randn(2, 32), psi=0.0)
+    assert torch.allclose(ws, G.mapping.w_avg.expand_as(ws))
+
+
+def test_w_avg_tracks_the_mapping_in_training():
+    G = _tiny()
+    G.mapping(torch.randn(64, 32), update_emas=True)
+    assert G.mapping.w_avg.abs().sum() > 0
+
+
+def test_style_mixing_takes_layers_from_the_crossover_on():
+    G = _tiny()
+    a, b = sample_ws(G, torch.randn(2, 32)), sample_ws(G, torch.randn(2, 32))
+    mixed = mix_styles(a, b, 3)
+    assert torch.equal(mixed[:, :3], a[:, :3]) and torch.equal(mixed[:, 3:], b[:, 3:])
+    per_sample = mix_styles(a, b, torch.tensor([1, 4]))
+    assert torch.equal(per_sample[0, 1:], b[0, 1:]) and torch.equal(per_sample[1, :4], a[1, :4])
+    # Coarse layers set the coarse image: mixing only the last layer changes the image little.
+    img_a = G.synthesis(a, noise_mode="const")
+    img_late = G.synthesis(mix_styles(a, b, G.num_ws - 1), noise_mode="const")
+    img_early = G.synthesis(mix_styles(b, a, 1), noise_mode="const")
+    assert (img_late - img_a).abs().mean() < (img_early - img_a).abs().mean()
+
+
+def test_view_groups_keep_the_view_layer_styles_fixed(tmp_path):
+    G = _tiny()
+    codes = ViewCodes(view_layers=2)
+    codes.add_sampled(G, 3, seed=1)
+    content = sample_ws(G, torch.randn(4, 32))
+    ws = view_group(content, codes.stack())  # (4 objects × 3 views)
+    assert ws.shape == (12, G.num_ws, 32)
+    grouped = ws.view(4, 3, G.num_ws, 32)
+    for v, name in enumerate(codes.names()):
+        assert torch.equal(grouped[:, v, :2], codes.codes[name].expand(4, 2, 32))  # view layers: the code
+    assert torch.equal(grouped[:, :, 2:], content[:, None, 2:].expand(4, 3, G.num_ws - 2, 32))  # the rest: the object
+    codes.save(tmp_path / "views.pt")
+    again = ViewCodes.load(tmp_path / "views.pt")
+    assert again.names() == codes.names() and torch.equal(again.stack(), codes.stack())
+    with pytest.raises(KeyError, match="no view code named"):
+        codes.stack(["front"])
+
+
+def test_offsets_move_only_the_chosen_layers():
+    ws = torch.zeros(2, 6, 4)
+    moved = offset_ws(ws, torch.ones(2, 4), layers=slice(0, 2))
+    assert moved[:, :2].eq(1).all() and moved[:, 2:].eq(0).all()
+    assert offset_ws(ws, torch.ones(2, 4)).eq(1).all()
+
+
+def test_pixel_features_dimensions_and_subsets_match_the_full_map():
+    G = _tiny(16)
+    ws = sample_ws(G, torch.randn(2, 32))
+    full, image = pixel_features(G, ws)
+    assert full.shape == (2, 16 * 16, feature_channels(G)) and image.shape == (2, 3, 16, 16)
+    assert feature_channels(G) == 32 + 2 * 32 + 2 * 16  # b4: conv1; b8, b16: conv0 + conv1 (16 wide)
+    pixels = torch.randint(256, (2, 40))
+    subset, _ = pixel_features(G, ws, pixels)
+    assert subset.shape == (2, 40, feature_channels(G))
+    expected = torch.gather(full, 1, pixels.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+    assert torch.allclose(subset, expected, atol=1e-5)
