@@ -18,6 +18,7 @@ from .fashion_mnist import FashionMNIST, FashionMNISTConfig
 from .image_folder import ImageFolder, ImageFolderConfig
 from .mocap import Mocap, MocapConfig
 from .simulator import Simulator, SimulatorConfig
+from .stylegan2 import StyleGAN2Source, StyleGAN2SourceConfig
 
 __all__ = ["SOURCES", "source_config", "build_source"]
 
@@ -26,6 +27,7 @@ SOURCES: dict[str, tuple[type, type]] = {
     "image_folder": (ImageFolderConfig, ImageFolder),
     "fashion_mnist": (FashionMNISTConfig, FashionMNIST),
     "mocap": (MocapConfig, Mocap),
+    "stylegan2": (StyleGAN2SourceConfig, StyleGAN2Source),
 }
 
 

@@ -43,6 +43,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # Validate the method (name and every key) now, before anything heavy is built.
         self.method_name, self.method_config = method_config(self.method)
+        if hasattr(self.method_config, "check_engine"):  # settings a method cannot train with
+            self.method_config.check_engine(self.engine)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError("device", f"must be auto, cpu or cuda; got {self.device!r}")
         if self.cluster.mode == "local" and self.cluster.workers != 1:

@@ -138,7 +138,7 @@ def method_config(node: Any) -> tuple[str, Any]:
     """``(name, validated config)`` of a ``method`` config node; unknown names are refused."""
     from omegaconf import OmegaConf
 
-    from . import aign, simgan  # noqa: F401 - registers the built-in methods
+    from . import aign, simgan, stylegan2  # noqa: F401 - registers the built-in methods
 
     plain = dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node)
     name = plain.pop("name", None)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .networks import Generator
+from .networks import Generator, mix_styles
 
 __all__ = ["sample_ws", "mix_styles", "ViewCodes", "view_group", "offset_ws", "pixel_features", "feature_channels"]
 
@@ -21,13 +21,6 @@ __all__ = ["sample_ws", "mix_styles", "ViewCodes", "view_group", "offset_ws", "p
 def sample_ws(G: Generator, z: torch.Tensor, psi: float = 1.0, cutoff: int | None = None, c=None) -> torch.Tensor:
     """``z [B, z_dim]`` → ``ws [B, num_ws, w_dim]`` truncated towards ``w_avg`` (ψ = 0: the mean)."""
     return G.mapping(z, c, truncation_psi=psi, truncation_cutoff=cutoff)
-
-
-def mix_styles(ws: torch.Tensor, other: torch.Tensor, crossover: int | torch.Tensor) -> torch.Tensor:
-    """Layers ``>= crossover`` (an int, or ``[B]`` per sample) taken from ``other``: style mixing."""
-    layer = torch.arange(ws.shape[1], device=ws.device)
-    crossover = torch.as_tensor(crossover, device=ws.device).reshape(-1, 1)
-    return torch.where((layer >= crossover).unsqueeze(-1), other, ws)
 
 
 def offset_ws(ws: torch.Tensor, offset: torch.Tensor, layers: slice | None = None) -> torch.Tensor:

@@ -24,7 +24,15 @@ from .layers import (
     upsample2d,
 )
 
-__all__ = ["GeneratorConfig", "Generator", "MappingNetwork", "SynthesisNetwork", "Discriminator", "channels_for"]
+__all__ = [
+    "GeneratorConfig",
+    "Generator",
+    "MappingNetwork",
+    "SynthesisNetwork",
+    "Discriminator",
+    "channels_for",
+    "mix_styles",
+]
 
 ARCHITECTURES = ("orig", "skip", "resnet")
 
@@ -62,6 +70,13 @@ class GeneratorConfig:
         self.channels = {int(k): int(v) for k, v in self.channels.items()} or channels_for(
             self.img_resolution, self.channel_base, self.channel_max
         )
+
+
+def mix_styles(ws: torch.Tensor, other: torch.Tensor, crossover: int | torch.Tensor) -> torch.Tensor:
+    """Layers ``>= crossover`` (an int, or ``[B]`` per sample) taken from ``other``: style mixing."""
+    layer = torch.arange(ws.shape[1], device=ws.device)
+    crossover = torch.as_tensor(crossover, device=ws.device).reshape(-1, 1)
+    return torch.where((layer >= crossover).unsqueeze(-1), other, ws)
 
 
 class MappingNetwork(nn.Module):
@@ -113,7 +128,15 @@ class SynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
         if use_noise:
             self.register_buffer("noise_const", torch.randn(resolution, resolution))
-            self.noise_strength = nn.Parameter(torch.zeros([]))
+            # [1], not a 0-dim scalar as in published checkpoints (loading reshapes): DeepSpeed
+            # broadcasts parameters as bytes, which a 0-dim tensor cannot be viewed as.
+            self.noise_strength = nn.Parameter(torch.zeros([1]))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "noise_strength"
+        if key in state_dict and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x, w, noise_mode="random", gain=1.0) -> torch.Tensor:
         styles = self.affine(w)
@@ -245,9 +268,25 @@ class Generator(nn.Module):
             cfg.z_dim, cfg.c_dim, cfg.w_dim, self.num_ws, cfg.mapping_layers, cfg.mapping_lr_multiplier, cfg.w_avg_beta
         )
 
-    def forward(self, z, c=None, truncation_psi=1.0, truncation_cutoff=None, noise_mode="random", update_emas=False):
+    def forward(
+        self,
+        z,
+        c=None,
+        truncation_psi=1.0,
+        truncation_cutoff=None,
+        noise_mode="random",
+        update_emas=False,
+        z_mix=None,
+        crossover=None,
+        return_ws=False,
+    ):
+        """Images of ``z``; with ``z_mix`` and ``crossover`` (an int or ``[B]``), the styles from
+        ``crossover`` on come from ``z_mix`` (style mixing); ``return_ws`` also returns the styles."""
         ws = self.mapping(z, c, truncation_psi, truncation_cutoff, update_emas)
-        return self.synthesis(ws, noise_mode)
+        if z_mix is not None:
+            ws = mix_styles(ws, self.mapping(z_mix, c, truncation_psi, truncation_cutoff), crossover)
+        img = self.synthesis(ws, noise_mode)
+        return (img, ws) if return_ws else img
 
 
 class MinibatchStdLayer(nn.Module):

@@ -1,0 +1,51 @@
+"""Generator files: our own format, and the dispatch that reads any supported checkpoint.
+
+Our format is a plain ``torch.save`` dict (no pickled code): ``{"format": "renderloop-stylegan2",
+"config": GeneratorConfig fields, "state_dict": ...}``; it loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .networks import Generator, GeneratorConfig
+
+__all__ = ["FORMAT", "save_generator", "load_generator"]
+
+FORMAT = "renderloop-stylegan2"
+
+
+def save_generator(G: Generator, path: str | Path) -> Path:
+    """Write ``G`` (architecture and weights) in our format."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = asdict(G.cfg)
+    config["channels"] = {int(k): int(v) for k, v in config["channels"].items()}
+    torch.save({"format": FORMAT, "config": config, "state_dict": G.state_dict()}, path)
+    return path
+
+
+def load_generator(path: str | Path, which: str = "G_ema") -> Generator:
+    """A generator from our format, an NVlabs ``.pkl`` (network ``which``) or a rosinality ``.pt``
+    (key ``g_ema`` unless ``which`` names another); nothing in the file is executed."""
+    from .checkpoints import CheckpointError, load_nvlabs_pickle, load_rosinality
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"load_generator(): no such file: {path}")
+    if path.suffix == ".pkl":
+        return load_nvlabs_pickle(path, which=which)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any refusal means: not a file we trust
+        raise CheckpointError(f"load_generator(): {path} is not a weights-only checkpoint ({err})") from None
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        config = dict(state["config"])
+        config["channels"] = {int(k): int(v) for k, v in config["channels"].items()}
+        G = Generator(GeneratorConfig(**config))
+        G.load_state_dict(state["state_dict"])
+        return G.eval()
+    return load_rosinality(path, key="g_ema" if which == "G_ema" else which)
