@@ -303,7 +303,8 @@ def evaluate(cfg: TrainConfig) -> dict[str, float]:
     saved = run_dir / "method.json"
     if saved.exists():  # the run's architecture, this command's evaluation settings
         trained = json.loads(saved.read_text())
-        trained["evaluation"] = _plain(cfg.method_config.evaluation) if hasattr(method_config, "evaluation") else {}
+        if hasattr(method_config, "evaluation"):
+            trained["evaluation"] = _plain(cfg.method_config.evaluation)
         method_config = to_schema(METHODS[cfg.method_name].config, trained, "method")
     device = resolve_device(cfg.device)
     method = METHODS[cfg.method_name].method(method_config, device)
