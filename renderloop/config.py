@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ConfigError", "load_config", "to_schema"]
+__all__ = ["ConfigError", "load_config", "to_schema", "check_roles", "check_values"]
 
 
 class ConfigError(ValueError):
@@ -70,3 +70,22 @@ def to_schema(schema: type, node: Any, key: str) -> Any:
     except OmegaConfBaseException as err:
         sub = getattr(err, "full_key", None)
         raise ConfigError(f"{key}.{sub}" if sub else key, _first_line(err)) from None
+
+
+def check_roles(data: Any, roles: tuple[str, ...], key: str = "method.data") -> None:
+    """A method's ``data`` holds exactly ``roles``, each a source config with a ``name``."""
+    if set(data) != set(roles):
+        raise ConfigError(key, f"needs exactly the roles {sorted(roles)}; got {sorted(data)}")
+    for role, node in data.items():
+        if (node.get("name") if isinstance(node, dict) else getattr(node, "name", None)) is None:
+            raise ConfigError(f"{key}.{role}", "needs a source config with a name")
+
+
+def check_values(config: Any, checks: dict[str, bool], prefix: str = "method") -> None:
+    """Refuse the first failed check; its key is a dotted path into ``config`` (shown with its value)."""
+    for key, ok in checks.items():
+        if not ok:
+            value = config
+            for part in key.split("."):
+                value = getattr(value, part)
+            raise ConfigError(f"{prefix}.{key}", f"out of range; got {value!r}")

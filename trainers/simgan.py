@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from renderloop.config import ConfigError
+from renderloop.config import ConfigError, check_roles
 
 from .method import Method, ModelSpec, Phase, register_method
 
@@ -85,8 +85,7 @@ class SimGANConfig:
         def bad(key: str, msg: str) -> ConfigError:
             return ConfigError(f"method.{key}", msg)
 
-        if set(self.data) != {"synthetic", "real"}:
-            raise bad("data", f"needs exactly the roles 'synthetic' and 'real'; got {sorted(self.data)}")
+        check_roles(self.data, ("synthetic", "real"))
         if self.self_reg < 0:
             raise bad("self_reg", f"must be >= 0; got {self.self_reg}")
         if self.self_reg_space not in SELF_REG_SPACES:
@@ -107,9 +106,6 @@ class SimGANConfig:
         for key, (ok, rule) in checks.items():
             if not ok:
                 raise bad(key, f"{rule}; got {getattr(self, key)!r}")
-        for role, node in self.data.items():
-            if (node.get("name") if isinstance(node, dict) else getattr(node, "name", None)) is None:
-                raise bad(f"data.{role}", "needs a source config with a name")
 
 
 class ResnetBlock(nn.Module):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from renderloop.config import ConfigError
+from renderloop.config import ConfigError, check_roles, check_values
 from renderloop.datasets.sources import source_config
 from renderloop.models.stylegan2 import Discriminator, Generator, GeneratorConfig
 
@@ -61,22 +61,18 @@ class StyleGAN2MethodConfig:
         def bad(key: str, msg: str) -> ConfigError:
             return ConfigError(f"method.{key}", msg)
 
-        if set(self.data) != {"real"}:
-            raise bad("data", f"needs exactly the role 'real'; got {sorted(self.data)}")
+        check_roles(self.data, ("real",))
         _, source = source_config(self.data["real"])
         res = getattr(source, "resolution", 0)
         if res < 4 or res & (res - 1):
             raise bad("data.real.resolution", f"must be a power of two >= 4 (the generator's size); got {res}")
-        checks = {
+        check_values(self, {
             "z_dim": self.z_dim >= 1, "w_dim": self.w_dim >= 1, "mapping_layers": self.mapping_layers >= 1,
             "fake_batch": self.fake_batch >= 1, "lr": self.lr > 0, "r1_gamma": self.r1_gamma >= 0,
             "r1_interval": self.r1_interval >= 1, "pl_weight": self.pl_weight >= 0,
             "pl_interval": self.pl_interval >= 1, "pl_batch_shrink": self.pl_batch_shrink >= 1,
             "style_mixing_prob": 0 <= self.style_mixing_prob <= 1, "grid": self.grid >= 1,
-        }  # fmt: skip
-        for key, ok in checks.items():
-            if not ok:
-                raise bad(key, f"out of range; got {getattr(self, key)!r}")
+        })  # fmt: skip
 
     def check_engine(self, engine: Any) -> None:
         if engine.zero_stage == 3 and (self.r1_gamma or self.pl_weight):

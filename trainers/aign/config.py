@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from renderloop.config import ConfigError
+from renderloop.config import ConfigError, check_roles, check_values
 
 __all__ = ["TASKS", "LOSSES", "AIGNConfig", "PoseConfig", "ImageConfig", "SfMConfig", "AIGNEvalConfig"]
 
@@ -94,12 +94,8 @@ class AIGNConfig:
             raise bad("task", f"must be one of {TASKS}; got {self.task!r}")
         if self.loss not in LOSSES:
             raise bad("loss", f"must be one of {LOSSES}; got {self.loss!r}")
-        if set(self.data) != {"input", "memory"}:
-            raise bad("data", f"needs exactly the roles 'input' and 'memory'; got {sorted(self.data)}")
-        for role, node in self.data.items():
-            if (node.get("name") if isinstance(node, dict) else getattr(node, "name", None)) is None:
-                raise bad(f"data.{role}", "needs a source config with a name")
-        checks = {
+        check_roles(self.data, ("input", "memory"))
+        check_values(self, {
             "reconstruction_weight": self.reconstruction_weight >= 0,
             "adversarial_weight": self.adversarial_weight >= 0,
             "discriminator_updates": self.discriminator_updates >= 1,
@@ -114,10 +110,7 @@ class AIGNConfig:
             "sfm.min_depth": 0 < self.sfm.min_depth < self.sfm.max_depth,
             "evaluation.samples": self.evaluation.samples >= 1,
             "evaluation.batch_size": self.evaluation.batch_size >= 1,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise bad(key, f"out of range; got {eval_key(self, key)!r}")
+        })  # fmt: skip
         lo, hi = self.image.box_fraction
         if not 0 < lo <= hi < 1:
             raise bad("image.box_fraction", f"must satisfy 0 < lo <= hi < 1; got {self.image.box_fraction}")
@@ -139,9 +132,3 @@ class AIGNConfig:
             raise ConfigError(
                 "method.image.factor", f"must divide the input resolution {source.resolution}; got {self.image.factor}"
             )
-
-
-def eval_key(config: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        config = getattr(config, part)
-    return config
