@@ -5,8 +5,10 @@
 
 Each experiment is ``renderloop run method=aign/<task> ...`` (producers in the same process,
 ``cluster=local``) followed by ``renderloop eval``; up to ``--parallel`` of them share the device.
-The JSON holds each run's evaluation, wall time, trainer samples/s and loss curve (mean of the
-reconstruction per tenth of the run); ``--figures DIR`` copies the evaluation figures there.
+The JSON holds each run's evaluation, steps, wall time, trainer samples/s and loss curve (mean of
+the reconstruction per tenth of the run); ``--max-minutes`` also ends each run after that long
+(``engine.max_minutes``), so a time budget still yields evaluated models; ``--figures DIR``
+copies the evaluation figures there.
 """
 
 from __future__ import annotations
@@ -25,27 +27,29 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 BIASED = "method.data.memory.classes=[5,7,9]"  # footwear: sandal, sneaker, ankle boot
-# Pose samples are tiny: reading (not the model) bounds a run, so it gets more loader workers.
+FOOTWEAR_SHARE = "method.evaluation.attribute_classes=[5,7,9]"  # measured in every image run
+# Pose samples are tiny: making and reading shards (not the model) bounds a run, so pose takes
+# smaller batches (more updates per sample) and more loader workers.
 IMAGES = ["engine.data.batch_size=64", "method.data.input.batch_size=64", "method.data.memory.batch_size=64",
-          "engine.data.num_workers=2"]  # fmt: skip
-POSE = ["engine.data.batch_size=256", "method.data.input.batch_size=256", "method.data.memory.batch_size=256",
+          "engine.data.num_workers=2", FOOTWEAR_SHARE]  # fmt: skip
+POSE = ["engine.data.batch_size=128", "method.data.input.batch_size=128", "method.data.memory.batch_size=128",
         "engine.data.num_workers=3"]  # fmt: skip
 SFM = ["engine.data.batch_size=32", "method.data.input.batch_size=32", "method.data.memory.batch_size=32",
        "engine.data.num_workers=2"]  # fmt: skip
 
-# name → (method, steps, overrides)
+# name → (method, steps, overrides); sized for one H200 in two calls (images; pose and SfM).
 EXPERIMENTS: dict[str, tuple[str, int, list[str]]] = {
-    "pose_both": ("aign/pose", 6000, POSE),
-    "pose_reconstruction": ("aign/pose", 6000, [*POSE, "method.loss=reconstruction"]),
-    "pose_adversarial": ("aign/pose", 6000, [*POSE, "method.loss=adversarial"]),
-    "sfm_both": ("aign/sfm", 4000, SFM),
-    "sfm_reconstruction": ("aign/sfm", 4000, [*SFM, "method.loss=reconstruction"]),
-    "superres_both": ("aign/superres", 4000, IMAGES),
-    "superres_reconstruction": ("aign/superres", 4000, [*IMAGES, "method.loss=reconstruction"]),
-    "superres_biased": ("aign/superres", 4000, [*IMAGES, BIASED]),
-    "inpaint_both": ("aign/inpaint", 4000, IMAGES),
-    "inpaint_reconstruction": ("aign/inpaint", 4000, [*IMAGES, "method.loss=reconstruction"]),
-    "inpaint_biased": ("aign/inpaint", 4000, [*IMAGES, BIASED]),
+    "pose_both": ("aign/pose", 4000, POSE),
+    "pose_reconstruction": ("aign/pose", 4000, [*POSE, "method.loss=reconstruction"]),
+    "pose_adversarial": ("aign/pose", 4000, [*POSE, "method.loss=adversarial"]),
+    "sfm_both": ("aign/sfm", 3000, SFM),
+    "sfm_reconstruction": ("aign/sfm", 3000, [*SFM, "method.loss=reconstruction"]),
+    "superres_both": ("aign/superres", 2500, IMAGES),
+    "superres_reconstruction": ("aign/superres", 2500, [*IMAGES, "method.loss=reconstruction"]),
+    "superres_biased": ("aign/superres", 2500, [*IMAGES, BIASED]),
+    "inpaint_both": ("aign/inpaint", 2500, IMAGES),
+    "inpaint_reconstruction": ("aign/inpaint", 2500, [*IMAGES, "method.loss=reconstruction"]),
+    "inpaint_biased": ("aign/inpaint", 2500, [*IMAGES, BIASED]),
 }
 
 
@@ -68,7 +72,7 @@ def _experiment(name: str, args, work: Path) -> dict:
     train = [
         "run", *common, f"engine.max_steps={steps}", f"storage.root={data}", "engine.log_every=20",
         "engine.progress=false", "engine.tensorboard=false", "engine.image_every=0", "engine.checkpoint_every=0",
-        "samples_per_shard=256", "metrics_port=-1",
+        "samples_per_shard=256", "metrics_port=-1", f"engine.max_minutes={args.max_minutes}",
     ]  # fmt: skip
     start = time.time()
     trained = subprocess.run(_command(*train), capture_output=True, text=True)
@@ -83,7 +87,8 @@ def _experiment(name: str, args, work: Path) -> dict:
     result = {
         "method": method,
         "overrides": overrides,
-        "steps": steps,
+        "steps": int((run_dir / "checkpoints" / "latest").read_text().strip().removeprefix("step")),
+        "max_steps": steps,
         "train_wall_seconds": wall,
         "samples_per_s": sum(r["samples_per_s"] for r in steady) / max(len(steady), 1),
         "data_wait_fraction": sum(r["data_wait_fraction"] for r in steady) / max(len(steady), 1),
@@ -104,6 +109,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--only", nargs="*", default=None, help=f"a subset of {list(EXPERIMENTS)}")
     p.add_argument("--steps-scale", type=float, default=1.0)
+    p.add_argument("--max-minutes", type=float, default=0.0, help="> 0: each run also stops after this long")
     p.add_argument("--parallel", type=int, default=4, help="runs sharing the device at once (CPU-bound beyond)")
     p.add_argument("--figures", default=None)
     p.add_argument("--out", default=None)

@@ -1,14 +1,18 @@
 """StyleGAN2 generation throughput against its roofline, and training speed.
 
     python -m bench.stylegan2                                     # CPU, small
-    python -m bench.stylegan2 --device cuda --resolutions 64 128 256 --out stylegan2-gen.json
+    python -m bench.stylegan2 --device cuda --resolutions 64 128 256 --batch 64 \\
+        --variants eager channels_last compile --out stylegan2-gen.json
     python -m bench.stylegan2 --device cuda --train-minutes 10 --grid sg2-grid.png --out stylegan2-train.json
 
 Generation: images/s of the full generator (mapping + synthesis, ``noise_mode=const``) at each
-resolution and precision, after warm-up, against the roofline ``peak FLOP/s ÷ FLOPs per image``;
-FLOPs are counted by ``torch.utils.flop_counter`` on one image (a multiply-add is 2 FLOPs).
-Training: ``renderloop run method=stylegan2`` on live simulator renders at 64² for a fixed time;
-kimg/s is thousands of real images shown to the discriminator per second.
+resolution and precision (and way of running it, ``--variants``), after warm-up, against the
+roofline ``peak FLOP/s ÷ FLOPs per image``; FLOPs are counted by ``torch.utils.flop_counter`` on
+one image (a multiply-add is 2 FLOPs). fp32 convolutions run on TF32 tensor cores (PyTorch's cuDNN
+default), so the fp32 roofline is the TF32 peak.
+Training: ``renderloop run method=stylegan2`` on live simulator renders at 64² for a fixed time
+(``engine.max_minutes``; with ``--work`` a second call continues the same run); kimg/s is
+thousands of real images shown to the discriminator per second.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from renderloop.models.stylegan2 import Generator, GeneratorConfig
 
-# Dense peak FLOP/s of the device's tensor cores (bf16) and of fp32 math without TF32.
-PEAKS = {"H200": {"bf16": 989e12, "fp32": 67e12}, "H100": {"bf16": 989e12, "fp32": 67e12}}
+# Dense peak FLOP/s of the tensor cores: bf16, and TF32 (what fp32 convolutions run on).
+PEAKS = {"H200": {"bf16": 989e12, "fp32": 494e12}, "H100": {"bf16": 989e12, "fp32": 494e12}}
 
 
 def _generator(resolution: int, device: str) -> Generator:
@@ -44,21 +48,33 @@ def flops_per_image(G: Generator, device: str) -> float:
     return float(counter.get_total_flops())
 
 
-def images_per_second(G: Generator, batch: int, dtype: torch.dtype, device: str, seconds: float) -> float:
+def _prepare(G: Generator, variant: str):
+    """The generator as ``variant`` runs it: ``eager``, ``channels_last`` (NHWC tensors for the
+    tensor cores) or ``compile`` (channels_last under ``torch.compile``, which fuses the elementwise
+    work around each convolution)."""
+    if variant == "eager":
+        return G
+    G = G.to(memory_format=torch.channels_last)
+    return torch.compile(G) if variant == "compile" else G
+
+
+def images_per_second(G, batch: int, dtype: torch.dtype, device: str, seconds: float) -> tuple[float, float]:
+    """(images/s after warm-up, seconds the warm-up took: compilation for a compiled generator)."""
     z = torch.randn(batch, G.z_dim, device=device)
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with torch.no_grad(), autocast:
+        start = time.perf_counter()
         for _ in range(3):
             G(z, noise_mode="const")
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        sync()
+        warmup = time.perf_counter() - start
         count, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             G(z, noise_mode="const")
             count += batch
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-    return count / (time.perf_counter() - start)
+        sync()
+    return count / (time.perf_counter() - start), warmup
 
 
 def _peak(device: str) -> dict[str, float] | None:
@@ -74,55 +90,65 @@ def generation(args) -> list[dict]:
     for res in args.resolutions:
         G = _generator(res, args.device)
         flops = flops_per_image(G, args.device)
-        for precision in args.precisions:
-            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-            rate = images_per_second(G, args.batch, dtype, args.device, args.seconds)
-            roofline = peak[precision] / flops if peak else None
-            rows.append({
-                "resolution": res, "precision": precision, "batch": args.batch, "gflops_per_image": flops / 1e9,
-                "images_per_s": rate, "roofline_images_per_s": roofline,
-                "fraction_of_roofline": rate / roofline if roofline else None,
-            })  # fmt: skip
-            print(json.dumps(rows[-1]), flush=True)
+        batch = min(args.batch * (256 // res) ** 2, args.max_batch)  # about the same pixels per batch
+        for variant in args.variants:
+            runner = _prepare(G, variant)
+            for precision in args.precisions:
+                if variant == "compile" and precision != "bf16" and "bf16" in args.precisions:
+                    continue  # compiling is slow: only for the precision the target is set in
+                dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+                rate, warmup = images_per_second(runner, batch, dtype, args.device, args.seconds)
+                roofline = peak[precision] / flops if peak else None
+                rows.append({
+                    "resolution": res, "variant": variant, "precision": precision, "batch": batch,
+                    "gflops_per_image": flops / 1e9, "images_per_s": rate, "warmup_s": warmup,
+                    "roofline_images_per_s": roofline, "fraction_of_roofline": rate / roofline if roofline else None,
+                })  # fmt: skip
+                print(json.dumps(rows[-1]), flush=True)
+            G = G.to(memory_format=torch.contiguous_format)
         del G
+        torch.compiler.reset()
     return rows
 
 
 def training(args) -> dict:
-    work = Path(tempfile.mkdtemp(prefix="bench-sg2-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-sg2-"))
     run_dir = work / "run"
+    log = run_dir / "train_log.jsonl"
+    logged_before = len(log.read_text().splitlines()) if log.exists() else 0  # a resumed run
     command = [
         sys.executable, "-m", "renderloop.cli", "run", "method=stylegan2", f"device={args.device}",
-        f"run_dir={run_dir}", f"storage.root={work / 'data'}", "engine.max_steps=1000000", "engine.log_every=50",
-        "engine.progress=false", "engine.image_every=0", "engine.checkpoint_every=0", "engine.precision=bf16",
+        f"run_dir={run_dir}", f"storage.root={work / 'data'}", "engine.max_steps=10000000",
+        f"engine.max_minutes={args.train_minutes}", "engine.log_every=50", "engine.progress=false",
+        "engine.tensorboard=false", "engine.checkpoint_every=0", "engine.precision=bf16",
         "engine.data.batch_size=32", "engine.data.num_workers=4", "cluster.producers=4", "samples_per_shard=256",
         "metrics_port=-1",
     ]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        proc.wait(timeout=args.train_minutes * 60)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        proc.wait(timeout=120)
-    log = run_dir / "train_log.jsonl"
-    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    if not rows:
-        raise SystemExit(f"training logged nothing:\n{proc.stderr.read()[-3000:] if proc.stderr else ''}")
+    trained = subprocess.run(command, capture_output=True, text=True)
+    rows = [json.loads(line) for line in log.read_text().splitlines()][logged_before:] if log.exists() else []
+    if trained.returncode or not rows:
+        raise SystemExit(f"training failed:\n{(trained.stdout + trained.stderr)[-3000:]}")
     steady = rows[len(rows) // 5 :]
     # D reads one real batch per step (D_main) plus one every r1_interval steps (D_reg).
     real_per_step = 32 * (1 + 1 / 16)
     steps_per_s = sum(r["steps_per_s"] for r in steady) / len(steady)
     result = {
+        "minutes": args.train_minutes,
+        "first_step": rows[0]["step"],
         "steps": rows[-1]["step"] + 1,
         "steps_per_s": steps_per_s,
         "kimg_per_s": steps_per_s * real_per_step / 1e3,
+        "data_wait_fraction": sum(r["data_wait_fraction"] for r in steady) / len(steady),
     }
     if args.grid:
-        subprocess.run([sys.executable, "-m", "renderloop.cli", "eval", "method=stylegan2", f"run_dir={run_dir}",
-                        f"device={args.device}"], check=False, capture_output=True)  # fmt: skip
+        evaluated = subprocess.run(
+            [sys.executable, "-m", "renderloop.cli", "eval", "method=stylegan2", f"run_dir={run_dir}",
+             f"device={args.device}"], capture_output=True, text=True,
+        )  # fmt: skip
         grid = run_dir / "eval" / "samples.png"
-        if grid.exists():
-            Path(args.grid).write_bytes(grid.read_bytes())
+        if evaluated.returncode or not grid.exists():
+            raise SystemExit(f"evaluation failed:\n{(evaluated.stdout + evaluated.stderr)[-3000:]}")
+        Path(args.grid).write_bytes(grid.read_bytes())
     return result
 
 
@@ -131,12 +157,16 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--resolutions", type=int, nargs="*", default=[64])
     p.add_argument("--precisions", nargs="*", default=["fp32", "bf16"])
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=8, help="images per batch at 256² (more at lower resolutions)")
+    p.add_argument("--max-batch", type=int, default=1024)
+    p.add_argument("--variants", nargs="*", default=["eager"], choices=["eager", "channels_last", "compile"])
     p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--train-minutes", type=float, default=0.0, help="> 0 also times training")
+    p.add_argument("--train-minutes", type=float, default=0.0, help="> 0 also trains for this long")
+    p.add_argument("--work", default=None, help="keep the run here; run again with it to continue training")
     p.add_argument("--grid", default=None, help="write the sample grid after training here")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    torch.backends.cudnn.benchmark = True
     report = {
         "machine": platform.node(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

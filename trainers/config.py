@@ -46,6 +46,9 @@ class EngineConfig:
 
     max_steps: int = 1000
     """Engine steps; every active phase runs once per step (see ``trainers.method.Phase``)."""
+    max_minutes: float = 0.0
+    """Also stop (and checkpoint) after this many minutes of this process's training (0: no limit),
+    e.g. to fit a time-limited allocation; a later run with the same ``run_dir`` resumes."""
     zero_stage: int = 0
     """DeepSpeed ZeRO stage, 0-3."""
     precision: str = "fp32"
@@ -73,6 +76,9 @@ class EngineConfig:
     tensorboard: bool = True
     progress: bool = True
     """Show a progress bar on rank 0."""
+    cudnn_benchmark: bool = True
+    """Let cuDNN time its convolution algorithms once per shape and keep the fastest (GPU runs;
+    the chosen algorithms may differ between runs, so results can differ in the last bits)."""
     sync_timing: bool = False
     """Synchronize the device around forward/backward/optimizer to time them apart (slower)."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -83,6 +89,8 @@ class EngineConfig:
 
         if self.max_steps < 1:
             raise bad("max_steps", f"must be >= 1; got {self.max_steps}")
+        if self.max_minutes < 0:
+            raise bad("max_minutes", f"must be >= 0; got {self.max_minutes}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise bad("zero_stage", f"must be 0, 1, 2 or 3; got {self.zero_stage}")
         if self.precision not in PRECISIONS:

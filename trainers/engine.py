@@ -94,6 +94,7 @@ class Trainer:
         self.dist = dist = init_distributed(device)
         self.device = dist.device
         self.dtype = torch.bfloat16 if engine.precision == "bf16" else torch.float32
+        torch.backends.cudnn.benchmark = engine.cudnn_benchmark and self.device.type == "cuda"
         self.metrics = metrics or MetricsSink()
         self.status = status
         seed_everything(engine.seed)  # identical initial weights on every rank
@@ -316,8 +317,9 @@ class Trainer:
             reporter.message(f"resumed {self.method.name} at step {self.step}")
         summary: dict[str, float] = {}
         saved_at = self.step
+        started = time.monotonic()
         try:
-            while self.step < cfg.max_steps:
+            while self.step < cfg.max_steps and not self._out_of_time(started):
                 times = StepTimes()
                 losses, samples = self.train_step(times)
                 times.stop()
@@ -336,6 +338,17 @@ class Trainer:
             for data in self.data.values():
                 data.close()
         return summary
+
+    def _out_of_time(self, started: float) -> bool:
+        """``engine.max_minutes`` has passed (rank 0's clock, so every rank stops at the same step)."""
+        if not self.cfg.max_minutes:
+            return False
+        over = time.monotonic() - started >= 60 * self.cfg.max_minutes
+        if self.dist.world_size == 1:
+            return over
+        flag = torch.tensor(float(over), device=self.device)
+        torch.distributed.broadcast(flag, src=0)
+        return bool(flag.item())
 
     @torch.no_grad()
     def _images(self) -> dict[str, torch.Tensor]:

@@ -94,14 +94,29 @@ def conv2d_resample(x, w, f=None, up: int = 1, down: int = 1, padding: int = 0, 
     return F.conv2d(x, w, padding=padding, groups=groups)
 
 
-def modulated_conv2d(x, weight, styles, noise=None, up: int = 1, padding: int = 0, f=None, demodulate=True):
-    """Per-sample weights ``weight ⊙ style`` (``[B, I]`` styles scale input channels), divided by
-    their norm when ``demodulate``, as one grouped convolution; ``noise`` is added after it."""
+def modulated_conv2d(
+    x, weight, styles, noise=None, up: int = 1, padding: int = 0, f=None, demodulate=True, fused=False
+):
+    """Convolution with per-sample weights ``weight ⊙ style`` (``[B, I]`` styles scale input
+    channels), divided by their norm when ``demodulate``; ``noise`` is added after it.
+
+    ``fused`` builds the per-sample weights and runs one grouped convolution; otherwise (the
+    default, and much faster on tensor cores) the input is scaled by the styles, convolved with the
+    shared weight and the output scaled by the demodulation coefficients: the same function."""
     B = x.shape[0]
     cout, cin, kh, kw = weight.shape
     if x.dtype == torch.float16 and demodulate:  # keep fp16 activations in range
         weight = weight * (1 / math.sqrt(cin * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+    if not fused:
+        x = x * styles.to(x.dtype).reshape(B, cin, 1, 1)
+        x = conv2d_resample(x, weight.to(x.dtype), f=f, up=up, padding=padding)
+        if not demodulate:
+            return x + noise if noise is not None else x
+        # |weight ⊙ style|² summed over inputs and taps is styles² @ (weight² summed over taps).
+        dcoefs = (styles.square() @ weight.to(styles.dtype).square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
+        dcoefs = dcoefs.to(x.dtype).reshape(B, cout, 1, 1)
+        return torch.addcmul(noise, x, dcoefs) if noise is not None else x * dcoefs
     w = weight.unsqueeze(0) * styles.reshape(B, 1, cin, 1, 1)  # (B, out, in, k, k)
     if demodulate:
         w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().reshape(B, cout, 1, 1, 1)

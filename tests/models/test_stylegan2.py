@@ -16,7 +16,7 @@ from renderloop.models.stylegan2.latents import (
     sample_ws,
     view_group,
 )
-from renderloop.models.stylegan2.layers import conv2d_resample, fir_filter, upfirdn2d, upsample2d
+from renderloop.models.stylegan2.layers import conv2d_resample, fir_filter, modulated_conv2d, upfirdn2d, upsample2d
 
 
 def _tiny(res: int = 16, **kw) -> Generator:
@@ -62,6 +62,23 @@ def test_fir_upsampling_and_downsampling_against_hand_values():
     assert y.shape == (1, 1, 4, 4) and y[..., 1:-1, 1:-1].allclose(torch.full((2, 2), 9.0))
     y = conv2d_resample(x, torch.ones(1, 1, 3, 3), f=f, up=2, padding=1)
     assert y.shape == (1, 1, 16, 16) and y[..., 2:-2, 2:-2].allclose(torch.full((12, 12), 9.0))
+
+
+@pytest.mark.parametrize("up", [1, 2])
+@pytest.mark.parametrize("demodulate", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_modulated_conv_unfused_equals_the_grouped_weights(up, demodulate, channels_last):
+    torch.manual_seed(0)
+    x, weight = torch.randn(3, 8, 6, 6, dtype=torch.float64), torch.randn(5, 8, 3, 3, dtype=torch.float64)
+    styles, noise = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 1, 6 * up, 6 * up, dtype=torch.float64)
+    kw = {"up": up, "padding": 1, "f": fir_filter().double(), "demodulate": demodulate, "noise": noise}
+    fused = modulated_conv2d(x, weight, styles, fused=True, **kw)
+    if channels_last:
+        x, weight = x.to(memory_format=torch.channels_last), weight.to(memory_format=torch.channels_last)
+    unfused = modulated_conv2d(x, weight, styles, **kw)
+    assert unfused.shape == (3, 5, 6 * up, 6 * up) and torch.allclose(unfused, fused, atol=1e-10)
+    if demodulate:  # demodulated outputs have unit-variance weights per output: scale-free in styles
+        assert torch.allclose(modulated_conv2d(x, weight, 7 * styles, **kw), unfused, atol=1e-10)
 
 
 def test_truncation_psi_zero_gives_the_mean_image():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -93,6 +94,28 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(streams, workers):
         assert a[step].keys() == b[step].keys()
         for key in a[step]:
             assert a[step][key] == pytest.approx(b[step][key], rel=1e-6, abs=1e-7), (step, key)
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_the_same_command_continues(streams, monkeypatch):
+    import renderloop.trainers.engine as engine_module
+
+    class Clock:  # 20 s pass at every look at the clock
+        now = 0.0
+
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        def monotonic(self):
+            self.now += 20.0
+            return self.now
+
+    monkeypatch.setattr(engine_module, "time", Clock())
+    cfg = debug_config(streams / "data", streams / "run", "engine.max_steps=6", "engine.max_minutes=1")
+    train_worker(cfg)  # started at 20 s; steps at 40 s and 60 s; at 80 s a minute has passed
+    assert (streams / "run" / "checkpoints" / "latest").read_text().strip() == "step00000002"
+    cfg.engine.max_minutes = 0
+    train_worker(cfg)
+    assert sorted(_losses(streams / "run")) == list(range(6))
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
