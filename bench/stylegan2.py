@@ -3,6 +3,7 @@
     python -m bench.stylegan2                                     # CPU, small
     python -m bench.stylegan2 --device cuda --resolutions 64 128 256 --batch 64 \\
         --variants eager channels_last compile --out stylegan2-gen.json
+    python -m bench.stylegan2 --device cuda --resolutions 256 --batch 64 --precisions bf16 --profile
     python -m bench.stylegan2 --device cuda --train-minutes 10 --grid sg2-grid.png --out stylegan2-train.json
 
 Generation: images/s of the full generator (mapping + synthesis, ``noise_mode=const``) at each
@@ -84,6 +85,24 @@ def _peak(device: str) -> dict[str, float] | None:
     return next((v for k, v in PEAKS.items() if k in name), None)
 
 
+def profile(G, batch: int, device: str, rows: int = 25) -> str:
+    """The most expensive kernels of two bf16 generator calls after warm-up, as a table."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    z = torch.randn(batch, G.z_dim, device=device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
+        G(z, noise_mode="const")
+        with profiler(activities=activities) as prof:
+            for _ in range(2):
+                G(z, noise_mode="const")
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+    key = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
 def generation(args) -> list[dict]:
     rows = []
     peak = _peak(args.device)
@@ -91,6 +110,8 @@ def generation(args) -> list[dict]:
         G = _generator(res, args.device)
         flops = flops_per_image(G, args.device)
         batch = min(args.batch * (256 // res) ** 2, args.max_batch)  # about the same pixels per batch
+        if args.profile:
+            print(f"profile at {res}², batch {batch}, bf16 eager:\n{profile(G, batch, args.device)}", flush=True)
         for variant in args.variants:
             runner = _prepare(G, variant)
             for precision in args.precisions:
@@ -161,6 +182,7 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=1024)
     p.add_argument("--variants", nargs="*", default=["eager"], choices=["eager", "channels_last", "compile"])
     p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--profile", action="store_true", help="also print each resolution's top kernels")
     p.add_argument("--train-minutes", type=float, default=0.0, help="> 0 also trains for this long")
     p.add_argument("--work", default=None, help="keep the run here; run again with it to continue training")
     p.add_argument("--grid", default=None, help="write the sample grid after training here")

@@ -53,9 +53,8 @@ class EMA:
             import deepspeed
 
             gather = deepspeed.zero.GatheredParameters(params)
-        with gather:
-            for ema, p in zip(self.module.parameters(), params, strict=True):
-                ema.lerp_(p.detach().float(), 1 - self.beta)
+        with gather:  # one fused update over all tensors, not a kernel launch per parameter
+            torch._foreach_lerp_(list(self.module.parameters()), [p.detach().float() for p in params], 1 - self.beta)
         for ema, b in zip(self.module.buffers(), source.buffers(), strict=True):
             ema.copy_(b)
 

@@ -96,6 +96,22 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(streams, workers):
             assert a[step][key] == pytest.approx(b[step][key], rel=1e-6, abs=1e-7), (step, key)
 
 
+def test_ema_moves_each_weight_towards_the_model_and_copies_buffers():
+    from renderloop.trainers.engine import EMA
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = EMA(model, beta=0.75)
+    before = [p.clone() for p in ema.module.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model[1].running_mean.fill_(5.0)
+    ema.update(model, zero3=False)
+    for old, new, p in zip(before, ema.module.parameters(), model.parameters(), strict=True):
+        assert torch.allclose(new, 0.75 * old + 0.25 * p)
+    assert torch.equal(ema.module[1].running_mean, torch.full((2,), 5.0))
+
+
 def test_max_minutes_stops_with_a_checkpoint_and_the_same_command_continues(streams, monkeypatch):
     import renderloop.trainers.engine as engine_module
 
