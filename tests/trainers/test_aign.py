@@ -15,7 +15,7 @@ from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.producer import Producer, producer_seed
 from renderloop.datasets.sources import build_source, source_config
 from renderloop.datasets.storage import Storage
-from renderloop.renderers.warping import warp
+from renderloop.renderers.warping import pose_to_rt, warp
 from renderloop.train import TrainConfig, evaluate, stream_seed, train
 from renderloop.trainers.aign import AIGN
 from renderloop.trainers.aign.images import ImageDiscriminator, Restorer, psnr
@@ -211,7 +211,7 @@ def test_sfm_fits_its_frame_pairs_and_evaluates(tmp_path):
             label: sum(method.task.lift(G, b)[1].item() for b in batches)
             for label, G in (("untrained", untrained), ("trained", trained))
         }
-    assert error["trained"] < 0.8 * error["untrained"], error
+    assert error["trained"] < 0.9 * error["untrained"], error  # over the pixels that change: no easy wins
     results = evaluate(cfg)
     assert results["abs_rel"] > 0 and results["rotation_deg"] >= 0 and results["true_translation_m"] > 0
     assert (tmp_path / "run" / "eval" / "sfm.png").exists()
@@ -239,3 +239,28 @@ def test_true_depth_and_motion_beat_standing_still_in_the_photometric_error():
     true = photometric_error(frame1, frame2, *warp(frame2, depth, K, R, t))
     still = photometric_error(frame1, frame2, *warp(frame2, depth, K, torch.eye(3).expand_as(R), torch.zeros_like(t)))
     assert true < 0.5 * still, (true, still)
+
+
+def test_the_photometric_error_recovers_the_motion_given_the_true_depth():
+    cfg = load_config("train", ["method=aign/sfm", "method.data.input.batch_size=16"], TrainConfig).method_config
+    task = AIGN(cfg, torch.device("cpu")).task
+    name, scfg = source_config(cfg.data["input"])
+    batch = build_source(name, scfg).generate(5, 0)
+    frame1, frame2 = task.pairs(batch)
+    R_true, t_true = relative_motion(batch["R"], batch["t"])
+    depth = batch["depth"][0::2]
+    centre = batch["distance"][0::2].view(-1, 1, 1).expand_as(depth)
+    depth = torch.where(depth > 0, depth, centre)  # background: at the orbit's centre, where it stays put
+    K = task.intrinsics(len(frame1), "cpu")
+    pose = torch.zeros(len(frame1), 6, requires_grad=True)  # the identity motion, as G starts
+    optimizer = torch.optim.Adam([pose], lr=2e-3)
+    for _ in range(300):
+        loss = photometric_error(frame1, frame2, *warp(frame2, depth, K, *pose_to_rt(pose)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        fitted = pose_errors(*pose_to_rt(pose), R_true, t_true)
+    still = pose_errors(torch.eye(3).expand_as(R_true), torch.zeros_like(t_true), R_true, t_true)
+    assert fitted["rotation_deg"] < 0.4 * still["rotation_deg"], (fitted, still)
+    assert fitted["translation_direction_deg"] < 30, (fitted, still)

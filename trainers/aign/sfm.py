@@ -111,13 +111,14 @@ def pose_errors(R: torch.Tensor, t: torch.Tensor, R_true: torch.Tensor, t_true: 
     }
 
 
-def photometric_error(frame1, frame2, warped, valid) -> torch.Tensor:
-    """Mean L1 error between frame 1 and frame 2 warped into it, per pixel the smaller of that and
-    the error of not warping at all: pixels that look the same either way (the simulator's uniform
-    backgrounds, whose depth is undefined) carry no gradient (Monodepth2's auto-masking)."""
-    warped_error = (warped - frame1).abs().mean(1, keepdim=True)
-    still_error = (frame2 - frame1).abs().mean(1, keepdim=True)
-    return (torch.minimum(warped_error, still_error) * valid).sum() / valid.sum().clamp_min(1)
+def photometric_error(frame1, frame2, warped, valid, still: float = 1e-3) -> torch.Tensor:
+    """Mean L1 error between frame 1 and frame 2 warped into it, over the pixels that change between
+    the frames (auto-masking: uniform backgrounds and other pixels not warping already explains carry
+    no gradient). The mask does not depend on the warp: a per-pixel minimum with the unwarped error
+    would reward any motion near the identity, since pixels a wrong motion makes worse would not count."""
+    moved = (frame2 - frame1).abs().mean(1, keepdim=True) > still
+    mask = valid * moved
+    return ((warped - frame1).abs().mean(1, keepdim=True) * mask).sum() / mask.sum().clamp_min(1)
 
 
 def relative_motion(R: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
