@@ -226,32 +226,29 @@ def test_bad_aign_configs_are_refused(tmp_path, fashion_dir):
         _config(tmp_path, "sfm", "method.data.input.view_step_deg=0.0", "method.data.input.view_step_distance=0.0")
 
 
-def test_true_depth_and_motion_beat_standing_still_in_the_photometric_error():
-    cfg = load_config("train", ["method=aign/sfm", "method.data.input.batch_size=8"], TrainConfig).method_config
-    task = AIGN(cfg, torch.device("cpu")).task
-    name, scfg = source_config(cfg.data["input"])
+def _sfm_pairs(pairs: int):
+    """Frame pairs of the SfM task's source, their true motion, frame-1 depth and intrinsics."""
+    cfg = load_config("train", ["method=aign/sfm", f"method.data.input.batch_size={2 * pairs}"], TrainConfig)
+    task = AIGN(cfg.method_config, torch.device("cpu")).task
+    name, scfg = source_config(cfg.method_config.data["input"])
     batch = build_source(name, scfg).generate(5, 0)
     frame1, frame2 = task.pairs(batch)
     R, t = relative_motion(batch["R"], batch["t"])
-    depth = batch["depth"][0::2]
+    return batch, frame1, frame2, R, t, batch["depth"][0::2], task.intrinsics(len(frame1), "cpu")
+
+
+def test_true_depth_and_motion_beat_standing_still_in_the_photometric_error():
+    _, frame1, frame2, R, t, depth, K = _sfm_pairs(4)
     depth = torch.where(depth > 0, depth, torch.full_like(depth, 10.0))  # background: far away
-    K = task.intrinsics(len(frame1), "cpu")
     true = photometric_error(frame1, frame2, *warp(frame2, depth, K, R, t))
     still = photometric_error(frame1, frame2, *warp(frame2, depth, K, torch.eye(3).expand_as(R), torch.zeros_like(t)))
     assert true < 0.5 * still, (true, still)
 
 
 def test_the_photometric_error_recovers_the_motion_given_the_true_depth():
-    cfg = load_config("train", ["method=aign/sfm", "method.data.input.batch_size=16"], TrainConfig).method_config
-    task = AIGN(cfg, torch.device("cpu")).task
-    name, scfg = source_config(cfg.data["input"])
-    batch = build_source(name, scfg).generate(5, 0)
-    frame1, frame2 = task.pairs(batch)
-    R_true, t_true = relative_motion(batch["R"], batch["t"])
-    depth = batch["depth"][0::2]
+    batch, frame1, frame2, R_true, t_true, depth, K = _sfm_pairs(8)
     centre = batch["distance"][0::2].view(-1, 1, 1).expand_as(depth)
     depth = torch.where(depth > 0, depth, centre)  # background: at the orbit's centre, where it stays put
-    K = task.intrinsics(len(frame1), "cpu")
     pose = torch.zeros(len(frame1), 6, requires_grad=True)  # the identity motion, as G starts
     optimizer = torch.optim.Adam([pose], lr=2e-3)
     for _ in range(300):
