@@ -5,6 +5,7 @@
         --variants eager channels_last compile --out stylegan2-gen.json
     python -m bench.stylegan2 --device cuda --resolutions 256 --batch 64 --precisions bf16 --profile
     python -m bench.stylegan2 --device cuda --train-minutes 10 --grid sg2-grid.png --out stylegan2-train.json
+    python -m bench.stylegan2 --device cuda --resolutions --train-minutes 2 --shards 8192 --sync-timing
 
 Generation: images/s of the full generator (mapping + synthesis, ``noise_mode=const``) at each
 resolution and precision (and way of running it, ``--variants``), after warm-up, against the
@@ -12,8 +13,9 @@ roofline ``peak FLOP/s ÷ FLOPs per image``; FLOPs are counted by ``torch.utils.
 one image (a multiply-add is 2 FLOPs). fp32 convolutions run on TF32 tensor cores (PyTorch's cuDNN
 default), so the fp32 roofline is the TF32 peak.
 Training: ``renderloop run method=stylegan2`` on live simulator renders at 64² for a fixed time
-(``engine.max_minutes``; with ``--work`` a second call continues the same run); kimg/s is
-thousands of real images shown to the discriminator per second.
+(``engine.max_minutes``; with ``--work`` a second call continues the same run), or with
+``--shards N`` on N renders made beforehand (``renderloop train``, no producers in the trainer's
+process); kimg/s is thousands of real images shown to the discriminator per second.
 """
 
 from __future__ import annotations
@@ -137,14 +139,32 @@ def training(args) -> dict:
     run_dir = work / "run"
     log = run_dir / "train_log.jsonl"
     logged_before = len(log.read_text().splitlines()) if log.exists() else 0  # a resumed run
-    command = [
-        sys.executable, "-m", "renderloop.cli", "run", "method=stylegan2", f"device={args.device}",
-        f"run_dir={run_dir}", f"storage.root={work / 'data'}", "engine.max_steps=10000000",
-        f"engine.max_minutes={args.train_minutes}", "engine.log_every=50", "engine.progress=false",
-        "engine.tensorboard=false", "engine.checkpoint_every=0", "engine.precision=bf16",
-        "engine.data.batch_size=32", "engine.data.num_workers=4", "cluster.producers=4", "samples_per_shard=256",
-        "metrics_port=-1",
+    common = [
+        "method=stylegan2", f"device={args.device}", f"run_dir={run_dir}", f"storage.root={work / 'data'}",
+        "engine.max_steps=10000000", f"engine.max_minutes={args.train_minutes}", "engine.log_every=50",
+        "engine.progress=false", "engine.tensorboard=false", "engine.checkpoint_every=0", "engine.precision=bf16",
+        "engine.data.batch_size=32", "engine.data.num_workers=4", "metrics_port=-1",
+        f"engine.sync_timing={str(args.sync_timing).lower()}",
     ]  # fmt: skip
+    if args.shards:  # a closed stream made beforehand: the trainer alone, no producer threads beside it
+        if not (work / "data").exists():
+            generate = [
+                "generate", "source=simulator", "source.style=real_like", "source.resolution=64",
+                f"num_samples={args.shards}", "samples_per_shard=256", f"storage.root={work / 'data'}",
+                "storage.stream=stylegan2-real", f"device={args.device}",
+            ]  # fmt: skip
+            subprocess.run([sys.executable, "-m", "renderloop.cli", *generate], check=True, capture_output=True)
+        command = [sys.executable, "-m", "renderloop.cli", "train", *common]
+    else:
+        command = [
+            sys.executable,
+            "-m",
+            "renderloop.cli",
+            "run",
+            *common,
+            "cluster.producers=4",
+            "samples_per_shard=256",
+        ]
     trained = subprocess.run(command, capture_output=True, text=True)
     rows = [json.loads(line) for line in log.read_text().splitlines()][logged_before:] if log.exists() else []
     if trained.returncode or not rows:
@@ -160,7 +180,9 @@ def training(args) -> dict:
         "steps_per_s": steps_per_s,
         "kimg_per_s": steps_per_s * real_per_step / 1e3,
         "data_wait_fraction": sum(r["data_wait_fraction"] for r in steady) / len(steady),
-    }
+        **{f"{part}_seconds": sum(r[f"{part}_seconds"] for r in steady) / len(steady)
+           for part in ("forward", "backward", "optimizer")},
+    }  # fmt: skip
     if args.grid:
         evaluated = subprocess.run(
             [sys.executable, "-m", "renderloop.cli", "eval", "method=stylegan2", f"run_dir={run_dir}",
@@ -184,6 +206,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--profile", action="store_true", help="also print each resolution's top kernels")
     p.add_argument("--train-minutes", type=float, default=0.0, help="> 0 also trains for this long")
+    p.add_argument("--shards", type=int, default=0, help="> 0: train on this many samples made beforehand")
+    p.add_argument("--sync-timing", action="store_true", help="time forward/backward/optimizer apart on the device")
     p.add_argument("--work", default=None, help="keep the run here; run again with it to continue training")
     p.add_argument("--grid", default=None, help="write the sample grid after training here")
     p.add_argument("--out", default=None)
