@@ -111,12 +111,13 @@ def pose_errors(R: torch.Tensor, t: torch.Tensor, R_true: torch.Tensor, t_true: 
     }
 
 
-def photometric_error(frame1, frame2, warped, valid, still: float = 1e-3) -> torch.Tensor:
-    """Mean L1 error between frame 1 and frame 2 warped into it, over the pixels that change between
-    the frames (auto-masking: uniform backgrounds and other pixels not warping already explains carry
-    no gradient). The mask does not depend on the warp: a per-pixel minimum with the unwarped error
-    would reward any motion near the identity, since pixels a wrong motion makes worse would not count."""
-    moved = (frame2 - frame1).abs().mean(1, keepdim=True) > still
+def photometric_error(frame1, frame2, warped, valid, min_change: float = 1e-3) -> torch.Tensor:
+    """Mean L1 error between frame 1 and frame 2 warped into it, over the pixels whose colour changes
+    by more than ``min_change`` between the frames (auto-masking: uniform backgrounds and other pixels
+    that not warping already explains carry no gradient). The mask does not depend on the warp: a
+    per-pixel minimum with the unwarped error would reward any motion near the identity, since the
+    pixels a wrong motion makes worse would not count."""
+    moved = (frame2 - frame1).abs().mean(1, keepdim=True) > min_change
     mask = valid * moved
     return ((warped - frame1).abs().mean(1, keepdim=True) * mask).sum() / mask.sum().clamp_min(1)
 
