@@ -4,6 +4,7 @@
     python -m bench.stylegan2 --device cuda --resolutions 64 128 256 --batch 64 \\
         --variants eager channels_last compile --out stylegan2-gen.json
     python -m bench.stylegan2 --device cuda --resolutions 256 --batch 64 --precisions bf16 --profile
+    python -m bench.stylegan2 --device cuda --resolutions --profile-training
     python -m bench.stylegan2 --device cuda --train-minutes 10 --grid sg2-grid.png --out stylegan2-train.json
     python -m bench.stylegan2 --device cuda --resolutions --train-minutes 2 --shards 8192 --sync-timing
 
@@ -51,14 +52,16 @@ def flops_per_image(G: Generator, device: str) -> float:
     return float(counter.get_total_flops())
 
 
+VARIANTS = ("eager", "channels_last", "compile", "compile_channels_last")
+
+
 def _prepare(G: Generator, variant: str):
     """The generator as ``variant`` runs it: ``eager``, ``channels_last`` (NHWC tensors for the
-    tensor cores) or ``compile`` (channels_last under ``torch.compile``, which fuses the elementwise
-    work around each convolution)."""
-    if variant == "eager":
-        return G
-    G = G.to(memory_format=torch.channels_last)
-    return torch.compile(G) if variant == "compile" else G
+    tensor cores), ``compile`` (``torch.compile``, which fuses the FIR filters and the elementwise
+    work around each convolution into single kernels) or ``compile_channels_last``."""
+    torch.compiler.reset()  # a compiled graph assumes the weights' layout it was traced with
+    G = G.to(memory_format=torch.channels_last if variant.endswith("channels_last") else torch.contiguous_format)
+    return torch.compile(G) if variant.startswith("compile") else G
 
 
 def images_per_second(G, batch: int, dtype: torch.dtype, device: str, seconds: float) -> tuple[float, float]:
@@ -117,7 +120,7 @@ def generation(args) -> list[dict]:
         for variant in args.variants:
             runner = _prepare(G, variant)
             for precision in args.precisions:
-                if variant == "compile" and precision != "bf16" and "bf16" in args.precisions:
+                if variant.startswith("compile") and precision != "bf16" and "bf16" in args.precisions:
                     continue  # compiling is slow: only for the precision the target is set in
                 dtype = torch.bfloat16 if precision == "bf16" else torch.float32
                 rate, warmup = images_per_second(runner, batch, dtype, args.device, args.seconds)
@@ -128,9 +131,73 @@ def generation(args) -> list[dict]:
                     "roofline_images_per_s": roofline, "fraction_of_roofline": rate / roofline if roofline else None,
                 })  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
-            G = G.to(memory_format=torch.contiguous_format)
         del G
         torch.compiler.reset()
+    return rows
+
+
+def _training_phases(G, D, batch: int, device: str):
+    """One step's phases as the ``stylegan2`` method runs them (plain modules, bf16 autocast):
+    ``{name: closure}``; each closure runs its phase's forward and backward."""
+    real = torch.rand(batch, 3, G.img_resolution, G.img_resolution, device=device) * 2 - 1
+
+    def z():
+        return torch.randn(batch, G.z_dim, device=device)
+
+    def g_main():
+        torch.nn.functional.softplus(-D(G(z()))).mean().backward()
+
+    def d_main():
+        with torch.no_grad():
+            fake = G(z())
+        (torch.nn.functional.softplus(D(fake)).mean() + torch.nn.functional.softplus(-D(real)).mean()).backward()
+
+    def d_reg():
+        x = real.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(D(x).float().sum(), x, create_graph=True)
+        grad.float().square().sum(dim=[1, 2, 3]).mean().backward()
+
+    return {"G_main": g_main, "D_main": d_main, "D_reg": d_reg}
+
+
+def profile_training(args, batch: int = 32, resolution: int = 64) -> list[dict]:
+    """Device time of each training phase at 64² (batch 32, bf16 autocast, no DeepSpeed), eager
+    and with G and D compiled for the main phases (R1's double backward stays eager), with each
+    phase's top kernels."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    from renderloop.models.stylegan2 import Discriminator
+
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(img_resolution=resolution, channel_base=16384)
+    G, D = Generator(cfg).to(args.device), Discriminator(resolution, 3, channel_base=16384).to(args.device)
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    rows = []
+    for variant in ("eager", "compile"):
+        Gv, Dv = (torch.compile(G), torch.compile(D)) if variant == "compile" else (G, D)
+        phases = _training_phases(Gv, Dv, batch, args.device)
+        phases["D_reg"] = _training_phases(G, D, batch, args.device)["D_reg"]
+        for name, phase in phases.items():
+            with torch.autocast(device_type=torch.device(args.device).type, dtype=torch.bfloat16):
+                for _ in range(3):
+                    phase()
+                sync()
+                start = time.perf_counter()
+                for _ in range(10):
+                    phase()
+                sync()
+                wall = (time.perf_counter() - start) / 10
+                with profiler(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+                    phase()
+                    sync()
+            events = prof.key_averages()
+            device_ms = sum(e.self_device_time_total for e in events) / 1e3
+            rows.append({"variant": variant, "phase": name, "wall_ms": wall * 1e3, "device_ms": device_ms})
+            print(json.dumps(rows[-1]), flush=True)
+            print(events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=8))
+            G.zero_grad(set_to_none=True), D.zero_grad(set_to_none=True)
     return rows
 
 
@@ -202,9 +269,10 @@ def main() -> None:
     p.add_argument("--precisions", nargs="*", default=["fp32", "bf16"])
     p.add_argument("--batch", type=int, default=8, help="images per batch at 256² (more at lower resolutions)")
     p.add_argument("--max-batch", type=int, default=1024)
-    p.add_argument("--variants", nargs="*", default=["eager"], choices=["eager", "channels_last", "compile"])
+    p.add_argument("--variants", nargs="*", default=["eager"], choices=VARIANTS)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--profile", action="store_true", help="also print each resolution's top kernels")
+    p.add_argument("--profile-training", action="store_true", help="time and profile each training phase")
     p.add_argument("--train-minutes", type=float, default=0.0, help="> 0 also trains for this long")
     p.add_argument("--shards", type=int, default=0, help="> 0: train on this many samples made beforehand")
     p.add_argument("--sync-timing", action="store_true", help="time forward/backward/optimizer apart on the device")
@@ -220,6 +288,8 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "generation": generation(args) if args.resolutions else [],
     }
+    if args.profile_training:
+        report["training_phases"] = profile_training(args)
     if args.train_minutes > 0:
         report["training"] = training(args)
         print(json.dumps(report["training"]))

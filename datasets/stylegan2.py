@@ -52,6 +52,9 @@ class StyleGAN2SourceConfig:
     view_names: list[str] = field(default_factory=list)
     """Registry names to use, ``views`` of them (default: the first ``views``)."""
     view_seed: int = 0
+    compile: bool = False
+    """``torch.compile`` the synthesis network: it fuses the FIR filters and the elementwise work
+    around each convolution (3.8× the images/s at 256² on an H200); the first batch compiles."""
 
     def __post_init__(self) -> None:
         def bad(key: str, msg: str) -> ConfigError:
@@ -102,6 +105,7 @@ class StyleGAN2Source:
                 self.view_codes = codes.stack(self.view_names).to(self.device)
             except KeyError as err:
                 raise ConfigError("source.view_names", str(err)) from None
+        self.synthesis = torch.compile(self.G.synthesis) if config.compile else self.G.synthesis
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -127,7 +131,7 @@ class StyleGAN2Source:
             ws = view_group(ws, self.view_codes)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(batch_seed(seed, batch_index) ^ 0x5EED)  # noise: a function of the batch too
-            img = self.G.synthesis(ws, noise_mode=cfg.noise_mode)
+            img = self.synthesis(ws, noise_mode=cfg.noise_mode)
         rgb = ((img.float() + 1) / 2).clamp(0, 1)
         if cfg.resolution and cfg.resolution != rgb.shape[-1]:
             mode = "area" if cfg.resolution < rgb.shape[-1] else "bilinear"

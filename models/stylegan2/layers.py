@@ -46,9 +46,40 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padd
     x0, x1, y0, y1 = padding
     x = F.pad(x, [max(x0, 0), max(x1, 0), max(y0, 0), max(y1, 0)])
     x = x[:, :, max(-y0, 0) : x.shape[2] - max(-y1, 0), max(-x0, 0) : x.shape[3] - max(-x1, 0)]
-    kernel = (f * gain).flip([0, 1]).to(x.dtype)[None, None].repeat(C, 1, 1, 1)
-    x = F.conv2d(x, kernel, groups=C)
-    return x[:, :, ::down, ::down] if down > 1 else x
+    f = (f * gain).flip([0, 1]).to(x.dtype)
+    if torch.compiler.is_compiling():
+        return _filter_taps(x, f, down)
+    return _DepthwiseFilter.apply(x, f, down, False, None)
+
+
+class _DepthwiseFilter(torch.autograd.Function):
+    """Per-channel correlation with a fixed filter ``f`` and stride ``down`` (or, ``transposed``,
+    its adjoint, to ``size``). Each one's backward is the other, so gradients of every order stay
+    single depthwise kernels: autograd's own double backward of a grouped convolution (R1's) runs
+    one convolution per channel."""
+
+    @staticmethod
+    def forward(ctx, x, f, down, transposed, size):
+        ctx.f, ctx.down, ctx.transposed, ctx.size = f, down, transposed, x.shape[2:]
+        kernel = f[None, None].expand(x.shape[1], 1, *f.shape).contiguous()
+        if not transposed:
+            return F.conv2d(x, kernel, stride=down, groups=x.shape[1])
+        extra = [size[i] - ((x.shape[2 + i] - 1) * down + f.shape[i]) for i in range(2)]
+        return F.conv_transpose2d(x, kernel, stride=down, groups=x.shape[1], output_padding=extra)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _DepthwiseFilter.apply(grad, ctx.f, ctx.down, not ctx.transposed, ctx.size), None, None, None, None
+
+
+def _filter_taps(x: torch.Tensor, f: torch.Tensor, down: int = 1) -> torch.Tensor:
+    """``x`` correlated with ``f`` per channel (no padding), every ``down``-th pixel, as a sum of
+    shifted views: what ``upfirdn2d`` runs under ``torch.compile``, which fuses the sum and the
+    elementwise work around it into one kernel instead of a separate depthwise convolution."""
+    kh, kw = f.shape
+    H, W = x.shape[2] - kh + 1, x.shape[3] - kw + 1
+    taps = [f[i, j] * x[:, :, i : i + H : down, j : j + W : down] for i in range(kh) for j in range(kw)]
+    return sum(taps[1:], taps[0])
 
 
 def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:

@@ -3,8 +3,11 @@ view codes, W offsets and per-pixel features."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from renderloop.models.stylegan2 import Discriminator, Generator, GeneratorConfig, channels_for
 from renderloop.models.stylegan2.latents import (
@@ -62,6 +65,44 @@ def test_fir_upsampling_and_downsampling_against_hand_values():
     assert y.shape == (1, 1, 4, 4) and y[..., 1:-1, 1:-1].allclose(torch.full((2, 2), 9.0))
     y = conv2d_resample(x, torch.ones(1, 1, 3, 3), f=f, up=2, padding=1)
     assert y.shape == (1, 1, 16, 16) and y[..., 2:-2, 2:-2].allclose(torch.full((12, 12), 9.0))
+
+
+@pytest.mark.parametrize("down", [1, 2])
+def test_fir_as_shifted_taps_equals_the_depthwise_convolution(down):
+    from renderloop.models.stylegan2.layers import _filter_taps
+
+    torch.manual_seed(0)
+    x, f = torch.randn(2, 3, 11, 9, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64)
+    expected = F.conv2d(x, f[None, None].repeat(3, 1, 1, 1), groups=3, stride=down)
+    assert torch.allclose(_filter_taps(x, f, down), expected)
+
+
+@pytest.mark.parametrize("down", [1, 2])
+@pytest.mark.parametrize("size", [9, 10])
+def test_fir_gradients_of_every_order_are_exact(down, size):
+    """The filter's backward is its adjoint (and that one's backward the filter), as R1 needs."""
+    from renderloop.models.stylegan2.layers import _DepthwiseFilter
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, size, size + 1, dtype=torch.float64, requires_grad=True)
+    f = torch.randn(4, 4, dtype=torch.float64)
+
+    def fir(x):
+        return _DepthwiseFilter.apply(x, f, down, False, None)
+
+    assert torch.allclose(fir(x), F.conv2d(x, f[None, None].repeat(3, 1, 1, 1), groups=3, stride=down))
+    assert torch.autograd.gradcheck(fir, (x,)) and torch.autograd.gradgradcheck(fir, (x,))
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on the CPU needs a C compiler")
+def test_compiled_networks_equal_eager():
+    """Under ``torch.compile`` the FIR filters take the shifted-taps form: same images, same logits."""
+    G, D = _tiny(), Discriminator(16, 3, channel_base=256, channel_max=32).eval()
+    z = torch.randn(2, 32)
+    with torch.no_grad():
+        img = G(z, noise_mode="const")
+        assert torch.allclose(torch.compile(G)(z, noise_mode="const"), img, atol=1e-5)
+        assert torch.allclose(torch.compile(D)(img), D(img), atol=1e-5)
 
 
 @pytest.mark.parametrize("up", [1, 2])

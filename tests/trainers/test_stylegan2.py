@@ -5,6 +5,7 @@ stylegan2 source."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,18 @@ def test_export_feeds_the_stylegan2_source(tmp_path):
     decoded = decode_sample(encode_sample(samples[4]))
     assert decoded["latent.npy"].shape == (source.G.num_ws, 16) and decoded["view.txt"] == 1
     assert decoded["meta.json"]["view_name"] == source.view_names[1] and decoded["meta.json"]["object"] == 1
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on the CPU needs a C compiler")
+def test_the_compiled_source_makes_the_same_images(tmp_path):
+    cfg = _config(tmp_path, "engine.max_steps=1")
+    make_streams(cfg)
+    train(cfg, [], command="train")
+    evaluate(cfg)
+    checkpoint = str(tmp_path / "run" / "eval" / "generator.pt")
+    eager = StyleGAN2Source(StyleGAN2SourceConfig(checkpoint=checkpoint, batch_size=4))
+    compiled = StyleGAN2Source(StyleGAN2SourceConfig(checkpoint=checkpoint, batch_size=4, compile=True))
+    assert torch.allclose(compiled.generate(3, 0)["rgb"], eager.generate(3, 0)["rgb"], atol=1e-5)
 
 
 def test_bad_stylegan2_configs_are_refused(tmp_path):
