@@ -6,18 +6,23 @@ from dataclasses import dataclass
 
 from renderloop.config import ConfigError
 
-__all__ = ["ClusterConfig", "MODES"]
+__all__ = ["ClusterConfig", "MODES", "LOCAL_PRODUCERS"]
 
 MODES = ("local", "torchrun", "ray")
+LOCAL_PRODUCERS = ("auto", "threads", "processes")
 
 
 @dataclass
 class ClusterConfig:
     mode: str = "local"
-    """``local``: producers are threads and the trainer is this process (CPU or one GPU, no
-    launcher). ``torchrun``: ``workers`` trainer processes per node under torchrun, producers as
-    threads of the launching process. ``ray``: producers are Ray actors and the trainer runs under
-    Ray Train (``TorchTrainer``)."""
+    """``local``: the producers run beside the trainer, which is this process (CPU or one GPU, no
+    launcher). ``torchrun``: ``workers`` trainer processes per node under torchrun, producers
+    beside the launching process. ``ray``: producers are Ray actors and the trainer runs under Ray
+    Train (``TorchTrainer``)."""
+    local_producers: str = "auto"
+    """``local`` and ``torchrun`` modes: producers as ``threads`` of this process or as
+    ``processes`` of their own (spawned; their metrics reach this process's endpoint); ``auto``:
+    processes on a GPU, where a producer thread would slow the trainer's kernel launches."""
     producers: int = 1
     """Producers per stream."""
     producers_by_role: dict[str, int] | None = None
@@ -44,6 +49,10 @@ class ClusterConfig:
     """torchrun: nodes; more than one needs ``rdzv_endpoint``."""
     rdzv_endpoint: str | None = None
 
+    def producer_processes(self, device_type: str) -> bool:
+        """Whether local producers run as processes on a device of ``device_type``."""
+        return self.local_producers == "processes" or (self.local_producers == "auto" and device_type == "cuda")
+
     def producers_for(self, role: str) -> int:
         """Producers for the stream of data role ``role``."""
         return (self.producers_by_role or {}).get(role, self.producers)
@@ -51,6 +60,9 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError("cluster.mode", f"must be one of {MODES}; got {self.mode!r}")
+        if self.local_producers not in LOCAL_PRODUCERS:
+            choices = f"must be one of {LOCAL_PRODUCERS}; got {self.local_producers!r}"
+            raise ConfigError("cluster.local_producers", choices)
         if self.producers < 1:
             raise ConfigError("cluster.producers", f"must be >= 1; got {self.producers}")
         for role, count in (self.producers_by_role or {}).items():

@@ -1,15 +1,31 @@
-"""Local mode: producers as threads of this process, the same ``Producer`` the Ray actors run."""
+"""Local mode: producers as threads of this process, or as processes of their own (the same
+``Producer`` the Ray actors run). Threads share the trainer's interpreter lock, so a producer busy
+in Python slows every kernel launch of the training step; processes do not."""
 
 from __future__ import annotations
 
+import multiprocessing
+import queue
 import threading
 import time
+import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.producer import Producer
+from renderloop.metrics import MetricsSink
 
-__all__ = ["LocalProducers", "GenerationStatus"]
+__all__ = [
+    "LocalProducers",
+    "ProducerProcesses",
+    "ProducerSpec",
+    "ProducerFailed",
+    "GenerationStatus",
+    "build_producer",
+    "local_producers",
+]
 
 
 class LocalProducers:
@@ -56,11 +72,147 @@ class LocalProducers:
             raise self.errors[0]
 
 
+@dataclass
+class ProducerSpec:
+    """What a producer process builds: its source and where it publishes (all picklable)."""
+
+    source_name: str
+    source_config: Any
+    root: str
+    stream: str
+    device: str
+    samples_per_shard: int
+    seed: int = 0
+    max_backlog_shards: int = 0
+
+
+class ProducerFailed(RuntimeError):
+    """A producer process stopped with an error (its type, message and traceback are in the text)."""
+
+
+class _QueueSink(MetricsSink):
+    """A producer process's metrics, sent to the parent, which reports them in its own sink."""
+
+    def __init__(self, events) -> None:
+        self.events = events
+
+    def inc(self, name, value=1.0, **labels):
+        self.events.put(("inc", name, value, labels))
+
+    def set(self, name, value, **labels):
+        self.events.put(("set", name, value, labels))
+
+    def observe(self, name, value, **labels):
+        self.events.put(("observe", name, value, labels))
+
+
+def build_producer(spec: ProducerSpec, producer: str, metrics: MetricsSink | None = None) -> Producer:
+    """The producer ``spec`` describes, its source built (model loaded, renderer compiled)."""
+    from renderloop.datasets.sources import build_source
+    from renderloop.datasets.storage import Storage
+
+    return Producer(
+        build_source(spec.source_name, spec.source_config, spec.device), Ledger(Storage(spec.root), spec.stream),
+        producer, samples_per_shard=spec.samples_per_shard, seed=spec.seed,
+        max_backlog_shards=spec.max_backlog_shards, metrics=metrics,
+    )  # fmt: skip
+
+
+def _produce(spec: ProducerSpec, producer: str, total: int | None, stop, events) -> None:
+    """A producer process: build the source once, run until ``total`` samples (None: until ``stop``)."""
+    try:
+        p = build_producer(spec, producer, _QueueSink(events))
+        p.run(None, stop) if total is None else p.run_until(total, stop)
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises it
+        events.put(("error", producer, f"{type(err).__name__}: {err}\n{traceback.format_exc()}", {}))
+    finally:
+        events.put(("exit", producer, 0, {}))
+
+
+def local_producers(
+    spec: ProducerSpec, producer_ids: list[str], metrics: MetricsSink | None = None, processes: bool = False
+) -> LocalProducers | ProducerProcesses:
+    """The producers of one stream in local mode: threads of this process, or ``processes``."""
+    if processes:
+        return ProducerProcesses(spec, producer_ids, metrics)
+    return LocalProducers(lambda pid: build_producer(spec, pid, metrics), producer_ids)
+
+
+class ProducerProcesses:
+    """``len(producer_ids)`` producer processes (spawned: each builds its source, CUDA included).
+
+    The same interface as ``LocalProducers``. Their metrics are replayed into ``metrics`` by a
+    thread of this process, which also counts the samples they generate."""
+
+    def __init__(self, spec: ProducerSpec, producer_ids: list[str], metrics: MetricsSink | None = None) -> None:
+        self.spec, self.ids, self.metrics = spec, list(producer_ids), metrics or MetricsSink()
+        self._context = multiprocessing.get_context("spawn")
+        self._stop, self._events = self._context.Event(), self._context.Queue()
+        self._processes: list = []
+        self._drain: threading.Thread | None = None
+        self.errors: list[BaseException] = []
+        self.samples = 0
+
+    def start(self, totals: list[int] | None = None) -> None:
+        self._processes = [
+            self._context.Process(
+                target=_produce, name=f"producer-{pid}", daemon=True,
+                args=(self.spec, pid, None if totals is None else totals[i], self._stop, self._events),
+            )
+            for i, pid in enumerate(self.ids)
+        ]  # fmt: skip
+        for process in self._processes:
+            process.start()
+        self._drain = threading.Thread(target=self._replay, name="producer-metrics", daemon=True)
+        self._drain.start()
+
+    def _replay(self) -> None:
+        exited: set[str] = set()
+        while len(exited) < len(self.ids):
+            try:
+                kind, name, value, labels = self._events.get(timeout=0.5)
+            except queue.Empty:
+                for pid, process in zip(self.ids, self._processes, strict=True):
+                    if pid not in exited and not process.is_alive():  # killed without a word
+                        exited.add(pid)
+                        died = f"producer {pid}'s process died (exit code {process.exitcode})"
+                        self.errors.append(ProducerFailed(died))
+                continue
+            if kind == "exit":
+                exited.add(name)
+            elif kind == "error":
+                self.errors.append(ProducerFailed(f"producer {name} failed: {value}"))
+            else:
+                if name == "renderloop_samples_generated_total":
+                    self.samples += int(value)
+                getattr(self.metrics, kind)(name, value, **labels)
+
+    def alive(self) -> bool:
+        return self._drain is not None and self._drain.is_alive()
+
+    def failure(self) -> BaseException | None:
+        return self.errors[0] if self.errors else None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        for process in self._processes:
+            process.join(timeout)
+            if process.is_alive():  # stuck past the timeout
+                process.terminate()
+                process.join(5)
+        if self._drain is not None:
+            self._drain.join(5)
+        if self.errors:
+            raise self.errors[0]
+
+
 class GenerationStatus:
     """Progress-bar fields of a local run: samples generated per second since the last call, and
     the largest backlog (published, unconsumed shards) over the streams."""
 
-    def __init__(self, pools: list[LocalProducers], ledgers: list[Ledger]) -> None:
+    def __init__(self, pools: list[LocalProducers | ProducerProcesses], ledgers: list[Ledger]) -> None:
         self.pools, self.ledgers = pools, ledgers
         self._last = (time.monotonic(), 0)
 

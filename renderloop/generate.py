@@ -14,7 +14,7 @@ from tqdm import tqdm
 from renderloop.cluster.config import ClusterConfig
 from renderloop.config import ConfigError
 from renderloop.datasets.ledger import Ledger
-from renderloop.datasets.sources import build_source, source_config
+from renderloop.datasets.sources import source_config
 from renderloop.datasets.storage import Storage, StorageConfig
 from renderloop.devices import resolve_device
 from renderloop.metrics import PrometheusSink
@@ -72,22 +72,14 @@ def run(cfg: GenerateConfig) -> dict[str, float]:
     start = time.monotonic()
     bar = tqdm(total=cfg.num_samples, unit="sample", desc=f"generate {name} → {cfg.storage.stream}")
     if cfg.cluster.mode == "local":
-        from renderloop.cluster.local import LocalProducers
-        from renderloop.datasets.producer import Producer
+        from renderloop.cluster.local import ProducerSpec, local_producers
 
         device = resolve_device(cfg.device)
-        pool = LocalProducers(
-            lambda pid: Producer(
-                build_source(name, scfg, device),
-                Ledger(storage, cfg.storage.stream),
-                pid,
-                samples_per_shard=cfg.samples_per_shard,
-                seed=cfg.seed,
-                max_backlog_shards=cfg.max_backlog_shards,
-                metrics=metrics,
-            ),
-            ids,
-        )
+        spec = ProducerSpec(
+            name, scfg, cfg.storage.root, cfg.storage.stream, str(device), cfg.samples_per_shard,
+            seed=cfg.seed, max_backlog_shards=cfg.max_backlog_shards,
+        )  # fmt: skip
+        pool = local_producers(spec, ids, metrics, cfg.cluster.producer_processes(device.type))
         pool.start(totals)
         while pool.alive() and pool.failure() is None:
             time.sleep(0.2)

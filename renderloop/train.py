@@ -228,19 +228,19 @@ def stream_seed(seed: int, role: str) -> int:
 
 
 def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
-    """Producers for each stream (threads, or Ray actors with ``cluster.mode=ray``).
+    """Producers for each stream (threads or processes beside this one, or Ray actors with
+    ``cluster.mode=ray``).
 
     Returns a function that stops them, the pools' health checks (see ``ProducerWatch``) and, for
     local producers, a progress-bar status (generated samples/s, backlog).
     """
-    options = {
-        "samples_per_shard": cfg.samples_per_shard,
-        "seed": cfg.engine.seed,
-        "max_backlog_shards": cfg.max_backlog_shards,
-        "device": cfg.device,
-    }
     if cfg.cluster.mode == "ray":
-        options["labels"] = {"method": cfg.method_name}
+        options = {
+            "samples_per_shard": cfg.samples_per_shard,
+            "max_backlog_shards": cfg.max_backlog_shards,
+            "device": cfg.device,
+            "labels": {"method": cfg.method_name},
+        }
         import ray
 
         from renderloop.cluster.producers import ProducerPool
@@ -256,25 +256,21 @@ def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
             pools.append(pool)
         return (lambda: [pool.kill() for pool in pools]), [pool.failure for pool in pools], None
 
-    from renderloop.cluster.local import GenerationStatus, LocalProducers
-    from renderloop.datasets.producer import Producer
-    from renderloop.datasets.sources import build_source
+    from renderloop.cluster.local import GenerationStatus, ProducerSpec, local_producers
     from renderloop.devices import resolve_device
 
     device = resolve_device(cfg.device)
+    processes = cfg.cluster.producer_processes(device.type)
     storage = Storage(cfg.storage.root)
-    del options["device"]
-    options["metrics"] = metrics
     pools = []
     for role, node in cfg.streams().items():
         name, scfg = source_config(node)
-        stream, role_options = cfg.stream(role), {**options, "seed": stream_seed(cfg.engine.seed, role)}
-        pool = LocalProducers(
-            lambda pid, name=name, scfg=scfg, stream=stream, role_options=role_options: Producer(
-                build_source(name, scfg, device), Ledger(storage, stream), pid, **role_options
-            ),
-            [f"p{i}" for i in range(cfg.cluster.producers_for(role))],
-        )
+        spec = ProducerSpec(
+            name, scfg, cfg.storage.root, cfg.stream(role), str(device), cfg.samples_per_shard,
+            seed=stream_seed(cfg.engine.seed, role), max_backlog_shards=cfg.max_backlog_shards,
+        )  # fmt: skip
+        ids = [f"p{i}" for i in range(cfg.cluster.producers_for(role))]
+        pool = local_producers(spec, ids, metrics, processes)
         pool.start()
         pools.append(pool)
 

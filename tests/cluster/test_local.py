@@ -1,11 +1,32 @@
-"""Local debug mode: producer threads report their rate and the backlog for the progress bar."""
+"""Local mode: producer threads report their rate and the backlog for the progress bar; producer
+processes publish, forward their metrics, and report failures and deaths."""
 
 from __future__ import annotations
 
-from renderloop.cluster.local import GenerationStatus, LocalProducers
+import dataclasses
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from renderloop.cluster.local import GenerationStatus, LocalProducers, ProducerFailed, ProducerSpec, local_producers
 from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.storage import Storage
-from tests.datasets.helpers import tiny_producer
+from renderloop.metrics import MetricsSink
+from tests.datasets.helpers import TINY, tiny_producer
+
+
+class RecordingSink(MetricsSink):
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+
+    def inc(self, name, value=1.0, **labels):
+        self.counts[name] += value
+
+    def total(self, name: str) -> float:
+        return self.counts[name]
 
 
 def test_generation_status_reports_rate_and_backlog(tmp_path):
@@ -18,3 +39,38 @@ def test_generation_status_reports_rate_and_backlog(tmp_path):
     assert float(first["generated/s"]) > 0 and first["backlog"] == "4"  # 4 shards of 8, none read
     Ledger(Storage(str(tmp_path)), "s").record_consumed("reader", 3)
     assert status() == {"generated/s": "0", "backlog": "1"}
+
+
+def _spec(root, source_config=TINY) -> ProducerSpec:
+    return ProducerSpec("simulator", source_config, str(root), "s", "cpu", samples_per_shard=8)
+
+
+def test_producer_processes_publish_and_report_their_metrics(tmp_path):
+    sink = RecordingSink()
+    pool = local_producers(_spec(tmp_path), ["p0", "p1"], sink, processes=True)
+    pool.start([16, 8])
+    pool.join(120)
+    assert pool.failure() is None and not pool.alive() and pool.samples == 24
+    entries = Ledger(Storage(str(tmp_path)), "s").entries()
+    assert sorted((e.producer, e.count) for e in entries) == [("p0", 8), ("p0", 8), ("p1", 8)]
+    assert sink.total("renderloop_samples_generated_total") == 24
+    assert sink.total("renderloop_shards_published_total") == 3
+
+
+def test_a_failing_producer_process_is_reported(tmp_path):
+    bad = dataclasses.replace(TINY, shapes=["mesh"], mesh_paths=[str(tmp_path / "missing.obj")])
+    pool = local_producers(_spec(tmp_path, bad), ["p0"], processes=True)
+    pool.start([8])
+    with pytest.raises(ProducerFailed, match="producer p0 failed: .*missing.obj"):
+        pool.join(120)
+
+
+def test_a_killed_producer_process_is_reported(tmp_path):
+    pool = local_producers(_spec(tmp_path), ["p0"], processes=True)
+    pool.start()  # until stopped
+    deadline = time.monotonic() + 120
+    while pool.samples == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.kill(pool._processes[0].pid, signal.SIGKILL)
+    with pytest.raises(ProducerFailed, match="died"):
+        pool.join(60)
