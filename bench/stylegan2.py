@@ -52,15 +52,19 @@ def flops_per_image(G: Generator, device: str) -> float:
     return float(counter.get_total_flops())
 
 
-VARIANTS = ("eager", "channels_last", "compile", "compile_channels_last")
+VARIANTS = ("eager", "channels_last", "compile", "compile_channels_last", "compile_max_autotune")
 
 
 def _prepare(G: Generator, variant: str):
     """The generator as ``variant`` runs it: ``eager``, ``channels_last`` (NHWC tensors for the
     tensor cores), ``compile`` (``torch.compile``, which fuses the FIR filters and the elementwise
-    work around each convolution into single kernels) or ``compile_channels_last``."""
+    work around each convolution into single kernels), ``compile_channels_last`` or
+    ``compile_max_autotune`` (Inductor also times its own convolution and matmul kernels against
+    cuDNN's and cuBLAS's; minutes of compilation)."""
     torch.compiler.reset()  # a compiled graph assumes the weights' layout it was traced with
     G = G.to(memory_format=torch.channels_last if variant.endswith("channels_last") else torch.contiguous_format)
+    if variant == "compile_max_autotune":
+        return torch.compile(G, mode="max-autotune-no-cudagraphs")
     return torch.compile(G) if variant.startswith("compile") else G
 
 
