@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import signal
+import sys
 import threading
 import time
 import traceback
@@ -13,15 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from renderloop.config import ConfigError
 from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.producer import Producer
+from renderloop.errors import RenderloopError
 from renderloop.metrics import MetricsSink
 
 __all__ = [
     "LocalProducers",
     "ProducerProcesses",
     "ProducerSpec",
-    "ProducerFailed",
+    "ProducerError",
     "GenerationStatus",
     "build_producer",
     "local_producers",
@@ -86,8 +90,8 @@ class ProducerSpec:
     max_backlog_shards: int = 0
 
 
-class ProducerFailed(RuntimeError):
-    """A producer process stopped with an error (its type, message and traceback are in the text)."""
+class ProducerError(RenderloopError):
+    """A producer process stopped with an error (its traceback went to the process's stderr)."""
 
 
 class _QueueSink(MetricsSink):
@@ -119,12 +123,26 @@ def build_producer(spec: ProducerSpec, producer: str, metrics: MetricsSink | Non
 
 
 def _produce(spec: ProducerSpec, producer: str, total: int | None, stop, events) -> None:
-    """A producer process: build the source once, run until ``total`` samples (None: until ``stop``)."""
+    """A producer process: build the source once, run until ``total`` samples (None: until ``stop``).
+
+    Ctrl-C reaches the whole process group: the parent stops the producers through ``stop``. A
+    parent that dies without doing so (SIGKILL, SIGTERM) stops them too."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    threading.Thread(target=lambda: (parent.join(), stop.set()), daemon=True).start()
     try:
         p = build_producer(spec, producer, _QueueSink(events))
-        p.run(None, stop) if total is None else p.run_until(total, stop)
+        if total is None:
+            p.run(None, stop)
+        else:
+            p.run_until(total, stop)
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises it
-        events.put(("error", producer, f"{type(err).__name__}: {err}\n{traceback.format_exc()}", {}))
+        traceback.print_exc(file=sys.stderr)
+        if isinstance(err, ConfigError):  # rebuilt as one in the parent
+            message = str(err).removeprefix(f"config error at {err.key}: ")
+            events.put(("config_error", producer, err.key, {"message": message}))
+        else:
+            events.put(("error", producer, f"{type(err).__name__}: {err}", {}))
     finally:
         events.put(("exit", producer, 0, {}))
 
@@ -170,24 +188,38 @@ class ProducerProcesses:
         exited: set[str] = set()
         while len(exited) < len(self.ids):
             try:
-                kind, name, value, labels = self._events.get(timeout=0.5)
+                self._handle(self._events.get(timeout=0.5), exited)
             except queue.Empty:
                 for pid, process in zip(self.ids, self._processes, strict=True):
-                    if pid not in exited and not process.is_alive():  # killed without a word
+                    if pid not in exited and not process.is_alive():
                         exited.add(pid)
-                        died = f"producer {pid}'s process died (exit code {process.exitcode})"
-                        self.errors.append(ProducerFailed(died))
-                continue
-            if kind == "exit":
-                exited.add(name)
-            elif kind == "error":
-                self.errors.append(ProducerFailed(f"producer {name} failed: {value}"))
-            else:
-                if name == "renderloop_samples_generated_total":
-                    self.samples += int(value)
+                        if process.exitcode:  # killed, or died before it could report
+                            died = f"producer {pid}'s process died (exit code {process.exitcode})"
+                            self.errors.append(ProducerError(died))
+        while True:  # what a process sent just before it exited
+            try:
+                self._handle(self._events.get_nowait(), exited)
+            except queue.Empty:
+                return
+
+    def _handle(self, message: tuple, exited: set[str]) -> None:
+        kind, name, value, labels = message
+        if kind == "exit":
+            exited.add(name)
+        elif kind == "config_error":
+            self.errors.append(ConfigError(value, labels["message"]))
+        elif kind == "error":
+            self.errors.append(ProducerError(f"producer {name} failed: {value}"))
+        else:
+            if name == "renderloop_samples_generated_total":
+                self.samples += int(value)
+            try:
                 getattr(self.metrics, kind)(name, value, **labels)
+            except Exception as err:  # noqa: BLE001 - a metric lost must not stop the counting
+                print(f"producer metrics: {name} not reported: {err}", file=sys.stderr)
 
     def alive(self) -> bool:
+        """Whether a producer is still running (the thread reading their messages stops after the last)."""
         return self._drain is not None and self._drain.is_alive()
 
     def failure(self) -> BaseException | None:
@@ -197,9 +229,12 @@ class ProducerProcesses:
         self._stop.set()
 
     def join(self, timeout: float | None = None) -> None:
+        """Wait for the processes (at most ``timeout`` seconds in all; then they are terminated)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         for process in self._processes:
-            process.join(timeout)
-            if process.is_alive():  # stuck past the timeout
+            process.join(None if deadline is None else max(deadline - time.monotonic(), 0))
+        for process in self._processes:
+            if process.is_alive():
                 process.terminate()
                 process.join(5)
         if self._drain is not None:

@@ -70,7 +70,7 @@ class StyleGAN2SourceConfig:
             raise bad("view_names", f"must name {self.views} views; got {len(self.view_names)}")
 
     def digest(self) -> str:
-        return config_digest(self)
+        return config_digest(self, {"compile": False})
 
 
 class StyleGAN2Source:
@@ -105,7 +105,9 @@ class StyleGAN2Source:
                 self.view_codes = codes.stack(self.view_names).to(self.device)
             except KeyError as err:
                 raise ConfigError("source.view_names", str(err)) from None
-        self.synthesis = torch.compile(self.G.synthesis) if config.compile else self.G.synthesis
+        self.synthesis = self.G.synthesis
+        if config.compile:  # random noise from PyTorch's generator, as in eager mode
+            self.synthesis = torch.compile(self.G.synthesis, options={"fallback_random": True})
 
     @property
     def meta(self) -> dict[str, Any]:

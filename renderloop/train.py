@@ -279,7 +279,7 @@ def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
             pool.stop()
         for pool in pools:
             with contextlib.suppress(Exception):  # their errors were reported by the watch
-                pool.join()
+                pool.join(120)
 
     status = GenerationStatus(pools, [Ledger(storage, cfg.stream(role)) for role in cfg.streams()])
     return stop, [pool.failure for pool in pools], status

@@ -60,8 +60,10 @@ class _DepthwiseFilter(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, f, down, transposed, size):
+        if f.requires_grad:
+            raise ValueError("upfirdn2d: the FIR filter is fixed (it takes no gradient)")
         ctx.f, ctx.down, ctx.transposed, ctx.size = f, down, transposed, x.shape[2:]
-        kernel = f[None, None].expand(x.shape[1], 1, *f.shape).contiguous()
+        kernel = f.to(x.dtype)[None, None].expand(x.shape[1], 1, *f.shape).contiguous()
         if not transposed:
             return F.conv2d(x, kernel, stride=down, groups=x.shape[1])
         extra = [size[i] - ((x.shape[2 + i] - 1) * down + f.shape[i]) for i in range(2)]

@@ -11,7 +11,8 @@ from collections import Counter
 
 import pytest
 
-from renderloop.cluster.local import GenerationStatus, LocalProducers, ProducerFailed, ProducerSpec, local_producers
+from renderloop.cluster.local import GenerationStatus, LocalProducers, ProducerError, ProducerSpec, local_producers
+from renderloop.config import ConfigError
 from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.storage import Storage
 from renderloop.metrics import MetricsSink
@@ -23,10 +24,10 @@ class RecordingSink(MetricsSink):
         self.counts: Counter = Counter()
 
     def inc(self, name, value=1.0, **labels):
-        self.counts[name] += value
+        self.counts[name, tuple(sorted(labels.items()))] += value
 
-    def total(self, name: str) -> float:
-        return self.counts[name]
+    def total(self, name: str, **labels: str) -> float:
+        return sum(v for (n, got), v in self.counts.items() if n == name and set(labels.items()) <= set(got))
 
 
 def test_generation_status_reports_rate_and_backlog(tmp_path):
@@ -54,14 +55,42 @@ def test_producer_processes_publish_and_report_their_metrics(tmp_path):
     entries = Ledger(Storage(str(tmp_path)), "s").entries()
     assert sorted((e.producer, e.count) for e in entries) == [("p0", 8), ("p0", 8), ("p1", 8)]
     assert sink.total("renderloop_samples_generated_total") == 24
-    assert sink.total("renderloop_shards_published_total") == 3
+    assert sink.total("renderloop_samples_generated_total", source="simulator", producer="p0") == 16
+    assert sink.total("renderloop_shards_published_total", producer="p1") == 1
+
+
+def test_producer_processes_stop_while_waiting_for_room(tmp_path):
+    spec = dataclasses.replace(_spec(tmp_path), max_backlog_shards=1)
+    pool = local_producers(spec, ["p0"], processes=True)
+    pool.start()  # until stopped: after one shard it waits for a reader that never comes
+    ledger = Ledger(Storage(str(tmp_path)), "s")
+    deadline = time.monotonic() + 120
+    while ledger.backlog() < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert ledger.backlog() == 1 and pool.alive()
+    pool.stop()
+    started = time.monotonic()
+    pool.join(60)
+    assert time.monotonic() - started < 30 and not pool.alive() and pool.failure() is None
 
 
 def test_a_failing_producer_process_is_reported(tmp_path):
     bad = dataclasses.replace(TINY, shapes=["mesh"], mesh_paths=[str(tmp_path / "missing.obj")])
     pool = local_producers(_spec(tmp_path, bad), ["p0"], processes=True)
     pool.start([8])
-    with pytest.raises(ProducerFailed, match="producer p0 failed: .*missing.obj"):
+    with pytest.raises(ProducerError, match="producer p0 failed: .*missing.obj"):
+        pool.join(120)
+
+
+def test_a_bad_source_config_in_a_process_is_a_config_error(tmp_path):
+    from renderloop.datasets.stylegan2 import StyleGAN2SourceConfig
+
+    spec = ProducerSpec("stylegan2", StyleGAN2SourceConfig(checkpoint=str(tmp_path / "none.pt")), str(tmp_path), "s",
+                        "cpu", samples_per_shard=16)  # fmt: skip
+    pool = local_producers(spec, ["p0"], processes=True)
+    pool.start([16])
+    with pytest.raises(ConfigError, match="config error at source.checkpoint"):
         pool.join(120)
 
 
@@ -72,5 +101,5 @@ def test_a_killed_producer_process_is_reported(tmp_path):
     while pool.samples == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     os.kill(pool._processes[0].pid, signal.SIGKILL)
-    with pytest.raises(ProducerFailed, match="died"):
+    with pytest.raises(ProducerError, match="died"):
         pool.join(60)

@@ -94,6 +94,15 @@ def test_fir_gradients_of_every_order_are_exact(down, size):
     assert torch.autograd.gradcheck(fir, (x,)) and torch.autograd.gradgradcheck(fir, (x,))
 
 
+def test_fir_backward_after_autocast():
+    """Under autocast the filter runs in bf16; a backward outside the autocast block still works."""
+    x = torch.randn(1, 2, 8, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = upfirdn2d(x, fir_filter(), down=2, padding=[1, 1, 1, 1])
+    y.float().sum().backward()
+    assert y.dtype == torch.bfloat16 and x.grad.shape == x.shape and x.grad.abs().sum() > 0
+
+
 @pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on the CPU needs a C compiler")
 def test_compiled_networks_equal_eager():
     """Under ``torch.compile`` the FIR filters take the shifted-taps form: same images, same logits."""
