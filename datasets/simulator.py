@@ -77,6 +77,11 @@ class SimulatorConfig:
     diffuse: tuple[float, float] = (0.5, 0.85)
     compile: bool = False
     """torch.compile the renderer (see ``renderer.compile``)."""
+    backdrop_radius: float = 0.0
+    """> 0: the background is a world-fixed sphere of this radius around the object, textured with
+    random sinusoids (one texture per object, shared by its views) and unlit, and ``depth`` holds
+    its depth too (``mask`` stays the object's): scenes whose depth fills the frame, whose
+    background moves with the camera as a static scene does (structure from motion)."""
 
     def __post_init__(self) -> None:
         def bad(key: str, msg: str) -> ConfigError:
@@ -109,13 +114,17 @@ class SimulatorConfig:
             raise bad("view_step_distance", f"must be a finite distance >= 0; got {self.view_step_distance}")
         if self.view_step_distance > 0 and self.view_step_deg == 0:
             raise bad("view_step_distance", "only applies to camera sequences: set view_step_deg > 0 too")
+        if self.backdrop_radius and not self.backdrop_radius > self.distance[1] + 0.5:
+            raise bad("backdrop_radius", f"must be 0 or beyond the cameras (> {self.distance[1] + 0.5}); "
+                      f"got {self.backdrop_radius}")  # fmt: skip
 
     def digest(self) -> str:
         """Short config hash. Keys added later count only when set, so older hashes stay valid."""
         return config_digest(self, _LATER_KEYS)
 
 
-_LATER_KEYS = {"view_step_deg": 0.0, "view_step_distance": 0.0}  # added keys and their neutral defaults
+# Keys added later and their neutral defaults.
+_LATER_KEYS = {"view_step_deg": 0.0, "view_step_distance": 0.0, "backdrop_radius": 0.0}
 
 
 class Simulator:
@@ -231,7 +240,11 @@ class Simulator:
             if seq:  # one material per object; the highlight still moves with the view
                 shine, strength = per_view(shine), per_view(strength)
             rgb = rgb + blinn_phong(out.normals, -rays, light, shine, strength) * mask.unsqueeze(-1)
-        if seq:  # uniform, so a pixel's colour does not depend on the view
+        depth = out.depth
+        if cfg.backdrop_radius:  # drawn last: streams without a backdrop keep their draws
+            background, backdrop_depth = self._backdrop(gen, R, t, K, N, V)
+            depth = torch.where(mask, depth, backdrop_depth)
+        elif seq:  # uniform, so a pixel's colour does not depend on the view
             background = per_view(torch.rand(N, 1, 1, 3, generator=gen, device=dev)).expand(B, res, res, 3)
         else:
             background = self._background(gen, B, res)
@@ -244,7 +257,7 @@ class Simulator:
         return {
             "rgb": image.clamp(0, 1),
             "mask": mask,
-            "depth": out.depth,
+            "depth": depth,
             "normal": out.normals,
             "seg": seg,
             "kp2d": cameras.camera_to_pixel(kp3d, K),
@@ -282,6 +295,29 @@ class Simulator:
         kind = torch.randint(len(BACKGROUNDS), (B, 1, 1, 1), generator=gen, device=dev)
         mix = torch.where(kind == 0, torch.zeros_like(noise), torch.where(kind == 1, gradient.expand_as(noise), noise))
         return c1 + (c2 - c1) * mix
+
+    def _backdrop(self, gen, R, t, K, N: int, V: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Colour ``[B, H, W, 3]`` and z-depth ``[B, H, W]`` of the backdrop sphere seen by each camera."""
+        res, dev, radius = self.config.resolution, self.device, self.config.backdrop_radius
+        B = R.shape[0]
+        rays = cameras.pixel_to_camera(
+            cameras.pixel_grid(res, res, device=dev).expand(B, res, res, 2), torch.ones(B, res, res, device=dev), K
+        ).reshape(B, -1, 3)  # camera frame, z = 1
+        rays = rays @ R  # world frame (row form of R^T d)
+        centre = -(R.transpose(1, 2) @ t.unsqueeze(-1))[..., 0]  # camera centres, world frame
+        # |centre + s·ray| = radius with the camera inside: the positive root; s is the hit's z-depth.
+        a, b = rays.square().sum(-1), (centre.unsqueeze(1) * rays).sum(-1)
+        c = centre.square().sum(-1, keepdim=True) - radius**2
+        s = (-b + (b.square() - a * c).sqrt()) / a
+        points = centre.unsqueeze(1) + s.unsqueeze(-1) * rays  # (B, HW, 3)
+        # Per object: 8 sinusoids over the sphere (directions, frequencies 1-6 per radius, phases per channel).
+        waves = F.normalize(torch.randn(N, 3, 8, generator=gen, device=dev), dim=1)
+        waves = waves * (1 + 5 * torch.rand(N, 1, 8, generator=gen, device=dev)) * (3 / radius)
+        phases = 2 * math.pi * torch.rand(N, 1, 8, 3, generator=gen, device=dev)
+        amplitude = 0.04 + 0.08 * torch.rand(N, 1, 8, 3, generator=gen, device=dev)
+        waves, phases, amplitude = (x.repeat_interleave(V, dim=0) for x in (waves, phases, amplitude))
+        colour = 0.5 + (amplitude * torch.sin((points @ waves).unsqueeze(-1) + phases)).sum(2)
+        return colour.clamp(0, 1).view(B, res, res, 3), s.view(B, res, res)
 
     def _camera_effects(self, gen, image: torch.Tensor) -> torch.Tensor:
         """Colour cast, vignetting, blur and sensor noise of a cheap real camera; ``[B, 3, H, W]``."""

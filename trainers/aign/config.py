@@ -49,6 +49,10 @@ class SfMConfig:
     disc_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     min_depth: float = 0.5
     max_depth: float = 10.0
+    trim: float = 0.0
+    """Share of each frame's largest per-pixel photometric errors left out (a trimmed mean; 0: none):
+    with a backdrop (``source.backdrop_radius``), pixels that the object's moving silhouette hides
+    in one frame are outliers, not evidence of a motion."""
 
 
 @dataclass

@@ -111,15 +111,20 @@ def pose_errors(R: torch.Tensor, t: torch.Tensor, R_true: torch.Tensor, t_true: 
     }
 
 
-def photometric_error(frame1, frame2, warped, valid, min_change: float = 1e-3) -> torch.Tensor:
+def photometric_error(frame1, frame2, warped, valid, min_change: float = 1e-3, trim: float = 0.0) -> torch.Tensor:
     """Mean L1 error between frame 1 and frame 2 warped into it, over the pixels whose colour changes
     by more than ``min_change`` between the frames (auto-masking: uniform backgrounds and other pixels
     that not warping already explains carry no gradient). The mask does not depend on the warp: a
     per-pixel minimum with the unwarped error would reward any motion near the identity, since the
-    pixels a wrong motion makes worse would not count."""
+    pixels a wrong motion makes worse would not count. ``trim`` > 0 leaves out that share of each
+    frame's largest errors (a trimmed mean: occluded pixels then pull no motion towards them)."""
     moved = (frame2 - frame1).abs().mean(1, keepdim=True) > min_change
-    mask = valid * moved
-    return ((warped - frame1).abs().mean(1, keepdim=True) * mask).sum() / mask.sum().clamp_min(1)
+    mask = (valid * moved).flatten(1) > 0
+    error = (warped - frame1).abs().mean(1).flatten(1)
+    if trim > 0:
+        counted = torch.where(mask, error.detach().float(), torch.nan)
+        mask = mask & (error <= torch.nanquantile(counted, 1 - trim, dim=1, keepdim=True).to(error.dtype))
+    return (error * mask).sum() / mask.sum().clamp_min(1)
 
 
 def relative_motion(R: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,7 +169,7 @@ class SfMTask:
         R, t = pose_to_rt(pose.float())
         K = self.intrinsics(len(frame1), frame1.device).to(depth)
         warped, valid = warp(frame2, depth, K, R.to(depth), t.to(depth))
-        error = photometric_error(frame1, frame2, warped, valid)
+        error = photometric_error(frame1, frame2, warped, valid, trim=self.scfg.trim)
         return disparity, error, {"valid_fraction": valid.mean().detach()}
 
     def fake(self, disparity: torch.Tensor) -> torch.Tensor:
