@@ -241,7 +241,7 @@ class Simulator:
                 shine, strength = per_view(shine), per_view(strength)
             rgb = rgb + blinn_phong(out.normals, -rays, light, shine, strength) * mask.unsqueeze(-1)
         depth = out.depth
-        if cfg.backdrop_radius:  # drawn last: streams without a backdrop keep their draws
+        if cfg.backdrop_radius:  # drawn only here: streams without a backdrop keep their draws
             background, backdrop_depth = self._backdrop(gen, R, t, K, N, V)
             depth = torch.where(mask, depth, backdrop_depth)
         elif seq:  # uniform, so a pixel's colour does not depend on the view
@@ -310,7 +310,7 @@ class Simulator:
         c = centre.square().sum(-1, keepdim=True) - radius**2
         s = (-b + (b.square() - a * c).sqrt()) / a
         points = centre.unsqueeze(1) + s.unsqueeze(-1) * rays  # (B, HW, 3)
-        # Per object: 8 sinusoids over the sphere (directions, frequencies 1-6 per radius, phases per channel).
+        # Per object: 8 sinusoids over the sphere (3-18 radians per radius; phases per channel).
         waves = F.normalize(torch.randn(N, 3, 8, generator=gen, device=dev), dim=1)
         waves = waves * (1 + 5 * torch.rand(N, 1, 8, generator=gen, device=dev)) * (3 / radius)
         phases = 2 * math.pi * torch.rand(N, 1, 8, 3, generator=gen, device=dev)
