@@ -22,6 +22,7 @@ process); kimg/s is thousands of real images shown to the discriminator per seco
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import subprocess
@@ -52,19 +53,22 @@ def flops_per_image(G: Generator, device: str) -> float:
     return float(counter.get_total_flops())
 
 
-VARIANTS = ("eager", "channels_last", "compile", "compile_channels_last", "compile_max_autotune")
+VARIANTS = ("eager", "channels_last", "compile", "compile_channels_last", "compile_cudagraphs", "compile_max_autotune")
 
 
 def _prepare(G: Generator, variant: str):
     """The generator as ``variant`` runs it: ``eager``, ``channels_last`` (NHWC tensors for the
     tensor cores), ``compile`` (``torch.compile``, which fuses the FIR filters and the elementwise
-    work around each convolution into single kernels), ``compile_channels_last`` or
+    work around each convolution into single kernels), ``compile_channels_last``,
+    ``compile_cudagraphs`` (one CUDA graph replay per call: no kernel launches from the host) or
     ``compile_max_autotune`` (Inductor also times its own convolution and matmul kernels against
     cuDNN's and cuBLAS's; minutes of compilation)."""
     torch.compiler.reset()  # a compiled graph assumes the weights' layout it was traced with
     G = G.to(memory_format=torch.channels_last if variant.endswith("channels_last") else torch.contiguous_format)
     if variant == "compile_max_autotune":
         return torch.compile(G, mode="max-autotune-no-cudagraphs")
+    if variant == "compile_cudagraphs":
+        return torch.compile(G, mode="reduce-overhead")
     return torch.compile(G) if variant.startswith("compile") else G
 
 
@@ -95,7 +99,8 @@ def _peak(device: str) -> dict[str, float] | None:
 
 
 def profile(G, batch: int, device: str, rows: int = 25) -> str:
-    """The most expensive kernels of two bf16 generator calls after warm-up, as a table."""
+    """The most expensive kernels of two bf16 generator calls after warm-up (compiled ones are
+    warm already), as a table."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as profiler
 
@@ -118,10 +123,8 @@ def generation(args) -> list[dict]:
     for res in args.resolutions:
         G = _generator(res, args.device)
         flops = flops_per_image(G, args.device)
-        batch = min(args.batch * (256 // res) ** 2, args.max_batch)  # about the same pixels per batch
-        if args.profile:
-            print(f"profile at {res}², batch {batch}, bf16 eager:\n{profile(G, batch, args.device)}", flush=True)
-        for variant in args.variants:
+        for variant, batch_256 in itertools.product(args.variants, args.batch):
+            batch = min(batch_256 * (256 // res) ** 2, args.max_batch)  # about the same pixels per batch
             runner = _prepare(G, variant)
             for precision in args.precisions:
                 if variant.startswith("compile") and precision != "bf16" and "bf16" in args.precisions:
@@ -135,6 +138,9 @@ def generation(args) -> list[dict]:
                     "roofline_images_per_s": roofline, "fraction_of_roofline": rate / roofline if roofline else None,
                 })  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
+            if args.profile:
+                table = profile(runner, batch, args.device)
+                print(f"profile at {res}², batch {batch}, bf16, {variant}:\n{table}", flush=True)
         del G
         torch.compiler.reset()
     return rows
@@ -271,11 +277,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--resolutions", type=int, nargs="*", default=[64])
     p.add_argument("--precisions", nargs="*", default=["fp32", "bf16"])
-    p.add_argument("--batch", type=int, default=8, help="images per batch at 256² (more at lower resolutions)")
+    p.add_argument("--batch", type=int, nargs="+", default=[8], help="images per batch at 256² (more at lower resolutions)")
     p.add_argument("--max-batch", type=int, default=1024)
     p.add_argument("--variants", nargs="*", default=["eager"], choices=VARIANTS)
     p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--profile", action="store_true", help="also print each resolution's top kernels")
+    p.add_argument("--profile", action="store_true", help="also print each variant's top kernels")
     p.add_argument("--profile-training", action="store_true", help="time and profile each training phase")
     p.add_argument("--train-minutes", type=float, default=0.0, help="> 0 also trains for this long")
     p.add_argument("--shards", type=int, default=0, help="> 0: train on this many samples made beforehand")
