@@ -277,7 +277,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--resolutions", type=int, nargs="*", default=[64])
     p.add_argument("--precisions", nargs="*", default=["fp32", "bf16"])
-    p.add_argument("--batch", type=int, nargs="+", default=[8], help="images per batch at 256² (more at lower resolutions)")
+    p.add_argument("--batch", type=int, nargs="+", default=[8], help="images per batch at 256² (more below)")
     p.add_argument("--max-batch", type=int, default=1024)
     p.add_argument("--variants", nargs="*", default=["eager"], choices=VARIANTS)
     p.add_argument("--seconds", type=float, default=3.0)
