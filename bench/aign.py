@@ -2,6 +2,7 @@
 
     python -m bench.aign --device cuda --out aign.json                # the whole matrix, 4 runs at a time
     python -m bench.aign --only pose_both pose_reconstruction --steps-scale 0.1   # a quick subset
+    python -m bench.aign --only sfm_both --set method.sfm.trim=0.0               # a variant
 
 Each experiment is ``renderloop run method=aign/<task> ...`` (producers in the same process,
 ``cluster=local``) followed by ``renderloop eval``; up to ``--parallel`` of them share the device.
@@ -68,7 +69,7 @@ def _experiment(name: str, args, work: Path) -> dict:
     method, steps, overrides = EXPERIMENTS[name]
     steps = max(int(steps * args.steps_scale), 20)
     run_dir, data = work / name / "run", work / name / "data"
-    common = [f"method={method}", f"run_dir={run_dir}", f"device={args.device}", *overrides]
+    common = [f"method={method}", f"run_dir={run_dir}", f"device={args.device}", *overrides, *args.set]
     train = [
         "run", *common, f"engine.max_steps={steps}", f"storage.root={data}", "engine.log_every=20",
         "engine.progress=false", "engine.tensorboard=false", "engine.image_every=0", "engine.checkpoint_every=0",
@@ -86,7 +87,7 @@ def _experiment(name: str, args, work: Path) -> dict:
     steady = rows[len(rows) // 5 :]
     result = {
         "method": method,
-        "overrides": overrides,
+        "overrides": [*overrides, *args.set],
         "steps": int((run_dir / "checkpoints" / "latest").read_text().strip().removeprefix("step")),
         "max_steps": steps,
         "train_wall_seconds": wall,
@@ -111,6 +112,7 @@ def main() -> None:
     p.add_argument("--steps-scale", type=float, default=1.0)
     p.add_argument("--max-minutes", type=float, default=0.0, help="> 0: each run also stops after this long")
     p.add_argument("--parallel", type=int, default=4, help="runs sharing the device at once (CPU-bound beyond)")
+    p.add_argument("--set", nargs="*", default=[], help="overrides for every run, after the experiment's own")
     p.add_argument("--figures", default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args()

@@ -20,7 +20,14 @@ from renderloop.train import TrainConfig, evaluate, stream_seed, train
 from renderloop.trainers.aign import AIGN
 from renderloop.trainers.aign.images import ImageDiscriminator, Restorer, psnr
 from renderloop.trainers.aign.pose import face_forward, mpjpe, procrustes_align, rotation_6d
-from renderloop.trainers.aign.sfm import depth_errors, photometric_error, pose_errors, relative_motion
+from renderloop.trainers.aign.sfm import (
+    PoseNet,
+    correlation,
+    depth_errors,
+    photometric_error,
+    pose_errors,
+    relative_motion,
+)
 
 from ..debian_data import debian_file
 
@@ -196,8 +203,11 @@ def test_adversarial_only_pose_has_no_reconstruction_in_its_loss(tmp_path, mocap
 
 
 def test_sfm_fits_its_frame_pairs_and_evaluates(tmp_path):
-    cfg = _config(tmp_path, "sfm", "engine.max_steps=60", "engine.checkpoint_every=60",
-                  "method.lr_generator=2e-3", "samples_per_shard=8")  # fmt: skip
+    # Without the backdrop and trimming: with them the error stays flat for the first few hundred
+    # steps, until the predicted motion leaves the identity (BENCHMARKS.md measures that setting).
+    cfg = _config(tmp_path, "sfm", "engine.max_steps=150", "engine.checkpoint_every=150",
+                  "method.lr_generator=5e-4", "samples_per_shard=8", "method.sfm.trim=0.0",
+                  "method.data.input.backdrop_radius=0.0", "method.data.memory.backdrop_radius=0.0")  # fmt: skip
     _make_streams(cfg, samples=8)  # four pairs, repeated: the photometric error on them must fall
     train(cfg, [], command="train")
     method = AIGN(cfg.method_config, torch.device("cpu"))
@@ -248,6 +258,25 @@ def test_photometric_error_against_hand_values():
     assert photometric_error(frame1, frame2, warped, valid, trim=0.25).item() == pytest.approx((0.02 + 0.3 + 0.1) / 3)
 
 
+def test_correlation_against_hand_values():
+    torch.manual_seed(0)
+    a = torch.randn(2, 4, 5, 6)
+    b = torch.zeros_like(a)
+    b[:, :, 1:, :4] = a[:, :, :-1, 2:]  # b(y + 1, x - 2) = a(y, x)
+    volume = correlation(a, b, radius=2)
+    assert volume.shape == (2, 25, 5, 6)
+    shifted = volume[:, (1 + 2) * 5 + (-2 + 2)]  # displacement (dy, dx) = (1, -2)
+    assert torch.allclose(shifted[:, :4, 2:], a.square().sum(1)[:, :4, 2:])
+    assert torch.allclose(volume[:, 2 * 5 + 2], (a * b).sum(1))  # no displacement
+    assert (volume[:, 0, 0] == 0).all()  # shifted in from outside b
+
+
+def test_pose_net_starts_at_the_identity_motion():
+    frames = torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32)
+    pose = PoseNet(channels=8, radius=2)(*frames)
+    assert pose.shape == (3, 6) and (pose == 0).all()
+
+
 def _fit_motion(frame1, frame2, depth, K, trim: float = 0.0) -> torch.Tensor:
     """The motion that minimises the photometric error given ``depth``, from the identity, as G starts."""
     pose = torch.zeros(len(frame1), 6, requires_grad=True)
@@ -272,7 +301,7 @@ def test_with_a_backdrop_the_trimmed_error_recovers_the_motion_that_occlusions_p
 
 
 def test_true_depth_and_motion_beat_standing_still_in_the_photometric_error():
-    _, frame1, frame2, R, t, depth, K = _sfm_pairs(4)
+    _, frame1, frame2, R, t, depth, K = _sfm_pairs(4, "method.data.input.backdrop_radius=0.0")
     depth = torch.where(depth > 0, depth, torch.full_like(depth, 10.0))  # background: far away
     true = photometric_error(frame1, frame2, *warp(frame2, depth, K, R, t))
     still = photometric_error(frame1, frame2, *warp(frame2, depth, K, torch.eye(3).expand_as(R), torch.zeros_like(t)))
@@ -280,7 +309,7 @@ def test_true_depth_and_motion_beat_standing_still_in_the_photometric_error():
 
 
 def test_the_photometric_error_recovers_the_motion_given_the_true_depth():
-    batch, frame1, frame2, R_true, t_true, depth, K = _sfm_pairs(8)
+    batch, frame1, frame2, R_true, t_true, depth, K = _sfm_pairs(8, "method.data.input.backdrop_radius=0.0")
     centre = batch["distance"][0::2].view(-1, 1, 1).expand_as(depth)
     depth = torch.where(depth > 0, depth, centre)  # background: at the orbit's centre, where it stays put
     pose = torch.zeros(len(frame1), 6, requires_grad=True)  # the identity motion, as G starts

@@ -49,6 +49,8 @@ class SfMConfig:
     disc_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     min_depth: float = 0.5
     max_depth: float = 10.0
+    search_radius: int = 3
+    """The pose network's correlation range, in pixels at a quarter of the input resolution."""
     trim: float = 0.0
     """Share of each frame's largest per-pixel photometric errors left out (a trimmed mean; 0: none):
     with a backdrop (``source.backdrop_radius``), pixels that the object's moving silhouette hides
@@ -112,6 +114,7 @@ class AIGNConfig:
             "image.channels": self.image.channels >= 1,
             "sfm.channels": self.sfm.channels >= 1,
             "sfm.min_depth": 0 < self.sfm.min_depth < self.sfm.max_depth,
+            "sfm.search_radius": self.sfm.search_radius >= 1,
             "evaluation.samples": self.evaluation.samples >= 1,
             "evaluation.batch_size": self.evaluation.batch_size >= 1,
         })  # fmt: skip
