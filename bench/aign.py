@@ -69,12 +69,13 @@ def _experiment(name: str, args, work: Path) -> dict:
     method, steps, overrides = EXPERIMENTS[name]
     steps = max(int(steps * args.steps_scale), 20)
     run_dir, data = work / name / "run", work / name / "data"
-    common = [f"method={method}", f"run_dir={run_dir}", f"device={args.device}", *overrides, *args.set]
+    common = [f"method={method}", f"run_dir={run_dir}", f"device={args.device}", *overrides]
     train = [
         "run", *common, f"engine.max_steps={steps}", f"storage.root={data}", "engine.log_every=20",
         "engine.progress=false", "engine.tensorboard=false", "engine.image_every=0", "engine.checkpoint_every=0",
-        "samples_per_shard=256", "metrics_port=-1", f"engine.max_minutes={args.max_minutes}",
+        "samples_per_shard=256", "metrics_port=-1", f"engine.max_minutes={args.max_minutes}", *args.set,
     ]  # fmt: skip
+    common.extend(args.set)  # last: they win over the experiment's and the bench's own settings
     start = time.time()
     trained = subprocess.run(_command(*train), capture_output=True, text=True)
     wall = time.time() - start
@@ -112,7 +113,7 @@ def main() -> None:
     p.add_argument("--steps-scale", type=float, default=1.0)
     p.add_argument("--max-minutes", type=float, default=0.0, help="> 0: each run also stops after this long")
     p.add_argument("--parallel", type=int, default=4, help="runs sharing the device at once (CPU-bound beyond)")
-    p.add_argument("--set", nargs="*", default=[], help="overrides for every run, after the experiment's own")
+    p.add_argument("--set", nargs="*", default=[], help="overrides for every run (they win)")
     p.add_argument("--figures", default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args()

@@ -99,15 +99,15 @@ def _peak(device: str) -> dict[str, float] | None:
 
 
 def profile(G, batch: int, device: str, rows: int = 25) -> str:
-    """The most expensive kernels of two bf16 generator calls after warm-up (compiled ones are
-    warm already), as a table."""
+    """The most expensive kernels of two bf16 generator calls after three warm-up calls, as a table."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as profiler
 
     z = torch.randn(batch, G.z_dim, device=device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
-        G(z, noise_mode="const")
+        for _ in range(3):
+            G(z, noise_mode="const")
         with profiler(activities=activities) as prof:
             for _ in range(2):
                 G(z, noise_mode="const")
@@ -123,8 +123,8 @@ def generation(args) -> list[dict]:
     for res in args.resolutions:
         G = _generator(res, args.device)
         flops = flops_per_image(G, args.device)
-        for variant, batch_256 in itertools.product(args.variants, args.batch):
-            batch = min(batch_256 * (256 // res) ** 2, args.max_batch)  # about the same pixels per batch
+        batches = dict.fromkeys(min(b * (256 // res) ** 2, args.max_batch) for b in args.batch)  # same pixels
+        for variant, batch in itertools.product(args.variants, batches):
             runner = _prepare(G, variant)
             for precision in args.precisions:
                 if variant.startswith("compile") and precision != "bf16" and "bf16" in args.precisions:

@@ -232,6 +232,8 @@ def test_bad_aign_configs_are_refused(tmp_path, fashion_dir):
         _config(tmp_path, "superres", "method.task=denoise")
     with pytest.raises(ConfigError, match="method.loss"):
         _config(tmp_path, "superres", "method.loss=none")
+    with pytest.raises(ConfigError, match="method.sfm.search_radius"):
+        _config(tmp_path, "sfm", "method.sfm.search_radius=0")
     with pytest.raises(ConfigError, match="method.data.input"):  # sfm needs frame pairs
         _config(tmp_path, "sfm", "method.data.input.view_step_deg=0.0", "method.data.input.view_step_distance=0.0")
 
@@ -271,10 +273,13 @@ def test_correlation_against_hand_values():
     assert (volume[:, 0, 0] == 0).all()  # shifted in from outside b
 
 
-def test_pose_net_starts_at_the_identity_motion():
+def test_pose_net_starts_at_the_identity_motion_and_can_leave_it():
     frames = torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32)
-    pose = PoseNet(channels=8, radius=2)(*frames)
+    net = PoseNet(channels=8, radius=2)
+    pose = net(*frames)
     assert pose.shape == (3, 6) and (pose == 0).all()
+    (pose * torch.randn(3, 6)).sum().backward()
+    assert net.head[-1].weight.grad.abs().sum() > 0 and net.head[-1].bias.grad.abs().sum() > 0
 
 
 def _fit_motion(frame1, frame2, depth, K, trim: float = 0.0) -> torch.Tensor:

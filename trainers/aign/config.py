@@ -50,7 +50,8 @@ class SfMConfig:
     min_depth: float = 0.5
     max_depth: float = 10.0
     search_radius: int = 3
-    """The pose network's correlation range, in pixels at a quarter of the input resolution."""
+    """The pose network's correlation range, in pixels at a quarter of the input resolution (so ±12
+    input pixels at 3; raise it with the resolution or the view step)."""
     trim: float = 0.0
     """Share of each frame's largest per-pixel photometric errors left out (a trimmed mean; 0: none):
     with a backdrop (``source.backdrop_radius``), pixels that the object's moving silhouette hides

@@ -1,7 +1,7 @@
 """AIGN task ``sfm``: depth and egomotion from two frames, against a memory of depth maps.
 
-G predicts frame 1's disparity (1 / depth; 0 is infinitely far, like the background of the
-simulator's depth maps) and the rigid motion from frame 1's camera to frame 2's; P warps frame 2
+G predicts frame 1's disparity (1 / depth; the memory's depth maps are turned the same way, with
+0 where a map has no surface) and the rigid motion from frame 1's camera to frame 2's; P warps frame 2
 into frame 1 with them (``renderers.warping``), and the reconstruction is the photometric error
 where the warp lands inside frame 2 (auto-masked: see :func:`photometric_error`). Photometric
 error alone fixes depth only up to scale; D compares G's disparity maps with those of other
