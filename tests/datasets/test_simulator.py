@@ -11,6 +11,7 @@ from renderloop.config import ConfigError
 from renderloop.datasets.simulator import Simulator, SimulatorConfig
 from renderloop.renderers.depth_map import depth_to_points
 from renderloop.renderers.warping import warp
+from renderloop.trainers.aign.sfm import relative_motion
 
 
 @pytest.fixture(scope="module")
@@ -233,8 +234,7 @@ def test_the_backdrop_warps_with_the_camera_motion():
     cfg = SimulatorConfig(resolution=48, batch_size=8, views=2, view_step_deg=8.0, backdrop_radius=6.0)
     b = Simulator(cfg).generate(0, 0)
     i, j = slice(0, None, 2), slice(1, None, 2)
-    R_rel = b["R"][j] @ b["R"][i].transpose(1, 2)
-    t_rel = b["t"][j] - (R_rel @ b["t"][i].unsqueeze(-1)).squeeze(-1)
+    R_rel, t_rel = relative_motion(b["R"], b["t"])
     backdrop, d1, K = ~b["mask"][i], b["depth"][i], b["K"][i]
     warped, valid = warp(torch.cat([b["rgb"][j], b["mask"][j].unsqueeze(1).float()], 1), d1, K, R_rel, t_rel)
     clear = backdrop & (valid[:, 0] > 0) & (warped[:, 3] < 1e-3)  # backdrop in both frames

@@ -116,6 +116,7 @@ class AIGNConfig:
             "sfm.channels": self.sfm.channels >= 1,
             "sfm.min_depth": 0 < self.sfm.min_depth < self.sfm.max_depth,
             "sfm.search_radius": self.sfm.search_radius >= 1,
+            "sfm.trim": 0 <= self.sfm.trim < 1,
             "evaluation.samples": self.evaluation.samples >= 1,
             "evaluation.batch_size": self.evaluation.batch_size >= 1,
         })  # fmt: skip
