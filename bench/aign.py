@@ -4,8 +4,9 @@
     python -m bench.aign --only pose_both pose_reconstruction --steps-scale 0.1   # a quick subset
     python -m bench.aign --only sfm_both --set method.sfm.trim=0.0               # a variant
 
-Each experiment is ``renderloop run method=aign/<task> ...`` (producers in the same process,
-``cluster=local``) followed by ``renderloop eval``; up to ``--parallel`` of them share the device.
+Each experiment is ``renderloop run method=aign/<task> ...`` (producers beside the trainer,
+``cluster=local``; on a GPU as CPU processes, see ``_producers``) followed by ``renderloop eval``;
+up to ``--parallel`` of them share the device.
 The JSON holds each run's evaluation, steps, wall time, trainer samples/s and loss curve (mean of
 the reconstruction per tenth of the run); ``--max-minutes`` also ends each run after that long
 (``engine.max_minutes``), so a time budget still yields evaluated models; ``--figures DIR``
@@ -65,6 +66,16 @@ def _curve(run_dir: Path, parts: int = 10) -> list[float]:
     return [sum(values[i : i + size]) / len(values[i : i + size]) for i in range(0, len(values), size)][:parts]
 
 
+def _producers(args) -> list[str]:
+    """On a GPU the sources (simulator renders, BVH poses, image folders) run as single-threaded
+    CPU processes, as many per stream as the cores allow for ``--parallel`` runs of two streams
+    (plus their loader workers): small renders as GPU kernels beside a trainer starve it."""
+    if not args.device.startswith("cuda"):
+        return []
+    count = max(1, (os.cpu_count() or 1) // (4 * args.parallel))
+    return ["cluster.producer_device=cpu", "cluster.producer_threads=1", f"cluster.producers={count}"]
+
+
 def _experiment(name: str, args, work: Path) -> dict:
     method, steps, overrides = EXPERIMENTS[name]
     steps = max(int(steps * args.steps_scale), 20)
@@ -73,7 +84,8 @@ def _experiment(name: str, args, work: Path) -> dict:
     train = [
         "run", *common, f"engine.max_steps={steps}", f"storage.root={data}", "engine.log_every=20",
         "engine.progress=false", "engine.tensorboard=false", "engine.image_every=0", "engine.checkpoint_every=0",
-        "samples_per_shard=256", "metrics_port=-1", f"engine.max_minutes={args.max_minutes}", *args.set,
+        "samples_per_shard=256", "metrics_port=-1", f"engine.max_minutes={args.max_minutes}",
+        *_producers(args), *args.set,
     ]  # fmt: skip
     common.extend(args.set)  # last: they win over the experiment's and the bench's own settings
     start = time.time()

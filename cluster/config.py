@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from renderloop.config import ConfigError
@@ -25,6 +26,13 @@ class ClusterConfig:
     processes on a GPU, where a producer thread would slow the trainer's kernel launches."""
     producers: int = 1
     """Producers per stream."""
+    producer_device: str = "auto"
+    """Where sources run: ``auto`` (the run's device), ``cpu`` or a CUDA device. Small renders,
+    such as the simulator's at 64², come faster from CPU cores than as many small kernels on the
+    trainer's GPU."""
+    producer_threads: int = 0
+    """Torch CPU threads of each producer process or actor (0: torch's default, one per core; on a
+    machine shared by many producers, 1 avoids oversubscribing the cores)."""
     producers_by_role: dict[str, int] | None = None
     """``renderloop run``: producers for the named data roles instead of ``producers`` (a method
     may read one stream faster than another, e.g. ``{synthetic: 6, real: 2}`` for SimGAN)."""
@@ -65,6 +73,10 @@ class ClusterConfig:
             raise ConfigError("cluster.local_producers", choices)
         if self.producers < 1:
             raise ConfigError("cluster.producers", f"must be >= 1; got {self.producers}")
+        if self.producer_device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", self.producer_device):
+            raise ConfigError("cluster.producer_device", f"must be auto, cpu or cuda[:N]; got {self.producer_device!r}")
+        if self.producer_threads < 0:
+            raise ConfigError("cluster.producer_threads", f"must be >= 0; got {self.producer_threads}")
         for role, count in (self.producers_by_role or {}).items():
             if count < 1:
                 raise ConfigError(f"cluster.producers_by_role.{role}", f"must be >= 1; got {count}")

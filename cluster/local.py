@@ -88,6 +88,8 @@ class ProducerSpec:
     samples_per_shard: int
     seed: int = 0
     max_backlog_shards: int = 0
+    threads: int = 0
+    """Torch CPU threads of a producer process (0: torch's default)."""
 
 
 class ProducerError(RenderloopError):
@@ -128,6 +130,10 @@ def _produce(spec: ProducerSpec, producer: str, total: int | None, stop, events)
     Ctrl-C reaches the whole process group: the parent stops the producers through ``stop``. A
     parent that dies without doing so (SIGKILL, SIGTERM) stops them too."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if spec.threads:
+        import torch
+
+        torch.set_num_threads(spec.threads)
     parent = multiprocessing.parent_process()
     threading.Thread(target=lambda: (parent.join(), stop.set()), daemon=True).start()
     try:

@@ -38,6 +38,8 @@ class ProducerActor:
         device = options.get("device", "auto")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if options.get("threads"):
+            torch.set_num_threads(options["threads"])
         labels = {"role": "producer", **options.get("labels", {})}
         metrics = RaySink(**labels)
         if ray.get_runtime_context().was_current_actor_reconstructed:

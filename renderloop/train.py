@@ -238,7 +238,8 @@ def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
         options = {
             "samples_per_shard": cfg.samples_per_shard,
             "max_backlog_shards": cfg.max_backlog_shards,
-            "device": cfg.device,
+            "device": cfg.device if cfg.cluster.producer_device == "auto" else cfg.cluster.producer_device,
+            "threads": cfg.cluster.producer_threads,
             "labels": {"method": cfg.method_name},
         }
         import ray
@@ -260,7 +261,9 @@ def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
     from renderloop.devices import resolve_device
 
     device = resolve_device(cfg.device)
-    processes = cfg.cluster.producer_processes(device.type)
+    processes = cfg.cluster.producer_processes(device.type)  # as the trainer's device needs
+    if cfg.cluster.producer_device != "auto":
+        device = resolve_device(cfg.cluster.producer_device)
     storage = Storage(cfg.storage.root)
     pools = []
     for role, node in cfg.streams().items():
@@ -268,6 +271,7 @@ def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
         spec = ProducerSpec(
             name, scfg, cfg.storage.root, cfg.stream(role), str(device), cfg.samples_per_shard,
             seed=stream_seed(cfg.engine.seed, role), max_backlog_shards=cfg.max_backlog_shards,
+            threads=cfg.cluster.producer_threads,
         )  # fmt: skip
         ids = [f"p{i}" for i in range(cfg.cluster.producers_for(role))]
         pool = local_producers(spec, ids, metrics, processes)

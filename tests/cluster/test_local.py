@@ -103,3 +103,31 @@ def test_a_killed_producer_process_is_reported(tmp_path):
     os.kill(pool._processes[0].pid, signal.SIGKILL)
     with pytest.raises(ProducerError, match="died"):
         pool.join(60)
+
+
+def test_producer_device_and_threads_reach_the_producers(tmp_path, monkeypatch):
+    """``cluster.producer_device`` and ``producer_threads`` become each local producer's spec."""
+    import renderloop.cluster.local as local_module
+    from renderloop.train import _start_producers
+    from tests.trainers.helpers import debug_config
+
+    specs = []
+
+    def capture(spec, ids, metrics=None, processes=False):
+        specs.append((spec, processes))
+        return LocalProducers(lambda pid: None, [])
+
+    monkeypatch.setattr(local_module, "local_producers", capture)
+    cfg = debug_config(tmp_path / "data", tmp_path / "run", "cluster.producer_device=cpu", "cluster.producer_threads=1")
+    _start_producers(cfg)[0]()
+    assert specs and all(spec.device == "cpu" and spec.threads == 1 and not processes for spec, processes in specs)
+    for bad in ("cluster.producer_device=gpu", "cluster.producer_threads=-1"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            debug_config(tmp_path / "data", tmp_path / "run", bad)
+
+
+def test_a_producer_process_with_one_thread_publishes(tmp_path):
+    pool = local_producers(dataclasses.replace(_spec(tmp_path), threads=1), ["p0"], processes=True)
+    pool.start([8])
+    pool.join(120)
+    assert pool.failure() is None and pool.samples == 8
