@@ -44,6 +44,7 @@ setup(
         "deepspeed>=0.14",
         "ray[default,data,train]>=2.40",
     ],
-    extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
+    # Triton comes with CUDA builds of torch; CPU tests run its kernels in its interpreter.
+    extras_require={"test": ["pytest>=7", "ruff>=0.5", "triton>=3.0"]},
     entry_points={"console_scripts": ["renderloop = renderloop.cli:main"]},
 )

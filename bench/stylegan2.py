@@ -36,6 +36,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from renderloop.models.stylegan2 import Generator, GeneratorConfig
+from renderloop.models.stylegan2.networks import SynthesisLayer
 
 # Dense peak FLOP/s of the tensor cores: bf16, and TF32 (what fp32 convolutions run on).
 PEAKS = {"H200": {"bf16": 989e12, "fp32": 494e12}, "H100": {"bf16": 989e12, "fp32": 494e12}}
@@ -53,7 +54,10 @@ def flops_per_image(G: Generator, device: str) -> float:
     return float(counter.get_total_flops())
 
 
-VARIANTS = ("eager", "channels_last", "compile", "compile_channels_last", "compile_cudagraphs", "compile_max_autotune")
+VARIANTS = (
+    "eager", "channels_last", "compile", "compile_channels_last", "compile_cudagraphs", "compile_max_autotune",
+    "compile_unfused",
+)  # fmt: skip
 
 
 def _prepare(G: Generator, variant: str):
@@ -62,8 +66,13 @@ def _prepare(G: Generator, variant: str):
     work around each convolution into single kernels), ``compile_channels_last``,
     ``compile_cudagraphs`` (one CUDA graph replay per call: no kernel launches from the host) or
     ``compile_max_autotune`` (Inductor also times its own convolution and matmul kernels against
-    cuDNN's and cuBLAS's; minutes of compilation)."""
+    cuDNN's and cuBLAS's; minutes of compilation). Each runs the 2× layers' epilogues as the fused
+    kernel of ``upsample_act`` where it is available, except ``compile_unfused`` (``compile``
+    with Inductor's fusion of the composed layers instead)."""
     torch.compiler.reset()  # a compiled graph assumes the weights' layout it was traced with
+    for layer in G.modules():
+        if isinstance(layer, SynthesisLayer):
+            layer.fused_epilogue = not variant.endswith("unfused")
     G = G.to(memory_format=torch.channels_last if variant.endswith("channels_last") else torch.contiguous_format)
     if variant == "compile_max_autotune":
         return torch.compile(G, mode="max-autotune-no-cudagraphs")

@@ -19,6 +19,8 @@ __all__ = [
     "upsample2d",
     "bias_act",
     "conv2d_resample",
+    "conv_transpose_unfiltered",
+    "demodulation",
     "modulated_conv2d",
     "FullyConnectedLayer",
     "Conv2dLayer",
@@ -109,13 +111,8 @@ def conv2d_resample(x, w, f=None, up: int = 1, down: int = 1, padding: int = 0, 
     downsampling (filter, then strided convolution); ``w`` is ``[O, I/groups, k, k]``."""
     k = w.shape[-1]
     if up > 1:  # transposed convolution, then the filter removes its checkerboard
-        out, per_group = w.shape[0], w.shape[1]
-        w = w.reshape(groups, out // groups, per_group, k, k).transpose(1, 2)
-        w = w.reshape(groups * per_group, out // groups, k, k)
-        x = F.conv_transpose2d(x, w, stride=up, groups=groups)
-        p0 = padding + (f.shape[-1] + up - 1) // 2 - (k - 1)
-        p1 = padding + (f.shape[-1] - up) // 2 - (k - up)
-        return upfirdn2d(x, f, padding=[p0, p1, p0, p1], gain=up * up)
+        x, pad = conv_transpose_unfiltered(x, w, f, up, padding, groups)
+        return upfirdn2d(x, f, padding=pad, gain=up * up)
     if down > 1:
         fk = f.shape[-1]
         p0, p1 = padding + (fk - down + 1) // 2, padding + (fk - down) // 2
@@ -127,28 +124,49 @@ def conv2d_resample(x, w, f=None, up: int = 1, down: int = 1, padding: int = 0, 
     return F.conv2d(x, w, padding=padding, groups=groups)
 
 
+def conv_transpose_unfiltered(x, w, f, up: int, padding: int, groups: int = 1):
+    """The transposed convolution of an ``up``× ``conv2d_resample`` and the padding ``[x0, x1, y0,
+    y1]`` the FIR filter ``f`` then takes (with gain ``up²``) to finish it."""
+    out, per_group, k = w.shape[0], w.shape[1], w.shape[-1]
+    w = w.reshape(groups, out // groups, per_group, k, k).transpose(1, 2)
+    w = w.reshape(groups * per_group, out // groups, k, k)
+    x = F.conv_transpose2d(x, w, stride=up, groups=groups)
+    p0 = padding + (f.shape[-1] + up - 1) // 2 - (k - 1)
+    p1 = padding + (f.shape[-1] - up) // 2 - (k - up)
+    return x, [p0, p1, p0, p1]
+
+
+def demodulation(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+    """``[B, O]``: one over the norm of each sample's modulated weights ``weight ⊙ style`` per
+    output channel; ``|weight ⊙ style|²`` summed over inputs and taps is ``styles² @ Σ_taps weight²``."""
+    return (styles.square() @ weight.to(styles.dtype).square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
+
+
 def modulated_conv2d(
-    x, weight, styles, noise=None, up: int = 1, padding: int = 0, f=None, demodulate=True, fused=False
-):
+    x, weight, styles, noise=None, up: int = 1, padding: int = 0, f=None, demodulate=True, fused=False,
+    modulated_input=False,
+):  # fmt: skip
     """Convolution with per-sample weights ``weight ⊙ style`` (``[B, I]`` styles scale input
     channels), divided by their norm when ``demodulate``; ``noise`` is added after it.
 
     ``fused`` builds the per-sample weights and runs one grouped convolution; otherwise (the
     default, and much faster on tensor cores) the input is scaled by the styles, convolved with the
-    shared weight and the output scaled by the demodulation coefficients: the same function."""
+    shared weight and the output scaled by the demodulation coefficients: the same function.
+    ``modulated_input``: ``x`` is already scaled by the styles (by the kernel that made it)."""
     B = x.shape[0]
     cout, cin, kh, kw = weight.shape
     if x.dtype == torch.float16 and demodulate:  # keep fp16 activations in range
         weight = weight * (1 / math.sqrt(cin * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+    if modulated_input and (fused or x.dtype == torch.float16):
+        raise ValueError("modulated_conv2d: a modulated input needs the unfused, non-fp16 form")
     if not fused:
-        x = x * styles.to(x.dtype).reshape(B, cin, 1, 1)
+        if not modulated_input:
+            x = x * styles.to(x.dtype).reshape(B, cin, 1, 1)
         x = conv2d_resample(x, weight.to(x.dtype), f=f, up=up, padding=padding)
         if not demodulate:
             return x + noise if noise is not None else x
-        # |weight ⊙ style|² summed over inputs and taps is styles² @ (weight² summed over taps).
-        dcoefs = (styles.square() @ weight.to(styles.dtype).square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
-        dcoefs = dcoefs.to(x.dtype).reshape(B, cout, 1, 1)
+        dcoefs = demodulation(weight, styles).to(x.dtype).reshape(B, cout, 1, 1)
         return torch.addcmul(noise, x, dcoefs) if noise is not None else x * dcoefs
     w = weight.unsqueeze(0) * styles.reshape(B, 1, cin, 1, 1)  # (B, out, in, k, k)
     if demodulate:

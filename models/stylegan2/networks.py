@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import upsample_act
 from .layers import (
     Conv2dLayer,
     FullyConnectedLayer,
     bias_act,
+    conv_transpose_unfiltered,
+    demodulation,
     fir_filter,
     modulated_conv2d,
     normalize_2nd_moment,
@@ -119,6 +122,11 @@ class MappingNetwork(nn.Module):
 class SynthesisLayer(nn.Module):
     """Modulated 3×3 convolution (optionally 2× up), noise, bias, lrelu."""
 
+    fused_epilogue = True
+    """A 2× layer runs its filter and everything after its convolution as one kernel
+    (``upsample_act``) where that is available and nothing needs a gradient; False: the composed
+    form everywhere (set on an instance or the class, e.g. to compare them)."""
+
     def __init__(self, in_channels, out_channels, w_dim, resolution, up=1, use_noise=True, conv_clamp=None):
         super().__init__()
         self.resolution, self.up, self.use_noise, self.conv_clamp = resolution, up, use_noise, conv_clamp
@@ -138,16 +146,38 @@ class SynthesisLayer(nn.Module):
             state_dict[key] = state_dict[key].reshape(1)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x, w, noise_mode="random", gain=1.0) -> torch.Tensor:
-        styles = self.affine(w)
+    def fusable(self, x: torch.Tensor) -> bool:
+        """Whether this layer runs on ``x`` as the fused kernel (then it can also take ``out_scale``)."""
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        return (
+            self.up == 2 and self.fused_epilogue and not needs_grad and x.dtype != torch.float16
+            and upsample_act.available(x, self.resample_filter)
+        )  # fmt: skip
+
+    def forward(self, x, w, noise_mode="random", gain=1.0, styles=None, modulated_input=False, out_scale=None):
+        """``styles``: this layer's, if already computed from ``w``; ``modulated_input``: ``x`` is
+        already scaled by them; ``out_scale [B, C]``: also scale the output (the next layer's
+        styles), only where ``fusable``."""
+        styles = self.affine(w) if styles is None else styles
         noise = None
         if self.use_noise and noise_mode == "random":
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
             noise = noise * self.noise_strength.to(x.dtype)
         elif self.use_noise and noise_mode == "const":
             noise = (self.noise_const * self.noise_strength).to(x.dtype)
-        x = modulated_conv2d(x, self.weight, styles, noise, up=self.up, padding=1, f=self.resample_filter)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        if self.fusable(x):
+            if not modulated_input:
+                x = x * styles.to(x.dtype).reshape(*styles.shape, 1, 1)
+            x, pad = conv_transpose_unfiltered(x, self.weight.to(x.dtype), self.resample_filter, self.up, padding=1)
+            return upsample_act.fir_bias_act(
+                x, self.resample_filter, pad, self.up**2, demodulation(self.weight, styles), noise, self.bias,
+                math.sqrt(2) * gain, clamp, out_scale,
+            )  # fmt: skip
+        if out_scale is not None:
+            raise ValueError("SynthesisLayer: out_scale needs the fused kernel (see fusable)")
+        f = self.resample_filter
+        x = modulated_conv2d(x, self.weight, styles, noise, self.up, padding=1, f=f, modulated_input=modulated_input)
         return bias_act(x, self.bias, "lrelu", gain=math.sqrt(2) * gain, clamp=clamp)
 
 
@@ -208,6 +238,11 @@ class SynthesisBlock(nn.Module):
             x = y + self.conv1(x, next(w_iter), noise_mode, gain=math.sqrt(0.5))
             if features is not None:
                 features.append(x)
+        elif features is None and self.conv0.fusable(x):  # conv0's kernel also applies conv1's modulation
+            w0, w1 = next(w_iter), next(w_iter)
+            styles = self.conv1.affine(w1)
+            x = self.conv0(x, w0, noise_mode, out_scale=styles)
+            x = self.conv1(x, w1, noise_mode, styles=styles, modulated_input=True)
         else:
             x = self.conv0(x, next(w_iter), noise_mode)
             if features is not None:
