@@ -45,6 +45,6 @@ setup(
         "ray[default,data,train]>=2.40",
     ],
     # Triton comes with CUDA builds of torch; CPU tests run its kernels in its interpreter.
-    extras_require={"test": ["pytest>=7", "ruff>=0.5", "triton>=3.0"]},
+    extras_require={"test": ["pytest>=7", "ruff>=0.5", "triton>=3.0; platform_system == 'Linux'"]},
     entry_points={"console_scripts": ["renderloop = renderloop.cli:main"]},
 )

@@ -56,7 +56,7 @@ def flops_per_image(G: Generator, device: str) -> float:
 
 VARIANTS = (
     "eager", "channels_last", "compile", "compile_channels_last", "compile_cudagraphs", "compile_max_autotune",
-    "compile_unfused",
+    "compile_composed",
 )  # fmt: skip
 
 
@@ -66,13 +66,13 @@ def _prepare(G: Generator, variant: str):
     work around each convolution into single kernels), ``compile_channels_last``,
     ``compile_cudagraphs`` (one CUDA graph replay per call: no kernel launches from the host) or
     ``compile_max_autotune`` (Inductor also times its own convolution and matmul kernels against
-    cuDNN's and cuBLAS's; minutes of compilation). Each runs the 2× layers' epilogues as the fused
-    kernel of ``upsample_act`` where it is available, except ``compile_unfused`` (``compile``
-    with Inductor's fusion of the composed layers instead)."""
+    cuDNN's and cuBLAS's; minutes of compilation). The compiled ones run each 2× layer's epilogue as
+    the Triton kernel of ``upsample_act``, except ``compile_composed`` (``compile`` with
+    Inductor's fusion of the composed layers instead)."""
     torch.compiler.reset()  # a compiled graph assumes the weights' layout it was traced with
     for layer in G.modules():
         if isinstance(layer, SynthesisLayer):
-            layer.fused_epilogue = not variant.endswith("unfused")
+            layer.triton_epilogue = "never" if variant == "compile_composed" else "compiled"
     G = G.to(memory_format=torch.channels_last if variant.endswith("channels_last") else torch.contiguous_format)
     if variant == "compile_max_autotune":
         return torch.compile(G, mode="max-autotune-no-cudagraphs")

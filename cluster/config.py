@@ -27,12 +27,12 @@ class ClusterConfig:
     producers: int = 1
     """Producers per stream."""
     producer_device: str = "auto"
-    """Where sources run: ``auto`` (the run's device), ``cpu`` or a CUDA device. Small renders,
-    such as the simulator's at 64², come faster from CPU cores than as many small kernels on the
-    trainer's GPU."""
+    """Where sources run: ``auto`` (the run's device), ``cpu`` or a CUDA device; e.g. small
+    simulator renders on CPU cores rather than as many small kernels on the trainer's GPU."""
     producer_threads: int = 0
     """Torch CPU threads of each producer process or actor (0: torch's default, one per core; on a
-    machine shared by many producers, 1 avoids oversubscribing the cores)."""
+    machine shared by many producers, 1 avoids oversubscribing the cores). Producer threads share
+    the trainer's process and its setting."""
     producers_by_role: dict[str, int] | None = None
     """``renderloop run``: producers for the named data roles instead of ``producers`` (a method
     may read one stream faster than another, e.g. ``{synthetic: 6, real: 2}`` for SimGAN)."""

@@ -11,7 +11,7 @@ def fir_bias_act_rows(
     x_ptr, f_ptr, dcoef_ptr, noise_ptr, bias_ptr, scale_ptr, y_ptr,
     C, H_in, W_in, H_out, W_out, pad_y, pad_x, act_gain, clamp,
     sxb, sxc, sxh, sxw, syb, syc, syh, syw, snb, snh, snw,
-    HAS_NOISE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_CLAMP: tl.constexpr, LRELU: tl.constexpr,
+    HAS_NOISE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_CLAMP: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """One program: ``ROWS`` output rows × ``BLOCK_W`` columns × ``BLOCK_C`` channels of one image.
@@ -68,9 +68,7 @@ def fir_bias_act_rows(
             noise_at = noise_ptr + image * snb + r_out * snh + out_cols * snw
             out += tl.load(noise_at, mask=(out_cols < W_out) & (r_out >= 0) & (r_out < H_out), other=0.0).to(tl.float32)
         out += bias
-        if LRELU:
-            out = tl.where(out >= 0, out, out * 0.2)
-        out = out * act_gain
+        out = tl.where(out >= 0, out, out * 0.2) * act_gain  # leaky ReLU, slope 0.2
         if HAS_CLAMP:
             out = tl.minimum(tl.maximum(out, -clamp), clamp)
         if HAS_SCALE:
@@ -91,7 +89,7 @@ fir_bias_act_tuned = triton.autotune(
         for w in (8, 16, 32)
         for c in (32, 64, 128)
     ],
-    key=["C", "H_out", "W_out", "HAS_NOISE", "HAS_SCALE", "HAS_CLAMP"],
+    key=["C", "H_out", "W_out", "sxc", "HAS_NOISE", "HAS_SCALE", "HAS_CLAMP"],  # sxc: the input's layout
     prune_configs_by={"early_config_prune": _fitting},
 )(fir_bias_act_rows)
 """The kernel with its block sizes timed once per layer shape (the first call's)."""

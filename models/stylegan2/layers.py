@@ -159,7 +159,7 @@ def modulated_conv2d(
         weight = weight * (1 / math.sqrt(cin * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
     if modulated_input and (fused or x.dtype == torch.float16):
-        raise ValueError("modulated_conv2d: a modulated input needs the unfused, non-fp16 form")
+        raise ValueError("modulated_conv2d(): modulated_input needs fused=False and a non-fp16 input")
     if not fused:
         if not modulated_input:
             x = x * styles.to(x.dtype).reshape(B, cin, 1, 1)

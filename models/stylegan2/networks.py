@@ -122,10 +122,13 @@ class MappingNetwork(nn.Module):
 class SynthesisLayer(nn.Module):
     """Modulated 3×3 convolution (optionally 2× up), noise, bias, lrelu."""
 
-    fused_epilogue = True
-    """A 2× layer runs its filter and everything after its convolution as one kernel
-    (``upsample_act``) where that is available and nothing needs a gradient; False: the composed
-    form everywhere (set on an instance or the class, e.g. to compare them)."""
+    triton_epilogue = "compiled"
+    """Where a 2× layer runs its filter and everything after its transposed convolution as one
+    Triton kernel (``upsample_act``): ``compiled``, where ``torch.compile`` traces the layer (the
+    measured form, NHWC like Inductor's convolutions); ``always``, in eager mode too (its output is
+    then NHWC); ``never``. In each case only on CUDA, in fp32 or bf16 (not under fp16 autocast), and
+    where no gradient is needed: the kernel has no backward. A class default; set on an instance to
+    compare."""
 
     def __init__(self, in_channels, out_channels, w_dim, resolution, up=1, use_noise=True, conv_clamp=None):
         super().__init__()
@@ -146,13 +149,22 @@ class SynthesisLayer(nn.Module):
             state_dict[key] = state_dict[key].reshape(1)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def fusable(self, x: torch.Tensor) -> bool:
-        """Whether this layer runs on ``x`` as the fused kernel (then it can also take ``out_scale``)."""
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        return (
-            self.up == 2 and self.fused_epilogue and not needs_grad and x.dtype != torch.float16
-            and upsample_act.available(x, self.resample_filter)
-        )  # fmt: skip
+    def fusable(self, x: torch.Tensor, *followers: nn.Module) -> bool:
+        """Whether this layer runs on ``x`` as the Triton kernel (then it can also take
+        ``out_scale``); ``followers``: modules whose parameters would feed its output too (the next
+        layer, whose styles become ``out_scale``)."""
+        mode = self.triton_epilogue
+        if mode not in ("compiled", "always", "never"):
+            raise ValueError(f"SynthesisLayer.triton_epilogue must be compiled, always or never; got {mode!r}")
+        if self.up != 2 or mode == "never" or (mode == "compiled" and not torch.compiler.is_compiling()):
+            return False
+        params = (p for module in (self, *followers) for p in module.parameters())
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            return False
+        device = x.device.type
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16:
+            return False
+        return x.dtype in (torch.float32, torch.bfloat16) and upsample_act.available(x, self.resample_filter)
 
     def forward(self, x, w, noise_mode="random", gain=1.0, styles=None, modulated_input=False, out_scale=None):
         """``styles``: this layer's, if already computed from ``w``; ``modulated_input``: ``x`` is
@@ -175,7 +187,7 @@ class SynthesisLayer(nn.Module):
                 math.sqrt(2) * gain, clamp, out_scale,
             )  # fmt: skip
         if out_scale is not None:
-            raise ValueError("SynthesisLayer: out_scale needs the fused kernel (see fusable)")
+            raise ValueError("SynthesisLayer.forward(): out_scale needs the Triton kernel, not taken here (fusable)")
         f = self.resample_filter
         x = modulated_conv2d(x, self.weight, styles, noise, self.up, padding=1, f=f, modulated_input=modulated_input)
         return bias_act(x, self.bias, "lrelu", gain=math.sqrt(2) * gain, clamp=clamp)
@@ -238,7 +250,7 @@ class SynthesisBlock(nn.Module):
             x = y + self.conv1(x, next(w_iter), noise_mode, gain=math.sqrt(0.5))
             if features is not None:
                 features.append(x)
-        elif features is None and self.conv0.fusable(x):  # conv0's kernel also applies conv1's modulation
+        elif features is None and self.conv0.fusable(x, self.conv1):  # conv0's kernel also applies conv1's styles
             w0, w1 = next(w_iter), next(w_iter)
             styles = self.conv1.affine(w1)
             x = self.conv0(x, w0, noise_mode, out_scale=styles)

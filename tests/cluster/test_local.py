@@ -10,6 +10,7 @@ import time
 from collections import Counter
 
 import pytest
+import torch
 
 from renderloop.cluster.local import GenerationStatus, LocalProducers, ProducerError, ProducerSpec, local_producers
 from renderloop.config import ConfigError
@@ -118,9 +119,11 @@ def test_producer_device_and_threads_reach_the_producers(tmp_path, monkeypatch):
         return LocalProducers(lambda pid: None, [])
 
     monkeypatch.setattr(local_module, "local_producers", capture)
-    cfg = debug_config(tmp_path / "data", tmp_path / "run", "cluster.producer_device=cpu", "cluster.producer_threads=1")
-    _start_producers(cfg)[0]()
-    assert specs and all(spec.device == "cpu" and spec.threads == 1 and not processes for spec, processes in specs)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only resolved here, never used
+    overrides = ["cluster.producer_device=cuda:0", "cluster.producer_threads=1"]
+    _start_producers(debug_config(tmp_path / "data", tmp_path / "run", *overrides))[0]()
+    # The sources go to the GPU; threads or processes still follow the trainer's device (the CPU).
+    assert specs and all(spec.device == "cuda:0" and spec.threads == 1 and not processes for spec, processes in specs)
     for bad in ("cluster.producer_device=gpu", "cluster.producer_threads=-1"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             debug_config(tmp_path / "data", tmp_path / "run", bad)

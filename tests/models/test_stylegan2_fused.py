@@ -5,6 +5,7 @@ CUDA where there is one, otherwise on the CPU in Triton's interpreter (``conftes
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -70,8 +71,22 @@ def test_registered_op_passes_torch_opcheck():
     case = _case(1, 3, 7, 7, [1, 1, 1, 1])
     taps = (case["f"] * 4).flip([0, 1]).contiguous()
     noise = case["noise"].reshape(1, 6, 6)
-    args = (case["x"], taps, [1, 1, 1, 1], case["dcoefs"], noise, case["bias"], case["out_scale"], 1.4, None, True)
+    args = (case["x"], taps, [1, 1, 1, 1], case["dcoefs"], noise, case["bias"], case["out_scale"], 1.4, None)
     torch.library.opcheck(torch.ops.renderloop.fir_bias_act.default, args)
+
+
+def test_bad_inputs_are_refused_with_their_names():
+    case = _case(2, 3, 7, 7, [1, 1, 1, 1])
+    for key, bad, message in [
+        ("f", torch.ones(3, 3), r"f must have shape \[4, 4\]"),
+        ("dcoefs", torch.ones(3, 3), r"dcoefs must have shape \[2, 3\]"),
+        ("noise", torch.ones(2, 1, 7, 7), r"noise must have shape \[\*, 1, 6, 6\]"),
+        ("noise", torch.ones(3, 1, 6, 6), "noise must have batch 1 or 2"),
+        ("padding", [1, 1, 1], "padding must be"),
+        ("padding", [1, 1, -3, -3], "leaves no output"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            upsample_act.fir_bias_act(**{**case, key: bad})
 
 
 def _generator(**kw) -> Generator:
@@ -84,75 +99,118 @@ def _generator(**kw) -> Generator:
     return G
 
 
+def _count_launches(monkeypatch) -> list:
+    """The input shape of every kernel launch from here on."""
+    launches, launch = [], upsample_act.launch
+    monkeypatch.setattr(upsample_act, "launch", lambda x, *args: launches.append(tuple(x.shape)) or launch(x, *args))
+    return launches
+
+
 @pytest.fixture
-def fused_on_cpu(monkeypatch):
-    """Let ``SynthesisLayer`` take the kernel on CPU tensors too (it does so on CUDA only); fp32
-    convolutions stay fp32 on CUDA (the kernel's NHWC output gets other cuDNN algorithms, whose
-    TF32 rounding would differ by about 1e-4)."""
+def kernel(monkeypatch):
+    """The kernel on CPU tensors too (``SynthesisLayer`` takes it on CUDA only); returns its
+    launches. fp32 convolutions stay fp32 on CUDA: the kernel's NHWC output gets other cuDNN
+    algorithms, whose TF32 rounding would differ by about 1e-4."""
     monkeypatch.setattr(upsample_act, "available", lambda x, f: tuple(f.shape) == (4, 4))
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    return _count_launches(monkeypatch)
 
 
-def _both(G, *args, **kw):
-    """The generator's output with the 2× layers composed, then fused, from the same noise seed."""
+def _both(monkeypatch, G, *args, **kw):
+    """The generator's output with the 2× layers composed, then as the kernel (in eager mode), from
+    the same noise seed."""
     out = []
-    for fused in (False, True):
-        for layer in G.modules():
-            if isinstance(layer, SynthesisLayer):
-                layer.fused_epilogue = fused
+    for mode in ("never", "always"):
+        monkeypatch.setattr(SynthesisLayer, "triton_epilogue", mode)
         torch.manual_seed(1)
         out.append(G(*args, **kw))
     return out
 
 
 @pytest.mark.parametrize("noise_mode", ["const", "random"])
-@pytest.mark.parametrize("architecture, conv_clamp", [("skip", None), ("skip", 0.3), ("resnet", None)])
-def test_generator_fused_equals_composed(fused_on_cpu, noise_mode, architecture, conv_clamp):
+@pytest.mark.parametrize("architecture, conv_clamp", [("skip", None), ("skip", 0.3), ("orig", None), ("resnet", None)])
+def test_generator_with_the_kernel_equals_composed(kernel, monkeypatch, noise_mode, architecture, conv_clamp):
     G = _generator(architecture=architecture, conv_clamp=conv_clamp)
     with torch.no_grad():
-        composed, fused = _both(G, torch.randn(3, 32, device=DEVICE), noise_mode=noise_mode)
+        composed, fused = _both(monkeypatch, G, torch.randn(3, 32, device=DEVICE), noise_mode=noise_mode)
+    assert kernel == [(3, 32, 9, 9), (3, 16, 17, 17)]  # b8's and b16's conv0, once each
     assert torch.allclose(fused, composed, atol=1e-5) and composed.abs().max() > 0.5
 
 
-def test_fused_kernel_only_where_no_gradient_is_needed(fused_on_cpu):
-    """Training (weights or inputs that need gradients) keeps the composed, differentiable layers."""
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on the CPU needs a C compiler")
+def test_compiled_generator_takes_the_kernel_and_eager_does_not(kernel):
+    """By default (``triton_epilogue="compiled"``) the kernel runs where ``torch.compile`` traces the
+    layers, and eager generation keeps the composed layers."""
     G, z = _generator(), torch.randn(2, 32, device=DEVICE)
-    conv0 = G.synthesis.b8.conv0
-    x = torch.randn(2, conv0.weight.shape[1], 4, 4, device=DEVICE)
-    assert not conv0.fusable(x)
     with torch.no_grad():
-        assert conv0.fusable(x)
+        eager = G(z, noise_mode="const")
+        assert kernel == []
+        compiled = torch.compile(G)(z, noise_mode="const")
+    assert len(kernel) == 2 and torch.allclose(compiled, eager, atol=1e-4)
+
+
+def test_kernel_only_where_no_gradient_is_needed(kernel, monkeypatch):
+    """Training or fine-tuning any parameter that reaches the kernel's output keeps the composed,
+    differentiable layers."""
+    monkeypatch.setattr(SynthesisLayer, "triton_epilogue", "always")
+    G, z = _generator(), torch.randn(2, 32, device=DEVICE)
+    block = G.synthesis.b8
+    x = torch.randn(2, block.conv0.weight.shape[1], 4, 4, device=DEVICE)
+    assert not block.conv0.fusable(x)
+    with torch.no_grad():
+        assert block.conv0.fusable(x)
     G.requires_grad_(False)
-    assert conv0.fusable(x) and not conv0.fusable(x.requires_grad_())
-    assert not G.synthesis.b8.conv1.fusable(x)  # not a 2× layer
-    G.requires_grad_(True)
+    assert block.conv0.fusable(x, block.conv1) and not block.conv0.fusable(x.clone().requires_grad_())
+    assert not block.conv1.fusable(x)  # not a 2× layer
+    block.conv1.affine.requires_grad_(True)  # its styles would be the kernel's out_scale
+    assert block.conv0.fusable(x) and not block.conv0.fusable(x, block.conv1)
+    G.requires_grad_(False)
+    block.conv0.bias.requires_grad_(True)  # fine-tuning biases only
+    assert not block.conv0.fusable(x)
     G(z, noise_mode="const").square().mean().backward()
-    assert conv0.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="out_scale needs the fused kernel"):
-        conv0(x, z, out_scale=torch.ones(2, conv0.weight.shape[0], device=DEVICE))
+    assert block.conv0.bias.grad.abs().sum() > 0 and kernel == []
+    with pytest.raises(ValueError, match="out_scale needs the Triton kernel"):
+        block.conv0(x, z, out_scale=torch.ones(2, block.conv0.weight.shape[0], device=DEVICE))
 
 
-def test_flops_are_counted_as_the_filter_it_replaces(fused_on_cpu):
+def test_kernel_not_taken_in_fp16_or_fp64(kernel, monkeypatch):
+    """fp16 (autocast or not) keeps the composed layers, whose fp16 safeguards the kernel lacks."""
+    monkeypatch.setattr(SynthesisLayer, "triton_epilogue", "always")
+    G = _generator().requires_grad_(False)
+    conv0, x = G.synthesis.b8.conv0, torch.randn(2, 32, 4, 4, device=DEVICE)
+    assert conv0.fusable(x) and not conv0.fusable(x.double()) and not conv0.fusable(x.half())
+    with torch.autocast(DEVICE, dtype=torch.float16):
+        assert not conv0.fusable(x)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        assert conv0.fusable(x)
+    with pytest.raises(ValueError, match="triton_epilogue must be"):
+        monkeypatch.setattr(SynthesisLayer, "triton_epilogue", True)
+        conv0.fusable(x)
+
+
+def test_flops_are_counted_as_the_filter_it_replaces(kernel, monkeypatch):
     """The roofline's FLOP count does not change with the kernel (``bench/stylegan2.py``)."""
     G = _generator().requires_grad_(False)
     z = torch.randn(1, 32, device=DEVICE)
     counts = []
-    for fused in (False, True):
-        for layer in G.modules():
-            if isinstance(layer, SynthesisLayer):
-                layer.fused_epilogue = fused
+    for mode in ("never", "always"):
+        monkeypatch.setattr(SynthesisLayer, "triton_epilogue", mode)
         with FlopCounterMode(display=False) as counter:
             G(z, noise_mode="const")
         counts.append(counter.get_total_flops())
-    assert counts[0] == counts[1] > 0
+    assert counts[0] == counts[1] > 0 and len(kernel) == 2
 
 
 @pytest.mark.gpu
-def test_generator_fused_equals_composed_on_cuda_in_bf16_and_compiled():
+def test_generator_with_the_kernel_on_cuda_in_bf16_and_compiled(monkeypatch):
+    launches = _count_launches(monkeypatch)
     G = _generator(conv_clamp=256)
     z = torch.randn(4, 32, device="cuda")
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        composed, fused = _both(G, z, noise_mode="const")
+        composed, fused = _both(monkeypatch, G, z, noise_mode="const")
+        assert len(launches) == 2
+        monkeypatch.setattr(SynthesisLayer, "triton_epilogue", "compiled")
         compiled = torch.compile(G)(z, noise_mode="const")
+        assert len(launches) == 4
     for y in (fused, compiled):  # bf16 rounds the composed layers' every intermediate
         assert (y.float() - composed.float()).norm() / composed.float().norm() < 0.02
