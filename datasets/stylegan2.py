@@ -53,8 +53,9 @@ class StyleGAN2SourceConfig:
     """Registry names to use, ``views`` of them (default: the first ``views``)."""
     view_seed: int = 0
     compile: bool = False
-    """``torch.compile`` the synthesis network: it fuses the FIR filters and the elementwise work
-    around each convolution (3.8× the images/s at 256² on an H200); the first batch compiles."""
+    """``torch.compile`` the synthesis network: it fuses the elementwise work around each
+    convolution, and on CUDA runs each 2× layer's filter and epilogue as one Triton kernel (4.3×
+    eager's images/s at 256² on an H200, ``BENCHMARKS.md``); the first batch compiles."""
 
     def __post_init__(self) -> None:
         def bad(key: str, msg: str) -> ConfigError:
