@@ -61,6 +61,10 @@ class ClusterConfig:
         """Whether local producers run as processes on a device of ``device_type``."""
         return self.local_producers == "processes" or (self.local_producers == "auto" and device_type == "cuda")
 
+    def source_device(self, run_device: str) -> str:
+        """The device producers run their sources on, for a run on ``run_device``."""
+        return run_device if self.producer_device == "auto" else self.producer_device
+
     def producers_for(self, role: str) -> int:
         """Producers for the stream of data role ``role``."""
         return (self.producers_by_role or {}).get(role, self.producers)

@@ -238,7 +238,7 @@ def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
         options = {
             "samples_per_shard": cfg.samples_per_shard,
             "max_backlog_shards": cfg.max_backlog_shards,
-            "device": cfg.device if cfg.cluster.producer_device == "auto" else cfg.cluster.producer_device,
+            "device": cfg.cluster.source_device(cfg.device),
             "threads": cfg.cluster.producer_threads,
             "labels": {"method": cfg.method_name},
         }
@@ -260,10 +260,8 @@ def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
     from renderloop.cluster.local import GenerationStatus, ProducerSpec, local_producers
     from renderloop.devices import resolve_device
 
-    device = resolve_device(cfg.device)
-    processes = cfg.cluster.producer_processes(device.type)  # as the trainer's device needs
-    if cfg.cluster.producer_device != "auto":
-        device = resolve_device(cfg.cluster.producer_device)
+    processes = cfg.cluster.producer_processes(resolve_device(cfg.device).type)  # as the trainer's device needs
+    device = resolve_device(cfg.cluster.source_device(cfg.device))
     storage = Storage(cfg.storage.root)
     pools = []
     for role, node in cfg.streams().items():

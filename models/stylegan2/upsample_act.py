@@ -43,7 +43,7 @@ def fir_bias_act(x, f, padding, gain, dcoefs, noise, bias, act_gain, clamp=None,
     B, C, H, W = x.shape
     if len(padding) != 4:
         raise ValueError(f"{op}(): padding must be [x0, x1, y0, y1]; got {list(padding)}")
-    size = (H + padding[2] + padding[3] - 3, W + padding[0] + padding[1] - 3)
+    size = _output_size(H, W, padding)
     if min(size) < 1:
         raise ValueError(f"{op}(): padding {list(padding)} leaves no output of a {H}×{W} input")
     check_shape(op, "dcoefs", dcoefs, [B, C])
@@ -62,12 +62,17 @@ def fir_bias_act(x, f, padding, gain, dcoefs, noise, bias, act_gain, clamp=None,
     )
 
 
+def _output_size(H: int, W: int, padding) -> tuple[int, int]:
+    """Rows and columns the 4×4 filter leaves of an ``H × W`` input padded by ``[x0, x1, y0, y1]``."""
+    x0, x1, y0, y1 = padding
+    return H + y0 + y1 - 3, W + x0 + x1 - 3
+
+
 def _output(x: torch.Tensor, padding: list[int]) -> torch.Tensor:
     """Always NHWC, whatever the input's layout: the layout the convolutions around it want, and one
     ``torch.compile`` can rely on while it passes the input in the layout it chose."""
-    x0, x1, y0, y1 = padding
     B, C, H, W = x.shape
-    size = (B, C, H + y0 + y1 - 3, W + x0 + x1 - 3)
+    size = (B, C, *_output_size(H, W, padding))
     return torch.empty(size, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
 
