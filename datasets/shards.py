@@ -73,7 +73,8 @@ class ShardWriter:
             "tmp": tmp,
             "raw": raw,
             "hash": hashing,
-            "tar": webdataset.TarWriter(hashing, encoder=False, mtime=0.0),
+            # An integer mtime: a float one makes tarfile give every member its own PAX header.
+            "tar": webdataset.TarWriter(hashing, encoder=False, mtime=0),
             "count": 0,
             "seeds": [],
         }
@@ -95,11 +96,12 @@ class ShardWriter:
         return None
 
     def _publish(self) -> LedgerEntry:
-        s, self._open = self._open, None
+        s = self._open  # still open until renamed: a failure before that leaves it to ``abort``
         s["tar"].tarstream.close()  # writes the end-of-archive blocks through the hashing wrapper
         self.storage.sync_close(s["raw"])
         final = self.ledger.rel("shards", s["name"])
         self.storage.rename(s["tmp"], final)
+        self._open = None
         entry = LedgerEntry(
             shard=s["name"],
             count=s["count"],

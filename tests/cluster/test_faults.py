@@ -4,6 +4,7 @@ restarted by Ray with the restart counted in Ray's metrics."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import signal
@@ -70,10 +71,29 @@ def test_full_storage_stops_a_producer_and_publishes_nothing_partial(tmp_path, q
     assert _assert_published_shards_intact(root, "s") == published + 2
 
 
+def test_a_shard_that_fails_to_close_is_dropped(tmp_path, monkeypatch):
+    """Storage that refuses the shard's last write (end-of-archive blocks, fsync) leaves no
+    temporary file and publishes nothing."""
+    producer = tiny_producer(str(tmp_path), per_shard=8)
+    sync_close = producer.writer.storage.sync_close
+
+    def full_for_shards(f):
+        if str(f.path).endswith(".tar.tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        sync_close(f)
+
+    monkeypatch.setattr(producer.writer.storage, "sync_close", full_for_shards)
+    with pytest.raises(StorageError, match="no partial shard"):
+        producer.run(8)
+    storage = Storage(str(tmp_path))
+    assert not Ledger(storage, "s").entries() and not storage.list("s/shards")
+
+
 def test_full_storage_stops_a_live_run_with_a_clear_error(tmp_path, quota, capsys):
     root = f"quota://{tmp_path / 'data'}"
     quota(1_500_000)  # both streams' shards are ~200 kB: a few steps train, then the disk is full
     args = [*DEBUG, f"storage.root={root}", f"run_dir={tmp_path / 'run'}", "engine.max_steps=100000"]
+    args.append("engine.data.delete_consumed=false")  # every published shard stays to be checked
     start = time.monotonic()
     assert main(["run", *args, "engine.data.idle_timeout=600"]) == 1
     assert time.monotonic() - start < 120  # stopped by the producers' error, not by the idle timeout
