@@ -7,6 +7,12 @@
 device) at each resolution and style. *write* encodes samples to the schema and writes shards
 through ``ShardWriter`` to a local folder; *read* streams them back through ``ShardStream`` with
 checksums and decoding. Both are host-side and single-process.
+
+    python -m bench.data --producers aign/sfm             # one method's streams, end to end
+
+*producers* times a whole producer (generate, encode, write, publish) for each stream of a method's
+config, with one CPU thread as ``renderloop run`` starts them beside a GPU trainer (sources on
+``--device``), writing every field the source makes and then only the fields the method reads.
 """
 
 from __future__ import annotations
@@ -113,6 +119,35 @@ def bench_shards(res: int, samples: int, device: torch.device) -> list[dict]:
     return rows
 
 
+def bench_producers(method: str, samples: int, device: torch.device) -> list[dict]:
+    from renderloop.cluster.local import ProducerSpec, build_producer
+    from renderloop.config import load_config
+    from renderloop.datasets.sources import source_config
+    from renderloop.train import TrainConfig
+
+    cfg = load_config("run", [f"method={method}", "device=cpu"], TrainConfig)
+    torch.set_num_threads(1)
+    rows = []
+    for role, node in cfg.streams().items():
+        name, scfg = source_config(node)
+        for fields in (None, cfg.fields(role)):
+            with tempfile.TemporaryDirectory() as root:
+                spec = ProducerSpec(name, scfg, root, role, str(device), cfg.samples_per_shard, fields=fields)
+                producer = build_producer(spec, "p0")
+                producer.run(cfg.samples_per_shard)  # warm-up: first batches, one shard
+                start = time.perf_counter()
+                stats = producer.run(samples)
+                seconds = time.perf_counter() - start
+            rows.append(
+                {
+                    "what": "producer", "method": method, "device": str(device), "role": role,
+                    "fields": list(fields or ["all"]), "samples_per_s": samples / seconds,
+                    "bytes_per_sample": stats.bytes / stats.samples,
+                }
+            )  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -122,6 +157,7 @@ def main() -> None:
     parser.add_argument("--shard-samples", type=int, default=1024, help="samples written and read per resolution")
     parser.add_argument("--out", default="")
     parser.add_argument("--profile", action="store_true", help="only profile the 128² simulator")
+    parser.add_argument("--producers", default="", help="only time the producers of this method's streams")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -130,7 +166,16 @@ def main() -> None:
         profile_simulator(128, batch, device, args.compile)
         return
     rows = []
-    for res in (128, 256):
+    if args.producers:
+        for r in bench_producers(args.producers, args.shard_samples, device):
+            rows.append(r)
+            print(
+                f"producer {r['role']:8s} fields {','.join(r['fields']):24s} {r['samples_per_s']:7.1f} samples/s "
+                f"({r['bytes_per_sample'] / 1e3:.1f} kB/sample)",
+                flush=True,
+            )
+    resolutions = () if args.producers else (128, 256)
+    for res in resolutions:
         for style in ("synthetic", "real_like"):
             for comp in (False, True) if args.compile else (False,):
                 b = batch if res == 128 else max(batch // 4, 1)
@@ -141,7 +186,7 @@ def main() -> None:
                     f"{r['images_per_s']:10.0f} images/s  peak {r['peak_mib']:.0f} MiB",
                     flush=True,
                 )
-    for res in (128, 256):
+    for res in resolutions:
         for r in bench_shards(res, args.shard_samples, device):
             rows.append(r)
             print(

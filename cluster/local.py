@@ -90,6 +90,8 @@ class ProducerSpec:
     max_backlog_shards: int = 0
     threads: int = 0
     """Torch CPU threads of a producer process (0: torch's default)."""
+    fields: tuple[str, ...] | None = None
+    """Schema fields to write (None: all the source makes); see ``Producer``."""
 
 
 class ProducerError(RenderloopError):
@@ -120,7 +122,7 @@ def build_producer(spec: ProducerSpec, producer: str, metrics: MetricsSink | Non
     return Producer(
         build_source(spec.source_name, spec.source_config, spec.device), Ledger(Storage(spec.root), spec.stream),
         producer, samples_per_shard=spec.samples_per_shard, seed=spec.seed,
-        max_backlog_shards=spec.max_backlog_shards, metrics=metrics,
+        max_backlog_shards=spec.max_backlog_shards, fields=spec.fields, metrics=metrics,
     )  # fmt: skip
 
 

@@ -54,6 +54,7 @@ class ProducerActor:
             samples_per_shard=options["samples_per_shard"],
             seed=options.get("seed", 0),
             max_backlog_shards=options.get("max_backlog_shards", 0),
+            fields=options.get("fields"),
             metrics=metrics,
         )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from renderloop.metrics import MetricsSink
@@ -47,6 +48,8 @@ class Producer:
         samples_per_shard: a multiple of the source's batch size.
         seed: run seed, mixed with the producer id.
         max_backlog_shards: pause while more published shards than this are unconsumed (0: no bound).
+        fields: write only these schema fields (and ``meta.json``), e.g. those the stream's trainer
+            reads; None writes every field the source makes.
         metrics: where to report.
     """
 
@@ -60,6 +63,7 @@ class Producer:
         seed: int = 0,
         max_backlog_shards: int = 0,
         poll_seconds: float = 0.2,
+        fields: Sequence[str] | None = None,
         metrics: MetricsSink | None = None,
     ) -> None:
         batch = source.config.batch_size
@@ -72,6 +76,7 @@ class Producer:
         self.batches_per_shard = samples_per_shard // batch
         self.seed = producer_seed(seed, producer)
         self.max_backlog, self.poll_seconds = max_backlog_shards, poll_seconds
+        self.fields = None if fields is None else {"__key__", "meta.json", *fields}
         self.metrics = metrics or MetricsSink()
         self.stats = ProducerStats()
         self.labels = {"source": source.name, "producer": producer}
@@ -141,6 +146,8 @@ class Producer:
                 }
                 if "group.txt" in sample:  # group ids unique across the producers of a stream
                     sample["group.txt"] = self._group_base | int(sample["group.txt"])
+                if self.fields is not None:  # encoding and writing, not rendering, bound a producer
+                    samples[i] = {k: v for k, v in sample.items() if k in self.fields}
             self.metrics.observe("renderloop_producer_batch_seconds", time.perf_counter() - t0, **self.labels)
             if target is not None:
                 samples = samples[: target - self.stats.samples]

@@ -74,6 +74,14 @@ class TrainConfig:
         """Data role → source config node."""
         return dict(self.method_config.data)
 
+    def fields(self, role: str) -> tuple[str, ...] | None:
+        """The schema fields the method reads from ``role``'s stream (None: all): what its
+        producers write when ``run`` starts them."""
+        import torch
+
+        fields = METHODS[self.method_name].method(self.method_config, torch.device("cpu")).fields(role)
+        return None if fields is None else tuple(fields)
+
     def stream(self, role: str) -> str:
         from renderloop.trainers.engine import stream_name
 
@@ -229,7 +237,7 @@ def stream_seed(seed: int, role: str) -> int:
 
 def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
     """Producers for each stream (threads or processes beside this one, or Ray actors with
-    ``cluster.mode=ray``).
+    ``cluster.mode=ray``). They write only the fields the method reads from their stream.
 
     Returns a function that stops them, the pools' health checks (see ``ProducerWatch``) and, for
     local producers, a progress-bar status (generated samples/s, backlog).
@@ -251,7 +259,7 @@ def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
         for role, node in cfg.streams().items():
             name, scfg = source_config(node)
             count = cfg.cluster.producers_for(role)
-            role_options = {**options, "seed": stream_seed(cfg.engine.seed, role)}
+            role_options = {**options, "seed": stream_seed(cfg.engine.seed, role), "fields": cfg.fields(role)}
             pool = ProducerPool(cfg.cluster, name, scfg, cfg.storage.root, cfg.stream(role), role_options, count)
             pool.run_until([1 << 62] * count)  # until stopped; backpressure bounds the backlog
             pools.append(pool)
@@ -269,7 +277,7 @@ def _start_producers(cfg: TrainConfig, metrics: MetricsSink | None = None):
         spec = ProducerSpec(
             name, scfg, cfg.storage.root, cfg.stream(role), str(device), cfg.samples_per_shard,
             seed=stream_seed(cfg.engine.seed, role), max_backlog_shards=cfg.max_backlog_shards,
-            threads=cfg.cluster.producer_threads,
+            threads=cfg.cluster.producer_threads, fields=cfg.fields(role),
         )  # fmt: skip
         ids = [f"p{i}" for i in range(cfg.cluster.producers_for(role))]
         pool = local_producers(spec, ids, metrics, processes)

@@ -124,6 +124,7 @@ def test_producer_device_and_threads_reach_the_producers(tmp_path, monkeypatch):
     _start_producers(debug_config(tmp_path / "data", tmp_path / "run", *overrides))[0]()
     # The sources go to the GPU; threads or processes still follow the trainer's device (the CPU).
     assert specs and all(spec.device == "cuda:0" and spec.threads == 1 and not processes for spec, processes in specs)
+    assert all(spec.fields == ("rgb.png",) for spec, _ in specs)  # what SimGAN reads, no labels
     for bad in ("cluster.producer_device=gpu", "cluster.producer_threads=-1"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             debug_config(tmp_path / "data", tmp_path / "run", bad)

@@ -4,11 +4,13 @@ and workers, corrupt shards skipped, backpressure, and producers killed mid-shar
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import textwrap
 import threading
 import time
@@ -44,6 +46,19 @@ def test_write_publish_read_on_fsspec(tmp_path, scheme):
     assert samples[0]["rgb.png"].shape == (3, 16, 16) and samples[0]["kp2d.npy"].shape == (3, 2)
     ids = {(s["meta.json"]["batch"], s["meta.json"]["index"]) for s in samples}
     assert len(ids) == 20 and {b for b, _ in ids} == {0, 1, 2, 3, 4}
+
+
+def test_a_producer_writes_only_the_fields_asked_for_and_plain_tar_headers(tmp_path):
+    producer = tiny_producer(str(tmp_path), fields=["rgb.png", "depth.npy"])
+    producer.run(8)
+    ledger = Ledger(Storage(str(tmp_path)), "s")
+    data = ledger.storage.read_bytes(ledger.rel("shards", ledger.entries()[0].shard))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = tar.getmembers()
+    assert {m.name.split(".", 1)[1] for m in members} == {"rgb.png", "depth.npy", "meta.json"}
+    assert len(members) == 8 * 3 and not any(m.pax_headers for m in members)  # one 512-byte header each
+    sample = next(iter(ShardStream(str(tmp_path), "s", follow=False)))
+    assert set(sample) == {"__key__", "rgb.png", "depth.npy", "meta.json"} and sample["depth.npy"].shape == (16, 16)
 
 
 def _read_all(root: str, rank: int, world: int, out: list, errors: list):
