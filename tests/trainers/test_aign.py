@@ -18,7 +18,8 @@ from renderloop.datasets.storage import Storage
 from renderloop.renderers.warping import pose_to_rt, warp
 from renderloop.train import TrainConfig, evaluate, stream_seed, train
 from renderloop.trainers.aign import AIGN
-from renderloop.trainers.aign.images import ImageDiscriminator, Restorer, psnr
+from renderloop.trainers.aign import images as images_module
+from renderloop.trainers.aign.images import ImageDiscriminator, Restorer, cached_classifier, psnr
 from renderloop.trainers.aign.pose import face_forward, mpjpe, procrustes_align, rotation_6d
 from renderloop.trainers.aign.sfm import (
     PoseNet,
@@ -171,6 +172,17 @@ def test_inpaint_with_a_biased_memory_reports_the_attribute_share(tmp_path, fash
     results = evaluate(cfg)
     assert 0 <= results["attribute_share_outputs"] <= 1 and 0 <= results["attribute_share_truth"] <= 1
     assert (tmp_path / "run" / "eval" / "inpaint.png").exists()
+
+
+def test_the_attribute_classifier_is_trained_once_then_loaded(tmp_path, fashion_dir, monkeypatch):
+    _, scfg = source_config({"name": "fashion_mnist", "root": str(fashion_dir), "batch_size": 16})
+    cache, cpu, x = tmp_path / "cache", torch.device("cpu"), torch.rand(4, 3, 32, 32)
+    first = cached_classifier(scfg, 3, 0, cpu, str(cache))
+    cached_classifier(scfg, 4, 0, cpu, str(cache))  # other steps: another model
+    assert len(list(cache.glob("*.pt"))) == 2 and not list(cache.glob("*.tmp"))
+    monkeypatch.setattr(images_module, "train_classifier", lambda *args: pytest.fail("trained again"))
+    again = cached_classifier(scfg, 3, 0, cpu, str(cache))
+    assert not again.training and torch.equal(first(x), again(x))
 
 
 def test_reconstruction_only_has_no_discriminator_phase(tmp_path, fashion_dir):

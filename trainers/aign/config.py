@@ -72,6 +72,9 @@ class AIGNEvalConfig:
     """Images: classes whose share of the outputs a classifier measures (the biased memory's)."""
     classifier_steps: int = 1500
     """Images: steps of the Fashion-MNIST classifier trained for that measure."""
+    classifier_cache_dir: str = "~/.cache/renderloop/classifiers"
+    """Images: where that classifier is kept once trained (per data, resolution, steps and seed),
+    so evaluations after the first skip its training; empty: train it every time."""
 
 
 @dataclass

@@ -8,7 +8,10 @@ random missing box) and G restores them from the degraded image only. The recons
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from renderloop.renderers.degradations import apply_mask, downsample, random_box
 
 from .config import AIGNConfig
 
-__all__ = ["Restorer", "ImageDiscriminator", "ImageTask", "psnr", "Classifier", "train_classifier"]
+__all__ = ["Restorer", "ImageDiscriminator", "ImageTask", "psnr", "Classifier", "train_classifier", "cached_classifier"]
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -175,7 +178,9 @@ class ImageTask:
         }
         classes = ecfg.attribute_classes or _memory_classes(self.config)
         if name == "fashion_mnist" and classes:
-            classifier = train_classifier(scfg, ecfg.classifier_steps, ecfg.seed, self.device)
+            classifier = cached_classifier(
+                scfg, ecfg.classifier_steps, ecfg.seed, self.device, ecfg.classifier_cache_dir
+            )
             results["classifier_test_accuracy"] = _accuracy(classifier, scfg, ecfg.seed, self.device)
             share = lambda x: _share(classifier, x, classes, self.device)  # noqa: E731
             results["attribute_share_outputs"] = share(outputs)
@@ -231,6 +236,32 @@ def train_classifier(scfg, steps: int, seed: int, device: torch.device) -> Class
         opt.step()
         sched.step()
     return model.eval()
+
+
+def cached_classifier(scfg, steps: int, seed: int, device: torch.device, cache_dir: str) -> Classifier:
+    """``train_classifier``'s model, trained once and then loaded from ``cache_dir`` (empty: no cache).
+
+    The file is named by the data (folder, file sizes), resolution, steps and seed, and written
+    atomically, so concurrent evaluations at worst train it twice."""
+    if not cache_dir:
+        return train_classifier(scfg, steps, seed, device)
+    data = Path(scfg.root).resolve()
+    identity = {
+        "data": str(data), "sizes": sorted((p.name, p.stat().st_size) for p in data.glob("*-ubyte*")),
+        "resolution": scfg.resolution, "steps": steps, "seed": seed, "classifier": 1,
+    }  # fmt: skip
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir).expanduser() / f"fashion-mnist-{key}.pt"
+    if path.is_file():
+        model = Classifier()
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.to(device).eval()
+    model = train_classifier(scfg, steps, seed, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+    return model
 
 
 @torch.no_grad()
