@@ -55,6 +55,9 @@ EXPERIMENTS: dict[str, tuple[str, int, list[str]]] = {
 }
 
 
+INPUT_SHARE = {"aign/sfm": 2 / 3}  # of a run's producers, for its input stream (default: half)
+
+
 def _command(*args: str) -> list[str]:
     return [sys.executable, "-m", "renderloop.cli", *args]
 
@@ -66,14 +69,19 @@ def _curve(run_dir: Path, parts: int = 10) -> list[float]:
     return [sum(values[i : i + size]) / len(values[i : i + size]) for i in range(0, len(values), size)][:parts]
 
 
-def _producers(args) -> list[str]:
+def _producers(method: str, args) -> list[str]:
     """On a GPU the sources (simulator renders, BVH poses, image folders) run as single-threaded
-    CPU processes, as many per stream as the cores allow for ``--parallel`` runs of two streams
-    (plus their loader workers): small renders as GPU kernels beside a trainer starve it."""
+    CPU processes, as many as each of ``--parallel`` runs has cores left beside its trainer and
+    loader, split between its two streams by what a step reads from each (SfM: two frames per
+    memory depth map)."""
     if not args.device.startswith("cuda"):
         return []
-    count = max(1, (os.cpu_count() or 1) // (4 * args.parallel))
-    return ["cluster.producer_device=cpu", "cluster.producer_threads=1", f"cluster.producers={count}"]
+    per_run = max(2, (os.cpu_count() or 1) // args.parallel - 2)
+    inputs = min(max(1, round(per_run * INPUT_SHARE.get(method, 0.5))), per_run - 1)
+    return [
+        "cluster.producer_device=cpu", "cluster.producer_threads=1",
+        f"cluster.producers_by_role={{input:{inputs},memory:{per_run - inputs}}}",
+    ]  # fmt: skip
 
 
 def _experiment(name: str, args, work: Path) -> dict:
@@ -85,7 +93,7 @@ def _experiment(name: str, args, work: Path) -> dict:
         "run", *common, f"engine.max_steps={steps}", f"storage.root={data}", "engine.log_every=20",
         "engine.progress=false", "engine.tensorboard=false", "engine.image_every=0", "engine.checkpoint_every=0",
         "samples_per_shard=256", "metrics_port=-1", f"engine.max_minutes={args.max_minutes}",
-        *_producers(args), *args.set,
+        *_producers(method, args), *args.set,
     ]  # fmt: skip
     common.extend(args.set)  # last: they win over the experiment's and the bench's own settings
     start = time.time()
