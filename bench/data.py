@@ -154,7 +154,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=0, help="simulator batch (default: 512 on GPU, 32 on CPU)")
     parser.add_argument("--iters", type=int, default=0, help="timed batches (default: 20 on GPU, 3 on CPU)")
     parser.add_argument("--compile", action="store_true", help="also time the compiled renderer")
-    parser.add_argument("--shard-samples", type=int, default=1024, help="samples written and read per resolution")
+    parser.add_argument(
+        "--shard-samples",
+        type=int,
+        default=1024,
+        help="samples written and read per resolution (--producers: per stream and setting)",
+    )
     parser.add_argument("--out", default="")
     parser.add_argument("--profile", action="store_true", help="only profile the 128² simulator")
     parser.add_argument("--producers", default="", help="only time the producers of this method's streams")

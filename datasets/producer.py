@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from renderloop.metrics import MetricsSink
 
 from .ledger import Ledger
+from .schema import FIELDS
 from .shards import ShardWriter
 from .storage import StorageError
 
@@ -76,7 +77,10 @@ class Producer:
         self.batches_per_shard = samples_per_shard // batch
         self.seed = producer_seed(seed, producer)
         self.max_backlog, self.poll_seconds = max_backlog_shards, poll_seconds
-        self.fields = None if fields is None else {"__key__", "meta.json", *fields}
+        unknown = set(fields or ()) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"Producer(): unknown fields {sorted(unknown)}; known fields: {sorted(FIELDS)}")
+        self._kept = None if fields is None else {"__key__", "meta.json", *fields}
         self.metrics = metrics or MetricsSink()
         self.stats = ProducerStats()
         self.labels = {"source": source.name, "producer": producer}
@@ -146,8 +150,13 @@ class Producer:
                 }
                 if "group.txt" in sample:  # group ids unique across the producers of a stream
                     sample["group.txt"] = self._group_base | int(sample["group.txt"])
-                if self.fields is not None:  # encoding and writing, not rendering, bound a producer
-                    samples[i] = {k: v for k, v in sample.items() if k in self.fields}
+                if self._kept is not None:
+                    if missing := self._kept - set(sample):
+                        raise ValueError(
+                            f"producer {self.producer}: source {self.source.name} makes no {sorted(missing)} "
+                            f"for stream {self.ledger.stream}; it makes {sorted(sample)}"
+                        )
+                    samples[i] = {k: v for k, v in sample.items() if k in self._kept}
             self.metrics.observe("renderloop_producer_batch_seconds", time.perf_counter() - t0, **self.labels)
             if target is not None:
                 samples = samples[: target - self.stats.samples]

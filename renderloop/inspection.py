@@ -64,11 +64,11 @@ def _colormap(x: np.ndarray) -> np.ndarray:
 
 
 def _panels(sample: dict) -> list[np.ndarray]:
-    rgb = (
-        sample["rgb.png"].permute(1, 2, 0).numpy()
-        if "rgb.png" in sample
-        else sample["rgb.jpg"].permute(1, 2, 0).numpy()
-    )
+    """The sample's image fields side by side; a stream may hold any subset (e.g. depth only)."""
+    image = sample.get("rgb.png", sample.get("rgb.jpg"))
+    if image is None:  # no RGB to draw the mask and keypoints on: the other maps alone
+        return _maps(sample)
+    rgb = image.permute(1, 2, 0).numpy()
     H, W = rgb.shape[:2]
     panels = [rgb]
     overlay = rgb.copy()
@@ -83,6 +83,12 @@ def _panels(sample: dict) -> list[np.ndarray]:
             j, i = int(np.floor(u)), int(np.floor(v))
             overlay[max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2] = c
     panels.append(overlay)
+    return [p[:H, :W] for p in panels + _maps(sample)]
+
+
+def _maps(sample: dict) -> list[np.ndarray]:
+    """Depth, normal and part-label panels of the fields the sample has."""
+    panels = []
     if "depth.npy" in sample:
         d = sample["depth.npy"].numpy()
         fg = d > 0
@@ -96,7 +102,7 @@ def _panels(sample: dict) -> list[np.ndarray]:
         seg = sample["seg.png"].numpy()
         palette = _colormap(np.linspace(0, 1, 16))[np.arange(16) * 7 % 16]
         panels.append(palette[seg % 16] * (seg > 0)[..., None])
-    return [p[:H, :W] for p in panels]
+    return panels
 
 
 def contact_sheet(storage: Storage, stream: str, rows: int, path: Path) -> Path:
@@ -111,6 +117,8 @@ def contact_sheet(storage: Storage, stream: str, rows: int, path: Path) -> Path:
             break
     if not samples:
         raise ConfigError("stream", f"stream {stream!r} has no published samples")
+    if not _panels(samples[0]):
+        raise ConfigError("stream", f"stream {stream!r} has no image fields to show ({sorted(samples[0])})")
     lines = [np.concatenate(_panels(s), axis=1) for s in samples]
     width = max(line.shape[1] for line in lines)
     sheet = np.concatenate([np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0))) for line in lines], axis=0)

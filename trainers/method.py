@@ -78,7 +78,8 @@ class Method:
         return dict(self.config.data)
 
     def fields(self, role: str) -> list[str] | None:
-        """Schema fields the trainer decodes for ``role`` (None: all of them)."""
+        """Schema fields the trainer decodes for ``role`` (None: all of them); the producers that
+        ``renderloop run`` starts write only these."""
         return None
 
     def shuffle(self, role: str) -> bool:

@@ -91,7 +91,7 @@ def test_a_shard_that_fails_to_close_is_dropped(tmp_path, monkeypatch):
 
 def test_full_storage_stops_a_live_run_with_a_clear_error(tmp_path, quota, capsys):
     root = f"quota://{tmp_path / 'data'}"
-    quota(1_500_000)  # both streams' shards are ~200 kB: a few steps train, then the disk is full
+    quota(1_500_000)  # a few steps train, then the disk is full
     args = [*DEBUG, f"storage.root={root}", f"run_dir={tmp_path / 'run'}", "engine.max_steps=100000"]
     args.append("engine.data.delete_consumed=false")  # every published shard stays to be checked
     start = time.monotonic()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from renderloop.datasets.ledger import Ledger
@@ -59,6 +60,21 @@ def test_a_producer_writes_only_the_fields_asked_for_and_plain_tar_headers(tmp_p
     assert len(members) == 8 * 3 and not any(m.pax_headers for m in members)  # one 512-byte header each
     sample = next(iter(ShardStream(str(tmp_path), "s", follow=False)))
     assert set(sample) == {"__key__", "rgb.png", "depth.npy", "meta.json"} and sample["depth.npy"].shape == (16, 16)
+
+
+def test_fields_a_source_does_not_make_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown fields"):
+        tiny_producer(str(tmp_path), fields=["rgb.pngg"])
+    with pytest.raises(ValueError, match=r"makes no \['latent.npy'\]"):
+        tiny_producer(str(tmp_path), fields=["rgb.png", "latent.npy"]).run(8)
+
+
+def test_a_stream_without_rgb_has_a_contact_sheet(tmp_path):
+    from renderloop.inspection import contact_sheet
+
+    tiny_producer(str(tmp_path), fields=["depth.npy"]).run(8)
+    sheet = contact_sheet(Storage(str(tmp_path)), "s", 4, tmp_path / "sheet.png")
+    assert Image.open(sheet).size == (16, 4 * 16)  # one depth panel per row
 
 
 def _read_all(root: str, rank: int, world: int, out: list, errors: list):

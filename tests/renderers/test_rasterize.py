@@ -236,3 +236,15 @@ def test_cuda_matches_cpu_cuda():
     (g_cpu,) = torch.autograd.grad((cpu.bary * w).sum() + cpu.depth.sum(), clip)
     (g_gpu,) = torch.autograd.grad((gpu.bary * w.cuda()).sum() + gpu.depth.sum(), gpu_clip)
     torch.testing.assert_close(g_cpu, g_gpu.cpu())
+
+
+@pytest.mark.parametrize("columns", [1, 16])
+def test_both_row_gathers_agree_with_indexing_and_its_gradient(columns):
+    """``take_rows`` gathers with ``index_select`` on the CPU and a flattened 1D gather on CUDA."""
+    from renderloop.renderers._gather import _take_rows_flat, take_rows
+
+    table = torch.randn(50, columns, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, 50, (7, 9))
+    for gather in (take_rows, _take_rows_flat):
+        assert torch.equal(gather(table, index), table[index])
+        assert torch.autograd.gradcheck(lambda t, g=gather: g(t, index), (table,))

@@ -180,9 +180,18 @@ def test_the_attribute_classifier_is_trained_once_then_loaded(tmp_path, fashion_
     first = cached_classifier(scfg, 3, 0, cpu, str(cache))
     cached_classifier(scfg, 4, 0, cpu, str(cache))  # other steps: another model
     assert len(list(cache.glob("*.pt"))) == 2 and not list(cache.glob("*.tmp"))
+    train = images_module.train_classifier
     monkeypatch.setattr(images_module, "train_classifier", lambda *args: pytest.fail("trained again"))
     again = cached_classifier(scfg, 3, 0, cpu, str(cache))
     assert not again.training and torch.equal(first(x), again(x))
+
+    monkeypatch.setattr(images_module, "train_classifier", train)
+    for path in cache.glob("*.pt"):
+        path.write_bytes(b"not a model")  # unreadable: trained again and rewritten
+    assert cached_classifier(scfg, 3, 0, cpu, str(cache))(x).shape == (4, 10)
+    assert sum(1 for path in cache.glob("*.pt") if path.read_bytes() != b"not a model") == 1
+    (tmp_path / "blocker").write_text("")  # a cache folder that cannot be made costs a training only
+    assert cached_classifier(scfg, 3, 0, cpu, str(tmp_path / "blocker" / "cache"))(x).shape == (4, 10)
 
 
 def test_reconstruction_only_has_no_discriminator_phase(tmp_path, fashion_dir):

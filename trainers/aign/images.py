@@ -8,8 +8,10 @@ random missing box) and G restores them from the degraded image only. The recons
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -23,6 +25,8 @@ from renderloop.datasets.sources import build_source, source_config
 from renderloop.renderers.degradations import apply_mask, downsample, random_box_masks
 
 from .config import AIGNConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Restorer", "ImageDiscriminator", "ImageTask", "psnr", "Classifier", "train_classifier", "cached_classifier"]
 
@@ -241,8 +245,9 @@ def train_classifier(scfg, steps: int, seed: int, device: torch.device) -> Class
 def cached_classifier(scfg, steps: int, seed: int, device: torch.device, cache_dir: str) -> Classifier:
     """``train_classifier``'s model, trained once and then loaded from ``cache_dir`` (empty: no cache).
 
-    The file is named by the data (folder, file sizes), resolution, steps and seed, and written
-    atomically, so concurrent evaluations at worst train it twice."""
+    The file is named by the data (folder, file sizes), resolution, steps and seed. Concurrent
+    evaluations wait on a lock for the first to train it; a cache that cannot be written or read
+    costs a training, never the evaluation."""
     if not cache_dir:
         return train_classifier(scfg, steps, seed, device)
     data = Path(scfg.root).resolve()
@@ -252,16 +257,30 @@ def cached_classifier(scfg, steps: int, seed: int, device: torch.device, cache_d
     }  # fmt: skip
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir).expanduser() / f"fashion-mnist-{key}.pt"
-    if path.is_file():
-        model = Classifier()
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.to(device).eval()
-    model = train_classifier(scfg, steps, seed, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
-    return model
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "w")  # noqa: SIM115 - held by the with below
+    except OSError as err:
+        log.warning("classifier cache %s is unusable (%s): training without it", path.parent, err)
+        return train_classifier(scfg, steps, seed, device)
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            try:
+                model = Classifier()
+                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+                return model.to(device).eval()
+            except Exception as err:  # noqa: BLE001 - any unreadable file is trained again
+                log.warning("cached classifier %s is unreadable (%s): training it again", path, err)
+        model = train_classifier(scfg, steps, seed, device)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            torch.save(model.state_dict(), tmp)
+            tmp.replace(path)
+        except OSError as err:
+            log.warning("could not cache the classifier in %s (%s)", path, err)
+            tmp.unlink(missing_ok=True)
+        return model
 
 
 @torch.no_grad()
