@@ -47,9 +47,12 @@ def init_distributed(device: str = "auto") -> Dist:
     one process share it."""
     import deepspeed
 
-    if not dist.is_initialized() and "RANK" not in os.environ:  # local mode: a group of one
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ["MASTER_PORT"] = str(free_port())
+    alone = os.environ.get("WORLD_SIZE", "1") == "1" and "TORCHELASTIC_RUN_ID" not in os.environ
+    if not dist.is_initialized() and alone:  # local mode: a group of one, on a port of its own (one
+        # inherited from a parent process that trained in-process is still held by that parent)
+        os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_PORT=str(free_port()))
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -7,6 +7,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -48,6 +50,20 @@ def test_run_streams_from_live_producers_then_eval(tmp_path, capsys):
         assert 0 <= results[f"{name}_mean_error_deg"] <= 180
         assert f"{name}_mean_error_deg" in out
     assert (run_dir / "eval" / "simgan_eval.png").stat().st_size > 0
+
+
+def test_a_group_of_one_takes_its_own_port_not_an_inherited_one_in_use():
+    """A run started from a process that trained in-process inherits its RANK and MASTER_PORT."""
+    script = (
+        "import os, socket\n"
+        "held = socket.socket(); held.bind(('127.0.0.1', 0)); held.listen()\n"
+        "os.environ.update(RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(held.getsockname()[1]))\n"
+        "from renderloop.trainers.distributed import init_distributed\n"
+        "assert init_distributed('cpu').world_size == 1\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_train_refuses_a_missing_stream(tmp_path, capsys):
