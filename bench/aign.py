@@ -71,15 +71,15 @@ def _curve(run_dir: Path, parts: int = 10) -> list[float]:
 
 def _producers(method: str, args) -> list[str]:
     """On a GPU the sources (simulator renders, BVH poses, image folders) run as single-threaded
-    CPU processes, as many as each of ``--parallel`` runs has cores left beside its trainer and
-    loader, split between its two streams by what a step reads from each (SfM: two frames per
-    memory depth map)."""
+    processes on ``--producer-device``, as many as each of ``--parallel`` runs has cores left beside
+    its trainer and loader, split between its two streams by what a step reads from each (SfM: two
+    frames per memory depth map)."""
     if not args.device.startswith("cuda"):
         return []
     per_run = max(2, (os.cpu_count() or 1) // args.parallel - 2)
     inputs = min(max(1, round(per_run * INPUT_SHARE.get(method, 0.5))), per_run - 1)
     return [
-        "cluster.producer_device=cpu", "cluster.producer_threads=1",
+        f"cluster.producer_device={args.producer_device}", "cluster.producer_threads=1",
         f"cluster.producers_by_role={{input:{inputs},memory:{per_run - inputs}}}",
     ]  # fmt: skip
 
@@ -133,6 +133,7 @@ def main() -> None:
     p.add_argument("--steps-scale", type=float, default=1.0)
     p.add_argument("--max-minutes", type=float, default=0.0, help="> 0: each run also stops after this long")
     p.add_argument("--parallel", type=int, default=4, help="runs sharing the device at once (CPU-bound beyond)")
+    p.add_argument("--producer-device", default="cpu", help="on a GPU: where the sources run (cpu | cuda)")
     p.add_argument("--set", nargs="*", default=[], help="overrides for every run (they win)")
     p.add_argument("--figures", default=None)
     p.add_argument("--out", default=None)
