@@ -5,12 +5,15 @@
     python -m bench.aign --only sfm_both --set method.sfm.trim=0.0               # a variant
 
 Each experiment is ``renderloop run method=aign/<task> ...`` (producers beside the trainer,
-``cluster=local``; on a GPU as CPU processes, see ``_producers``) followed by ``renderloop eval``;
+``cluster=local``; on a GPU as single-threaded processes, see ``_producers``) followed by
+``renderloop eval``;
 up to ``--parallel`` of them share the device.
 The JSON holds each run's evaluation, steps, wall time, trainer samples/s and loss curve (mean of
 the reconstruction per tenth of the run); ``--max-minutes`` also ends each run after that long
-(``engine.max_minutes``), so a time budget still yields evaluated models; ``--figures DIR``
-copies the evaluation figures there.
+(``engine.max_minutes``), so a time budget still yields evaluated models; ``--work DIR`` keeps
+the runs, so the same command again trains each for another ``--max-minutes`` from its last
+checkpoint (runs longer than one session or job allows); ``--figures DIR`` copies the evaluation
+figures there.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ POSE = ["engine.data.batch_size=128", "method.data.input.batch_size=128", "metho
 SFM = ["engine.data.batch_size=32", "method.data.input.batch_size=32", "method.data.memory.batch_size=32",
        "engine.data.num_workers=2"]  # fmt: skip
 
-# name → (method, steps, overrides); sized for one H200 in two calls (images; pose and SfM).
+# name → (method, steps, overrides); the step limits are for --steps-scale 1 (BENCHMARKS.md ran
+# time-limited runs with larger scales).
 EXPERIMENTS: dict[str, tuple[str, int, list[str]]] = {
     "pose_both": ("aign/pose", 4000, POSE),
     "pose_reconstruction": ("aign/pose", 4000, [*POSE, "method.loss=reconstruction"]),
@@ -56,6 +60,7 @@ EXPERIMENTS: dict[str, tuple[str, int, list[str]]] = {
 
 
 INPUT_SHARE = {"aign/sfm": 2 / 3}  # of a run's producers, for its input stream (default: half)
+RENDERED = {"aign/sfm"}  # simulator sources: even at 64² a producer makes 5-7x the views on the GPU
 
 
 def _command(*args: str) -> list[str]:
@@ -71,15 +76,19 @@ def _curve(run_dir: Path, parts: int = 10) -> list[float]:
 
 def _producers(method: str, args) -> list[str]:
     """On a GPU the sources (simulator renders, BVH poses, image folders) run as single-threaded
-    processes on ``--producer-device``, as many as each of ``--parallel`` runs has cores left beside
-    its trainer and loader, split between its two streams by what a step reads from each (SfM: two
-    frames per memory depth map)."""
+    processes on ``--producer-device``, as many as each of ``--parallel`` runs has cores left (of
+    ``--cores``) beside its trainer and loader, split between its two streams by what a step reads
+    from each (SfM: two frames per memory depth map). ``--producer-device auto`` keeps simulator
+    sources on the GPU and puts the others (BVH poses, image folders) on host cores."""
     if not args.device.startswith("cuda"):
         return []
-    per_run = max(2, (os.cpu_count() or 1) // args.parallel - 2)
+    per_run = max(2, (args.cores or os.cpu_count() or 1) // args.parallel - 2)
     inputs = min(max(1, round(per_run * INPUT_SHARE.get(method, 0.5))), per_run - 1)
+    device = args.producer_device
+    if device == "auto":
+        device = args.device if method in RENDERED else "cpu"
     return [
-        f"cluster.producer_device={args.producer_device}", "cluster.producer_threads=1",
+        f"cluster.producer_device={device}", "cluster.producer_threads=1",
         f"cluster.producers_by_role={{input:{inputs},memory:{per_run - inputs}}}",
     ]  # fmt: skip
 
@@ -99,6 +108,10 @@ def _experiment(name: str, args, work: Path) -> dict:
     start = time.time()
     trained = subprocess.run(_command(*train), capture_output=True, text=True)
     wall = time.time() - start
+    earlier = work / name / "train_seconds"  # of earlier calls, with --work
+    earlier.parent.mkdir(parents=True, exist_ok=True)
+    wall += float(earlier.read_text()) if earlier.is_file() else 0.0
+    earlier.write_text(f"{wall}\n")
     if trained.returncode:
         return {"error": (trained.stdout + trained.stderr)[-3000:]}
     evaluated = subprocess.run(_command("eval", *common), capture_output=True, text=True)
@@ -133,8 +146,10 @@ def main() -> None:
     p.add_argument("--steps-scale", type=float, default=1.0)
     p.add_argument("--max-minutes", type=float, default=0.0, help="> 0: each run also stops after this long")
     p.add_argument("--parallel", type=int, default=4, help="runs sharing the device at once (CPU-bound beyond)")
-    p.add_argument("--producer-device", default="cpu", help="on a GPU: where the sources run (cpu | cuda)")
+    p.add_argument("--cores", type=int, default=0, help="on a GPU: the cores these runs share (0: all)")
+    p.add_argument("--producer-device", default="auto", help="on a GPU: where sources run (auto | cpu | cuda)")
     p.add_argument("--set", nargs="*", default=[], help="overrides for every run (they win)")
+    p.add_argument("--work", default=None, help="keep runs here; called again, they continue")
     p.add_argument("--figures", default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -144,7 +159,7 @@ def main() -> None:
         raise SystemExit(f"unknown experiments {sorted(unknown)}; choose from {list(EXPERIMENTS)}")
     if args.figures:
         Path(args.figures).mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-aign-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-aign-"))
     start = time.time()
     with ThreadPoolExecutor(args.parallel) as pool:
         results = dict(zip(names, pool.map(lambda n: _experiment(n, args, work), names), strict=True))
@@ -157,7 +172,8 @@ def main() -> None:
         "wall_seconds": time.time() - start,
         "experiments": results,
     }
-    shutil.rmtree(work, ignore_errors=True)
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     for name, result in results.items():

@@ -29,24 +29,27 @@ def random_box_masks(
 ) -> torch.Tensor:
     """Masks ``[batch, 1, H, W]``: 1 = kept, 0 = one missing axis-aligned box per item.
 
-    Box sides are drawn uniformly in ``box_fraction`` of the image side, positions uniformly.
+    Box sides are drawn uniformly in ``box_fraction`` of the image side, positions uniformly. The
+    draws come from ``generator`` (a CPU one) and the masks are built on ``device``, so a training
+    step does no per-pixel work on the host.
     """
     lo, hi = box_fraction
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"random_box_masks(): box_fraction must satisfy 0 < lo <= hi <= 1; got {box_fraction}")
     H, W = resolution
-    r = torch.rand(batch, 4, generator=generator)
-    size = (lo + (hi - lo) * r[:, :2]) * torch.tensor([H, W])
-    start = r[:, 2:] * (torch.tensor([H, W]) - size)
-    rows = torch.arange(H).view(1, H, 1) + 0.5
-    cols = torch.arange(W).view(1, 1, W) + 0.5
+    r = torch.rand(batch, 4, generator=generator).to(device)
+    sides = torch.tensor([H, W], dtype=r.dtype, device=r.device)
+    size = (lo + (hi - lo) * r[:, :2]) * sides
+    start = r[:, 2:] * (sides - size)
+    rows = torch.arange(H, device=r.device).view(1, H, 1) + 0.5
+    cols = torch.arange(W, device=r.device).view(1, 1, W) + 0.5
     inside = (
         (rows >= start[:, 0, None, None])
         & (rows < (start[:, 0] + size[:, 0])[:, None, None])
         & (cols >= start[:, 1, None, None])
         & (cols < (start[:, 1] + size[:, 1])[:, None, None])
     )
-    return (~inside).float().unsqueeze(1).to(device)
+    return (~inside).float().unsqueeze(1)
 
 
 def apply_mask(image: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:

@@ -117,9 +117,10 @@ def contact_sheet(storage: Storage, stream: str, rows: int, path: Path) -> Path:
             break
     if not samples:
         raise ConfigError("stream", f"stream {stream!r} has no published samples")
-    if not _panels(samples[0]):
+    panels = [_panels(s) for s in samples]
+    if not panels[0]:
         raise ConfigError("stream", f"stream {stream!r} has no image fields to show ({sorted(samples[0])})")
-    lines = [np.concatenate(_panels(s), axis=1) for s in samples]
+    lines = [np.concatenate(p, axis=1) for p in panels]
     width = max(line.shape[1] for line in lines)
     sheet = np.concatenate([np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0))) for line in lines], axis=0)
     scale = max(1, 128 // samples[0]["rgb.png"].shape[-1]) if "rgb.png" in samples[0] else 1

@@ -117,8 +117,12 @@ class ImageTask:
             low = downsample(clean, self.icfg.factor)
             return low, F.interpolate(low, size=clean.shape[-2:], mode="bilinear", align_corners=False)
         mask = random_box_masks(
-            clean.shape[0], tuple(clean.shape[-2:]), tuple(self.icfg.box_fraction), generator=generator
-        ).to(clean)
+            clean.shape[0],
+            tuple(clean.shape[-2:]),
+            tuple(self.icfg.box_fraction),
+            generator=generator,
+            device=clean.device,
+        ).to(clean.dtype)
         masked = apply_mask(clean, mask, fill=0.5)
         return torch.cat([masked, mask], 1), torch.cat([masked, mask], 1)
 
