@@ -30,14 +30,17 @@ def random_box_masks(
     """Masks ``[batch, 1, H, W]``: 1 = kept, 0 = one missing axis-aligned box per item.
 
     Box sides are drawn uniformly in ``box_fraction`` of the image side, positions uniformly. The
-    draws come from ``generator`` (a CPU one) and the masks are built on ``device``, so a training
-    step does no per-pixel work on the host.
+    masks are built on ``device``; without a ``generator`` (a CPU one, for repeatable draws) the
+    draws are made there too, so a training step neither works on nor copies from the host.
     """
     lo, hi = box_fraction
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"random_box_masks(): box_fraction must satisfy 0 < lo <= hi <= 1; got {box_fraction}")
     H, W = resolution
-    r = torch.rand(batch, 4, generator=generator).to(device)
+    if generator is None:
+        r = torch.rand(batch, 4, device=device)
+    else:
+        r = torch.rand(batch, 4, generator=generator).to(device)
     sides = torch.tensor([H, W], dtype=r.dtype, device=r.device)
     size = (lo + (hi - lo) * r[:, :2]) * sides
     start = r[:, 2:] * (sides - size)
