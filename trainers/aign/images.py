@@ -220,25 +220,26 @@ class Classifier(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
-def _split(scfg, split: str):
+def _split(scfg, split: str, device: torch.device):
+    """The whole split on ``device`` (loaded once), so batches are made where the classifier runs."""
     from dataclasses import replace
 
     from renderloop.datasets.fashion_mnist import FashionMNIST
 
-    return FashionMNIST(replace(scfg, split=split, classes=None, index_range=(0.0, 1.0), batch_size=256), "cpu")
+    return FashionMNIST(replace(scfg, split=split, classes=None, index_range=(0.0, 1.0), batch_size=256), device)
 
 
 @torch.enable_grad()
 def train_classifier(scfg, steps: int, seed: int, device: torch.device) -> Classifier:
     """A Fashion-MNIST classifier on the train split at the source's resolution (Adam, cosine)."""
     torch.manual_seed(seed)
-    source = _split(scfg, "train")
+    source = _split(scfg, "train", device)
     model = Classifier().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for step in range(steps):
         batch = source.generate(seed, step)
-        loss = F.cross_entropy(model(batch["rgb"].to(device)), batch["label"].to(device))
+        loss = F.cross_entropy(model(batch["rgb"]), batch["label"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -289,11 +290,11 @@ def cached_classifier(scfg, steps: int, seed: int, device: torch.device, cache_d
 
 @torch.no_grad()
 def _accuracy(model: Classifier, scfg, seed: int, device: torch.device) -> float:
-    source = _split(scfg, "test")
+    source = _split(scfg, "test", device)
     right = total = 0
     for i in range(8):
         batch = source.generate(seed + 1, i)
-        right += (model(batch["rgb"].to(device)).argmax(-1).cpu() == batch["label"]).sum().item()
+        right += (model(batch["rgb"]).argmax(-1) == batch["label"]).sum().item()
         total += len(batch["label"])
     return right / total
 
