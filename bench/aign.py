@@ -31,12 +31,14 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+RECONSTRUCTION = "method.loss=reconstruction"
 BIASED = "method.data.memory.classes=[5,7,9]"  # footwear: sandal, sneaker, ankle boot
-FOOTWEAR_SHARE = "method.evaluation.attribute_classes=[5,7,9]"  # measured in every image run
+FOOTWEAR_SHARE = "method.evaluation.attribute_classes=[5,7,9]"  # measured in every Fashion-MNIST run
+IMAGE_BATCH = ["engine.data.batch_size=64", "method.data.input.batch_size=64", "method.data.memory.batch_size=64",
+               "engine.data.num_workers=2"]  # fmt: skip
+IMAGES = [*IMAGE_BATCH, FOOTWEAR_SHARE]
 # Pose samples are tiny: making and reading shards (not the model) bounds a run, so pose takes
 # smaller batches (more updates per sample) and more loader workers.
-IMAGES = ["engine.data.batch_size=64", "method.data.input.batch_size=64", "method.data.memory.batch_size=64",
-          "engine.data.num_workers=2", FOOTWEAR_SHARE]  # fmt: skip
 POSE = ["engine.data.batch_size=128", "method.data.input.batch_size=128", "method.data.memory.batch_size=128",
         "engine.data.num_workers=3"]  # fmt: skip
 SFM = ["engine.data.batch_size=32", "method.data.input.batch_size=32", "method.data.memory.batch_size=32",
@@ -46,21 +48,26 @@ SFM = ["engine.data.batch_size=32", "method.data.input.batch_size=32", "method.d
 # time-limited runs with larger scales).
 EXPERIMENTS: dict[str, tuple[str, int, list[str]]] = {
     "pose_both": ("aign/pose", 4000, POSE),
-    "pose_reconstruction": ("aign/pose", 4000, [*POSE, "method.loss=reconstruction"]),
+    "pose_reconstruction": ("aign/pose", 4000, [*POSE, RECONSTRUCTION]),
     "pose_adversarial": ("aign/pose", 4000, [*POSE, "method.loss=adversarial"]),
     "sfm_both": ("aign/sfm", 3000, SFM),
-    "sfm_reconstruction": ("aign/sfm", 3000, [*SFM, "method.loss=reconstruction"]),
+    "sfm_reconstruction": ("aign/sfm", 3000, [*SFM, RECONSTRUCTION]),
     "superres_both": ("aign/superres", 2500, IMAGES),
-    "superres_reconstruction": ("aign/superres", 2500, [*IMAGES, "method.loss=reconstruction"]),
+    "superres_reconstruction": ("aign/superres", 2500, [*IMAGES, RECONSTRUCTION]),
     "superres_biased": ("aign/superres", 2500, [*IMAGES, BIASED]),
     "inpaint_both": ("aign/inpaint", 2500, IMAGES),
-    "inpaint_reconstruction": ("aign/inpaint", 2500, [*IMAGES, "method.loss=reconstruction"]),
+    "inpaint_reconstruction": ("aign/inpaint", 2500, [*IMAGES, RECONSTRUCTION]),
     "inpaint_biased": ("aign/inpaint", 2500, [*IMAGES, BIASED]),
+    "superres_simulator_both": ("aign/superres_simulator", 2500, IMAGE_BATCH),
+    "superres_simulator_reconstruction": ("aign/superres_simulator", 2500, [*IMAGE_BATCH, RECONSTRUCTION]),
+    "inpaint_simulator_both": ("aign/inpaint_simulator", 2500, IMAGE_BATCH),
+    "inpaint_simulator_reconstruction": ("aign/inpaint_simulator", 2500, [*IMAGE_BATCH, RECONSTRUCTION]),
 }
 
 
 INPUT_SHARE = {"aign/sfm": 2 / 3}  # of a run's producers, for its input stream (default: half)
-RENDERED = {"aign/sfm"}  # simulator sources: even at 64² a producer makes 5-7x the views on the GPU
+# simulator sources: even at 64² a producer makes 5-7x the views on the GPU
+RENDERED = {"aign/sfm", "aign/superres_simulator", "aign/inpaint_simulator"}
 
 
 def _command(*args: str) -> list[str]:
