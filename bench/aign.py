@@ -6,10 +6,9 @@
 
 Each experiment is ``renderloop run method=aign/<task> ...`` (producers beside the trainer,
 ``cluster=local``; on a GPU as single-threaded processes, see ``_producers``) followed by
-``renderloop eval``;
-up to ``--parallel`` of them share the device.
-The JSON holds each run's evaluation, steps, wall time, trainer samples/s and loss curve (mean of
-the reconstruction per tenth of the run); ``--max-minutes`` also ends each run after that long
+``renderloop eval``; up to ``--parallel`` of them share the device. The JSON holds each run's
+evaluation and its time, steps, wall time, trainer samples/s and loss curve (mean of the
+reconstruction per tenth of the run). ``--max-minutes`` also ends each run after that long
 (``engine.max_minutes``), so a time budget still yields evaluated models; ``--work DIR`` keeps
 the runs, so the same command again trains each for another ``--max-minutes`` from its last
 checkpoint (runs longer than one session or job allows); ``--figures DIR`` copies the evaluation
@@ -121,7 +120,9 @@ def _experiment(name: str, args, work: Path) -> dict:
     earlier.write_text(f"{wall}\n")
     if trained.returncode:
         return {"error": (trained.stdout + trained.stderr)[-3000:]}
+    start = time.time()
     evaluated = subprocess.run(_command("eval", *common), capture_output=True, text=True)
+    eval_wall = time.time() - start
     if evaluated.returncode:
         return {"error": (evaluated.stdout + evaluated.stderr)[-3000:]}
     rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
@@ -132,6 +133,7 @@ def _experiment(name: str, args, work: Path) -> dict:
         "steps": int((run_dir / "checkpoints" / "latest").read_text().strip().removeprefix("step")),
         "max_steps": steps,
         "train_wall_seconds": wall,
+        "eval_seconds": eval_wall,  # Fashion-MNIST runs: with the footwear classifier's training, if not cached
         "samples_per_s": sum(r["samples_per_s"] for r in steady) / max(len(steady), 1),
         "data_wait_fraction": sum(r["data_wait_fraction"] for r in steady) / max(len(steady), 1),
         "reconstruction_curve": _curve(run_dir),
