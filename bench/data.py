@@ -120,10 +120,10 @@ def bench_shards(res: int, samples: int, device: torch.device) -> list[dict]:
 
 
 def bench_producers(method: str, samples: int, device: torch.device) -> list[dict]:
-    from renderloop.cluster.local import ProducerSpec, build_producer
+    from renderloop.cluster.launch import TrainConfig
+    from renderloop.cluster.producers import ProducerSpec, build_producer
     from renderloop.config import load_config
     from renderloop.datasets.sources import source_config
-    from renderloop.train import TrainConfig
 
     cfg = load_config("run", [f"method={method}", "device=cpu"], TrainConfig)
     torch.set_num_threads(1)

@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 
 from renderloop.cluster.config import ClusterConfig
+from renderloop.cluster.launch import TrainConfig, run, train_worker
 from renderloop.config import load_config
 from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.producer import Producer
 from renderloop.datasets.sources import build_source, source_config
 from renderloop.datasets.storage import Storage
-from renderloop.train import TrainConfig, run, train_worker
 
 
 def _config(args, zero: int, run_dir: Path, sync: bool) -> TrainConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -84,11 +85,18 @@ class ClusterConfig:
         for role, count in (self.producers_by_role or {}).items():
             if count < 1:
                 raise ConfigError(f"cluster.producers_by_role.{role}", f"must be >= 1; got {count}")
-        if self.num_gpus_per_producer < 0 or self.num_cpus_per_producer < 0 or self.max_restarts < 0:
-            raise ConfigError("cluster", "resources per producer and max_restarts must be >= 0")
-        if self.workers < 1 or self.cpus_per_worker < 0 or self.gpus_per_worker < 0:
-            raise ConfigError("cluster.workers", "workers must be >= 1 and resources per worker >= 0")
+        for key in ("num_cpus_per_producer", "num_gpus_per_producer", "cpus_per_worker", "gpus_per_worker"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):  # nan passes a bare >= 0 test
+                raise ConfigError(f"cluster.{key}", f"must be a finite number >= 0; got {value}")
+        if self.max_restarts < 0:
+            raise ConfigError("cluster.max_restarts", f"must be >= 0; got {self.max_restarts}")
+        if self.workers < 1:
+            raise ConfigError("cluster.workers", f"must be >= 1; got {self.workers}")
         if self.max_failures < -1:
             raise ConfigError("cluster.max_failures", f"must be >= -1; got {self.max_failures}")
-        if self.nnodes < 1 or (self.nnodes > 1 and not self.rdzv_endpoint):
-            raise ConfigError("cluster.rdzv_endpoint", "torchrun over several nodes needs a rendezvous endpoint")
+        if self.nnodes < 1:
+            raise ConfigError("cluster.nnodes", f"must be >= 1; got {self.nnodes}")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            msg = f"torchrun over {self.nnodes} nodes needs a rendezvous endpoint; got {self.rdzv_endpoint!r}"
+            raise ConfigError("cluster.rdzv_endpoint", msg)

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from renderloop.errors import RenderloopError
-from renderloop.trainers.distributed import free_port
+from renderloop.ports import free_port
 
 __all__ = ["LocalRayHead", "ray_executable"]
 

@@ -1,5 +1,5 @@
-"""Local mode: producers as threads of this process, or as processes of their own (the same
-``Producer`` the Ray actors run). Threads share the trainer's interpreter lock, so a producer busy
+"""Local producers (see ``producers.start_producers``): threads of this process, or processes of
+their own (the same ``Producer`` the Ray actors run). Threads share the trainer's interpreter lock, so a producer busy
 in Python slows every kernel launch of the training step; processes do not."""
 
 from __future__ import annotations
@@ -12,30 +12,22 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from renderloop.config import ConfigError
-from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.producer import Producer
 from renderloop.errors import RenderloopError
 from renderloop.metrics import MetricsSink
 
-__all__ = [
-    "LocalProducers",
-    "ProducerProcesses",
-    "ProducerSpec",
-    "ProducerError",
-    "GenerationStatus",
-    "build_producer",
-    "local_producers",
-]
+from .producers import ProducerSpec, build_producer
+
+__all__ = ["LocalProducers", "ProducerProcesses", "ProducerError", "local_producers"]
 
 
 class LocalProducers:
     """Start ``len(producers)`` producer threads; each builds nothing twice and stops on ``stop()``."""
 
     def __init__(self, make_producer: Callable[[str], Producer], producer_ids: list[str]) -> None:
+        self.ids = list(producer_ids)
         self.producers = [make_producer(pid) for pid in producer_ids]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -76,24 +68,6 @@ class LocalProducers:
             raise self.errors[0]
 
 
-@dataclass
-class ProducerSpec:
-    """What a producer process builds: its source and where it publishes (all picklable)."""
-
-    source_name: str
-    source_config: Any
-    root: str
-    stream: str
-    device: str
-    samples_per_shard: int
-    seed: int = 0
-    max_backlog_shards: int = 0
-    threads: int = 0
-    """Torch CPU threads of a producer process (0: torch's default)."""
-    fields: tuple[str, ...] | None = None
-    """Schema fields to write (None: all the source makes); see ``Producer``."""
-
-
 class ProducerError(RenderloopError):
     """A producer process stopped with an error (its traceback went to the process's stderr)."""
 
@@ -112,18 +86,6 @@ class _QueueSink(MetricsSink):
 
     def observe(self, name, value, **labels):
         self.events.put(("observe", name, value, labels))
-
-
-def build_producer(spec: ProducerSpec, producer: str, metrics: MetricsSink | None = None) -> Producer:
-    """The producer ``spec`` describes, its source built (model loaded, renderer compiled)."""
-    from renderloop.datasets.sources import build_source
-    from renderloop.datasets.storage import Storage
-
-    return Producer(
-        build_source(spec.source_name, spec.source_config, spec.device), Ledger(Storage(spec.root), spec.stream),
-        producer, samples_per_shard=spec.samples_per_shard, seed=spec.seed,
-        max_backlog_shards=spec.max_backlog_shards, fields=spec.fields, metrics=metrics,
-    )  # fmt: skip
 
 
 def _produce(spec: ProducerSpec, producer: str, total: int | None, stop, events) -> None:
@@ -249,18 +211,3 @@ class ProducerProcesses:
             self._drain.join(5)
         if self.errors:
             raise self.errors[0]
-
-
-class GenerationStatus:
-    """Progress-bar fields of a local run: samples generated per second since the last call, and
-    the largest backlog (published, unconsumed shards) over the streams."""
-
-    def __init__(self, pools: list[LocalProducers | ProducerProcesses], ledgers: list[Ledger]) -> None:
-        self.pools, self.ledgers = pools, ledgers
-        self._last = (time.monotonic(), 0)
-
-    def __call__(self) -> dict[str, str]:
-        now, samples = time.monotonic(), sum(pool.samples for pool in self.pools)
-        rate = (samples - self._last[1]) / max(now - self._last[0], 1e-9)
-        self._last = (now, samples)
-        return {"generated/s": f"{rate:.0f}", "backlog": str(max(ledger.backlog() for ledger in self.ledgers))}

@@ -1,117 +1,129 @@
-"""Producer actors on Ray: each builds its source once (model loaded, renderer compiled) and runs
-a ``Producer`` into the stream. A killed actor is restarted by Ray (``max_restarts``) and its
-``run_until`` call retried: the new ``Producer`` continues from the ledger, so no partial shard
-becomes visible and no shard name or seed is reused."""
+"""Producers of one stream, wherever they run: threads or processes beside this process, or Ray
+actors. :func:`start_producers` is the one way ``renderloop generate`` and ``renderloop run``
+start them; every kind answers the same calls (:class:`ProducerGroup`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import ray
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.producer import Producer
 from renderloop.datasets.sources import build_source
 from renderloop.datasets.storage import Storage
-from renderloop.metrics import RaySink
+from renderloop.devices import resolve_device
+from renderloop.metrics import MetricsSink
 
 from .config import ClusterConfig
 
-__all__ = ["ProducerActor", "ProducerPool", "producer_error"]
+__all__ = ["ProducerSpec", "ProducerGroup", "GenerationStatus", "build_producer", "producer_ids", "start_producers"]
 
 
-def producer_error(err: BaseException) -> BaseException:
-    """The producer's own exception inside Ray's ``RayTaskError`` (one line instead of a traceback)."""
-    cause = getattr(err, "cause", None)
-    return cause if isinstance(cause, BaseException) else err
+@dataclass(frozen=True)
+class ProducerSpec:
+    """What every producer of one stream builds and where it publishes (picklable: processes and
+    Ray actors receive it)."""
+
+    source_name: str
+    source_config: Any
+    root: str
+    stream: str
+    device: str = "auto"
+    """Where the source runs; ``auto``: the producer's node's GPU if it has one, else its CPU."""
+    samples_per_shard: int = 256
+    seed: int = 0
+    """The stream's seed; each producer derives its own from it and its id."""
+    max_backlog_shards: int = 0
+    threads: int = 0
+    """Torch CPU threads of a producer process or actor (0: torch's default)."""
+    fields: tuple[str, ...] | None = None
+    """Schema fields to write (None: all the source makes); see ``Producer``."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Extra metric labels of Ray actors (e.g. the run's method)."""
 
 
-@ray.remote
-class ProducerActor:
-    """One producer; its constructor does the heavy, once-per-actor work."""
+class ProducerGroup(Protocol):
+    """The producers of one stream, started together."""
 
-    def __init__(
-        self, source_name: str, source_config: Any, root: str, stream: str, producer: str, options: dict[str, Any]
-    ) -> None:
-        import torch
+    ids: list[str]
 
-        device = options.get("device", "auto")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if options.get("threads"):
-            torch.set_num_threads(options["threads"])
-        labels = {"role": "producer", **options.get("labels", {})}
-        metrics = RaySink(**labels)
-        if ray.get_runtime_context().was_current_actor_reconstructed:
-            metrics.inc("renderloop_producer_restarts_total", source=source_name, producer=producer)
-        source = build_source(source_name, source_config, device)
-        if hasattr(source, "warmup"):
-            source.warmup()
-        self.producer = Producer(
-            source,
-            Ledger(Storage(root), stream),
-            producer,
-            samples_per_shard=options["samples_per_shard"],
-            seed=options.get("seed", 0),
-            max_backlog_shards=options.get("max_backlog_shards", 0),
-            fields=options.get("fields"),
-            metrics=metrics,
-        )
+    @property
+    def samples(self) -> int:
+        """Samples generated so far by this group."""
 
-    def pid(self) -> int:
-        import os
+    def start(self, totals: list[int] | None = None) -> None:
+        """Run producer ``i`` until its id has published ``totals[i]`` samples (None: until ``stop``)."""
 
-        return os.getpid()
-
-    def run_until(self, total: int) -> dict[str, float]:
-        stats = self.producer.run_until(total)
-        return dict(vars(stats))
-
-    def published(self) -> int:
-        return self.producer.published_samples()
-
-
-class ProducerPool:
-    """``producers`` actors (default ``cluster.producers``) with the resources and restarts of ``cluster``."""
-
-    def __init__(
-        self,
-        cluster: ClusterConfig,
-        source_name: str,
-        source_config: Any,
-        root: str,
-        stream: str,
-        options: dict[str, Any],
-        producers: int | None = None,
-    ) -> None:
-        self.ids = [f"p{i}" for i in range(cluster.producers if producers is None else producers)]
-        self.calls: list[ray.ObjectRef] = []
-        self.actors = [
-            ProducerActor.options(
-                num_cpus=cluster.num_cpus_per_producer,
-                num_gpus=cluster.num_gpus_per_producer,
-                max_restarts=cluster.max_restarts,
-                max_task_retries=-1,  # a method call interrupted by a restart is retried
-            ).remote(source_name, source_config, root, stream, pid, options)
-            for pid in self.ids
-        ]
-
-    def run_until(self, totals: list[int]) -> list[ray.ObjectRef]:
-        """Start every actor; each runs until its producer id has published ``totals[i]`` samples."""
-        self.calls = [actor.run_until.remote(total) for actor, total in zip(self.actors, totals, strict=True)]
-        return self.calls
+    def alive(self) -> bool:
+        """Whether a producer is still running."""
 
     def failure(self) -> BaseException | None:
-        """The error of the first ``run_until`` call that failed for good (restarts exhausted, storage
-        refused writes), unwrapped from Ray's task error; None while all run or finished."""
-        done, _ = ray.wait(self.calls, num_returns=len(self.calls), timeout=0)
-        for ref in done:
-            try:
-                ray.get(ref)
-            except Exception as err:  # noqa: BLE001 - returned to the caller
-                return producer_error(err)
-        return None
+        """The first error a producer stopped with before ``stop()``, if any."""
 
-    def kill(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor, no_restart=True)
+    def stop(self) -> None:
+        """Ask every producer to stop after its current shard (Ray actors are ended)."""
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the producers to end; raise ``failure()`` if there was one."""
+
+
+def producer_ids(count: int) -> list[str]:
+    """The ids of a stream's ``count`` producers; each names its shards and seeds its samples."""
+    return [f"p{i}" for i in range(count)]
+
+
+def build_producer(
+    spec: ProducerSpec, producer: str, metrics: MetricsSink | None = None, warmup: bool = False
+) -> Producer:
+    """Producer ``producer`` of ``spec``, its source built (model loaded, renderer compiled) on
+    ``spec.device`` (``auto`` resolved here, on the producer's own node) and, with ``warmup``,
+    run once on a throwaway batch."""
+    source = build_source(spec.source_name, spec.source_config, str(resolve_device(spec.device)))
+    if warmup and hasattr(source, "warmup"):
+        source.warmup()
+    return Producer(
+        source, Ledger(Storage(spec.root), spec.stream), producer, samples_per_shard=spec.samples_per_shard,
+        seed=spec.seed, max_backlog_shards=spec.max_backlog_shards, fields=spec.fields, metrics=metrics,
+    )  # fmt: skip
+
+
+def start_producers(
+    spec: ProducerSpec,
+    cluster: ClusterConfig,
+    run_device: str,
+    count: int,
+    metrics: MetricsSink | None = None,
+    totals: list[int] | None = None,
+) -> ProducerGroup:
+    """Start ``count`` producers of ``spec`` as ``cluster`` says: Ray actors (``mode=ray``), or
+    threads or processes of this process (``local_producers``), their sources on
+    ``cluster.source_device(run_device)``. ``totals`` as in :meth:`ProducerGroup.start`."""
+    device = cluster.source_device(run_device)
+    ids = producer_ids(count)
+    if cluster.mode == "ray":
+        from .ray_producers import RayProducers
+
+        group: ProducerGroup = RayProducers(replace(spec, device=device), cluster, ids)
+    else:
+        from .local import local_producers
+
+        processes = cluster.producer_processes(resolve_device(run_device).type)  # as the trainer's device needs
+        group = local_producers(replace(spec, device=str(resolve_device(device))), ids, metrics, processes)
+    group.start(totals)
+    return group
+
+
+class GenerationStatus:
+    """Progress-bar fields of a run: samples generated per second since the last call, and the
+    largest backlog (published, unconsumed shards) over the streams."""
+
+    def __init__(self, groups: list[ProducerGroup], ledgers: list[Ledger]) -> None:
+        self.groups, self.ledgers = groups, ledgers
+        self._last = (time.monotonic(), 0)
+
+    def __call__(self) -> dict[str, str]:
+        now, samples = time.monotonic(), sum(group.samples for group in self.groups)
+        rate = (samples - self._last[1]) / max(now - self._last[0], 1e-9)
+        self._last = (now, samples)
+        return {"generated/s": f"{rate:.0f}", "backlog": str(max(ledger.backlog() for ledger in self.ledgers))}

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .ray_session import connect
+
 __all__ = ["fit_on_ray", "RayCheckpointStore"]
 
 
@@ -51,9 +53,10 @@ class RayCheckpointStore:
 def _worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
-    from renderloop.metrics import RaySink
-    from renderloop.train import train_worker
     from renderloop.trainers.distributed import init_distributed
+
+    from .launch import train_worker
+    from .ray_session import RaySink
 
     cfg = config["cfg"]
     device = ray.train.torch.get_device()
@@ -65,7 +68,6 @@ def _worker(config: dict[str, Any]) -> None:
 
 def fit_on_ray(cfg) -> dict[str, float]:
     """Train under Ray Train with the workers, resources and restarts of ``cfg.cluster``."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -74,7 +76,7 @@ def fit_on_ray(cfg) -> dict[str, float]:
     cfg.run_dir = str(Path(cfg.run_dir).resolve())
     if "://" not in cfg.storage.root:
         cfg.storage.root = str(Path(cfg.storage.root).resolve())
-    ray.init(address=cluster.address, ignore_reinit_error=True, include_dashboard=False)
+    connect(cluster.address)
     use_gpu = cluster.gpus_per_worker > 0
     resources = {"CPU": cluster.cpus_per_worker, **({"GPU": cluster.gpus_per_worker} if use_gpu else {})}
     storage = Path(cluster.storage_path or Path(cfg.run_dir) / "ray")

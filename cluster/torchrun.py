@@ -6,12 +6,18 @@ themselves: ``torchrun --nproc_per_node 8 -m renderloop.cli train cluster=torchr
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 from .config import ClusterConfig
 
-__all__ = ["launch", "torchrun_command"]
+__all__ = ["in_torchrun_worker", "launch", "torchrun_command"]
+
+
+def in_torchrun_worker() -> bool:
+    """Whether this process is a rank that torchrun started (it trains; its parent launched it)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def torchrun_command(command: str, overrides: list[str], cluster: ClusterConfig) -> list[str]:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from renderloop.metrics import MetricsSink
+from renderloop.seeding import derive_seed
 
 from .ledger import Ledger
 from .schema import FIELDS
@@ -36,7 +37,7 @@ class ProducerStats:
 
 def producer_seed(seed: int, producer: str) -> int:
     """A producer's own seed: distinct producers of one run never share sample seeds."""
-    return (seed * 1_000_003 + zlib.crc32(producer.encode())) % (1 << 62)
+    return derive_seed(seed, producer)
 
 
 class Producer:

@@ -16,6 +16,9 @@ __all__ = ["PROCEDURAL", "TEXTURES", "deform", "solid_texture", "part_labels", "
 
 PROCEDURAL = ("superquadric", "deformed_sphere", "extrusion")
 TEXTURES = ("solid", "checker", "noise", "gradient")
+# Upper end of the random phases of extrusion lobes and noise textures: a rounded 2π. Every seeded
+# stream was drawn with it, so it stays 6.28 (math.tau would change every sample).
+PHASE_MAX = 6.28
 
 
 def _u(gen: torch.Generator, *shape: int, lo: float = 0.0, hi: float = 1.0, device=None) -> torch.Tensor:
@@ -44,7 +47,9 @@ def deform(dirs: torch.Tensor, kind: torch.Tensor, gen: torch.Generator) -> torc
     # Extrusion: a star-shaped cross-section swept along y between flat caps.
     theta = torch.atan2(d[..., 2], d[..., 0])
     lobes = torch.randint(3, 8, (N, 1), generator=gen, device=dev).float()
-    rho = 1 + _u(gen, N, 1, lo=0.0, hi=0.35, device=dev) * torch.cos(lobes * theta + _u(gen, N, 1, hi=6.28, device=dev))
+    rho = 1 + _u(gen, N, 1, lo=0.0, hi=0.35, device=dev) * torch.cos(
+        lobes * theta + _u(gen, N, 1, hi=PHASE_MAX, device=dev)
+    )
     radial = (2.5 * (1 - d[..., 1] ** 2).clamp(min=0).sqrt()).clamp(max=1)
     height = _u(gen, N, 1, lo=0.5, hi=1.0, device=dev) * (1.6 * d[..., 1]).clamp(-1, 1)
     extr = torch.stack([rho * radial * torch.cos(theta), height, rho * radial * torch.sin(theta)], dim=-1)
@@ -73,9 +78,9 @@ def solid_texture(points: torch.Tensor, kind: torch.Tensor, gen: torch.Generator
     f = _u(gen, N, 1, 1, lo=2.0, hi=6.0, device=dev)
     checker = (torch.sin(f * math.pi * points).prod(-1, keepdim=True) > 0).float()
     u, freq = _unit(gen, N, 3, device=dev), _u(gen, N, 3, lo=2.0, hi=8.0, device=dev)
-    noise = torch.sin(freq.unsqueeze(1) * (points @ u.transpose(1, 2)) + _u(gen, N, 1, 3, hi=6.28, device=dev)).mean(
-        -1, keepdim=True
-    )
+    noise = torch.sin(
+        freq.unsqueeze(1) * (points @ u.transpose(1, 2)) + _u(gen, N, 1, 3, hi=PHASE_MAX, device=dev)
+    ).mean(-1, keepdim=True)
     noise = torch.sigmoid(4 * noise)
     grad = ((points @ _unit(gen, N, 1, device=dev).transpose(1, 2)) + 1) / 2
     mix = torch.stack([torch.zeros_like(grad), checker, noise, grad], dim=1)[torch.arange(N, device=dev), kind]

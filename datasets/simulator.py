@@ -34,6 +34,9 @@ STYLES = ("synthetic", "real_like")
 SHAPES = (*PROCEDURAL, "mesh")
 BACKGROUNDS = ("solid", "gradient", "noise")
 VERSION = "1"
+# Radians per cycle of the noise backgrounds' sinusoids: a rounded 2π. Every seeded stream was
+# drawn with it, so it stays 6.28 (math.tau would change every noise background).
+BACKGROUND_RADIANS_PER_CYCLE = 6.28
 
 
 @dataclass
@@ -290,7 +293,8 @@ class Simulator:
         gradient = grid[..., 1].view(1, res, res, 1)
         freq = 2 + 6 * torch.rand(B, 1, 1, 2, generator=gen, device=dev)
         noise = 0.5 + 0.25 * (
-            torch.sin(freq[..., :1] * 6.28 * grid[..., :1]) + torch.sin(freq[..., 1:] * 6.28 * grid[..., 1:])
+            torch.sin(freq[..., :1] * BACKGROUND_RADIANS_PER_CYCLE * grid[..., :1])
+            + torch.sin(freq[..., 1:] * BACKGROUND_RADIANS_PER_CYCLE * grid[..., 1:])
         )
         kind = torch.randint(len(BACKGROUNDS), (B, 1, 1, 1), generator=gen, device=dev)
         mix = torch.where(kind == 0, torch.zeros_like(noise), torch.where(kind == 1, gradient.expand_as(noise), noise))

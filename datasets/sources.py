@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from renderloop.config import ConfigError, to_schema
+from renderloop.registry import Registry
 
 from .fashion_mnist import FashionMNIST, FashionMNISTConfig
 from .image_folder import ImageFolder, ImageFolderConfig
@@ -22,26 +22,23 @@ from .stylegan2 import StyleGAN2Source, StyleGAN2SourceConfig
 
 __all__ = ["SOURCES", "source_config", "build_source"]
 
-SOURCES: dict[str, tuple[type, type]] = {
-    "simulator": (SimulatorConfig, Simulator),
-    "image_folder": (ImageFolderConfig, ImageFolder),
-    "fashion_mnist": (FashionMNISTConfig, FashionMNIST),
-    "mocap": (MocapConfig, Mocap),
-    "stylegan2": (StyleGAN2SourceConfig, StyleGAN2Source),
-}
+SOURCES = Registry(
+    "source.name",
+    {
+        "simulator": (SimulatorConfig, Simulator),
+        "image_folder": (ImageFolderConfig, ImageFolder),
+        "fashion_mnist": (FashionMNISTConfig, FashionMNIST),
+        "mocap": (MocapConfig, Mocap),
+        "stylegan2": (StyleGAN2SourceConfig, StyleGAN2Source),
+    },
+)
 
 
 def source_config(node: Any) -> tuple[str, Any]:
     """``(name, validated config)`` of a ``source`` config node holding ``name`` and the source's keys."""
-    from omegaconf import OmegaConf
-
-    plain = dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node)
-    name = plain.pop("name", None)
-    if name not in SOURCES:
-        raise ConfigError("source.name", f"must be one of {sorted(SOURCES)}; got {name!r}")
-    return name, to_schema(SOURCES[name][0], plain, "source")
+    return SOURCES.resolve(node)
 
 
 def build_source(name: str, config: Any, device: torch.device | str = "cpu"):
     """Build the source ``name`` from its validated ``config`` (once per process or actor)."""
-    return SOURCES[name][1](config, device)
+    return SOURCES.entry(name).cls(config, device)

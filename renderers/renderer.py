@@ -3,12 +3,13 @@
 It chains the functional core: world → camera → clip, rasterize, interpolate normals and colours,
 Lambertian shading, and (optionally) a soft silhouette for mask gradients. With
 ``compile: true`` the rasterizer's dense kernels and the shading stage are ``torch.compile``d
-(the data-dependent candidate lists stay eager) with a persistent compile cache, and ``warmup()`` pays the
-compilation before the first real batch.
+(the data-dependent candidate binning stays eager) and Inductor's and Triton's on-disk caches go to
+``compile_cache_dir``; ``warmup()`` pays the compilation before the first real batch.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,9 @@ from .ops import Fragments, gather_faces, interpolate, make_context
 from .shading import face_normals, lambertian, unit3, vertex_normals
 
 __all__ = ["RendererConfig", "RenderOutput", "MeshRenderer", "configure_compile_cache"]
+
+# The warm-up cameras orbit a full turn so the batch holds varied views; no output depends on them.
+WARMUP_ORBIT = math.tau
 
 
 @dataclass
@@ -52,11 +56,16 @@ class RendererConfig:
     background: float = 0.0
     """Grey level of uncovered pixels."""
     compile: bool = False
-    """torch.compile the shading stage."""
+    """``torch.compile`` (dynamic shapes) the shading stage and the rasterizer's dense kernels:
+    candidate keys, fragment maths and soft-silhouette terms; candidate binning stays eager. Kernels
+    compile on first use, so call ``MeshRenderer.warmup`` to pay that before real batches."""
     compile_cache_dir: str = "~/.cache/renderloop/compile"
-    """Persistent compile cache (put it on shared storage on a cluster)."""
+    """Where ``compile`` keeps Inductor's and Triton's caches, so later processes reuse the kernels
+    (put it on shared storage on a cluster). Building a compiling renderer sets ``TORCHINDUCTOR_CACHE_DIR``
+    and ``TRITON_CACHE_DIR`` for the whole process, unless they are already set (also by any earlier
+    compilation in the process), in which case this path is ignored."""
     warmup_batch: int = 0
-    """Batch size of the warm-up pass run at build time; 0 skips it."""
+    """Default batch size of ``MeshRenderer.warmup`` (nothing runs it at build time); 0 skips it."""
 
     def __post_init__(self) -> None:
         for key in ("height", "width"):
@@ -184,13 +193,15 @@ class MeshRenderer(torch.nn.Module):
         return RenderOutput(rgb=rgb, mask=mask, depth=frags.depth, normals=normals, fragments=frags)
 
     def warmup(self, batch: int | None = None, device: torch.device | str = "cpu") -> None:
-        """Run one forward and backward pass at ``batch`` (default ``warmup_batch``) to compile and cache."""
+        """Render an icosphere orbit of ``batch`` views (default ``warmup_batch``; 0 does nothing) on
+        ``device`` and backpropagate: with ``compile`` on, this compiles the forward and backward
+        kernels and fills the on-disk cache; without it, it only warms the allocator."""
         batch = batch or self.config.warmup_batch
         if not batch:
             return
         mesh = icosphere(3).to(device)
         verts = mesh.verts.expand(batch, -1, -1).clone().requires_grad_(True)
-        angles = torch.linspace(0, 6.28, batch, device=device)
+        angles = torch.linspace(0, WARMUP_ORBIT, batch, device=device)
         R, t = orbit_camera(angles, torch.full_like(angles, 0.3), torch.full_like(angles, 3.0))
         K = fov_intrinsics(40.0, *self.resolution, batch=batch, device=device)
         light = F.normalize(torch.tensor([[0.3, -0.5, -1.0]], device=device), dim=-1).expand(batch, 3)

@@ -36,8 +36,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError("engine.data.batch_size", f"must be >= 1; got {self.batch_size}")
-        if self.num_workers < 0 or self.shuffle_buffer < 0:
-            raise ConfigError("engine.data", "num_workers and shuffle_buffer must be >= 0")
+        for key in ("num_workers", "shuffle_buffer"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"engine.data.{key}", f"must be >= 0; got {getattr(self, key)}")
 
 
 @dataclass

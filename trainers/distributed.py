@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["Dist", "init_distributed", "free_port", "seed_everything", "rng_state", "set_rng_state"]
+from renderloop.ports import free_port
+
+__all__ = ["Dist", "init_distributed", "seed_everything", "rng_state", "set_rng_state"]
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,6 @@ class Dist:
     def barrier(self) -> None:
         if dist.is_initialized() and self.world_size > 1:
             dist.barrier()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def init_distributed(device: str = "auto") -> Dist:

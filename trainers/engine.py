@@ -2,9 +2,9 @@
 
 The engine builds one DeepSpeed engine per trainable model of a method, reads the method's
 streams, and runs its phases step after step. It owns precision, ZeRO, gradient accumulation,
-GAN alternation (a model that a phase does not update is frozen and handed to the method as its
-plain module, so it gets no gradient and ZeRO never reduces it), EMA, checkpoints with exact
-resume, logging and metrics.
+GAN alternation (a model that a phase does not update is frozen, so it gets no gradient and ZeRO
+never reduces it), EMA, checkpoints with exact resume, logging and metrics. Methods see plain
+modules only; DeepSpeed stays inside this file.
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ import torch
 from torch import nn
 
 from renderloop.metrics import MetricsSink
+from renderloop.seeding import derive_seed
 
 from .checkpoint import CheckpointStore
 from .config import EngineConfig, deepspeed_config, lr_multiplier
 from .data import StreamBatches, to_device
 from .distributed import init_distributed, rng_state, seed_everything, set_rng_state
-from .method import METHODS, Method, Phase
+from .method import Method, Phase
+from .methods import METHODS
 from .reporting import Reporter, StepTimes
 
 __all__ = ["Trainer", "stream_name"]
@@ -57,6 +59,22 @@ class EMA:
             torch._foreach_lerp_(list(self.module.parameters()), [p.detach().float() for p in params], 1 - self.beta)
         for ema, b in zip(self.module.buffers(), source.buffers(), strict=True):
             ema.copy_(b)
+
+
+def _prepared_for(engine: Any, loss: torch.Tensor) -> torch.Tensor:
+    """``loss``, set to run DeepSpeed's backward prologue when its gradient starts to flow.
+
+    DeepSpeed hooks that prologue (ZeRO's accumulation boundary and reduction state) onto the
+    outputs of its own forward; methods call the plain module, so the hook goes on the loss. It
+    runs once, before any parameter gradient; without it ZeRO-3 accumulates wrongly.
+    """
+    from deepspeed.runtime.base_optimizer import ZeROOptimizer
+    from deepspeed.runtime.utils import register_output_backward_hooks
+
+    if isinstance(engine.optimizer, ZeROOptimizer):
+        engine.optimizer.clear_backward_seen_flag()  # as the engine's forward does
+    register_output_backward_hooks(loss, engine._backward_prologue, engine._backward_prologue_per_tensor)
+    return loss
 
 
 class Trainer:
@@ -97,7 +115,7 @@ class Trainer:
         self.metrics = metrics or MetricsSink()
         self.status = status
         seed_everything(engine.seed)  # identical initial weights on every rank
-        self.method: Method = METHODS[method].method(method_config, self.device)
+        self.method: Method = METHODS.entry(method).cls(method_config, self.device)
         self.phases = self.method.phases()
         specs = self.method.build()
         self.engines: dict[str, Any] = {}
@@ -136,20 +154,22 @@ class Trainer:
         self.data: dict[str, StreamBatches] = {}
         self._latest: dict[str, Any] = {}  # the last batch of each role, for image grids
         self._positions = dict.fromkeys(self.roles, 0)
-        seed_everything(engine.seed * 1_000_003 + dist.rank)  # per-rank noise from here on
+        seed_everything(derive_seed(engine.seed, dist.rank))  # per-rank noise from here on
 
     # -- nets handed to the method ------------------------------------------------------------
 
-    def nets(self, phase: Phase | None) -> dict[str, Any]:
-        """The DeepSpeed engine of ``phase.model``; every other model as its frozen module."""
-        out = dict(self.modules)
-        for name, engine in self.engines.items():
+    def nets(self, phase: Phase | None) -> dict[str, nn.Module]:
+        """Every model as its plain module; only ``phase.model``'s parameters take gradients."""
+        for name in self.engines:
             train = phase is not None and name == phase.model
             for p in self._trainable[name]:  # parameters the method froze stay frozen
                 p.requires_grad_(train)
-            if train:
-                out[name] = engine
-        return out
+        return dict(self.modules)
+
+    def backward(self, phase: Phase, loss: torch.Tensor) -> None:
+        """Back-propagate one micro-batch's ``loss`` into ``phase.model`` (through its DeepSpeed engine)."""
+        engine = self.engines[phase.model]
+        engine.backward(_prepared_for(engine, loss))
 
     def eval_nets(self) -> dict[str, nn.Module]:
         """Modules for evaluation and images: the EMA copy where there is one."""
@@ -167,7 +187,7 @@ class Trainer:
                 stream_name(self.stream_prefix, role),
                 self.cfg.data if self.method.shuffle(role) else replace(self.cfg.data, shuffle_buffer=0),
                 fields=self.method.fields(role),
-                seed=self.cfg.seed * 7919 + self.roles.index(role),
+                seed=derive_seed(self.cfg.seed, self.roles.index(role)),
                 consumer=f"train-{self.method.name}",
                 rank=self.dist.rank,
                 world_size=self.dist.world_size,
@@ -276,9 +296,9 @@ class Trainer:
                 batch, n = self._batch(phase.inputs, times)
                 samples += n
                 t0 = self._sync()
-                out = self.method.step(phase, batch, nets)
+                out = self.method.step(phase, batch, nets, phase.interval)
                 t1 = self._sync()
-                engine.backward(out["loss"])
+                self.backward(phase, out["loss"])
                 t2 = self._sync()
                 boundary = engine.is_gradient_accumulation_boundary()
                 engine.step()

@@ -1,6 +1,6 @@
 """What a method declares to the engine: its models, its phases, a step and an evaluation.
 
-A method is a small class (``trainers/<method>.py``) registered in :data:`METHODS` with its config
+A method is a small class (``trainers/<method>.py``) registered in ``trainers/methods.py`` with its config
 dataclass. The engine (``trainers/engine.py``) owns everything else: DeepSpeed engines, precision,
 ZeRO, gradient accumulation, GAN alternation, EMA, checkpoints, logging and metrics.
 """
@@ -8,15 +8,13 @@ ZeRO, gradient accumulation, GAN alternation, EMA, checkpoints, logging and metr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from renderloop.config import ConfigError, to_schema
-
-__all__ = ["METHODS", "Method", "ModelSpec", "Phase", "method_config", "register_method"]
+__all__ = ["Method", "ModelSpec", "Phase"]
 
 
 @dataclass
@@ -63,15 +61,21 @@ class Phase:
 class Method:
     """Base class of methods. Subclasses set ``name`` and implement the four calls below.
 
-    ``nets`` passed to :meth:`step` maps each model name to a callable: the DeepSpeed engine of the
-    model the phase updates, and the plain module (parameters frozen) of every other model, so a
-    discriminator used inside the generator's loss never receives gradients.
+    ``nets`` passed to :meth:`step` maps each model name to its plain ``nn.Module``; only the
+    parameters of the model the phase updates take gradients, so a discriminator used inside the
+    generator's loss never receives any. The engine keeps the optimizers and routes each step's
+    loss through them.
     """
 
     name: str = "?"
 
     def __init__(self, config: Any, device: torch.device) -> None:
         self.config, self.device = config, device
+
+    @classmethod
+    def check_engine(cls, config: Any, engine: Any) -> None:
+        """Refuse engine settings (``engine.*``) this method cannot train with, before anything is
+        built; raise ``ConfigError`` naming the key."""
 
     def streams(self) -> dict[str, Any]:
         """Data role → ``source`` config node (``name`` + the source's keys) of the stream it reads."""
@@ -93,9 +97,14 @@ class Method:
     def phases(self) -> list[Phase]:
         raise NotImplementedError
 
-    def step(self, phase: Phase, batch: dict[str, dict[str, torch.Tensor]], nets: Mapping[str, Any]) -> dict:
+    def step(
+        self, phase: Phase, batch: dict[str, dict[str, torch.Tensor]], nets: Mapping[str, nn.Module], gain: int
+    ) -> dict:
         """Losses of one micro-batch of ``phase``: a dict of scalar tensors whose ``"loss"`` is
-        back-propagated into ``phase.model``; the other entries are logged."""
+        back-propagated into ``phase.model``; the other entries are logged.
+
+        ``gain`` is ``phase.interval``: a lazy regularizer that runs every ``interval`` steps scales
+        its penalty by it, so that on average it weighs as much as one applied at every step."""
         raise NotImplementedError
 
     def images(self, batch: dict[str, dict[str, torch.Tensor]], nets: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -112,37 +121,3 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
-
-
-@dataclass
-class _Registered:
-    config: type
-    method: type[Method]
-    doc: str = field(default="")
-
-
-METHODS: dict[str, _Registered] = {}
-
-
-def register_method(name: str, config: type):
-    """Class decorator: ``@register_method("simgan", SimGANConfig)``."""
-
-    def add(cls: type[Method]) -> type[Method]:
-        cls.name = name
-        METHODS[name] = _Registered(config, cls, (cls.__doc__ or "").strip().splitlines()[0])
-        return cls
-
-    return add
-
-
-def method_config(node: Any) -> tuple[str, Any]:
-    """``(name, validated config)`` of a ``method`` config node; unknown names are refused."""
-    from omegaconf import OmegaConf
-
-    from . import aign, simgan, stylegan2  # noqa: F401 - registers the built-in methods
-
-    plain = dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node)
-    name = plain.pop("name", None)
-    if name not in METHODS:
-        raise ConfigError("method.name", f"must be one of {sorted(METHODS)}; got {name!r}")
-    return name, to_schema(METHODS[name].config, plain, "method")

@@ -22,7 +22,8 @@ from torch import nn
 
 from renderloop.config import ConfigError, check_roles
 
-from .method import Method, ModelSpec, Phase, register_method
+from .adversarial import discriminator_accuracy, discriminator_loss, generator_loss
+from .method import Method, ModelSpec, Phase
 
 __all__ = ["SimGANConfig", "SimGAN", "Refiner", "PatchDiscriminator", "HistoryBuffer", "EvalConfig"]
 
@@ -198,9 +199,10 @@ def _psi(x: torch.Tensor, space: str) -> torch.Tensor:
     return x.mean(1, keepdim=True) if space == "channel_mean" else x
 
 
-@register_method("simgan", SimGANConfig)
 class SimGAN(Method):
     """SimGAN: a refiner that makes simulated images look real while keeping their labels."""
+
+    name = "simgan"
 
     def __init__(self, config: SimGANConfig, device: torch.device) -> None:
         super().__init__(config, device)
@@ -226,7 +228,7 @@ class SimGAN(Method):
             Phase("D_main", "D", ("synthetic", "real"), repeats=cfg.discriminator_updates, start=main),
         ]
 
-    def step(self, phase: Phase, batch: dict, nets: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def step(self, phase: Phase, batch: dict, nets: Mapping[str, nn.Module], gain: int) -> dict[str, torch.Tensor]:
         cfg = self.config
         x = batch["synthetic"]["rgb"]
         if phase.model == "R":
@@ -234,17 +236,16 @@ class SimGAN(Method):
             reg = cfg.self_reg * (_psi(refined, cfg.self_reg_space) - _psi(x, cfg.self_reg_space)).abs().float().mean()
             if phase.name == "R_pretrain":
                 return {"loss": reg, "self_reg": reg}
-            logits = nets["D"](refined).float()  # D frozen: its module, no gradient into it
-            adversarial = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+            adversarial = generator_loss(nets["D"](refined))  # D frozen: no gradient into it
             return {"loss": adversarial + reg, "adversarial": adversarial, "self_reg": reg}
         with torch.no_grad():
             refined = self.history.mix(nets["R"](x))
         real = batch["real"]["rgb"]
-        logits = nets["D"](torch.cat([real, refined])).float()  # [2B, h, w]
-        target = torch.cat([torch.ones_like(logits[: len(real)]), torch.zeros_like(logits[len(real) :])])
-        loss = F.binary_cross_entropy_with_logits(logits, target)
-        accuracy = ((logits > 0) == (target > 0.5)).float().mean()
-        return {"loss": loss, "accuracy": accuracy}
+        logits = nets["D"](torch.cat([real, refined]))  # [2B, h, w]: one pass over both
+        real_logits, fake_logits = logits[: len(real)], logits[len(real) :]
+        # Half the sum of the two means: the mean over all 2B patch maps, as the paper's loss.
+        loss = discriminator_loss(real_logits, fake_logits) / 2
+        return {"loss": loss, "accuracy": discriminator_accuracy(real_logits, fake_logits)}
 
     @torch.no_grad()
     def images(self, batch: dict, nets: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:

@@ -1,11 +1,11 @@
 """StyleGAN2 training (``method=stylegan2``): make a generator from any image stream.
 
 Non-saturating logistic loss with style mixing; lazy regularization: R1 on real images every
-``r1_interval`` steps (a double backward through the discriminator's DeepSpeed engine) and,
-optionally, path-length regularization of the generator every ``pl_interval`` steps, each scaled
-by its interval, with Adam's learning rate and betas adjusted as in the paper. The EMA generator
-(``engine.ema_half_life``) gives the sample grids, the export and ``renderloop eval``, which
-writes ``<run_dir>/eval/generator.pt``: a checkpoint the ``stylegan2`` source loads.
+``r1_interval`` steps (a double backward through the discriminator) and, optionally, path-length
+regularization of the generator every ``pl_interval`` steps, each scaled by the engine's gain, with
+Adam's learning rate and betas adjusted as in the paper. The EMA generator (``engine.ema_half_life``)
+gives the sample grids, the export and ``renderloop eval``, which writes
+``<run_dir>/eval/generator.pt``: a checkpoint the ``stylegan2`` source loads.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from renderloop.config import ConfigError, check_roles, check_values
 from renderloop.datasets.sources import source_config
 from renderloop.models.stylegan2 import Discriminator, Generator, GeneratorConfig
 
-from .method import Method, ModelSpec, Phase, register_method
+from .adversarial import discriminator_loss, generator_loss, r1_penalty
+from .method import Method, ModelSpec, Phase
 
 __all__ = ["StyleGAN2MethodConfig", "StyleGAN2"]
 
@@ -74,22 +74,9 @@ class StyleGAN2MethodConfig:
             "style_mixing_prob": 0 <= self.style_mixing_prob <= 1, "grid": self.grid >= 1,
         })  # fmt: skip
 
-    def check_engine(self, engine: Any) -> None:
-        if engine.zero_stage == 3 and (self.r1_gamma or self.pl_weight):
-            raise ConfigError(
-                "engine.zero_stage",
-                "R1 and path-length regularization take a double backward, which ZeRO-3's partitioned "
-                "weights do not support: use ZeRO 0-2, or method.r1_gamma=0 and method.pl_weight=0",
-            )
-
     @property
     def resolution(self) -> int:
         return source_config(self.data["real"])[1].resolution
-
-
-def _plain(net: Any) -> nn.Module:
-    """The module inside a DeepSpeed engine (or the module itself)."""
-    return getattr(net, "module", net)
 
 
 def _lazy(lr: float, betas: tuple[float, float], interval: int | None) -> tuple[float, tuple[float, float]]:
@@ -100,14 +87,24 @@ def _lazy(lr: float, betas: tuple[float, float], interval: int | None) -> tuple[
     return lr * ratio, (betas[0] ** ratio, betas[1] ** ratio)
 
 
-@register_method("stylegan2", StyleGAN2MethodConfig)
 class StyleGAN2(Method):
     """StyleGAN2: a generator and a discriminator trained on one image stream."""
+
+    name = "stylegan2"
 
     def __init__(self, config: StyleGAN2MethodConfig, device: torch.device) -> None:
         super().__init__(config, device)
         self.pl_mean = torch.zeros([], device=device)
         self.grid_z = torch.randn(config.grid, config.z_dim, generator=torch.Generator().manual_seed(config.seed))
+
+    @classmethod
+    def check_engine(cls, config: StyleGAN2MethodConfig, engine: Any) -> None:
+        if engine.zero_stage == 3 and (config.r1_gamma or config.pl_weight):
+            raise ConfigError(
+                "engine.zero_stage",
+                "R1 and path-length regularization take a double backward, which ZeRO-3's partitioned "
+                "weights do not support: use ZeRO 0-2, or method.r1_gamma=0 and method.pl_weight=0",
+            )
 
     def fields(self, role: str) -> list[str]:
         return ["rgb.png"]
@@ -143,53 +140,42 @@ class StyleGAN2(Method):
     def _z(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.config.z_dim, device=self.device)
 
-    def _generate(self, G: Any, n: int, update_emas: bool = False) -> torch.Tensor:
+    def _generate(self, G: Generator, n: int, update_emas: bool = False) -> torch.Tensor:
         """Images of ``n`` random latents, a share ``style_mixing_prob`` of them style-mixed."""
         z = self._z(n)
-        num_ws = _plain(G).num_ws
         mixing = torch.rand(n, device=self.device) < self.config.style_mixing_prob
-        crossover = torch.where(mixing, torch.randint(1, num_ws, (n,), device=self.device), num_ws)
+        crossover = torch.where(mixing, torch.randint(1, G.num_ws, (n,), device=self.device), G.num_ws)
         return G(z, update_emas=update_emas, z_mix=self._z(n), crossover=crossover)
 
-    def step(self, phase: Phase, batch: dict, nets: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def step(self, phase: Phase, batch: dict, nets: Mapping[str, nn.Module], gain: int) -> dict[str, torch.Tensor]:
         cfg = self.config
+        G, D = nets["G"], nets["D"]
         if phase.name == "G_main":
-            logits = nets["D"](self._generate(nets["G"], cfg.fake_batch, update_emas=True)).float()
-            loss = F.softplus(-logits).mean()  # non-saturating
-            return {"loss": loss, "fake_score": logits.mean().detach()}
+            logits = D(self._generate(G, cfg.fake_batch, update_emas=True)).float()
+            return {"loss": generator_loss(logits), "fake_score": logits.mean().detach()}
         if phase.name == "G_reg":
-            return self._path_length(nets["G"])
+            return self._path_length(G, gain)
         real = batch["real"]["rgb"] * 2 - 1
         if phase.name == "D_main":
             with torch.no_grad():
-                fake = self._generate(nets["G"], real.shape[0])
-            fake_logits, real_logits = nets["D"](fake).float(), nets["D"](real).float()
-            loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+                fake = self._generate(G, real.shape[0])
+            fake_logits, real_logits = D(fake).float(), D(real).float()
+            loss = discriminator_loss(real_logits, fake_logits)
             return {"loss": loss, "real_score": real_logits.mean().detach(), "fake_score": fake_logits.mean().detach()}
-        # D_reg: R1 on real images. The gradient w.r.t. the images is taken through the plain module:
-        # DeepSpeed's hooks on its engine's outputs treat any gradient through them as a backward
-        # pass. A zero-weighted engine output routes the loss's backward through the engine.
-        real = real.detach().requires_grad_(True)
-        logits = _plain(nets["D"])(real).float()
-        (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
-        penalty = grad.float().square().sum(dim=[1, 2, 3])
-        loss = penalty.mean() * (cfg.r1_gamma / 2) * cfg.r1_interval + 0 * nets["D"](real[:1].detach()).sum()
-        return {"loss": loss, "r1_penalty": penalty.mean().detach()}
+        penalty = r1_penalty(D, real)  # D_reg
+        return {"loss": penalty.mean() * (cfg.r1_gamma / 2) * gain, "r1_penalty": penalty.mean().detach()}
 
-    def _path_length(self, G: Any) -> dict[str, torch.Tensor]:
+    def _path_length(self, G: Generator, gain: int) -> dict[str, torch.Tensor]:
         cfg = self.config
-        n = max(cfg.fake_batch // cfg.pl_batch_shrink, 1)
-        z = self._z(n)
-        generator = _plain(G)  # through the plain module, as for R1
-        ws = generator.mapping(z)
-        img = generator.synthesis(ws)
+        z = self._z(max(cfg.fake_batch // cfg.pl_batch_shrink, 1))
+        ws = G.mapping(z)
+        img = G.synthesis(ws)
         noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
         (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
         lengths = grad.float().square().sum(2).mean(1).sqrt()
         self.pl_mean = self.pl_mean.lerp(lengths.mean().detach(), cfg.pl_decay)
         penalty = (lengths - self.pl_mean).square().mean()
-        loss = penalty * cfg.pl_weight * cfg.pl_interval + 0 * G(z[:1]).sum()
-        return {"loss": loss, "pl_penalty": penalty.detach()}
+        return {"loss": penalty * cfg.pl_weight * gain, "pl_penalty": penalty.detach()}
 
     @torch.no_grad()
     def images(self, batch: dict, nets: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:

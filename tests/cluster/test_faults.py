@@ -17,7 +17,8 @@ import ray
 
 from renderloop.cli import main
 from renderloop.cluster.config import ClusterConfig
-from renderloop.cluster.producers import ProducerPool
+from renderloop.cluster.producers import ProducerSpec
+from renderloop.cluster.ray_producers import RayProducers
 from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.reader import ShardStream
 from renderloop.datasets.storage import Storage, StorageError
@@ -145,9 +146,10 @@ def _scrape_ray_metrics(name: str, timeout: float = 30.0) -> list[str]:
 
 def test_killed_producer_actor_is_restarted_and_counted(ray_with_quota, tmp_path):
     cluster = ClusterConfig(mode="ray", producers=1, num_cpus_per_producer=0.5, max_restarts=2)
-    options = {"samples_per_shard": 8, "seed": 1, "device": "cpu", "labels": {"method": "test"}}
-    pool = ProducerPool(cluster, "simulator", TINY, str(tmp_path), "s", options)
-    refs = pool.run_until([64])
+    spec = ProducerSpec("simulator", TINY, str(tmp_path), "s", "cpu", 8, seed=1, labels={"method": "test"})
+    pool = RayProducers(spec, cluster, ["p0"])
+    pool.start([64])
+    refs = pool.calls
     ledger = Ledger(Storage(str(tmp_path)), "s")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not ledger.entries():
@@ -155,7 +157,7 @@ def test_killed_producer_actor_is_restarted_and_counted(ray_with_quota, tmp_path
     os.kill(ray.get(pool.actors[0].pid.remote()), signal.SIGKILL)
     ray.get(refs, timeout=120)  # the interrupted call finishes on the restarted actor
     lines = _scrape_ray_metrics("ray_renderloop_producer_restarts_total")  # while the actor lives
-    pool.kill()
+    pool.join(60)
     assert sum(e.count for e in Ledger(Storage(str(tmp_path)), "s").entries()) >= 64
     _assert_published_shards_intact(str(tmp_path), "s")
     assert lines, "the restart counter never reached Ray's metrics agent"

@@ -12,7 +12,8 @@ from collections import Counter
 import pytest
 import torch
 
-from renderloop.cluster.local import GenerationStatus, LocalProducers, ProducerError, ProducerSpec, local_producers
+from renderloop.cluster.local import LocalProducers, ProducerError, local_producers
+from renderloop.cluster.producers import GenerationStatus, ProducerSpec
 from renderloop.config import ConfigError
 from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.storage import Storage
@@ -106,28 +107,54 @@ def test_a_killed_producer_process_is_reported(tmp_path):
         pool.join(60)
 
 
-def test_producer_device_and_threads_reach_the_producers(tmp_path, monkeypatch):
-    """``cluster.producer_device`` and ``producer_threads`` become each local producer's spec."""
+@pytest.fixture
+def captured_specs(monkeypatch):
+    """The specs ``start_producers`` hands to local producers, which then run on the CPU anyway."""
     import renderloop.cluster.local as local_module
-    from renderloop.train import _start_producers
-    from tests.trainers.helpers import debug_config
 
-    specs = []
+    specs, real = [], local_module.local_producers
 
     def capture(spec, ids, metrics=None, processes=False):
         specs.append((spec, processes))
-        return LocalProducers(lambda pid: None, [])
+        return real(dataclasses.replace(spec, device="cpu"), ids, metrics, processes)
 
     monkeypatch.setattr(local_module, "local_producers", capture)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only resolved here, never used
-    overrides = ["cluster.producer_device=cuda:0", "cluster.producer_threads=1"]
-    _start_producers(debug_config(tmp_path / "data", tmp_path / "run", *overrides))[0]()
-    # The sources go to the GPU; threads or processes still follow the trainer's device (the CPU).
-    assert specs and all(spec.device == "cuda:0" and spec.threads == 1 and not processes for spec, processes in specs)
-    assert all(spec.fields == ("rgb.png",) for spec, _ in specs)  # what SimGAN reads, no labels
+    return specs
+
+
+def test_producer_device_and_threads_reach_the_producers_of_a_run(tmp_path, captured_specs):
+    """``cluster.producer_device`` and ``producer_threads`` become each local producer's spec."""
+    from renderloop.cluster.launch import start_run_producers
+    from tests.trainers.helpers import debug_config
+
+    overrides = ["cluster.producer_device=cuda:0", "cluster.producer_threads=1", "cluster.local_producers=threads"]
+    groups = []
+    start_run_producers(debug_config(tmp_path / "data", tmp_path / "run", *overrides), None, groups)
+    for group in groups:
+        group.stop()
+        group.join(60)
+    # The sources go to the GPU; threads or processes follow the configuration and the trainer's device.
+    assert len(groups) == len(captured_specs) == 2
+    assert all(spec.device == "cuda:0" and spec.threads == 1 and not procs for spec, procs in captured_specs)
+    assert all(spec.fields == ("rgb.png",) for spec, _ in captured_specs)  # what SimGAN reads, no labels
     for bad in ("cluster.producer_device=gpu", "cluster.producer_threads=-1"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             debug_config(tmp_path / "data", tmp_path / "run", bad)
+
+
+def test_generate_starts_its_producers_as_a_run_does(tmp_path, captured_specs, capsys):
+    """``renderloop generate`` honours the same producer settings as ``renderloop run``."""
+    from renderloop.cli import main
+
+    args = ["generate", "source=debug", f"storage.root={tmp_path}", "num_samples=16", "samples_per_shard=8",
+            "cluster.producers=2", "cluster.producer_device=cuda:0", "cluster.producer_threads=1",
+            "device=cpu"]  # fmt: skip
+    assert main(args) == 0
+    assert "16 samples" in capsys.readouterr().out
+    ((spec, processes),) = captured_specs
+    assert spec.device == "cuda:0" and spec.threads == 1 and not processes  # a CPU run: threads
+    assert {e.producer for e in Ledger(Storage(str(tmp_path)), "simulator").entries()} == {"p0", "p1"}
 
 
 def test_a_producer_process_with_one_thread_publishes(tmp_path):

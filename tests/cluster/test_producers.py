@@ -11,7 +11,8 @@ import pytest
 import ray
 
 from renderloop.cluster.config import ClusterConfig
-from renderloop.cluster.producers import ProducerPool
+from renderloop.cluster.producers import ProducerSpec
+from renderloop.cluster.ray_producers import RayProducers
 from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.reader import ShardStream
 from renderloop.datasets.storage import Storage
@@ -25,15 +26,17 @@ def local_ray():
     ray.shutdown()
 
 
-def _pool(root: str, max_restarts: int = 2) -> ProducerPool:
+def _pool(root: str, max_restarts: int = 2) -> RayProducers:
     cluster = ClusterConfig(mode="ray", producers=2, num_cpus_per_producer=0.5, max_restarts=max_restarts)
-    return ProducerPool(cluster, "simulator", TINY, root, "s", {"samples_per_shard": 8, "seed": 1, "device": "cpu"})
+    spec = ProducerSpec("simulator", TINY, root, "s", "cpu", samples_per_shard=8, seed=1)
+    return RayProducers(spec, cluster, ["p0", "p1"])
 
 
 def test_two_actor_pool_feeds_a_reader(local_ray, tmp_path):
     root = str(tmp_path)
     pool = _pool(root)
-    refs = pool.run_until([32, 32])
+    pool.start([32, 32])
+    refs = pool.calls
     reader = ShardStream(root, "s", follow=True, poll_seconds=0.05, idle_timeout=60)
     got = []
     for sample in reader:
@@ -41,7 +44,7 @@ def test_two_actor_pool_feeds_a_reader(local_ray, tmp_path):
         if len(got) == 64:
             break
     stats = ray.get(refs)
-    pool.kill()
+    pool.join(60)
     assert [s["samples"] for s in stats] == [32, 32]
     assert len(set(got)) == 64 and {k.split("_")[0] for k in got} == {"p0", "p1"}
 
@@ -49,7 +52,8 @@ def test_two_actor_pool_feeds_a_reader(local_ray, tmp_path):
 def test_killed_actor_restarts_and_continues(local_ray, tmp_path):
     root = str(tmp_path)
     pool = _pool(root)
-    refs = pool.run_until([48, 8])
+    pool.start([48, 8])
+    refs = pool.calls
     ledger = Ledger(Storage(root), "s")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not [e for e in ledger.entries() if e.producer == "p0"]:
@@ -64,7 +68,8 @@ def test_killed_actor_restarts_and_continues(local_ray, tmp_path):
     assert len(seeds) == len(set(seeds))
     samples = list(ShardStream(root, "s", follow=False))
     assert len(samples) == sum(e.count for e in Ledger(Storage(root), "s").entries())
-    pool.kill()
+    assert pool.samples == len(samples) and not pool.alive()
+    pool.join(60)
 
 
 def test_generate_command_on_ray(local_ray, tmp_path, capsys):

@@ -15,7 +15,7 @@ import pytest
 
 from renderloop.cluster.prometheus import PrometheusServer, dashboard_path, find_prometheus, scrape_config
 from renderloop.metrics import METRICS
-from renderloop.trainers.distributed import free_port
+from renderloop.ports import free_port
 
 
 def _prometheus() -> str | None:

@@ -70,7 +70,7 @@ def test_fields_a_source_does_not_make_are_refused(tmp_path):
 
 
 def test_a_stream_without_rgb_has_a_contact_sheet(tmp_path):
-    from renderloop.inspection import contact_sheet
+    from renderloop.datasets.inspection import contact_sheet
 
     tiny_producer(str(tmp_path), fields=["depth.npy"]).run(8)
     sheet = contact_sheet(Storage(str(tmp_path)), "s", 4, tmp_path / "sheet.png")

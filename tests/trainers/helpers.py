@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from renderloop.cluster.launch import TrainConfig
 from renderloop.config import load_config
 from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.producer import Producer
 from renderloop.datasets.sources import build_source, source_config
 from renderloop.datasets.storage import Storage
-from renderloop.train import TrainConfig
 
 
 def debug_config(root: Path, run_dir: Path, *overrides: str, command: str = "train") -> TrainConfig:

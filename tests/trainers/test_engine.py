@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
+from renderloop.cluster.launch import train_worker
 from renderloop.config import ConfigError
-from renderloop.train import train_worker
 from renderloop.trainers.engine import Trainer
 from renderloop.trainers.reporting import StepTimes
 from tests.trainers.helpers import debug_config, make_streams
@@ -53,10 +53,10 @@ def test_gan_step_updates_both_and_discriminator_gets_no_generator_gradient(stre
 
         phase = next(p for p in trainer.phases if p.name == "R_main")
         nets = trainer.nets(phase)
-        assert nets["D"] is D and nets["R"] is trainer.engines["R"]
+        assert nets["D"] is D and nets["R"] is R  # plain modules, never a DeepSpeed engine
         batch, _ = trainer._batch(phase.inputs, StepTimes())
-        out = trainer.method.step(phase, batch, nets)
-        trainer.engines["R"].backward(out["loss"])
+        out = trainer.method.step(phase, batch, nets, phase.interval)
+        trainer.backward(phase, out["loss"])
         assert all(p.grad is None for p in D.parameters()), "the generator loss reached D"
         assert all(not p.requires_grad for p in D.parameters())
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in R.parameters())

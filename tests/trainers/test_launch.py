@@ -17,9 +17,9 @@ import psutil
 import pytest
 
 from renderloop.cli import main
+from renderloop.cluster.launch import train
 from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.storage import Storage
-from renderloop.train import train
 from tests.trainers.helpers import debug_config, make_streams
 
 DEBUG = ["method=simgan_debug", "engine=debug", "samples_per_shard=8", "device=cpu"]

@@ -19,37 +19,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..method import Method, ModelSpec, Phase, register_method
+from ..adversarial import discriminator_accuracy, discriminator_loss, generator_loss
+from ..method import Method, ModelSpec, Phase
 from .config import AIGNConfig
+from .tasks import TASKS
 
-__all__ = ["AIGN", "make_task"]
-
-
-def make_task(config: AIGNConfig, device: torch.device):
-    """The task object of ``config.task``."""
-    if config.task == "pose":
-        from .pose import PoseTask
-
-        return PoseTask(config, device)
-    if config.task == "sfm":
-        from .sfm import SfMTask
-
-        return SfMTask(config, device)
-    from .images import ImageTask
-
-    return ImageTask(config, device)
+__all__ = ["AIGN"]
 
 
-@register_method("aign", AIGNConfig)
 class AIGN(Method):
     """AIGN: lift inputs to factors a renderer reproduces and a discriminator finds plausible."""
 
+    name = "aign"
+
     def __init__(self, config: AIGNConfig, device: torch.device) -> None:
         super().__init__(config, device)
-        self.task = make_task(config, device)
+        self.task = TASKS.entry(config.task).cls(config, device)
 
     def fields(self, role: str) -> list[str]:
         return self.task.fields(role)
@@ -71,27 +58,23 @@ class AIGN(Method):
             phases.append(Phase("D_main", "D", ("input", "memory"), repeats=self.config.discriminator_updates))
         return phases
 
-    def step(self, phase: Phase, batch: dict, nets: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def step(self, phase: Phase, batch: dict, nets: Mapping[str, nn.Module], gain: int) -> dict[str, torch.Tensor]:
         cfg = self.config
         if phase.model == "G":
             factors, reconstruction, logs = self.task.lift(nets["G"], batch["input"])
             out = {"reconstruction": reconstruction, **logs}
             loss = cfg.reconstruction_weight * reconstruction if cfg.loss != "adversarial" else 0.0
             if cfg.loss != "reconstruction":
-                logits = nets["D"](self.task.fake(factors)).float()  # D frozen: its module
-                adversarial = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+                adversarial = generator_loss(nets["D"](self.task.fake(factors)))  # D frozen
                 loss = loss + cfg.adversarial_weight * adversarial
                 out["adversarial"] = adversarial
             return {"loss": loss, **out}
         with torch.no_grad():
             factors, _, _ = self.task.lift(nets["G"], batch["input"])
         real, fake = self.task.real(batch["memory"]), self.task.fake(factors).detach()
-        logits_real, logits_fake = nets["D"](real).float(), nets["D"](fake).float()
-        loss = F.binary_cross_entropy_with_logits(
-            logits_real, torch.ones_like(logits_real)
-        ) + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
-        accuracy = torch.cat([(logits_real > 0).float().flatten(), (logits_fake < 0).float().flatten()]).mean()
-        return {"loss": loss, "accuracy": accuracy}
+        logits_real, logits_fake = nets["D"](real), nets["D"](fake)
+        loss = discriminator_loss(logits_real, logits_fake)
+        return {"loss": loss, "accuracy": discriminator_accuracy(logits_real, logits_fake)}
 
     @torch.no_grad()
     def images(self, batch: dict, nets: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:

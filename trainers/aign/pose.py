@@ -210,11 +210,9 @@ class PoseTask:
         return results
 
 
-def _skeleton(G: Any, rays: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Root-relative camera-space poses ``[B, J, 3]`` and camera-space roots ``[B, 3]`` from a
-    lifter or its DeepSpeed engine (called through the engine, so ZeRO-3 gathers its weights)."""
-    lifter = getattr(G, "module", G)
-    coeffs, rotation, depth = G(rays)
+def _skeleton(lifter: PoseLifter, rays: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Root-relative camera-space poses ``[B, J, 3]`` and camera-space roots ``[B, 3]``."""
+    coeffs, rotation, depth = lifter(rays)
     body = (lifter.mean + coeffs @ lifter.components).view(rays.shape[0], -1, 3)
     posed = body @ rotation.transpose(1, 2)
     root = depth.unsqueeze(-1) * torch.cat([rays[:, 0], torch.ones_like(rays[:, 0, :1])], -1)

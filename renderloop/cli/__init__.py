@@ -1,4 +1,8 @@
-"""The ``renderloop`` command: ``renderloop <command> [key=value ...]`` (Hydra overrides)."""
+"""The ``renderloop`` command: ``renderloop <command> [key=value ...]`` (Hydra overrides).
+
+The top floor: each handler loads its config, hands it to the package that does the work and
+prints the outcome. Nothing below imports from here.
+"""
 
 from __future__ import annotations
 
@@ -37,8 +41,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _info(overrides: list[str]) -> None:
-    from renderloop.info import collect, format_report
     from renderloop.renderers.renderer import RendererConfig
+
+    from .info import collect, format_report
 
     cfg = load_config("info", overrides)
     renderer = to_schema(RendererConfig, cfg.renderer, "renderer")
@@ -46,20 +51,20 @@ def _info(overrides: list[str]) -> None:
 
 
 def _turntable(overrides: list[str]) -> None:
-    from renderloop.turntable import TurntableConfig, run
+    from renderloop.renderers.turntable import TurntableConfig, run
 
     cfg = load_config("turntable", overrides, TurntableConfig)
     print(f"wrote {run(cfg)}")
 
 
 def _train(overrides: list[str]) -> None:
-    from renderloop.train import TrainConfig, train
+    from renderloop.cluster.launch import TrainConfig, train
 
     _print_summary(train(load_config("train", overrides, TrainConfig), overrides))
 
 
 def _run(overrides: list[str]) -> None:
-    from renderloop.train import TrainConfig, run
+    from renderloop.cluster.launch import TrainConfig, run
 
     _print_summary(run(load_config("run", overrides, TrainConfig), overrides))
 
@@ -71,14 +76,15 @@ def _print_summary(summary: dict) -> None:
 
 
 def _eval(overrides: list[str]) -> None:
-    from renderloop.train import TrainConfig, evaluate
+    from renderloop.cluster.launch import TrainConfig
+    from renderloop.trainers.evaluation import evaluate_run
 
     cfg = load_config("eval", overrides, TrainConfig)
-    _print_results(evaluate(cfg), f"{cfg.run_dir}/eval")
+    _print_results(evaluate_run(cfg.method_name, cfg.method_config, cfg.run_dir, cfg.device), f"{cfg.run_dir}/eval")
 
 
 def _demo(overrides: list[str]) -> None:
-    from renderloop.demo import DemoConfig, demo
+    from .demo import DemoConfig, demo
 
     cfg = load_config("demo", overrides, DemoConfig)
     _print_results(demo(cfg, overrides), f"{cfg.run_dir}/eval")
@@ -97,10 +103,10 @@ def _print_results(results: dict, where: str) -> None:
 
 
 def _generate(overrides: list[str]) -> None:
-    from renderloop.generate import GenerateConfig, run
+    from renderloop.cluster.generate import GenerateConfig, generate
 
     cfg = load_config("generate", overrides, GenerateConfig)
-    s = run(cfg)
+    s = generate(cfg)
     print(
         f"{s['samples']} samples in {s['seconds']:.1f} s ({s['samples_per_s']:.1f} samples/s); "
         f"stream {s['stream']}: {s['shards']} shards, {s['bytes'] / 2**20:.1f} MiB"
@@ -108,7 +114,7 @@ def _generate(overrides: list[str]) -> None:
 
 
 def _inspect(root: str, overrides: list[str]) -> None:
-    from renderloop.inspection import InspectConfig, run
+    from renderloop.datasets.inspection import InspectConfig, run
 
     cfg = load_config("inspect", [f"root={root}", *overrides], InspectConfig)
     print("\n".join(run(cfg)))
@@ -142,7 +148,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"renderloop {args.command}: {err}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,8 +12,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from renderloop.cluster.launch import TrainConfig, run
+from renderloop.cluster.torchrun import in_torchrun_worker
 from renderloop.datasets.storage import Storage
-from renderloop.train import TrainConfig, evaluate, in_torchrun_worker, run
+from renderloop.trainers.evaluation import evaluate_run
 
 __all__ = ["DemoConfig", "demo"]
 
@@ -34,6 +36,6 @@ def demo(cfg: DemoConfig, overrides: list[str]) -> dict[str, float]:
             if storage.exists(cfg.stream(role)):
                 storage.fs.rm(storage.path(cfg.stream(role)), recursive=True)
     run(cfg, overrides, command="demo")
-    results = evaluate(cfg)
+    results = evaluate_run(cfg.method_name, cfg.method_config, cfg.run_dir, cfg.device)
     results["figure"] = str(Path(cfg.run_dir) / "eval" / "simgan_eval.png")
     return results

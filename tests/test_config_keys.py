@@ -1,0 +1,63 @@
+"""Each bad cluster or engine value is refused under its own dotted key, with the value shown."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+from renderloop.cluster.config import ClusterConfig
+from renderloop.config import ConfigError, to_schema
+from renderloop.trainers.config import DataConfig, EngineConfig
+
+CLUSTER_CASES = [
+    ("num_gpus_per_producer", -0.5),
+    ("num_gpus_per_producer", math.nan),
+    ("num_gpus_per_producer", math.inf),
+    ("num_cpus_per_producer", -1.0),
+    ("num_cpus_per_producer", math.nan),
+    ("num_cpus_per_producer", math.inf),
+    ("max_restarts", -1),
+    ("workers", 0),
+    ("cpus_per_worker", -1.0),
+    ("cpus_per_worker", math.nan),
+    ("cpus_per_worker", math.inf),
+    ("gpus_per_worker", -0.25),
+    ("gpus_per_worker", math.nan),
+    ("gpus_per_worker", math.inf),
+    ("nnodes", 0),
+]
+
+
+def _refused(build, key: str, value) -> None:
+    with pytest.raises(ConfigError, match=rf"^config error at {re.escape(key)}:") as err:
+        build()
+    assert err.value.key == key
+    assert str(err.value).endswith(f"got {value}")
+
+
+@pytest.mark.parametrize("field, value", CLUSTER_CASES)
+def test_cluster_value_names_its_key(field, value):
+    _refused(lambda: ClusterConfig(**{field: value}), f"cluster.{field}", value)
+
+
+@pytest.mark.parametrize("field, value", [("max_restarts", -3), ("cpus_per_worker", -2.0)])
+def test_cluster_value_names_its_key_through_the_schema(field, value):
+    _refused(lambda: to_schema(ClusterConfig, {field: value}, "cluster"), f"cluster.{field}", value)
+
+
+def test_several_nodes_need_a_rendezvous_endpoint():
+    _refused(lambda: ClusterConfig(mode="torchrun", nnodes=2), "cluster.rdzv_endpoint", None)
+    ClusterConfig(mode="torchrun", nnodes=2, rdzv_endpoint="host:29400")
+
+
+@pytest.mark.parametrize("field, value", [("num_workers", -1), ("shuffle_buffer", -8), ("batch_size", 0)])
+def test_engine_data_value_names_its_key(field, value):
+    _refused(lambda: DataConfig(**{field: value}), f"engine.data.{field}", value)
+    _refused(lambda: to_schema(EngineConfig, {"data": {field: value}}, "engine"), f"engine.data.{field}", value)
+
+
+def test_zero_resources_are_accepted():
+    ClusterConfig(num_cpus_per_producer=0.0, num_gpus_per_producer=0.0, max_restarts=0, cpus_per_worker=0.0)
+    DataConfig(num_workers=0, shuffle_buffer=0)

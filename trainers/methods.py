@@ -1,0 +1,27 @@
+"""The methods by name (``method.name``), each with its config schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from renderloop.registry import Registry
+
+from .aign import AIGN, AIGNConfig
+from .simgan import SimGAN, SimGANConfig
+from .stylegan2 import StyleGAN2, StyleGAN2MethodConfig
+
+__all__ = ["METHODS", "method_config"]
+
+METHODS = Registry(
+    "method.name",
+    {
+        "simgan": (SimGANConfig, SimGAN),
+        "stylegan2": (StyleGAN2MethodConfig, StyleGAN2),
+        "aign": (AIGNConfig, AIGN),
+    },
+)
+
+
+def method_config(node: Any) -> tuple[str, Any]:
+    """``(name, validated config)`` of a ``method`` config node; unknown names are refused."""
+    return METHODS.resolve(node)
