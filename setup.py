@@ -2,14 +2,27 @@
 
 The repository's top-level folders install as sub-packages of one import package, so nothing
 shadows a popular top-level name (a top-level ``datasets`` would hide Hugging Face ``datasets``).
+Packages are found in each folder rather than listed, so a nested package cannot be left out of
+the wheel while the checkout (or an editable install) still imports it.
 """
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
-SUBPACKAGES = ("renderers", "models", "datasets", "trainers", "cluster")
-NESTED = ("renderloop.trainers.aign",)  # packages inside the sub-packages
+HERE = Path(__file__).parent
+# Source folder → the package it installs as; a package nested in a folder maps by its prefix.
+FOLDERS = {
+    "renderloop": "renderloop",
+    **{name: f"renderloop.{name}" for name in ("renderers", "models", "datasets", "trainers", "cluster")},
+}
+
+
+def packages(folder: str, package: str) -> list[str]:
+    """``package`` and every package under ``folder``, as import names."""
+    found = find_packages(str(HERE / folder), exclude=("tests", "tests.*", "bench", "bench.*"))
+    return [package, *(f"{package}.{name}" for name in found)]
+
 
 setup(
     name="renderloop",
@@ -18,14 +31,11 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["renderloop", "renderloop.conf", *(f"renderloop.{name}" for name in SUBPACKAGES), *NESTED],
-    package_dir={
-        "renderloop": "renderloop",
-        **{f"renderloop.{name}": name for name in SUBPACKAGES},
-        **{name: name.removeprefix("renderloop.").replace(".", "/") for name in NESTED},
-    },
-    # The Hydra config tree ships as data of the importable `renderloop.conf` module.
-    package_data={"renderloop.conf": ["*.yaml", "*/*.yaml", "*/*/*.yaml"], "renderloop.cluster": ["dashboards/*"]},
+    packages=[name for folder, package in FOLDERS.items() for name in packages(folder, package)],
+    package_dir={package: folder for folder, package in FOLDERS.items()},
+    # The Hydra config tree ships as data of the importable `renderloop.conf` module, at any depth
+    # (`**` needs setuptools >= 62.3).
+    package_data={"renderloop.conf": ["**/*.yaml"], "renderloop.cluster": ["dashboards/*"]},
     install_requires=[
         # torch is deliberately unpinned here: `make` pins the build for the machine it runs on.
         "torch>=2.4",
@@ -39,7 +49,7 @@ setup(
         "webdataset>=0.2.86",
         "fsspec>=2023.1",
         "tqdm>=4.60",
-        "tensorboardX>=2.6",
+        "tensorboard>=2.17.1",  # the writer behind torch.utils.tensorboard; 2.17.1 works with NumPy 2
         "psutil>=5",
         "deepspeed>=0.14",
         "ray[default,data,train]>=2.40",

@@ -63,7 +63,7 @@ class Reporter:
         run_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(run_dir / "train_log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         if tensorboard:
-            from tensorboardX import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(run_dir / "tb"))
         if progress:
