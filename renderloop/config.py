@@ -1,9 +1,10 @@
 """Configuration: typed Hydra configs, loading and validation before any heavy work starts.
 
-Each component keeps its ``Config`` dataclass next to its code; ``register_configs`` adds them to
-Hydra's ConfigStore as schemas, and ``load_config`` composes ``renderloop/conf/<command>.yaml``
-with the user's overrides, type-checks it against the schema and runs every ``__post_init__``
-check. Errors name the dotted key.
+Each component keeps its ``Config`` dataclass next to its code. ``load_config`` composes
+``renderloop/conf/<command>.yaml`` with the user's overrides, merges it into the command's schema
+dataclass (types checked, unknown keys refused) and so runs every ``__post_init__`` check;
+``to_schema`` does the same for a subtree whose schema depends on a name in it (a method, a
+source). Errors name the dotted key.
 """
 
 from __future__ import annotations
