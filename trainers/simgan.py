@@ -157,8 +157,9 @@ class HistoryBuffer:
     ``mix(refined)`` returns a batch of ``len(refined)`` images: while the buffer holds fewer than
     ``size`` images, the batch is ``refined`` itself and all of it is stored; once full, a share
     ``fraction`` of the batch is replaced by images drawn at random from the buffer, and as many
-    random buffer slots are overwritten by the current batch's first images. With W ranks the
-    history of the whole run is W × ``size`` images; each rank's buffer is saved in its checkpoint.
+    random buffer slots are overwritten by the current batch's first images (every slot, when the
+    buffer is smaller than that share). With W ranks the history of the whole run is W × ``size``
+    images; each rank's buffer is saved in its checkpoint.
     """
 
     def __init__(self, size: int, fraction: float = 0.5) -> None:
@@ -184,8 +185,8 @@ class HistoryBuffer:
         dev = self.images.device
         picked = self.images[torch.randint(self.size, (n,), device=dev)]
         mixed = torch.cat([refined[: refined.shape[0] - n], picked.to(refined.dtype)])
-        slots = torch.randperm(self.size, device=dev)[:n]
-        self.images[slots] = refined[:n].to(self.images.dtype)
+        slots = torch.randperm(self.size, device=dev)[:n]  # all of them when n > size
+        self.images[slots] = refined[: len(slots)].to(self.images.dtype)
         return mixed
 
     def state_dict(self) -> dict[str, Any]:
