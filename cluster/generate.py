@@ -3,6 +3,7 @@ producers a live run starts, to train on many times."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,27 @@ def split(total: int, parts: int) -> list[int]:
     return [total // parts + (i < total % parts) for i in range(parts)]
 
 
+TARGETS = "generate.json"
+"""Per stream: what each producer id of the last ``generate`` is to reach, so that running an
+interrupted ``generate`` again finishes its count instead of adding ``num_samples`` again."""
+
+
+def _totals(cfg: GenerateConfig, ledger: Ledger, already: dict[str, int]) -> dict[str, int]:
+    """Samples each producer id is to have published when this ``generate`` ends: the unfinished
+    targets of an interrupted one (its stream is still open), else ``num_samples`` more."""
+    storage, target = ledger.storage, f"{cfg.storage.stream}/{TARGETS}"
+    if not ledger.closed and ledger.entries() and storage.exists(target):
+        recorded = json.loads(storage.read_bytes(target))
+        if set(recorded) == set(already):
+            left = sum(max(recorded[pid] - n, 0) for pid, n in already.items())
+            print(f"continuing an interrupted generate of {cfg.storage.stream}: {left} samples to go")
+            return {pid: max(recorded[pid], n) for pid, n in already.items()}
+    shares = split(cfg.num_samples, len(already))
+    totals = {pid: n + share for (pid, n), share in zip(already.items(), shares, strict=True)}
+    storage.write_atomic(target, json.dumps(totals).encode())
+    return totals
+
+
 def generate(cfg: GenerateConfig) -> dict[str, float]:
     """Generate ``num_samples`` into the stream, show progress, close the stream, return a summary."""
     name, scfg = source_config(cfg.source)
@@ -57,24 +79,26 @@ def generate(cfg: GenerateConfig) -> dict[str, float]:
         )
     storage = Storage(cfg.storage.root)
     ledger = Ledger(storage, cfg.storage.stream)
+    ids = producer_ids(cfg.cluster.producers)
+    already = {pid: sum(e.count for e in ledger.entries() if e.producer == pid) for pid in ids}
+    totals = _totals(cfg, ledger, already)
     ledger.reopen()  # appending: live followers must not stop at an old CLOSED mark
     metrics = PrometheusSink()
     if cfg.metrics_port >= 0:
         print(f"metrics on http://127.0.0.1:{metrics.serve(cfg.metrics_port)}/metrics")
-    ids = producer_ids(cfg.cluster.producers)
-    already = {pid: sum(e.count for e in ledger.entries() if e.producer == pid) for pid in ids}
-    totals = [already[pid] + n for pid, n in zip(ids, split(cfg.num_samples, len(ids)), strict=True)]
     spec = ProducerSpec(
         name, scfg, cfg.storage.root, cfg.storage.stream, samples_per_shard=cfg.samples_per_shard,
         seed=cfg.seed, max_backlog_shards=cfg.max_backlog_shards, threads=cfg.cluster.producer_threads,
     )  # fmt: skip
 
+    goal = sum(totals.values()) - sum(already.values())
+
     def produced() -> int:
         return sum(e.count for e in ledger.entries() if e.producer in already) - sum(already.values())
 
     start = time.monotonic()
-    bar = tqdm(total=cfg.num_samples, unit="sample", desc=f"generate {name} → {cfg.storage.stream}")
-    group = start_producers(spec, cfg.cluster, cfg.device, len(ids), metrics, totals)
+    group = start_producers(spec, cfg.cluster, cfg.device, len(ids), metrics, [totals[pid] for pid in ids])
+    bar = tqdm(total=goal, unit="sample", desc=f"generate {name} → {cfg.storage.stream}")
     try:
         while group.alive() and group.failure() is None:
             time.sleep(0.2)
@@ -85,8 +109,8 @@ def generate(cfg: GenerateConfig) -> dict[str, float]:
     done = produced()
     bar.update(done - bar.n)
     bar.close()
-    if done < cfg.num_samples:
-        raise RuntimeError(f"generate: only {done} of {cfg.num_samples} samples were published; stream left open")
+    if done < goal:
+        raise RuntimeError(f"generate: only {done} of {goal} samples were published; stream left open")
     ledger.close()
     metrics.close()
     seconds = time.monotonic() - start

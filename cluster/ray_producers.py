@@ -15,7 +15,7 @@ from renderloop.datasets.storage import Storage
 
 from .config import ClusterConfig
 from .producers import ProducerSpec, build_producer
-from .ray_session import RaySink, connect
+from .ray_session import RaySink, connect, require_resources
 
 __all__ = ["ProducerActor", "RayProducers", "producer_error"]
 
@@ -55,6 +55,10 @@ class RayProducers:
 
     def __init__(self, spec: ProducerSpec, cluster: ClusterConfig, ids: list[str]) -> None:
         connect(cluster.address)
+        require_resources({
+            "CPU": ("cluster.num_cpus_per_producer", cluster.num_cpus_per_producer),
+            "GPU": ("cluster.num_gpus_per_producer", cluster.num_gpus_per_producer),
+        })  # fmt: skip
         self.spec, self.ids = spec, list(ids)
         self.calls: list[ray.ObjectRef] = []
         self._ledger = Ledger(Storage(spec.root), spec.stream)

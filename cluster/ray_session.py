@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from renderloop.config import ConfigError
 from renderloop.metrics import METRICS, MetricsSink
 
-__all__ = ["connect", "RaySink"]
+__all__ = ["connect", "require_resources", "RaySink"]
 
 
 def connect(address: str | None) -> None:
@@ -13,6 +14,23 @@ def connect(address: str | None) -> None:
     import ray
 
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False)
+
+
+def require_resources(each: dict[str, tuple[str, float]]) -> None:
+    """Refuse, before anything is placed, a task that no node of the connected cluster could hold:
+    ``each`` maps a resource (``CPU``, ``GPU``) to the config key that asks for it and the amount
+    one actor or worker needs. Ray would otherwise wait for ever to place it."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    for resource, (key, amount) in each.items():
+        largest = max((node.get(resource, 0.0) for node in nodes), default=0.0)
+        if amount > largest:
+            raise ConfigError(
+                key,
+                f"asks for {amount:g} {resource} per actor or worker; the largest node of the Ray cluster "
+                f"has {largest:g} (lower it, or add nodes that have them); got {amount:g}",
+            )
 
 
 class RaySink(MetricsSink):

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .ray_session import connect
+from .ray_session import connect, require_resources
 
 __all__ = ["fit_on_ray", "RayCheckpointStore"]
 
@@ -77,6 +77,10 @@ def fit_on_ray(cfg) -> dict[str, float]:
     if "://" not in cfg.storage.root:
         cfg.storage.root = str(Path(cfg.storage.root).resolve())
     connect(cluster.address)
+    require_resources({
+        "CPU": ("cluster.cpus_per_worker", cluster.cpus_per_worker),
+        "GPU": ("cluster.gpus_per_worker", cluster.gpus_per_worker),
+    })  # fmt: skip
     use_gpu = cluster.gpus_per_worker > 0
     resources = {"CPU": cluster.cpus_per_worker, **({"GPU": cluster.gpus_per_worker} if use_gpu else {})}
     storage = Path(cluster.storage_path or Path(cfg.run_dir) / "ray")

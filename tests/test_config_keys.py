@@ -61,3 +61,24 @@ def test_engine_data_value_names_its_key(field, value):
 def test_zero_resources_are_accepted():
     ClusterConfig(num_cpus_per_producer=0.0, num_gpus_per_producer=0.0, max_restarts=0, cpus_per_worker=0.0)
     DataConfig(num_workers=0, shuffle_buffer=0)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("idle_timeout", 0.0), ("idle_timeout", -5.0), ("idle_timeout", math.nan), ("idle_timeout", math.inf)],
+)
+def test_engine_data_float_names_its_key(field, value):
+    _refused(lambda: DataConfig(**{field: value}), f"engine.data.{field}", value)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [(key, bad) for key in ("max_minutes", "grad_clip", "ema_half_life") for bad in (-1.0, math.nan, math.inf)],
+)
+def test_engine_float_names_its_key(field, value):
+    _refused(lambda: EngineConfig(**{field: value}), f"engine.{field}", value)
+
+
+def test_an_open_stream_is_waited_for_a_bounded_time_by_default():
+    assert 0 < DataConfig().idle_timeout < math.inf
+    assert DataConfig(idle_timeout=None).idle_timeout is None  # waiting for ever stays possible

@@ -26,8 +26,9 @@ class DataConfig:
     """Samples held for shuffling per worker."""
     follow: bool = True
     """Wait for shards that producers have not published yet (live streams); a closed stream repeats."""
-    idle_timeout: float | None = None
-    """Stop waiting after this many seconds without a new shard (None: wait for ever)."""
+    idle_timeout: float | None = 600.0
+    """Stop waiting, with an error that names the stream, after this many seconds without a new
+    shard of an open stream (None: wait for ever): a stream whose producers died never closes."""
     delete_consumed: bool = False
     """Delete each shard once it has been read (ledger entries stay): disk holds only the backlog.
     ``renderloop run`` turns it on; a resume then continues after the deleted shards instead of
@@ -39,6 +40,8 @@ class DataConfig:
         for key in ("num_workers", "shuffle_buffer"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"engine.data.{key}", f"must be >= 0; got {getattr(self, key)}")
+        if self.idle_timeout is not None and not 0 < self.idle_timeout < math.inf:
+            raise ConfigError("engine.data.idle_timeout", f"must be > 0 and finite, or null; got {self.idle_timeout}")
 
 
 @dataclass
@@ -90,24 +93,24 @@ class EngineConfig:
 
         if self.max_steps < 1:
             raise bad("max_steps", f"must be >= 1; got {self.max_steps}")
-        if self.max_minutes < 0:
-            raise bad("max_minutes", f"must be >= 0; got {self.max_minutes}")
+        if not 0 <= self.max_minutes < math.inf:
+            raise bad("max_minutes", f"must be >= 0 and finite; got {self.max_minutes}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise bad("zero_stage", f"must be 0, 1, 2 or 3; got {self.zero_stage}")
         if self.precision not in PRECISIONS:
             raise bad("precision", f"must be one of {PRECISIONS}; got {self.precision!r}")
         if self.gradient_accumulation < 1:
             raise bad("gradient_accumulation", f"must be >= 1; got {self.gradient_accumulation}")
-        if self.grad_clip < 0:
-            raise bad("grad_clip", f"must be >= 0; got {self.grad_clip}")
+        if not 0 <= self.grad_clip < math.inf:
+            raise bad("grad_clip", f"must be >= 0 and finite; got {self.grad_clip}")
         if self.lr_schedule not in SCHEDULES:
             raise bad("lr_schedule", f"must be one of {SCHEDULES}; got {self.lr_schedule!r}")
         if self.warmup_steps < 0:
             raise bad("warmup_steps", f"must be >= 0; got {self.warmup_steps}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise bad("min_lr_ratio", f"must be in [0, 1]; got {self.min_lr_ratio}")
-        if self.ema_half_life < 0:
-            raise bad("ema_half_life", f"must be >= 0; got {self.ema_half_life}")
+        if not 0 <= self.ema_half_life < math.inf:
+            raise bad("ema_half_life", f"must be >= 0 and finite; got {self.ema_half_life}")
         for key in ("checkpoint_every", "log_every", "image_every"):
             if getattr(self, key) < 0:
                 raise bad(key, f"must be >= 0; got {getattr(self, key)}")

@@ -15,8 +15,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from renderloop.ports import free_port
-
 __all__ = ["Dist", "init_distributed", "seed_everything", "rng_state", "set_rng_state"]
 
 
@@ -39,15 +37,10 @@ class Dist:
 def init_distributed(device: str = "auto") -> Dist:
     """Join (or create) the process group: NCCL on GPUs, gloo on CPU. Idempotent: the group lives
     as long as the process (DeepSpeed caches its groups), so trainers built one after another in
-    one process share it."""
+    one process share it. A process alone (local mode) makes a group of one with an in-process store."""
     import deepspeed
 
     alone = os.environ.get("WORLD_SIZE", "1") == "1" and "TORCHELASTIC_RUN_ID" not in os.environ
-    if not dist.is_initialized() and alone:  # local mode: a group of one, on a port of its own (one
-        # inherited from a parent process that trained in-process is still held by that parent)
-        os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_PORT=str(free_port()))
-        os.environ.setdefault("LOCAL_RANK", "0")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -57,8 +50,31 @@ def init_distributed(device: str = "auto") -> Dist:
             raise ValueError(f"device {device!r} was asked for, but CUDA is not available here")
         dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
-    deepspeed.init_distributed(dist_backend="nccl" if dev.type == "cuda" else "gloo", verbose=False)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cpu":
+        _skip_shared_memory_allreduce()
+    if not dist.is_initialized() and alone:
+        # A group of one needs no network: its key-value store lives in this process, so nothing
+        # listens on a port (torch's TCP store would bind every interface, unauthenticated).
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, dev)
+
+
+def _skip_shared_memory_allreduce() -> None:
+    """Keep DeepSpeed from building its shared-memory all-reduce op when a CPU process group starts.
+
+    It compiles that op into the machine's shared torch-extensions cache at every start, under a
+    lock file; a start killed while holding it leaves the file, and every later start on the
+    machine then waits forever. CPU groups (debug runs, tests) all-reduce through gloo instead.
+    """
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
 def seed_everything(seed: int) -> None:

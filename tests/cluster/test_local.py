@@ -162,3 +162,25 @@ def test_a_producer_process_with_one_thread_publishes(tmp_path):
     pool.start([8])
     pool.join(120)
     assert pool.failure() is None and pool.samples == 8
+
+
+def test_an_interrupted_generate_run_again_finishes_its_count(tmp_path, capsys):
+    """Running an interrupted ``generate`` again reaches the count it was asked for, not that count
+    again on top of what it had published; a finished stream gets ``num_samples`` more."""
+    from renderloop.cli import main
+
+    args = ["generate", "source=debug", f"storage.root={tmp_path}", "samples_per_shard=8", "device=cpu",
+            "cluster.local_producers=threads"]  # fmt: skip
+    assert main([*args, "num_samples=16"]) == 0
+    ledger = Ledger(Storage(str(tmp_path)), "simulator")
+    # A second generate of 32 more was killed after its targets were written: the stream is open.
+    ledger.reopen()
+    Storage(str(tmp_path)).write_atomic("simulator/generate.json", b'{"p0": 48}')
+    assert main([*args, "num_samples=8"]) == 0
+    assert "continuing an interrupted generate" in capsys.readouterr().out
+    entries = ledger.entries()
+    assert ledger.closed and sum(e.count for e in entries) == 48
+    seeds = [s for e in entries for s in range(e.seeds[0], e.seeds[1] + 1)]
+    assert len(seeds) == len(set(seeds))  # no batch generated twice
+    assert main([*args, "num_samples=8"]) == 0  # closed: appends
+    assert sum(e.count for e in ledger.entries()) == 56

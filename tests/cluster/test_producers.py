@@ -91,3 +91,14 @@ def test_generate_on_ray_fails_loudly_when_producers_fail(local_ray, tmp_path):
     with pytest.raises(Exception, match="no such folder"):
         main([*args, f"storage.root={tmp_path}", "num_samples=8", "samples_per_shard=4"])
     assert not Ledger(Storage(str(tmp_path)), "image_folder").closed
+
+
+def test_generate_refuses_resources_no_node_has(local_ray, tmp_path, capsys):
+    """Ray would wait for ever to place a producer that needs a GPU on a cluster without one."""
+    from renderloop.cli import main
+
+    args = ["generate", "source=debug", "cluster=ray", "cluster.num_gpus_per_producer=1", "device=cpu"]
+    assert main([*args, f"storage.root={tmp_path}", "num_samples=8", "samples_per_shard=8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cluster.num_gpus_per_producer" in err[0] and "cluster has 0 " in err[0]
+    assert not Ledger(Storage(str(tmp_path)), "simulator").entries()
