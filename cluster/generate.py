@@ -15,6 +15,7 @@ from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.sources import source_config
 from renderloop.datasets.storage import Storage, StorageConfig
 from renderloop.metrics import PrometheusSink
+from renderloop.ports import check_port
 
 from .config import ClusterConfig
 from .producers import ProducerSpec, producer_ids, start_producers
@@ -41,6 +42,9 @@ class GenerateConfig:
             raise ConfigError("samples_per_shard", f"must be >= 1; got {self.samples_per_shard}")
         if self.max_backlog_shards < 0:
             raise ConfigError("max_backlog_shards", f"must be >= 0; got {self.max_backlog_shards}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError("device", f"must be auto, cpu or cuda; got {self.device!r}")
+        check_port("metrics_port", self.metrics_port, off=-1)
 
 
 def split(total: int, parts: int) -> list[int]:

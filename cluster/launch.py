@@ -20,6 +20,7 @@ from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.sources import source_config
 from renderloop.datasets.storage import Storage, StorageConfig
 from renderloop.metrics import MetricsSink, PrometheusSink
+from renderloop.ports import check_port
 from renderloop.seeding import derive_seed
 from renderloop.trainers.config import EngineConfig
 from renderloop.trainers.engine import stream_name
@@ -52,6 +53,7 @@ class TrainConfig:
         METHODS[self.method_name].cls.check_engine(self.method_config, self.engine)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError("device", f"must be auto, cpu or cuda; got {self.device!r}")
+        check_port("metrics_port", self.metrics_port, off=-1)
         if self.cluster.mode == "local" and self.cluster.workers != 1:
             raise ConfigError(
                 "cluster.workers",

@@ -13,7 +13,10 @@ def connect(address: str | None) -> None:
     call in one process is a no-op."""
     import ray
 
-    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False)
+    try:
+        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False)
+    except ConnectionError as err:
+        raise ConfigError("cluster.address", f"no Ray cluster answers there ({err}); got {address!r}") from None
 
 
 def require_resources(each: dict[str, tuple[str, float]]) -> None:

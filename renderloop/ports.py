@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import socket
 
-__all__ = ["free_port"]
+from renderloop.config import ConfigError
+
+__all__ = ["check_port", "free_port"]
 
 
 def free_port() -> int:
@@ -12,3 +14,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def check_port(key: str, port: int, *, off: int | None = None) -> None:
+    """Refuse a TCP port outside 0 (any free one) to 65535, or ``off`` where the config allows one."""
+    if port != off and not 0 <= port <= 65535:
+        allowed = "0 (any free port) to 65535" + (f", or {off} (off)" if off is not None else "")
+        raise ConfigError(key, f"must be {allowed}; got {port}")

@@ -82,3 +82,19 @@ def test_engine_float_names_its_key(field, value):
 def test_an_open_stream_is_waited_for_a_bounded_time_by_default():
     assert 0 < DataConfig().idle_timeout < math.inf
     assert DataConfig(idle_timeout=None).idle_timeout is None  # waiting for ever stays possible
+
+
+@pytest.mark.parametrize("command", ["train", "generate"])
+@pytest.mark.parametrize("port", [99999, -2])
+def test_a_metrics_port_outside_the_tcp_range_is_refused(command, port, capsys):
+    from renderloop.cli import main
+
+    assert main([command, f"metrics_port={port}"]) == 2
+    assert capsys.readouterr().err.startswith(f"renderloop {command}: config error at metrics_port:")
+
+
+def test_generate_refuses_an_unknown_device(capsys):
+    from renderloop.cli import main
+
+    assert main(["generate", "device=tpu"]) == 2
+    assert "config error at device" in capsys.readouterr().err
