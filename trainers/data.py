@@ -2,18 +2,20 @@
 
 Each role (e.g. SimGAN's ``synthetic`` and ``real``) is a :class:`ShardStream` under a DataLoader.
 The position that a checkpoint records is the number of batches consumed; a resumed loader makes
-every worker skip exactly the samples it had batched, so the batches after a resume are the ones
-an uninterrupted run would have seen (for a stream whose shards are all published).
+every worker skip exactly the samples it had batched, and hands out batches starting from the
+worker whose turn it was, so the batches after a resume are the ones an uninterrupted run would
+have seen (for a stream whose shards are all published).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from renderloop.datasets.reader import ShardStream
 from renderloop.metrics import MetricsSink
@@ -29,6 +31,12 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     batch = default_collate(plain)
     batch["key"] = [s["__key__"] for s in samples]
     return batch
+
+
+def _collate_with_worker(samples: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    """The batch and the dataloader worker that made it (0 without workers)."""
+    info = get_worker_info()
+    return (info.id if info else 0), collate(samples)
 
 
 def to_device(batch: Any, device: torch.device, dtype: torch.dtype) -> Any:
@@ -89,7 +97,7 @@ class StreamBatches:
             reader,
             batch_size=config.batch_size,
             num_workers=config.num_workers,
-            collate_fn=collate,
+            collate_fn=_collate_with_worker,
             drop_last=True,
             # A private generator: creating the iterator must not draw from the global RNG, or a
             # resumed run would diverge from an uninterrupted one.
@@ -99,6 +107,8 @@ class StreamBatches:
             prefetch_factor=4 if config.num_workers else None,
         )
         self._it: Iterator | None = None
+        self._workers = max(config.num_workers, 1)
+        self._held: list[deque] = [deque() for _ in range(self._workers)]
 
     def start(self) -> None:
         """Start the workers (they begin reading and decoding ahead)."""
@@ -110,7 +120,7 @@ class StreamBatches:
         self.start()
         t0 = time.perf_counter()
         try:
-            batch = next(self._it)
+            batch = self._in_turn()
         except StopIteration:
             raise RuntimeError(
                 f"stream {self.stream!r} ended: no new shard within engine.data.idle_timeout; "
@@ -119,8 +129,22 @@ class StreamBatches:
         self.consumed += 1
         return batch, time.perf_counter() - t0
 
+    def _in_turn(self) -> dict[str, Any]:
+        """The batch of the worker whose turn it is: batch i comes from worker i mod W.
+
+        A new loader starts at worker 0 whatever ``consumed`` is; batches of workers whose turn
+        has not come yet are held (at most W - 1), so the order continues the interrupted run's.
+        """
+        turn = self._held[self.consumed % self._workers]
+        while not turn:
+            worker, batch = next(self._it)
+            self._held[worker].append(batch)
+        return turn.popleft()
+
     def close(self) -> None:
         """Stop the dataloader workers (persistent workers outlive the iterator otherwise)."""
         if self._it is not None and hasattr(self._it, "_shutdown_workers"):
             self._it._shutdown_workers()
         self._it = None
+        for held in self._held:
+            held.clear()

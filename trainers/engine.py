@@ -243,7 +243,11 @@ class Trainer:
         return self.checkpoints.save(self.step, write, {**(metrics or {}), "checkpoint_step": self.step})
 
     def resume(self) -> bool:
-        """Restore the latest checkpoint, if any; True if one was restored."""
+        """Restore the newest complete checkpoint, if any; True if one was restored.
+
+        The store passes over damaged ones (and says so), so a bad save costs the steps since the
+        previous checkpoint, not the run.
+        """
         path = self.checkpoints.latest() if self.cfg.resume else None
         if path is None:
             return False

@@ -1,12 +1,15 @@
 """What a training run reports: console progress, a JSONL log, TensorBoard, Prometheus metrics.
 
 Only the engine reports. Every rank exports its Prometheus metrics; rank 0 alone writes the
-console, the JSONL log (``<run_dir>/train_log.jsonl``) and TensorBoard (``<run_dir>/tb``).
+console, the JSONL log (``<run_dir>/train_log.jsonl``) and TensorBoard (``<run_dir>/tb``). A run
+that starts at step S first sets aside the log lines of steps >= S (those a resume redoes; all
+of an earlier run's for a fresh start), so the log holds each step once.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -37,6 +40,30 @@ class StepTimes:
         self.total = time.perf_counter() - self.start
 
 
+def _set_aside_from(log: Path, step: int) -> None:
+    """Move the lines of ``log`` for steps >= ``step`` to ``train_log.replaced.jsonl`` beside it.
+
+    A resumed run redoes the steps after its checkpoint; without this the log would hold them
+    twice. The replaced lines are kept for comparison (an exact resume logs the same losses).
+    """
+    if not log.exists():
+        return
+    kept, replaced = [], []
+    for line in log.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            logged = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            logged = None  # a line cut short by a killed process
+        (kept if isinstance(logged, int) and logged < step else replaced).append(line)
+    if not replaced:
+        return
+    with open(log.with_suffix(".replaced.jsonl"), "a", encoding="utf-8") as f:
+        f.writelines(line if line.endswith("\n") else line + "\n" for line in replaced)
+    tmp = log.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, log)
+
+
 class Reporter:
     def __init__(
         self,
@@ -61,11 +88,13 @@ class Reporter:
         if not self.main:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        _set_aside_from(run_dir / "train_log.jsonl", start_step)
         self._log = open(run_dir / "train_log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(run_dir / "tb"))
+            # purge_step hides the events of steps this run redoes, as the JSONL log drops them.
+            self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step)
         if progress:
             from tqdm import tqdm
 

@@ -78,22 +78,44 @@ def _losses(run_dir) -> dict[int, dict[str, float]]:
     return {r["step"]: {k: v for k, v in r.items() if k.startswith("loss/")} for r in rows}
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_reproduces_the_uninterrupted_loss_curve(streams, workers):
+# At step 3 each stream has handed out an even number of batches; at step 4 the real stream has
+# handed out 3, so with 2 workers the next batch comes from worker 1, not the loader's first.
+@pytest.mark.parametrize(("workers", "stop"), [(0, 3), (2, 3), (2, 4)])
+def test_resume_reproduces_the_uninterrupted_loss_curve(streams, workers, stop):
     data, extra = streams / "data", [f"engine.data.num_workers={workers}", "engine.max_steps=6"]
     whole = debug_config(data, streams / "whole", *extra, "engine.checkpoint_every=3")
     train_worker(whole)
     part = debug_config(data, streams / "part", *extra, "engine.checkpoint_every=3")
-    part.engine.max_steps = 3
-    train_worker(part)  # "killed" after the step-3 checkpoint
+    part.engine.max_steps = stop
+    train_worker(part)  # "killed" after the checkpoint at ``stop``
     part.engine.max_steps = 6
-    train_worker(part)  # resumes at step 3
+    train_worker(part)  # resumes at ``stop``
     a, b = _losses(streams / "whole"), _losses(streams / "part")
     assert sorted(b) == list(range(6)) and any(k.startswith("loss/D_main") for k in a[5])
     for step in range(6):
         assert a[step].keys() == b[step].keys()
         for key in a[step]:
             assert a[step][key] == pytest.approx(b[step][key], rel=1e-6, abs=1e-7), (step, key)
+
+
+def test_steps_redone_after_a_resume_are_logged_once(streams, monkeypatch):
+    cfg = debug_config(streams / "data", streams / "run", "engine.max_steps=6", "engine.checkpoint_every=3")
+    real_step = Trainer.train_step
+
+    def crash_at_step_5(self, times):
+        if self.step == 5:
+            raise RuntimeError("killed")
+        return real_step(self, times)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_step_5)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_worker(cfg)  # logs steps 0-4; the last checkpoint is step 3
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    train_worker(cfg)  # redoes steps 3 and 4
+    rows = [json.loads(line) for line in (streams / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(6))
+    replaced = (streams / "run" / "train_log.replaced.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in replaced] == [3, 4]
 
 
 def test_ema_moves_each_weight_towards_the_model_and_copies_buffers():
