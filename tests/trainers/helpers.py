@@ -10,6 +10,7 @@ from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.producer import Producer
 from renderloop.datasets.sources import build_source, source_config
 from renderloop.datasets.storage import Storage
+from renderloop.trainers.evaluation import evaluate_run
 
 
 def debug_config(root: Path, run_dir: Path, *overrides: str, command: str = "train") -> TrainConfig:
@@ -36,3 +37,8 @@ def make_streams(cfg: TrainConfig, samples: int = 64) -> None:
         ledger = Ledger(storage, cfg.stream(role))
         Producer(build_source(name, scfg), ledger, "p0", samples_per_shard=cfg.samples_per_shard, seed=3).run(samples)
         ledger.close()
+
+
+def evaluate(cfg: TrainConfig) -> dict[str, float]:
+    """What ``renderloop eval`` reports for the run ``cfg`` describes."""
+    return evaluate_run(cfg.method_name, cfg.method_config, cfg.run_dir, cfg.device)

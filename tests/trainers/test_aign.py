@@ -1,5 +1,6 @@
 """AIGN: metrics against hand-computed values, the pose lifter's geometry, and every task training
-a few steps through the engine (losses fall; reconstruction-only and full losses are wired)."""
+a few steps through the engine (losses fall; reconstruction-only and full losses are wired; the
+evaluation reports what the test recomputes, and the trained networks beat the untrained ones)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from renderloop.cluster.launch import TrainConfig, train
 from renderloop.config import ConfigError, load_config
 from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.producer import Producer, producer_seed
 from renderloop.datasets.sources import build_source, source_config
 from renderloop.datasets.storage import Storage
+from renderloop.renderers.degradations import random_box_masks
 from renderloop.renderers.warping import pose_to_rt, warp
-from renderloop.train import TrainConfig, evaluate, stream_seed, train
+from renderloop.seeding import derive_seed
 from renderloop.trainers.aign import AIGN
 from renderloop.trainers.aign import images as images_module
 from renderloop.trainers.aign.images import ImageDiscriminator, Restorer, cached_classifier, psnr
@@ -31,6 +35,7 @@ from renderloop.trainers.aign.sfm import (
 )
 
 from ..debian_data import debian_file
+from .helpers import evaluate
 
 
 @pytest.fixture
@@ -61,7 +66,7 @@ def _make_streams(cfg: TrainConfig, samples: int = 128) -> None:
     for role, node in cfg.streams().items():
         name, scfg = source_config(node)
         ledger = Ledger(storage, cfg.stream(role))
-        seed = stream_seed(cfg.engine.seed, role)  # as `renderloop run` seeds them: unpaired
+        seed = derive_seed(cfg.engine.seed, role)  # as `renderloop run` seeds them: unpaired
         Producer(build_source(name, scfg), ledger, "p0", samples_per_shard=cfg.samples_per_shard, seed=seed).run(
             samples
         )
@@ -153,25 +158,114 @@ def _train_and_check(cfg: TrainConfig, tmp_path: Path, key: str = "loss/G_main/r
     return _losses(tmp_path / "run", key)
 
 
+# `renderloop eval` scores the EMA copy; with the default half-life (100 steps) it has barely left
+# the initial weights after a test's few dozen steps.
+FAST_EMA = "engine.ema_half_life=2"
+
+
+def _networks(cfg: TrainConfig, run_dir: Path | None = None) -> tuple[AIGN, dict[str, torch.nn.Module]]:
+    """The method and its networks as built (untrained), or with the weights ``run_dir`` exported."""
+    method = AIGN(cfg.method_config, torch.device("cpu"))
+    nets = {name: spec.module.eval() for name, spec in method.build().items()}
+    if run_dir is not None:
+        for name, net in nets.items():
+            net.load_state_dict(torch.load(run_dir / "models" / f"{name}.pt", weights_only=True))
+    return method, nets
+
+
+def _generator(cfg: TrainConfig, run_dir: Path | None = None) -> torch.nn.Module:
+    return _networks(cfg, run_dir)[1]["G"]
+
+
+def _restorations(cfg: TrainConfig, G: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(truth, G's input, output)`` of the images an image task's evaluation scores, made here from
+    their definitions: the evaluation source at the evaluation seed; super-resolution: bilinear
+    upsampling of the image average-pooled by the factor, G's output clamped to [0, 1]; inpainting:
+    one box per image (drawn from a generator seeded with the evaluation seed) filled with grey,
+    and G's output (clamped) inside the box only."""
+    mcfg, ecfg = cfg.method_config, cfg.method_config.evaluation
+    name, scfg = source_config(ecfg.data or mcfg.data["input"])
+    source, generator = build_source(name, scfg), torch.Generator().manual_seed(ecfg.seed)
+    images = []
+    with torch.no_grad():
+        for i in range(math.ceil(ecfg.samples / scfg.batch_size)):
+            truth = source.generate(ecfg.seed, i)["rgb"].float()
+            size = tuple(truth.shape[-2:])
+            if mcfg.task == "superres":
+                seen = F.interpolate(
+                    F.avg_pool2d(truth, mcfg.image.factor), size=size, mode="bilinear", align_corners=False
+                )
+                output = G(seen).clamp(0, 1)
+            else:
+                mask = random_box_masks(len(truth), size, tuple(mcfg.image.box_fraction), generator=generator)
+                seen = truth * mask + 0.5 * (1 - mask)
+                output = truth * mask + G(torch.cat([seen, mask], 1)).clamp(0, 1) * (1 - mask)
+            images.append((truth, seen, output))
+    return tuple(torch.cat(x)[: ecfg.samples] for x in zip(*images, strict=True))
+
+
 def test_superres_trains_and_its_reconstruction_falls(tmp_path, fashion_dir):
     cfg = _config(tmp_path, "superres", "engine.max_steps=30", "engine.checkpoint_every=30",
-                  "method.lr_generator=2e-3")  # fmt: skip
+                  "method.lr_generator=2e-3", FAST_EMA)  # fmt: skip
     losses = _train_and_check(cfg, tmp_path)
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
     results = evaluate(cfg)
-    assert results["psnr_db"] > 0 and "attribute_share_outputs" not in results  # unbiased memory
+    truth, bilinear, output = _restorations(cfg, _generator(cfg, tmp_path / "run"))
+    baseline = psnr(bilinear, truth).mean().item()
+    assert results["baseline_psnr_db"] == pytest.approx(baseline, abs=1e-4)
+    assert results["psnr_db"] == pytest.approx(psnr(output, truth).mean().item(), abs=1e-4)
+    assert results["psnr_db"] > baseline + 0.2, (results, baseline)  # about +0.37 dB after 30 steps
+    assert "attribute_share_outputs" not in results  # unbiased memory
     assert (tmp_path / "run" / "eval" / "superres.png").exists()
+    # The restorer starts as the identity on its input: untrained, it scores the baseline exactly.
+    method, untrained = _networks(cfg)
+    assert method.evaluate(untrained, tmp_path / "untrained")["psnr_db"] == pytest.approx(baseline, abs=1e-4)
 
 
-def test_inpaint_with_a_biased_memory_reports_the_attribute_share(tmp_path, fashion_dir):
+class _BrightnessClassifier(torch.nn.Module):
+    """Stands in for the Fashion-MNIST classifier (``test_the_attribute_classifier_is_trained_once_then_loaded``
+    covers that one): class 7 (one of the memory's) for images brighter than ``level`` on average, else 6."""
+
+    def __init__(self, level: float) -> None:
+        super().__init__()
+        self.level = level
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(torch.where(images.mean((1, 2, 3)) > self.level, 7, 6), 10).float()
+
+
+class _White(torch.nn.Module):
+    """A generator that paints everything white."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(x[:, :3])
+
+
+def test_inpaint_with_a_biased_memory_reports_the_attribute_share(tmp_path, fashion_dir, monkeypatch):
     cfg = _config(tmp_path, "inpaint", "engine.max_steps=20", "engine.checkpoint_every=20",
                   "method.lr_generator=2e-3", "method.data.memory.classes=[5,7,9]")  # fmt: skip
     losses = _train_and_check(cfg, tmp_path)
+    assert losses[0] == 0  # G starts as the identity on its input: the kept pixels, exactly
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, losses
     assert _losses(tmp_path / "run", "loss/G_main/adversarial") and _losses(tmp_path / "run", "loss/D_main/loss")
+    truth, grey, output = _restorations(cfg, _generator(cfg, tmp_path / "run"))
+    brightness = truth.mean((1, 2, 3)).sort().values
+    classifier = _BrightnessClassifier((brightness[15] + brightness[16]).item() / 2)  # 16 of 32 above
+    monkeypatch.setattr(images_module, "cached_classifier", lambda *args: classifier)
+    share = lambda images: (classifier(images).argmax(-1) == 7).float().mean().item()  # noqa: E731
     results = evaluate(cfg)
-    assert 0 <= results["attribute_share_outputs"] <= 1 and 0 <= results["attribute_share_truth"] <= 1
+    assert results["attribute_share_truth"] == 0.5
+    assert results["attribute_share_outputs"] == pytest.approx(share(output))
+    assert results["baseline_psnr_db"] == pytest.approx(psnr(grey, truth).mean().item(), abs=1e-4)
+    assert results["psnr_db"] == pytest.approx(psnr(output, truth).mean().item(), abs=1e-4)
     assert (tmp_path / "run" / "eval" / "inpaint.png").exists()
+    # 20 steps barely change what G paints in the box; a generator that paints it white tells the
+    # outputs from the grey-filled inputs and from the truth.
+    _, _, white = _restorations(cfg, _White())
+    assert share(white) not in (share(grey), 0.5)
+    results = AIGN(cfg.method_config, torch.device("cpu")).evaluate({"G": _White()}, tmp_path / "white")
+    assert results["attribute_share_outputs"] == pytest.approx(share(white)) and results["attribute_share_truth"] == 0.5
+    assert results["psnr_db"] == pytest.approx(psnr(white, truth).mean().item(), abs=1e-4)
 
 
 def test_the_attribute_classifier_is_trained_once_then_loaded(tmp_path, fashion_dir, monkeypatch):
@@ -204,13 +298,21 @@ def test_image_tasks_train_and_evaluate_on_simulator_renders(tmp_path, task):
          "engine.checkpoint_every=12", "method.lr_generator=2e-3", f"method.data.input={small}",
          f"method.data.memory={small}", f"method.evaluation.data={small}", "method.evaluation.samples=16",
          "method.evaluation.figure_rows=2", "method.image.channels=8", "method.image.blocks=1",
-         "method.image.disc_channels=[8,16]"],
+         "method.image.disc_channels=[8,16]", FAST_EMA],
         TrainConfig,
     )  # fmt: skip
     losses = _train_and_check(cfg, tmp_path)
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
     results = evaluate(cfg)  # no classes on simulator renders: PSNR only
-    assert math.isfinite(results["psnr_db"]) and "attribute_share_outputs" not in results
+    assert "attribute_share_outputs" not in results
+    truth, baseline_input, output = _restorations(cfg, _generator(cfg, tmp_path / "run"))
+    baseline = psnr(baseline_input, truth).mean().item()
+    assert results["baseline_psnr_db"] == pytest.approx(baseline, abs=1e-4)
+    assert results["psnr_db"] == pytest.approx(psnr(output, truth).mean().item(), abs=1e-4)
+    if task == "superres":
+        assert results["psnr_db"] > baseline + 0.05, (results, baseline)  # about +0.12 dB after 12 steps
+    else:  # the box's content comes from the adversarial term alone: 12 steps do not beat grey
+        assert losses[0] == 0  # the identity start reproduces the kept pixels exactly
     assert (tmp_path / "run" / "eval" / f"{task}.png").exists()
 
 
@@ -226,11 +328,16 @@ def test_reconstruction_only_has_no_discriminator_phase(tmp_path, fashion_dir):
 
 def test_pose_trains_and_evaluates(tmp_path, mocap_dir):
     cfg = _config(tmp_path, "pose", "engine.max_steps=40", "engine.checkpoint_every=40",
-                  "method.lr_generator=1e-3", "engine.data.batch_size=16")  # fmt: skip
+                  "method.lr_generator=1e-3", "engine.data.batch_size=16", FAST_EMA)  # fmt: skip
     losses = _train_and_check(cfg, tmp_path)
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
     results = evaluate(cfg)
-    assert 0 < results["pa_mpjpe_mm"] <= results["mpjpe_mm"] < 5000
+    assert results["pa_mpjpe_mm"] <= results["mpjpe_mm"]  # the similarity alignment only lowers it
+    # The untrained lifter answers the mean pose, facing the camera, at the depth its 2D size
+    # implies (about 690 mm off); 40 steps of reprojection place and turn it (about 280 mm).
+    method, untrained = _networks(cfg)
+    mean_pose = method.evaluate(untrained, tmp_path / "untrained")
+    assert results["mpjpe_mm"] < 0.6 * mean_pose["mpjpe_mm"], (results, mean_pose)
     assert (tmp_path / "run" / "eval" / "pose.png").exists()
 
 
@@ -252,10 +359,9 @@ def test_sfm_fits_its_frame_pairs_and_evaluates(tmp_path):
     _make_streams(cfg, samples=8)  # four pairs, repeated: the photometric error on them must fall
     train(cfg, [], command="train")
     method = AIGN(cfg.method_config, torch.device("cpu"))
-    untrained, trained = method.build()["G"].module, method.build()["G"].module
-    trained.load_state_dict(torch.load(tmp_path / "run" / "models" / "G.pt", weights_only=True))
+    untrained, trained = _generator(cfg), _generator(cfg, tmp_path / "run")
     name, scfg = source_config(cfg.method_config.data["input"])
-    source, seed = build_source(name, scfg), producer_seed(stream_seed(cfg.engine.seed, "input"), "p0")
+    source, seed = build_source(name, scfg), producer_seed(derive_seed(cfg.engine.seed, "input"), "p0")
     with torch.no_grad():
         batches = [source.generate(seed, i) for i in range(2)]  # what the stream holds
         error = {
@@ -263,9 +369,29 @@ def test_sfm_fits_its_frame_pairs_and_evaluates(tmp_path):
             for label, G in (("untrained", untrained), ("trained", trained))
         }
     assert error["trained"] < 0.9 * error["untrained"], error  # over the pixels that change: no easy wins
+    angle, distance = _evaluation_motion(cfg)
     results = evaluate(cfg)
-    assert results["abs_rel"] > 0 and results["rotation_deg"] >= 0 and results["true_translation_m"] > 0
+    assert results["samples"] == 8 and results["true_translation_m"] == pytest.approx(distance, rel=1e-4)
     assert (tmp_path / "run" / "eval" / "sfm.png").exists()
+    # The untrained pose network answers no motion: its errors are the true motion's size exactly.
+    still = method.evaluate(_networks(cfg)[1], tmp_path / "untrained")
+    assert still["rotation_deg"] == pytest.approx(angle, abs=1e-2) and angle > 1
+    assert still["translation_m"] == pytest.approx(distance, rel=1e-4)
+    assert still["translation_direction_deg"] == pytest.approx(90.0)  # a zero translation has no direction
+
+
+def _evaluation_motion(cfg: TrainConfig) -> tuple[float, float]:
+    """Mean rotation (degrees) and translation (metres) between the frames of the SfM evaluation's
+    pairs, from their cameras: the angle of R₂R₁ᵀ and the distance between the centres c = −Rᵀt."""
+    ecfg = cfg.method_config.evaluation
+    name, scfg = source_config(ecfg.data or cfg.method_config.data["input"])
+    source, count = build_source(name, scfg), 2 * ecfg.samples
+    batches = [source.generate(ecfg.seed, i) for i in range(math.ceil(count / scfg.batch_size))]
+    R, t = (torch.cat([b[key] for b in batches])[:count] for key in ("R", "t"))
+    centres = -(R.transpose(1, 2) @ t.unsqueeze(-1))[..., 0]
+    cos = ((R[1::2] @ R[0::2].transpose(1, 2)).diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2
+    angle = torch.rad2deg(torch.acos(cos.clamp(-1, 1))).mean().item()
+    return angle, (centres[1::2] - centres[0::2]).norm(dim=-1).mean().item()
 
 
 def test_bad_aign_configs_are_refused(tmp_path, fashion_dir):

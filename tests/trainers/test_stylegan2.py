@@ -5,18 +5,19 @@ stylegan2 source."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from renderloop.cluster.launch import TrainConfig, train
 from renderloop.config import ConfigError, load_config
 from renderloop.datasets.schema import decode_sample, encode_sample
 from renderloop.datasets.stylegan2 import StyleGAN2Source, StyleGAN2SourceConfig
-from renderloop.train import TrainConfig, evaluate, train
 
-from .helpers import make_streams
+from .helpers import evaluate, make_streams
 
 
 def _config(tmp_path: Path, *overrides: str) -> TrainConfig:
@@ -42,15 +43,25 @@ def test_r1_and_path_length_train_under_zero_stages(tmp_path, stage):
     make_streams(cfg)
     train(cfg, [], command="train")
     first = {name: _weights(tmp_path / "run", name) for name in ("G", "D")}
-    rows = _rows(tmp_path / "run")
-    assert rows[0]["loss/D_reg/r1_penalty"] > 0 and rows[0]["loss/G_reg/pl_penalty"] >= 0
     cfg = _config(tmp_path, f"engine.zero_stage={stage}", "engine.max_steps=4", "engine.checkpoint_every=2")
     train(cfg, [], command="train")  # resumes at step 2
     for name in ("G", "D"):
         after = _weights(tmp_path / "run", name)
         changed = [k for k in after if after[k].is_floating_point() and not torch.equal(after[k], first[name][k])]
         assert changed, f"{name} did not change between steps 2 and 4"
-    assert all(v == v for r in _rows(tmp_path / "run") for k, v in r.items() if k.startswith("loss/"))  # no NaN
+    rows = _rows(tmp_path / "run")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    # Lazy regularization: on steps 0 and 2 only (across the resume), each penalty scaled by its
+    # weight and by its interval, so that on average it weighs as much as one applied every step.
+    m = cfg.method_config
+    assert (m.r1_gamma, m.r1_interval, m.pl_weight, m.pl_interval) == (0.05, 2, 2.0, 2)  # stylegan2_debug
+    for phase, penalty, scale in (("D_reg", "r1_penalty", 0.05 / 2 * 2), ("G_reg", "pl_penalty", 2.0 * 2)):
+        logged = [r for r in rows if f"loss/{phase}/{penalty}" in r]
+        assert [r["step"] for r in logged] == [0, 2], phase
+        for r in logged:
+            assert r[f"loss/{phase}/{penalty}"] > 0, (phase, r["step"])
+            assert r[f"loss/{phase}/loss"] == pytest.approx(scale * r[f"loss/{phase}/{penalty}"], rel=1e-5), phase
+    assert all(math.isfinite(v) for r in rows for k, v in r.items() if k.startswith("loss/"))
 
 
 def test_zero_3_trains_without_regularization_and_refuses_it_with(tmp_path):
@@ -59,6 +70,8 @@ def test_zero_3_trains_without_regularization_and_refuses_it_with(tmp_path):
     cfg = _config(tmp_path, "engine.zero_stage=3", "method.r1_gamma=0", "method.pl_weight=0")
     make_streams(cfg)
     assert train(cfg, [], command="train")["step"] == cfg.engine.max_steps - 1
+    phases = {k.split("/")[1] for r in _rows(tmp_path / "run") for k in r if k.startswith("loss/")}
+    assert phases == {"G_main", "D_main"}  # the regularization phases are left out, not run at weight 0
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -81,6 +94,7 @@ def test_export_feeds_the_stylegan2_source(tmp_path):
     train(cfg, [], command="train")
     results = evaluate(cfg)
     assert results["images"] == 4 and (tmp_path / "run" / "eval" / "samples.png").exists()
+    assert results["w_avg_norm"] > 0  # starts at 0: the generator steps tracked the mean w (truncation's centre)
     source = StyleGAN2Source(
         StyleGAN2SourceConfig(
             checkpoint=str(tmp_path / "run" / "eval" / "generator.pt"), batch_size=6, views=3, view_layers=2
