@@ -1,13 +1,16 @@
 """``renderloop inspect ROOT``: summary of a stream and a contact sheet of samples with labels.
 
-Imported by the CLI on demand. Columns: image; image with the mask tinted and keypoints marked;
-depth as colour (near = warm); normals; part segmentation.
+Imported by the CLI on demand. The summary checks the ledger against the shards: which listed
+shards are present (``renderloop run`` deletes consumed ones), and, for those read, that each
+matches its checksum and holds the samples its entry counts. Damaged shards and unreadable or
+duplicate ledger files are reported and passed over. Columns of the sheet: image; image with the
+mask tinted and keypoints marked; depth as colour (near = warm); normals; part segmentation.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
+import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +18,8 @@ import torch
 from PIL import Image
 
 from renderloop.config import ConfigError
-from renderloop.datasets.ledger import Ledger
-from renderloop.datasets.reader import iter_tar_samples
+from renderloop.datasets.ledger import Ledger, LedgerEntry
+from renderloop.datasets.reader import check_shard
 from renderloop.datasets.schema import decode_sample
 from renderloop.datasets.storage import Storage
 
@@ -27,6 +30,9 @@ class InspectConfig:
     stream: str = ""
     samples: int = 8
     output: str = "inspect.png"
+    verify_all: bool = False
+    """Read and check every present shard (by default only the oldest intact ones the summary and
+    the contact sheet need: a large stream is not read whole)."""
 
 
 def _streams(storage: Storage, stream: str) -> list[str]:
@@ -35,24 +41,84 @@ def _streams(storage: Storage, stream: str) -> list[str]:
     return [name for name in storage.list("") if storage.exists(f"{name}/ledger")]
 
 
-def summarize(storage: Storage, stream: str) -> dict:
+@dataclass
+class StreamCheck:
+    """One stream as its ledger lists it and as reading its shards found it."""
+
+    stream: str
+    entries: list[LedgerEntry]
+    closed: bool
+    backlog_shards: int
+    unreadable: dict[str, str]
+    """Ledger files that could not be parsed, and why."""
+    duplicates: list[str]
+    """Ledger files ignored because another one lists their shard."""
+    present: set[str] = field(default_factory=set)
+    """Listed shards whose files exist."""
+    damaged: dict[str, str] = field(default_factory=dict)
+    """Shards read that failed their checksum, did not parse, or hold another count than listed."""
+    read: int = 0
+    read_samples: int = 0
+    """Samples found in the shards read."""
+    read_listed: int = 0
+    """Samples the ledger lists for the shards read."""
+    fields: set[str] = field(default_factory=set)
+    samples: list[tuple[str, dict[str, bytes]]] = field(default_factory=list)
+    """``(shard, raw sample)`` for the contact sheet, oldest first, from intact shards only."""
+
+
+def check_stream(storage: Storage, stream: str, rows: int, verify_all: bool = False) -> StreamCheck:
+    """Read the oldest present shards until the fields and ``rows`` samples are known (every
+    present shard with ``verify_all``), checking each against its ledger entry."""
     ledger = Ledger(storage, stream)
     entries = ledger.entries()
-    fields: Counter[str] = Counter()
-    if entries:
-        first = storage.read_bytes(ledger.rel("shards", entries[0].shard))
-        for raw in iter_tar_samples(first):
-            fields.update(k for k in raw if k != "__key__")
-    return {
-        "stream": stream,
-        "shards": len(entries),
-        "samples": sum(e.count for e in entries),
-        "bytes": sum(e.bytes for e in entries),
-        "producers": sorted({e.producer for e in entries}),
-        "fields": sorted(fields),
-        "closed": ledger.closed,
-        "backlog_shards": ledger.backlog(),
-    }
+    unreadable, duplicates = dict(ledger.unreadable), sorted(ledger.duplicates)
+    check = StreamCheck(stream, entries, ledger.closed, ledger.backlog(), unreadable, duplicates)
+    on_disk = set(storage.list(ledger.rel("shards")))
+    check.present = {e.shard for e in entries if e.shard in on_disk}
+    for entry in entries:
+        if entry.shard not in check.present:
+            continue
+        if not verify_all and check.fields and len(check.samples) >= rows:
+            break
+        _check_shard(storage, ledger, entry, check, rows)
+    return check
+
+
+def _check_shard(storage: Storage, ledger: Ledger, entry: LedgerEntry, check: StreamCheck, rows: int) -> None:
+    try:
+        raws = check_shard(storage.read_bytes(ledger.rel("shards", entry.shard)), entry)
+    except FileNotFoundError:  # deleted since the listing (a reader consumed it)
+        check.present.discard(entry.shard)
+        return
+    except (OSError, ValueError, tarfile.TarError) as err:
+        raws, check.damaged[entry.shard] = [], str(err)
+    check.read += 1
+    check.read_listed += entry.count
+    check.read_samples += len(raws)
+    if raws and len(raws) != entry.count:  # the bytes match their checksum: the entry's count is wrong
+        check.damaged[entry.shard] = f"ledger says {entry.count} samples, shard holds {len(raws)}"
+    check.fields.update(k for raw in raws for k in raw if k != "__key__")
+    check.samples += [(entry.shard, raw) for raw in raws[: max(rows - len(check.samples), 0)]]
+
+
+def summary_lines(check: StreamCheck) -> list[str]:
+    """The summary: the ledger's totals, then what the shards read confirmed."""
+    entries = check.entries
+    producers = ", ".join(sorted({e.producer for e in entries})) or "-"
+    lines = [
+        f"{check.stream}: {sum(e.count for e in entries)} samples in {len(entries)} shards, "
+        f"{sum(e.bytes for e in entries) / 2**20:.1f} MiB, producers {producers}, "
+        f"{'closed' if check.closed else 'open'}, backlog {check.backlog_shards} shards",
+        f"  {len(entries)} shards listed, {len(check.present)} present, {len(entries) - len(check.present)} missing, "
+        f"{len(check.damaged)} damaged; {check.read} read: {check.read_samples} samples "
+        f"(ledger: {check.read_listed})",
+    ]
+    lines += [f"  damaged {shard}: {why}" for shard, why in check.damaged.items()]
+    lines += [f"  skipped unreadable ledger file {name}: {why}" for name, why in check.unreadable.items()]
+    lines += [f"  ignored duplicate ledger file {name}" for name in check.duplicates]
+    lines.append(f"  fields: {' '.join(sorted(check.fields))}")
+    return lines
 
 
 def _colormap(x: np.ndarray) -> np.ndarray:
@@ -106,20 +172,17 @@ def _maps(sample: dict) -> list[np.ndarray]:
 
 
 def contact_sheet(storage: Storage, stream: str, rows: int, path: Path) -> Path:
-    ledger = Ledger(storage, stream)
-    samples = []
-    for entry in ledger.entries():
-        for raw in iter_tar_samples(storage.read_bytes(ledger.rel("shards", entry.shard))):
-            samples.append(decode_sample(raw, entry.shard))
-            if len(samples) >= rows:
-                break
-        if len(samples) >= rows:
-            break
+    """Draw ``rows`` samples of the oldest intact shards of ``stream`` into ``path``."""
+    return _draw(check_stream(storage, stream, rows), path)
+
+
+def _draw(check: StreamCheck, path: Path) -> Path:
+    samples = [decode_sample(raw, shard) for shard, raw in check.samples]
     if not samples:
-        raise ConfigError("stream", f"stream {stream!r} has no published samples")
+        raise ConfigError("stream", f"stream {check.stream!r} has no intact published samples")
     panels = [_panels(s) for s in samples]
     if not panels[0]:
-        raise ConfigError("stream", f"stream {stream!r} has no image fields to show ({sorted(samples[0])})")
+        raise ConfigError("stream", f"stream {check.stream!r} has no image fields to show ({sorted(samples[0])})")
     lines = [np.concatenate(p, axis=1) for p in panels]
     width = max(line.shape[1] for line in lines)
     sheet = np.concatenate([np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0))) for line in lines], axis=0)
@@ -137,16 +200,13 @@ def run(cfg: InspectConfig) -> list[str]:
     if not streams:
         raise ConfigError("root", f"no stream under {cfg.root}")
     for stream in streams:
-        s = summarize(storage, stream)
-        lines.append(
-            f"{s['stream']}: {s['samples']} samples in {s['shards']} shards, {s['bytes'] / 2**20:.1f} MiB, "
-            f"producers {', '.join(s['producers']) or '-'}, {'closed' if s['closed'] else 'open'}, "
-            f"backlog {s['backlog_shards']} shards"
-        )
-        lines.append(f"  fields: {' '.join(s['fields'])}")
-        if s["samples"]:
+        check = check_stream(storage, stream, cfg.samples, cfg.verify_all)
+        lines += summary_lines(check)
+        if check.samples:
             out = Path(cfg.output)
             if len(streams) > 1:  # one sheet per stream
                 out = out.with_name(f"{out.stem}-{stream}{out.suffix}")
-            lines.append(f"  contact sheet: {contact_sheet(storage, stream, cfg.samples, out)}")
+            lines.append(f"  contact sheet: {_draw(check, out)}")
+        elif check.entries:
+            lines.append("  contact sheet: none (no intact shard present)")
     return lines

@@ -6,19 +6,34 @@ Layout of a stream ``<root>/<stream>/``::
     ledger/<producer>-<index>.json     one entry per published shard, written after its rename
     consumers/<consumer>.json          how many shards each reader has consumed (backpressure)
     producers/<producer>.json          the producer's next unreserved batch index
+    producers/<producer>.lock          held by the one process writing under that id (local storage)
     CLOSED                             written when generation is finished (followers stop)
+
+A ledger file that cannot be parsed, or a second entry for a shard already listed, is left out of
+``entries()`` with a warning, so one damaged or copied file loses or doubles nothing else.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
+import logging
+import os
+import re
+import socket
 import time
-from dataclasses import asdict, dataclass
+import weakref
+from dataclasses import asdict, dataclass, fields
+
+from renderloop.errors import RenderloopError
 
 from .storage import Storage
 
-__all__ = ["LedgerEntry", "Ledger"]
+__all__ = ["LedgerEntry", "Ledger", "ProducerBusyError", "ProducerLease", "parse_entry", "parse_shard_name"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,109 @@ class LedgerEntry:
     published_at: float
     """Unix time of publication."""
 
+    @property
+    def ledger_name(self) -> str:
+        """The name its producer gives the entry's file under ``ledger/``."""
+        return self.shard.removesuffix(".tar") + ".json"
+
+
+_TYPES = {"shard": str, "count": int, "bytes": int, "sha256": str, "producer": str, "index": int, "seeds": list}
+
+
+def parse_entry(data: bytes) -> LedgerEntry:
+    """A ledger file's entry; raises ``ValueError`` saying what is wrong with it."""
+    raw = json.loads(data)  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a JSON object; got {type(raw).__name__}")
+    if missing := sorted({f.name for f in fields(LedgerEntry)} - set(raw)):
+        raise ValueError(f"missing {missing}")
+    for key, kind in _TYPES.items():
+        if not isinstance(raw[key], kind) or isinstance(raw[key], bool):
+            raise ValueError(f"{key} must be {kind.__name__}; got {raw[key]!r}")
+    if not isinstance(raw["published_at"], int | float):
+        raise ValueError(f"published_at must be a number; got {raw['published_at']!r}")
+    if len(raw["seeds"]) != 2 or not all(isinstance(s, int) for s in raw["seeds"]):
+        raise ValueError(f"seeds must be two batch indices; got {raw['seeds']!r}")
+    if "/" in raw["shard"] or raw["shard"].startswith("."):  # it names a file readers read and delete
+        raise ValueError(f"shard must be a plain file name; got {raw['shard']!r}")
+    return LedgerEntry(**{f.name: raw[f.name] for f in fields(LedgerEntry)} | {"seeds": tuple(raw["seeds"])})
+
+
+class ProducerBusyError(RenderloopError):
+    """Another process writes the stream under the same producer id."""
+
+
+# Lock descriptors this process holds. A forked child (a dataloader worker) closes its copies, so
+# a lease ends when its holder releases it, not when the last fork of the holder exits.
+_HELD: set[int] = set()
+
+
+def _close_inherited() -> None:
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited)
+
+
+def _unlock(fd: int) -> None:
+    if fd in _HELD:
+        _HELD.discard(fd)
+        os.close(fd)  # drops the flock
+
+
+class ProducerLease:
+    """One process's exclusive right to write a stream under one producer id.
+
+    On local storage (a local disk or a shared mount with working locks) it is an ``fcntl.flock``
+    on ``producers/<producer>.lock``: the kernel drops it when its process dies, so a killed
+    producer never leaves a stale lock behind. Object stores and other fsspec storage have no such
+    lock: there the lease holds nothing, and only distinct producer ids keep writers apart.
+
+    Raises:
+        ProducerBusyError: another process (or another writer of this one) holds the lease.
+    """
+
+    def __init__(self, ledger: Ledger, producer: str) -> None:
+        self.fd: int | None = None
+        storage = ledger.storage
+        if not storage.is_local:
+            return
+        storage.makedirs(ledger.rel("producers"))
+        fd = os.open(storage.path(ledger.rel("producers", f"{producer}.lock")), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ProducerBusyError(
+                f"stream {storage.url(ledger.stream)}: producer {producer} is already being written by another "
+                f"process ({holder}); use another storage.stream (or storage.root), or wait for it to finish"
+            ) from None
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            log.warning(
+                "stream %s: storage has no file locks (%s); a second writer of %s is not detected",
+                ledger.stream,
+                err,
+                producer,
+            )
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)  # for the other's message
+        self.fd = fd
+        _HELD.add(fd)
+        self._finalizer = weakref.finalize(self, _unlock, fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self._finalizer()
+            self.fd = None
+
 
 class Ledger:
     """Publish, list and account for the shards of one stream."""
@@ -51,33 +169,85 @@ class Ledger:
             raise ValueError(f"Ledger(): stream must be a plain folder name; got {stream!r}")
         self.storage, self.stream = storage, stream
         self._cache: dict[str, LedgerEntry] = {}
+        self.unreadable: dict[str, str] = {}
+        """Ledger files (names under ``ledger/``) that could not be parsed, and why."""
+        self.duplicates: dict[str, LedgerEntry] = {}
+        """Ledger files whose shard another file already lists (ignored)."""
 
     def rel(self, *parts: str) -> str:
         return "/".join((self.stream, *parts))
 
     def publish(self, entry: LedgerEntry) -> None:
-        self.storage.write_atomic(
-            self.rel("ledger", entry.shard.removesuffix(".tar") + ".json"), json.dumps(asdict(entry)).encode()
-        )
+        self.storage.write_atomic(self.rel("ledger", entry.ledger_name), json.dumps(asdict(entry)).encode())
 
     def entries(self) -> list[LedgerEntry]:
-        """All published shards, oldest first (new ones are read once and cached)."""
+        """All published shards, oldest first, each once (new files are read once and cached).
+
+        Unparseable files are skipped (``unreadable``); of several entries naming one shard (same
+        file name or same checksum) the one under the shard's own name, else the first by file
+        name, is kept and the others are ignored (``duplicates``). Both are logged once.
+        """
         for name in self.storage.list(self.rel("ledger")):
-            if name.endswith(".json") and name not in self._cache:
-                raw = json.loads(self.storage.read_bytes(self.rel("ledger", name)))
-                raw["seeds"] = tuple(raw["seeds"])
-                self._cache[name] = LedgerEntry(**raw)
-        return sorted(self._cache.values(), key=lambda e: (e.published_at, e.shard))
+            if name.endswith(".json") and name not in self._cache and name not in self.unreadable:
+                self._load(name)
+        return sorted(self._unique(), key=lambda e: (e.published_at, e.shard))
+
+    def _load(self, name: str) -> None:
+        try:
+            data = self.storage.read_bytes(self.rel("ledger", name))
+        except FileNotFoundError:
+            return  # removed since the listing
+        try:
+            self._cache[name] = parse_entry(data)
+        except ValueError as err:
+            self.unreadable[name] = str(err)
+            log.warning(
+                "stream %s: skipping unreadable ledger file %s (%s); its shard is not read; rewrite or remove the file",
+                self.stream,
+                name,
+                err,
+            )
+
+    def _unique(self) -> list[LedgerEntry]:
+        kept: dict[str, str] = {}  # shard name and checksum -> the ledger file kept for them
+        unique = []
+        for name in sorted(self._cache, key=lambda n: (n != self._cache[n].ledger_name, n)):
+            entry = self._cache[name]
+            first = kept.get(entry.shard) or kept.get(entry.sha256)
+            if first is None:
+                kept[entry.shard] = kept[entry.sha256] = name
+                unique.append(entry)
+            elif name not in self.duplicates:
+                self.duplicates[name] = entry
+                log.warning(
+                    "stream %s: ignoring ledger file %s: it lists shard %s (sha256 %s…), as %s does; remove the copy",
+                    self.stream,
+                    name,
+                    entry.shard,
+                    entry.sha256[:12],
+                    first,
+                )
+        return unique
+
+    def claimed(self) -> set[str]:
+        """Shard names some ledger file lists or may list: those of every parsed entry (duplicates
+        included) and, for unreadable files, the shard their name stands for."""
+        self.entries()
+        return {e.shard for e in self._cache.values()} | {n.removesuffix(".json") + ".tar" for n in self.unreadable}
 
     def next_index(self, producer: str) -> int:
         """The next shard index for ``producer``: one past everything it has published or left behind."""
         used = [e.index for e in self.entries() if e.producer == producer]
         prefix = f"{producer}-"
-        for name in self.storage.list(self.rel("shards")):
+        for name in self.storage.list(self.rel("shards")) + self.storage.list(self.rel("ledger")):
             if name.startswith(prefix):
                 with contextlib.suppress(ValueError):
                     used.append(int(name[len(prefix) :].split(".")[0]))
         return max(used, default=-1) + 1
+
+    def lease(self, producer: str) -> ProducerLease:
+        """The exclusive right to write under ``producer`` (see ``ProducerLease``)."""
+        return ProducerLease(self, producer)
 
     def record_consumed(self, consumer: str, shards: int) -> None:
         """Record that ``consumer`` has consumed ``shards`` shards in total."""
@@ -86,12 +256,24 @@ class Ledger:
         )
 
     def consumed(self) -> int:
-        """Shards consumed, summed over consumers (each shard goes to one consumer per epoch)."""
+        """Shards consumed, summed over consumers (each shard goes to one consumer per epoch).
+
+        An unreadable record counts as none consumed (its reader rewrites it after its next shard)."""
         total = 0
         for name in self.storage.list(self.rel("consumers")):
             if name.endswith(".json"):
-                total += json.loads(self.storage.read_bytes(self.rel("consumers", name)))["shards"]
+                with contextlib.suppress(FileNotFoundError):
+                    total += self._consumed_by(name)
         return total
+
+    def _consumed_by(self, name: str) -> int:
+        data = self.storage.read_bytes(self.rel("consumers", name))
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            shards = json.loads(data).get("shards")
+            if isinstance(shards, int):
+                return shards
+        log.warning("stream %s: unreadable consumer record %s; counted as none consumed", self.stream, name)
+        return 0
 
     def backlog(self) -> int:
         """Published shards not yet consumed."""
@@ -120,3 +302,10 @@ class Ledger:
     @property
     def closed(self) -> bool:
         return self.storage.exists(self.rel("CLOSED"))
+
+
+def parse_shard_name(name: str) -> tuple[str, int] | None:
+    """``(producer, index)`` of a name a producer gives its files, ``<producer>-<index>.tar`` or
+    ``<producer>-<index>.json``; None for any other name."""
+    match = re.fullmatch(r"([^-/.]+)-(\d+)\.(tar|json)", name)
+    return (match[1], int(match[2])) if match else None

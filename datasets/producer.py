@@ -4,7 +4,9 @@ The same class runs in a thread (local mode) and inside a Ray actor (``cluster/p
 After a restart it continues from the ledger: the next shard index is one past everything this
 producer id has published or left behind, and batch indices (which, with the producer's seed,
 fix every sample) come from a forward-only counter in the ledger, so no shard name or seed is
-ever reused, whatever the batch or shard size of earlier runs.
+ever reused, whatever the batch or shard size of earlier runs. Within one producer object, a shard
+that fails is dropped and its batches are generated again by the next ``run``: a retry leaves
+no gap in the seeds and repeats none.
 """
 
 from __future__ import annotations
@@ -46,7 +48,11 @@ class Producer:
     Args:
         source: a built source (see ``datasets.sources``).
         ledger: the stream to publish into.
-        producer: id, unique within the stream (letters, digits and underscores).
+        producer: id, unique within the stream (letters, digits and underscores). While ``run``
+            writes, it holds the id's lease on the stream: a second writer of the id, in this
+            process or another, gets ``ProducerBusyError`` before writing anything. On storage
+            other than a local path (object stores) there is no lease, and distinct ids are the
+            only guard.
         samples_per_shard: a multiple of the source's batch size.
         seed: run seed, mixed with the producer id.
         max_backlog_shards: pause while more published shards than this are unconsumed (0: no bound).
@@ -73,20 +79,22 @@ class Producer:
             raise ValueError(
                 f"Producer(): samples_per_shard ({samples_per_shard}) must be a multiple of the batch size ({batch})"
             )
+        unknown = set(fields or ()) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"Producer(): unknown fields {sorted(unknown)}; known fields: {sorted(FIELDS)}")
         self.source, self.ledger, self.producer = source, ledger, producer
         self.writer = ShardWriter(ledger, producer, samples_per_shard)
         self.batches_per_shard = samples_per_shard // batch
         self.seed = producer_seed(seed, producer)
         self.max_backlog, self.poll_seconds = max_backlog_shards, poll_seconds
-        unknown = set(fields or ()) - set(FIELDS)
-        if unknown:
-            raise ValueError(f"Producer(): unknown fields {sorted(unknown)}; known fields: {sorted(FIELDS)}")
         self._kept = None if fields is None else {"__key__", "meta.json", *fields}
         self.metrics = metrics or MetricsSink()
         self.stats = ProducerStats()
         self.labels = {"source": source.name, "producer": producer}
         self._group_base = (zlib.crc32(producer.encode()) & 0xFFFFF) << 40
-        self._next_batch = 0
+        # Batch indices reserved in the ledger and not yet used: [_next_batch, _reserved_end).
+        self._next_batch = self._reserved_end = 0
+        self._shard_first: int | None = None  # first batch of the shard begun and not yet published
 
     def _wait_for_room(self, stop: threading.Event | None) -> None:
         if not self.max_backlog:
@@ -110,29 +118,58 @@ class Producer:
     def run(self, num_samples: int | None = None, stop: threading.Event | None = None) -> ProducerStats:
         """Produce until ``num_samples`` more samples are published (None: until ``stop`` is set).
 
-        Raises ``StorageError`` when storage refuses a write (full, read-only): the shard in
-        progress is dropped, so nothing partial is ever published.
+        Raises ``ProducerBusyError`` before writing anything if another writer holds this id, and
+        ``StorageError`` when storage refuses a write (full, read-only). On any error the shard in
+        progress is dropped, so nothing partial is ever published, and the next ``run`` starts
+        again at its first batch.
         """
+        self.writer.acquire()
         try:
             return self._run(num_samples, stop)
         except OSError as err:
-            self.writer.abort()
+            self._drop_shard()
             self.metrics.inc("renderloop_producer_errors_total", **self.labels)
             raise StorageError(
                 f"producer {self.producer} of stream {self.ledger.storage.url(self.ledger.stream)} stopped: "
                 f"storage refused a write ({err}); no partial shard was published"
             ) from err
+        except BaseException:
+            self._drop_shard()
+            raise
+        finally:
+            self.writer.release()
+
+    def _drop_shard(self) -> None:
+        """Drop the shard begun; if it is surely unpublished, rewind to its first batch."""
+        unpublished = self.writer.pending
+        if self.writer.abort() and self._shard_first is not None:
+            self._next_batch = self._shard_first
+            self.stats.samples -= unpublished
+        self._shard_first = None
+
+    def _reserve_shard(self) -> None:
+        """Have a whole shard's batch indices reserved from ``_next_batch`` on.
+
+        Indices reserved earlier and never published (a dropped shard, the rest of a run that
+        stopped mid-shard) come first, so the seeds go on without a gap."""
+        if self._reserved_end - self._next_batch >= self.batches_per_shard:
+            return
+        first = self.ledger.reserve_batches(self.producer, self.batches_per_shard)
+        if first != self._reserved_end:  # the first reservation (the lease keeps others off the counter)
+            self._next_batch = first
+        self._reserved_end = first + self.batches_per_shard
 
     def _run(self, num_samples: int | None, stop: threading.Event | None) -> ProducerStats:
         batch_size = self.source.config.batch_size
         target = None if num_samples is None else self.stats.samples + num_samples
         start = time.monotonic()
         while (target is None or self.stats.samples < target) and not (stop and stop.is_set()):
-            if not self.writer.in_progress:  # a new shard starts: respect the backlog bound, reserve batches
+            if self._shard_first is None:  # a new shard starts: respect the backlog bound, reserve batches
                 self._wait_for_room(stop)
                 if stop and stop.is_set():
                     break
-                self._next_batch = self.ledger.reserve_batches(self.producer, self.batches_per_shard)
+                self._reserve_shard()
+                self._shard_first = self._next_batch
             batch_index = self._next_batch
             self._next_batch += 1
             t0 = time.perf_counter()
@@ -163,17 +200,19 @@ class Producer:
                 samples = samples[: target - self.stats.samples]
             for sample, s in zip(samples, seeds, strict=False):
                 entry = self.writer.write(sample, s)
+                self.stats.samples += 1
                 if entry is not None:
                     self._published(entry)
-            self.stats.samples += len(samples)
             self.metrics.inc("renderloop_samples_generated_total", len(samples), **self.labels)
         entry = self.writer.close()
         if entry is not None:
             self._published(entry)
+        self._shard_first = None
         self.stats.seconds += time.monotonic() - start
         return self.stats
 
     def _published(self, entry) -> None:
+        self._shard_first = None
         if self.max_backlog:
             self.metrics.set("renderloop_backlog_shards", self.ledger.backlog(), stream=self.ledger.stream)
         self.stats.shards += 1

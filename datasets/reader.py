@@ -3,8 +3,9 @@
 Shards are split across ranks and dataloader workers round-robin by each producer's shard index
 (stable no matter in which order producers publish), so every published sample is read exactly
 once per epoch across all of them, and the split stays balanced. Each shard's checksum is
-verified before decoding; a truncated or corrupt shard is skipped, logged and counted, and
-reading goes on.
+verified before decoding; a truncated or corrupt shard, like an unreadable ledger file, is
+skipped, logged and counted, and reading goes on. A second ledger entry for a shard already
+listed is ignored (``Ledger.entries``) and counted.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from renderloop.metrics import MetricsSink
 
-from .ledger import Ledger, LedgerEntry
+from .ledger import Ledger, LedgerEntry, parse_shard_name
 from .schema import decode_sample
 from .storage import Storage
 
-__all__ = ["ReaderStats", "ShardStream", "shard_slot", "iter_tar_samples"]
+__all__ = ["ReaderStats", "ShardStream", "shard_slot", "iter_tar_samples", "check_shard"]
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,28 @@ class ReaderStats:
     shards: int = 0
     bytes: int = 0
     skipped_shards: int = 0
+    """Corrupt or truncated shards and unreadable ledger files passed over (their samples are lost)."""
     skipped: list[str] = field(default_factory=list)
+    """Their names: shard names, and ``ledger/<file>`` for ledger files."""
+    duplicates: int = 0
+    """Ledger entries ignored because another entry lists the same shard (nothing lost)."""
 
 
 def shard_slot(entry: LedgerEntry, slots: int) -> int:
     """The (rank, worker) slot that reads a shard: round-robin over each producer's shard indices,
     offset per producer, so the split is balanced and independent of publish order."""
-    return (entry.index + zlib.crc32(entry.producer.encode())) % slots
+    return _slot(entry.producer, entry.index, slots)
+
+
+def _slot(producer: str, index: int, slots: int) -> int:
+    return (index + zlib.crc32(producer.encode())) % slots
+
+
+def _ledger_file_slot(name: str, slots: int) -> int:
+    """The slot that accounts for an unreadable ledger file: that of the shard its name stands for
+    (slot 0 for other names), so the readers of a stream count it once between them."""
+    parsed = parse_shard_name(name)
+    return _slot(*parsed, slots) if parsed else 0
 
 
 class _Unsupported(Exception):
@@ -127,6 +143,21 @@ def iter_tar_samples(data: bytes) -> Iterator[dict[str, bytes]]:
         current[name] = content
     if current:
         yield current
+
+
+def _unread(entries: list[LedgerEntry], done: set[str], slot: int, slots: int) -> list[LedgerEntry]:
+    return [e for e in entries if e.shard not in done and shard_slot(e, slots) == slot]
+
+
+def check_shard(data: bytes, entry: LedgerEntry) -> list[dict[str, bytes]]:
+    """The raw samples of a shard's bytes, once they match the ledger's checksum.
+
+    Raises:
+        ValueError: checksum mismatch; tarfile.TarError: a damaged tar.
+    """
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise ValueError(f"checksum mismatch ({len(data)} bytes, ledger says {entry.bytes})")
+    return list(iter_tar_samples(data))
 
 
 def _distributed() -> tuple[int, int]:
@@ -212,13 +243,9 @@ class ShardStream(IterableDataset):
             return None
         try:
             data = storage.read_bytes(rel)
-            if hashlib.sha256(data).hexdigest() != entry.sha256:
-                raise ValueError(f"checksum mismatch ({len(data)} bytes, ledger says {entry.bytes})")
-            raws = list(iter_tar_samples(data))
+            raws = check_shard(data, entry)
         except (OSError, ValueError, tarfile.TarError) as err:
-            self.stats.skipped_shards += 1
-            self.stats.skipped.append(entry.shard)
-            self.metrics.inc("renderloop_shards_skipped_total", stream=self.stream, consumer=self._consumer)
+            self._skip(entry.shard)
             log.warning("skipping shard %s of stream %s: %s", entry.shard, self.stream, err)
             return None
         self.stats.shards += 1
@@ -230,6 +257,26 @@ class ShardStream(IterableDataset):
         if self.fields is not None:
             raws = [{k: v for k, v in raw.items() if k == "__key__" or k in self.fields} for raw in raws]
         return [{**raw, "__shard__": entry.shard} for raw in raws]
+
+    def _skip(self, name: str) -> None:
+        """Count a shard (or ledger file) whose samples are lost to this reader."""
+        self.stats.skipped_shards += 1
+        self.stats.skipped.append(name)
+        self.metrics.inc("renderloop_shards_skipped_total", stream=self.stream, consumer=self._consumer)
+
+    def _listed(self, ledger: Ledger, slot: int, slots: int, counted: set[str]) -> list[LedgerEntry]:
+        """The stream's entries; unreadable and duplicate ledger files of this slot are counted once
+        per epoch (``Ledger`` logs them)."""
+        entries = ledger.entries()
+        for name in ledger.unreadable.keys() - counted:
+            counted.add(name)
+            if _ledger_file_slot(name, slots) == slot:
+                self._skip(f"ledger/{name}")
+        for name, entry in ledger.duplicates.items():
+            if name not in counted:
+                counted.add(name)
+                self.stats.duplicates += shard_slot(entry, slots) == slot
+        return entries
 
     def _record_consumed(self, ledger: Ledger, consumer: str, shards: int) -> None:
         """Account for what was read (backpressure); storage refusing the small record only warns:
@@ -247,9 +294,10 @@ class ShardStream(IterableDataset):
 
     def _epoch(self, storage: Storage, ledger: Ledger, slot: int, slots: int, consumer: str, epoch: int):
         done: set[str] = set()
+        counted: set[str] = set()  # ledger files accounted for
         last_new = time.monotonic()
         while True:
-            fresh = [e for e in ledger.entries() if e.shard not in done and shard_slot(e, slots) == slot]
+            fresh = _unread(self._listed(ledger, slot, slots, counted), done, slot, slots)
             for entry in fresh:
                 done.add(entry.shard)
                 samples = self._read_shard(storage, ledger, entry)
@@ -263,9 +311,7 @@ class ShardStream(IterableDataset):
                 last_new = time.monotonic()
             if not self.follow or epoch > 0:
                 return
-            if ledger.closed and not [
-                e for e in ledger.entries() if e.shard not in done and shard_slot(e, slots) == slot
-            ]:
+            if ledger.closed and not _unread(self._listed(ledger, slot, slots, counted), done, slot, slots):
                 return
             if self.idle_timeout is not None and time.monotonic() - last_new > self.idle_timeout:
                 log.warning("stream %s: no new shard for %.1f s; stopping", self.stream, self.idle_timeout)

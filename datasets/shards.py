@@ -1,24 +1,31 @@
 """Shard writing: samples → a tar under a temporary name → fsync → rename → ledger entry.
 
 A shard is visible to readers only through its ledger entry, which is written after the
-complete file has its final name; a producer killed mid-shard leaves only a ``*.tmp`` file,
-which its restart removes.
+complete file has its final name. A producer killed mid-shard leaves only a ``*.tmp`` file, one
+killed between the rename and the entry a shard nobody lists; the next writer of its id removes
+both. One writer at a time per producer id: it holds the id's lease (``ProducerLease``), and its
+temporary names carry its pid and a random token, so two writers never share a file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
+import os
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import webdataset
 
-from .ledger import Ledger, LedgerEntry
+from .ledger import Ledger, LedgerEntry, ProducerBusyError, parse_shard_name
 from .schema import encode_sample
 
 __all__ = ["ShardWriter"]
+
+log = logging.getLogger(__name__)
 
 
 class _Hashing:
@@ -39,6 +46,10 @@ class _Hashing:
 class ShardWriter:
     """Write samples into shards of ``samples_per_shard`` and publish each one in the ledger.
 
+    The first shard (or ``acquire()``) takes the producer id's lease on the stream and clears what
+    an earlier writer of the id left unpublished; ``release()`` gives the lease back (so does the
+    writer's end, and on local storage the end of its process).
+
     Args:
         ledger: the stream's ledger (its storage receives the shards).
         producer: id of this producer; shard names are ``<producer>-<index>.tar``.
@@ -52,20 +63,63 @@ class ShardWriter:
             raise ValueError(f"ShardWriter(): producer id must be non-empty without '-', '/' or '.'; got {producer!r}")
         self.ledger, self.producer, self.samples_per_shard = ledger, producer, samples_per_shard
         self.storage = ledger.storage
-        # The index counts stale temporary shards too (before they are removed): never reuse a name.
-        self.index = ledger.next_index(producer)
-        self._remove_stale_tmp()
+        self.index: int | None = None  # set under the lease
+        self._lease = None
         self._open = None
         self.published: list[LedgerEntry] = []
 
-    def _remove_stale_tmp(self) -> None:
+    def acquire(self) -> None:
+        """Take the producer id's lease, then remove what an earlier writer of the id left behind.
+
+        Raises:
+            ProducerBusyError: another writer holds the lease (this one included: one run at a time).
+        """
+        if self._lease is not None:
+            raise ProducerBusyError(
+                f"stream {self.storage.url(self.ledger.stream)}: producer {self.producer} is already being written "
+                "by this writer; run it once at a time"
+            )
+        lease = self.ledger.lease(self.producer)
+        try:
+            # The index counts leftovers before they are removed: no shard name is ever reused.
+            self.index = self.ledger.next_index(self.producer)
+            self._remove_leftovers()
+        except BaseException:
+            lease.release()
+            raise
+        self._lease = lease
+
+    def release(self) -> None:
+        """Drop a shard still in progress and give the lease back."""
+        self.abort()
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+
+    def _remove_leftovers(self) -> None:
+        """Remove this id's temporary shards (killed mid-shard) and its shards no ledger file lists
+        (killed between rename and entry). Other ids' files, and shards a ledger file lists, even
+        unreadably, are never touched."""
+        claimed = self.ledger.claimed()
         for name in self.storage.list(self.ledger.rel("shards")):
+            owner = parse_shard_name(name)
             if name.startswith(f"{self.producer}-") and name.endswith(".tmp"):
+                self.storage.remove(self.ledger.rel("shards", name))
+            elif owner and owner[0] == self.producer and name.endswith(".tar") and name not in claimed:
+                log.warning(
+                    "stream %s: removing shard %s: an earlier writer of %s renamed it but stopped before "
+                    "its ledger entry",
+                    self.ledger.stream,
+                    name,
+                    self.producer,
+                )
                 self.storage.remove(self.ledger.rel("shards", name))
 
     def _start(self) -> None:
+        if self._lease is None:
+            self.acquire()
         name = f"{self.producer}-{self.index:06d}.tar"
-        tmp = self.ledger.rel("shards", name + ".tmp")
+        tmp = self.ledger.rel("shards", f"{name.removesuffix('.tar')}.{os.getpid()}_{uuid.uuid4().hex[:8]}.tar.tmp")
         raw = self.storage.open_write(tmp)
         hashing = _Hashing(raw)
         self._open = {
@@ -84,6 +138,11 @@ class ShardWriter:
         """True while a shard has been started and not yet published."""
         return self._open is not None
 
+    @property
+    def pending(self) -> int:
+        """Samples in the shard in progress (0 if none)."""
+        return self._open["count"] if self._open is not None else 0
+
     def write(self, sample: Mapping[str, Any], seed: int) -> LedgerEntry | None:
         """Encode and append one sample; returns the ledger entry if this completed a shard."""
         if self._open is None:
@@ -96,13 +155,11 @@ class ShardWriter:
         return None
 
     def _publish(self) -> LedgerEntry:
-        s = self._open  # still open until renamed: a failure before that leaves it to ``abort``
+        s = self._open  # still open until its entry is written: a failure before that leaves it to ``abort``
         s["tar"].tarstream.close()  # writes the end-of-archive blocks through the hashing wrapper
         self.storage.sync_close(s["raw"])
-        final = self.ledger.rel("shards", s["name"])
-        self.storage.rename(s["tmp"], final)
-        self._open = None
-        entry = LedgerEntry(
+        self.storage.rename(s["tmp"], self.ledger.rel("shards", s["name"]))
+        s["entry"] = LedgerEntry(
             shard=s["name"],
             count=s["count"],
             bytes=s["hash"].size,
@@ -112,7 +169,11 @@ class ShardWriter:
             seeds=(min(s["seeds"]), max(s["seeds"])),
             published_at=time.time(),
         )
-        self.ledger.publish(entry)
+        self.ledger.publish(s["entry"])
+        self._open = None
+        return self._published(s["entry"])
+
+    def _published(self, entry: LedgerEntry) -> LedgerEntry:
         self.index += 1
         self.published.append(entry)
         return entry
@@ -121,15 +182,19 @@ class ShardWriter:
         """Publish the partly filled shard, if any."""
         return self._publish() if self._open is not None and self._open["count"] else None
 
-    def abort(self) -> None:
-        """Drop the shard in progress (after a storage error): close it and remove its temporary file.
+    def abort(self) -> bool:
+        """Drop the shard in progress (after an error): close it and remove its file.
 
-        Best effort: storage that refused a write may refuse this too; a ``*.tmp`` left behind is
-        never listed by readers and is removed when this producer id starts again.
+        Returns True when the shard is surely unpublished, so its samples may be written again;
+        False when its ledger entry was written after all or cannot be ruled out. Best effort:
+        storage that refused a write may refuse this too; a file left behind is never listed by
+        readers and is removed when this producer id starts again.
         """
         s, self._open = self._open, None
         if s is None:
-            return
+            return True
+        if "entry" in s:  # renamed; its ledger entry failed
+            return self._drop_renamed(s["entry"])
         tar = s["tar"].tarstream
         tar.closed = True  # no end-of-archive blocks: the file is dropped
         with contextlib.suppress(AttributeError):
@@ -138,3 +203,15 @@ class ShardWriter:
             s["raw"].close()
         with contextlib.suppress(Exception):
             self.storage.remove(s["tmp"])
+        return True
+
+    def _drop_renamed(self, entry: LedgerEntry) -> bool:
+        try:
+            if self.storage.exists(self.ledger.rel("ledger", entry.ledger_name)):
+                self._published(entry)
+                return False
+            self.storage.remove(self.ledger.rel("shards", entry.shard))
+            return True
+        except Exception:  # noqa: BLE001 - unknown: keep the name and the samples unused
+            self.index += 1
+            return False
