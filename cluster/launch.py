@@ -54,6 +54,7 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError("device", f"must be auto, cpu or cuda; got {self.device!r}")
         check_port("metrics_port", self.metrics_port, off=-1)
+        _check_run_dir(Path(self.run_dir))
         if self.cluster.mode == "local" and self.cluster.workers != 1:
             raise ConfigError(
                 "cluster.workers",
@@ -93,6 +94,15 @@ class TrainConfig:
 
     def stream(self, role: str) -> str:
         return stream_name(self.storage.stream, role)
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """``run_dir`` must be a folder this process can write in, or one it can create."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError("run_dir", f"is a file, not a folder; got {str(run_dir)!r}")
+    parent = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError("run_dir", f"cannot be written ({parent} is not a writable folder); got {str(run_dir)!r}")
 
 
 def train_worker(

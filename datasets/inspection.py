@@ -34,9 +34,15 @@ class InspectConfig:
     """Read and check every present shard (by default only the oldest intact ones the summary and
     the contact sheet need: a large stream is not read whole)."""
 
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ConfigError("samples", f"must be >= 1 (rows of the contact sheet); got {self.samples}")
+
 
 def _streams(storage: Storage, stream: str) -> list[str]:
     if stream:
+        if not storage.exists(f"{stream}/ledger"):
+            raise ConfigError("stream", f"no stream {storage.url(stream)} (it has no ledger); got {stream!r}")
         return [stream]
     return [name for name in storage.list("") if storage.exists(f"{name}/ledger")]
 

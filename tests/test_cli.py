@@ -91,3 +91,13 @@ def test_info_refuses_bad_renderer_values(capsys):
 def test_inspect_of_an_empty_root_is_a_clear_error(tmp_path, capsys):
     assert main(["inspect", str(tmp_path)]) == 2
     assert "config error at root: no stream under" in capsys.readouterr().err
+
+
+def test_inspect_refuses_a_stream_that_does_not_exist_and_no_rows(tmp_path, capsys):
+    assert main(["generate", "source=debug", f"storage.root={tmp_path}", "num_samples=8", "samples_per_shard=8"]) == 0
+    capsys.readouterr()
+    for args, key in ((["stream=nope"], "stream"), (["samples=-1"], "samples")):
+        assert main(["inspect", str(tmp_path), *args, f"output={tmp_path / 'sheet.png'}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"config error at {key}" in err[0]
+    assert not (tmp_path / "sheet.png").exists()

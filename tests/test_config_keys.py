@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import pytest
@@ -98,3 +99,19 @@ def test_generate_refuses_an_unknown_device(capsys):
 
     assert main(["generate", "device=tpu"]) == 2
     assert "config error at device" in capsys.readouterr().err
+
+
+def test_a_run_dir_that_is_a_file_or_cannot_be_written_is_refused(tmp_path, capsys):
+    from renderloop.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    for run_dir in (afile, afile / "run", locked / "run"):
+        if run_dir.parent == locked and os.access(locked, os.W_OK):  # root writes anywhere
+            continue
+        assert main(["train", "method=simgan_debug", f"run_dir={run_dir}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "config error at run_dir" in err[0]
+        assert not (run_dir.exists() and run_dir.is_dir())

@@ -83,6 +83,17 @@ def test_history_buffer_fills_then_mixes_half_and_replaces_half():
     assert torch.equal(other.images, buf.images)
 
 
+def test_a_history_smaller_than_the_share_it_replaces_is_overwritten_whole():
+    """simgan_debug's 8 images against half of the default engine batch of 32: every slot takes a
+    new image each step (it failed with a shape mismatch)."""
+    buffer = HistoryBuffer(8, 0.5)
+    for step in range(3):
+        out = buffer.mix(torch.full((32, 3, 4, 4), float(step)))
+        assert out.shape == (32, 3, 4, 4) and len(buffer) == 8
+        assert buffer.images.unique().tolist() == [float(step)]
+    assert (out[:16] == 2).all() and (out[16:] == 1).all()  # the drawn half is last step's
+
+
 def test_history_size_zero_passes_through():
     x = _images(4, 0)
     assert torch.equal(HistoryBuffer(0).mix(x), x)
