@@ -66,6 +66,17 @@ class ClusterConfig:
         """The device producers run their sources on, for a run on ``run_device``."""
         return run_device if self.producer_device == "auto" else self.producer_device
 
+    def check_devices(self, run_device: str) -> None:
+        """Refuse a run device or producer device this machine lacks, before anything starts: in
+        ``local`` and ``torchrun`` modes both are this machine's (Ray places its actors and
+        workers itself, and its resources are checked against the cluster's)."""
+        from renderloop.devices import resolve_device
+
+        if self.mode != "ray":
+            resolve_device(run_device, "device")
+            if self.producer_device != "auto":
+                resolve_device(self.producer_device, "cluster.producer_device")
+
     def producers_for(self, role: str) -> int:
         """Producers for the stream of data role ``role``."""
         return (self.producers_by_role or {}).get(role, self.producers)

@@ -42,9 +42,8 @@ class GenerateConfig:
             raise ConfigError("samples_per_shard", f"must be >= 1; got {self.samples_per_shard}")
         if self.max_backlog_shards < 0:
             raise ConfigError("max_backlog_shards", f"must be >= 0; got {self.max_backlog_shards}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError("device", f"must be auto, cpu or cuda; got {self.device!r}")
         check_port("metrics_port", self.metrics_port, off=-1)
+        self.cluster.check_devices(self.device)
 
 
 def split(total: int, parts: int) -> list[int]:

@@ -54,6 +54,7 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError("device", f"must be auto, cpu or cuda; got {self.device!r}")
         check_port("metrics_port", self.metrics_port, off=-1)
+        self.cluster.check_devices(self.device)
         _check_run_dir(Path(self.run_dir))
         if self.cluster.mode == "local" and self.cluster.workers != 1:
             raise ConfigError(

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from renderloop.config import ConfigError
+from renderloop.config import ConfigError, check_image_size, check_number
 
 from .seeding import batch_seed, config_digest
 
@@ -135,13 +135,12 @@ class FashionMNISTConfig:
             not self.classes or any(not isinstance(c, int) or not 0 <= c < len(CLASS_NAMES) for c in self.classes)
         ):
             raise bad("classes", f"must be null or a non-empty list of labels in [0, 9]; got {self.classes}")
-        lo, hi = self.index_range
-        if not 0.0 <= lo < hi <= 1.0:
-            raise bad("index_range", f"must be [lo, hi) with 0 <= lo < hi <= 1; got {self.index_range}")
+        check_number("source.index_range", self.index_range, at_least=0, at_most=1, strict=True)
         if self.resolution < 8:
             raise bad("resolution", f"must be >= 8; got {self.resolution}")
         if self.batch_size < 1:
             raise bad("batch_size", f"must be >= 1; got {self.batch_size}")
+        check_image_size(("source.batch_size", self.batch_size), ("source.resolution", self.resolution))
 
     def digest(self) -> str:
         return config_digest(self)

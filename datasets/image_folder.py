@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from renderloop.config import ConfigError
+from renderloop.config import ConfigError, check_image_size
 
 from .ledger import Ledger
 from .reader import iter_tar_samples
 from .seeding import batch_seed
-from .storage import Storage
+from .storage import Storage, check_root, check_stream
 
 __all__ = ["ImageFolderConfig", "ImageFolder"]
 
@@ -43,6 +43,10 @@ class ImageFolderConfig:
             raise ConfigError("source.resolution", f"must be >= 8; got {self.resolution}")
         if self.batch_size < 1:
             raise ConfigError("source.batch_size", f"must be >= 1; got {self.batch_size}")
+        check_image_size(("source.batch_size", self.batch_size), ("source.resolution", self.resolution))
+        if self.stream:  # a stream under a storage root, as storage.stream names one
+            check_root("source.path", self.path)
+            check_stream("source.stream", self.stream)
 
 
 class ImageFolder:

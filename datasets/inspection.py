@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from renderloop.config import ConfigError
+from renderloop.config import ConfigError, check_output_file
 from renderloop.datasets.ledger import Ledger, LedgerEntry
 from renderloop.datasets.reader import check_shard
 from renderloop.datasets.schema import decode_sample
-from renderloop.datasets.storage import Storage
+from renderloop.datasets.storage import Storage, check_root
+from renderloop.datasets.storage import check_stream as check_stream_name
 
 
 @dataclass
@@ -35,14 +36,19 @@ class InspectConfig:
     the contact sheet need: a large stream is not read whole)."""
 
     def __post_init__(self) -> None:
+        check_root("root", self.root)
         if self.samples < 1:
             raise ConfigError("samples", f"must be >= 1 (rows of the contact sheet); got {self.samples}")
+        check_output_file("output", self.output)
+        if self.stream:
+            check_stream_name("stream", self.stream)
 
 
 def _streams(storage: Storage, stream: str) -> list[str]:
     if stream:
         if not storage.exists(f"{stream}/ledger"):
-            raise ConfigError("stream", f"no stream {storage.url(stream)} (it has no ledger); got {stream!r}")
+            there = ", ".join(_streams(storage, "")) or "none"
+            raise ConfigError("stream", f"no such stream under {storage.url('')} (it has: {there}); got {stream!r}")
         return [stream]
     return [name for name in storage.list("") if storage.exists(f"{name}/ledger")]
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from renderloop.config import ConfigError
+from renderloop.config import ConfigError, check_number
 from renderloop.renderers import cameras
 
 from .seeding import batch_seed, config_digest
@@ -312,27 +312,24 @@ class MocapConfig:
 
         if not self.files:
             raise bad("files", f"must list at least one BVH file; got {self.files}")
-        lo, hi = self.frame_range
-        if not 0 <= lo < hi <= 1:
-            raise bad("frame_range", f"must be (lo, hi) with 0 <= lo < hi <= 1; got {self.frame_range}")
+        check_number("source.frame_range", self.frame_range, at_least=0, at_most=1, strict=True)
         if self.stride < 1:
             raise bad("stride", f"must be >= 1; got {self.stride}")
         if self.joints not in ("common17", "all"):
             raise bad("joints", f"must be 'common17' or 'all'; got {self.joints!r}")
-        if self.units_mm is not None and (len(self.units_mm) != len(self.files) or min(self.units_mm) <= 0):
+        if self.units_mm is not None and (
+            len(self.units_mm) != len(self.files) or not all(0 < u < math.inf for u in self.units_mm)
+        ):
             raise bad("units_mm", f"must give one positive value per file ({len(self.files)}); got {self.units_mm}")
         if self.batch_size < 1:
             raise bad("batch_size", f"must be >= 1; got {self.batch_size}")
         if self.resolution < 8:
             raise bad("resolution", f"must be >= 8; got {self.resolution}")
-        if not self.focal > 0:
-            raise bad("focal", f"must be > 0; got {self.focal}")
-        if not 0 < self.distance[0] <= self.distance[1]:
-            raise bad("distance", f"must be an increasing range of positive metres; got {self.distance}")
-        if not -90 < self.elevation_deg[0] <= self.elevation_deg[1] < 90:
-            raise bad("elevation_deg", f"must be an increasing range inside (-90, 90); got {self.elevation_deg}")
-        if not self.noise_px >= 0:
-            raise bad("noise_px", f"must be >= 0; got {self.noise_px}")
+        check_number("source.focal", self.focal, above=0, note="pixels")
+        check_number("source.distance", self.distance, above=0, note="metres")
+        check_number("source.azimuth_deg", self.azimuth_deg)
+        check_number("source.elevation_deg", self.elevation_deg, above=-90, below=90, note="no camera on the up axis")
+        check_number("source.noise_px", self.noise_px, at_least=0)
 
     def digest(self) -> str:
         return config_digest(self)

@@ -19,9 +19,9 @@ import kornia
 import torch
 import torch.nn.functional as F
 
-from renderloop.config import ConfigError
+from renderloop.config import ConfigError, check_image_size, check_number
 from renderloop.renderers import cameras, ops
-from renderloop.renderers.meshes import icosphere, load_mesh, pad_meshes
+from renderloop.renderers.meshes import check_mesh_file, icosphere, load_mesh, pad_meshes
 from renderloop.renderers.renderer import MeshRenderer, RendererConfig
 from renderloop.renderers.shading import blinn_phong
 
@@ -107,19 +107,33 @@ class SimulatorConfig:
                 raise bad(key, f"must be in [1, 255]; got {getattr(self, key)}")
         if self.batch_size < 1:
             raise bad("batch_size", f"must be >= 1; got {self.batch_size}")
-        if not 0 < self.distance[0] <= self.distance[1] or self.distance[0] <= 1.05:
-            raise bad("distance", f"must be an increasing range beyond the object's radius 1; got {self.distance}")
-        if not 0 <= self.view_step_deg < math.inf:
-            raise bad("view_step_deg", f"must be a finite angle >= 0; got {self.view_step_deg}")
+        check_image_size(("source.batch_size", self.batch_size), ("source.resolution", self.resolution))
+        far = RendererConfig.far  # the renderer's far plane: the whole object (radius 1) must be nearer
+        check_number(
+            "source.distance",
+            self.distance,
+            above=1.05,
+            at_most=far - 1,
+            note=f"outside the object of radius 1, within the far plane at {far:g}",
+        )
+        check_number("source.azimuth_deg", self.azimuth_deg)
+        check_number("source.elevation_deg", self.elevation_deg, above=-90, below=90, note="no camera on the up axis")
+        check_number("source.fov_deg", self.fov_deg, above=0, below=180)
+        check_number("source.ambient", self.ambient, at_least=0)
+        check_number("source.diffuse", self.diffuse, at_least=0)
+        check_number("source.view_step_deg", self.view_step_deg, at_least=0)
         if self.view_step_deg > 0 and self.views < 2:
             raise bad("view_step_deg", f"> 0 makes camera sequences and needs views >= 2; got views={self.views}")
-        if not 0 <= self.view_step_distance < math.inf:
-            raise bad("view_step_distance", f"must be a finite distance >= 0; got {self.view_step_distance}")
+        check_number("source.view_step_distance", self.view_step_distance, at_least=0)
         if self.view_step_distance > 0 and self.view_step_deg == 0:
             raise bad("view_step_distance", "only applies to camera sequences: set view_step_deg > 0 too")
+        check_number("source.backdrop_radius", self.backdrop_radius, at_least=0)
         if self.backdrop_radius and not self.backdrop_radius > self.distance[1] + 0.5:
             raise bad("backdrop_radius", f"must be 0 or beyond the cameras (> {self.distance[1] + 0.5}); "
                       f"got {self.backdrop_radius}")  # fmt: skip
+        if "mesh" in self.shapes:  # parsed now: a bad file stops the run before any producer starts
+            for i, path in enumerate(self.mesh_paths):
+                check_mesh_file(f"source.mesh_paths.{i}", path)
 
     def digest(self) -> str:
         """Short config hash. Keys added later count only when set, so older hashes stay valid."""

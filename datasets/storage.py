@@ -8,12 +8,14 @@ import contextlib
 import os
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import fsspec
 
-from renderloop.errors import RenderloopError
+from renderloop.config import ConfigError
+from renderloop.errors import InputError, RenderloopError
 
-__all__ = ["Storage", "StorageConfig", "StorageError"]
+__all__ = ["Storage", "StorageConfig", "StorageError", "check_root", "check_stream"]
 
 
 class StorageError(RenderloopError):
@@ -27,7 +29,51 @@ class StorageConfig:
     root: str = "data"
     """A local path or an fsspec URL."""
     stream: str = "simulator"
-    """The stream's folder name under ``root``."""
+    """The stream's folder name under ``root`` (for a method: the prefix of ``<stream>-<role>``)."""
+
+    def __post_init__(self) -> None:
+        check_root("storage.root", self.root)
+        check_stream("storage.stream", self.stream)
+
+
+def _filesystem(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``fsspec.core.url_to_fs(root)``, with an ``InputError`` that names the root when fsspec
+    cannot open it (its own error says only "Protocol not known")."""
+    try:
+        return fsspec.core.url_to_fs(root)
+    except (ImportError, ValueError) as err:
+        raise InputError(f"storage root {root!r} {_unusable(err)}") from None
+
+
+def _unusable(err: Exception) -> str:
+    """Why fsspec cannot open a root, and what to give instead."""
+    if isinstance(err, ImportError):  # a known protocol whose implementation is not installed
+        return f"needs a package that is not installed ({err})"
+    return f"is no fsspec location ({err}); give a local path or a URL such as memory://, s3://, gs://"
+
+
+def check_root(key: str, root: str) -> None:
+    """Refuse a storage root that cannot hold streams: empty, a protocol fsspec cannot open, or a
+    local path with a file where a folder must be (checked before anything is written)."""
+    if not root:
+        raise ConfigError(key, "needs a local path or an fsspec URL; got ''")
+    try:
+        fs, base = fsspec.core.url_to_fs(root)
+    except (ImportError, ValueError) as err:
+        raise ConfigError(key, f"{_unusable(err)}; got {root!r}") from None
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" in protocols:
+        where = Path(base)
+        while not where.exists() and where != where.parent:  # the folders still to make must not be blocked
+            where = where.parent
+        if not where.is_dir():
+            raise ConfigError(key, f"must be a folder, but {where} is a file; got {root!r}")
+
+
+def check_stream(key: str, stream: str) -> None:
+    """Refuse a stream name that is not one plain folder name (empty, nested, or leaving the root)."""
+    if not stream or "/" in stream or "\\" in stream or stream.startswith("."):
+        raise ConfigError(key, f"must be a plain folder name (no '/', not starting with '.'); got {stream!r}")
 
 
 @dataclass
@@ -39,7 +85,7 @@ class Storage:
     base: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.fs, self.base = fsspec.core.url_to_fs(self.root)
+        self.fs, self.base = _filesystem(self.root)
         self.base = self.base.rstrip("/")
 
     @property

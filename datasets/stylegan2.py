@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from renderloop.config import ConfigError
+from renderloop.config import ConfigError, check_image_size, check_number
 
 from .seeding import batch_seed, config_digest
 
@@ -69,6 +69,9 @@ class StyleGAN2SourceConfig:
             raise bad("resolution", "resolution must be >= 0 and view_layers >= 1")
         if self.view_names and len(self.view_names) != self.views:
             raise bad("view_names", f"must name {self.views} views; got {len(self.view_names)}")
+        check_number("source.truncation_psi", self.truncation_psi, note="1 is no truncation")
+        if self.resolution:  # 0: the generator's size, known once it is loaded
+            check_image_size(("source.batch_size", self.batch_size), ("source.resolution", self.resolution))
 
     def digest(self) -> str:
         return config_digest(self, {"compile": False})

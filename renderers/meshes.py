@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["Mesh", "icosphere", "torus", "load_mesh", "pad_meshes"]
+from renderloop.config import ConfigError
+
+__all__ = ["Mesh", "MeshFileError", "icosphere", "torus", "load_mesh", "check_mesh_file", "pad_meshes"]
+
+# What trimesh's parsers raise on malformed files (a face index beyond the vertices is an IndexError).
+_PARSE_ERRORS = (
+    ValueError, IndexError, KeyError, TypeError, AttributeError, NotImplementedError, EOFError, struct.error
+)  # fmt: skip
+_VERTEX_INDEX = re.compile(r"index -?\d+ is out of bounds for axis 0 with size \d+")
+# A triangle counts as degenerate below this area relative to the squared size of the mesh.
+_DEGENERATE_AREA = 1e-12
+
+
+class MeshFileError(ValueError):
+    """A mesh file that cannot be drawn: unreadable, or without one valid, non-degenerate triangle."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"load_mesh(): {path}: {reason}")
+        self.path, self.reason = path, reason
 
 
 @dataclass(frozen=True)
@@ -72,16 +93,67 @@ def torus(major: float = 1.0, minor: float = 0.35, rings: int = 48, sides: int =
 
 
 def load_mesh(path: str | Path) -> Mesh:
-    """Load a triangle mesh (OBJ, PLY, OFF, STL, ...) with trimesh; scenes are merged into one mesh."""
+    """Load a triangle mesh (OBJ, PLY, OFF, STL, ...) with trimesh; scenes are merged into one mesh.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        MeshFileError: the file cannot be parsed, holds no triangles, has a face index beyond its
+            vertices or a non-finite vertex, or every triangle has zero area (nothing to draw).
+    """
     import trimesh
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"load_mesh(): no mesh file at {path}")
-    loaded = trimesh.load(path, force="mesh", process=True)
-    if len(loaded.faces) == 0:
-        raise ValueError(f"load_mesh(): {path} holds no triangles")
-    return Mesh(torch.as_tensor(loaded.vertices, dtype=torch.float32), torch.as_tensor(loaded.faces, dtype=torch.long))
+        raise FileNotFoundError(f"load_mesh(): no mesh file at {path}" + (" (a folder)" if path.is_dir() else ""))
+    try:
+        loaded = trimesh.load(path, force="mesh", process=True)
+    except _PARSE_ERRORS as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, IndexError) and _VERTEX_INDEX.match(detail):  # numpy's words for a face past the vertices
+            raise MeshFileError(path, f"has a face index beyond its vertices ({detail})") from None
+        raise MeshFileError(path, f"cannot be parsed ({detail})") from None
+    faces = getattr(loaded, "faces", None)
+    if faces is None or len(faces) == 0:
+        raise MeshFileError(path, "holds no triangles")
+    verts = torch.as_tensor(loaded.vertices, dtype=torch.float64)
+    faces = torch.as_tensor(faces, dtype=torch.long)
+    if int(faces.min()) < 0 or int(faces.max()) >= len(verts):
+        raise MeshFileError(path, f"has a face index beyond its {len(verts)} vertices")
+    if not bool(torch.isfinite(verts).all()):
+        raise MeshFileError(path, "has a vertex with NaN or infinite coordinates")
+    a, b, c = verts[faces].unbind(1)  # (F, 3) corners
+    size = float((verts.amax(0) - verts.amin(0)).max())
+    twice_area = torch.linalg.cross(b - a, c - a).norm(dim=-1)
+    if size == 0 or not bool((twice_area > 2 * _DEGENERATE_AREA * size**2).any()):
+        raise MeshFileError(path, f"has no triangle of non-zero area (all {len(faces)} are degenerate)")
+    return Mesh(verts.float(), faces)
+
+
+def check_mesh_file(key: str, path: str) -> None:
+    """Refuse at config ``key`` a mesh file that ``load_mesh`` would refuse, before anything is built.
+
+    A file is parsed once per (path, modification time, size), as configs are validated more than once.
+    """
+    where = Path(path).expanduser()
+    if not path:
+        raise ConfigError(key, f"needs a path to an OBJ/PLY/OFF/STL file; got {path!r}")
+    if where.is_dir():
+        raise ConfigError(key, f"is a folder; give a mesh file (OBJ/PLY/OFF/STL) in it; got {path!r}")
+    if not where.is_file():
+        raise ConfigError(key, f"no such mesh file; give an existing OBJ/PLY/OFF/STL file; got {path!r}")
+    stat = where.stat()
+    try:
+        _check_mesh_file(str(where.resolve()), stat.st_mtime_ns, stat.st_size)
+    except MeshFileError as err:
+        raise ConfigError(key, f"the mesh file {err.reason}; fix or replace it; got {path!r}") from None
+    except OSError as err:
+        raise ConfigError(key, f"the mesh file cannot be read ({err.strerror}); got {path!r}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _check_mesh_file(path: str, mtime_ns: int, size: int) -> None:
+    """``load_mesh(path)`` for its errors; the file's time and size are the cache key, so an edit is seen."""
+    load_mesh(path)
 
 
 def pad_meshes(meshes: list[Mesh]) -> tuple[torch.Tensor, torch.Tensor]:

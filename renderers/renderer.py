@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from renderloop.config import ConfigError
+from renderloop.config import MAX_IMAGE_SIDE, ConfigError, check_number
 
 from .backends import get_backend
 from .cameras import camera_to_clip, fov_intrinsics, orbit_camera, world_to_camera
@@ -69,12 +69,14 @@ class RendererConfig:
 
     def __post_init__(self) -> None:
         for key in ("height", "width"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"renderer.{key}", f"must be a positive number of pixels; got {getattr(self, key)}")
-        if not 0 < self.near < self.far:
+            if not 0 < getattr(self, key) <= MAX_IMAGE_SIDE:  # larger buffers fail in the allocator mid-run
+                raise ConfigError(f"renderer.{key}", f"must be 1 to {MAX_IMAGE_SIDE} pixels; got {getattr(self, key)}")
+        check_number("renderer.near", self.near, above=0)
+        check_number("renderer.far", self.far, above=0)
+        if not self.near < self.far:
             raise ConfigError("renderer.near", f"must satisfy 0 < near < far; got near={self.near}, far={self.far}")
-        if self.sigma <= 0:
-            raise ConfigError("renderer.sigma", f"must be > 0; got {self.sigma}")
+        check_number("renderer.sigma", self.sigma, above=0)
+        check_number("renderer.background", self.background, at_least=0, at_most=1, note="a grey level")
         if self.normals not in ("vertex", "face"):
             raise ConfigError("renderer.normals", f"must be 'vertex' or 'face'; got {self.normals!r}")
         if self.warmup_batch < 0:

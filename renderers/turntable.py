@@ -15,19 +15,27 @@ import numpy as np
 import torch
 from PIL import Image
 
-from renderloop.config import ConfigError
+from renderloop.config import ConfigError, check_image_size, check_number, check_output_file
 from renderloop.devices import resolve_device
+from renderloop.errors import InputError
 from renderloop.renderers import cameras, meshes, ops
 from renderloop.renderers.renderer import MeshRenderer, RendererConfig
+
+PROCEDURAL = ("icosphere", "torus")
 
 
 @dataclass
 class TurntableConfig:
+    """Settings of ``renderloop turntable``; every check, the mesh file and the output path
+    included, runs here so that a bad one is refused before anything renders or is written."""
+
     renderer: RendererConfig = field(default_factory=RendererConfig)
     mesh: str = "torus"
+    """``icosphere``, ``torus`` or a mesh file; it is scaled to radius 1 about its centre."""
     views: int = 8
     elevation_deg: float = 35.0
     distance: float = 3.2
+    """Camera distance from the mesh centre."""
     fov_deg: float = 40.0
     device: str = "auto"
     output: str = "demo-out/turntable.png"
@@ -35,10 +43,30 @@ class TurntableConfig:
     def __post_init__(self) -> None:
         if self.views < 1:
             raise ConfigError("views", f"must be >= 1; got {self.views}")
-        if self.distance <= 1.0:
-            raise ConfigError("distance", f"must exceed the mesh radius 1.0; got {self.distance}")
-        if not 0 < self.fov_deg < 180:
-            raise ConfigError("fov_deg", f"must be in (0, 180); got {self.fov_deg}")
+        check_number(
+            "elevation_deg", self.elevation_deg, above=-90, below=90, note="the camera looks along the up axis at ±90"
+        )
+        check_number("distance", self.distance, above=1.0, note="outside the mesh, whose radius is 1")
+        check_number("fov_deg", self.fov_deg, above=0, below=180)
+        near, far = self.renderer.near, self.renderer.far
+        if not near <= self.distance - 1 or not self.distance + 1 <= far:
+            raise ConfigError(
+                "renderer.near" if near > self.distance - 1 else "renderer.far",
+                f"puts the mesh (camera depths {self.distance - 1:g} to {self.distance + 1:g} at distance="
+                f"{self.distance:g}) outside the view volume; set renderer.near <= {self.distance - 1:g} and "
+                f"renderer.far >= {self.distance + 1:g}; got near={near:g}, far={far:g}",
+            )
+        check_image_size(
+            ("views", self.views), ("renderer.height", self.renderer.height), ("renderer.width", self.renderer.width)
+        )
+        if self.mesh not in PROCEDURAL:
+            if not self.mesh:
+                raise ConfigError(
+                    "mesh", f"must be {' or '.join(PROCEDURAL)} or a path to an OBJ/PLY/OFF/STL file; got ''"
+                )
+            meshes.check_mesh_file("mesh", self.mesh)
+        check_output_file("output", self.output)
+        resolve_device(self.device)
 
 
 def run(cfg: TurntableConfig) -> Path:
@@ -67,6 +95,10 @@ def run(cfg: TurntableConfig) -> Path:
         soft = ops.soft_silhouette(clip, mesh.faces, renderer.resolution, sigma=1.0)
     depth = out.depth
     covered = depth > 0
+    if not bool(covered.any()):
+        raise InputError(
+            "no view shows the mesh: it lies outside the view volume (renderer.near, renderer.far, distance)"
+        )
     lo, hi = depth[covered].min(), depth[covered].max()
     depth_img = torch.where(covered, 1 - 0.8 * (depth - lo) / (hi - lo + 1e-6), torch.zeros_like(depth))
     rows = [
@@ -76,7 +108,16 @@ def run(cfg: TurntableConfig) -> Path:
         soft.unsqueeze(-1).expand(-1, -1, -1, 3),
     ]
     sheet = torch.cat([torch.cat(list(row), dim=1) for row in rows], dim=0)  # (4H, nW, 3)
-    path = Path(cfg.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((sheet.cpu().numpy() * 255).round().astype(np.uint8)).save(path)
+    path = Path(cfg.output).expanduser()
+    image = Image.fromarray((sheet.cpu().numpy() * 255).round().astype(np.uint8))
+    tmp = path.with_name(f".{path.name}.tmp")  # renamed when complete: a failed write leaves no partial sheet
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise InputError(
+            f"output {cfg.output!r} cannot be written ({err.strerror or err}); choose another path"
+        ) from None
     return path

@@ -9,9 +9,36 @@ source). Errors name the dotted key.
 
 from __future__ import annotations
 
+import math
+import operator
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "load_config", "to_schema", "check_roles", "check_values"]
+__all__ = [
+    "ConfigError",
+    "load_config",
+    "to_schema",
+    "check_roles",
+    "check_values",
+    "check_number",
+    "check_image_size",
+    "check_output_file",
+    "MAX_IMAGE_SIDE",
+    "MAX_BATCH_PIXELS",
+    "IMAGE_SUFFIXES",
+]
+
+MAX_IMAGE_SIDE = 8192
+"""Largest image height or width in pixels. One 8192² image already needs about 18 GiB of render
+buffers (the simulator measured about 280 bytes per pixel, ``BENCHMARKS.md``: 4.4 GiB at 1024 × 128²)."""
+MAX_BATCH_PIXELS = 2**27
+"""Most pixels one batch may hold (batch × height × width): 8× the largest measured simulator batch,
+about 35 GiB of render buffers. Larger batches fail in the allocator only after work has started."""
+_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+"""File name endings an image (a contact sheet, a turntable) can be written as; they pick the format."""
 
 
 class ConfigError(ValueError):
@@ -90,3 +117,98 @@ def check_values(config: Any, checks: dict[str, bool], prefix: str = "method") -
             for part in key.split("."):
                 value = getattr(value, part)
             raise ConfigError(f"{prefix}.{key}", f"out of range; got {value!r}")
+
+
+def check_number(
+    key: str,
+    value: float | Sequence[float] | None,
+    *,
+    at_least: float | None = None,
+    above: float | None = None,
+    at_most: float | None = None,
+    below: float | None = None,
+    strict: bool = False,
+    optional: bool = False,
+    note: str = "",
+) -> None:
+    """Refuse a number, or a ``[lo, hi]`` range of two, that is not finite or not within the bounds.
+
+    NaN fails every comparison, so a check written as "refuse if x < 0" lets it through, and infinity
+    passes a lower bound; both end as NaN losses or renders long after the start. A range must also be
+    ordered: ``lo <= hi`` (``lo < hi`` if ``strict``). ``optional`` accepts None; ``note`` says why
+    the bounds are what they are.
+
+    Raises:
+        ConfigError: "config error at <key>: must be ...; got <value>".
+    """
+    if value is None and optional:
+        return
+    limits = [(op, b) for op, b in ((">=", at_least), (">", above), ("<=", at_most), ("<", below)) if b is not None]
+    pair = isinstance(value, Sequence) and not isinstance(value, str)
+    items = list(value) if pair else [value]
+    ok = len(items) == (2 if pair else 1) and all(_fits(x, limits) for x in items)
+    if ok and pair:
+        ok = items[0] < items[1] if strict else items[0] <= items[1]
+    if ok:
+        return
+    what = " ".join(["a finite number", " and ".join(f"{op} {b:g}" for op, b in limits)]).strip()
+    if pair:
+        what = f"a range [lo, hi] with lo {'<' if strict else '<='} hi, each {what}"
+        value = "[" + ", ".join(str(x) for x in items) + "]"
+    raise ConfigError(key, f"must be {what}{f' ({note})' if note else ''}; got {value}")
+
+
+def _fits(x: Any, limits: list[tuple[str, float]]) -> bool:
+    """``x`` is a finite real number (not a bool) within every ``(operator, bound)`` of ``limits``."""
+    number = isinstance(x, (int, float)) and not isinstance(x, bool)
+    return number and math.isfinite(x) and all(_COMPARE[op](x, b) for op, b in limits)
+
+
+def check_image_size(batch: tuple[str, int], height: tuple[str, int], width: tuple[str, int] | None = None) -> None:
+    """Refuse image sizes whose buffers cannot fit: a side above ``MAX_IMAGE_SIDE``, or a batch of
+    more than ``MAX_BATCH_PIXELS`` pixels. Each argument is ``(dotted key, value)``; ``width``
+    defaults to ``height`` (square images).
+
+    An allocator error would come only after sources, producers and streams have started, and
+    would leave partial output behind; this refuses the same config before any of that.
+    """
+    width = width or height
+    for key, side in (height, width):
+        if side > MAX_IMAGE_SIDE:
+            raise ConfigError(
+                key, f"must be at most {MAX_IMAGE_SIDE} pixels (renderloop.config.MAX_IMAGE_SIDE); got {side}"
+            )
+    (key, count), pixels = batch, batch[1] * height[1] * width[1]
+    if pixels > MAX_BATCH_PIXELS:
+        raise ConfigError(
+            key,
+            f"{count} images of {height[1]}×{width[1]} pixels exceed the {MAX_BATCH_PIXELS:,} pixels a batch may "
+            f"hold (renderloop.config.MAX_BATCH_PIXELS); lower {key} or the image size; got {count}",
+        )
+
+
+def check_output_file(key: str, path: str, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> None:
+    """Refuse an output file that cannot be written: no name, a folder, a name ending in none of
+    ``suffixes``, or a place where no file can be made (a file in the way of its folder, a folder
+    that refuses writes). Checked before the work whose result it would hold."""
+    if not path:
+        raise ConfigError(key, f"needs a file name ending in one of {', '.join(suffixes)}; got {path!r}")
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise ConfigError(
+            key, f"is a folder; give a file name inside it, e.g. {path.rstrip('/')}/out.png; got {path!r}"
+        )
+    if target.suffix.lower() not in suffixes:
+        raise ConfigError(key, f"must end in one of {', '.join(suffixes)}; got {path!r}")
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:  # the first folder that exists gets the new ones
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(key, f"cannot be made: {folder} is a file, not a folder; got {path!r}")
+    try:
+        with tempfile.TemporaryFile(dir=folder):  # unnamed where the OS allows it: nothing is left behind
+            pass
+    except OSError as err:
+        raise ConfigError(
+            key, f"cannot be written: {folder} refuses new files ({err.strerror}); got {path!r}"
+        ) from None

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from renderloop.config import ConfigError, check_roles
+from renderloop.config import ConfigError, check_number, check_roles
 
 from .adversarial import discriminator_accuracy, discriminator_loss, generator_loss
 from .method import Method, ModelSpec, Phase
@@ -49,8 +49,7 @@ class EvalConfig:
         for key in ("train_samples", "test_samples", "steps", "batch_size", "figure_rows"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"method.evaluation.{key}", f"must be >= 1; got {getattr(self, key)}")
-        if self.lr <= 0:
-            raise ConfigError("method.evaluation.lr", f"must be > 0; got {self.lr}")
+        check_number("method.evaluation.lr", self.lr, above=0)
 
 
 @dataclass
@@ -87,8 +86,10 @@ class SimGANConfig:
             return ConfigError(f"method.{key}", msg)
 
         check_roles(self.data, ("synthetic", "real"))
-        if self.self_reg < 0:
-            raise bad("self_reg", f"must be >= 0; got {self.self_reg}")
+        check_number("method.self_reg", self.self_reg, at_least=0)
+        check_number("method.history_fraction", self.history_fraction, at_least=0, below=1)
+        check_number("method.lr_refiner", self.lr_refiner, above=0)
+        check_number("method.lr_discriminator", self.lr_discriminator, above=0)
         if self.self_reg_space not in SELF_REG_SPACES:
             raise bad("self_reg_space", f"must be one of {SELF_REG_SPACES}; got {self.self_reg_space!r}")
         checks = {
@@ -96,13 +97,10 @@ class SimGANConfig:
             "blocks": (self.blocks >= 0, "must be >= 0"),
             "disc_channels": (bool(self.disc_channels) and min(self.disc_channels) >= 1, "must be widths >= 1"),
             "history_size": (self.history_size >= 0, "must be >= 0"),
-            "history_fraction": (0 <= self.history_fraction < 1, "must be in [0, 1)"),
             "pretrain_refiner_steps": (self.pretrain_refiner_steps >= 0, "must be >= 0"),
             "pretrain_discriminator_steps": (self.pretrain_discriminator_steps >= 0, "must be >= 0"),
             "refiner_updates": (self.refiner_updates >= 1, "must be >= 1"),
             "discriminator_updates": (self.discriminator_updates >= 1, "must be >= 1"),
-            "lr_refiner": (self.lr_refiner > 0, "must be > 0"),
-            "lr_discriminator": (self.lr_discriminator > 0, "must be > 0"),
         }
         for key, (ok, rule) in checks.items():
             if not ok:

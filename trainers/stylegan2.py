@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from renderloop.config import ConfigError, check_roles, check_values
+from renderloop.config import ConfigError, check_number, check_roles, check_values
 from renderloop.datasets.sources import source_config
 from renderloop.models.stylegan2 import Discriminator, Generator, GeneratorConfig
 
@@ -68,11 +68,19 @@ class StyleGAN2MethodConfig:
             raise bad("data.real.resolution", f"must be a power of two >= 4 (the generator's size); got {res}")
         check_values(self, {
             "z_dim": self.z_dim >= 1, "w_dim": self.w_dim >= 1, "mapping_layers": self.mapping_layers >= 1,
-            "fake_batch": self.fake_batch >= 1, "lr": self.lr > 0, "r1_gamma": self.r1_gamma >= 0,
-            "r1_interval": self.r1_interval >= 1, "pl_weight": self.pl_weight >= 0,
-            "pl_interval": self.pl_interval >= 1, "pl_batch_shrink": self.pl_batch_shrink >= 1,
-            "style_mixing_prob": 0 <= self.style_mixing_prob <= 1, "grid": self.grid >= 1,
+            "fake_batch": self.fake_batch >= 1, "r1_interval": self.r1_interval >= 1,
+            "pl_interval": self.pl_interval >= 1, "pl_batch_shrink": self.pl_batch_shrink >= 1, "grid": self.grid >= 1,
         })  # fmt: skip
+        check_number("method.lr", self.lr, above=0)
+        if len(self.betas) != 2:
+            raise bad("betas", f"must be Adam's two betas; got {self.betas}")
+        for i, beta in enumerate(self.betas):  # each on its own: Adam does not need them ordered
+            check_number(f"method.betas.{i}", beta, at_least=0, below=1)
+        check_number("method.conv_clamp", self.conv_clamp, above=0, optional=True, note="null: no clamp")
+        check_number("method.style_mixing_prob", self.style_mixing_prob, at_least=0, at_most=1)
+        check_number("method.r1_gamma", self.r1_gamma, at_least=0)
+        check_number("method.pl_weight", self.pl_weight, at_least=0)
+        check_number("method.pl_decay", self.pl_decay, at_least=0, at_most=1)
 
     @property
     def resolution(self) -> int:

@@ -2,6 +2,11 @@
 
 The top floor: each handler loads its config, hands it to the package that does the work and
 prints the outcome. Nothing below imports from here.
+
+A problem with what the user gave (``ConfigError``: a config value; ``InputError``: a file, path or
+device) is one line on stderr and exit status 2, found before heavy work where it can be; other
+``RenderloopError``s (storage refused writes, producers failed) exit with 1; anything else is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import argparse
 import sys
 
 from renderloop.config import ConfigError, load_config, to_schema
-from renderloop.errors import RenderloopError
+from renderloop.errors import InputError, RenderloopError
 
 COMMANDS = {
     "info": "print versions, devices, renderer backends and the compile cache location",
@@ -141,10 +146,16 @@ def main(argv: list[str] | None = None) -> int:
                 "dashboard": _dashboard,
             }
             handlers[args.command](args.overrides)
-    except ConfigError as err:
-        print(f"renderloop {args.command}: {err}", file=sys.stderr)
+    except (ConfigError, InputError) as err:
+        _report(args.command, err)
         return 2
     except RenderloopError as err:
-        print(f"renderloop {args.command}: {err}", file=sys.stderr)
+        _report(args.command, err)
         return 1
     return 0
+
+
+def _report(command: str, err: Exception) -> None:
+    """``err`` as one line on stderr, however many lines its message has."""
+    message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    print(f"renderloop {command}: {message}", file=sys.stderr)

@@ -78,7 +78,10 @@ def test_producer_processes_stop_while_waiting_for_room(tmp_path):
 
 
 def test_a_failing_producer_process_is_reported(tmp_path):
-    bad = dataclasses.replace(TINY, shapes=["mesh"], mesh_paths=[str(tmp_path / "missing.obj")])
+    mesh = tmp_path / "missing.obj"
+    mesh.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    bad = dataclasses.replace(TINY, shapes=["mesh"], mesh_paths=[str(mesh)])  # valid when checked
+    mesh.unlink()  # gone by the time the producer process builds its source
     pool = local_producers(_spec(tmp_path, bad), ["p0"], processes=True)
     pool.start([8])
     with pytest.raises(ProducerError, match="producer p0 failed: .*missing.obj"):
@@ -120,6 +123,7 @@ def captured_specs(monkeypatch):
 
     monkeypatch.setattr(local_module, "local_producers", capture)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only resolved here, never used
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     return specs
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from renderloop.config import ConfigError, check_roles, check_values
+from renderloop.config import ConfigError, check_number, check_roles, check_values
 
 __all__ = ["LOSSES", "AIGNConfig", "PoseConfig", "ImageConfig", "SfMConfig", "AIGNEvalConfig"]
 
@@ -106,26 +106,25 @@ class AIGNConfig:
             raise bad("loss", f"must be one of {LOSSES}; got {self.loss!r}")
         check_roles(self.data, ("input", "memory"))
         check_values(self, {
-            "reconstruction_weight": self.reconstruction_weight >= 0,
-            "adversarial_weight": self.adversarial_weight >= 0,
             "discriminator_updates": self.discriminator_updates >= 1,
-            "lr_generator": self.lr_generator > 0,
-            "lr_discriminator": self.lr_discriminator > 0,
             "pose.components": self.pose.components >= 1,
             "pose.basis_samples": self.pose.basis_samples >= self.pose.components,
             "pose.width": self.pose.width >= 1,
             "image.factor": self.image.factor >= 2,
             "image.channels": self.image.channels >= 1,
             "sfm.channels": self.sfm.channels >= 1,
-            "sfm.min_depth": 0 < self.sfm.min_depth < self.sfm.max_depth,
             "sfm.search_radius": self.sfm.search_radius >= 1,
-            "sfm.trim": 0 <= self.sfm.trim < 1,
             "evaluation.samples": self.evaluation.samples >= 1,
             "evaluation.batch_size": self.evaluation.batch_size >= 1,
         })  # fmt: skip
-        lo, hi = self.image.box_fraction
-        if not 0 < lo <= hi < 1:
-            raise bad("image.box_fraction", f"must satisfy 0 < lo <= hi < 1; got {self.image.box_fraction}")
+        check_number("method.reconstruction_weight", self.reconstruction_weight, at_least=0)
+        check_number("method.adversarial_weight", self.adversarial_weight, at_least=0)
+        check_number("method.lr_generator", self.lr_generator, above=0)
+        check_number("method.lr_discriminator", self.lr_discriminator, above=0)
+        check_number("method.image.box_fraction", self.image.box_fraction, above=0, below=1)
+        check_number("method.sfm.min_depth", self.sfm.min_depth, above=0)
+        check_number("method.sfm.max_depth", self.sfm.max_depth, above=self.sfm.min_depth, note="beyond min_depth")
+        check_number("method.sfm.trim", self.sfm.trim, at_least=0, below=1)
         self._check_sources()
 
     def _check_sources(self) -> None:
