@@ -18,9 +18,15 @@ import torch
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from renderloop.datasets.reader import ShardStream
+from renderloop.errors import RenderloopError
 from renderloop.metrics import MetricsSink
 
 from .config import DataConfig
+
+
+class StreamIdle(RenderloopError):
+    """An open stream stopped growing for longer than ``engine.data.idle_timeout``."""
+
 
 __all__ = ["StreamBatches", "collate", "to_device", "worker_skips"]
 
@@ -122,9 +128,10 @@ class StreamBatches:
         try:
             batch = self._in_turn()
         except StopIteration:
-            raise RuntimeError(
-                f"stream {self.stream!r} ended: no new shard within engine.data.idle_timeout; "
-                "are its producers running?"
+            raise StreamIdle(
+                f"stream {self.stream!r} got no new shard within engine.data.idle_timeout "
+                f"({self.config.idle_timeout} s) and is not closed: are its producers running? (a killed "
+                "`renderloop generate` leaves its stream open; run it again to finish it)"
             ) from None
         self.consumed += 1
         return batch, time.perf_counter() - t0

@@ -163,3 +163,23 @@ def test_killed_producer_actor_is_restarted_and_counted(ray_with_quota, tmp_path
     assert lines, "the restart counter never reached Ray's metrics agent"
     line = next(line for line in lines if 'producer="p0"' in line)
     assert 'role="producer"' in line and 'method="test"' in line and float(line.rsplit(" ", 1)[1]) >= 1
+
+
+def test_train_on_a_stream_left_open_stops_waiting_and_says_so(tmp_path, caplog):
+    """A killed ``generate`` leaves its stream open; ``train`` waits ``engine.data.idle_timeout``
+    for a new shard, says so, then trains on what the stream holds (as on a closed stream)."""
+    from renderloop.datasets.producer import Producer
+    from renderloop.datasets.sources import build_source, source_config
+    from tests.trainers.helpers import debug_config
+
+    cfg = debug_config(tmp_path / "data", tmp_path / "run")
+    for role, node in cfg.streams().items():  # 8 samples each, never closed
+        name, scfg = source_config(node)
+        Producer(build_source(name, scfg), Ledger(Storage(cfg.storage.root), cfg.stream(role)), "p0",
+                 samples_per_shard=8, seed=3).run(8)  # fmt: skip
+    args = ["train", "method=simgan_debug", "engine=debug", "engine.max_steps=50", "engine.data.idle_timeout=1",
+            f"storage.root={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}", "device=cpu"]  # fmt: skip
+    assert main(args) == 0
+    said = caplog.text
+    assert "simgan-synthetic: no new shard for 1.0 s" in said and "simgan-real: no new shard for 1.0 s" in said
+    assert len((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()) == 50
