@@ -47,6 +47,7 @@ setup(
         "kornia>=0.7",
         "trimesh>=4",
         "webdataset>=0.2.86",
+        "xxhash>=3.0",  # shard checksums (xxh3_128)
         "fsspec>=2023.1",
         "tqdm>=4.60",
         "tensorboard>=2.17.1",  # the writer behind torch.utils.tensorboard; 2.17.1 works with NumPy 2

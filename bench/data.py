@@ -1,12 +1,20 @@
-"""Data throughput: simulator images/s with all labels, and shard write / read samples/s and MB/s.
+"""Data throughput: simulator images/s with all labels, and both shard formats side by side.
 
     python -m bench.data                                  # CPU
     python -m bench.data --device cuda --compile --out data-cuda.json
+    python -m bench.data --formats --resolutions 64,128   # only the shard formats
 
 *simulator* times ``Simulator.generate`` (shapes, textures, cameras, render, labels; all on the
-device) at each resolution and style. *write* encodes samples to the schema and writes shards
-through ``ShardWriter`` to a local folder; *read* streams them back through ``ShardStream`` with
-checksums and decoding. Both are host-side and single-process.
+device) at each resolution and style. *formats* compares per-sample shards (version 1: PNG, NPY,
+sha256) with chunked ones (version 2: one record per batch, quantized arrays, xxh3), every field
+written, on batches generated beforehand (on ``--device``), so that it times only what follows
+generation:
+
+* producer: host milliseconds per sample of ``Producer.run`` (quantize where the batch is, copy
+  to the host, encode, tar, hash, write, publish) and bytes per sample;
+* reader: samples/s of one loader process (``ShardStream``: read, verify, parse, shuffle, and
+  either decode and collate samples (v1, as trainers did) or assemble host batches (v2));
+* trainer: batches/s of ``StreamBatches`` handing batches to ``to_device`` (decoded on ``--device``).
 
     python -m bench.data --producers aign/sfm             # one method's streams, end to end
 
@@ -27,8 +35,8 @@ from datetime import datetime, timezone
 import torch
 
 from renderloop.datasets.ledger import Ledger
+from renderloop.datasets.producer import Producer
 from renderloop.datasets.reader import ShardStream
-from renderloop.datasets.shards import ShardWriter
 from renderloop.datasets.simulator import Simulator, SimulatorConfig
 from renderloop.datasets.storage import Storage
 
@@ -77,45 +85,135 @@ def profile_simulator(res: int, batch: int, device: torch.device, compile_: bool
     print(prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=25, max_name_column_width=60))
 
 
-def bench_shards(res: int, samples: int, device: torch.device) -> list[dict]:
-    sim = Simulator(SimulatorConfig(resolution=res, batch_size=64), device)
-    batches = [sim.generate(0, i) for i in range(max(samples // 64, 1))]
-    rows = []
-    with tempfile.TemporaryDirectory() as root:
-        ledger = Ledger(Storage(root), "bench")
-        writer = ShardWriter(ledger, "p0", 256)
+class _Replay:
+    """A source that hands out batches generated beforehand, so a producer's time is its own.
+
+    With ``columns``, it also offers ``to_columns``: the simulator's ``to_samples`` written
+    column by column, a sketch of the hook that lets a producer skip the per-sample loop.
+    """
+
+    def __init__(self, source, batches: list[dict], columns: bool = False) -> None:
+        self.source, self.batches = source, batches
+        self.config, self.name = source.config, source.name
+        if columns:
+            self.to_columns = self._columns
+
+    def generate(self, seed: int, batch_index: int) -> dict:
+        return self.batches[batch_index % len(self.batches)]
+
+    def to_samples(self, batch, seeds, keys):
+        return self.source.to_samples(batch, seeds, keys)
+
+    def _columns(self, batch, seeds, keys) -> dict:
+        images = {"rgb.png": "rgb", "mask.png": "mask", "depth.npy": "depth", "normal.npy": "normal", "seg.png": "seg"}
+        columns = {"__key__": keys, **{field: batch[key] for field, key in images.items()}}
+        columns.update({"kp2d.npy": batch["kp2d"], "kp3d.npy": batch["kp3d"]})
+        columns["cam.json"] = {k: batch[k] for k in ("K", "R", "t", "azimuth", "elevation", "distance")}
+        columns["light.json"] = {"direction": batch["light"], "ambient": batch["ambient"], "diffuse": batch["diffuse"]}
+        meta = self.source.meta
+        columns["meta.json"] = [{**meta, "seed": int(seed)} for seed in seeds]
+        return columns
+
+
+FORMATS = {
+    "v1": ("sample", "sha256", False),
+    "v2": ("chunk", "xxh3_128", False),
+    "v2+cols": ("chunk", "xxh3_128", True),  # with a column-wise source hook: producer only
+}
+
+
+def _produce(root: str, sim, batches: list[dict], record: str, checksum: str, columns: bool, samples: int) -> dict:
+    """Milliseconds per sample of ``Producer.run`` on replayed batches: wall, this process's CPU,
+    and the part spent quantizing and copying (``quantize_batch``: device work on a GPU host)."""
+    import renderloop.datasets.producer as producer_module
+
+    batch = len(next(iter(batches[0].values())))
+    producer = Producer(_Replay(sim, batches, columns), Ledger(Storage(root), "s"), "p0", samples_per_shard=batch * 4,
+                        record=record, checksum=checksum)  # fmt: skip
+    producer.run(batch)  # warm-up: allocations, the pinned buffer
+    quantize, spent = producer_module.quantize_batch, [0.0]
+
+    def timed(*args):
+        t0 = time.perf_counter()
+        try:
+            return quantize(*args)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    producer_module.quantize_batch = timed
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        stats = producer.run(samples)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        producer_module.quantize_batch = quantize
+    entries = producer.ledger.entries()
+    return {
+        "producer_ms_per_sample": wall / stats.samples * 1e3,
+        "producer_cpu_ms_per_sample": cpu / stats.samples * 1e3,
+        "producer_quantize_ms_per_sample": spent[0] / stats.samples * 1e3,
+        "bytes_per_sample": sum(e.bytes for e in entries) / sum(e.count for e in entries),
+    }
+
+
+def _read(root: str, chunked: bool, fields: list[str] | None, batch: int) -> float:
+    """Samples/s of one loader process: v1 decodes every sample and collates them (what trainers
+    did), v2 assembles host batches from the chunks."""
+    from renderloop.trainers.data import collate
+
+    stream = ShardStream(
+        root, "s", follow=False, shuffle_buffer=256, fields=fields, batch_size=batch if chunked else None
+    )
+    start, got, pending = time.perf_counter(), 0, []
+    for item in stream:
+        if chunked:
+            got += len(item["key"])
+            continue
+        pending.append(item)
+        if len(pending) == batch:
+            got += len(collate(pending)["key"])
+            pending = []
+    return got / (time.perf_counter() - start)
+
+
+def _train(root: str, device: torch.device, workers: int, batch: int, steps: int) -> float:
+    """Batches/s that ``StreamBatches`` hands to ``to_device`` (decoded on ``device``)."""
+    from renderloop.trainers.config import DataConfig
+    from renderloop.trainers.data import StreamBatches, to_device
+
+    config = DataConfig(batch_size=batch, num_workers=workers, shuffle_buffer=256, follow=False)
+    data = StreamBatches(root, "s", config, fields=None, seed=0, consumer="bench", rank=0, world_size=1,
+                         pin_memory=device.type == "cuda")  # fmt: skip
+    try:
+        for _ in range(2):  # warm-up: workers started, first shards read
+            to_device(data.next()[0], device, torch.float32)
         start = time.perf_counter()
-        n = 0
-        for i, batch in enumerate(batches):
-            keys = [f"k{i:05d}_{j:03d}" for j in range(64)]
-            for sample in sim.to_samples(batch, list(range(n, n + 64)), keys):
-                writer.write(sample, n)
-                n += 1
-        writer.close()
-        seconds = time.perf_counter() - start
-        total = sum(e.bytes for e in ledger.entries())
-        rows.append(
-            {
-                "what": "write",
-                "resolution": res,
-                "samples_per_s": n / seconds,
-                "mb_per_s": total / seconds / 1e6,
-                "bytes_per_sample": total / n,
-            }
-        )
-        stream = ShardStream(root, "bench", follow=False)
-        start = time.perf_counter()
-        count = sum(1 for _ in stream)
-        seconds = time.perf_counter() - start
-        rows.append(
-            {
-                "what": "read",
-                "resolution": res,
-                "samples_per_s": count / seconds,
-                "mb_per_s": stream.stats.bytes / seconds / 1e6,
-                "bytes_per_sample": total / n,
-            }
-        )
+        for _ in range(steps):
+            to_device(data.next()[0], device, torch.float32)
+        _sync(device)
+        return steps / (time.perf_counter() - start)
+    finally:
+        data.close()
+
+
+def bench_formats(res: int, samples: int, batch: int, device: torch.device, workers: int) -> list[dict]:
+    """Producer, reader and trainer-side rates of both shard formats on the same batches."""
+    sim = Simulator(SimulatorConfig(resolution=res, batch_size=batch), device)
+    batches = [sim.generate(0, i) for i in range(max(min(samples // batch, 4), 1))]
+    _sync(device)
+    rows, read_batch = [], 32
+    for name, (record, checksum, columns) in FORMATS.items():
+        with tempfile.TemporaryDirectory() as root:
+            row = {"what": "formats", "format": name, "resolution": res, "batch": batch, "device": str(device)}
+            row.update(_produce(root, sim, batches, record, checksum, columns, samples))
+            if not columns:  # the same shards as v2
+                chunked = record == "chunk"
+                row["reader_samples_per_s"] = _read(root, chunked, None, read_batch)
+                row["reader_rgb_samples_per_s"] = _read(root, chunked, ["rgb.png"], read_batch)
+                steps = max(samples // read_batch, 4)
+                row["trainer_batches_per_s"] = _train(root, device, workers, read_batch, steps)
+                row.update(trainer_batch=read_batch, trainer_workers=workers)
+            rows.append(row)
     return rows
 
 
@@ -148,6 +246,22 @@ def bench_producers(method: str, samples: int, device: torch.device) -> list[dic
     return rows
 
 
+def _print_formats(rows: list[dict]) -> None:
+    head = ("format", "res", "ms/sample", "cpu ms", "quantize ms", "kB/sample", "read/s all", "read/s rgb", "batches/s")
+    print("{:8s} {:>5s} {:>10s} {:>8s} {:>12s} {:>10s} {:>11s} {:>11s} {:>10s}".format(*head))
+    for r in rows:
+        reads = [
+            f"{r[k]:11.0f}" if k in r else f"{'-':>11s}" for k in ("reader_samples_per_s", "reader_rgb_samples_per_s")
+        ]
+        trainer = f"{r['trainer_batches_per_s']:10.1f}" if "trainer_batches_per_s" in r else f"{'-':>10s}"
+        print(
+            f"{r['format']:8s} {r['resolution']:>4d}² {r['producer_ms_per_sample']:10.3f} "
+            f"{r['producer_cpu_ms_per_sample']:8.3f} {r['producer_quantize_ms_per_sample']:12.3f} "
+            f"{r['bytes_per_sample'] / 1e3:10.1f} {reads[0]} {reads[1]} {trainer}",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -158,8 +272,11 @@ def main() -> None:
         "--shard-samples",
         type=int,
         default=1024,
-        help="samples written and read per resolution (--producers: per stream and setting)",
+        help="samples written and read per resolution and format (--producers: per stream and setting)",
     )
+    parser.add_argument("--resolutions", default="64,128", help="resolutions of the format comparison")
+    parser.add_argument("--workers", type=int, default=1, help="dataloader workers of the trainer-side rate")
+    parser.add_argument("--formats", action="store_true", help="only compare the shard formats")
     parser.add_argument("--out", default="")
     parser.add_argument("--profile", action="store_true", help="only profile the 128² simulator")
     parser.add_argument("--producers", default="", help="only time the producers of this method's streams")
@@ -179,7 +296,7 @@ def main() -> None:
                 f"({r['bytes_per_sample'] / 1e3:.1f} kB/sample)",
                 flush=True,
             )
-    resolutions = () if args.producers else (128, 256)
+    resolutions = () if args.producers or args.formats else (128, 256)
     for res in resolutions:
         for style in ("synthetic", "real_like"):
             for comp in (False, True) if args.compile else (False,):
@@ -191,14 +308,12 @@ def main() -> None:
                     f"{r['images_per_s']:10.0f} images/s  peak {r['peak_mib']:.0f} MiB",
                     flush=True,
                 )
-    for res in resolutions:
-        for r in bench_shards(res, args.shard_samples, device):
-            rows.append(r)
-            print(
-                f"{r['what']:5s} {res}² {r['samples_per_s']:8.0f} samples/s {r['mb_per_s']:7.1f} MB/s "
-                f"({r['bytes_per_sample'] / 1e3:.0f} kB/sample)",
-                flush=True,
-            )
+    if not args.producers:
+        formats = []
+        for res in (int(r) for r in args.resolutions.split(",")):
+            formats += bench_formats(res, args.shard_samples, batch, device, args.workers)
+        _print_formats(formats)
+        rows += formats
     meta = {
         "device": torch.cuda.get_device_name(device) if gpu else platform.processor() or platform.machine(),
         "torch": torch.__version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -54,7 +54,7 @@ def measure(args, record: str | None, work: Path) -> list[dict]:
     root, common = work / f"data-{tag}", [f"method={args.method}", f"device={args.device}", "engine.progress=false"]
     common += [f"engine.max_steps={args.steps}", "engine.log_every=50", "engine.checkpoint_every=0", *args.set]
     if record:
-        common.append(f"record={record}")
+        common.append(f"storage.record={record}")
     live_dir, again_dir = work / f"run-{tag}", work / f"pregenerated-{tag}"
     live = ["run", *common, f"storage.root={root}", f"run_dir={live_dir}", "engine.data.delete_consumed=false"]
     seconds = _run(_command(*live), work / f"{tag}-run.log")

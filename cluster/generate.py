@@ -92,6 +92,7 @@ def generate(cfg: GenerateConfig) -> dict[str, float]:
     spec = ProducerSpec(
         name, scfg, cfg.storage.root, cfg.storage.stream, samples_per_shard=cfg.samples_per_shard,
         seed=cfg.seed, max_backlog_shards=cfg.max_backlog_shards, threads=cfg.cluster.producer_threads,
+        record=cfg.storage.record,
     )  # fmt: skip
 
     goal = sum(totals.values()) - sum(already.values())

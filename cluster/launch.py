@@ -254,5 +254,6 @@ def start_run_producers(cfg: TrainConfig, metrics: MetricsSink | None, groups: l
             name, scfg, cfg.storage.root, cfg.stream(role), samples_per_shard=cfg.samples_per_shard,
             seed=derive_seed(cfg.engine.seed, role), max_backlog_shards=cfg.max_backlog_shards,
             threads=cfg.cluster.producer_threads, fields=cfg.fields(role), labels={"method": cfg.method_name},
+            record=cfg.storage.record,
         )  # fmt: skip
         groups.append(start_producers(spec, cfg.cluster, cfg.device, cfg.cluster.producers_for(role), metrics))

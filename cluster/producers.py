@@ -39,6 +39,8 @@ class ProducerSpec:
     """Torch CPU threads of a producer process or actor (0: torch's default)."""
     fields: tuple[str, ...] | None = None
     """Schema fields to write (None: all the source makes); see ``Producer``."""
+    record: str = "chunk"
+    """``chunk`` or ``sample`` records; see ``Producer``."""
     labels: dict[str, str] = field(default_factory=dict)
     """Extra metric labels of Ray actors (e.g. the run's method)."""
 
@@ -85,6 +87,7 @@ def build_producer(
     return Producer(
         source, Ledger(Storage(spec.root), spec.stream), producer, samples_per_shard=spec.samples_per_shard,
         seed=spec.seed, max_backlog_shards=spec.max_backlog_shards, fields=spec.fields, metrics=metrics,
+        record=spec.record,
     )  # fmt: skip
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from renderloop.config import ConfigError, check_output_file
 from renderloop.datasets.ledger import Ledger, LedgerEntry
-from renderloop.datasets.reader import check_shard
+from renderloop.datasets.reader import ShardFormatError, check_shard
 from renderloop.datasets.schema import decode_sample
 from renderloop.datasets.storage import Storage, check_root
 from renderloop.datasets.storage import check_stream as check_stream_name
@@ -103,7 +103,7 @@ def _check_shard(storage: Storage, ledger: Ledger, entry: LedgerEntry, check: St
     except FileNotFoundError:  # deleted since the listing (a reader consumed it)
         check.present.discard(entry.shard)
         return
-    except (OSError, ValueError, tarfile.TarError) as err:
+    except (OSError, ValueError, tarfile.TarError, ShardFormatError) as err:
         raws, check.damaged[entry.shard] = [], str(err)
     check.read += 1
     check.read_listed += entry.count

@@ -11,6 +11,10 @@ Layout of a stream ``<root>/<stream>/``::
 
 A ledger file that cannot be parsed, or a second entry for a shard already listed, is left out of
 ``entries()`` with a warning, so one damaged or copied file loses or doubles nothing else.
+
+An entry names the hash of its shard: ``xxh3_128`` for shards written now (it hashes at memory
+speed, where sha256 cost a producer as much as writing the file), ``sha256`` for older entries,
+which keep their ``sha256`` field and stay verifiable. ``LedgerEntry.checksum`` answers for both.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -27,13 +32,46 @@ import time
 import weakref
 from dataclasses import asdict, dataclass, fields
 
+import xxhash
+
 from renderloop.errors import RenderloopError
 
 from .storage import Storage
 
-__all__ = ["LedgerEntry", "Ledger", "ProducerBusyError", "ProducerLease", "parse_entry", "parse_shard_name"]
+__all__ = [
+    "CHECKSUMS",
+    "SHARD_FORMATS",
+    "LedgerEntry",
+    "Ledger",
+    "ProducerBusyError",
+    "ProducerLease",
+    "checksum",
+    "new_hasher",
+    "parse_entry",
+    "parse_shard_name",
+    "verify",
+]
 
 log = logging.getLogger(__name__)
+
+CHECKSUMS = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
+"""Hash algorithms a ledger entry may name, each a constructor of a ``hashlib``-style hasher."""
+SHARD_FORMATS = (1, 2)
+"""Shard format versions: 1 per-sample records, 2 chunks (``datasets.chunks``)."""
+
+
+def new_hasher(algorithm: str):
+    """A fresh hasher (``update``, ``hexdigest``) for ``algorithm``, one of ``CHECKSUMS``."""
+    if algorithm not in CHECKSUMS:
+        raise ValueError(f"unknown checksum {algorithm!r}; known: {sorted(CHECKSUMS)}")
+    return CHECKSUMS[algorithm]()
+
+
+def checksum(data, algorithm: str) -> str:
+    """Hex digest of ``data`` (bytes or a buffer) under ``algorithm``."""
+    hasher = new_hasher(algorithm)
+    hasher.update(data)
+    return hasher.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -46,8 +84,8 @@ class LedgerEntry:
     """Samples in the shard."""
     bytes: int
     """Shard size."""
-    sha256: str
-    """Hex digest of the shard file."""
+    sha256: str | None
+    """Hex sha256 of the shard file in entries hashed with sha256 (older ones); None otherwise."""
     producer: str
     """Producer id."""
     index: int
@@ -56,6 +94,17 @@ class LedgerEntry:
     """First and last batch index in the shard (with the producer's seed they fix every sample)."""
     published_at: float
     """Unix time of publication."""
+    hash: str = "sha256"
+    """The algorithm of ``checksum`` (one of ``CHECKSUMS``; entries without the field are sha256)."""
+    digest: str = ""
+    """Hex digest of the shard file under ``hash`` (for sha256 entries, ``sha256`` again)."""
+    format: int = 1
+    """Shard format version (``SHARD_FORMATS``; entries without the field are version 1)."""
+
+    @property
+    def checksum(self) -> tuple[str, str]:
+        """``(algorithm, hex digest)`` of the shard file, whichever hash the entry was written with."""
+        return (self.hash, self.digest) if self.hash != "sha256" else ("sha256", self.sha256 or self.digest)
 
     @property
     def ledger_name(self) -> str:
@@ -63,7 +112,15 @@ class LedgerEntry:
         return self.shard.removesuffix(".tar") + ".json"
 
 
-_TYPES = {"shard": str, "count": int, "bytes": int, "sha256": str, "producer": str, "index": int, "seeds": list}
+_TYPES = {"shard": str, "count": int, "bytes": int, "producer": str, "index": int, "seeds": list}
+_OPTIONAL = {"hash": str, "digest": str, "format": int}  # absent from entries written before them
+
+
+def verify(data, entry: LedgerEntry) -> None:
+    """Raise ``ValueError`` unless ``data`` hashes to the entry's checksum."""
+    algorithm, digest = entry.checksum
+    if checksum(data, algorithm) != digest:
+        raise ValueError(f"checksum mismatch ({algorithm}; {len(data)} bytes, ledger says {entry.bytes})")
 
 
 def parse_entry(data: bytes) -> LedgerEntry:
@@ -71,18 +128,27 @@ def parse_entry(data: bytes) -> LedgerEntry:
     raw = json.loads(data)  # JSONDecodeError and UnicodeDecodeError are ValueErrors
     if not isinstance(raw, dict):
         raise ValueError(f"expected a JSON object; got {type(raw).__name__}")
-    if missing := sorted({f.name for f in fields(LedgerEntry)} - set(raw)):
+    if missing := sorted({f.name for f in fields(LedgerEntry)} - set(raw) - set(_OPTIONAL)):
         raise ValueError(f"missing {missing}")
-    for key, kind in _TYPES.items():
+    for key, kind in [*_TYPES.items(), *((k, t) for k, t in _OPTIONAL.items() if k in raw)]:
         if not isinstance(raw[key], kind) or isinstance(raw[key], bool):
             raise ValueError(f"{key} must be {kind.__name__}; got {raw[key]!r}")
+    algorithm = raw.get("hash", "sha256")
+    if algorithm not in CHECKSUMS:
+        raise ValueError(f"hash must be one of {sorted(CHECKSUMS)}; got {algorithm!r}")
+    if algorithm == "sha256" and not isinstance(raw["sha256"], str):
+        raise ValueError(f"sha256 must be str; got {raw['sha256']!r}")
+    if algorithm != "sha256" and (raw["sha256"] is not None or not raw.get("digest")):
+        raise ValueError(f"a {algorithm} entry needs a digest and sha256 null; got {raw['sha256']!r}")
     if not isinstance(raw["published_at"], int | float):
         raise ValueError(f"published_at must be a number; got {raw['published_at']!r}")
     if len(raw["seeds"]) != 2 or not all(isinstance(s, int) for s in raw["seeds"]):
         raise ValueError(f"seeds must be two batch indices; got {raw['seeds']!r}")
     if "/" in raw["shard"] or raw["shard"].startswith("."):  # it names a file readers read and delete
         raise ValueError(f"shard must be a plain file name; got {raw['shard']!r}")
-    return LedgerEntry(**{f.name: raw[f.name] for f in fields(LedgerEntry)} | {"seeds": tuple(raw["seeds"])})
+    return LedgerEntry(
+        **{f.name: raw[f.name] for f in fields(LedgerEntry) if f.name in raw} | {"seeds": tuple(raw["seeds"])}
+    )
 
 
 class ProducerBusyError(RenderloopError):
@@ -209,22 +275,23 @@ class Ledger:
             )
 
     def _unique(self) -> list[LedgerEntry]:
-        kept: dict[str, str] = {}  # shard name and checksum -> the ledger file kept for them
+        kept: dict = {}  # shard name and checksum -> the ledger file kept for them
         unique = []
         for name in sorted(self._cache, key=lambda n: (n != self._cache[n].ledger_name, n)):
             entry = self._cache[name]
-            first = kept.get(entry.shard) or kept.get(entry.sha256)
+            first = kept.get(entry.shard) or kept.get(entry.checksum)
             if first is None:
-                kept[entry.shard] = kept[entry.sha256] = name
+                kept[entry.shard] = kept[entry.checksum] = name
                 unique.append(entry)
             elif name not in self.duplicates:
                 self.duplicates[name] = entry
                 log.warning(
-                    "stream %s: ignoring ledger file %s: it lists shard %s (sha256 %s…), as %s does; remove the copy",
+                    "stream %s: ignoring ledger file %s: it lists shard %s (%s %s…), as %s does; remove the copy",
                     self.stream,
                     name,
                     entry.shard,
-                    entry.sha256[:12],
+                    entry.checksum[0],
+                    entry.checksum[1][:12],
                     first,
                 )
         return unique

@@ -7,6 +7,11 @@ fix every sample) come from a forward-only counter in the ledger, so no shard na
 ever reused, whatever the batch or shard size of earlier runs. Within one producer object, a shard
 that fails is dropped and its batches are generated again by the next ``run``: a retry leaves
 no gap in the seeds and repeats none.
+
+Each batch becomes one chunk (``record="chunk"``, shard format version 2): image fields are
+quantized on the source's device and the batch reaches the host in one copy (``chunking``).
+``record="sample"`` writes per-sample records with PNG images (version 1), an export format for
+people and third-party tools.
 """
 
 from __future__ import annotations
@@ -16,16 +21,24 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
 
 from renderloop.metrics import MetricsSink
 from renderloop.seeding import derive_seed
 
+from .chunking import HostCopy, chunk_from_columns, columns_of, quantize_batch, rows_of
+from .chunks import no_cyclic_gc
 from .ledger import Ledger
 from .schema import FIELDS
 from .shards import ShardWriter
 from .storage import StorageError
 
-__all__ = ["ProducerStats", "Producer", "producer_seed"]
+__all__ = ["RECORDS", "ProducerStats", "Producer", "producer_seed"]
+
+RECORDS = ("chunk", "sample")
 
 
 @dataclass
@@ -59,6 +72,9 @@ class Producer:
         fields: write only these schema fields (and ``meta.json``), e.g. those the stream's trainer
             reads; None writes every field the source makes.
         metrics: where to report.
+        record: ``chunk`` (one record per batch, for training) or ``sample`` (one per sample,
+            PNG images: an export).
+        checksum: the hash the ledger entries record (``xxh3_128``, or ``sha256``).
     """
 
     def __init__(
@@ -73,7 +89,11 @@ class Producer:
         poll_seconds: float = 0.2,
         fields: Sequence[str] | None = None,
         metrics: MetricsSink | None = None,
+        record: str = "chunk",
+        checksum: str = "xxh3_128",
     ) -> None:
+        if record not in RECORDS:
+            raise ValueError(f"Producer(): record must be one of {RECORDS}; got {record!r}")
         batch = source.config.batch_size
         if samples_per_shard % batch:
             raise ValueError(
@@ -83,7 +103,9 @@ class Producer:
         if unknown:
             raise ValueError(f"Producer(): unknown fields {sorted(unknown)}; known fields: {sorted(FIELDS)}")
         self.source, self.ledger, self.producer = source, ledger, producer
-        self.writer = ShardWriter(ledger, producer, samples_per_shard)
+        self.writer = ShardWriter(ledger, producer, samples_per_shard, checksum=checksum)
+        self.record = record
+        self._copy = HostCopy()
         self.batches_per_shard = samples_per_shard // batch
         self.seed = producer_seed(seed, producer)
         self.max_backlog, self.poll_seconds = max_backlog_shards, poll_seconds
@@ -172,44 +194,75 @@ class Producer:
                 self._shard_first = self._next_batch
             batch_index = self._next_batch
             self._next_batch += 1
-            t0 = time.perf_counter()
-            batch = self.source.generate(self.seed, batch_index)
-            # The batch index and the producer seed fix every sample; the ledger records batch ranges.
-            seeds = [batch_index] * batch_size
-            keys = [f"{self.producer}_{batch_index:09d}_{i:04d}" for i in range(batch_size)]
-            samples = self.source.to_samples(batch, seeds, keys)
-            for i, sample in enumerate(samples):
-                sample["meta.json"] = {
-                    **sample.get("meta.json", {}),
-                    "producer": self.producer,
-                    "producer_seed": self.seed,
-                    "batch": batch_index,
-                    "index": i,
-                }
-                if "group.txt" in sample:  # group ids unique across the producers of a stream
-                    sample["group.txt"] = self._group_base | int(sample["group.txt"])
-                if self._kept is not None:
-                    if missing := self._kept - set(sample):
-                        raise ValueError(
-                            f"producer {self.producer}: source {self.source.name} makes no {sorted(missing)} "
-                            f"for stream {self.ledger.stream}; it makes {sorted(sample)}"
-                        )
-                    samples[i] = {k: v for k, v in sample.items() if k in self._kept}
-            self.metrics.observe("renderloop_producer_batch_seconds", time.perf_counter() - t0, **self.labels)
-            if target is not None:
-                samples = samples[: target - self.stats.samples]
-            for sample, s in zip(samples, seeds, strict=False):
-                entry = self.writer.write(sample, s)
-                self.stats.samples += 1
-                if entry is not None:
-                    self._published(entry)
-            self.metrics.inc("renderloop_samples_generated_total", len(samples), **self.labels)
+            n = batch_size if target is None else min(batch_size, target - self.stats.samples)
+            with no_cyclic_gc():  # a batch makes many small containers: see chunks.no_cyclic_gc
+                self._produce(batch_index, n)
+            self.metrics.inc("renderloop_samples_generated_total", n, **self.labels)
         entry = self.writer.close()
         if entry is not None:
             self._published(entry)
         self._shard_first = None
         self.stats.seconds += time.monotonic() - start
         return self.stats
+
+    def _produce(self, batch_index: int, n: int) -> None:
+        """Generate batch ``batch_index`` and write its first ``n`` samples."""
+        t0 = time.perf_counter()
+        batch = self.source.generate(self.seed, batch_index)
+        # The batch index and the producer seed fix every sample; the ledger records batch ranges.
+        B = self.source.config.batch_size
+        seeds = [batch_index] * B
+        keys = [f"{self.producer}_{batch_index:09d}_{i:04d}" for i in range(B)]
+        stored, widths = {}, {}
+        if self.record == "chunk":
+            kept = None if self._kept is None else set(self._kept)
+            stored, widths, batch = quantize_batch(batch, kept, self._copy)
+        columns = self._columns(batch, seeds, keys, batch_index)
+        if self.record == "chunk":
+            chunk = chunk_from_columns(f"{self.producer}_{batch_index:09d}", columns, seeds, stored, widths)
+        self.metrics.observe("renderloop_producer_batch_seconds", time.perf_counter() - t0, **self.labels)
+        if self.record == "chunk":
+            self._written(self.writer.write_chunk(chunk.head(n) if n < chunk.count else chunk), n)
+            return
+        for i in range(n):
+            sample = {name: column[i] for name, column in columns.items()}
+            self._written(self.writer.write(sample, seeds[i]), 1)
+
+    def _columns(self, batch, seeds: list[int], keys: list[str], batch_index: int) -> dict[str, Any]:
+        """The batch's schema fields as columns (field → ``[B, ...]`` values), each sample's
+        ``meta.json`` stamped with this producer, group ids made unique across producers, and
+        only the kept fields.
+
+        A source with ``to_columns(batch, seeds, keys)`` hands them over column by column (it
+        returns ``__key__`` and each field as a ``[B, ...]`` tensor, or a list of B values, or for
+        JSON fields a dict of ``[B, ...]`` columns); others go through ``to_samples``.
+        """
+        B = len(keys)
+        if hasattr(self.source, "to_columns"):
+            columns = dict(self.source.to_columns(batch, seeds, keys))
+        else:
+            columns = columns_of(self.source.to_samples(batch, seeds, keys))
+        stamp = {"producer": self.producer, "producer_seed": self.seed, "batch": batch_index}
+        meta = rows_of(columns.get("meta.json", [{}] * B), B)
+        columns["meta.json"] = [{**m, **stamp, "index": i} for i, m in enumerate(meta)]
+        if "group.txt" in columns:  # group ids unique across the producers of a stream
+            groups = columns["group.txt"]
+            groups = groups.cpu().numpy() if isinstance(groups, torch.Tensor) else np.asarray(groups)
+            columns["group.txt"] = (groups.astype(np.int64) | self._group_base).tolist()
+        if self._kept is not None:
+            if missing := self._kept - set(columns):
+                raise ValueError(
+                    f"producer {self.producer}: source {self.source.name} makes no {sorted(missing)} "
+                    f"for stream {self.ledger.stream}; it makes {sorted(columns)}"
+                )
+            columns = {k: v for k, v in columns.items() if k in self._kept}
+        return columns
+
+    def _written(self, entry, samples: int) -> None:
+        """Count samples just written; ``entry``: the shard they completed, if any."""
+        self.stats.samples += samples
+        if entry is not None:
+            self._published(entry)
 
     def _published(self, entry) -> None:
         self._shard_first = None

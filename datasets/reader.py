@@ -3,22 +3,27 @@
 Shards are split across ranks and dataloader workers round-robin by each producer's shard index
 (stable no matter in which order producers publish), so every published sample is read exactly
 once per epoch across all of them, and the split stays balanced. Each shard's checksum is
-verified before decoding; a truncated or corrupt shard, like an unreadable ledger file, is
-skipped, logged and counted, and reading goes on. A second ledger entry for a shard already
-listed is ignored (``Ledger.entries``) and counted.
+verified, and every chunk of it checked against its header, before any of its samples is used; a
+truncated or corrupt shard, like an unreadable ledger file, is skipped, logged and counted, and
+reading goes on. A second ledger entry for a shard already listed is ignored (``Ledger.entries``)
+and counted. A shard in a format this reader does not know stops it with an error naming it.
+
+Both shard formats read the same way: a shard becomes units (its chunks, or its per-sample
+records) whose samples are shuffled as rows, before anything is decoded. The reader yields
+decoded samples, or with ``batch_size`` host batches assembled from the chunks' arrays
+(``host_batch.HostBatch``, decoded on the device by ``host_batch.decode_batch``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
+import itertools
 import logging
 import os
 import random
 import tarfile
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +32,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from renderloop.metrics import MetricsSink
 
-from .ledger import Ledger, LedgerEntry, parse_shard_name
-from .schema import decode_sample
+from .batches import assemble, read_units
+from .chunks import HEADER, ShardFormatError, parse_chunk
+from .ledger import SHARD_FORMATS, Ledger, LedgerEntry, parse_shard_name, verify
 from .storage import Storage
+from .tar import tar_records
 
-__all__ = ["ReaderStats", "ShardStream", "shard_slot", "iter_tar_samples", "check_shard"]
+__all__ = ["ReaderStats", "ShardStream", "ShardFormatError", "shard_slot", "iter_tar_samples", "check_shard"]
 
 log = logging.getLogger(__name__)
 
@@ -68,95 +75,39 @@ def _ledger_file_slot(name: str, slots: int) -> int:
     return _slot(*parsed, slots) if parsed else 0
 
 
-class _Unsupported(Exception):
-    """A tar feature the fast parser leaves to :mod:`tarfile` (base-256 sizes, GNU long names)."""
-
-
-def _octal(field: bytes) -> int:
-    if field[:1] and field[0] & 0x80:
-        raise _Unsupported("base-256 number")
-    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
-
-
-def _fast_tar_files(data: bytes) -> Iterator[tuple[str, bytes]]:
-    """``(name, content)`` of the regular files of a ustar/pax tar in memory.
-
-    Python's :mod:`tarfile` spends most of a shard's read time building member objects; shards
-    hold tens of thousands of small files, so this parses the 512-byte headers directly.
-    """
-    off, end_of_data, pax = 0, len(data), {}
-    while off + 512 <= end_of_data:
-        header = data[off : off + 512]
-        if not header.strip(b"\0"):
-            return  # end-of-archive blocks
-        stored, unsigned = _octal(header[148:156]), sum(header[:148]) + 256 + sum(header[156:])
-        if stored != unsigned and stored != unsigned - 256 * sum(b > 127 for b in header):  # signed bytes
-            raise tarfile.HeaderError(f"bad header checksum at byte {off}")
-        kind = header[156:157]
-        size = int(pax["size"]) if "size" in pax else _octal(header[124:136])
-        start = off + 512
-        if start + size > end_of_data:
-            raise tarfile.ReadError(f"truncated member at byte {off}")
-        off = start + (size + 511) // 512 * 512
-        if kind == b"x":  # pax header of the next member: "<len> <key>=<value>\n" records
-            body, pax = data[start : start + size], {}
-            while body:
-                length = int(body.split(b" ", 1)[0])
-                if length <= 0:
-                    raise tarfile.HeaderError(f"bad pax record at byte {off}")
-                key, _, value = body[: length - 1].split(b" ", 1)[1].partition(b"=")
-                pax[key.decode()] = value.decode()
-                body = body[length:]
-            continue
-        if kind in (b"g", b"5"):
-            pax = {} if kind == b"5" else pax
-            continue
-        if kind not in (b"0", b"\0"):
-            raise _Unsupported(f"member type {kind!r}")
-        name = header[:100].split(b"\0", 1)[0].decode()
-        if header[257:263] == b"ustar\0" and header[345] != 0:  # POSIX prefix (GNU keeps times here)
-            name = header[345:500].split(b"\0", 1)[0].decode() + "/" + name
-        name, pax = pax.get("path", name), {}
-        yield name, data[start : start + size]
-    if data[off:].strip(b"\0"):
-        raise tarfile.ReadError(f"truncated header at byte {off}")
-
-
-def _tar_files(data: bytes) -> Iterator[tuple[str, bytes]]:
-    try:
-        files = list(_fast_tar_files(data))
-    except _Unsupported:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            files = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
-    return iter(files)
-
-
-def iter_tar_samples(data: bytes) -> Iterator[dict[str, bytes]]:
-    """Raw samples (``__key__`` + field bytes) of a WebDataset tar held in memory."""
-    current: dict[str, bytes] = {}
-    for path, content in _tar_files(data):
-        key, _, name = path.rpartition("/")[2].partition(".")
-        if current and current["__key__"] != key:
-            yield current
-            current = {}
-        current["__key__"] = key
-        current[name] = content
-    if current:
-        yield current
+def iter_tar_samples(data: bytes) -> Iterator[Mapping[str, bytes]]:
+    """Per-sample records (``__key__`` + field bytes, as ``schema.encode_sample`` makes them) of a
+    WebDataset tar held in memory, of either format: a chunk's samples are encoded on access."""
+    for key, record in tar_records(data):
+        if HEADER in record:
+            chunk = parse_chunk(key, record)
+            yield from (chunk.export(i) for i in range(chunk.count))
+        else:
+            yield {"__key__": key, **{k: bytes(v) for k, v in record.items()}}
 
 
 def _unread(entries: list[LedgerEntry], done: set[str], slot: int, slots: int) -> list[LedgerEntry]:
     return [e for e in entries if e.shard not in done and shard_slot(e, slots) == slot]
 
 
-def check_shard(data: bytes, entry: LedgerEntry) -> list[dict[str, bytes]]:
-    """The raw samples of a shard's bytes, once they match the ledger's checksum.
+def _check_format(entry: LedgerEntry) -> None:
+    if entry.format not in SHARD_FORMATS:
+        raise ShardFormatError(
+            f"shard {entry.shard}: its ledger entry says format version {entry.format}; this reader reads "
+            f"{sorted(SHARD_FORMATS)}: update renderloop to read it"
+        )
+
+
+def check_shard(data: bytes, entry: LedgerEntry) -> list[Mapping[str, bytes]]:
+    """The per-sample records of a shard's bytes (see ``iter_tar_samples``), once they match the
+    ledger's checksum.
 
     Raises:
-        ValueError: checksum mismatch; tarfile.TarError: a damaged tar.
+        ValueError: checksum mismatch or a malformed chunk; tarfile.TarError: a damaged tar;
+        ShardFormatError: a format version this reader does not know.
     """
-    if hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise ValueError(f"checksum mismatch ({len(data)} bytes, ledger says {entry.bytes})")
+    _check_format(entry)
+    verify(data, entry)
     return list(iter_tar_samples(data))
 
 
@@ -167,7 +118,7 @@ def _distributed() -> tuple[int, int]:
 
 
 class ShardStream(IterableDataset):
-    """Decoded samples of a stream, for this rank and dataloader worker.
+    """Decoded samples (or host batches) of a stream, for this rank and dataloader worker.
 
     Args:
         root: storage root (path or fsspec URL); stream: stream folder name.
@@ -175,7 +126,9 @@ class ShardStream(IterableDataset):
         follow: keep polling the ledger for new shards until the stream is closed (live training);
             otherwise read what is published now.
         epochs: passes over a finished stream (``follow=False``); 0 repeats forever.
-        shuffle_buffer: samples held for shuffling (0 keeps shard order).
+        shuffle_buffer: samples held for shuffling (0 keeps shard order). Whole chunks enter the
+            buffer and their samples leave it one by one, so a buffer larger than a chunk mixes
+            chunks (and producers) as well as the samples within them.
         seed: shuffling seed (mixed with epoch and slot).
         poll_seconds: ledger polling interval while following.
         idle_timeout: stop following after this many seconds without a new shard (None: wait).
@@ -185,11 +138,13 @@ class ShardStream(IterableDataset):
         metrics: where to report samples, shards, bytes and skipped shards.
         skip: samples to pass over at the start, per dataloader worker (index = worker id; the
             main process is worker 0): a trainer's resume position. Skipped samples are shuffled
-            like the others but never decoded, so a resumed reader continues the same sequence.
+            like the others but never decoded or copied, so a resumed reader continues the same sequence.
         delete_consumed: remove each shard file once the live pass has read it (its ledger entry
             stays), so a long live run keeps only its backlog on disk. A resumed reader passes
             over deleted shards and counts their samples as skipped: it continues after them
             without repeats, but not in exactly the uninterrupted order. For streams read once.
+        batch_size: yield ``host_batch.HostBatch`` es of this many samples (in shuffled order; an
+            incomplete last one is dropped) instead of decoded samples.
     """
 
     def __init__(
@@ -210,10 +165,13 @@ class ShardStream(IterableDataset):
         metrics: MetricsSink | None = None,
         skip: tuple[int, ...] | list[int] = (),
         delete_consumed: bool = False,
+        batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if epochs < 0 or shuffle_buffer < 0 or poll_seconds <= 0:
             raise ValueError("ShardStream(): epochs and shuffle_buffer must be >= 0 and poll_seconds > 0")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"ShardStream(): batch_size must be >= 1 or None; got {batch_size}")
         self.root, self.stream = root, stream
         self.rank, self.world_size = rank, world_size
         self.follow, self.epochs, self.shuffle_buffer, self.seed = follow, epochs, shuffle_buffer, seed
@@ -223,6 +181,7 @@ class ShardStream(IterableDataset):
         self.metrics = metrics or MetricsSink()
         self.skip = tuple(skip)
         self.delete_consumed = delete_consumed
+        self.batch_size = batch_size
         self._consumer = consumer
         self._deleted_samples = 0  # samples of deleted shards passed over, not yet set against skip
 
@@ -235,15 +194,19 @@ class ShardStream(IterableDataset):
         name = f"{self.consumer}-r{rank}-" + (f"w{worker}" if info else "main")
         return rank * workers + worker, world * workers, name
 
-    def _read_shard(self, storage: Storage, ledger: Ledger, entry: LedgerEntry) -> list[dict[str, bytes]] | None:
-        """The raw (undecoded) samples of a shard, or None if it is corrupt."""
+    def _read_shard(self, storage: Storage, ledger: Ledger, entry: LedgerEntry) -> list | None:
+        """The units of a shard (its chunks, or its per-sample records), or None if it is corrupt."""
         rel = ledger.rel("shards", entry.shard)
         if self.delete_consumed and not storage.exists(rel):  # read and deleted before a restart
             self._deleted_samples += entry.count
             return None
+        _check_format(entry)
         try:
             data = storage.read_bytes(rel)
-            raws = check_shard(data, entry)
+            verify(data, entry)
+            units = read_units(data, entry.shard, self.fields)
+        except ShardFormatError:
+            raise
         except (OSError, ValueError, tarfile.TarError) as err:
             self._skip(entry.shard)
             log.warning("skipping shard %s of stream %s: %s", entry.shard, self.stream, err)
@@ -253,10 +216,8 @@ class ShardStream(IterableDataset):
         labels = {"stream": self.stream, "consumer": self._consumer}
         self.metrics.inc("renderloop_shards_consumed_total", **labels)
         self.metrics.inc("renderloop_bytes_read_total", len(data), **labels)
-        self.metrics.inc("renderloop_samples_consumed_total", len(raws), **labels)
-        if self.fields is not None:
-            raws = [{k: v for k, v in raw.items() if k == "__key__" or k in self.fields} for raw in raws]
-        return [{**raw, "__shard__": entry.shard} for raw in raws]
+        self.metrics.inc("renderloop_samples_consumed_total", sum(u.count for u in units), **labels)
+        return units
 
     def _skip(self, name: str) -> None:
         """Count a shard (or ledger file) whose samples are lost to this reader."""
@@ -293,6 +254,7 @@ class ShardStream(IterableDataset):
             log.warning("stream %s: could not delete consumed shard %s (%s)", self.stream, entry.shard, err)
 
     def _epoch(self, storage: Storage, ledger: Ledger, slot: int, slots: int, consumer: str, epoch: int):
+        """The units of this slot's shards in one pass, in ledger order."""
         done: set[str] = set()
         counted: set[str] = set()  # ledger files accounted for
         last_new = time.monotonic()
@@ -300,11 +262,11 @@ class ShardStream(IterableDataset):
             fresh = _unread(self._listed(ledger, slot, slots, counted), done, slot, slots)
             for entry in fresh:
                 done.add(entry.shard)
-                samples = self._read_shard(storage, ledger, entry)
+                units = self._read_shard(storage, ledger, entry)
                 if epoch == 0 and self.delete_consumed:
                     self._delete(storage, ledger, entry)
-                if samples is not None:
-                    yield from samples
+                if units is not None:
+                    yield from units
                 if epoch == 0:  # the live pass is what backpressure accounts for
                     self._record_consumed(ledger, consumer, len(done))
             if fresh:
@@ -318,23 +280,47 @@ class ShardStream(IterableDataset):
                 return
             time.sleep(self.poll_seconds)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for raw in self._raw_samples():
-            yield decode_sample(raw, shard=raw["__shard__"])
+    def chunks(self) -> Iterator[Any]:
+        """This reader's shards, unit by unit (``chunks.Chunk`` s, whose arrays are read-only views
+        of the shard's bytes, or the ``batches.SampleRecords`` of a per-sample shard), in ledger
+        order: no shuffling, no skipping, no decoding."""
+        slot, slots, consumer = self._slot()
+        self._consumer = consumer
+        storage = Storage(self.root)
+        ledger = Ledger(storage, self.stream)
+        for epoch in range(self.epochs) if self.epochs else itertools.count():
+            yield from self._epoch(storage, ledger, slot, slots, consumer, epoch)
 
-    def _raw_samples(self) -> Iterator[dict[str, bytes]]:
+    def __iter__(self) -> Iterator[Any]:
+        if self.batch_size is not None:
+            yield from self._batches()
+            return
+        for unit, row in self._rows():
+            yield unit.sample(row)
+
+    def _batches(self) -> Iterator[Any]:
+        shared = get_worker_info() is not None  # a worker's batches cross to the main process
+        items: list[tuple[Any, int]] = []
+        for item in self._rows():
+            items.append(item)
+            if len(items) == self.batch_size:
+                yield assemble(items, shared)
+                items = []
+
+    def _rows(self) -> Iterator[tuple[Any, int]]:
+        """``(unit, row)`` of every sample to deliver: shuffled, the resume position skipped."""
         info = get_worker_info()
         worker = info.id if info else 0
         skip = self.skip[worker] if worker < len(self.skip) else 0
-        for raw in self._shuffled():
+        for item in self._shuffled():
             if self._deleted_samples:  # they stand for skipped samples that were never yielded
                 skip, self._deleted_samples = max(skip - self._deleted_samples, 0), 0
             if skip:
                 skip -= 1
                 continue
-            yield raw
+            yield item
 
-    def _shuffled(self) -> Iterator[dict[str, bytes]]:
+    def _shuffled(self) -> Iterator[tuple[Any, int]]:
         slot, slots, consumer = self._slot()
         self._consumer = consumer
         storage = Storage(self.root)
@@ -342,17 +328,18 @@ class ShardStream(IterableDataset):
         epoch = 0
         while self.epochs == 0 or epoch < self.epochs:
             rng = random.Random(hash((self.seed, epoch, slot)))
-            buffer: list[dict[str, Any]] = []
+            buffer: list[tuple[Any, int]] = []
             read = 0
-            for sample in self._epoch(storage, ledger, slot, slots, consumer, epoch):
-                read += 1
-                self.stats.samples += 1
-                if self.shuffle_buffer <= 1:
-                    yield sample
-                    continue
-                buffer.append(sample)
-                if len(buffer) >= self.shuffle_buffer:
-                    yield buffer.pop(rng.randrange(len(buffer)))
+            for unit in self._epoch(storage, ledger, slot, slots, consumer, epoch):
+                read += unit.count
+                self.stats.samples += unit.count
+                for row in range(unit.count):
+                    if self.shuffle_buffer <= 1:
+                        yield unit, row
+                        continue
+                    buffer.append((unit, row))
+                    if len(buffer) >= self.shuffle_buffer:
+                        yield buffer.pop(rng.randrange(len(buffer)))
             rng.shuffle(buffer)
             yield from buffer
             if not read and self.epochs == 0:  # repeating an empty pass would spin for ever

@@ -3,6 +3,27 @@
 A sample is a dict: ``"__key__"`` (a string without dots) plus any of the fields below. Every
 source writes and every method reads through :func:`encode_sample` and :func:`decode_sample`.
 Decoded images are float32 ``[C, H, W]`` tensors in ``[0, 1]``.
+
+Shards hold samples in one of two formats (the ledger entry's ``format``):
+
+* **1, per-sample records**: ``<key>.<field>`` members encoded here (PNG images, NPY arrays,
+  JSON). For export, and for people and tools that expect one file per field.
+* **2, chunks** (``datasets.chunks``, the producers' default): one record per batch of B
+  samples, ``<chunk>.chunk.json`` (format, count, keys, seeds, and each field's member,
+  encoding, dtype and shape) plus one member per field: ``<chunk>.<stem>.npy`` holding
+  ``[B, ...]`` in the field's encoding (``datasets.encodings``: uint8 images, masks as bits,
+  labels and normals, float16 depth, float32 keypoints and latents, int64 views and groups) or
+  ``<chunk>.<stem>.json`` holding a list of B values (``cam``, ``light``, ``meta``). Sample ``i``
+  is row ``i`` of every array and item ``i`` of every list; its key is the header's
+  ``keys[i]``, or ``prefix + str(start + i).zfill(width)``. The schema field ``rgb.png`` is the
+  member ``rgb.npy``, ``view.txt`` is ``view.npy``, and so on.
+
+Both are plain tars; the ``webdataset`` library unbatches a chunk into samples (stored
+encodings, e.g. uint8 ``[H, W, 3]`` RGB and float16 depth) in one line::
+
+    wds.WebDataset(url, shardshuffle=False).decode().to_tuple("rgb.npy", "depth.npy", "cam.json").unbatched()
+
+and Ray Data's ``read_webdataset`` yields one row per chunk, each column an array ``[B, ...]``.
 """
 
 from __future__ import annotations
@@ -88,9 +109,12 @@ def _json(x: Mapping) -> bytes:
     return json.dumps(plain(x), sort_keys=True).encode()
 
 
-def _camera(data: bytes) -> dict[str, torch.Tensor]:
-    raw = json.loads(data)
+def _tensors(raw: Mapping) -> dict[str, torch.Tensor]:
     return {k: torch.tensor(v, dtype=torch.float32) for k, v in raw.items()}
+
+
+def _camera(data: bytes) -> dict[str, torch.Tensor]:
+    return _tensors(json.loads(data))
 
 
 @dataclass(frozen=True)
@@ -122,6 +146,16 @@ FIELDS: dict[str, Field] = {
         Field("meta.json", _json, json.loads, "source name and version, seed, config hash"),
     )
 }  # fmt: skip
+
+
+JSON_VALUES: dict[str, Callable[[Any], Any]] = {
+    "cam.json": _tensors,
+    "light.json": _tensors,
+    "meta.json": lambda v: v,
+}
+"""JSON fields → what their parsed value decodes to (a chunk holds them as one JSON list)."""
+NUMERIC_JSON = frozenset({"cam.json", "light.json"})
+"""JSON fields whose every value decodes to a float32 tensor."""
 
 
 def check_key(key: str) -> str:

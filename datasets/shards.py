@@ -1,16 +1,18 @@
-"""Shard writing: samples → a tar under a temporary name → fsync → rename → ledger entry.
+"""Shard writing: chunks (or samples) → a tar under a temporary name → fsync → rename → ledger entry.
 
 A shard is visible to readers only through its ledger entry, which is written after the
 complete file has its final name. A producer killed mid-shard leaves only a ``*.tmp`` file, one
 killed between the rename and the entry a shard nobody lists; the next writer of its id removes
 both. One writer at a time per producer id: it holds the id's lease (``ProducerLease``), and its
 temporary names carry its pid and a random token, so two writers never share a file.
+
+A shard holds either chunks (format version 2, ``write_chunk``: the live path) or per-sample
+records (version 1, ``write``: an export for people and third-party tools), never both.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import time
@@ -18,10 +20,10 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import webdataset
-
-from .ledger import Ledger, LedgerEntry, ProducerBusyError, parse_shard_name
+from .chunks import FORMAT_VERSION, Chunk, chunk_members
+from .ledger import CHECKSUMS, Ledger, LedgerEntry, ProducerBusyError, new_hasher, parse_shard_name
 from .schema import encode_sample
+from .tar import TarStream
 
 __all__ = ["ShardWriter"]
 
@@ -31,12 +33,12 @@ log = logging.getLogger(__name__)
 class _Hashing:
     """A write-only file wrapper that counts bytes and hashes them on the way through."""
 
-    def __init__(self, f) -> None:
-        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+    def __init__(self, f, algorithm: str) -> None:
+        self.f, self.hasher, self.size = f, new_hasher(algorithm), 0
 
     def write(self, data) -> int:
-        self.sha.update(data)
-        self.size += len(data)
+        self.hasher.update(data)
+        self.size += memoryview(data).nbytes
         return self.f.write(data)
 
     def flush(self) -> None:
@@ -54,14 +56,19 @@ class ShardWriter:
         ledger: the stream's ledger (its storage receives the shards).
         producer: id of this producer; shard names are ``<producer>-<index>.tar``.
         samples_per_shard: samples per shard (the last one may be shorter, see ``close``).
+        checksum: the hash its ledger entries record (``xxh3_128``; ``sha256`` for tools that
+            only know that).
     """
 
-    def __init__(self, ledger: Ledger, producer: str, samples_per_shard: int) -> None:
+    def __init__(self, ledger: Ledger, producer: str, samples_per_shard: int, *, checksum: str = "xxh3_128") -> None:
         if samples_per_shard < 1:
             raise ValueError(f"ShardWriter(): samples_per_shard must be >= 1; got {samples_per_shard}")
+        if checksum not in CHECKSUMS:
+            raise ValueError(f"ShardWriter(): checksum must be one of {sorted(CHECKSUMS)}; got {checksum!r}")
         if not producer or "-" in producer or "/" in producer or "." in producer:
             raise ValueError(f"ShardWriter(): producer id must be non-empty without '-', '/' or '.'; got {producer!r}")
         self.ledger, self.producer, self.samples_per_shard = ledger, producer, samples_per_shard
+        self.checksum = checksum
         self.storage = ledger.storage
         self.index: int | None = None  # set under the lease
         self._lease = None
@@ -115,23 +122,35 @@ class ShardWriter:
                 )
                 self.storage.remove(self.ledger.rel("shards", name))
 
-    def _start(self) -> None:
+    def _start(self, format: int) -> None:
         if self._lease is None:
             self.acquire()
         name = f"{self.producer}-{self.index:06d}.tar"
         tmp = self.ledger.rel("shards", f"{name.removesuffix('.tar')}.{os.getpid()}_{uuid.uuid4().hex[:8]}.tar.tmp")
         raw = self.storage.open_write(tmp)
-        hashing = _Hashing(raw)
+        hashing = _Hashing(raw, self.checksum)
         self._open = {
             "name": name,
             "tmp": tmp,
             "raw": raw,
             "hash": hashing,
-            # An integer mtime: a float one makes tarfile give every member its own PAX header.
-            "tar": webdataset.TarWriter(hashing, encoder=False, mtime=0),
+            "tar": TarStream(hashing),
+            "format": format,
             "count": 0,
             "seeds": [],
         }
+
+    def _ready(self, format: int) -> dict:
+        """The shard in progress, started if needed; a shard holds one format only."""
+        if self._open is None:
+            self._start(format)
+        elif self._open["format"] != format:
+            kinds = {1: "per-sample records", FORMAT_VERSION: "chunks"}
+            raise ValueError(
+                f"ShardWriter(): shard {self._open['name']} holds {kinds[self._open['format']]}; "
+                f"close it before writing {kinds[format]}"
+            )
+        return self._open
 
     @property
     def in_progress(self) -> bool:
@@ -144,30 +163,57 @@ class ShardWriter:
         return self._open["count"] if self._open is not None else 0
 
     def write(self, sample: Mapping[str, Any], seed: int) -> LedgerEntry | None:
-        """Encode and append one sample; returns the ledger entry if this completed a shard."""
-        if self._open is None:
-            self._start()
-        self._open["tar"].write(encode_sample(sample))
-        self._open["count"] += 1
-        self._open["seeds"].append(int(seed))
-        if self._open["count"] >= self.samples_per_shard:
-            return self._publish()
-        return None
+        """Encode and append one sample as a per-sample record (format version 1); returns the
+        ledger entry if this completed a shard."""
+        encoded = encode_sample(sample)
+        s = self._ready(1)
+        key = encoded.pop("__key__")
+        for name, data in encoded.items():
+            s["tar"].add(f"{key}.{name}", [data])
+        return self._added(1, [seed])
+
+    def write_chunk(self, chunk: Chunk) -> LedgerEntry | None:
+        """Append a chunk (format version 2; its arrays are written without a copy); returns the
+        ledger entry if this completed a shard. A chunk never straddles two shards.
+
+        Raises:
+            ValueError: the chunk does not fit in the shard's remaining ``samples_per_shard``.
+        """
+        members = chunk_members(chunk)
+        s = self._ready(FORMAT_VERSION)
+        if s["count"] + chunk.count > self.samples_per_shard:
+            raise ValueError(
+                f"ShardWriter(): a chunk of {chunk.count} samples does not fit in shard {s['name']} "
+                f"({s['count']} of {self.samples_per_shard}); make samples_per_shard a multiple of the chunk size"
+            )
+        for name, parts in members:
+            s["tar"].add(name, parts)
+        return self._added(chunk.count, chunk.seeds)
+
+    def _added(self, count: int, seeds) -> LedgerEntry | None:
+        s = self._open
+        s["count"] += count
+        s["seeds"] += [int(min(seeds)), int(max(seeds))] if len(seeds) else []
+        return self._publish() if s["count"] >= self.samples_per_shard else None
 
     def _publish(self) -> LedgerEntry:
         s = self._open  # still open until its entry is written: a failure before that leaves it to ``abort``
-        s["tar"].tarstream.close()  # writes the end-of-archive blocks through the hashing wrapper
+        s["tar"].close()  # writes the end-of-archive blocks through the hashing wrapper
         self.storage.sync_close(s["raw"])
         self.storage.rename(s["tmp"], self.ledger.rel("shards", s["name"]))
+        digest = s["hash"].hasher.hexdigest()
         s["entry"] = LedgerEntry(
             shard=s["name"],
             count=s["count"],
             bytes=s["hash"].size,
-            sha256=s["hash"].sha.hexdigest(),
+            sha256=digest if self.checksum == "sha256" else None,
             producer=self.producer,
             index=self.index,
             seeds=(min(s["seeds"]), max(s["seeds"])),
             published_at=time.time(),
+            hash=self.checksum,
+            digest=digest,
+            format=s["format"],
         )
         self.ledger.publish(s["entry"])
         self._open = None
@@ -195,10 +241,7 @@ class ShardWriter:
             return True
         if "entry" in s:  # renamed; its ledger entry failed
             return self._drop_renamed(s["entry"])
-        tar = s["tar"].tarstream
-        tar.closed = True  # no end-of-archive blocks: the file is dropped
-        with contextlib.suppress(AttributeError):
-            tar.fileobj.closed = True  # tarfile's stream wrapper would write them when collected
+        s["tar"].closed = True  # no end-of-archive blocks: the file is dropped
         with contextlib.suppress(Exception):
             s["raw"].close()
         with contextlib.suppress(Exception):

@@ -30,10 +30,15 @@ class StorageConfig:
     """A local path or an fsspec URL."""
     stream: str = "simulator"
     """The stream's folder name under ``root`` (for a method: the prefix of ``<stream>-<role>``)."""
+    record: str = "chunk"
+    """How producers write: ``chunk`` (one record per batch, for training) or ``sample`` (one per
+    sample with PNG images, for people and third-party tools); readers take both."""
 
     def __post_init__(self) -> None:
         check_root("storage.root", self.root)
         check_stream("storage.stream", self.stream)
+        if self.record not in ("chunk", "sample"):
+            raise ConfigError("storage.record", f"must be chunk or sample; got {self.record!r}")
 
 
 def _filesystem(root: str) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -1,6 +1,12 @@
 """The trainer's view of its streams: resumable batch iterators, one per data role.
 
 Each role (e.g. SimGAN's ``synthetic`` and ``real``) is a :class:`ShardStream` under a DataLoader.
+Its workers assemble whole batches from the shards' chunks (slices and gathers of arrays still
+in their stored encodings: uint8, float16), in shared memory; the loader copies each once into
+pinned memory, and :func:`to_device` copies it to the device (``non_blocking``) and decodes it
+there, into the floats a method reads (``datasets.encodings``). Per-sample (version 1) shards
+take the same path.
+
 The position that a checkpoint records is the number of batches consumed; a resumed loader makes
 every worker skip exactly the samples it had batched, and hands out batches starting from the
 worker whose turn it was, so the batches after a resume are the ones an uninterrupted run would
@@ -17,6 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
+from renderloop.datasets.host_batch import HostBatch, decode_batch
 from renderloop.datasets.reader import ShardStream
 from renderloop.errors import RenderloopError
 from renderloop.metrics import MetricsSink
@@ -32,21 +39,25 @@ __all__ = ["StreamBatches", "collate", "to_device", "worker_skips"]
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack decoded samples; fields lose their extension (``rgb.png`` → ``rgb``)."""
+    """Stack decoded samples as a trainer's batch; fields lose their extension (``rgb.png`` → ``rgb``)."""
     plain = [{k.partition(".")[0]: v for k, v in s.items() if not k.startswith("__")} for s in samples]
     batch = default_collate(plain)
     batch["key"] = [s["__key__"] for s in samples]
     return batch
 
 
-def _collate_with_worker(samples: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+def _with_worker(batch: HostBatch) -> tuple[int, HostBatch]:
     """The batch and the dataloader worker that made it (0 without workers)."""
     info = get_worker_info()
-    return (info.id if info else 0), collate(samples)
+    return (info.id if info else 0), batch
 
 
 def to_device(batch: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    """Move tensors to ``device``; floating tensors take the compute ``dtype``."""
+    """Move tensors to ``device``; floating tensors take the compute ``dtype``. A ``HostBatch`` is
+    decoded on ``device`` (uint8 → float in [0, 1], normals → [-1, 1], float16 → float32, masks
+    unpacked), so a method sees what ``collate`` of decoded samples would give it."""
+    if isinstance(batch, HostBatch):
+        return decode_batch(batch, device, dtype)
     if isinstance(batch, torch.Tensor):
         batch = batch.to(device, non_blocking=True)
         return batch.to(dtype) if batch.is_floating_point() else batch
@@ -98,13 +109,13 @@ class StreamBatches:
             metrics=metrics,
             skip=worker_skips(consumed, config.num_workers, config.batch_size),
             delete_consumed=config.delete_consumed,
+            batch_size=config.batch_size,  # the workers assemble whole batches
         )
         self.loader = DataLoader(
             reader,
-            batch_size=config.batch_size,
+            batch_size=None,
             num_workers=config.num_workers,
-            collate_fn=_collate_with_worker,
-            drop_last=True,
+            collate_fn=_with_worker,
             # A private generator: creating the iterator must not draw from the global RNG, or a
             # resumed run would diverge from an uninterrupted one.
             generator=torch.Generator().manual_seed(seed),

@@ -3,7 +3,6 @@ and workers, corrupt shards skipped, backpressure, and producers killed mid-shar
 
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
 import os
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import xxhash
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -40,7 +40,8 @@ def test_write_publish_read_on_fsspec(tmp_path, scheme):
     assert [e.count for e in entries] == [8, 8, 4] and [e.index for e in entries] == [0, 1, 2]
     for e in entries:
         data = ledger.storage.read_bytes(ledger.rel("shards", e.shard))
-        assert hashlib.sha256(data).hexdigest() == e.sha256 and len(data) == e.bytes
+        assert e.checksum == ("xxh3_128", xxhash.xxh3_128_hexdigest(data)) and len(data) == e.bytes
+        assert e.format == 2 and e.sha256 is None
     assert not [n for n in ledger.storage.list("s/shards") if n.endswith(".tmp")]
     samples = list(ShardStream(root, "s", follow=False))
     assert len(samples) == 20 and len({s["__key__"] for s in samples}) == 20
@@ -49,15 +50,20 @@ def test_write_publish_read_on_fsspec(tmp_path, scheme):
     assert len(ids) == 20 and {b for b, _ in ids} == {0, 1, 2, 3, 4}
 
 
-def test_a_producer_writes_only_the_fields_asked_for_and_plain_tar_headers(tmp_path):
-    producer = tiny_producer(str(tmp_path), fields=["rgb.png", "depth.npy"])
+@pytest.mark.parametrize(
+    ("record", "members"),
+    [("sample", {"rgb.png", "depth.npy", "meta.json"}), ("chunk", {"chunk.json", "rgb.npy", "depth.npy", "meta.json"})],
+)
+def test_a_producer_writes_only_the_fields_asked_for_and_plain_tar_headers(tmp_path, record, members):
+    producer = tiny_producer(str(tmp_path), fields=["rgb.png", "depth.npy"], record=record)
     producer.run(8)
     ledger = Ledger(Storage(str(tmp_path)), "s")
     data = ledger.storage.read_bytes(ledger.rel("shards", ledger.entries()[0].shard))
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        members = tar.getmembers()
-    assert {m.name.split(".", 1)[1] for m in members} == {"rgb.png", "depth.npy", "meta.json"}
-    assert len(members) == 8 * 3 and not any(m.pax_headers for m in members)  # one 512-byte header each
+        found = tar.getmembers()
+    assert {m.name.split(".", 1)[1] for m in found} == members
+    records = 8 if record == "sample" else 2  # a chunk per batch of four
+    assert len(found) == records * len(members) and not any(m.pax_headers for m in found)  # one 512-byte header each
     sample = next(iter(ShardStream(str(tmp_path), "s", follow=False)))
     assert set(sample) == {"__key__", "rgb.png", "depth.npy", "meta.json"} and sample["depth.npy"].shape == (16, 16)
 

@@ -4,7 +4,6 @@ two writers under one producer id, shards renamed but never listed, failed batch
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from renderloop.datasets.ledger import Ledger
+from renderloop.datasets.ledger import Ledger, verify
 from renderloop.datasets.reader import ShardStream
 from renderloop.datasets.storage import Storage, StorageError
 from renderloop.errors import RenderloopError
@@ -44,7 +43,7 @@ def _assert_intact(root: str) -> list:
     entries = ledger.entries()
     for entry in entries:
         data = storage.read_bytes(ledger.rel("shards", entry.shard))
-        assert hashlib.sha256(data).hexdigest() == entry.sha256, entry.shard
+        verify(data, entry)  # raises on a mismatch
     assert storage.list("s/shards") == sorted(e.shard for e in entries)
     keys = _keys(root)
     assert len(keys) == len(set(keys)) == sum(e.count for e in entries)

@@ -7,7 +7,9 @@ import tarfile
 
 import pytest
 
-from renderloop.datasets.reader import _fast_tar_files, _tar_files, iter_tar_samples
+from renderloop.datasets.reader import iter_tar_samples
+from renderloop.datasets.tar import fast_tar_files as _fast_tar_files
+from renderloop.datasets.tar import tar_files as _tar_files
 
 FILES = [("a_000.rgb.png", b"png" * 100), ("a_000.meta.json", b"{}"), ("d/" + "k" * 150 + ".txt", b"x" * 513)]
 

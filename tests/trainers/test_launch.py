@@ -36,10 +36,10 @@ def test_run_streams_from_live_producers_then_eval(tmp_path, capsys):
         ledger = Ledger(storage, f"simgan-{role}")
         assert ledger.entries() and not ledger.closed  # published live; left open for the next run
         assert ledger.consumed() >= 1  # the trainer's reader recorded what it read
-        # Shards still unread (read ones are deleted) hold SimGAN's fields only; test_local checks the spec.
+        # Shards still unread (read ones are deleted) hold SimGAN's fields only, as chunks; test_local checks the spec.
         for name in [n for n in storage.list(ledger.rel("shards")) if n.endswith(".tar")]:
             with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(ledger.rel("shards", name)))) as tar:
-                assert {m.name.split(".", 1)[1] for m in tar.getmembers()} == {"rgb.png", "meta.json"}
+                assert {m.name.split(".", 1)[1] for m in tar.getmembers()} == {"chunk.json", "rgb.npy", "meta.json"}
     rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
 
