@@ -87,16 +87,13 @@ def profile_simulator(res: int, batch: int, device: torch.device, compile_: bool
 
 class _Replay:
     """A source that hands out batches generated beforehand, so a producer's time is its own.
-
-    With ``columns``, it also offers ``to_columns``: the simulator's ``to_samples`` written
-    column by column, a sketch of the hook that lets a producer skip the per-sample loop.
-    """
+    ``columns`` keeps the source's ``to_columns`` hook (without it, ``to_samples`` is used)."""
 
     def __init__(self, source, batches: list[dict], columns: bool = False) -> None:
         self.source, self.batches = source, batches
         self.config, self.name = source.config, source.name
         if columns:
-            self.to_columns = self._columns
+            self.to_columns = source.to_columns
 
     def generate(self, seed: int, batch_index: int) -> dict:
         return self.batches[batch_index % len(self.batches)]
@@ -104,21 +101,11 @@ class _Replay:
     def to_samples(self, batch, seeds, keys):
         return self.source.to_samples(batch, seeds, keys)
 
-    def _columns(self, batch, seeds, keys) -> dict:
-        images = {"rgb.png": "rgb", "mask.png": "mask", "depth.npy": "depth", "normal.npy": "normal", "seg.png": "seg"}
-        columns = {"__key__": keys, **{field: batch[key] for field, key in images.items()}}
-        columns.update({"kp2d.npy": batch["kp2d"], "kp3d.npy": batch["kp3d"]})
-        columns["cam.json"] = {k: batch[k] for k in ("K", "R", "t", "azimuth", "elevation", "distance")}
-        columns["light.json"] = {"direction": batch["light"], "ambient": batch["ambient"], "diffuse": batch["diffuse"]}
-        meta = self.source.meta
-        columns["meta.json"] = [{**meta, "seed": int(seed)} for seed in seeds]
-        return columns
-
 
 FORMATS = {
     "v1": ("sample", "sha256", False),
-    "v2": ("chunk", "xxh3_128", False),
-    "v2+cols": ("chunk", "xxh3_128", True),  # with a column-wise source hook: producer only
+    "v2": ("chunk", "xxh3_128", True),
+    "v2 to_samples": ("chunk", "xxh3_128", False),  # a source without to_columns: producer only
 }
 
 
@@ -206,7 +193,7 @@ def bench_formats(res: int, samples: int, batch: int, device: torch.device, work
         with tempfile.TemporaryDirectory() as root:
             row = {"what": "formats", "format": name, "resolution": res, "batch": batch, "device": str(device)}
             row.update(_produce(root, sim, batches, record, checksum, columns, samples))
-            if not columns:  # the same shards as v2
+            if name != "v2 to_samples":  # the same shards as v2
                 chunked = record == "chunk"
                 row["reader_samples_per_s"] = _read(root, chunked, None, read_batch)
                 row["reader_rgb_samples_per_s"] = _read(root, chunked, ["rgb.png"], read_batch)
@@ -248,14 +235,14 @@ def bench_producers(method: str, samples: int, device: torch.device) -> list[dic
 
 def _print_formats(rows: list[dict]) -> None:
     head = ("format", "res", "ms/sample", "cpu ms", "quantize ms", "kB/sample", "read/s all", "read/s rgb", "batches/s")
-    print("{:8s} {:>5s} {:>10s} {:>8s} {:>12s} {:>10s} {:>11s} {:>11s} {:>10s}".format(*head))
+    print("{:13s} {:>5s} {:>10s} {:>8s} {:>12s} {:>10s} {:>11s} {:>11s} {:>10s}".format(*head))
     for r in rows:
         reads = [
             f"{r[k]:11.0f}" if k in r else f"{'-':>11s}" for k in ("reader_samples_per_s", "reader_rgb_samples_per_s")
         ]
         trainer = f"{r['trainer_batches_per_s']:10.1f}" if "trainer_batches_per_s" in r else f"{'-':>10s}"
         print(
-            f"{r['format']:8s} {r['resolution']:>4d}² {r['producer_ms_per_sample']:10.3f} "
+            f"{r['format']:13s} {r['resolution']:>4d}² {r['producer_ms_per_sample']:10.3f} "
             f"{r['producer_cpu_ms_per_sample']:8.3f} {r['producer_quantize_ms_per_sample']:12.3f} "
             f"{r['bytes_per_sample'] / 1e3:10.1f} {reads[0]} {reads[1]} {trainer}",
             flush=True,

@@ -350,33 +350,37 @@ class Simulator:
         noise_std = 0.01 + 0.02 * torch.rand(B, 1, 1, 1, generator=gen, device=dev)
         return image + noise_std * torch.randn(image.shape, generator=gen, device=dev)
 
+    def to_columns(self, batch: dict[str, torch.Tensor], seeds: list[int], keys: list[str]) -> dict[str, Any]:
+        """The batch's schema fields as ``[B, ...]`` columns on the CPU (what ``to_samples`` gives
+        per sample), so a producer builds a chunk without a per-sample loop."""
+        cpu = {k: v.detach().cpu() for k, v in batch.items()}
+        columns: dict[str, Any] = {
+            "__key__": list(keys),
+            "rgb.png": (cpu["rgb"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy(),
+            "mask.png": cpu["mask"].to(torch.uint8).numpy() * 255,
+            "depth.npy": cpu["depth"].numpy(),
+            "normal.npy": cpu["normal"].numpy(),
+            "seg.png": cpu["seg"].clamp(0, 255).to(torch.uint8).numpy(),
+            "kp2d.npy": cpu["kp2d"].numpy(),
+            "kp3d.npy": cpu["kp3d"].numpy(),
+            "cam.json": {k: cpu[k] for k in ("K", "R", "t", "azimuth", "elevation", "distance")},
+            "light.json": {"direction": cpu["light"], "ambient": cpu["ambient"], "diffuse": cpu["diffuse"]},
+            "meta.json": [{**self.meta, "seed": int(seed)} for seed in seeds],
+        }
+        if self.config.views > 1:
+            columns["group.txt"], columns["view.txt"] = cpu["group"].numpy(), cpu["view"].numpy()
+        return columns
+
     def to_samples(self, batch: dict[str, torch.Tensor], seeds: list[int], keys: list[str]) -> list[dict[str, Any]]:
         """Schema samples (CPU, ready for ``encode_sample``) from a batch, with their keys and seeds."""
-        cpu = {k: v.detach().cpu() for k, v in batch.items()}
-        rgb = (cpu["rgb"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
-        mask = cpu["mask"].to(torch.uint8).numpy() * 255
-        seg = cpu["seg"].clamp(0, 255).to(torch.uint8).numpy()
-        meta = self.meta
+        columns = self.to_columns(batch, seeds, keys)
+        dicts = {name: columns.pop(name) for name in ("cam.json", "light.json")}
         samples = []
-        for i, (key, seed) in enumerate(zip(keys, seeds, strict=True)):
-            sample = {
-                "__key__": key,
-                "rgb.png": rgb[i],
-                "mask.png": mask[i],
-                "depth.npy": cpu["depth"][i].numpy(),
-                "normal.npy": cpu["normal"][i].numpy(),
-                "seg.png": seg[i],
-                "kp2d.npy": cpu["kp2d"][i].numpy(),
-                "kp3d.npy": cpu["kp3d"][i].numpy(),
-                "cam.json": {k: cpu[k][i] for k in ("K", "R", "t", "azimuth", "elevation", "distance")},
-                "light.json": {
-                    "direction": cpu["light"][i],
-                    "ambient": cpu["ambient"][i],
-                    "diffuse": cpu["diffuse"][i],
-                },
-                "meta.json": {**meta, "seed": int(seed)},
-            }
-            if self.config.views > 1:
-                sample["group.txt"], sample["view.txt"] = int(cpu["group"][i]), int(cpu["view"][i])
+        for i in range(len(keys)):
+            sample = {name: column[i] for name, column in columns.items()}
+            sample.update({name: {k: v[i] for k, v in d.items()} for name, d in dicts.items()})
+            for name in ("group.txt", "view.txt"):
+                if name in sample:
+                    sample[name] = int(sample[name])
             samples.append(sample)
         return samples
