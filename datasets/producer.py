@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,6 +224,7 @@ class Producer:
         if self.record == "chunk":
             self._written(self.writer.write_chunk(chunk.head(n) if n < chunk.count else chunk), n)
             return
+        columns = {k: rows_of(v, B) if isinstance(v, Mapping) else v for k, v in columns.items()}
         for i in range(n):
             sample = {name: column[i] for name, column in columns.items()}
             self._written(self.writer.write(sample, seeds[i]), 1)

@@ -22,6 +22,7 @@ COMMANDS = {
     "demo": "the embedded SimGAN experiment: train on live simulator streams, then evaluate",
     "generate": "run a source (simulator, image folder) into a stream of WebDataset shards",
     "inspect": "summarize a stream under ROOT and write a contact sheet of samples with labels",
+    "export": "write a stream as plain per-sample WebDataset tars (PNG, NPY, JSON) for other tools",
     "train": "train a method (method=simgan ...) on streams that exist",
     "run": "start producers for a method's streams and train while they publish",
     "eval": "evaluate the models a run exported (method=... run_dir=...)",
@@ -125,6 +126,16 @@ def _inspect(root: str, overrides: list[str]) -> None:
     print("\n".join(run(cfg)))
 
 
+def _export(overrides: list[str]) -> None:
+    from renderloop.datasets.export import ExportConfig, export
+
+    s = export(load_config("export", overrides, ExportConfig))
+    print(
+        f"exported {s['samples']} samples of stream {s['stream']} ({s['shards_read']} shards read, "
+        f"{s['shards_skipped']} skipped) into {len(s['tars'])} tar{'s' * (len(s['tars']) != 1)}: {s['url']}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -139,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 "info": _info,
                 "demo": _demo,
                 "generate": _generate,
+                "export": _export,
                 "train": _train,
                 "run": _run,
                 "eval": _eval,
