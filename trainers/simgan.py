@@ -12,6 +12,7 @@ Phases: ``R_pretrain`` (self-regularization only), ``D_pretrain``, then ``R_main
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from renderloop.config import ConfigError, check_number, check_roles
+from renderloop.datasets.sources import source_config
 
 from .adversarial import discriminator_accuracy, discriminator_loss, generator_loss
 from .method import Method, ModelSpec, Phase
@@ -32,21 +34,34 @@ SELF_REG_SPACES = ("identity", "channel_mean")
 
 @dataclass
 class EvalConfig:
-    """The downstream experiment of ``renderloop eval method=simgan`` (see ``trainers/downstream.py``)."""
+    """The downstream experiment of ``renderloop eval method=simgan``: digit classification when the
+    streams are digits (``trainers/simgan_digits.py``), else light direction (``trainers/downstream.py``)."""
 
     train_samples: int = 4096
     """Labeled simulated images the estimators train on (raw, then refined)."""
     test_samples: int = 1024
-    """Labeled real-like held-out images both estimators are tested on."""
+    """Light direction: labeled real-like held-out test images (digits: the held-out real half)."""
     steps: int = 1500
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 1234
-    """Seeds of the evaluation images; distinct from the training streams' seeds."""
+    """Seeds of the evaluation images and classifiers; distinct from the training streams' seeds."""
+    classifier_seeds: int = 1
+    """Digit experiment: classifiers trained per row (seeds ``seed``, ``seed + 1``, ...)."""
+    classifier_width: int = 32
+    """Digit experiment: the classifier's first layer width (the others are twice that)."""
     figure_rows: int = 8
 
     def __post_init__(self) -> None:
-        for key in ("train_samples", "test_samples", "steps", "batch_size", "figure_rows"):
+        for key in (
+            "train_samples",
+            "test_samples",
+            "steps",
+            "batch_size",
+            "classifier_seeds",
+            "classifier_width",
+            "figure_rows",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"method.evaluation.{key}", f"must be >= 1; got {getattr(self, key)}")
         check_number("method.evaluation.lr", self.lr, above=0)
@@ -61,6 +76,10 @@ class SimGANConfig:
     blocks: int = 4
     """Refiner ResNet blocks."""
     disc_channels: list[int] = field(default_factory=lambda: [96, 64, 32, 32])
+    """Discriminator widths: two stride-2 3×3 convolutions, a 3×3 max-pool, one 3×3 convolution,
+    then 1×1 convolutions (the paper's 96-64-pool-32-32)."""
+    discriminator: str = "local"
+    """``local``: one decision per patch (the paper); ``global``: one per image (its ablation)."""
     self_reg: float = 0.5
     """λ of the self-regularization (mean absolute difference in ψ space)."""
     self_reg_space: str = "identity"
@@ -90,6 +109,8 @@ class SimGANConfig:
         check_number("method.history_fraction", self.history_fraction, at_least=0, below=1)
         check_number("method.lr_refiner", self.lr_refiner, above=0)
         check_number("method.lr_discriminator", self.lr_discriminator, above=0)
+        if self.discriminator not in ("local", "global"):
+            raise bad("discriminator", f"must be local or global; got {self.discriminator!r}")
         if self.self_reg_space not in SELF_REG_SPACES:
             raise bad("self_reg_space", f"must be one of {SELF_REG_SPACES}; got {self.self_reg_space!r}")
         checks = {
@@ -132,21 +153,28 @@ class Refiner(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    """``[B, 3, H, W]`` → ``[B, H/4, W/4]`` logits, one real-vs-refined decision per local patch."""
+    """``[B, 3, H, W]`` → ``[B, H/4, W/4]`` logits, one real-vs-refined decision per local patch;
+    with ``whole_image``, ``[B, 1, 1]``: one decision per image from a linear layer over the map
+    (the paper's global-adversarial ablation; it needs the image size)."""
 
-    def __init__(self, channels: list[int]) -> None:
+    def __init__(self, channels: list[int], whole_image: tuple[int, int] | None = None) -> None:
         super().__init__()
         c = [3, *channels]
         layers: list[nn.Module] = [nn.Conv2d(c[0], c[1], 3, stride=2, padding=1), nn.ReLU()]
         if len(c) > 2:
             layers += [nn.Conv2d(c[1], c[2], 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(3, 1, padding=1)]
-        for a, b in zip(c[2:], c[3:], strict=False):
-            layers += [nn.Conv2d(a, b, 3, padding=1), nn.ReLU()]
+        for i, (a, b) in enumerate(zip(c[2:], c[3:], strict=False)):
+            layers += [nn.Conv2d(a, b, 3 if i == 0 else 1, padding=1 if i == 0 else 0), nn.ReLU()]
         layers.append(nn.Conv2d(c[-1], 1, 1))
         self.net = nn.Sequential(*layers)
+        self.whole = None
+        if whole_image is not None:
+            h, w = (math.ceil(math.ceil(s / 2) / 2) if len(c) > 2 else math.ceil(s / 2) for s in whole_image)
+            self.whole = nn.Linear(h * w, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(2 * x - 1)[:, 0]
+        logits = self.net(2 * x - 1)[:, 0]
+        return logits if self.whole is None else self.whole(logits.flatten(1))[:, :, None]
 
 
 class HistoryBuffer:
@@ -214,8 +242,17 @@ class SimGAN(Method):
         cfg = self.config
         return {
             "R": ModelSpec(Refiner(cfg.channels, cfg.blocks), lr=cfg.lr_refiner, betas=(0.5, 0.999), ema=cfg.ema),
-            "D": ModelSpec(PatchDiscriminator(cfg.disc_channels), lr=cfg.lr_discriminator, betas=(0.5, 0.999)),
+            "D": ModelSpec(
+                PatchDiscriminator(cfg.disc_channels, self._whole_image()), lr=cfg.lr_discriminator, betas=(0.5, 0.999)
+            ),  # fmt: skip
         }
+
+    def _whole_image(self) -> tuple[int, int] | None:
+        """The real stream's image size for a global discriminator (None: local)."""
+        if self.config.discriminator == "local":
+            return None
+        _, scfg = source_config(self.config.data["real"])
+        return (scfg.resolution, scfg.resolution)
 
     def phases(self) -> list[Phase]:
         cfg = self.config
@@ -257,6 +294,10 @@ class SimGAN(Method):
         return out
 
     def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:
+        if source_config(self.config.data["synthetic"])[0] == "font_digits":
+            from .simgan_digits import digits_experiment
+
+            return digits_experiment(self.config, nets["R"], self.device, out_dir)
         from .downstream import simgan_experiment
 
         return simgan_experiment(self.config, nets["R"], self.device, out_dir)

@@ -145,3 +145,42 @@ def test_method_debug_config_composes():
     cfg = load_config("train", ["method=simgan_debug"])
     assert cfg.method.name == "simgan" and cfg.method.data.real.style == "real_like"
     assert cfg.storage.stream == "simgan"
+
+
+def test_discriminator_follows_the_paper_layout_and_a_global_one_decides_per_image():
+    d = PatchDiscriminator([96, 64, 32, 32])
+    convs = [m for m in d.net if isinstance(m, torch.nn.Conv2d)]
+    # 3×3 s2, 3×3 s2, (max-pool), 3×3, 1×1, then the 1×1 decision
+    assert [(c.kernel_size[0], c.stride[0]) for c in convs] == [(3, 2), (3, 2), (3, 1), (1, 1), (1, 1)]
+    assert any(isinstance(m, torch.nn.MaxPool2d) for m in d.net)
+    x = torch.rand(3, 3, 28, 28)
+    assert d(x).shape == (3, 7, 7)
+    g = PatchDiscriminator([8, 8, 4], whole_image=(28, 28))
+    assert g(x).shape == (3, 1, 1)
+    y = x.clone()
+    y[:, :, :4, :4] = 1 - y[:, :, :4, :4]
+    assert (g(x) - g(y)).abs().sum() > 0  # a corner reaches the one decision
+
+
+def test_digit_metrics_against_hand_computed_values():
+    from renderloop.trainers.simgan_digits import error_rate, gap_closed
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0], [5.0, 0.0, 0.0]])
+    assert error_rate(logits, torch.tensor([0, 1, 2, 2])) == 0.25
+    assert gap_closed(0.5, 0.3, 0.1) == pytest.approx(0.5)  # (0.5 - 0.3) / (0.5 - 0.1)
+    assert gap_closed(0.5, 0.1, 0.1) == pytest.approx(1.0)
+    assert gap_closed(0.4, 0.6, 0.2) == pytest.approx(-1.0)  # refinement made it worse
+    assert math.isnan(gap_closed(0.2, 0.2, 0.3))  # synthetic already as good as real: no gap
+
+
+def test_digit_classifier_learns_to_tell_strokes_apart():
+    from renderloop.trainers.simgan_digits import error_rate, train_classifier
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(256, 3, 16, 16, generator=gen) * 0.2
+    y = torch.randint(2, (256,), generator=gen)
+    x[y == 0, :, 4:12, 7:9] += 0.8  # a vertical bar
+    x[y == 1, :, 7:9, 4:12] += 0.8  # a horizontal bar
+    model = train_classifier(x[:192], y[:192], steps=60, batch_size=32, lr=3e-3, seed=0, device="cpu", classes=2)
+    with torch.no_grad():
+        assert error_rate(model(x[192:]), y[192:]) < 0.1
