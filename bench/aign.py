@@ -3,22 +3,31 @@
     python -m bench.aign --device cuda --out aign.json                # the whole matrix, 4 runs at a time
     python -m bench.aign --only pose_both pose_reconstruction --steps-scale 0.1   # a quick subset
     python -m bench.aign --only sfm_both --set method.sfm.trim=0.0               # a variant
+    python -m bench.aign --budget time --max-minutes 8 --seeds 5      # equal wall time, five seeds
 
 Each experiment is ``renderloop run method=aign/<task> ...`` (producers beside the trainer,
 ``cluster=local``; on a GPU as single-threaded processes, see ``_producers``) followed by
-``renderloop eval``; up to ``--parallel`` of them share the device. The JSON holds each run's
-evaluation and its time, steps, wall time, trainer samples/s and loss curve (mean of the
-reconstruction per tenth of the run). ``--max-minutes`` also ends each run after that long
-(``engine.max_minutes``), so a time budget still yields evaluated models; ``--work DIR`` keeps
-the runs, so the same command again trains each for another ``--max-minutes`` from its last
-checkpoint (runs longer than one session or job allows); ``--figures DIR`` copies the evaluation
-figures there.
+``renderloop eval``, once per training seed (``--seeds``, ``engine.seed`` 0, 1, ...: initial
+weights and the streams' draws; the test samples stay the same); up to ``--parallel`` runs share
+the device. Rows compared with each other (``COMPARISONS``) get the same budget: ``--budget steps``
+(default) trains every run of a task for the same steps (``--max-minutes`` then only caps a run,
+and a row it cut short is reported as unequal), ``--budget time`` for the same ``--max-minutes``
+of wall time, however many steps that is. Per metric, the JSON and the printout give the mean over
+seeds, the standard deviation and the 95% interval of the mean (Student's t), beside the trivial
+baselines that the evaluation computes on the same test samples; each comparison gives the
+difference of means, its 95% interval (Welch) and whether the difference exceeds it.
+
+The JSON holds each run's evaluation and its time, steps, wall time, trainer samples/s and loss
+curve (mean of the reconstruction per tenth of the run). ``--work DIR`` keeps the runs, so the
+same command again trains each for another ``--max-minutes`` from its last checkpoint (runs
+longer than one session or job allows); ``--figures DIR`` copies the evaluation figures there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -29,6 +38,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
+
+from renderloop.stats import t975
 
 RECONSTRUCTION = "method.loss=reconstruction"
 BIASED = "method.data.memory.classes=[5,7,9]"  # footwear: sandal, sneaker, ankle boot
@@ -63,6 +74,24 @@ EXPERIMENTS: dict[str, tuple[str, int, list[str]]] = {
     "inpaint_simulator_reconstruction": ("aign/inpaint_simulator", 2500, [*IMAGE_BATCH, RECONSTRUCTION]),
 }
 
+
+# (row, the row it is compared with, metrics): each row is an ablation of its reference, trained
+# with the same budget; "biased" rows test the paper's claim that the memory pulls the outputs
+# towards its classes.
+POSE_METRICS = ["pa_mpjpe_mm", "mpjpe_mm", "performer/pa_mpjpe_mm", "performer/mpjpe_mm"]
+COMPARISONS: list[tuple[str, str, list[str]]] = [
+    ("pose_both", "pose_reconstruction", POSE_METRICS),
+    ("pose_both", "pose_adversarial", POSE_METRICS),
+    ("sfm_both", "sfm_reconstruction", ["abs_rel", "abs_rel_object", "side", "rotation_deg",
+                                        "translation_direction_deg"]),
+    ("superres_both", "superres_reconstruction", ["psnr_db"]),
+    ("superres_biased", "superres_both", ["attribute_share_outputs", "psnr_db"]),
+    ("inpaint_both", "inpaint_reconstruction", ["psnr_box_db", "psnr_db"]),
+    ("inpaint_biased", "inpaint_both", ["attribute_share_outputs", "psnr_box_db"]),
+    ("superres_simulator_both", "superres_simulator_reconstruction", ["psnr_db"]),
+    ("inpaint_simulator_both", "inpaint_simulator_reconstruction", ["psnr_box_db", "psnr_db"]),
+]  # fmt: skip
+UNLIMITED_STEPS = 10**9  # --budget time: the clock ends every run (the default learning rate is constant)
 
 INPUT_SHARE = {"aign/sfm": 2 / 3}  # of a run's producers, for its input stream (default: half)
 # simulator sources: even at 64² a producer makes 5-7x the views on the GPU
@@ -99,39 +128,51 @@ def _producers(method: str, args) -> list[str]:
     ]  # fmt: skip
 
 
-def _experiment(name: str, args, work: Path) -> dict:
-    method, steps, overrides = EXPERIMENTS[name]
-    steps = max(int(steps * args.steps_scale), 20)
-    run_dir, data = work / name / "run", work / name / "data"
-    common = [f"method={method}", f"run_dir={run_dir}", f"device={args.device}", *overrides]
-    train = [
-        "run", *common, f"engine.max_steps={steps}", f"storage.root={data}", "engine.log_every=20",
-        "engine.progress=false", "engine.tensorboard=false", "engine.image_every=0", "engine.checkpoint_every=0",
-        "samples_per_shard=256", "metrics_port=-1", f"engine.max_minutes={args.max_minutes}",
+def _steps(name: str, args) -> int:
+    return max(int(EXPERIMENTS[name][1] * args.steps_scale), 20)
+
+
+def _train_args(name: str, seed: int, args, run_dir: Path, data: Path) -> list[str]:
+    """``renderloop run`` arguments of one run: the experiment's settings, its seed and its budget."""
+    method, _, overrides = EXPERIMENTS[name]
+    steps = _steps(name, args) if args.budget == "steps" else UNLIMITED_STEPS
+    return [
+        "run", f"method={method}", f"run_dir={run_dir}", f"device={args.device}", *overrides,
+        f"engine.seed={seed}", f"engine.max_steps={steps}", f"engine.max_minutes={args.max_minutes}",
+        f"storage.root={data}", "engine.log_every=20", "engine.progress=false", "engine.tensorboard=false",
+        "engine.image_every=0", "engine.checkpoint_every=0", "samples_per_shard=256", "metrics_port=-1",
         *_producers(method, args), *args.set,
     ]  # fmt: skip
-    common.extend(args.set)  # last: they win over the experiment's and the bench's own settings
+
+
+def _experiment(name: str, seed: int, args, work: Path) -> dict:
+    """Train and evaluate one seed of one experiment; its result, or ``{"error": ...}``."""
+    method, _, overrides = EXPERIMENTS[name]
+    run_dir, data = work / name / f"seed{seed}" / "run", work / name / f"seed{seed}" / "data"
+    # the settings `renderloop eval` needs; the bench's --set last, so they win there too
+    common = [f"method={method}", f"run_dir={run_dir}", f"device={args.device}", *overrides, *args.set]
     start = time.time()
-    trained = subprocess.run(_command(*train), capture_output=True, text=True)
+    trained = subprocess.run(_command(*_train_args(name, seed, args, run_dir, data)), capture_output=True, text=True)
     wall = time.time() - start
-    earlier = work / name / "train_seconds"  # of earlier calls, with --work
+    earlier = run_dir.parent / "train_seconds"  # of earlier calls, with --work
     earlier.parent.mkdir(parents=True, exist_ok=True)
     wall += float(earlier.read_text()) if earlier.is_file() else 0.0
     earlier.write_text(f"{wall}\n")
     if trained.returncode:
-        return {"error": (trained.stdout + trained.stderr)[-3000:]}
+        return {"seed": seed, "error": (trained.stdout + trained.stderr)[-3000:]}
     start = time.time()
     evaluated = subprocess.run(_command("eval", *common), capture_output=True, text=True)
     eval_wall = time.time() - start
     if evaluated.returncode:
-        return {"error": (evaluated.stdout + evaluated.stderr)[-3000:]}
+        return {"seed": seed, "error": (evaluated.stdout + evaluated.stderr)[-3000:]}
     rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     steady = rows[len(rows) // 5 :]
     result = {
         "method": method,
+        "seed": seed,
         "overrides": [*overrides, *args.set],
         "steps": int((run_dir / "checkpoints" / "latest").read_text().strip().removeprefix("step")),
-        "max_steps": steps,
+        "max_steps": _steps(name, args) if args.budget == "steps" else None,
         "train_wall_seconds": wall,
         "eval_seconds": eval_wall,  # Fashion-MNIST runs: with the footwear classifier's training, if not cached
         "samples_per_s": sum(r["samples_per_s"] for r in steady) / max(len(steady), 1),
@@ -141,11 +182,119 @@ def _experiment(name: str, args, work: Path) -> dict:
     }
     if args.figures:
         for png in (run_dir / "eval").glob("*.png"):
-            shutil.copy(png, Path(args.figures) / f"{name}.png")
-    print(f"{name}: {json.dumps(result['eval'])} ({wall:.0f} s)", flush=True)
+            shutil.copy(png, Path(args.figures) / f"{name}-seed{seed}-{png.stem}.png")
+    print(f"{name} seed {seed}: {json.dumps(result['eval'])} ({result['steps']} steps, {wall:.0f} s)", flush=True)
     if args.out:  # as each finishes, so a run cut short keeps what it measured
-        Path(f"{args.out}.{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        Path(f"{args.out}.{name}.seed{seed}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def is_baseline(key: str) -> bool:
+    """Whether an evaluation key measures something other than the trained model (a trivial
+    baseline, the test set's distance to the training set, a count): the same for every seed."""
+    name = key.rsplit("/", 1)[-1]
+    prefixes = ("baseline_", "attribute_share_baseline", "nearest_train_", "train_overlap_", "true_")
+    return name.startswith(prefixes) or name in (
+        "samples", "attribute_share_truth", "classifier_test_accuracy",
+    )  # fmt: skip
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation and the half-width of the mean's 95% t interval (nan below
+    two values)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    return {"mean": mean, "std": std, "ci95": t975(n - 1) * std / math.sqrt(n) if n > 1 else math.nan, "n": n}
+
+
+def difference(a: list[float], b: list[float]) -> dict[str, float | bool]:
+    """Mean of ``a`` − mean of ``b``, the half-width of its 95% interval (Welch: unequal variances;
+    the t quantile at the whole degrees of freedom below Welch's, so the interval is never too
+    narrow), and whether the difference exceeds it."""
+    sa, sb = summary(a), summary(b)
+    diff = sa["mean"] - sb["mean"]
+    if sa["n"] < 2 or sb["n"] < 2:
+        return {"difference": diff, "ci95": math.nan, "exceeds_interval": False}
+    va, vb = sa["std"] ** 2 / sa["n"], sb["std"] ** 2 / sb["n"]
+    if va + vb == 0:
+        return {"difference": diff, "ci95": 0.0, "exceeds_interval": diff != 0}
+    df = (va + vb) ** 2 / (va**2 / (sa["n"] - 1) + vb**2 / (sb["n"] - 1))
+    half = t975(max(1, math.floor(df))) * math.sqrt(va + vb)
+    return {"difference": diff, "ci95": half, "exceeds_interval": abs(diff) > half}
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Per evaluation key over the runs that finished: the model's metrics summarised over seeds,
+    the baselines' values (identical across seeds) kept as they are."""
+    done = [r for r in runs if "error" not in r]
+    if not done:
+        return {"metrics": {}, "baselines": {}, "seeds": 0}
+    keys = [k for k in done[0]["eval"] if all(k in r["eval"] for r in done)]
+    return {
+        "metrics": {k: summary([r["eval"][k] for r in done]) for k in keys if not is_baseline(k)},
+        "baselines": {k: done[0]["eval"][k] for k in keys if is_baseline(k)},
+        "seeds": len(done),
+        "steps": [r["steps"] for r in done],
+    }
+
+
+def budget_check(name: str, runs: list[dict], args) -> dict:
+    """The budget each seed of ``name`` trained under, and whether it is the one its comparisons
+    assume: with ``steps``, every run reached the same step count (a ``--max-minutes`` cap may
+    cut a run short); with ``time``, every run trained ``--max-minutes``."""
+    steps = [r["steps"] for r in runs if "error" not in r]
+    if args.budget == "steps":
+        target = _steps(name, args)
+        equal = bool(steps) and all(s == target for s in steps)
+        note = f"{target} steps each" + ("" if equal else f"; trained {steps} (cut short by --max-minutes)")
+    else:
+        equal = bool(steps)
+        note = f"{args.max_minutes:g} minutes of wall time each (steps {steps})"
+    return {"kind": args.budget, "equal": equal, "note": note}
+
+
+def compare(experiments: dict[str, dict]) -> list[dict]:
+    """Each comparison whose two rows ran: per metric, the difference of means and its interval."""
+    out = []
+    for row, reference, metrics in COMPARISONS:
+        if row not in experiments or reference not in experiments:
+            continue
+        a, b = experiments[row], experiments[reference]
+        runs_a = [r for r in a["runs"] if "error" not in r]
+        runs_b = [r for r in b["runs"] if "error" not in r]
+        fair = a["budget"]["equal"] and b["budget"]["equal"]
+        for metric in metrics:
+            if runs_a and runs_b and all(metric in r["eval"] for r in runs_a + runs_b):
+                values = [[r["eval"][metric] for r in runs] for runs in (runs_a, runs_b)]
+                out.append({"row": row, "reference": reference, "metric": metric, "equal_budget": fair,
+                            **difference(*values)})  # fmt: skip
+    return out
+
+
+def _format(x: float) -> str:
+    return "nan" if math.isnan(x) else f"{x:.4g}"
+
+
+def report_lines(experiments: dict[str, dict], comparisons: list[dict]) -> list[str]:
+    """The printout: per experiment, mean ± 95% half-width (std, seeds) per metric, then the
+    baselines; then each comparison's difference and whether it exceeds its interval."""
+    lines = []
+    for name, exp in experiments.items():
+        agg = exp["summary"]
+        budget = exp["budget"]
+        lines.append(f"== {name}: {agg['seeds']} seeds, budget {budget['kind']}: {budget['note']}"
+                     + ("" if budget["equal"] else "  [UNEQUAL BUDGET]"))  # fmt: skip
+        for key, s in agg["metrics"].items():
+            lines.append(f"   {key:<40} {_format(s['mean'])} ± {_format(s['ci95'])} (std {_format(s['std'])})")
+        if agg["baselines"]:
+            lines.append("   same test samples: " + ", ".join(f"{k}={_format(v)}" for k, v in agg["baselines"].items()))
+    for c in comparisons:
+        verdict = "exceeds its interval" if c["exceeds_interval"] else "within its interval: no measured difference"
+        fair = "" if c["equal_budget"] else " [unequal budget]"
+        lines.append(f"{c['row']} − {c['reference']}, {c['metric']}: {_format(c['difference'])} ± "
+                     f"{_format(c['ci95'])} (95%, Welch): {verdict}{fair}")  # fmt: skip
+    return lines
 
 
 def main() -> None:
@@ -153,7 +302,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--only", nargs="*", default=None, help=f"a subset of {list(EXPERIMENTS)}")
     p.add_argument("--steps-scale", type=float, default=1.0)
-    p.add_argument("--max-minutes", type=float, default=0.0, help="> 0: each run also stops after this long")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per experiment (engine.seed 0, 1, ...)")
+    p.add_argument("--budget", choices=("steps", "time"), default="steps",
+                   help="what compared rows share: the same steps, or the same --max-minutes of training")  # fmt: skip
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="> 0: each run stops after this long (--budget time: every run trains this long)")  # fmt: skip
     p.add_argument("--parallel", type=int, default=4, help="runs sharing the device at once (CPU-bound beyond)")
     p.add_argument("--cores", type=int, default=0, help="on a GPU: the cores these runs share (0: all)")
     p.add_argument("--producer-device", default="auto", help="on a GPU: where sources run (auto | cpu | cuda)")
@@ -166,28 +319,43 @@ def main() -> None:
     unknown = set(names) - set(EXPERIMENTS)
     if unknown:
         raise SystemExit(f"unknown experiments {sorted(unknown)}; choose from {list(EXPERIMENTS)}")
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be >= 1; got {args.seeds}")
+    if args.budget == "time" and not args.max_minutes > 0:
+        raise SystemExit("--budget time needs --max-minutes > 0 (the wall time every run trains)")
     if args.figures:
         Path(args.figures).mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-aign-"))
     start = time.time()
+    jobs = [(name, seed) for name in names for seed in range(args.seeds)]
     with ThreadPoolExecutor(args.parallel) as pool:
-        results = dict(zip(names, pool.map(lambda n: _experiment(n, args, work), names), strict=True))
+        runs = list(pool.map(lambda job: _experiment(*job, args, work), jobs))
+    experiments = {}
+    for name in names:
+        mine = [r for (n, _), r in zip(jobs, runs, strict=True) if n == name]
+        experiments[name] = {"runs": mine, "budget": budget_check(name, mine, args), "summary": aggregate(mine)}
+    comparisons = compare(experiments)
     report = {
         "machine": platform.node(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m bench.aign " + " ".join(sys.argv[1:]),
         "device": args.device,
         "cpus": os.cpu_count(),
+        "seeds": args.seeds,
+        "budget": args.budget,
         "wall_seconds": time.time() - start,
-        "experiments": results,
+        "experiments": experiments,
+        "comparisons": comparisons,
     }
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    for name, result in results.items():
-        if "error" in result:
-            print(f"{name} FAILED:\n{result['error']}")
+    print("\n".join(report_lines(experiments, comparisons)))
+    for name, exp in experiments.items():
+        for run in exp["runs"]:
+            if "error" in run:
+                print(f"{name} seed {run['seed']} FAILED:\n{run['error']}")
 
 
 if __name__ == "__main__":

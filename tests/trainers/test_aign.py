@@ -1,6 +1,7 @@
 """AIGN: metrics against hand-computed values, the pose lifter's geometry, and every task training
 a few steps through the engine (losses fall; reconstruction-only and full losses are wired; the
-evaluation reports what the test recomputes, and the trained networks beat the untrained ones)."""
+evaluation reports what the test recomputes, trivial baselines included, and held-out pose frames
+are not training frames)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,21 @@ from renderloop.renderers.warping import pose_to_rt, warp
 from renderloop.seeding import derive_seed
 from renderloop.trainers.aign import AIGN
 from renderloop.trainers.aign import images as images_module
-from renderloop.trainers.aign.images import ImageDiscriminator, Restorer, cached_classifier, psnr
-from renderloop.trainers.aign.pose import face_forward, mpjpe, procrustes_align, rotation_6d
+from renderloop.trainers.aign.images import ImageDiscriminator, ImageTask, Restorer, cached_classifier, psnr
+from renderloop.trainers.aign.pose import (
+    face_forward,
+    mpjpe,
+    nearest_pose_distance,
+    overlapping_frames,
+    procrustes_align,
+    procrustes_mean,
+    rotation_6d,
+)
 from renderloop.trainers.aign.sfm import (
     PoseNet,
     correlation,
     depth_errors,
+    median_scale,
     photometric_error,
     pose_errors,
     relative_motion,
@@ -111,13 +121,115 @@ def test_depth_and_pose_errors_against_hand_computed_values():
     truth = torch.tensor([[[2.0, 4.0], [0.0, 1.0]]])
     pred = torch.tensor([[[1.0, 2.0], [5.0, 0.5]]])  # half the depth everywhere it counts
     errors = depth_errors(pred, truth)
-    assert errors["abs_rel"] == pytest.approx(0.5) and errors["abs_rel_median_scaled"] == pytest.approx(0, abs=1e-6)
+    assert errors["abs_rel"] == pytest.approx(0.5) and errors["abs_rel_scaled"] == pytest.approx(0, abs=1e-6)
     assert errors["scale_ratio"] == pytest.approx(2.0)
     rot = rotation_6d(torch.tensor([[1.0, 0, 0, 0, math.cos(0.3), math.sin(0.3)]]))  # 0.3 rad about x
     eye = torch.eye(3).unsqueeze(0)
     out = pose_errors(rot, torch.tensor([[0.0, 0, 1]]), eye, torch.tensor([[0.0, 1, 1]]))
     assert out["rotation_deg"] == pytest.approx(math.degrees(0.3), abs=1e-3)
     assert out["translation_m"] == pytest.approx(1.0) and out["translation_direction_deg"] == pytest.approx(45.0)
+
+
+def _similarity(poses: torch.Tensor, angle: float = 0.7, scale: float = 2.5) -> torch.Tensor:
+    """``poses`` turned by ``angle`` about a tilted axis, scaled and moved: PA-MPJPE undoes all three."""
+    axis = F.normalize(torch.tensor([1.0, 2.0, -0.5]), dim=0)
+    cross = torch.tensor([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rot = torch.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross  # Rodrigues
+    return scale * poses @ rot.T + torch.tensor([1.0, -2, 0.5])
+
+
+def test_procrustes_leaves_a_known_residual():
+    # A square in z = 0 against the same square with its corners lifted to z = ±1 (z = x·y): no
+    # rotation fits better, the best scale is 8 / 12, and every joint is then sqrt(2/3) off.
+    square = torch.tensor([[[1.0, 1, 0], [1, -1, 0], [-1, -1, 0], [-1, 1, 0]]])
+    saddle = square.clone()
+    saddle[..., 2] = saddle[..., 0] * saddle[..., 1]
+    expected = math.sqrt(2 / 3)
+    assert mpjpe(procrustes_align(saddle, square), square).item() == pytest.approx(expected, abs=1e-5)
+    moved = _similarity(saddle)  # a similarity of the prediction changes nothing
+    assert mpjpe(procrustes_align(moved, square), square).item() == pytest.approx(expected, abs=1e-5)
+    # The nearest-pose distance is this metric with the reference as the prediction: a moved copy
+    # of the query counts 0; the flat square aligned onto the saddle keeps its size, 1 off per joint.
+    queries = torch.cat([square, saddle])
+    assert nearest_pose_distance(queries, _similarity(square)).tolist() == pytest.approx([0, 1], abs=1e-5)
+    assert nearest_pose_distance(queries, torch.cat([saddle, square]), pairs=1).tolist() == pytest.approx(
+        [0, 0], abs=1e-5
+    )
+
+
+def test_the_procrustes_mean_of_similar_poses_is_their_shape():
+    torch.manual_seed(0)
+    pose = torch.randn(1, 6, 3)
+    copies = torch.cat([_similarity(pose, angle=a, scale=s) for a, s in ((0.0, 1.0), (0.4, 0.5), (2.0, 3.0))])
+    mean = procrustes_mean(copies)
+    assert mpjpe(procrustes_align(mean.unsqueeze(0), pose), pose).item() == pytest.approx(0, abs=1e-4)
+    centred = copies - copies.mean(1, keepdim=True)
+    assert mean.norm() == pytest.approx(centred.pow(2).sum((1, 2)).mean().sqrt().item(), rel=1e-5)
+
+
+def test_scale_invariant_depth_errors_vanish_for_a_scaled_truth():
+    torch.manual_seed(0)
+    truth = 1 + 4 * torch.rand(3, 8, 8)
+    truth[:, 0] = 0  # no ground truth in the first row: not counted
+    errors = depth_errors(0.25 * truth, truth)
+    assert errors["abs_rel"] == pytest.approx(0.75)
+    assert errors["side"] == pytest.approx(0, abs=1e-6) and errors["abs_rel_scaled"] == pytest.approx(0, abs=1e-6)
+    assert errors["scale_ratio"] == pytest.approx(4.0) and "abs_rel_backdrop" not in errors  # no mask, no backdrop
+    # SIDE is the variance of the log ratio: half the pixels 2× too far, half right → (ln 2 / 2)².
+    pred = truth.clone()
+    pred[..., :4] *= 2
+    assert depth_errors(pred, truth)["side"] == pytest.approx((math.log(2) / 2) ** 2, rel=1e-5)
+
+
+def test_object_mask_median_scaling_where_the_whole_image_median_jumps_modes():
+    # Two images of an object at 2 m before a backdrop at 6 m. G is right on the object up to a
+    # factor 2 (1 m) and puts the backdrop at 2 m (a third of its depth); the first image is mostly
+    # backdrop, the second mostly object.
+    truth, mask = torch.full((2, 4, 4), 6.0), torch.zeros(2, 4, 4, dtype=torch.bool)
+    mask[0, :1] = True  # 4 object pixels of 16
+    mask[1, :3] = True  # 12 of 16
+    truth[mask] = 2.0
+    pred = torch.where(mask, truth / 2, truth / 3)
+    # The whole-image median takes the backdrop's scale (3) in the first image: the object 50% off.
+    assert median_scale(pred, truth, truth > 0).tolist() == pytest.approx([3.0, 2.0])
+    scaled = pred * median_scale(pred, truth, truth > 0).view(-1, 1, 1)
+    assert ((scaled[mask] - 2).abs() / 2).mean().item() == pytest.approx((4 * 0.5 + 12 * 0) / 16)
+    masked = depth_errors(pred, truth, mask)
+    assert median_scale(pred, truth, mask).tolist() == pytest.approx([2.0, 2.0])
+    assert masked["abs_rel_object"] == pytest.approx(0, abs=1e-6) and masked["scale_ratio"] == pytest.approx(2.0)
+    assert masked["abs_rel_backdrop"] == pytest.approx(1 / 3)  # 2/3 of 6 m, off by 2 m
+    # An image without object pixels falls back to all of its pixels with ground truth.
+    assert median_scale(pred, truth, torch.zeros_like(mask)).tolist() == pytest.approx([3.0, 2.0])
+
+
+def test_translation_direction_error_against_known_vectors():
+    eye = torch.eye(3).expand(5, 3, 3)
+    true = torch.tensor([[0.0, 0, 1], [0, 0, 1], [0, 0, 1], [1, 0, 0], [1, 1, 0]])
+    pred = torch.tensor([[0.0, 0, 5], [0, 0, -1], [0, 1, 0], [1, 0, 0], [1, 0, 0]])  # 0°, 180°, 90°, 0°, 45°
+    for i, angle in enumerate([0, 180, 90, 0, 45]):
+        out = pose_errors(eye[i : i + 1], pred[i : i + 1], eye[i : i + 1], true[i : i + 1])
+        assert out["translation_direction_deg"] == pytest.approx(angle, abs=1e-3), i
+    assert pose_errors(eye, pred, eye, true)["translation_direction_deg"] == pytest.approx(315 / 5, abs=1e-3)
+    still = pose_errors(eye, torch.zeros(5, 3), eye, true)  # no translation: no direction
+    assert still["translation_direction_deg"] == pytest.approx(90.0) and still["rotation_deg"] == 0
+
+
+def test_psnr_of_known_noise_and_over_a_box():
+    torch.manual_seed(0)
+    target = torch.full((2, 3, 256, 256), 0.5)
+    signs = torch.randint(0, 2, target.shape).float() * 2 - 1
+    assert psnr(target + 0.1 * signs, target).tolist() == pytest.approx([20.0, 20.0], abs=1e-4)  # mse a²
+    uniform = target + 0.1 * (2 * torch.rand(target.shape) - 1)  # mse a² / 3
+    assert psnr(uniform, target).tolist() == pytest.approx([10 * math.log10(3 / 0.01)] * 2, abs=0.02)
+    # Inside a box of a quarter of the image 0.1 off, outside exact: 20 dB in the box, 6 dB more
+    # over the whole image; errors outside the box do not count in it.
+    box = torch.zeros(2, 1, 256, 256)
+    box[..., :128, :128] = 1
+    pred = target + 0.1 * box
+    assert psnr(pred, target, box).tolist() == pytest.approx([20.0, 20.0], abs=1e-4)
+    assert psnr(pred, target).tolist() == pytest.approx([20 + 10 * math.log10(4)] * 2, abs=1e-4)
+    assert psnr(pred + 0.3 * (1 - box), target, box).tolist() == pytest.approx([20.0, 20.0], abs=1e-4)
+    assert psnr(pred, target, box.bool()).tolist() == pytest.approx([20.0, 20.0], abs=1e-4)
 
 
 def test_relative_motion_maps_camera_one_points_to_camera_two():
@@ -146,6 +258,31 @@ def test_image_networks_shapes():
     x = torch.rand(2, 4, 32, 32)
     assert Restorer(4, channels=8, blocks=1)(x).shape == (2, 3, 32, 32)
     assert ImageDiscriminator([8, 16])(x[:, :3]).shape == (2,)
+
+
+def test_the_inpainting_generator_learns_from_the_reconstruction_alone(tmp_path):
+    # An identity start would reproduce the kept pixels exactly: a zero loss with zero gradient.
+    cfg = _config(tmp_path, "inpaint", "method.loss=reconstruction")
+    task = ImageTask(cfg.method_config, torch.device("cpu"))
+    torch.manual_seed(0)
+    batch = {"rgb": torch.rand(8, 3, 32, 32)}
+    identity = Restorer(4, channels=8, blocks=1, residual=True)
+    _, loss, _ = task.lift(identity, batch)
+    loss.backward()
+    assert loss.item() == 0 and all(not p.grad.any() for p in identity.parameters() if p.grad is not None)
+    G = task.build()[0]
+    assert not G.residual
+    before = [p.detach().clone() for p in G.parameters()]
+    optimizer = torch.optim.Adam(G.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(30):
+        _, loss, _ = task.lift(G, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] > 0.05 and losses[-1] < 0.5 * losses[0], losses
+    assert all(not torch.equal(a, b) for a, b in zip(before, G.parameters(), strict=True))
 
 
 # --- training through the engine ---------------------------------------------------------------
@@ -177,31 +314,43 @@ def _generator(cfg: TrainConfig, run_dir: Path | None = None) -> torch.nn.Module
     return _networks(cfg, run_dir)[1]["G"]
 
 
-def _restorations(cfg: TrainConfig, G: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _restorations(cfg: TrainConfig, G: torch.nn.Module, with_trivial: bool = False) -> tuple[torch.Tensor, ...]:
     """``(truth, G's input, output)`` of the images an image task's evaluation scores, made here from
     their definitions: the evaluation source at the evaluation seed; super-resolution: bilinear
     upsampling of the image average-pooled by the factor, G's output clamped to [0, 1]; inpainting:
     one box per image (drawn from a generator seeded with the evaluation seed) filled with grey,
-    and G's output (clamped) inside the box only."""
+    and G's output (clamped) inside the box only. ``with_trivial`` adds the trivial restoration
+    (bicubic upsampling; the box filled with the mean of as many memory images at the evaluation
+    seed) and the box (inpainting; else None)."""
     mcfg, ecfg = cfg.method_config, cfg.method_config.evaluation
     name, scfg = source_config(ecfg.data or mcfg.data["input"])
     source, generator = build_source(name, scfg), torch.Generator().manual_seed(ecfg.seed)
+    if mcfg.task == "inpaint":
+        mname, mscfg = source_config(mcfg.data["memory"])
+        memory = build_source(mname, mscfg)
+        batches = math.ceil(ecfg.samples / mscfg.batch_size)
+        mean = torch.cat([memory.generate(ecfg.seed, i)["rgb"] for i in range(batches)])[: ecfg.samples].mean(0)
     images = []
     with torch.no_grad():
         for i in range(math.ceil(ecfg.samples / scfg.batch_size)):
             truth = source.generate(ecfg.seed, i)["rgb"].float()
             size = tuple(truth.shape[-2:])
             if mcfg.task == "superres":
-                seen = F.interpolate(
-                    F.avg_pool2d(truth, mcfg.image.factor), size=size, mode="bilinear", align_corners=False
-                )
+                low = F.avg_pool2d(truth, mcfg.image.factor)
+                seen = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
                 output = G(seen).clamp(0, 1)
+                trivial = F.interpolate(low, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+                box = torch.zeros(0)
             else:
                 mask = random_box_masks(len(truth), size, tuple(mcfg.image.box_fraction), generator=generator)
                 seen = truth * mask + 0.5 * (1 - mask)
                 output = truth * mask + G(torch.cat([seen, mask], 1)).clamp(0, 1) * (1 - mask)
-            images.append((truth, seen, output))
-    return tuple(torch.cat(x)[: ecfg.samples] for x in zip(*images, strict=True))
+                trivial, box = truth * mask + mean * (1 - mask), 1 - mask
+            images.append((truth, seen, output, trivial, box))
+    out = tuple(torch.cat(x)[: ecfg.samples] for x in zip(*images, strict=True))
+    if not with_trivial:
+        return out[:3]
+    return (*out[:4], out[4] if mcfg.task == "inpaint" else None)
 
 
 def test_superres_trains_and_its_reconstruction_falls(tmp_path, fashion_dir):
@@ -210,9 +359,10 @@ def test_superres_trains_and_its_reconstruction_falls(tmp_path, fashion_dir):
     losses = _train_and_check(cfg, tmp_path)
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
     results = evaluate(cfg)
-    truth, bilinear, output = _restorations(cfg, _generator(cfg, tmp_path / "run"))
+    truth, bilinear, output, bicubic, _ = _restorations(cfg, _generator(cfg, tmp_path / "run"), with_trivial=True)
     baseline = psnr(bilinear, truth).mean().item()
     assert results["baseline_psnr_db"] == pytest.approx(baseline, abs=1e-4)
+    assert results["baseline_bicubic_psnr_db"] == pytest.approx(psnr(bicubic, truth).mean().item(), abs=1e-4)
     assert results["psnr_db"] == pytest.approx(psnr(output, truth).mean().item(), abs=1e-4)
     assert results["psnr_db"] > baseline + 0.2, (results, baseline)  # about +0.37 dB after 30 steps
     assert "attribute_share_outputs" not in results  # unbiased memory
@@ -245,10 +395,10 @@ def test_inpaint_with_a_biased_memory_reports_the_attribute_share(tmp_path, fash
     cfg = _config(tmp_path, "inpaint", "engine.max_steps=20", "engine.checkpoint_every=20",
                   "method.lr_generator=2e-3", "method.data.memory.classes=[5,7,9]")  # fmt: skip
     losses = _train_and_check(cfg, tmp_path)
-    assert losses[0] == 0  # G starts as the identity on its input: the kept pixels, exactly
+    assert losses[0] > 0.05  # G paints the whole image, starting around grey: the kept pixels are off
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, losses
     assert _losses(tmp_path / "run", "loss/G_main/adversarial") and _losses(tmp_path / "run", "loss/D_main/loss")
-    truth, grey, output = _restorations(cfg, _generator(cfg, tmp_path / "run"))
+    truth, grey, output, mean_fill, box = _restorations(cfg, _generator(cfg, tmp_path / "run"), with_trivial=True)
     brightness = truth.mean((1, 2, 3)).sort().values
     classifier = _BrightnessClassifier((brightness[15] + brightness[16]).item() / 2)  # 16 of 32 above
     monkeypatch.setattr(images_module, "cached_classifier", lambda *args: classifier)
@@ -256,8 +406,13 @@ def test_inpaint_with_a_biased_memory_reports_the_attribute_share(tmp_path, fash
     results = evaluate(cfg)
     assert results["attribute_share_truth"] == 0.5
     assert results["attribute_share_outputs"] == pytest.approx(share(output))
-    assert results["baseline_psnr_db"] == pytest.approx(psnr(grey, truth).mean().item(), abs=1e-4)
-    assert results["psnr_db"] == pytest.approx(psnr(output, truth).mean().item(), abs=1e-4)
+    assert results["attribute_share_baseline"] == pytest.approx(share(grey))
+    assert results["attribute_share_baseline_mean"] == pytest.approx(share(mean_fill))
+    # The main number is the box's PSNR; the whole image's counts the copied pixels too.
+    for key, images in (("", output), ("baseline_", grey), ("baseline_mean_", mean_fill)):
+        assert results[f"{key}psnr_box_db"] == pytest.approx(psnr(images, truth, box).mean().item(), abs=1e-4)
+        assert results[f"{key}psnr_db"] == pytest.approx(psnr(images, truth).mean().item(), abs=1e-4)
+        assert results[f"{key}psnr_box_db"] < results[f"{key}psnr_db"]
     assert (tmp_path / "run" / "eval" / "inpaint.png").exists()
     # 20 steps barely change what G paints in the box; a generator that paints it white tells the
     # outputs from the grey-filled inputs and from the truth.
@@ -266,6 +421,21 @@ def test_inpaint_with_a_biased_memory_reports_the_attribute_share(tmp_path, fash
     results = AIGN(cfg.method_config, torch.device("cpu")).evaluate({"G": _White()}, tmp_path / "white")
     assert results["attribute_share_outputs"] == pytest.approx(share(white)) and results["attribute_share_truth"] == 0.5
     assert results["psnr_db"] == pytest.approx(psnr(white, truth).mean().item(), abs=1e-4)
+    # Painting the box with the memory's mean image is a trivial baseline that grey or white do not beat.
+    assert results["baseline_mean_psnr_box_db"] > max(results["psnr_box_db"], results["baseline_psnr_box_db"])
+
+
+def test_reconstruction_only_inpainting_trains_and_is_scored_over_the_box(tmp_path, fashion_dir):
+    cfg = _config(tmp_path, "inpaint", "engine.max_steps=20", "engine.checkpoint_every=20",
+                  "method.lr_generator=2e-3", "method.loss=reconstruction", FAST_EMA)  # fmt: skip
+    losses = _train_and_check(cfg, tmp_path)
+    assert losses[0] > 0.05 and sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+    results = evaluate(cfg)
+    truth, grey, output, mean_fill, box = _restorations(cfg, _generator(cfg, tmp_path / "run"), with_trivial=True)
+    # Nothing tells G what belongs in the box: it is scored there as it paints it, beside grey and mean fills.
+    assert results["psnr_box_db"] == pytest.approx(psnr(output, truth, box).mean().item(), abs=1e-4)
+    assert results["baseline_psnr_box_db"] == pytest.approx(psnr(grey, truth, box).mean().item(), abs=1e-4)
+    assert results["baseline_mean_psnr_box_db"] == pytest.approx(psnr(mean_fill, truth, box).mean().item(), abs=1e-4)
 
 
 def test_the_attribute_classifier_is_trained_once_then_loaded(tmp_path, fashion_dir, monkeypatch):
@@ -311,8 +481,8 @@ def test_image_tasks_train_and_evaluate_on_simulator_renders(tmp_path, task):
     assert results["psnr_db"] == pytest.approx(psnr(output, truth).mean().item(), abs=1e-4)
     if task == "superres":
         assert results["psnr_db"] > baseline + 0.05, (results, baseline)  # about +0.12 dB after 12 steps
-    else:  # the box's content comes from the adversarial term alone: 12 steps do not beat grey
-        assert losses[0] == 0  # the identity start reproduces the kept pixels exactly
+    else:  # the box's content comes from the adversarial term alone: scored over the box, beside trivial fills
+        assert {"psnr_box_db", "baseline_psnr_box_db", "baseline_mean_psnr_box_db"} <= set(results)
     assert (tmp_path / "run" / "eval" / f"{task}.png").exists()
 
 
@@ -332,13 +502,56 @@ def test_pose_trains_and_evaluates(tmp_path, mocap_dir):
     losses = _train_and_check(cfg, tmp_path)
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
     results = evaluate(cfg)
-    assert results["pa_mpjpe_mm"] <= results["mpjpe_mm"]  # the similarity alignment only lowers it
+    for split in ("", "performer/"):  # the input sequence's last frames; another performer's file
+        assert results[f"{split}pa_mpjpe_mm"] <= results[f"{split}mpjpe_mm"]  # the alignment only lowers it
+        assert results[f"{split}train_overlap_frames"] == 0 and results[f"{split}samples"] == 64
+        assert (
+            0 < results[f"{split}nearest_train_pa_mpjpe_median_mm"] < results[f"{split}baseline_mean_pose_pa_mpjpe_mm"]
+        )
+    # The other performer's poses are further from every training pose than the held-out frames.
+    assert results["performer/nearest_train_pa_mpjpe_mm"] > 2 * results["nearest_train_pa_mpjpe_mm"]
     # The untrained lifter answers the mean pose, facing the camera, at the depth its 2D size
     # implies (about 690 mm off); 40 steps of reprojection place and turn it (about 280 mm).
     method, untrained = _networks(cfg)
     mean_pose = method.evaluate(untrained, tmp_path / "untrained")
     assert results["mpjpe_mm"] < 0.6 * mean_pose["mpjpe_mm"], (results, mean_pose)
-    assert (tmp_path / "run" / "eval" / "pose.png").exists()
+    assert (tmp_path / "run" / "eval" / "pose.png").exists() and (
+        tmp_path / "run" / "eval" / "pose-performer.png"
+    ).exists()
+    # The constant baselines, from their definitions: the mean of the memory's root-relative poses
+    # in its cameras' frames (MPJPE), and their Procrustes mean (PA-MPJPE), on the evaluated poses.
+    mcfg, ecfg = cfg.method_config, cfg.method_config.evaluation
+    name, mscfg = source_config(mcfg.data["memory"])
+    memory = build_source(name, mscfg)
+    draws = [memory.generate(0, i) for i in range(math.ceil(mcfg.pose.basis_samples / mscfg.batch_size))]
+    camera = torch.cat([b["kp3d"] - b["kp3d"][:, :1] for b in draws])[: mcfg.pose.basis_samples]
+    body = procrustes_mean(torch.cat([b["pose"] for b in draws])[: mcfg.pose.basis_samples])
+    name, scfg = source_config(ecfg.data)
+    test = build_source(name, scfg)
+    truth = torch.cat([b["kp3d"] - b["kp3d"][:, :1] for b in (test.generate(ecfg.seed, i) for i in range(2))])
+    assert results["baseline_mean_pose_mpjpe_mm"] == pytest.approx(
+        1000 * mpjpe(camera.mean(0).expand_as(truth), truth).mean().item(), rel=1e-4
+    )
+    aligned = procrustes_align(body.expand_as(truth), truth)
+    assert results["baseline_mean_pose_pa_mpjpe_mm"] == pytest.approx(
+        1000 * mpjpe(aligned, truth).mean().item(), rel=1e-3
+    )
+
+
+def test_held_out_pose_frames_are_not_training_frames(tmp_path, mocap_dir):
+    cfg = _config(tmp_path, "pose")
+    mcfg = cfg.method_config
+    training = [build_source(*source_config(mcfg.data[role])) for role in ("input", "memory")]
+    task = AIGN(mcfg, torch.device("cpu")).task
+    for split, node in task.test_splits().items():
+        test = build_source(*source_config(node))
+        assert overlapping_frames(test, *training) == set(), split
+    # The check sees shared frames: a test split reaching back into the input's last tenth, every frame.
+    overlap = build_source(*source_config({**mcfg.evaluation.data, "frame_range": [0.7, 1.0], "stride": 1}))
+    first = int(overlap.frame_of.min())
+    inputs = str(Path(training[0].config.files[0]).resolve())
+    expected = {(inputs, f) for f in training[0].frame_of.tolist() if f >= first}
+    assert overlapping_frames(overlap, *training) == expected and len(expected) > 10
 
 
 def test_adversarial_only_pose_has_no_reconstruction_in_its_loss(tmp_path, mocap_dir):
@@ -373,11 +586,34 @@ def test_sfm_fits_its_frame_pairs_and_evaluates(tmp_path):
     results = evaluate(cfg)
     assert results["samples"] == 8 and results["true_translation_m"] == pytest.approx(distance, rel=1e-4)
     assert (tmp_path / "run" / "eval" / "sfm.png").exists()
-    # The untrained pose network answers no motion: its errors are the true motion's size exactly.
+    # Standing still, computed on the same pairs: errors the size of the true motion.
+    assert results["baseline_still_rotation_deg"] == pytest.approx(angle, abs=1e-2) and angle > 1
+    assert results["baseline_still_translation_m"] == pytest.approx(distance, rel=1e-4)
+    assert results["baseline_still_translation_direction_deg"] == pytest.approx(90.0)  # no direction
+    # The untrained pose network answers no motion: it scores that baseline exactly.
     still = method.evaluate(_networks(cfg)[1], tmp_path / "untrained")
-    assert still["rotation_deg"] == pytest.approx(angle, abs=1e-2) and angle > 1
-    assert still["translation_m"] == pytest.approx(distance, rel=1e-4)
-    assert still["translation_direction_deg"] == pytest.approx(90.0)  # a zero translation has no direction
+    for key in ("rotation_deg", "translation_m", "translation_direction_deg"):
+        assert still[key] == pytest.approx(still[f"baseline_still_{key}"], abs=1e-4), key
+    # The mean-depth baseline: the memory's mean depth map (per pixel, over the maps with a surface
+    # there), scored like G's depth: scaled on the object's pixels, object and backdrop apart.
+    ecfg = cfg.method_config.evaluation
+    name, mscfg = source_config(cfg.method_config.data["memory"])
+    memory = build_source(name, mscfg)
+    maps = torch.cat(
+        [memory.generate(ecfg.seed, i)["depth"] for i in range(math.ceil(ecfg.samples / mscfg.batch_size))]
+    )
+    maps = maps[: ecfg.samples]
+    surface = (maps > 0).sum(0)
+    mean = torch.where(surface > 0, maps.sum(0) / surface.clamp_min(1), maps.sum() / (maps > 0).sum())
+    name, scfg = source_config(cfg.method_config.data["input"])
+    test = build_source(name, scfg)
+    batches = [test.generate(ecfg.seed, i) for i in range(math.ceil(2 * ecfg.samples / scfg.batch_size))]
+    truth, mask = (torch.cat([b[key][0::2] for b in batches])[: ecfg.samples] for key in ("depth", "mask"))
+    expected = depth_errors(mean.expand_as(truth), truth, mask)
+    assert "baseline_mean_depth_abs_rel_backdrop" not in results  # no backdrop in this run
+    for key, value in expected.items():
+        assert results[f"baseline_mean_depth_{key}"] == pytest.approx(value, rel=1e-4), key
+    assert results["abs_rel_object"] == pytest.approx(results["abs_rel_scaled"])  # the object is all there is
 
 
 def _evaluation_motion(cfg: TrainConfig) -> tuple[float, float]:
@@ -403,6 +639,10 @@ def test_bad_aign_configs_are_refused(tmp_path, fashion_dir):
         _config(tmp_path, "sfm", "method.sfm.search_radius=0")
     with pytest.raises(ConfigError, match="method.sfm.trim"):
         _config(tmp_path, "sfm", "method.sfm.trim=1.0")
+    with pytest.raises(ConfigError, match="method.evaluation.splits"):  # held-out splits: pose only
+        _config(tmp_path, "superres", "+method.evaluation.splits={other: {split: train}}")
+    with pytest.raises(ConfigError, match="method.evaluation.splits"):
+        _config(tmp_path, "pose", "+method.evaluation.splits={a/b: {stride: 2}}")
     with pytest.raises(ConfigError, match="method.data.input"):  # sfm needs frame pairs
         _config(tmp_path, "sfm", "method.data.input.view_step_deg=0.0", "method.data.input.view_step_distance=0.0")
 

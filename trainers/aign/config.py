@@ -63,6 +63,9 @@ class AIGNEvalConfig:
 
     data: dict[str, Any] = field(default_factory=dict)
     """Source config of the held-out set (pose: other frames or sequences; images: the test split)."""
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Pose: more held-out sets by name, each the keys it changes in ``data`` (e.g. another
+    performer's file); their results are reported under ``<name>/``."""
     samples: int = 2048
     batch_size: int = 256
     seed: int = 4321
@@ -132,10 +135,18 @@ class AIGNConfig:
         from renderloop.datasets.sources import source_config
 
         sources = {role: source_config(node) for role, node in self.data.items()}
+        if self.evaluation.splits and self.task != "pose":
+            raise ConfigError("method.evaluation.splits", f"only task 'pose' reads them; got task {self.task!r}")
+        base = dict(self.evaluation.data or self.data["input"])
+        for name, node in self.evaluation.splits.items():
+            if not name or "/" in name:
+                raise ConfigError("method.evaluation.splits", f"names must be non-empty, without '/'; got {name!r}")
+            sources[f"evaluation.splits.{name}"] = source_config({**base, **node})
         needs = {"pose": "mocap", "sfm": "simulator"}.get(self.task)
         for role, (name, _) in sources.items():
             if needs and name != needs:
-                raise ConfigError(f"method.data.{role}", f"task {self.task!r} reads {needs} sources; got {name!r}")
+                key = f"method.{role}" if role.startswith("evaluation.") else f"method.data.{role}"
+                raise ConfigError(key, f"task {self.task!r} reads {needs} sources; got {name!r}")
         _, source = sources["input"]
         if self.task == "sfm" and (source.views != 2 or source.batch_size % 2 or not source.view_step_deg > 0):
             raise ConfigError("method.data.input", "task 'sfm' needs a sequence stream: views: 2, view_step_deg > 0")

@@ -4,6 +4,10 @@ The input stream holds clean images; the task degrades them (average pooling by 
 random missing box) and G restores them from the degraded image only. The reconstruction is
 ``‖P(G(x)) − x‖₁`` and D compares G's outputs with a memory of clean images, which may be biased
 (e.g. Fashion-MNIST restricted to some classes): the paper's "biased memory" experiment.
+
+For inpainting P keeps the observed pixels only, so the reconstruction says nothing about the box:
+whatever G paints there comes from D (or, without D, from how G generalises from copying the kept
+pixels). The evaluation therefore scores the box itself, beside trivial fills of it.
 """
 
 from __future__ import annotations
@@ -31,9 +35,17 @@ log = logging.getLogger(__name__)
 __all__ = ["Restorer", "ImageDiscriminator", "ImageTask", "psnr", "Classifier", "train_classifier", "cached_classifier"]
 
 
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB of images in ``[0, 1]``, per image ``[N]``."""
-    mse = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+def psnr(pred: torch.Tensor, target: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of images ``[N, C, H, W]`` in ``[0, 1]``, per image ``[N]``.
+
+    ``region [N, 1, H, W]`` (1: counted) restricts the mean squared error to those pixels, e.g. an
+    inpainting box, where a whole-image PSNR would mostly score pixels copied from the input."""
+    error = (pred.float() - target.float()).pow(2)
+    if region is None:
+        mse = error.flatten(1).mean(1)
+    else:
+        weight = region.float().expand_as(error)
+        mse = (error * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1)
     return 10 * torch.log10(1 / mse.clamp_min(1e-10))
 
 
@@ -58,9 +70,15 @@ class Restorer(nn.Module):
 
     An encoder halves the resolution twice so the receptive field covers missing boxes; ResNet
     blocks work at 1/4 resolution; a decoder with a skip from full resolution restores it.
+
+    ``residual``: the output is the input plus a correction whose layer starts at zero (super-
+    resolution: the untrained network is bilinear upsampling, and its reconstruction error is not
+    zero there, so it trains from the first step). Otherwise the network paints the whole image
+    from a randomly initialised head around mid-grey (inpainting: an identity start would
+    reproduce the kept pixels exactly, a zero loss with zero gradient that never trains).
     """
 
-    def __init__(self, in_channels: int, channels: int = 64, blocks: int = 4) -> None:
+    def __init__(self, in_channels: int, channels: int = 64, blocks: int = 4, residual: bool = True) -> None:
         super().__init__()
         c = channels
         self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1), _act())
@@ -70,15 +88,19 @@ class Restorer(nn.Module):
             nn.ConvTranspose2d(2 * c, 2 * c, 4, 2, 1), _act(), nn.ConvTranspose2d(2 * c, c, 4, 2, 1), _act()
         )
         self.head = nn.Conv2d(2 * c, 3, 3, padding=1)
-        nn.init.zeros_(self.head.weight)  # starts as the identity on the degraded image
-        nn.init.zeros_(self.head.bias)
+        self.residual = residual
+        if residual:
+            nn.init.zeros_(self.head.weight)  # starts as the identity on the degraded image
+            nn.init.zeros_(self.head.bias)
+        else:
+            nn.init.constant_(self.head.bias, 0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # A residual on the degraded image, not a sigmoid: on mostly-black images a sigmoid output
-        # saturates at 0 and the L1 reconstruction stops sending gradients.
+        # A linear output, not a sigmoid: on mostly-black images a sigmoid output saturates at 0
+        # and the L1 reconstruction stops sending gradients.
         skip = self.stem(2 * x - 1)
-        h = self.up(self.blocks(self.down(skip)))
-        return x[:, :3] + self.head(torch.cat([h, skip], 1))
+        out = self.head(torch.cat([self.up(self.blocks(self.down(skip))), skip], 1))
+        return x[:, :3] + out if self.residual else out
 
 
 class ImageDiscriminator(nn.Module):
@@ -134,8 +156,9 @@ class ImageTask:
         return image * mask, observation[:, :3] * mask
 
     def build(self) -> tuple[nn.Module, nn.Module]:
-        in_channels = 3 if self.config.task == "superres" else 4
-        return Restorer(in_channels, self.icfg.channels, self.icfg.blocks), ImageDiscriminator(self.icfg.disc_channels)
+        superres = self.config.task == "superres"
+        G = Restorer(3 if superres else 4, self.icfg.channels, self.icfg.blocks, residual=superres)
+        return G, ImageDiscriminator(self.icfg.disc_channels)
 
     def lift(self, G: Any, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
         observation, g_input = self.degrade(batch["rgb"])
@@ -163,27 +186,64 @@ class ImageTask:
         return {"input": g_input[:, :3], "restored": self.composite(G(g_input), observation), "truth": clean}
 
     @torch.no_grad()
+    def memory_mean(self, count: int, seed: int) -> torch.Tensor:
+        """The per-pixel mean ``[1, 3, H, W]`` of ``count`` memory images: the inpainting baseline
+        that fills the box with what the memory looks like on average (biased memory included)."""
+        name, scfg = source_config(self.config.data["memory"])
+        source = build_source(name, scfg, self.device)
+        total, seen = 0.0, 0
+        for i in range(math.ceil(count / scfg.batch_size)):
+            rgb = source.generate(seed, i)["rgb"].float()[: count - seen]
+            total, seen = total + rgb.sum(0, keepdim=True), seen + len(rgb)
+        return (total / seen).cpu()
+
+    @torch.no_grad()
     def evaluate(self, G: nn.Module, out_dir: Any) -> dict[str, float]:
+        """PSNR of G's outputs and of trivial restorations of the same test images.
+
+        Super-resolution: ``psnr_db``, against ``baseline_psnr_db`` (bilinear upsampling, G's input)
+        and ``baseline_bicubic_psnr_db``. Inpainting: ``psnr_box_db`` over the missing box (the main
+        number: elsewhere the output copies the input), ``psnr_db`` over the whole image, each also
+        for the grey fill G sees (``baseline_``) and the memory's mean image (``baseline_mean_``).
+        With classes to measure, the share of outputs (and of the baselines) a classifier puts in them.
+        """
         from .figures import save_rows
 
-        ecfg = self.config.evaluation
+        ecfg, task = self.config.evaluation, self.config.task
         name, scfg = source_config(ecfg.data or self.config.data["input"])
         source = build_source(name, scfg, self.device)
         generator = torch.Generator().manual_seed(ecfg.seed)
-        clean, inputs, outputs = [], [], []
+        mean_image = self.memory_mean(ecfg.samples, ecfg.seed) if task == "inpaint" else None
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("clean", "inputs", "outputs", "trivial", "box")}
         for i in range(math.ceil(ecfg.samples / scfg.batch_size)):
             truth = source.generate(ecfg.seed, i)["rgb"].float().to(self.device)
             observation, g_input = self.degrade(truth, generator)
-            clean.append(truth.cpu())
-            inputs.append(g_input[:, :3].cpu())
-            outputs.append(self.composite(G(g_input), observation).cpu())
-        clean, inputs, outputs = (torch.cat(x)[: ecfg.samples] for x in (clean, inputs, outputs))
-        results = {
-            "psnr_db": psnr(outputs, clean).mean().item(),
-            # G's input itself: bilinear upsampling, or the box filled with grey
-            "baseline_psnr_db": psnr(inputs, clean).mean().item(),
-            "samples": float(len(clean)),
-        }
+            parts["clean"].append(truth.cpu())
+            parts["inputs"].append(g_input[:, :3].cpu())
+            parts["outputs"].append(self.composite(G(g_input), observation).cpu())
+            if task == "superres":
+                up = F.interpolate(observation, size=truth.shape[-2:], mode="bicubic", align_corners=False)
+                parts["trivial"].append(up.clamp(0, 1).cpu())
+            else:
+                fill = mean_image.to(truth.device).expand_as(truth)
+                parts["trivial"].append(self.composite(fill, observation).cpu())
+                parts["box"].append(1 - observation[:, 3:].cpu())
+        clean, inputs, outputs, trivial = (
+            torch.cat(parts[k])[: ecfg.samples] for k in ("clean", "inputs", "outputs", "trivial")
+        )
+        results = {"psnr_db": psnr(outputs, clean).mean().item(), "baseline_psnr_db": psnr(inputs, clean).mean().item()}
+        if task == "superres":
+            results["baseline_bicubic_psnr_db"] = psnr(trivial, clean).mean().item()
+        else:
+            box = torch.cat(parts["box"])[: ecfg.samples]
+            results = {
+                "psnr_box_db": psnr(outputs, clean, box).mean().item(),
+                **results,
+                "baseline_psnr_box_db": psnr(inputs, clean, box).mean().item(),
+                "baseline_mean_psnr_box_db": psnr(trivial, clean, box).mean().item(),
+                "baseline_mean_psnr_db": psnr(trivial, clean).mean().item(),
+            }
+        results["samples"] = float(len(clean))
         classes = ecfg.attribute_classes or _memory_classes(self.config)
         if name == "fashion_mnist" and classes:
             classifier = cached_classifier(
@@ -193,9 +253,12 @@ class ImageTask:
             share = lambda x: _share(classifier, x, classes, self.device)  # noqa: E731
             results["attribute_share_outputs"] = share(outputs)
             results["attribute_share_truth"] = share(clean)
+            results["attribute_share_baseline"] = share(inputs)
+            if task == "inpaint":
+                results["attribute_share_baseline_mean"] = share(trivial)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        save_rows([inputs, outputs, clean], out / f"{self.config.task}.png", ecfg.figure_rows)
+        save_rows([inputs, outputs, clean], out / f"{task}.png", ecfg.figure_rows)
         return results
 
 

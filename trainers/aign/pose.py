@@ -5,6 +5,11 @@ coefficients of a body-frame skeleton, a rotation (6D) and a depth; P rotates, p
 projects the skeleton (``renderers.keypoints``). D judges root-relative camera-space poses: G's
 rotated skeletons against memory poses seen under the same random cameras. The PCA basis is fit
 to memory poses turned to face +x, and travels with G as buffers.
+
+The evaluation scores each held-out split (``evaluation.data``, and the named
+``evaluation.splits``, e.g. another performer) beside what it takes no learning to reach: a constant
+mean pose of the memory, and how close the test poses already are to a training pose (so a low
+error on test frames that repeat training frames is not read as generalisation).
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from renderloop.renderers.keypoints import PCABasis, fit_pca
 
 from .config import AIGNConfig
 
-__all__ = ["PoseLifter", "PoseDiscriminator", "PoseTask", "mpjpe", "procrustes_align", "rotation_6d", "face_forward"]
+__all__ = [
+    "PoseLifter", "PoseDiscriminator", "PoseTask", "mpjpe", "procrustes_align", "procrustes_mean",
+    "nearest_pose_distance", "overlapping_frames", "rotation_6d", "face_forward",
+]  # fmt: skip
 
 
 def rotation_6d(x: torch.Tensor) -> torch.Tensor:
@@ -61,6 +69,47 @@ def procrustes_align(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     rot = u @ torch.diag_embed(flip) @ vh
     scale = (s * flip).sum(-1) / p.pow(2).sum((1, 2)).clamp_min(1e-12)
     return scale.view(-1, 1, 1) * p @ rot + mu_t
+
+
+def procrustes_mean(poses: torch.Tensor, iterations: int = 10) -> torch.Tensor:
+    """The mean ``[J, 3]`` of poses ``[N, J, 3]`` each aligned to it by a similarity (generalised
+    Procrustes): the constant prediction PA-MPJPE, which aligns every prediction the same way,
+    scores best among means. Kept at the poses' RMS size (alignment would otherwise shrink it)."""
+    centred = poses - poses.mean(1, keepdim=True)
+    size = centred.pow(2).sum((1, 2)).mean().sqrt()
+    mean = centred.mean(0)
+    for _ in range(iterations):
+        mean = procrustes_align(centred, mean.expand_as(centred)).mean(0)
+        mean = mean - mean.mean(0)
+        mean = mean * size / mean.norm().clamp_min(1e-12)
+    return mean
+
+
+def nearest_pose_distance(queries: torch.Tensor, references: torch.Tensor, pairs: int = 1 << 17) -> torch.Tensor:
+    """PA-MPJPE ``[Q]`` (input units) from each query pose ``[Q, J, 3]`` to its nearest reference
+    ``[R, J, 3]``, the reference aligned onto the query as the metric aligns a prediction: what a
+    model that looked up the closest training pose would score at best. Exhaustive, in chunks of
+    about ``pairs`` pose pairs."""
+    R, J = references.shape[:2]
+    step = max(1, pairs // max(R, 1))
+    best = []
+    for q in queries.split(step):
+        target = q.unsqueeze(1).expand(-1, R, -1, -1).reshape(-1, J, 3)
+        moved = procrustes_align(references.unsqueeze(0).expand(len(q), -1, -1, -1).reshape(-1, J, 3), target)
+        best.append(mpjpe(moved, target).view(len(q), R).amin(1))
+    return torch.cat(best)
+
+
+def _frames(source) -> set[tuple[str, int]]:
+    files = [str(Path(f).resolve()) for f in source.config.files]
+    return {(files[f], n) for f, n in zip(source.file_of.tolist(), source.frame_of.tolist(), strict=True)}
+
+
+def overlapping_frames(test, *training) -> set[tuple[str, int]]:
+    """``(file, frame)`` of the poses in ``test``'s pool that a ``training`` pool also holds (mocap
+    sources; files compared by resolved path): empty when the test frames are held out."""
+    seen = set().union(*(_frames(source) for source in training))
+    return _frames(test) & seen
 
 
 class _Residual(nn.Module):
@@ -137,17 +186,19 @@ class PoseTask:
         s = source or self.input_source
         return (kp2d.float() - s.resolution / 2) / s.focal
 
-    def memory_poses(self) -> torch.Tensor:
-        """``basis_samples`` body-frame memory poses ``[N, J, 3]`` (root-relative, facing +x)."""
+    def memory_poses(self, camera: bool = False) -> torch.Tensor:
+        """``basis_samples`` body-frame memory poses ``[N, J, 3]`` (root-relative, facing +x), or with
+        ``camera`` the same draws root-relative in the frames of the memory's random cameras."""
         from renderloop.datasets.mocap import COMMON_JOINTS
 
         name, scfg = source_config(self.config.data["memory"])
         source = build_source(name, scfg, "cpu")
+        key = "kp3d" if camera else "pose"
         poses = torch.cat([
-            source.generate(0, i)["pose"].float().cpu()
+            source.generate(0, i)[key].float().cpu()
             for i in range(math.ceil(self.config.pose.basis_samples / scfg.batch_size))
         ])[: self.config.pose.basis_samples]  # fmt: skip
-        if scfg.joints == "common17":
+        if scfg.joints == "common17" and not camera:
             poses = face_forward(poses, COMMON_JOINTS.index("left_hip"), COMMON_JOINTS.index("right_hip"))
         return poses - poses[:, :1]
 
@@ -183,30 +234,61 @@ class PoseTask:
         posed, _ = _skeleton(G, rays)
         return {"lifted": skeleton_images(posed)}
 
+    def test_splits(self) -> dict[str, dict]:
+        """Held-out source configs by result-key prefix: ``evaluation.data`` (no prefix; the inputs'
+        config if empty), then each of ``evaluation.splits`` over it (``<name>/``)."""
+        ecfg = self.config.evaluation
+        base = dict(ecfg.data or self.config.data["input"])
+        return {"": base, **{f"{name}/": {**base, **node} for name, node in ecfg.splits.items()}}
+
     @torch.no_grad()
     def evaluate(self, G: nn.Module, out_dir: Any) -> dict[str, float]:
+        """Per split: MPJPE and PA-MPJPE (mm) of G, and of a constant mean memory pose
+        (``baseline_mean_pose_``: the camera-frame mean for MPJPE, the Procrustes mean for PA); the
+        PA-MPJPE from each test pose to its nearest training pose (inputs and memory; mean and
+        median); and how many test frames the training pools also hold (``train_overlap_frames``)."""
         from .figures import save_pose_figure
 
         ecfg = self.config.evaluation
-        name, scfg = source_config(ecfg.data or self.config.data["input"])
-        source = build_source(name, scfg, self.device)
-        preds, truths, inputs = [], [], []
-        for i in range(math.ceil(ecfg.samples / scfg.batch_size)):
-            batch = source.generate(ecfg.seed, i)
-            posed, _ = _skeleton(G, self.rays(batch["kp2d"].to(self.device), scfg))
-            kp3d = batch["kp3d"].float()
-            preds.append(posed.cpu())
-            truths.append((kp3d - kp3d[:, :1]).cpu())
-            inputs.append(batch["kp2d"].cpu())
-        pred, truth = torch.cat(preds)[: ecfg.samples], torch.cat(truths)[: ecfg.samples]
-        results = {
-            "mpjpe_mm": 1000 * mpjpe(pred, truth).mean().item(),
-            "pa_mpjpe_mm": 1000 * mpjpe(procrustes_align(pred, truth), truth).mean().item(),
-            "samples": float(len(pred)),
-        }
+        training = [build_source(*source_config(self.config.data[role]), "cpu") for role in ("input", "memory")]
+        train_poses = torch.cat([source.poses.float() for source in training])
+        mean_body, mean_camera = procrustes_mean(self.memory_poses()), self.memory_poses(camera=True).mean(0)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        save_pose_figure(torch.cat(inputs)[: ecfg.figure_rows], pred, truth, out / "pose.png", ecfg.figure_rows)
+        results: dict[str, float] = {}
+        for prefix, node in self.test_splits().items():
+            name, scfg = source_config(node)
+            source = build_source(name, scfg, self.device)
+            preds, truths, inputs, drawn = [], [], [], []
+            for i in range(math.ceil(ecfg.samples / scfg.batch_size)):
+                batch = source.generate(ecfg.seed, i)
+                posed, _ = _skeleton(G, self.rays(batch["kp2d"].to(self.device), scfg))
+                kp3d = batch["kp3d"].float()
+                preds.append(posed.cpu())
+                truths.append((kp3d - kp3d[:, :1]).cpu())
+                inputs.append(batch["kp2d"].cpu())
+                drawn.append(batch["index"].cpu())
+            pred, truth = torch.cat(preds)[: ecfg.samples], torch.cat(truths)[: ecfg.samples]
+            drawn = torch.cat(drawn)[: ecfg.samples]
+            pool, where = drawn.unique(return_inverse=True)
+            nearest = 1000 * nearest_pose_distance(
+                source.poses[pool.to(source.poses.device)].float().cpu(), train_poses
+            )
+            nearest = nearest[where]
+            mm = lambda x, y: 1000 * mpjpe(x, y).mean().item()  # noqa: E731
+            constant = mean_body.expand_as(truth)
+            results.update({
+                f"{prefix}mpjpe_mm": mm(pred, truth),
+                f"{prefix}pa_mpjpe_mm": mm(procrustes_align(pred, truth), truth),
+                f"{prefix}baseline_mean_pose_mpjpe_mm": mm(mean_camera.expand_as(truth), truth),
+                f"{prefix}baseline_mean_pose_pa_mpjpe_mm": mm(procrustes_align(constant, truth), truth),
+                f"{prefix}nearest_train_pa_mpjpe_mm": nearest.mean().item(),
+                f"{prefix}nearest_train_pa_mpjpe_median_mm": nearest.median().item(),
+                f"{prefix}train_overlap_frames": float(len(overlapping_frames(source, *training))),
+                f"{prefix}samples": float(len(pred)),
+            })  # fmt: skip
+            figure = out / (f"pose-{prefix.rstrip('/')}.png" if prefix else "pose.png")
+            save_pose_figure(torch.cat(inputs)[: ecfg.figure_rows], pred, truth, figure, ecfg.figure_rows)
         return results
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "SfMTask",
     "correlation",
     "depth_errors",
+    "median_scale",
     "photometric_error",
     "pose_errors",
 ]
@@ -141,24 +142,59 @@ class DisparityDiscriminator(nn.Module):
         return self.net(disparity.unsqueeze(1))[:, 0]
 
 
-def depth_errors(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
-    """Abs-rel error over pixels with ground truth (``truth > 0``), raw and after scaling each
-    prediction by the ratio of medians (the usual monocular protocol)."""
+def median_scale(pred: torch.Tensor, truth: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """Per-image scale ``[N]``: median of ``truth`` over ``region`` ÷ median of ``pred`` there (the
+    monocular protocol's alignment), over all of the image's pixels with ground truth where
+    ``region`` is empty. On the object only: with a backdrop, depth is bimodal and a whole-image
+    median lands on whichever mode covers more pixels, so the scale would jump between images."""
     valid = truth > 0
-    p, t = pred[valid], truth[valid]
-    ratio = torch.stack([
-        truth[i][valid[i]].median() / pred[i][valid[i]].median().clamp_min(1e-6) for i in range(len(pred))
-    ])  # fmt: skip
-    scaled = (pred * ratio.view(-1, 1, 1))[valid]
-    return {
-        "abs_rel": ((p - t).abs() / t).mean().item(),
-        "abs_rel_median_scaled": ((scaled - t).abs() / t).mean().item(),
+    ratios = []
+    for i in range(len(pred)):
+        where = region[i] & valid[i]
+        where = where if where.any() else valid[i]
+        ratios.append(truth[i][where].median() / pred[i][where].median().clamp_min(1e-6))
+    return torch.stack(ratios)
+
+
+def _scale_invariant(pred: torch.Tensor, truth: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Per-image scale-invariant log error (Eigen et al. 2014, λ = 1): the variance over ``where`` of
+    ``log pred − log truth``; zero for a prediction right up to a scale."""
+    d = torch.where(where, pred.clamp_min(1e-6).log() - truth.clamp_min(1e-6).log(), 0.0).flatten(1)
+    n = where.flatten(1).sum(1).clamp_min(1)
+    mean = d.sum(1) / n
+    return d.pow(2).sum(1) / n - mean.pow(2)
+
+
+def depth_errors(pred: torch.Tensor, truth: torch.Tensor, object_mask: torch.Tensor | None = None) -> dict[str, float]:
+    """Depth errors ``[N, H, W]`` over the pixels with ground truth (``truth > 0``).
+
+    ``abs_rel``: raw. ``abs_rel_scaled``: after scaling each prediction by :func:`median_scale` over
+    ``object_mask`` (default: every pixel with ground truth); ``abs_rel_object`` and
+    ``abs_rel_backdrop`` split it by the mask (the latter only where there are backdrop pixels).
+    ``side``: the scale-invariant log error, mean over images. ``scale_ratio``: median of the scales.
+    """
+    valid = truth > 0
+    obj = valid if object_mask is None else valid & object_mask.bool()
+    ratio = median_scale(pred, truth, obj)
+    scaled = pred * ratio.view(-1, 1, 1)
+    rel = lambda x, where: ((x[where] - truth[where]).abs() / truth[where]).mean().item()  # noqa: E731
+    out = {
+        "abs_rel": rel(pred, valid),
+        "abs_rel_scaled": rel(scaled, valid),
+        "abs_rel_object": rel(scaled, obj),
+        "side": _scale_invariant(pred, truth, valid).mean().item(),
         "scale_ratio": ratio.median().item(),
     }
+    backdrop = valid & ~obj
+    if backdrop.any():
+        out["abs_rel_backdrop"] = rel(scaled, backdrop)
+    return out
 
 
 def pose_errors(R: torch.Tensor, t: torch.Tensor, R_true: torch.Tensor, t_true: torch.Tensor) -> dict[str, float]:
-    """Rotation error (degrees), translation error (metres) and translation direction error (degrees)."""
+    """Rotation error (degrees), translation error (metres) and the translation's direction error
+    (degrees between predicted and true translation: free of the scale that two frames leave open;
+    90° for a zero prediction)."""
     cos = ((R.transpose(1, 2) @ R_true).diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2
     direction = F.cosine_similarity(t, t_true, dim=-1).clamp(-1, 1)
     return {
@@ -244,13 +280,30 @@ class SfMTask:
         return {"frame1": frame1, "frame2": frame2, "disparity": (disparity * self.scfg.min_depth).unsqueeze(1)}
 
     @torch.no_grad()
+    def memory_mean_depth(self, count: int, seed: int) -> torch.Tensor:
+        """Per-pixel mean ``[H, W]`` of ``count`` memory depth maps where they have a surface (their
+        overall mean elsewhere): a constant depth prediction that knows only the memory."""
+        name, scfg = source_config(self.config.data["memory"])
+        source = build_source(name, scfg, self.device)
+        depth = torch.cat([
+            source.generate(seed, i)["depth"].float().cpu() for i in range(math.ceil(count / scfg.batch_size))
+        ])[:count]  # fmt: skip
+        valid = (depth > 0).float()
+        overall = depth.sum() / valid.sum().clamp_min(1)
+        return torch.where(valid.sum(0) > 0, depth.sum(0) / valid.sum(0).clamp_min(1), overall)
+
+    @torch.no_grad()
     def evaluate(self, G: nn.Module, out_dir: Any) -> dict[str, float]:
+        """Depth and motion errors of G on held-out pairs, and on the same pairs of two predictions
+        that learn nothing from them: standing still (``baseline_still_``: identity motion) and the
+        memory's mean depth map (``baseline_mean_depth_``). Depth scales come from the object's
+        pixels (``simulator`` ``mask``), and object and backdrop errors are reported apart."""
         from .figures import save_rows
 
         ecfg = self.config.evaluation
         name, scfg = source_config(ecfg.data or self.config.data["input"])
         source = build_source(name, scfg, self.device)
-        depth_pred, depth_true, motions, frames = [], [], [], []
+        depth_pred, depth_true, masks, motions, frames = [], [], [], [], []
         for i in range(math.ceil(2 * ecfg.samples / scfg.batch_size)):
             batch = source.generate(ecfg.seed, i)
             frame1, frame2 = batch["rgb"][0::2], batch["rgb"][1::2]
@@ -259,12 +312,18 @@ class SfMTask:
             R_true, t_true = relative_motion(batch["R"], batch["t"])
             depth_pred.append((1.0 / disparity.clamp_min(1.0 / self.scfg.max_depth)).cpu())
             depth_true.append(batch["depth"][0::2].cpu())
+            masks.append(batch["mask"][0::2].bool().cpu())
             motions.append(tuple(x.cpu() for x in (R, t, R_true, t_true)))
             frames.append((frame1.cpu(), frame2.cpu()))
         pred, truth = torch.cat(depth_pred)[: ecfg.samples], torch.cat(depth_true)[: ecfg.samples]
+        mask = torch.cat(masks)[: ecfg.samples]
         R, t, R_true, t_true = (torch.cat(parts)[: ecfg.samples] for parts in zip(*motions, strict=True))
-        results = {**depth_errors(pred, truth), **pose_errors(R, t, R_true, t_true), "samples": float(len(pred))}
+        results = {**depth_errors(pred, truth, mask), **pose_errors(R, t, R_true, t_true), "samples": float(len(pred))}
         results["true_translation_m"] = t_true.norm(dim=-1).mean().item()
+        still = pose_errors(torch.eye(3).expand_as(R_true), torch.zeros_like(t_true), R_true, t_true)
+        results.update({f"baseline_still_{k}": v for k, v in still.items()})
+        mean_depth = self.memory_mean_depth(ecfg.samples, ecfg.seed).expand_as(truth)
+        results.update({f"baseline_mean_depth_{k}": v for k, v in depth_errors(mean_depth, truth, mask).items()})
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         f1, f2 = (torch.cat(x) for x in zip(*frames, strict=True))
