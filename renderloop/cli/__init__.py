@@ -19,7 +19,7 @@ from renderloop.errors import InputError, RenderloopError
 
 COMMANDS = {
     "info": "print versions, devices, renderer backends and the compile cache location",
-    "demo": "the embedded SimGAN experiment: train on live simulator streams, then evaluate",
+    "demo": "the embedded SimGAN digit experiment: train on live streams, then evaluate the gap closed",
     "generate": "run a source (simulator, image folder) into a stream of WebDataset shards",
     "inspect": "summarize a stream under ROOT and write a contact sheet of samples with labels",
     "export": "write a stream as plain per-sample WebDataset tars (PNG, NPY, JSON) for other tools",
