@@ -178,7 +178,8 @@ def digits_experiment(cfg, refiner: nn.Module, device: torch.device, out_dir: st
         results[f"real_vs_{name}_accuracy"] = _real_vs(images, real_x, fit, ev.seed, device)
 
     k = min(ev.figure_rows, len(synthetic_x), len(test_x))
-    grid = torch.cat([synthetic_x[:k], refined_x[:k], test_x[:k]])
+    spread = torch.linspace(0, len(test_x) - 1, k).long()  # the test half is in dataset order
+    grid = torch.cat([synthetic_x[:k], refined_x[:k], test_x[spread]])
     save_png(image_grid(grid, columns=k), out_dir / "simgan_eval.png")
     (out_dir / "simgan_eval.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
