@@ -20,7 +20,15 @@ from renderloop.config import ConfigError
 from renderloop.datasets.sources import build_source, source_config
 from renderloop.images import image_grid, save_png
 
-__all__ = ["LightEstimator", "angular_error_deg", "labeled_images", "train_estimator", "simgan_experiment"]
+__all__ = [
+    "LightEstimator",
+    "angular_error_deg",
+    "labeled_images",
+    "fit",
+    "predict",
+    "train_estimator",
+    "simgan_experiment",
+]
 
 
 class LightEstimator(nn.Module):
@@ -59,18 +67,24 @@ def labeled_images(source_node, count: int, seed: int, device: torch.device) -> 
     return torch.cat(images)[:count], torch.cat(lights)[:count]
 
 
-def train_estimator(images, lights, *, steps: int, batch_size: int, lr: float, seed: int, device) -> LightEstimator:
-    """Fit a :class:`LightEstimator` (Adam, cosine decay, 1 − cos loss); same seed → same run."""
+def fit(
+    make_model, images, targets, loss_fn, *, steps: int, batch_size: int, lr: float, seed: int, device, augment=None
+) -> nn.Module:
+    """Train ``make_model()`` on random batches of ``(images, targets)`` (Adam, cosine decay); the
+    downstream models of every SimGAN experiment share it. ``augment(x, generator)`` may alter a
+    batch; same seed → same run."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = LightEstimator().to(device)
+    model = make_model().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
     for _ in range(steps):
         idx = torch.randint(len(images), (batch_size,), generator=gen)
-        x, y = images[idx].to(device), lights[idx].to(device)
-        loss = (1 - (model(x) * y).sum(-1)).mean()
+        x, y = images[idx].to(device), targets[idx].to(device)
+        if augment is not None:
+            x = augment(x, gen)
+        loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -78,8 +92,20 @@ def train_estimator(images, lights, *, steps: int, batch_size: int, lr: float, s
     return model.eval()
 
 
+def train_estimator(images, lights, *, steps: int, batch_size: int, lr: float, seed: int, device) -> LightEstimator:
+    """Fit a :class:`LightEstimator` with a 1 − cos loss."""
+
+    def loss(pred, y):
+        return (1 - (pred * y).sum(-1)).mean()
+
+    return fit(
+        LightEstimator, images, lights, loss, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device
+    )
+
+
 @torch.no_grad()
-def _predict(model: nn.Module, images: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
+def predict(model: nn.Module, images: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
+    """``model`` applied to ``images`` in batches on ``device``, gathered on the CPU."""
     return torch.cat([model(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
 
 
@@ -92,7 +118,7 @@ def simgan_experiment(cfg, refiner: nn.Module, device: torch.device, out_dir: st
     test_x, test_y = labeled_images(cfg.data["real"], ev.test_samples, ev.seed + 1, device)
     real_x, real_y = labeled_images(cfg.data["real"], ev.train_samples, ev.seed + 2, device)
     refiner = refiner.to(device).eval()
-    refined_x = _predict(refiner, train_x, device)
+    refined_x = predict(refiner, train_x, device)
 
     fit = {"steps": ev.steps, "batch_size": ev.batch_size, "lr": ev.lr, "seed": ev.seed, "device": device}
     results: dict[str, float] = {}
@@ -101,7 +127,7 @@ def simgan_experiment(cfg, refiner: nn.Module, device: torch.device, out_dir: st
         ("refined", refined_x, train_y),
         ("real", real_x, real_y),
     ):
-        errors = angular_error_deg(_predict(train_estimator(images, labels, **fit), test_x, device), test_y)
+        errors = angular_error_deg(predict(train_estimator(images, labels, **fit), test_x, device), test_y)
         results[f"{name}_mean_error_deg"] = errors.mean().item()
         results[f"{name}_median_error_deg"] = errors.median().item()
     results["refined_minus_synthetic_deg"] = results["refined_mean_error_deg"] - results["synthetic_mean_error_deg"]

@@ -30,6 +30,8 @@ from renderloop.datasets.sources import build_source, source_config
 from renderloop.images import image_grid, save_png
 from renderloop.stats import mean_ci95
 
+from .downstream import fit, predict
+
 __all__ = ["DigitClassifier", "synthetic_digits", "real_digit_splits", "train_classifier", "error_rate",
            "gap_closed", "digits_experiment"]  # fmt: skip
 
@@ -91,32 +93,17 @@ def real_digit_splits(source_node) -> dict[str, tuple[torch.Tensor, torch.Tensor
     return out
 
 
+def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Roll a batch by up to 2 pixels each way: handwriting is not centred exactly."""
+    dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
+    return torch.roll(x, (dy, dx), (2, 3))
+
+
 def train_classifier(images, labels, *, steps: int, batch_size: int, lr: float, seed: int, device,
                      classes: int = 10, width: int = 32) -> DigitClassifier:  # fmt: skip
-    """Fit a :class:`DigitClassifier` (Adam, cosine decay, small shifts as augmentation); same seed → same run."""
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = DigitClassifier(classes, width).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(len(images), (batch_size,), generator=gen)
-        x, y = images[idx].to(device), labels[idx].to(device)
-        dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
-        x = torch.roll(x, (dy, dx), (2, 3))
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval()
-
-
-@torch.no_grad()
-def _outputs(model: nn.Module, images: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
-    """``model`` applied to ``images`` in batches on ``device``, gathered on the CPU."""
-    return torch.cat([model(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
+    """Fit a :class:`DigitClassifier` (cross-entropy, small shifts as augmentation)."""
+    return fit(lambda: DigitClassifier(classes, width), images, labels, F.cross_entropy, steps=steps,
+               batch_size=batch_size, lr=lr, seed=seed, device=device, augment=_shift)  # fmt: skip
 
 
 def error_rate(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -143,7 +130,7 @@ def _real_vs(other: torch.Tensor, real: torch.Tensor, fit: dict, seed: int, devi
     y_train = torch.cat([torch.zeros(half, dtype=torch.long), torch.ones(half, dtype=torch.long)])
     y_test = torch.cat([torch.zeros(n - half, dtype=torch.long), torch.ones(n - half, dtype=torch.long)])
     model = train_classifier(x_train, y_train, **{**fit, "seed": seed}, classes=2)
-    return 1 - error_rate(_outputs(model, x_test, device), y_test)
+    return 1 - error_rate(predict(model, x_test, device), y_test)
 
 
 def digits_experiment(cfg, refiner: nn.Module, device: torch.device, out_dir: str | Path) -> dict[str, float]:
@@ -155,7 +142,7 @@ def digits_experiment(cfg, refiner: nn.Module, device: torch.device, out_dir: st
     real = real_digit_splits(cfg.data["real"])
     (real_x, real_y), (test_x, test_y) = real["unlabeled"], real["test"]
     refiner = refiner.to(device).eval()
-    refined_x = _outputs(refiner, synthetic_x, device)
+    refined_x = predict(refiner, synthetic_x, device)
 
     fit = {"steps": ev.steps, "batch_size": ev.batch_size, "lr": ev.lr, "device": device, "width": ev.classifier_width}
     rows = {"synthetic": (synthetic_x, synthetic_y), "refined": (refined_x, synthetic_y), "real": (real_x, real_y)}
@@ -163,7 +150,7 @@ def digits_experiment(cfg, refiner: nn.Module, device: torch.device, out_dir: st
     for k in range(ev.classifier_seeds):
         for name, (images, labels) in rows.items():
             model = train_classifier(images, labels, **fit, seed=ev.seed + k)
-            errors[name].append(error_rate(_outputs(model, test_x, device), test_y))
+            errors[name].append(error_rate(predict(model, test_x, device), test_y))
     closed = [gap_closed(*(errors[n][k] for n in rows)) for k in range(ev.classifier_seeds)]
 
     results: dict[str, float] = {"test_images": len(test_x), "classifier_seeds": ev.classifier_seeds,
