@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-from renderloop.stats import t975
+from renderloop.stats import t975, welch_difference
 
 RECONSTRUCTION = "method.loss=reconstruction"
 BIASED = "method.data.memory.classes=[5,7,9]"  # footwear: sandal, sneaker, ankle boot
@@ -208,22 +208,6 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"mean": mean, "std": std, "ci95": t975(n - 1) * std / math.sqrt(n) if n > 1 else math.nan, "n": n}
 
 
-def difference(a: list[float], b: list[float]) -> dict[str, float | bool]:
-    """Mean of ``a`` − mean of ``b``, the half-width of its 95% interval (Welch: unequal variances;
-    the t quantile at the whole degrees of freedom below Welch's, so the interval is never too
-    narrow), and whether the difference exceeds it."""
-    sa, sb = summary(a), summary(b)
-    diff = sa["mean"] - sb["mean"]
-    if sa["n"] < 2 or sb["n"] < 2:
-        return {"difference": diff, "ci95": math.nan, "exceeds_interval": False}
-    va, vb = sa["std"] ** 2 / sa["n"], sb["std"] ** 2 / sb["n"]
-    if va + vb == 0:
-        return {"difference": diff, "ci95": 0.0, "exceeds_interval": diff != 0}
-    df = (va + vb) ** 2 / (va**2 / (sa["n"] - 1) + vb**2 / (sb["n"] - 1))
-    half = t975(max(1, math.floor(df))) * math.sqrt(va + vb)
-    return {"difference": diff, "ci95": half, "exceeds_interval": abs(diff) > half}
-
-
 def aggregate(runs: list[dict]) -> dict:
     """Per evaluation key over the runs that finished: the model's metrics summarised over seeds,
     the baselines' values (identical across seeds) kept as they are."""
@@ -268,7 +252,7 @@ def compare(experiments: dict[str, dict]) -> list[dict]:
             if runs_a and runs_b and all(metric in r["eval"] for r in runs_a + runs_b):
                 values = [[r["eval"][metric] for r in runs] for runs in (runs_a, runs_b)]
                 out.append({"row": row, "reference": reference, "metric": metric, "equal_budget": fair,
-                            **difference(*values)})  # fmt: skip
+                            **welch_difference(*values)})  # fmt: skip
     return out
 
 

@@ -2,13 +2,16 @@
 
     python -m bench.simgan --device cuda --out simgan.json                       # the paper's sizes
     python -m bench.simgan --seeds 0 1 2 --set method.channels=32 engine.max_steps=600   # CPU sizes
+    python -m bench.simgan --device cuda --parallel 5 --halves 0                 # 5 runs share a GPU
 
 Each run is ``renderloop run method=simgan_digits engine.seed=S method.data.real.half=H ...`` (live
 producers, ``cluster=local``) then ``renderloop eval``: digit classifiers trained for the same
 steps on synthetic, refined and real images, tested on the held-out real half (see
 ``trainers/simgan_digits.py``). Every variant trains for the same ``engine.max_steps`` (equal
 steps). A row summarizes its runs (seeds × halves): the mean of each run's classifier errors and
-its 95% t interval over runs, the share of the gap closed, and the real-vs-refined accuracy.
+its 95% t interval over runs, the share of the gap closed, and the real-vs-refined accuracy; each
+ablation is compared with the paper's row (difference of means, Welch 95% interval). With
+``--parallel``, runs share the device (training and evaluation are small on a GPU).
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-from renderloop.stats import mean_ci95
+from renderloop.stats import mean_ci95, welch_difference
 
 VARIANTS = {
     "simgan": [],
@@ -35,6 +39,8 @@ VARIANTS = {
 """Rows: the paper's method, then one change each (its ablations: λ, history, local loss)."""
 METRICS = ("synthetic_error", "refined_error", "real_error", "gap_closed", "real_vs_refined_accuracy",
            "real_vs_synthetic_accuracy", "constant_error")  # fmt: skip
+COMPARED = ("gap_closed", "refined_error", "real_vs_refined_accuracy")
+"""Metrics on which each ablation is compared with the paper's row."""
 
 
 def _cli(*args: str) -> list[str]:
@@ -72,6 +78,19 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
     return rows
 
 
+def compare(runs: list[dict], reference: str = "simgan") -> dict[str, dict]:
+    """Per ablation and metric in ``COMPARED``: its mean minus the reference row's, with the
+    Welch interval of that difference (rows at equal steps, so the comparison is fair)."""
+    values = {v: [r for r in runs if r["variant"] == v] for v in dict.fromkeys(r["variant"] for r in runs)}
+    if reference not in values:
+        return {}
+    return {
+        variant: {m: welch_difference([r[m] for r in mine], [r[m] for r in values[reference]]) for m in COMPARED}
+        for variant, mine in values.items()
+        if variant != reference
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
@@ -80,26 +99,33 @@ def main() -> None:
     p.add_argument("--halves", nargs="*", type=int, default=[0, 1], help="which real half the discriminator sees")
     p.add_argument("--set", nargs="*", default=[], help="more overrides for every run")
     p.add_argument("--work", default="", help="folder for streams, runs and logs (default: a temporary one)")
+    p.add_argument("--parallel", type=int, default=1, help="runs sharing the device at once")
     p.add_argument("--out", default="")
     args = p.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="renderloop-simgan-"))
     work.mkdir(parents=True, exist_ok=True)
+    jobs = [(v, s, h) for v in args.variants for s in args.seeds for h in args.halves]
     runs = []
-    for variant in args.variants:
-        for seed in args.seeds:
-            for half in args.halves:
-                runs.append(one_run(variant, seed, half, args, work))
-                r = runs[-1]
-                errors = " ".join(f"{n} {r[f'{n}_error']:.3f}" for n in ("synthetic", "refined", "real"))
-                print(f"{variant:>10} seed {seed} half {half}: {errors} gap closed {r['gap_closed']:+.2f}", flush=True)
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        for r in pool.map(lambda job: one_run(*job, args, work), jobs):
+            runs.append(r)
+            errors = " ".join(f"{n} {r[f'{n}_error']:.3f}" for n in ("synthetic", "refined", "real"))
+            print(f"{r['variant']:>10} seed {r['seed']} half {r['half']}: {errors} "
+                  f"gap closed {r['gap_closed']:+.2f}", flush=True)  # fmt: skip
     rows = summarize(runs)
     print(f"\n{'variant':>10} {'runs':>4} " + " ".join(f"{m:>26}" for m in METRICS[:5]))
     for variant, row in rows.items():
         cells = [f"{row[m][0]:.3f} ± {row[m][1]:.3f}".rjust(26) for m in METRICS[:5]]
         print(f"{variant:>10} {row[METRICS[0]][2]:>4} " + " ".join(cells))
+    comparisons = compare(runs)
+    for variant, metrics in comparisons.items():
+        for m, d in metrics.items():
+            verdict = "exceeds its interval" if d["exceeds_interval"] else "no measurable effect"
+            print(f"{variant} − simgan, {m}: {d['difference']:+.3f} ± {d['ci95']:.3f} (95%, Welch): {verdict}")
     if args.out:
         meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": sys.argv}
-        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows, "runs": runs}, indent=2) + "\n")
+        report = {"meta": meta, "rows": rows, "comparisons": comparisons, "runs": runs}
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["T975", "t975", "mean_ci95", "Summary"]
+__all__ = ["T975", "t975", "mean_ci95", "welch_difference", "Summary"]
 
 T975 = (
     12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -61,3 +61,25 @@ def mean_ci95(values: Sequence[float]) -> Summary:
         return Summary(mean, math.nan, 1)
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
     return Summary(mean, t975(n - 1) * sd / math.sqrt(n), n)
+
+
+def welch_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float | bool]:
+    """Mean of ``a`` − mean of ``b``, the half-width of its 95% interval and whether the difference
+    exceeds it. Welch's interval (unequal variances) at the whole degrees of freedom below Welch's,
+    so it is never too narrow; ``nan`` below two values a side."""
+    sa, sb = mean_ci95(a), mean_ci95(b)
+    diff = sa.mean - sb.mean
+    if sa.n < 2 or sb.n < 2:
+        return {"difference": diff, "ci95": math.nan, "exceeds_interval": False}
+    va, vb = _variance(a) / sa.n, _variance(b) / sb.n
+    if va + vb == 0:
+        return {"difference": diff, "ci95": 0.0, "exceeds_interval": diff != 0}
+    df = (va + vb) ** 2 / (va**2 / (sa.n - 1) + vb**2 / (sb.n - 1))
+    half = t975(max(1, math.floor(df))) * math.sqrt(va + vb)
+    return {"difference": diff, "ci95": half, "exceeds_interval": abs(diff) > half}
+
+
+def _variance(values: Sequence[float]) -> float:
+    xs = [float(v) for v in values]
+    mean = sum(xs) / len(xs)
+    return sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)

@@ -15,11 +15,11 @@ from bench.aign import (
     aggregate,
     budget_check,
     compare,
-    difference,
     is_baseline,
     report_lines,
     summary,
 )
+from renderloop.stats import welch_difference as difference
 
 
 def _args(**kw) -> Namespace:

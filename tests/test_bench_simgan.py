@@ -1,0 +1,27 @@
+"""bench.simgan: per-variant summaries over runs and each ablation against the paper's row."""
+
+import pytest
+
+from bench.simgan import METRICS, compare, summarize
+
+
+def _run(variant: str, seed: int, gap: float) -> dict:
+    metrics = {m: 0.5 for m in METRICS} | {"gap_closed": gap, "refined_error": 0.5 - 0.4 * gap}
+    return {"variant": variant, "seed": seed, "half": 0, "run_seconds": 60.0, **metrics}
+
+
+def test_rows_summarize_their_own_runs_and_ablations_are_compared_with_simgan():
+    runs = [_run("simgan", s, g) for s, g in enumerate((0.10, 0.20, 0.30))]
+    runs += [_run("lambda_0", s, g) for s, g in enumerate((0.50, 0.60, 0.70))]
+    runs += [_run("no_history", s, g) for s, g in enumerate((0.15, 0.20, 0.25))]
+    rows = summarize(runs)
+    mean, half, n = rows["simgan"]["gap_closed"]
+    assert (mean, n) == (pytest.approx(0.2), 3) and half == pytest.approx(4.303 * 0.1 / 3**0.5)
+    assert rows["lambda_0"]["minutes_per_run"] == 1.0
+    comparisons = compare(runs)
+    assert set(comparisons) == {"lambda_0", "no_history"}
+    assert comparisons["lambda_0"]["gap_closed"]["difference"] == pytest.approx(0.4)
+    assert comparisons["lambda_0"]["gap_closed"]["exceeds_interval"]
+    assert not comparisons["no_history"]["gap_closed"]["exceeds_interval"]  # same mean
+    assert comparisons["lambda_0"]["refined_error"]["difference"] == pytest.approx(-0.16)
+    assert compare([r for r in runs if r["variant"] != "simgan"]) == {}
