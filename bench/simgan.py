@@ -50,6 +50,9 @@ def _cli(*args: str) -> list[str]:
 def one_run(variant: str, seed: int, half: int, args, work: Path) -> dict:
     """Train and evaluate one (variant, seed, half); its evaluation JSON plus wall times."""
     tag = f"{variant}-s{seed}-h{half}"
+    done = work / f"{tag}.json"
+    if done.exists():  # finished by an earlier call with the same --work
+        return json.loads(done.read_text())
     common = [
         "method=simgan_digits", f"device={args.device}", f"engine.seed={seed}", f"method.data.real.half={half}",
         f"storage.root={work / tag / 'data'}", f"run_dir={work / tag / 'run'}", "engine.progress=false",
@@ -65,7 +68,9 @@ def one_run(variant: str, seed: int, half: int, args, work: Path) -> dict:
             raise SystemExit(f"{tag}: renderloop {command} failed ({done.returncode}); see {log}")
         times[f"{command}_seconds"] = time.monotonic() - start
     results = json.loads((work / tag / "run" / "eval" / "simgan_eval.json").read_text())
-    return {"variant": variant, "seed": seed, "half": half, **times, **results}
+    run = {"variant": variant, "seed": seed, "half": half, **times, **results}
+    done.write_text(json.dumps(run) + "\n")
+    return run
 
 
 def summarize(runs: list[dict]) -> dict[str, dict]:
@@ -98,7 +103,12 @@ def main() -> None:
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--halves", nargs="*", type=int, default=[0, 1], help="which real half the discriminator sees")
     p.add_argument("--set", nargs="*", default=[], help="more overrides for every run")
-    p.add_argument("--work", default="", help="folder for streams, runs and logs (default: a temporary one)")
+    p.add_argument(
+        "--work",
+        default="",
+        help="streams, runs and logs (default: a temporary folder); called "
+        "again with the same folder, finished runs are reused",
+    )
     p.add_argument("--parallel", type=int, default=1, help="runs sharing the device at once")
     p.add_argument("--out", default="")
     args = p.parse_args()
