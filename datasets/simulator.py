@@ -25,6 +25,7 @@ from renderloop.renderers.meshes import check_mesh_file, icosphere, load_mesh, p
 from renderloop.renderers.renderer import MeshRenderer, RendererConfig
 from renderloop.renderers.shading import blinn_phong
 
+from . import category
 from .seeding import batch_seed, config_digest
 from .shapes import PROCEDURAL, TEXTURES, deform, keypoint_vertices, part_labels, random_rotation, solid_texture
 
@@ -86,6 +87,15 @@ class SimulatorConfig:
     its depth too (``mask`` stays the object's): scenes whose depth fills the frame, whose
     background moves with the camera as a static scene does (structure from motion)."""
 
+    category: str = ""
+    """"" (the shape kinds above, randomly rotated) or an object family in its canonical frame for
+    the GAN methods (``vehicle``: ``datasets/category.py``; its named parts replace the
+    direction-based ones, so ``num_parts`` must equal their count, and ``shapes`` is unused)."""
+    object_seeds: Any = "gan"
+    """Category objects are drawn from this object-seed range: ``gan``, ``oracle`` or ``test``
+    (disjoint, ``category.SEED_RANGES``) or ``[first, end)``; each render's ``meta.json`` records
+    its object seed."""
+
     def __post_init__(self) -> None:
         def bad(key: str, msg: str) -> ConfigError:
             return ConfigError(f"source.{key}", msg)
@@ -131,7 +141,14 @@ class SimulatorConfig:
         if self.backdrop_radius and not self.backdrop_radius > self.distance[1] + 0.5:
             raise bad("backdrop_radius", f"must be 0 or beyond the cameras (> {self.distance[1] + 0.5}); "
                       f"got {self.backdrop_radius}")  # fmt: skip
-        if "mesh" in self.shapes:  # parsed now: a bad file stops the run before any producer starts
+        if self.category:
+            if self.category not in category.CATEGORIES:
+                raise bad("category", f"must be '' or one of {category.CATEGORIES}; got {self.category!r}")
+            if self.num_parts != len(category.PART_NAMES):
+                raise bad("num_parts", f"category {self.category} has {len(category.PART_NAMES)} named parts "
+                          f"{category.PART_NAMES}; got {self.num_parts}")  # fmt: skip
+            self.object_seeds = category.resolve_range(self.object_seeds)
+        if "mesh" in self.shapes and not self.category:  # parsed now: a bad file stops the run early
             for i, path in enumerate(self.mesh_paths):
                 check_mesh_file(f"source.mesh_paths.{i}", path)
 
@@ -141,7 +158,8 @@ class SimulatorConfig:
 
 
 # Keys added later and their neutral defaults.
-_LATER_KEYS = {"view_step_deg": 0.0, "view_step_distance": 0.0, "backdrop_radius": 0.0}
+_LATER_KEYS = {"view_step_deg": 0.0, "view_step_distance": 0.0, "backdrop_radius": 0.0, "category": "",
+               "object_seeds": "gan"}  # fmt: skip
 
 
 class Simulator:
@@ -165,6 +183,7 @@ class Simulator:
         self.topo_verts, self.topo_faces = verts.to(self.device), faces.to(self.device)
         self.sphere_dirs, self.num_sphere_verts = sphere.verts, sphere.verts.shape[0]
         sizes = [sphere.verts.shape[0], *(m.verts.shape[0] for m in meshes)]
+        self.category_parts = category.part_labels(sphere.verts.to(self.device)).unsqueeze(0)  # (1, Vs)
         self.keypoint_ids = torch.stack(
             [keypoint_vertices(verts[i, :n].to(self.device), kp_dirs) for i, n in enumerate(sizes)]
         )
@@ -175,7 +194,10 @@ class Simulator:
 
     @property
     def meta(self) -> dict[str, Any]:
-        return {"source": self.name, "version": VERSION, "style": self.config.style, "config": self.config.digest()}
+        meta = {"source": self.name, "version": VERSION, "style": self.config.style, "config": self.config.digest()}
+        if self.config.category:
+            meta |= {"category": self.config.category, "object_seeds": list(self.config.object_seeds)}
+        return meta
 
     def _range(self, gen, n, bounds, scale=1.0):
         lo, hi = bounds
@@ -190,25 +212,11 @@ class Simulator:
         N = B // V  # objects
         res = cfg.resolution
 
-        # Objects: shape kind, topology, canonical vertices, rotation, texture, parts.
-        shape_names = torch.tensor([SHAPES.index(s) for s in cfg.shapes], device=dev)
-        kind = shape_names[torch.randint(len(cfg.shapes), (N,), generator=gen, device=dev)]
-        mesh_count = self.topo_verts.shape[0] - 1
-        topo = torch.where(
-            kind == SHAPES.index("mesh"), 1 + torch.randint(max(mesh_count, 1), (N,), generator=gen, device=dev), 0
-        )
-        proc = deform(self.sphere_dirs, kind.clamp(max=len(PROCEDURAL) - 1), gen)  # (N, Vs, 3)
-        canon = self.topo_verts[topo].clone()
-        canon[:, : self.num_sphere_verts] = torch.where(
-            (topo == 0).view(N, 1, 1), proc, canon[:, : self.num_sphere_verts]
-        )
-        faces = self.topo_faces[topo]  # (N, F, 3), -1 pads
-        texture_names = torch.tensor([TEXTURES.index(t) for t in cfg.textures], device=dev)
-        colors = solid_texture(
-            canon, texture_names[torch.randint(len(cfg.textures), (N,), generator=gen, device=dev)], gen
-        )
-        parts = part_labels(canon, self.part_centres)  # (N, Vmax)
-        world = canon @ random_rotation(N, gen, device=dev).transpose(1, 2)
+        if cfg.category:
+            world, faces, colors, parts, topo, object_seeds = self._category_objects(gen, N)
+        else:
+            world, faces, colors, parts, topo = self._objects(gen, N)
+            object_seeds = torch.full((N,), -1, dtype=torch.long, device=dev)
 
         # Views: each object seen by `views` cameras.
         def per_view(x):
@@ -283,7 +291,43 @@ class Simulator:
             "light": light, "ambient": ambient, "diffuse": diffuse,
             "group": torch.arange(N, device=dev).repeat_interleave(V) + batch_index * N,
             "view": torch.arange(V, device=dev).repeat(N),
+            "object_seed": per_view(object_seeds),
         }  # fmt: skip
+
+    def _objects(self, gen, N: int):
+        """``N`` random objects of the configured shape kinds and textures, randomly rotated."""
+        cfg, dev = self.config, self.device
+        shape_names = torch.tensor([SHAPES.index(s) for s in cfg.shapes], device=dev)
+        kind = shape_names[torch.randint(len(cfg.shapes), (N,), generator=gen, device=dev)]
+        mesh_count = self.topo_verts.shape[0] - 1
+        topo = torch.where(
+            kind == SHAPES.index("mesh"), 1 + torch.randint(max(mesh_count, 1), (N,), generator=gen, device=dev), 0
+        )
+        proc = deform(self.sphere_dirs, kind.clamp(max=len(PROCEDURAL) - 1), gen)  # (N, Vs, 3)
+        canon = self.topo_verts[topo].clone()
+        canon[:, : self.num_sphere_verts] = torch.where(
+            (topo == 0).view(N, 1, 1), proc, canon[:, : self.num_sphere_verts]
+        )
+        faces = self.topo_faces[topo]  # (N, F, 3), -1 pads
+        texture_names = torch.tensor([TEXTURES.index(t) for t in cfg.textures], device=dev)
+        colors = solid_texture(
+            canon, texture_names[torch.randint(len(cfg.textures), (N,), generator=gen, device=dev)], gen
+        )
+        parts = part_labels(canon, self.part_centres)  # (N, Vmax)
+        world = canon @ random_rotation(N, gen, device=dev).transpose(1, 2)
+        return world, faces, colors, parts, topo
+
+    def _category_objects(self, gen, N: int):
+        """``N`` objects of ``config.category`` in their canonical frame (world = object frame),
+        each a function of its object seed, drawn from ``config.object_seeds``."""
+        cfg, dev = self.config, self.device
+        first, end = category.resolve_range(cfg.object_seeds)
+        seeds = first + torch.randint(end - first, (N,), generator=gen, device=dev)
+        generators = [torch.Generator().manual_seed(s) for s in seeds.tolist()]
+        world, colors = category.vehicle(self.sphere_dirs, generators, tuple(cfg.textures))
+        topo = torch.zeros(N, dtype=torch.long, device=dev)
+        parts = self.category_parts.expand(N, -1)
+        return world, self.topo_faces[topo], colors, parts, topo, seeds
 
     def _sequence_cameras(self, gen, N: int, V: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Azimuth, elevation (radians) and distance ``[N * V]`` of ``N`` random walks of ``V`` views."""
@@ -367,6 +411,9 @@ class Simulator:
             "light.json": {"direction": cpu["light"], "ambient": cpu["ambient"], "diffuse": cpu["diffuse"]},
             "meta.json": [{**self.meta, "seed": int(seed)} for seed in seeds],
         }
+        if self.config.category:  # the object each render shows: proves which seed range it came from
+            objects = cpu["object_seed"].tolist()
+            columns["meta.json"] = [{**m, "object": o} for m, o in zip(columns["meta.json"], objects, strict=True)]
         if self.config.views > 1:
             columns["group.txt"], columns["view.txt"] = cpu["group"].numpy(), cpu["view"].numpy()
         return columns
