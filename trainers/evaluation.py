@@ -14,7 +14,7 @@ from renderloop.devices import resolve_device
 
 from .methods import METHODS
 
-__all__ = ["evaluate_run", "plain"]
+__all__ = ["evaluate_run", "load_run", "plain"]
 
 
 def plain(obj: Any) -> Any:
@@ -22,11 +22,12 @@ def plain(obj: Any) -> Any:
     return asdict(obj) if hasattr(obj, "__dataclass_fields__") else obj
 
 
-def evaluate_run(method_name: str, method_config: Any, run_dir: str | Path, device: str = "auto") -> dict[str, float]:
-    """Evaluate the models ``<run_dir>/models`` holds; write figures to ``<run_dir>/eval``.
+def load_run(method_name: str, method_config: Any, run_dir: str | Path, device: str = "auto"):
+    """The method and its trained networks (eval mode on ``device``) from ``<run_dir>/models``.
 
     The architecture comes from the run's ``method.json`` where there is one; the evaluation
-    settings (``method.evaluation``) come from ``method_config``, so one run can be scored anew.
+    settings (``method.evaluation``) come from ``method_config`` (if given), so one run can be
+    scored anew.
     """
     run_dir = Path(run_dir)
     models = run_dir / "models"
@@ -38,10 +39,18 @@ def evaluate_run(method_name: str, method_config: Any, run_dir: str | Path, devi
         if hasattr(method_config, "evaluation"):
             trained["evaluation"] = plain(method_config.evaluation)
         method_config = to_schema(METHODS[method_name].config, trained, "method")
+    elif method_config is None:
+        raise ConfigError("run_dir", f"{run_dir} has no method.json to rebuild its networks from")
     resolved = resolve_device(device)
     method = METHODS[method_name].cls(method_config, resolved)
     nets = {}
     for name, spec in method.build().items():
         spec.module.load_state_dict(torch.load(models / f"{name}.pt", map_location="cpu", weights_only=True))
         nets[name] = spec.module.to(resolved).eval()
-    return method.evaluate(nets, run_dir / "eval")
+    return method, nets
+
+
+def evaluate_run(method_name: str, method_config: Any, run_dir: str | Path, device: str = "auto") -> dict[str, float]:
+    """Evaluate the models ``<run_dir>/models`` holds; write figures to ``<run_dir>/eval``."""
+    method, nets = load_run(method_name, method_config, run_dir, device)
+    return method.evaluate(nets, Path(run_dir) / "eval")

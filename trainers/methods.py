@@ -7,6 +7,7 @@ from typing import Any
 from renderloop.registry import Registry
 
 from .aign import AIGN, AIGNConfig
+from .oracle import OracleConfig, OracleMethod
 from .simgan import SimGAN, SimGANConfig
 from .stylegan2 import StyleGAN2, StyleGAN2MethodConfig
 
@@ -18,6 +19,7 @@ METHODS = Registry(
         "simgan": (SimGANConfig, SimGAN),
         "stylegan2": (StyleGAN2MethodConfig, StyleGAN2),
         "aign": (AIGNConfig, AIGN),
+        "oracle": (OracleConfig, OracleMethod),
     },
 )
 
