@@ -62,10 +62,10 @@ def one_run(variant: str, seed: int, half: int, args, work: Path) -> dict:
     for command in ("run", "eval"):
         start = time.monotonic()
         with open(work / f"{tag}-{command}.log", "w") as log:
-            done = subprocess.run(_cli(command, *common), stdout=log, stderr=subprocess.STDOUT, check=False)
-        if done.returncode:
+            proc = subprocess.run(_cli(command, *common), stdout=log, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode:
             log = work / f"{tag}-{command}.log"
-            raise SystemExit(f"{tag}: renderloop {command} failed ({done.returncode}); see {log}")
+            raise SystemExit(f"{tag}: renderloop {command} failed ({proc.returncode}); see {log}")
         times[f"{command}_seconds"] = time.monotonic() - start
     results = json.loads((work / tag / "run" / "eval" / "simgan_eval.json").read_text())
     run = {"variant": variant, "seed": seed, "half": half, **times, **results}

@@ -1,7 +1,12 @@
 """bench.simgan: per-variant summaries over runs and each ablation against the paper's row."""
 
+import json
+import subprocess
+from types import SimpleNamespace
+
 import pytest
 
+from bench import simgan
 from bench.simgan import METRICS, compare, summarize
 
 
@@ -25,3 +30,20 @@ def test_rows_summarize_their_own_runs_and_ablations_are_compared_with_simgan():
     assert not comparisons["no_history"]["gap_closed"]["exceeds_interval"]  # same mean
     assert comparisons["lambda_0"]["refined_error"]["difference"] == pytest.approx(-0.16)
     assert compare([r for r in runs if r["variant"] != "simgan"]) == {}
+
+
+def test_a_finished_run_is_saved_and_a_second_call_reuses_it(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_cli(command, **_):
+        calls.append(command[3])  # python -m renderloop.cli <command> ...
+        run_dir = next(a.split("=", 1)[1] for a in command if a.startswith("run_dir="))
+        (simgan.Path(run_dir) / "eval").mkdir(parents=True, exist_ok=True)
+        (simgan.Path(run_dir) / "eval" / "simgan_eval.json").write_text(json.dumps({"gap_closed": 0.25}))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(simgan.subprocess, "run", fake_cli)
+    args = SimpleNamespace(device="cpu", set=[])
+    first = simgan.one_run("simgan", 3, 0, args, tmp_path)
+    assert calls == ["run", "eval"] and first["gap_closed"] == 0.25 and first["seed"] == 3
+    assert simgan.one_run("simgan", 3, 0, args, tmp_path) == first and calls == ["run", "eval"]
