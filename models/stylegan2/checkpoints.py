@@ -199,6 +199,7 @@ def _build_generator(kwargs: dict, where: str) -> Generator:
     cfg.update(_take(mapping, f"{where}.mapping_kwargs", m_names, features))
     s_names = {k: k for k in ("channel_base", "channel_max", "conv_clamp", "architecture", "use_noise")}
     cfg.update(_take(synthesis, f"{where}.synthesis_kwargs", s_names, {"kernel_size": (3,)}))
+    cfg.setdefault("conv_clamp", None)  # NVlabs' default: no clamping (ours is 256)
     return Generator(GeneratorConfig(**cfg))
 
 
@@ -213,7 +214,29 @@ def _build_discriminator(kwargs: dict, where: str) -> Discriminator:
         _take(kwargs.get("mapping_kwargs"), f"{where}.mapping_kwargs", {}, d_mapping)
     mbstd = {k: k for k in ("mbstd_group_size", "mbstd_num_channels")}
     cfg.update(_take(kwargs.get("epilogue_kwargs"), f"{where}.epilogue_kwargs", mbstd))
+    cfg.setdefault("conv_clamp", None)  # NVlabs' default: no clamping (ours is 256)
     return Discriminator(**cfg)
+
+
+def _as_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """NVlabs keeps each ``noise_strength`` as a 0-dim tensor; ours is ``[1]`` (see ``SynthesisLayer``)."""
+    return {k: v.reshape(1) if k.endswith("noise_strength") and v.dim() == 0 else v for k, v in state.items()}
+
+
+def _recorded_clamps(net: nn.Module, record: PersistentRecord) -> None:
+    """Give each of our layers the ``conv_clamp`` its NVlabs layer recorded. A file whose settings
+    omit ``conv_clamp`` ran without clamping (NVlabs' default), whatever our own default is."""
+    for name, module in net.named_modules():
+        if not hasattr(module, "conv_clamp"):
+            continue
+        node = record
+        for part in name.split(".") if name else []:
+            node = (node.state.get("_modules") or {}).get(part) if isinstance(node, PersistentRecord) else None
+        if isinstance(node, PersistentRecord) and "conv_clamp" in node.state:
+            clamp = node.state["conv_clamp"]
+            if clamp is not None and not isinstance(clamp, int | float):
+                raise CheckpointError(f"load_nvlabs_pickle(): {name}.conv_clamp must be a number or None")
+            module.conv_clamp = None if clamp is None else float(clamp)
 
 
 def _few(keys: list[str], n: int = 4) -> str:
@@ -254,7 +277,7 @@ def load_nvlabs_pickle(path_or_file: str | Path | IO[bytes], which: str = "G_ema
     if kind not in builders:
         raise CheckpointError(f"load_nvlabs_pickle(): {which} must be a Generator or Discriminator; got {kind}")
     try:
-        state = _flat_state(record)
+        state = _as_ours(_flat_state(record))
         if any(k.startswith("synthesis.input.") for k in state):
             raise CheckpointError(
                 f"load_nvlabs_pickle(): {which} is a StyleGAN3 generator; only StyleGAN2 is supported"
@@ -265,6 +288,7 @@ def load_nvlabs_pickle(path_or_file: str | Path | IO[bytes], which: str = "G_ema
     except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as err:  # e.g. a bad resolution
         raise CheckpointError(f"load_nvlabs_pickle(): {which} does not describe our {kind} ({err})") from None
     _load_exact(net, state, f"load_nvlabs_pickle({which})")
+    _recorded_clamps(net, record)
     return net.eval()
 
 

@@ -107,6 +107,8 @@ class _Persistent:
 def _persistent(module: nn.Module, fake, init_kwargs: dict | None = None, class_name: str | None = None):
     state = {k: v for k, v in vars(module).items() if k != "cfg"}  # its __dict__, less our config object
     state["_parameters"], state["_buffers"] = OrderedDict(module._parameters), OrderedDict(module._buffers)
+    if "noise_strength" in state["_parameters"]:  # NVlabs keeps it as a 0-dim tensor
+        state["_parameters"]["noise_strength"] = nn.Parameter(module.noise_strength.detach().reshape([]))
     state["_modules"] = OrderedDict((name, _persistent(child, fake)) for name, child in module._modules.items())
     state["_init_args"], state["_init_kwargs"] = (), init_kwargs or {}
     if "weight_gain" in state:  # NVlabs computes gains with numpy
@@ -182,6 +184,32 @@ def test_nvlabs_generator_roundtrip_cpu(tmp_path, protocol, c_dim):
     _assert_same_images(G, G2)
     with open(tmp_path / "snap.pkl", "rb") as f:  # an open file works too
         _assert_same_images(G, load_nvlabs_pickle(f, which="G"))
+
+
+def test_nvlabs_files_without_conv_clamp_load_unclamped_cpu(tmp_path):
+    # stylegan2-ada-pytorch's networks default to conv_clamp=None and its snapshots then omit it;
+    # each layer records its own value, which is what the loader must use (ours defaults to 256).
+    G = _tiny_generator(conv_clamp=None)
+    with torch.no_grad():  # activations large enough that a clamp at 256 would change the images
+        for name, p in G.named_parameters():
+            if name.endswith("affine.bias"):
+                p.add_(300.0)
+    D = _tiny_discriminator(conv_clamp=None)
+
+    def no_clamp(kw):
+        kw.get("synthesis_kwargs", kw).pop("conv_clamp", None)
+        kw.pop("conv_clamp", None)
+
+    _write_nvlabs(tmp_path / "snap.pkl", G, D, g_edit=no_clamp, d_edit=no_clamp)
+    G2, D2 = load_nvlabs_pickle(tmp_path / "snap.pkl"), load_nvlabs_pickle(tmp_path / "snap.pkl", which="D")
+    assert G2.cfg.conv_clamp is None and all(m.conv_clamp is None for m in G2.modules() if hasattr(m, "conv_clamp"))
+    _assert_same_images(G, G2)
+    clamped = _tiny_generator(conv_clamp=256.0)
+    clamped.load_state_dict(G.state_dict())
+    z = torch.randn(4, G.z_dim, generator=torch.Generator().manual_seed(2))
+    assert not torch.equal(clamped(z, None, noise_mode="const"), G2(z, None, noise_mode="const"))  # the test can fail
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(D2(x, None), D(x, None))
 
 
 @pytest.mark.parametrize("architecture", ["skip", "resnet", "orig"])
