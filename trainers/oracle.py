@@ -196,8 +196,8 @@ class OracleBudgetError(RuntimeError):
 class Oracle:
     """The trained oracles behind one small API; every image asked about is counted.
 
-    ``budget`` caps the images per call kind (``segment``, ``viewpoint``): a method that emulates
-    K human annotations sets ``budget=K`` and cannot use more by accident.
+    ``budget`` caps the images per annotation kind (``segment``, ``viewpoint``): a method that
+    emulates K human annotations sets ``budget=K`` and cannot use more by accident.
     """
 
     def __init__(self, segmenter: nn.Module, viewpoint: nn.Module, device, budget: int | None = None) -> None:
@@ -232,6 +232,16 @@ class Oracle:
     def mask(self, images: torch.Tensor) -> torch.Tensor:
         """Object masks ``[B, H, W]`` (bool); counted as segmentation calls."""
         return self.segment(images) > 0
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Image features ``[B, C]``: the segmenter's deepest encoder features, averaged over space.
+        A fixed encoder for distances between image sets; counted, but not an annotation, so
+        outside the budget."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"oracle embed: expected images [B, 3, H, W] in [0, 1]; got {tuple(images.shape)}")
+        self.calls["embed"] = self.calls.get("embed", 0) + len(images)
+        return self.segmenter.features(images.to(self.device).float())[-1].mean((2, 3))
 
     @torch.no_grad()
     def viewpoint(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

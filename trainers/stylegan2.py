@@ -10,6 +10,7 @@ gives the sample grids, the export and ``renderloop eval``, which writes
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from renderloop.models.stylegan2 import Discriminator, Generator, GeneratorConfi
 
 from .adversarial import discriminator_loss, generator_loss, r1_penalty
 from .method import Method, ModelSpec, Phase
+from .stylegan2_quality import QualityConfig, quality_report
 
 __all__ = ["StyleGAN2MethodConfig", "StyleGAN2"]
 
@@ -56,11 +58,15 @@ class StyleGAN2MethodConfig:
     grid: int = 16
     """Images in the sample grids (fixed latents)."""
     seed: int = 0
+    evaluation: QualityConfig = field(default_factory=QualityConfig)
+    """``renderloop eval``: feature distances to the data, and oracle scores on the category."""
 
     def __post_init__(self) -> None:
         def bad(key: str, msg: str) -> ConfigError:
             return ConfigError(f"method.{key}", msg)
 
+        if isinstance(self.evaluation, dict):
+            self.evaluation = QualityConfig(**self.evaluation)
         check_roles(self.data, ("real",))
         _, source = source_config(self.data["real"])
         res = getattr(source, "resolution", 0)
@@ -202,7 +208,10 @@ class StyleGAN2(Method):
         save_png(image_grid(grid, columns=int(math.ceil(math.sqrt(len(grid))))), out / "samples.png")
         save_generator(G.cpu() if isinstance(G, Generator) else G, out / "generator.pt")
         G.to(self.device)
-        return {"images": float(len(grid)), "w_avg_norm": G.mapping.w_avg.norm().item()}
+        report = {"images": float(len(grid)), "w_avg_norm": G.mapping.w_avg.norm().item()}
+        report |= quality_report(G, self.config.data["real"], self.config.evaluation, self.device)
+        (out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
 
     def state_dict(self) -> dict[str, Any]:
         return {"pl_mean": self.pl_mean.cpu()}

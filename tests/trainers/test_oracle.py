@@ -12,9 +12,11 @@ from renderloop.cli import main
 from renderloop.config import ConfigError, load_config
 from renderloop.datasets import category
 from renderloop.models.oracles import PartSegmenter, ViewpointRegressor
+from renderloop.models.stylegan2 import Generator, GeneratorConfig
 from renderloop.trainers.methods import method_config
 from renderloop.trainers.oracle import Oracle, OracleBudgetError
 from renderloop.trainers.scores import angle_error_deg, class_iou, confusion
+from renderloop.trainers.stylegan2_quality import QualityConfig, quality_report
 
 
 def test_iou_counts_over_the_whole_dataset():
@@ -83,3 +85,15 @@ def test_a_short_run_learns_masks_and_the_api_loads_it(tmp_path, capsys):
     assert oracle.mask(torch.rand(2, 3, 24, 24)).shape == (2, 24, 24)
     with pytest.raises(OracleBudgetError):
         oracle.mask(torch.rand(1, 3, 24, 24))
+    assert oracle.embed(torch.rand(5, 3, 24, 24)).shape[0] == 5 and oracle.calls["embed"] == 5  # not budgeted
+
+    # The GAN quality report on the category uses this oracle for features, masks and viewpoints.
+    G = Generator(GeneratorConfig(z_dim=8, w_dim=8, img_resolution=32, channel_base=64, channel_max=16,
+                                  mapping_layers=1)).eval()  # fmt: skip
+    source = load_config("train", ["method=oracle_debug", "method.data.renders.resolution=32"]).method.data["renders"]
+    ev = QualityConfig(samples=16, batch_size=8, oracle_run=str(tmp_path / "run"), kid_subsets=2, kid_subset_size=8)
+    report = quality_report(G, source, ev, torch.device("cpu"))
+    assert report["encoder"] == "oracle segmenter" and report["fd"] > report["fd_real_floor"]
+    assert report["valid_mask_share"] < report["valid_mask_share_renders"]  # an untrained G draws no objects
+    assert 0 <= report["azimuth_tv"] <= 1
+    assert report["oracle_calls"] == {"segment": 32, "viewpoint": 32, "embed": 48}

@@ -95,6 +95,11 @@ def test_export_feeds_the_stylegan2_source(tmp_path):
     results = evaluate(cfg)
     assert results["images"] == 4 and (tmp_path / "run" / "eval" / "samples.png").exists()
     assert results["w_avg_norm"] > 0  # starts at 0: the generator steps tracked the mean w (truncation's centre)
+    # Two training steps: the samples are far from the data, farther than two real sets are from each other.
+    assert results["samples"] == 32 and results["encoder"] == "random (seed 0)"
+    assert results["fd"] > results["fd_real_floor"] >= 0 and results["kid"] > results["kid_real_floor"]
+    assert 0 <= results["precision"] <= 1 and 0 <= results["recall"] <= 1
+    assert json.loads((tmp_path / "run" / "eval" / "quality.json").read_text())["fd"] == results["fd"]
     source = StyleGAN2Source(
         StyleGAN2SourceConfig(
             checkpoint=str(tmp_path / "run" / "eval" / "generator.pt"), batch_size=6, views=3, view_layers=2
