@@ -1,0 +1,97 @@
+"""The GAN gate: train the category's StyleGAN2 and check it is good enough for the GAN methods.
+
+    python -m bench.gan_gate --device cuda --work runs/gate --minutes 8      # call again to continue
+    python -m bench.gan_gate --work runs/gate --set method.data.real.resolution=32 engine.max_steps=40  # CPU
+
+Each call (1) trains the oracles once (``method=oracle``, objects of the ``oracle`` range) unless
+``--oracle-run`` names a finished run, (2) trains ``method=stylegan2_vehicle`` for another
+``--minutes`` from its last checkpoint, (3) evaluates it (``renderloop eval``, the oracle as the
+feature encoder and judge) and appends a point to ``<work>/curve.jsonl``: minutes and kimg so far,
+FD beside the real-vs-real floor, KID, precision/recall, the share of samples that are one object
+covering ≥10% of the image, and the azimuth-histogram distance to renders. The gate passes at
+``valid_mask_share >= 0.9`` and ``azimuth_tv <= 0.15``; the GAN methods start from a generator
+that passed it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+GATE = {"valid_mask_share": (">=", 0.9), "azimuth_tv": ("<=", 0.15)}
+"""Metric → (comparison, threshold) that a usable category GAN meets."""
+
+
+def _renderloop(command: str, *overrides: str, log: Path) -> None:
+    with open(log, "a") as out:
+        proc = subprocess.run([sys.executable, "-m", "renderloop.cli", command, *overrides], stdout=out,
+                              stderr=subprocess.STDOUT, check=False)  # fmt: skip
+    if proc.returncode:
+        raise SystemExit(f"renderloop {command} failed ({proc.returncode}); see {log}")
+
+
+def passes(report: dict) -> dict[str, bool]:
+    """Each gate metric's verdict."""
+    return {k: (report[k] >= t if op == ">=" else report[k] <= t) for k, (op, t) in GATE.items()}
+
+
+def _trained(run: Path) -> tuple[int, float]:
+    """Steps and minutes of training so far, from the run's log (0 if none)."""
+    log = run / "train_log.jsonl"
+    if not log.exists():
+        return 0, 0.0
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    steps = max((r.get("step", 0) for r in lines), default=0)
+    times = [r["time"] for r in lines if "time" in r]
+    return steps, (max(times) - min(times)) / 60 if len(times) > 1 else 0.0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--work", required=True, help="runs and the curve; a second call continues them")
+    p.add_argument("--minutes", type=float, default=8.0, help="GAN training in this call")
+    p.add_argument("--oracle-run", default="", help="a finished method=oracle run (default: train one in --work)")
+    p.add_argument("--oracle-minutes", type=float, default=4.0)
+    p.add_argument("--set", nargs="*", default=[], help="more overrides for the GAN run")
+    p.add_argument("--oracle-set", nargs="*", default=[], help="more overrides for the oracle run")
+    args = p.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "gate.log"
+    oracle = Path(args.oracle_run) if args.oracle_run else work / "oracle"
+    if not (oracle / "models").is_dir():
+        common = ["method=oracle", f"device={args.device}", f"run_dir={oracle}", f"storage.root={work / 'oracle-data'}"]
+        _renderloop("run", *common, f"engine.max_minutes={args.oracle_minutes}", "engine.max_steps=1000000",
+                    "engine.progress=false", *args.oracle_set, log=log)  # fmt: skip
+        _renderloop("eval", *common, *args.oracle_set, log=log)
+    run = work / "gan"
+    common = ["method=stylegan2_vehicle", f"device={args.device}", f"run_dir={run}",
+              f"storage.root={work / 'gan-data'}"]  # fmt: skip
+    start = time.monotonic()
+    _renderloop("run", *common, f"engine.max_minutes={args.minutes}", "engine.progress=false", *args.set, log=log)
+    wall = time.monotonic() - start
+    _renderloop("eval", *common, f"method.evaluation.oracle_run={oracle}", *args.set, log=log)
+    report = json.loads((run / "eval" / "quality.json").read_text())
+    steps, minutes = _trained(run)
+    point = {"steps": steps, "training_minutes": minutes, "call_wall_seconds": wall, **report}
+    point["gate"] = passes(report) if all(k in report for k in GATE) else {}
+    with open(work / "curve.jsonl", "a") as curve:
+        curve.write(json.dumps(point) + "\n")
+    oracle_scores = json.loads((oracle / "eval" / "oracle_eval.json").read_text())
+    print(f"oracle: mask IoU {oracle_scores['mask_iou']:.3f}, part mIoU {oracle_scores['part_miou']:.3f}, "
+          f"azimuth median error {oracle_scores['azimuth_median_error_deg']:.1f}°")  # fmt: skip
+    print(f"GAN after {steps} steps ({minutes:.1f} min): FD {report['fd']:.3g} "
+          f"(real floor {report['fd_real_floor']:.3g}), "
+          f"KID {report['kid']:.3g}, precision {report['precision']:.2f}, recall {report['recall']:.2f}")  # fmt: skip
+    for key, ok in point["gate"].items():
+        op, threshold = GATE[key]
+        print(f"gate {key} {report[key]:.3f} {op} {threshold}: {'pass' if ok else 'not yet'}")
+
+
+if __name__ == "__main__":
+    main()
