@@ -96,6 +96,13 @@ def compare(runs: list[dict], reference: str = "simgan") -> dict[str, dict]:
     }
 
 
+def _write_report(path: str, runs: list[dict]) -> None:
+    """The JSON report of the runs so far: per-variant rows, comparisons, every run."""
+    meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": sys.argv}
+    report = {"meta": meta, "rows": summarize(runs), "comparisons": compare(runs), "runs": runs}
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
@@ -122,6 +129,8 @@ def main() -> None:
             errors = " ".join(f"{n} {r[f'{n}_error']:.3f}" for n in ("synthetic", "refined", "real"))
             print(f"{r['variant']:>10} seed {r['seed']} half {r['half']}: {errors} "
                   f"gap closed {r['gap_closed']:+.2f}", flush=True)  # fmt: skip
+            if args.out:  # the runs so far: a call cut short by a time limit still reports them
+                _write_report(args.out, runs)
     rows = summarize(runs)
     print(f"\n{'variant':>10} {'runs':>4} " + " ".join(f"{m:>26}" for m in METRICS[:5]))
     for variant, row in rows.items():
@@ -132,10 +141,6 @@ def main() -> None:
         for m, d in metrics.items():
             verdict = "exceeds its interval" if d["exceeds_interval"] else "no measurable effect"
             print(f"{variant} − simgan, {m}: {d['difference']:+.3f} ± {d['ci95']:.3f} (95%, Welch): {verdict}")
-    if args.out:
-        meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": sys.argv}
-        report = {"meta": meta, "rows": rows, "comparisons": comparisons, "runs": runs}
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -47,3 +47,11 @@ def test_a_finished_run_is_saved_and_a_second_call_reuses_it(tmp_path, monkeypat
     first = simgan.one_run("simgan", 3, 0, args, tmp_path)
     assert calls == ["run", "eval"] and first["gap_closed"] == 0.25 and first["seed"] == 3
     assert simgan.one_run("simgan", 3, 0, args, tmp_path) == first and calls == ["run", "eval"]
+
+
+def test_the_report_holds_the_runs_so_far(tmp_path):
+    runs = [_run("simgan", s, g) for s, g in enumerate((0.1, 0.2))] + [_run("lambda_0", 0, 0.3)]
+    simgan._write_report(str(tmp_path / "out.json"), runs)
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert report["rows"]["simgan"]["gap_closed"][2] == 2 and len(report["runs"]) == 3
+    assert report["comparisons"]["lambda_0"]["gap_closed"]["difference"] == pytest.approx(0.15)
