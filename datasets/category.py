@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from renderloop.config import ConfigError
 
-from .shapes import TEXTURES, solid_texture
+from .shapes import TEXTURES, paint, texture_draws
 
 __all__ = ["CATEGORIES", "PART_NAMES", "SEED_RANGES", "vehicle", "part_labels", "resolve_range", "check_disjoint"]
 
@@ -94,10 +94,8 @@ def vehicle(dirs: torch.Tensor, generators: list[torch.Generator], textures: tup
     construction: every term depends on |x|, never on the sign of x.
     """
     dev = dirs.device
-    params = torch.stack([torch.rand(8, generator=g) for g in generators]).to(dev)  # (N, 8) in [0, 1)
-    width, height, roundness, cabin_height, cabin_centre, cabin_half, hood_drop, cabin_taper = params.T.unsqueeze(
-        -1
-    )  # each (N, 1)
+    params = torch.stack([torch.rand(8, generator=g) for g in generators]).to(dev).T.unsqueeze(-1)  # 8 × (N, 1)
+    width, height, roundness, cabin_height, cabin_centre, cabin_half, hood_drop, cabin_taper = params
     width, height = 0.42 + 0.16 * width, 0.22 + 0.12 * height
     exponent = 0.25 + 0.35 * roundness  # < 1: boxy; the sign-preserving power keeps symmetry
     x, y, z = dirs.unbind(-1)
@@ -114,22 +112,12 @@ def vehicle(dirs: torch.Tensor, generators: list[torch.Generator], textures: tup
     by = torch.where(top > 0, by * (1 - hood) + (0.15 + 0.25 * cabin_height) * cabin, by.clamp(min=-0.8 * height))
     points = torch.stack([bx, by, bz], dim=-1)
     points = points / points.norm(dim=-1).amax(-1).view(-1, 1, 1)
-    names = torch.tensor([TEXTURES.index(t) for t in textures], device=dev)
-    colours = torch.cat(
-        [
-            solid_texture(p.unsqueeze(0), names[torch.randint(len(names), (1,), generator=g)].to(dev), _on(g, dev))
-            for p, g in zip(points, generators, strict=True)
-        ]
-    )
-    return points, colours
-
-
-def _on(generator: torch.Generator, device: torch.device) -> torch.Generator:
-    """A generator on ``device`` seeded from ``generator`` (draws stay a function of the object seed)."""
-    if device.type == "cpu":
-        return generator
-    seed = int(torch.randint(2**62, (1,), generator=generator))
-    return torch.Generator(device=device).manual_seed(seed)
+    # Textures: each object's draws from its own generator on the CPU, painted in one batch.
+    kinds = torch.tensor([TEXTURES.index(t) for t in textures])
+    kind = torch.cat([kinds[torch.randint(len(kinds), (1,), generator=g)] for g in generators]).to(dev)
+    per_object = [texture_draws(g, 1) for g in generators]
+    draws = {k: torch.cat([d[k] for d in per_object]).to(dev) for k in per_object[0]}
+    return points, paint(points, kind, draws)
 
 
 def part_labels(dirs: torch.Tensor) -> torch.Tensor:

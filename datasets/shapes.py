@@ -12,7 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PROCEDURAL", "TEXTURES", "deform", "solid_texture", "part_labels", "keypoint_vertices", "random_rotation"]
+__all__ = ["PROCEDURAL", "TEXTURES", "deform", "texture_draws", "paint", "solid_texture", "part_labels",
+           "keypoint_vertices", "random_rotation"]  # fmt: skip
 
 PROCEDURAL = ("superquadric", "deformed_sphere", "extrusion")
 TEXTURES = ("solid", "checker", "noise", "gradient")
@@ -70,21 +71,34 @@ def random_rotation(n: int, gen: torch.Generator, device=None) -> torch.Tensor:
     ).view(n, 3, 3)  # fmt: skip
 
 
-def solid_texture(points: torch.Tensor, kind: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def texture_draws(gen: torch.Generator, n: int, device=None) -> dict[str, torch.Tensor]:
+    """The random numbers of ``n`` solid textures (two colours, checker frequency, noise waves,
+    gradient direction), drawn in the order every seeded stream was made with."""
+    c1, c2 = _u(gen, n, 1, 3, device=device), _u(gen, n, 1, 3, device=device)
+    checker_freq = _u(gen, n, 1, 1, lo=2.0, hi=6.0, device=device)
+    wave_dirs, wave_freq = _unit(gen, n, 3, device=device), _u(gen, n, 3, lo=2.0, hi=8.0, device=device)
+    wave_phase = _u(gen, n, 1, 3, hi=PHASE_MAX, device=device)
+    gradient_dir = _unit(gen, n, 1, device=device)
+    return {"c1": c1, "c2": c2, "checker_freq": checker_freq, "wave_dirs": wave_dirs, "wave_freq": wave_freq,
+            "wave_phase": wave_phase, "gradient_dir": gradient_dir}  # fmt: skip
+
+
+def paint(points: torch.Tensor, kind: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
     """Colours ``[N, V, 3]`` in ``[0, 1]`` of canonical points ``[N, V, 3]`` for texture kinds
-    ``kind [N]`` (indices into ``TEXTURES``): solid, checker, noise, gradient of two random colours."""
+    ``kind [N]`` (indices into ``TEXTURES``) and their :func:`texture_draws`: solid, checker,
+    noise, gradient of two random colours."""
     N, dev = points.shape[0], points.device
-    c1, c2 = _u(gen, N, 1, 3, device=dev), _u(gen, N, 1, 3, device=dev)
-    f = _u(gen, N, 1, 1, lo=2.0, hi=6.0, device=dev)
-    checker = (torch.sin(f * math.pi * points).prod(-1, keepdim=True) > 0).float()
-    u, freq = _unit(gen, N, 3, device=dev), _u(gen, N, 3, lo=2.0, hi=8.0, device=dev)
-    noise = torch.sin(
-        freq.unsqueeze(1) * (points @ u.transpose(1, 2)) + _u(gen, N, 1, 3, hi=PHASE_MAX, device=dev)
-    ).mean(-1, keepdim=True)
-    noise = torch.sigmoid(4 * noise)
-    grad = ((points @ _unit(gen, N, 1, device=dev).transpose(1, 2)) + 1) / 2
+    checker = (torch.sin(draws["checker_freq"] * math.pi * points).prod(-1, keepdim=True) > 0).float()
+    waves = draws["wave_freq"].unsqueeze(1) * (points @ draws["wave_dirs"].transpose(1, 2)) + draws["wave_phase"]
+    noise = torch.sigmoid(4 * torch.sin(waves).mean(-1, keepdim=True))
+    grad = ((points @ draws["gradient_dir"].transpose(1, 2)) + 1) / 2
     mix = torch.stack([torch.zeros_like(grad), checker, noise, grad], dim=1)[torch.arange(N, device=dev), kind]
-    return c1 + (c2 - c1) * mix
+    return draws["c1"] + (draws["c2"] - draws["c1"]) * mix
+
+
+def solid_texture(points: torch.Tensor, kind: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """:func:`paint` with ``N`` textures drawn from ``gen``."""
+    return paint(points, kind, texture_draws(gen, points.shape[0], points.device))
 
 
 def part_labels(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
