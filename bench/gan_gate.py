@@ -6,7 +6,8 @@
 Each call (1) trains the oracles once (``method=oracle``, objects of the ``oracle`` range) unless
 ``--oracle-run`` names a finished run, (2) trains ``method=stylegan2_vehicle`` for another
 ``--minutes`` from its last checkpoint, (3) evaluates it (``renderloop eval``, the oracle as the
-feature encoder and judge) and appends a point to ``<work>/curve.jsonl``: minutes and kimg so far,
+feature encoder and judge) and appends a point to ``<work>/curve.jsonl``: steps and wall minutes of
+training so far (the ``renderloop run`` calls, start-up included),
 FD beside the real-vs-real floor, KID, precision/recall, the share of samples that are one object
 covering ≥10% of the image, and the azimuth-histogram distance to renders. The gate passes at
 ``valid_mask_share >= 0.9`` and ``azimuth_tv <= 0.15``; the GAN methods start from a generator
@@ -39,15 +40,16 @@ def passes(report: dict) -> dict[str, bool]:
     return {k: (report[k] >= t if op == ">=" else report[k] <= t) for k, (op, t) in GATE.items()}
 
 
-def _trained(run: Path) -> tuple[int, float]:
-    """Steps and minutes of training so far, from the run's log (0 if none)."""
+def _steps(run: Path) -> int:
+    """The last step the run logged (0 if none)."""
     log = run / "train_log.jsonl"
-    if not log.exists():
-        return 0, 0.0
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    steps = max((r.get("step", 0) for r in lines), default=0)
-    times = [r["time"] for r in lines if "time" in r]
-    return steps, (max(times) - min(times)) / 60 if len(times) > 1 else 0.0
+    lines = log.read_text().splitlines() if log.exists() else []
+    return max((json.loads(line).get("step", 0) for line in lines if line.strip()), default=0)
+
+
+def _curve(work: Path) -> list[dict]:
+    path = work / "curve.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def main() -> None:
@@ -77,7 +79,9 @@ def main() -> None:
     wall = time.monotonic() - start
     _renderloop("eval", *common, f"method.evaluation.oracle_run={oracle}", *args.set, log=log)
     report = json.loads((run / "eval" / "quality.json").read_text())
-    steps, minutes = _trained(run)
+    steps = _steps(run)
+    earlier = _curve(work)
+    minutes = (earlier[-1]["training_minutes"] if earlier else 0.0) + wall / 60  # start-up included, gaps not
     point = {"steps": steps, "training_minutes": minutes, "call_wall_seconds": wall, **report}
     point["gate"] = passes(report) if all(k in report for k in GATE) else {}
     with open(work / "curve.jsonl", "a") as curve:

@@ -13,6 +13,8 @@ objects from disjoint seed ranges (``SEED_RANGES``), which :func:`check_disjoint
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
@@ -20,7 +22,8 @@ from renderloop.config import ConfigError
 
 from .shapes import TEXTURES, paint, texture_draws
 
-__all__ = ["CATEGORIES", "PART_NAMES", "SEED_RANGES", "vehicle", "part_labels", "resolve_range", "check_disjoint"]
+__all__ = ["CATEGORIES", "PART_NAMES", "SEED_RANGES", "vehicle", "part_labels", "resolve_range", "check_disjoint",
+           "held_out"]  # fmt: skip
 
 CATEGORIES = ("vehicle",)
 
@@ -78,6 +81,11 @@ def check_disjoint(ranges: dict[str, tuple[int, int]]) -> None:
                 f"{name_a} [{first_a}, {end_a}) and {name_b} [{first_b}, {end_b}) share objects; "
                 "training, oracle and test objects must come from disjoint seed ranges",
             )
+
+
+def held_out(config):
+    """A simulator config like ``config`` whose objects come from the ``test`` range only."""
+    return replace(config, object_seeds="test")
 
 
 def _smooth_window(x: torch.Tensor, centre: torch.Tensor, half_width: torch.Tensor, edge: float = 0.15):

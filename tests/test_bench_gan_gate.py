@@ -33,6 +33,7 @@ def test_a_second_call_continues_the_gan_and_adds_a_point(tmp_path, monkeypatch,
         gan_gate.main()
     curve = [json.loads(line) for line in (tmp_path / "curve.jsonl").read_text().splitlines()]
     assert [p["steps"] for p in curve] == [5, 11]  # the second call resumed at step 6
+    assert curve[1]["training_minutes"] > curve[0]["training_minutes"] > 0
     assert all(set(p["gate"]) == set(gan_gate.GATE) and p["fd_real_floor"] >= 0 for p in curve)
     assert curve[1]["oracle_calls"]["segment"] == 32  # samples and renders, 16 each
     assert capsys.readouterr().out.count("oracle: mask IoU") == 2

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,19 +119,12 @@ class OracleMethod(Method):
                                 self.config.evaluation, out_dir)  # fmt: skip
 
 
-def test_renders(source, ev: OracleEvalConfig, device) -> Simulator:
-    """A simulator like the training stream's, drawing objects from the ``test`` range only."""
-    from dataclasses import replace
-
-    return Simulator(replace(source, object_seeds="test", batch_size=ev.batch_size), device)
-
-
 @torch.no_grad()
 def evaluate_oracles(oracle: Oracle, source, ev: OracleEvalConfig, out_dir: Any) -> dict[str, float]:
     """Part and mask IoU, azimuth and elevation errors on held-out renders; JSON and a figure."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sim = test_renders(source, ev, oracle.device)
+    sim = Simulator(replace(category.held_out(source), batch_size=ev.batch_size), oracle.device)
     classes = 1 + len(category.PART_NAMES)
     counts = torch.zeros(classes, classes, dtype=torch.long)
     label_counts = torch.zeros(classes, classes, dtype=torch.long)
@@ -213,15 +206,15 @@ class Oracle:
         method, nets = load_run("oracle", None, run_dir, device)
         return cls(nets["segmenter"], nets["viewpoint"], method.device, budget)
 
-    def _count(self, kind: str, images: torch.Tensor) -> torch.Tensor:
+    def _count(self, kind: str, images: torch.Tensor, budgeted: bool = True) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"oracle {kind}: expected images [B, 3, H, W] in [0, 1]; got {tuple(images.shape)}")
-        if self.budget is not None and self.calls[kind] + len(images) > self.budget:
+        asked = self.calls.get(kind, 0)
+        if budgeted and self.budget is not None and asked + len(images) > self.budget:
             raise OracleBudgetError(
-                f"oracle {kind}: {self.calls[kind]} images asked so far, {len(images)} more exceed the budget of "
-                f"{self.budget}"
+                f"oracle {kind}: {asked} images asked so far, {len(images)} more exceed the budget of {self.budget}"
             )
-        self.calls[kind] += len(images)
+        self.calls[kind] = asked + len(images)
         return images.to(self.device).float()
 
     @torch.no_grad()
@@ -238,10 +231,7 @@ class Oracle:
         """Image features ``[B, C]``: the segmenter's deepest encoder features, averaged over space.
         A fixed encoder for distances between image sets; counted, but not an annotation, so
         outside the budget."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"oracle embed: expected images [B, 3, H, W] in [0, 1]; got {tuple(images.shape)}")
-        self.calls["embed"] = self.calls.get("embed", 0) + len(images)
-        return self.segmenter.features(images.to(self.device).float())[-1].mean((2, 3))
+        return self.segmenter.features(self._count("embed", images, budgeted=False))[-1].mean((2, 3))
 
     @torch.no_grad()
     def viewpoint(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

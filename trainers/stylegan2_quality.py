@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from renderloop.config import ConfigError
+from renderloop.datasets import category
 from renderloop.datasets.sources import build_source, source_config
 
 from .gan_quality import RandomEncoder, frechet_distance, histogram_tv, kernel_distance, one_object, precision_recall
@@ -52,7 +53,7 @@ def _real_images(source_node, count: int, offset: int, batch_size: int, device) 
     on; simulator categories draw held-out (``test``) objects."""
     name, cfg = source_config(source_node)
     if name == "simulator" and cfg.category:
-        cfg = replace(cfg, object_seeds="test")
+        cfg = category.held_out(cfg)
     cfg = replace(cfg, batch_size=batch_size) if hasattr(cfg, "batch_size") else cfg
     source = build_source(name, cfg, device)
     batches = range(offset, offset + math.ceil(count / batch_size))
@@ -81,10 +82,7 @@ def quality_report(G, source_node, ev: QualityConfig, device) -> dict:
         from .oracle import Oracle
 
         oracle = Oracle.load(ev.oracle_run, device=str(device))
-        encode = oracle.embed
-    else:
-        encoder = RandomEncoder(seed=ev.seed).to(device)
-        encode = encoder
+    encode = oracle.embed if oracle else RandomEncoder(seed=ev.seed).to(device)
 
     def features(images):
         return torch.cat([encode(images[i : i + ev.batch_size].to(device)).cpu() for i in range(0, n, ev.batch_size)])
