@@ -316,56 +316,102 @@ def _rosinality_config(sd: dict) -> GeneratorConfig:
     )  # fmt: skip
 
 
-def _rosinality_state(sd: dict, G: Generator, latent_avg: Any) -> dict[str, torch.Tensor]:
-    """rosinality's tensors under our names and shapes; its FIR kernels are dropped (ours are fixed)."""
-    ours = G.state_dict()
-    out = {k: v for k, v in ours.items() if k.endswith("resample_filter")}
-    used, problems = set(), []
+class _Renamed:
+    """rosinality's tensors under our names and shapes, every mismatch collected for one error;
+    its FIR kernels are dropped (ours are fixed)."""
 
-    def put(src: str, dst: str, lead: tuple = (), shape: list | None = None) -> None:
-        want, t = shape or [*lead, *ours[dst].shape], sd.get(src)
+    def __init__(self, sd: dict, net: nn.Module) -> None:
+        self.sd, self.ours = sd, net.state_dict()
+        self.out = {k: v for k, v in self.ours.items() if k.endswith("resample_filter")}
+        self.used: set[str] = set()
+        self.problems: list[str] = []
+
+    def put(self, src: str, dst: str, lead: tuple = (), shape: list | None = None) -> None:
+        want, t = shape or [*lead, *self.ours[dst].shape], self.sd.get(src)
         if not isinstance(t, torch.Tensor) or list(t.shape) != list(want):
-            problems.append(f"{src} {list(t.shape) if isinstance(t, torch.Tensor) else 'missing'} (expected {want})")
+            found = list(t.shape) if isinstance(t, torch.Tensor) else "missing"
+            self.problems.append(f"{src} {found} (expected {want})")
             return
-        used.add(src)
-        out[dst] = t.reshape(ours[dst].shape)
+        self.used.add(src)
+        self.out[dst] = t.reshape(self.ours[dst].shape)
 
+    def state(self) -> dict[str, torch.Tensor]:
+        unexpected = [k for k in self.sd if k not in self.used and not str(k).endswith(".kernel")]
+        if self.problems or unexpected:
+            found = (("wrong or missing", self.problems), ("unexpected", unexpected))
+            raise CheckpointError("load_rosinality(): " + "; ".join(f"{n}: {_few(v)}" for n, v in found if v))
+        return self.out
+
+
+def _rosinality_state(sd: dict, G: Generator, latent_avg: Any) -> dict[str, torch.Tensor]:
+    r = _Renamed(sd, G)
     for i in range(G.cfg.mapping_layers):
-        put(f"style.{i + 1}.weight", f"mapping.fc{i}.weight")
-        put(f"style.{i + 1}.bias", f"mapping.fc{i}.bias")
-    put("input.input", "synthesis.b4.const", (1,))
+        r.put(f"style.{i + 1}.weight", f"mapping.fc{i}.weight")
+        r.put(f"style.{i + 1}.bias", f"mapping.fc{i}.bias")
+    r.put("input.input", "synthesis.b4.const", (1,))
     ups = list(enumerate(G.synthesis.block_resolutions[1:]))
-    convs = [("conv1", "b4.conv1")] + [(f"convs.{2 * i + j}", f"b{r}.conv{j}") for i, r in ups for j in (0, 1)]
+    convs = [("conv1", "b4.conv1")] + [(f"convs.{2 * i + j}", f"b{res}.conv{j}") for i, res in ups for j in (0, 1)]
     for k, (src, dst) in enumerate(convs):  # noise_k belongs to the k-th synthesis layer
         dst = f"synthesis.{dst}"
-        put(f"{src}.conv.weight", f"{dst}.weight", (1,))
-        put(f"{src}.conv.modulation.weight", f"{dst}.affine.weight")
-        put(f"{src}.conv.modulation.bias", f"{dst}.affine.bias")
-        put(f"{src}.noise.weight", f"{dst}.noise_strength", shape=[1])
-        put(f"{src}.activate.bias", f"{dst}.bias")
-        put(f"noises.noise_{k}", f"{dst}.noise_const", (1, 1))
-    for src, dst in [("to_rgb1", "b4.torgb")] + [(f"to_rgbs.{i}", f"b{r}.torgb") for i, r in ups]:
+        r.put(f"{src}.conv.weight", f"{dst}.weight", (1,))
+        r.put(f"{src}.conv.modulation.weight", f"{dst}.affine.weight")
+        r.put(f"{src}.conv.modulation.bias", f"{dst}.affine.bias")
+        r.put(f"{src}.noise.weight", f"{dst}.noise_strength", shape=[1])
+        r.put(f"{src}.activate.bias", f"{dst}.bias")
+        r.put(f"noises.noise_{k}", f"{dst}.noise_const", (1, 1))
+    for src, dst in [("to_rgb1", "b4.torgb")] + [(f"to_rgbs.{i}", f"b{res}.torgb") for i, res in ups]:
         dst = f"synthesis.{dst}"
-        put(f"{src}.conv.weight", f"{dst}.weight", (1,))
-        put(f"{src}.conv.modulation.weight", f"{dst}.affine.weight")
-        put(f"{src}.conv.modulation.bias", f"{dst}.affine.bias")
-        put(f"{src}.bias", f"{dst}.bias", shape=[1, G.img_channels, 1, 1])
-    out["mapping.w_avg"] = ours["mapping.w_avg"]  # zeros unless the file has latent_avg
+        r.put(f"{src}.conv.weight", f"{dst}.weight", (1,))
+        r.put(f"{src}.conv.modulation.weight", f"{dst}.affine.weight")
+        r.put(f"{src}.conv.modulation.bias", f"{dst}.affine.bias")
+        r.put(f"{src}.bias", f"{dst}.bias", shape=[1, G.img_channels, 1, 1])
+    r.out["mapping.w_avg"] = r.ours["mapping.w_avg"]  # zeros unless the file has latent_avg
     if isinstance(latent_avg, torch.Tensor) and latent_avg.numel() == G.w_dim:
-        out["mapping.w_avg"] = latent_avg.reshape(G.w_dim)
+        r.out["mapping.w_avg"] = latent_avg.reshape(G.w_dim)
     elif latent_avg is not None:
-        problems.append(f"latent_avg (expected a tensor of {G.w_dim} values)")
-    unexpected = [k for k in sd if k not in used and not str(k).endswith(".kernel")]
-    if problems or unexpected:
-        found = (("wrong or missing", problems), ("unexpected", unexpected))
-        raise CheckpointError("load_rosinality(): " + "; ".join(f"{n}: {_few(v)}" for n, v in found if v))
-    return out
+        r.problems.append(f"latent_avg (expected a tensor of {G.w_dim} values)")
+    return r.state()
 
 
-def load_rosinality(path_or_file: str | Path | IO[bytes], key: str = "g_ema") -> Generator:
-    """Our ``Generator`` (eval mode, CPU) from entry ``key`` of a rosinality ``stylegan2-pytorch``
-    ``.pt``: architecture ``skip``, no conv clamping, sizes inferred from the tensors, ``w_avg``
-    from ``latent_avg`` when present (zeros otherwise, so truncation then pulls towards 0).
+def _rosinality_discriminator(sd: dict) -> Discriminator:
+    """A resnet ``Discriminator`` sized from the tensors (``convs.0`` fromRGB, one ``convs.i``
+    block per halving down to 4×4), with rosinality's weights."""
+    fromrgb = sd.get("convs.0.0.weight")
+    if not isinstance(fromrgb, torch.Tensor) or fromrgb.dim() != 4:
+        raise CheckpointError(
+            "load_rosinality(): convs.0.0.weight must be a 4-D tensor; not a rosinality discriminator"
+        )
+    blocks = next(i for i in range(1, len(sd) + 2) if f"convs.{i}.conv1.0.weight" not in sd) - 1
+    if not blocks:
+        raise CheckpointError("load_rosinality(): no convs.1 block; not a rosinality discriminator")
+    resolutions = [4 * 2 ** (blocks - i) for i in range(blocks)]  # the blocks' input sizes, largest first
+    channels = {resolutions[0]: fromrgb.shape[0]}
+    for i, res in enumerate(resolutions, start=1):
+        weight = sd.get(f"convs.{i}.conv2.1.weight")
+        channels[res // 2] = weight.shape[0] if isinstance(weight, torch.Tensor) and weight.dim() == 4 else 0
+    D = Discriminator(img_resolution=4 * 2**blocks, img_channels=fromrgb.shape[1], channels=channels, conv_clamp=None)
+    r = _Renamed(sd, D)
+    # (weight, bias) of each layer: a ConvLayer holds [blur,] conv and its activation's bias
+    layers = [("convs.0.0", "convs.0.1", f"b{resolutions[0]}.fromrgb")]
+    for i, res in enumerate(resolutions, start=1):
+        layers += [(f"convs.{i}.conv1.0", f"convs.{i}.conv1.1", f"b{res}.conv0"),
+                   (f"convs.{i}.conv2.1", f"convs.{i}.conv2.2", f"b{res}.conv1"),
+                   (f"convs.{i}.skip.1", None, f"b{res}.skip")]  # fmt: skip
+    layers += [("final_conv.0", "final_conv.1", "b4.conv"), ("final_linear.0", "final_linear.0", "b4.fc"),
+               ("final_linear.1", "final_linear.1", "b4.out")]  # fmt: skip
+    for weight, bias, dst in layers:
+        r.put(f"{weight}.weight", f"{dst}.weight")
+        if bias:
+            r.put(f"{bias}.bias", f"{dst}.bias")
+    _load_exact(D, r.state(), "load_rosinality(d)")
+    return D
+
+
+def load_rosinality(path_or_file: str | Path | IO[bytes], key: str = "g_ema") -> Generator | Discriminator:
+    """Our network (eval mode, CPU) from entry ``key`` of a rosinality ``stylegan2-pytorch``
+    ``.pt``, sizes inferred from the tensors, no conv clamping. ``g_ema`` or ``g``: a ``skip``
+    ``Generator``, ``w_avg`` from ``latent_avg`` when present (zeros otherwise, so truncation then
+    pulls towards 0); ``d``: a ``resnet`` ``Discriminator``.
 
     Raises:
         CheckpointError: the file is not weights-only loadable (``argparse.Namespace`` is also
@@ -387,6 +433,8 @@ def load_rosinality(path_or_file: str | Path | IO[bytes], key: str = "g_ema") ->
         found = list(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"load_rosinality(): key must name a state dict of the file ({found}); got {key!r}")
     sd = ckpt[key]
+    if "final_linear.0.weight" in sd:
+        return _rosinality_discriminator(sd).eval()
     G = Generator(_rosinality_config(sd))
     _load_exact(G, _rosinality_state(sd, G, ckpt.get("latent_avg")), f"load_rosinality({key})")
     return G.eval()

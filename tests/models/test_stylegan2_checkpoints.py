@@ -512,3 +512,48 @@ def test_rosinality_wrong_entries_refused(tmp_path):
     (tmp_path / "text.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not weights-only loadable"):
         load_rosinality(tmp_path / "text.pt")
+
+
+def _rosinality_discriminator_state_dict(D: Discriminator) -> dict[str, torch.Tensor]:
+    """``D``'s tensors under rosinality's names (blur kernels included, as in its files)."""
+    sd, kernel = D.state_dict(), torch.tensor([[1.0, 3, 3, 1]]).T @ torch.tensor([[1.0, 3, 3, 1]]) / 64
+    top = D.img_resolution
+    out = {"convs.0.0.weight": sd[f"b{top}.fromrgb.weight"], "convs.0.1.bias": sd[f"b{top}.fromrgb.bias"]}
+    for i, res in enumerate(D.block_resolutions, start=1):
+        src, dst = f"b{res}", f"convs.{i}"
+        out |= {f"{dst}.conv1.0.weight": sd[f"{src}.conv0.weight"], f"{dst}.conv1.1.bias": sd[f"{src}.conv0.bias"],
+                f"{dst}.conv2.0.kernel": kernel, f"{dst}.conv2.1.weight": sd[f"{src}.conv1.weight"],
+                f"{dst}.conv2.2.bias": sd[f"{src}.conv1.bias"], f"{dst}.skip.0.kernel": kernel,
+                f"{dst}.skip.1.weight": sd[f"{src}.skip.weight"]}  # fmt: skip
+    out |= {"final_conv.0.weight": sd["b4.conv.weight"], "final_conv.1.bias": sd["b4.conv.bias"],
+            "final_linear.0.weight": sd["b4.fc.weight"], "final_linear.0.bias": sd["b4.fc.bias"],
+            "final_linear.1.weight": sd["b4.out.weight"], "final_linear.1.bias": sd["b4.out.bias"]}  # fmt: skip
+    return {k: v.clone() for k, v in out.items()}
+
+
+def test_rosinality_discriminator_roundtrip(tmp_path):
+    D = _tiny_discriminator(conv_clamp=None)
+    torch.save({"g_ema": _rosinality_state_dict(_rosinality_generator()), "d": _rosinality_discriminator_state_dict(D)},
+               tmp_path / "r.pt")  # fmt: skip
+    D2 = load_rosinality(tmp_path / "r.pt", key="d")
+    assert isinstance(D2, Discriminator) and D2.img_resolution == 16
+    assert {k: v.shape for k, v in D2.state_dict().items()} == {k: v.shape for k, v in D.state_dict().items()}
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(D2(x), D(x))
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("convs.1.skip.1.weight", None, r"convs\.1\.skip\.1\.weight missing"),
+        ("final_conv.1.bias", torch.zeros(3), r"final_conv\.1\.bias \[3\] \(expected \[32\]\)"),
+        ("convs.0.0.weight", torch.zeros(3), r"convs\.0\.0\.weight must be a 4-D tensor; not a rosinality"),
+        ("convs.1.conv1.0.weight", None, r"no convs\.1 block"),
+        ("extra.weight", torch.zeros(1), r"unexpected: extra\.weight"),
+    ],
+)
+def test_rosinality_discriminator_mismatch_refused(tmp_path, key, value, match):
+    torch.save({"d": _edited(_rosinality_discriminator_state_dict(_tiny_discriminator(conv_clamp=None)), key, value)},
+               tmp_path / "r.pt")  # fmt: skip
+    with pytest.raises(CheckpointError, match=match):
+        load_rosinality(tmp_path / "r.pt", key="d")

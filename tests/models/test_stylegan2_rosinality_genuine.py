@@ -1,0 +1,83 @@
+"""Our loader against generators built and saved by rosinality's own stylegan2-pytorch code.
+
+rosinality's code is not part of the project: these tests run where a checkout is present
+(``RENDERLOOP_ROSINALITY_STYLEGAN2=/path/to/stylegan2-pytorch``) and skip elsewhere; CI runs the
+same comparison against state dicts written by our own code in ``test_stylegan2_checkpoints.py``.
+Its ``op`` package compiles CUDA extensions when imported; the compiler is stubbed out so that
+its own CPU paths (native upfirdn2d, leaky ReLU) run, which is what its code does on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import types
+
+import pytest
+import torch
+from torch.utils import cpp_extension
+
+from renderloop.models.stylegan2.checkpoints import load_rosinality
+
+CHECKOUT = os.environ.get("RENDERLOOP_ROSINALITY_STYLEGAN2", "")
+pytestmark = pytest.mark.skipif(not os.path.isdir(CHECKOUT), reason="needs a rosinality stylegan2-pytorch checkout")
+
+
+@pytest.fixture(scope="module")
+def rosinality():
+    saved = {k: v for k, v in sys.modules.items() if k in ("model", "op") or k.startswith("op.")}
+    compile_extension = cpp_extension.load
+    cpp_extension.load = lambda *args, **kwargs: types.SimpleNamespace()  # never called on CPU tensors
+    sys.path.insert(0, CHECKOUT)
+    try:
+        import model
+
+        yield model
+    finally:
+        cpp_extension.load = compile_extension
+        sys.path.remove(CHECKOUT)
+        for k in [k for k in sys.modules if k in ("model", "op") or k.startswith("op.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+def _perturbed(net: torch.nn.Module) -> torch.nn.Module:
+    """Random values everywhere (blur kernels aside), so no weight is trivially zero or one."""
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if t.is_floating_point() and not name.endswith("kernel"):
+                t.add_(0.2 * torch.randn(t.shape, generator=gen))
+    return net
+
+
+@pytest.mark.parametrize("size,channel_multiplier", [(16, 2), (64, 1)])
+def test_genuine_generator_matches(rosinality, tmp_path, size, channel_multiplier):
+    G = _perturbed(rosinality.Generator(size, 32, 2, channel_multiplier=channel_multiplier)).eval()
+    latent_avg = G.mean_latent(64).detach()[0]
+    # saved as its train.py saves a checkpoint (g and g_ema state dicts, args, the average latent)
+    args = argparse.Namespace(size=size, n_mlp=2, channel_multiplier=channel_multiplier, latent=32)
+    state = G.state_dict()
+    torch.save({"g": state, "g_ema": state, "latent_avg": latent_avg, "args": args}, tmp_path / "r.pt")
+    ours = load_rosinality(tmp_path / "r.pt")
+    assert ours.img_resolution == size and ours.cfg.conv_clamp is None
+    z = torch.randn(4, 32, generator=torch.Generator().manual_seed(1))
+    for psi in (1.0, 0.7):
+        with torch.no_grad():
+            want, _ = G([z], truncation=psi, truncation_latent=latent_avg[None], randomize_noise=False)
+            got = ours(z, truncation_psi=psi, noise_mode="const")
+        assert got.shape == want.shape
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max(), psi  # float32 summation order
+
+
+@pytest.mark.parametrize("size,channel_multiplier", [(16, 2), (64, 1)])
+def test_genuine_discriminator_matches(rosinality, tmp_path, size, channel_multiplier):
+    D = _perturbed(rosinality.Discriminator(size, channel_multiplier=channel_multiplier)).eval()
+    torch.save({"d": D.state_dict()}, tmp_path / "r.pt")
+    ours = load_rosinality(tmp_path / "r.pt", key="d")
+    x = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want, got = D(x), ours(x)
+    assert got.shape == want.shape == (8, 1)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
