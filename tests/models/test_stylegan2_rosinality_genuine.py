@@ -52,32 +52,40 @@ def _perturbed(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
+def _checkpoint(path, G, D, size, channel_multiplier, latent_avg) -> None:
+    """Saved as its train.py saves one (g, d, g_ema, both optimizers' states, args, ada_aug_p), with
+    the ``latent_avg`` its convert_weight.py adds."""
+    optims = {}
+    for name, net in (("g_optim", G), ("d_optim", D)):
+        opt = torch.optim.Adam(net.parameters(), lr=0.0)
+        for p in net.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        optims[name] = opt.state_dict()
+    args = argparse.Namespace(size=size, n_mlp=2, channel_multiplier=channel_multiplier, latent=32, r1=10.0)
+    state = {"g": G.state_dict(), "d": D.state_dict(), "g_ema": G.state_dict(), **optims, "args": args}
+    torch.save(state | {"ada_aug_p": 0.0, "latent_avg": latent_avg}, path)
+
+
 @pytest.mark.parametrize("size,channel_multiplier", [(16, 2), (64, 1)])
-def test_genuine_generator_matches(rosinality, tmp_path, size, channel_multiplier):
+def test_genuine_networks_match(rosinality, tmp_path, size, channel_multiplier):
     G = _perturbed(rosinality.Generator(size, 32, 2, channel_multiplier=channel_multiplier)).eval()
-    latent_avg = G.mean_latent(64).detach()[0]
-    # saved as its train.py saves a checkpoint (g and g_ema state dicts, args, the average latent)
-    args = argparse.Namespace(size=size, n_mlp=2, channel_multiplier=channel_multiplier, latent=32)
-    state = G.state_dict()
-    torch.save({"g": state, "g_ema": state, "latent_avg": latent_avg, "args": args}, tmp_path / "r.pt")
-    ours = load_rosinality(tmp_path / "r.pt")
-    assert ours.img_resolution == size and ours.cfg.conv_clamp is None
-    z = torch.randn(4, 32, generator=torch.Generator().manual_seed(1))
-    for psi in (1.0, 0.7):
-        with torch.no_grad():
-            want, _ = G([z], truncation=psi, truncation_latent=latent_avg[None], randomize_noise=False)
-            got = ours(z, truncation_psi=psi, noise_mode="const")
-        assert got.shape == want.shape
-        assert (got - want).abs().max() <= 1e-4 * want.abs().max(), psi  # float32 summation order
-
-
-@pytest.mark.parametrize("size,channel_multiplier", [(16, 2), (64, 1)])
-def test_genuine_discriminator_matches(rosinality, tmp_path, size, channel_multiplier):
     D = _perturbed(rosinality.Discriminator(size, channel_multiplier=channel_multiplier)).eval()
-    torch.save({"d": D.state_dict()}, tmp_path / "r.pt")
-    ours = load_rosinality(tmp_path / "r.pt", key="d")
+    latent_avg = G.mean_latent(64).detach()[0]
+    _checkpoint(tmp_path / "r.pt", G, D, size, channel_multiplier, latent_avg)
+    z = torch.randn(4, 32, generator=torch.Generator().manual_seed(1))
+    for key in ("g_ema", "g"):
+        ours = load_rosinality(tmp_path / "r.pt", key=key)
+        assert ours.img_resolution == size and ours.cfg.conv_clamp is None
+        for psi in (1.0, 0.7):
+            with torch.no_grad():
+                want, _ = G([z], truncation=psi, truncation_latent=latent_avg[None], randomize_noise=False)
+                got = ours(z, truncation_psi=psi, noise_mode="const")
+            assert got.shape == want.shape
+            assert (got - want).abs().max() <= 1e-4 * want.abs().max(), (key, psi)  # float32 summation order
+    ours_d = load_rosinality(tmp_path / "r.pt", key="d")
     x = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        want, got = D(x), ours(x)
+        want, got = D(x), ours_d(x)
     assert got.shape == want.shape == (8, 1)
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
