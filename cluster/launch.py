@@ -24,7 +24,6 @@ from renderloop.ports import check_port
 from renderloop.seeding import derive_seed
 from renderloop.trainers.config import EngineConfig
 from renderloop.trainers.engine import stream_name
-from renderloop.trainers.evaluation import plain
 from renderloop.trainers.methods import METHODS, method_config
 
 from .config import ClusterConfig
@@ -133,10 +132,6 @@ def train_worker(
         status=status,
     )
     try:
-        if trainer.dist.is_main:
-            run_dir = Path(cfg.run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "method.json").write_text(json.dumps(plain(cfg.method_config), indent=2) + "\n")
         summary = trainer.fit()
         trainer.export()
         return summary

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from renderloop.errors import InputError
 from renderloop.metrics import MetricsSink
 from renderloop.seeding import derive_seed
 
@@ -28,6 +30,7 @@ from .checkpoint import CheckpointStore
 from .config import EngineConfig, deepspeed_config, lr_multiplier
 from .data import StreamBatches, to_device
 from .distributed import init_distributed, rng_state, seed_everything, set_rng_state
+from .evaluation import plain
 from .method import Method, Phase
 from .methods import METHODS
 from .reporting import Reporter, StepTimes
@@ -118,6 +121,7 @@ class Trainer:
         self.method: Method = METHODS.entry(method).cls(method_config, self.device)
         self.phases = self.method.phases()
         specs = self.method.build()
+        self._shapes = {name: _shapes(spec.module) for name, spec in specs.items()}  # before ZeRO partitions them
         self.engines: dict[str, Any] = {}
         self.modules: dict[str, nn.Module] = {}
         self.emas: dict[str, EMA] = {}
@@ -217,6 +221,8 @@ class Trainer:
             "data": {role: d.consumed for role, d in self.data.items()} or self._positions,
             "data_layout": self._data_layout(),
             "method": self.method.state_dict(),
+            "shapes": self._shapes,
+            "method_config": plain(self.method.config),
         }
         if self.dist.is_main:
             state["ema"] = {
@@ -253,15 +259,16 @@ class Trainer:
             return False
         first = torch.load(path / "client-rank0.pt", map_location="cpu", weights_only=True)
         if first["world_size"] != self.dist.world_size:
-            raise ValueError(
+            raise InputError(
                 f"checkpoint {path} was written by {first['world_size']} ranks; this run has "
                 f"{self.dist.world_size} (data positions and RNG states are per rank)"
             )
         if first.get("data_layout") != self._data_layout():
-            raise ValueError(
+            raise InputError(
                 f"checkpoint {path} read its streams with {first.get('data_layout')}; this run has "
                 f"{self._data_layout()} (engine.data.* and engine.seed must match to resume)"
             )
+        self._check_architecture(path, first)
         client = torch.load(path / f"client-rank{self.dist.rank}.pt", map_location="cpu", weights_only=True)
         for name, engine in self.engines.items():
             loaded, _ = engine.load_checkpoint(
@@ -278,6 +285,26 @@ class Trainer:
         self.method.load_state_dict(client["method"])
         set_rng_state(client["rng"])
         return True
+
+    def _check_architecture(self, path: Path, first: dict) -> None:
+        """Refuse, in one error naming both, a checkpoint whose networks this config does not build."""
+        saved = first.get("shapes")
+        if saved is None:  # written before shapes were recorded: DeepSpeed's own check remains
+            return
+        wrong = [f"{name} {k} {saved.get(name, {}).get(k, 'missing')} (this config: {v})"
+                 for name, shapes in self._shapes.items() for k, v in shapes.items()
+                 if saved.get(name, {}).get(k) != v]  # fmt: skip
+        wrong += [f"{name} {k} {v} (this config: missing)" for name, shapes in saved.items()
+                  for k, v in shapes.items() if k not in self._shapes.get(name, {})]  # fmt: skip
+        if not wrong:
+            return
+        settings = _differences(first.get("method_config", {}), plain(self.method.config), "method")
+        because = f"; settings that differ: {', '.join(settings[:6])}" if settings else ""
+        raise InputError(
+            f"checkpoint {path} holds networks of another architecture than this config builds: "
+            f"{'; '.join(wrong[:4])}{f' (+{len(wrong) - 4} more)' if len(wrong) > 4 else ''}{because}. "
+            "Resume with the run's settings (its method.json) or start a new run_dir"
+        )
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -323,6 +350,9 @@ class Trainer:
         """Resume if possible, train to ``max_steps``, checkpoint; returns the last log summary."""
         cfg = self.cfg
         resumed = self.resume()
+        if self.dist.is_main:  # the settings the networks were built with, for evaluation (after a resume passed)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "method.json").write_text(json.dumps(plain(self.method.config), indent=2) + "\n")
         self._open_data()
         reporter = Reporter(
             self.run_dir,
@@ -399,3 +429,15 @@ class Trainer:
                 (out / f".{name}.pt").rename(out / f"{name}.pt")
         self.dist.barrier()
         return out
+
+
+def _shapes(module: nn.Module) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in module.state_dict().items()}
+
+
+def _differences(saved: Any, current: Any, key: str) -> list[str]:
+    """Dotted keys whose values differ between two plain configs, each with both values."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [d for k in sorted(set(saved) | set(current), key=str)
+                for d in _differences(saved.get(k), current.get(k), f"{key}.{k}")]  # fmt: skip
+    return [] if saved == current else [f"{key} {saved!r} (checkpoint) vs {current!r} (this config)"]

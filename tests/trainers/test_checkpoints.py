@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from renderloop.cluster.launch import train_worker
+from renderloop.errors import InputError
 from renderloop.trainers.checkpoint import MANIFEST, CheckpointStore, damage
 from renderloop.trainers.distributed import Dist
 from tests.trainers.helpers import debug_config, make_streams
@@ -166,3 +167,21 @@ def test_a_run_with_no_complete_checkpoint_starts_again_from_step_0(reference, t
         train_worker(cfg)
     assert "starts from step 0" in caplog.text
     _same_curve(_log(reference / "whole"), _log(tmp_path / "run"))
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_in_one_error_naming_both(reference, tmp_path):
+    cfg = debug_config(reference / "data", tmp_path / "run", "engine.max_steps=3", "engine.checkpoint_every=3")
+    train_worker(cfg)
+    trained = (tmp_path / "run" / "method.json").read_text()
+    wider = debug_config(reference / "data", tmp_path / "run", "engine.max_steps=6", "method.channels=12")
+    assert wider.method_config.channels != cfg.method_config.channels
+    with pytest.raises(InputError) as refused:
+        train_worker(wider)
+    message = str(refused.value)
+    assert "holds networks of another architecture than this config builds" in message
+    assert f"R stem.weight [{cfg.method_config.channels}, 3, 3, 3] (this config: [12, 3, 3, 3])" in message
+    assert f"method.channels {cfg.method_config.channels} (checkpoint) vs 12 (this config)" in message
+    assert (tmp_path / "run" / "method.json").read_text() == trained  # the run's record is kept
+    cfg.engine.max_steps = 6  # the run's own settings still resume
+    train_worker(cfg)
+    assert max(_log(tmp_path / "run")) == 5
