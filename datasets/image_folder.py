@@ -1,5 +1,7 @@
 """Unlabeled real images: a folder of PNG/JPG files, or the ``rgb`` field of an existing stream,
-resized (shorter side) and centre-cropped to a square. Deterministic per ``(seed, batch_index)``:
+converted to RGB (grayscale replicated to three channels, alpha and palettes dropped), resized
+(shorter side) and centre-cropped to a square, so a folder may mix sizes and modes; a file that
+does not decode stops the source with an error naming it. Deterministic per ``(seed, batch_index)``:
 each epoch is a seeded permutation of the images. Producers draw their orders independently, so
 converting a folder into a stream exactly once per image takes one producer."""
 
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from renderloop.config import ConfigError, check_image_size
+from renderloop.errors import InputError
 
 from .ledger import Ledger
 from .reader import iter_tar_samples
@@ -86,7 +89,10 @@ class ImageFolder:
         return self._cached[1][index]
 
     def _load(self, item) -> torch.Tensor:
-        image = np.asarray(Image.open(io.BytesIO(self._bytes(item))).convert("RGB"))
+        try:
+            image = np.asarray(Image.open(io.BytesIO(self._bytes(item))).convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for a damaged or foreign file
+            raise InputError(f"image_folder: {item} is not a readable image ({err})") from None
         x = torch.from_numpy(image.copy()).permute(2, 0, 1).float().div(255).unsqueeze(0)
         size = self.config.resolution
         h, w = x.shape[-2:]

@@ -13,6 +13,7 @@ from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.producer import Producer
 from renderloop.datasets.reader import ShardStream
 from renderloop.datasets.storage import Storage
+from renderloop.errors import InputError
 
 from .helpers import tiny_producer
 
@@ -52,3 +53,26 @@ def test_missing_folder_is_a_config_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no images found"):
         ImageFolder(ImageFolderConfig(path=str(tmp_path / "empty")))
+
+
+def test_mixed_sizes_and_modes_are_converted_to_rgb_squares(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(np.full((30, 50), 200, np.uint8), mode="L").save(folder / "gray.png")
+    Image.fromarray(np.full((64, 20, 4), 100, np.uint8), mode="RGBA").save(folder / "alpha.png")
+    Image.fromarray(np.full((17, 17, 3), 10, np.uint8)).convert("P").save(folder / "palette.png")
+    source = ImageFolder(ImageFolderConfig(path=str(folder), resolution=16, batch_size=3))
+    rgb = source.generate(0, 0)["rgb"]
+    assert rgb.shape == (3, 3, 16, 16)
+    means = sorted(round(float(x.mean()) * 255) for x in rgb)
+    assert means == pytest.approx([10, 100, 200], abs=1)  # each constant colour (the palette rounds), grey
+    assert torch.equal(rgb[:, 0], rgb[:, 1]) and torch.equal(rgb[:, 1], rgb[:, 2])
+
+
+def test_an_undecodable_file_is_an_error_naming_it(tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    source = ImageFolder(ImageFolderConfig(path=str(folder), resolution=16, batch_size=1))
+    with pytest.raises(InputError, match=r"broken\.png is not a readable image"):
+        source.generate(0, 0)
