@@ -78,6 +78,11 @@ class SimGANConfig:
     disc_channels: list[int] = field(default_factory=lambda: [96, 64, 32, 32])
     """Discriminator widths: two stride-2 3×3 convolutions, a 3×3 max-pool, one 3×3 convolution,
     then 1×1 convolutions (the paper's 96-64-pool-32-32)."""
+    output: str = "tanh"
+    """The refiner's last layer: ``tanh`` (images stay in [0, 1]) or ``linear`` (the paper's 1×1
+    convolution alone). On near-binary images a tanh refiner must saturate to copy its input, and
+    a saturated one gets no gradient back once the discriminator has pushed it off (BENCHMARKS.md:
+    the paper-sized digit runs collapse to black)."""
     discriminator: str = "local"
     """``local``: one decision per patch (the paper); ``global``: one per image (its ablation)."""
     self_reg: float = 0.5
@@ -109,6 +114,8 @@ class SimGANConfig:
         check_number("method.history_fraction", self.history_fraction, at_least=0, below=1)
         check_number("method.lr_refiner", self.lr_refiner, above=0)
         check_number("method.lr_discriminator", self.lr_discriminator, above=0)
+        if self.output not in ("tanh", "linear"):
+            raise bad("output", f"must be tanh or linear; got {self.output!r}")
         if self.discriminator not in ("local", "global"):
             raise bad("discriminator", f"must be local or global; got {self.discriminator!r}")
         if self.self_reg_space not in SELF_REG_SPACES:
@@ -139,17 +146,19 @@ class ResnetBlock(nn.Module):
 
 
 class Refiner(nn.Module):
-    """``[B, 3, H, W]`` in ``[0, 1]`` → refined ``[B, 3, H, W]`` in ``[0, 1]`` (fully convolutional)."""
+    """``[B, 3, H, W]`` in ``[0, 1]`` → refined ``[B, 3, H, W]`` (fully convolutional): in ``[0, 1]``
+    through a tanh, or (``output="linear"``, the paper's plain 1×1 convolution) unbounded."""
 
-    def __init__(self, channels: int = 64, blocks: int = 4) -> None:
+    def __init__(self, channels: int = 64, blocks: int = 4, output: str = "tanh") -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, channels, 3, padding=1)
         self.blocks = nn.Sequential(*(ResnetBlock(channels) for _ in range(blocks)))
         self.head = nn.Conv2d(channels, 3, 1)
+        self.squash = torch.tanh if output == "tanh" else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.blocks(F.relu(self.stem(2 * x - 1)))
-        return (torch.tanh(self.head(h)) + 1) / 2
+        return (self.squash(self.head(h)) + 1) / 2
 
 
 class PatchDiscriminator(nn.Module):
@@ -241,7 +250,9 @@ class SimGAN(Method):
     def build(self) -> dict[str, ModelSpec]:
         cfg = self.config
         return {
-            "R": ModelSpec(Refiner(cfg.channels, cfg.blocks), lr=cfg.lr_refiner, betas=(0.5, 0.999), ema=cfg.ema),
+            "R": ModelSpec(
+                Refiner(cfg.channels, cfg.blocks, cfg.output), lr=cfg.lr_refiner, betas=(0.5, 0.999), ema=cfg.ema
+            ),
             "D": ModelSpec(
                 PatchDiscriminator(cfg.disc_channels, self._whole_image()), lr=cfg.lr_discriminator, betas=(0.5, 0.999)
             ),  # fmt: skip
