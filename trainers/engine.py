@@ -222,7 +222,7 @@ class Trainer:
             "data_layout": self._data_layout(),
             "method": self.method.state_dict(),
             "shapes": self._shapes,
-            "method_config": plain(self.method.config),
+            "method_config": self._method_settings(),
         }
         if self.dist.is_main:
             state["ema"] = {
@@ -286,6 +286,10 @@ class Trainer:
         set_rng_state(client["rng"])
         return True
 
+    def _method_settings(self) -> dict[str, Any]:
+        """The method's config as JSON types (what a weights-only checkpoint load accepts)."""
+        return json.loads(json.dumps(plain(self.method.config), default=str))
+
     def _check_architecture(self, path: Path, first: dict) -> None:
         """Refuse, in one error naming both, a checkpoint whose networks this config does not build."""
         saved = first.get("shapes")
@@ -298,7 +302,7 @@ class Trainer:
                   for k, v in shapes.items() if k not in self._shapes.get(name, {})]  # fmt: skip
         if not wrong:
             return
-        settings = _differences(first.get("method_config", {}), plain(self.method.config), "method")
+        settings = _differences(first.get("method_config", {}), self._method_settings(), "method")
         because = f"; settings that differ: {', '.join(settings[:6])}" if settings else ""
         raise InputError(
             f"checkpoint {path} holds networks of another architecture than this config builds: "
@@ -352,7 +356,7 @@ class Trainer:
         resumed = self.resume()
         if self.dist.is_main:  # the settings the networks were built with, for evaluation (after a resume passed)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "method.json").write_text(json.dumps(plain(self.method.config), indent=2) + "\n")
+            (self.run_dir / "method.json").write_text(json.dumps(self._method_settings(), indent=2) + "\n")
         self._open_data()
         reporter = Reporter(
             self.run_dir,
