@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from renderloop.config import load_config
+from renderloop.config import ConfigError, load_config
 from renderloop.trainers.config import EngineConfig, lr_multiplier
 from renderloop.trainers.data import worker_skips
 from renderloop.trainers.downstream import angular_error_deg, train_estimator
@@ -44,6 +44,20 @@ def test_refiner_is_local_and_its_output_is_an_image():
         out = refiner(x)
     expected = torch.tensor([0.0, 0.5, 0.7310586]).view(1, 3, 1, 1).expand_as(out)
     assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_a_linear_refiner_output_is_the_head_unbounded():
+    refiner = Refiner(channels=8, blocks=1, output="linear")
+    with torch.no_grad():
+        refiner.head.weight.zero_()
+        refiner.head.bias.copy_(torch.tensor([-20.0, 0.0, 0.5]))
+        out = refiner(torch.rand(1, 3, 8, 8))
+    expected = torch.tensor([-9.5, 0.5, 0.75]).view(1, 3, 1, 1).expand_as(out)  # (head + 1) / 2
+    assert torch.equal(out, expected)
+    from renderloop.cluster.launch import TrainConfig
+
+    with pytest.raises(ConfigError, match="method.output.*must be tanh or linear; got 'relu'"):
+        load_config("train", ["method.output=relu"], TrainConfig)
 
 
 def test_discriminator_decides_per_local_patch():
