@@ -398,6 +398,7 @@ class Simulator:
         """The batch's schema fields as ``[B, ...]`` columns on the CPU (what ``to_samples`` gives
         per sample), so a producer builds a chunk without a per-sample loop."""
         cpu = {k: v.detach().cpu() for k, v in batch.items()}
+        meta = self.meta  # once per batch: its config digest costs about as much as the tar
         columns: dict[str, Any] = {
             "__key__": list(keys),
             "rgb.png": (cpu["rgb"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy(),
@@ -409,7 +410,7 @@ class Simulator:
             "kp3d.npy": cpu["kp3d"].numpy(),
             "cam.json": {k: cpu[k] for k in ("K", "R", "t", "azimuth", "elevation", "distance")},
             "light.json": {"direction": cpu["light"], "ambient": cpu["ambient"], "diffuse": cpu["diffuse"]},
-            "meta.json": [{**self.meta, "seed": int(seed)} for seed in seeds],
+            "meta.json": [{**meta, "seed": int(seed)} for seed in seeds],
         }
         if self.config.category:  # the object each render shows: proves which seed range it came from
             objects = cpu["object_seed"].tolist()
