@@ -295,11 +295,9 @@ class Trainer:
         saved = first.get("shapes")
         if saved is None:  # written before shapes were recorded: DeepSpeed's own check remains
             return
-        wrong = [f"{name} {k} {saved.get(name, {}).get(k, 'missing')} (this config: {v})"
-                 for name, shapes in self._shapes.items() for k, v in shapes.items()
-                 if saved.get(name, {}).get(k) != v]  # fmt: skip
-        wrong += [f"{name} {k} {v} (this config: missing)" for name, shapes in saved.items()
-                  for k, v in shapes.items() if k not in self._shapes.get(name, {})]  # fmt: skip
+        ours, theirs = _flat_shapes(self._shapes), _flat_shapes(saved)
+        wrong = [f"{k} {theirs.get(k, 'missing')} (this config: {ours.get(k, 'missing')})"
+                 for k in {**theirs, **ours} if theirs.get(k) != ours.get(k)]  # fmt: skip
         if not wrong:
             return
         settings = _differences(first.get("method_config", {}), self._method_settings(), "method")
@@ -437,6 +435,11 @@ class Trainer:
 
 def _shapes(module: nn.Module) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in module.state_dict().items()}
+
+
+def _flat_shapes(models: dict[str, dict[str, list[int]]]) -> dict[str, list[int]]:
+    """``{"<model> <tensor>": shape}`` over every model."""
+    return {f"{name} {k}": shape for name, shapes in models.items() for k, shape in shapes.items()}
 
 
 def _differences(saved: Any, current: Any, key: str) -> list[str]:
