@@ -12,6 +12,9 @@ array field (``[B, ...]`` in the field's encoding, see ``encodings``) and one
                 "mask.png": {..., "encoding": "bits", "shape": [B, H, 2], "width": W},
                 "cam.json": {"member": "cam.json", "encoding": "json"}, ...}}
 
+A mask that is exactly the nonzero pixels of the chunk's part labels (``seg.png``) is not stored:
+its spec says ``"derived": "seg.png"`` and names no member, and the reader computes it.
+
 Sample ``i`` of the chunk is row ``i`` of every array and item ``i`` of every list; its key is
 ``prefix + str(start + i).zfill(width)``. Arrays are read as views of the shard's bytes; every
 member is checked against the header (dtype, shape, count) before any sample is used.
@@ -227,6 +230,9 @@ def chunk_members(chunk: Chunk) -> list[tuple[str, list]]:
             spec = {"member": member, "encoding": ENCODINGS[name], "dtype": arr.dtype.name, "shape": list(arr.shape)}
             if name in chunk.widths:
                 spec["width"] = chunk.widths[name]
+            if name == "mask.png" and _mask_of_parts(chunk) is not None:
+                fields[name] = spec | {"member": None, "derived": "seg.png"}  # the parts' nonzero pixels
+                continue
             members.append((f"{chunk.key}.{member}", [_npy_header(arr), memoryview(arr).cast("B")]))
         else:
             values = chunk.values[name]
@@ -240,6 +246,16 @@ def chunk_members(chunk: Chunk) -> list[tuple[str, list]]:
     header = {"format": FORMAT_VERSION, "count": n, "keys": _keys_header(chunk.keys), "seeds": chunk.seeds}
     header["fields"] = fields
     return [(f"{chunk.key}.{HEADER}", [json.dumps(header).encode()]), *members]
+
+
+def _mask_of_parts(chunk: Chunk) -> np.ndarray | None:
+    """The chunk's packed mask if it is exactly the nonzero pixels of its part labels (so it need
+    not be stored: the simulator's masks always are), else None."""
+    mask, seg = chunk.arrays.get("mask.png"), chunk.arrays.get("seg.png")
+    if mask is None or seg is None or chunk.widths.get("mask.png") != seg.shape[-1]:
+        return None
+    derived = np.packbits(seg != 0, axis=-1)
+    return derived if np.array_equal(derived, mask) else None
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
@@ -366,6 +382,8 @@ def parse_chunk(key: str, members: Mapping[str, Any], shard: str = "?", fields: 
         raise ChunkError(f"{where}: seeds must list {count} batch indices")
     chunk = Chunk(key, _header_keys(header.get("keys"), count, where), seeds, shard=shard)
     described = {HEADER}
+    derived = {n: s for n, s in specs.items() if isinstance(s, dict) and "derived" in s}
+    wanted = None if fields is None else set(fields) | {s["derived"] for n, s in derived.items() if n in fields}
     for name, spec in specs.items():
         expected = ENCODINGS.get(name, "json")
         if name not in FIELDS or not isinstance(spec, dict) or spec.get("encoding") != expected:
@@ -374,11 +392,13 @@ def parse_chunk(key: str, members: Mapping[str, Any], shard: str = "?", fields: 
                 f"{spec.get('encoding') if isinstance(spec, dict) else spec!r}; this reader knows "
                 f"{sorted(FIELDS)} with the encodings of renderloop.datasets.encodings: update renderloop"
             )
+        if name in derived:
+            continue
         member = spec.get("member")
         if member not in members:
             raise ChunkError(f"{where}: field {name!r}: member {member!r} is missing")
         described.add(member)
-        if fields is not None and name not in fields:
+        if wanted is not None and name not in wanted:
             continue
         if expected == "json":
             chunk.values[name] = _json_list(members[member], count, f"{where}, field {name!r}")
@@ -398,7 +418,29 @@ def parse_chunk(key: str, members: Mapping[str, Any], shard: str = "?", fields: 
         chunk.arrays[name], chunk.encodings[name] = arr, expected
     if extra := sorted(set(members) - described):
         raise ChunkError(f"{where}: members {extra} are not described by its header")
+    for name, spec in derived.items():
+        if fields is None or name in fields:
+            _derive(chunk, name, spec, where)
+    if fields is not None:
+        chunk = chunk.select(set(fields))
     return chunk
+
+
+def _derive(chunk: Chunk, name: str, spec: dict, where: str) -> None:
+    """A field stored as a function of another (today: the mask as the parts' nonzero pixels)."""
+    if (name, spec["derived"]) != ("mask.png", "seg.png"):
+        raise ShardFormatError(
+            f"shard {chunk.shard}: chunk {chunk.key} derives {name!r} from {spec['derived']!r}; this reader "
+            "derives only mask.png from seg.png: update renderloop"
+        )
+    seg = chunk.arrays.get("seg.png")
+    if seg is None:
+        raise ChunkError(f"{where}: field {name!r} is derived from seg.png, which the chunk lacks")
+    arr = np.packbits(seg != 0, axis=-1)
+    width = spec.get("width")
+    if [list(arr.shape), width] != [spec.get("shape"), seg.shape[-1]]:
+        raise ChunkError(f"{where}: field {name!r}: header {spec.get('shape')} width {width!r} does not fit the parts")
+    chunk.arrays[name], chunk.encodings[name], chunk.widths[name] = arr, "bits", width
 
 
 def _json_list(data, count: int, where: str) -> list:

@@ -408,3 +408,55 @@ def test_a_source_with_to_columns_makes_the_shards_to_samples_makes(tmp_path):
         Producer(source, ledger, "p0", samples_per_shard=8).run(14)  # a partial last chunk too
         shards.append([(tmp_path / str(columns) / "s" / "shards" / e.shard).read_bytes() for e in ledger.entries()])
     assert len(shards[0]) == 2 and shards[0] == shards[1]
+
+
+def _parts_samples(n: int = 3) -> list[dict]:
+    """Samples whose mask is exactly their parts' nonzero pixels, as the simulator's are."""
+    samples = _samples(n)
+    for s in samples:
+        s["mask.png"] = (s["seg.png"] != 0).astype(np.uint8) * 255
+    return samples
+
+
+def test_a_mask_that_its_parts_give_is_not_stored_and_reads_back_exactly(tmp_path):
+    samples = _parts_samples()
+    chunk = chunk_from_samples("p0_000000003", samples, [3] * 3)
+    members = dict(chunk_members(chunk))
+    header = json.loads(members["p0_000000003.chunk.json"][0])
+    assert header["fields"]["mask.png"] == {"member": None, "derived": "seg.png", "encoding": "bits",
+                                            "dtype": "uint8", "shape": [3, 6, 1], "width": 5}  # fmt: skip
+    assert "p0_000000003.mask.npy" not in members
+    _write(str(tmp_path), [chunk])
+    for got, original in zip(ShardStream(str(tmp_path), "s", follow=False), samples, strict=True):
+        _check_close(original, got)
+    (only,) = ShardStream(str(tmp_path), "s", follow=False, fields=["mask.png"], batch_size=3)
+    assert set(only) == {"key", "mask"}  # derived from parts it does not deliver
+    parts = torch.from_numpy(np.stack([s["seg.png"] for s in samples]))
+    assert torch.equal(decode_batch(only, torch.device("cpu"))["mask"][:, 0], (parts != 0).float())
+
+    other = _samples(3)  # masks unrelated to the parts are stored as they are
+    assert "p0_000000003.mask.npy" in dict(chunk_members(chunk_from_samples("p0_000000003", other, [3] * 3)))
+
+
+def test_a_derived_field_the_reader_cannot_make_is_refused():
+    records = dict(
+        tar_records(_tar_bytes(chunk_members(chunk_from_samples("p0_000000003", _parts_samples(), [3] * 3))))
+    )
+    record = records["p0_000000003"]
+    header = json.loads(bytes(record["chunk.json"]))
+
+    def with_mask_spec(**change) -> dict:
+        edited = json.loads(json.dumps(header))
+        edited["fields"]["mask.png"].update(change)
+        return dict(record, **{"chunk.json": json.dumps(edited).encode()})
+
+    with pytest.raises(ShardFormatError, match=r"derives 'mask.png' from 'depth.npy'.*update renderloop"):
+        parse_chunk("p0_000000003", with_mask_spec(derived="depth.npy"), "x.tar")
+    with pytest.raises(ChunkError, match=r"field 'mask.png': header \[3, 6, 2\] width 5 does not fit the parts"):
+        parse_chunk("p0_000000003", with_mask_spec(shape=[3, 6, 2]), "x.tar")
+    no_parts = with_mask_spec()
+    edited = json.loads(bytes(no_parts["chunk.json"]))
+    del edited["fields"]["seg.png"]
+    no_parts = {k: v for k, v in no_parts.items() if k != "seg.npy"} | {"chunk.json": json.dumps(edited).encode()}
+    with pytest.raises(ChunkError, match=r"derived from seg.png, which the chunk lacks"):
+        parse_chunk("p0_000000003", no_parts, "x.tar")
