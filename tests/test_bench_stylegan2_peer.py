@@ -1,0 +1,69 @@
+"""The StyleGAN2 peer bench: the settings stylegan2-ada-pytorch's ``--cfg auto`` picks, and reading
+what its training writes (which ops it ran, seconds per kimg), against a stand-in ``train.py``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+
+import pytest
+
+from bench import stylegan2_peer
+from bench.stylegan2_peer import auto_settings, nvlabs_plugins, nvlabs_seconds_per_kimg, run_nvlabs
+
+
+def test_auto_settings_follow_its_formulas():
+    s = auto_settings(64, 32)  # batch min(4096 // 64, 32) = 32, γ = 0.0002 · 64² / 32, ema_kimg 10
+    assert s["batch"] == 32 and s["r1_gamma"] == pytest.approx(0.0256)
+    assert "engine.ema_half_life=312.5" in s["overrides"] and "method.mapping_layers=2" in s["overrides"]
+    big = auto_settings(512, 16)  # its own batch there is min(8, 32) = 8: γ = 0.0002 · 512² / 8
+    assert big["r1_gamma"] == pytest.approx(6.5536) and "method.channel_base=32768" in big["overrides"]
+
+
+def test_plugins_and_seconds_per_kimg_are_read_from_its_output():
+    log = 'Setting up PyTorch plugin "bias_act_plugin"... Done.\n'
+    log += 'Setting up PyTorch plugin "upfirdn2d_plugin"... Failed!\n'
+    assert nvlabs_plugins(log) == {"bias_act_plugin": "cuda", "upfirdn2d_plugin": "reference"}
+    ticks = [{"Progress/tick": {"num": 1, "mean": t}, "Timing/sec_per_kimg": {"num": 1, "mean": s}}
+             for t, s in ((0, 99.0), (1, 4.0), (2, 2.0))]  # fmt: skip
+    assert nvlabs_seconds_per_kimg("\n".join(json.dumps(t) for t in ticks)) == [4.0, 2.0]
+
+
+def test_a_run_of_its_train_script_is_timed_from_its_stats(tmp_path):
+    checkout = tmp_path / "nvlabs"
+    checkout.mkdir()
+    (checkout / "train.py").write_text(textwrap.dedent('''
+        import json, sys, pathlib
+        args = dict(a.lstrip("-").split("=", 1) for a in sys.argv[1:])
+        assert args["cfg"] == "auto" and args["aug"] == "noaug" and args["mirror"] == "0", args
+        run = pathlib.Path(args["outdir"]) / "00000-images-auto1"
+        run.mkdir(parents=True)
+        print('Setting up PyTorch plugin "bias_act_plugin"... Done.')
+        ticks = [(0, 50.0), (1, 4.0), (2, 2.0), (3, 2.0), (4, 2.0), (5, 2.0)]
+        lines = [{"Progress/tick": {"mean": t}, "Timing/sec_per_kimg": {"mean": s}} for t, s in ticks]
+        (run / "stats.jsonl").write_text("\\n".join(json.dumps(x) for x in lines))
+        (run / "network-snapshot-000004.pkl").write_bytes(b"")
+    '''))  # fmt: skip
+    args = argparse.Namespace(work=str(tmp_path / "work"), nvlabs=str(checkout), kimg=4)
+    result = run_nvlabs(args, tmp_path / "images", auto_settings(64, 32))
+    assert result["plugins"] == {"bias_act_plugin": "cuda"} and result["ticks"] == 5
+    assert result["kimg_per_s"] == pytest.approx(4 / 8)  # the first fifth of the ticks left out: 4 kimg in 8 s
+    assert result["snapshot"].endswith("network-snapshot-000004.pkl")
+
+
+def test_ours_trains_on_the_category_and_is_scored_at_toy_size(tmp_path, monkeypatch, capsys):
+    tiny = ["method.channel_max=16", "method.channel_base=128", "method.z_dim=16", "method.w_dim=16",
+            "method.data.real.subdivisions=2", "method.evaluation.samples=16", "method.evaluation.batch_size=8",
+            "method.evaluation.kid_subsets=2", "method.evaluation.kid_subset_size=8", "engine.data.num_workers=1",
+            "engine.log_every=1"]  # fmt: skip
+    argv = ["stylegan2_peer", "--resolution", "16", "--batch", "4", "--kimg", "0.02", "--images", "16",
+            "--work", str(tmp_path), "--out", str(tmp_path / "peer.json"), "--set", *tiny]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    stylegan2_peer.main()
+    report = json.loads((tmp_path / "peer.json").read_text())
+    assert report["nvlabs"] is None and report["ours"]["steps"] == 5 and report["ours"]["kimg_per_s"] > 0
+    assert len(list((tmp_path / "images").glob("*.png"))) == 16  # the folder NVlabs would read
+    quality = report["quality"]["ours"]
+    assert quality["samples"] == 16 and quality["fd"] > 0 and 0 <= quality["precision"] <= 1
