@@ -35,8 +35,10 @@ VARIANTS = {
     "lambda_2": ["method.self_reg=2.0"],
     "no_history": ["method.history_size=0"],
     "global_d": ["method.discriminator=global"],
+    "linear_output": ["method.output=linear"],
 }
-"""Rows: the paper's method, then one change each (its ablations: λ, history, local loss)."""
+"""Rows: the paper's method, then one change each (its ablations: λ, history, local loss; and the
+refiner's output without our tanh, as the paper has it)."""
 METRICS = ("synthetic_error", "refined_error", "real_error", "gap_closed", "real_vs_refined_accuracy",
            "real_vs_synthetic_accuracy", "constant_error")  # fmt: skip
 COMPARED = ("gap_closed", "refined_error", "real_vs_refined_accuracy")
