@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from renderloop.models.stylegan2.checkpoints import load_nvlabs_pickle
+from tests.models.helpers import perturbed
 
 CHECKOUT = os.environ.get("RENDERLOOP_NVLABS_STYLEGAN2_ADA", "")
 pytestmark = pytest.mark.skipif(not os.path.isdir(CHECKOUT), reason="needs a stylegan2-ada-pytorch checkout")
@@ -32,16 +33,6 @@ def nvlabs():
         yield networks
     finally:
         sys.path.remove(CHECKOUT)
-
-
-def _perturbed(net: torch.nn.Module) -> torch.nn.Module:
-    """Random values everywhere, so no weight is trivially zero or one."""
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, t in net.state_dict().items():
-            if t.is_floating_point() and not name.endswith("resample_filter"):
-                t.add_(0.2 * torch.randn(t.shape, generator=gen))
-    return net
 
 
 def _snapshot(**networks) -> io.BytesIO:
@@ -61,12 +52,13 @@ def test_genuine_generators_and_discriminators_match(nvlabs, conv_clamp, c_dim, 
     synthesis = {"channel_base": 256, "channel_max": 32, "num_fp16_res": num_fp16_res}
     if conv_clamp is not None:  # as NVlabs' train.py passes it; otherwise the file omits it
         synthesis["conv_clamp"] = conv_clamp
-    G = _perturbed(nvlabs.Generator(32, c_dim, 32, 16, 3, mapping_kwargs={"num_layers": 2}, synthesis_kwargs=synthesis))
+    G = nvlabs.Generator(32, c_dim, 32, 16, 3, mapping_kwargs={"num_layers": 2}, synthesis_kwargs=synthesis)
+    G = perturbed(G, "resample_filter")
     with torch.no_grad():  # large activations: a wrong clamp would show
         for name, p in G.named_parameters():
             if name.endswith("affine.bias"):
                 p.add_(100.0)
-    D = _perturbed(nvlabs.Discriminator(c_dim, 16, 3, **synthesis))
+    D = perturbed(nvlabs.Discriminator(c_dim, 16, 3, **synthesis), "resample_filter")
     blob = _snapshot(G=G, D=D, G_ema=G).getvalue()
     z = torch.randn(4, 32, generator=torch.Generator().manual_seed(1))
     c = torch.eye(4)[:, :c_dim] if c_dim else None

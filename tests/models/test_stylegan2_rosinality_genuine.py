@@ -19,6 +19,7 @@ import torch
 from torch.utils import cpp_extension
 
 from renderloop.models.stylegan2.checkpoints import load_rosinality
+from tests.models.helpers import perturbed
 
 CHECKOUT = os.environ.get("RENDERLOOP_ROSINALITY_STYLEGAN2", "")
 pytestmark = pytest.mark.skipif(not os.path.isdir(CHECKOUT), reason="needs a rosinality stylegan2-pytorch checkout")
@@ -42,16 +43,6 @@ def rosinality():
         sys.modules.update(saved)
 
 
-def _perturbed(net: torch.nn.Module) -> torch.nn.Module:
-    """Random values everywhere (blur kernels aside), so no weight is trivially zero or one."""
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, t in net.state_dict().items():
-            if t.is_floating_point() and not name.endswith("kernel"):
-                t.add_(0.2 * torch.randn(t.shape, generator=gen))
-    return net
-
-
 def _checkpoint(path, G, D, size, channel_multiplier, latent_avg) -> None:
     """Saved as its train.py saves one (g, d, g_ema, both optimizers' states, args, ada_aug_p), with
     the ``latent_avg`` its convert_weight.py adds."""
@@ -69,8 +60,8 @@ def _checkpoint(path, G, D, size, channel_multiplier, latent_avg) -> None:
 
 @pytest.mark.parametrize("size,channel_multiplier", [(16, 2), (64, 1)])
 def test_genuine_networks_match(rosinality, tmp_path, size, channel_multiplier):
-    G = _perturbed(rosinality.Generator(size, 32, 2, channel_multiplier=channel_multiplier)).eval()
-    D = _perturbed(rosinality.Discriminator(size, channel_multiplier=channel_multiplier)).eval()
+    G = perturbed(rosinality.Generator(size, 32, 2, channel_multiplier=channel_multiplier), "kernel").eval()
+    D = perturbed(rosinality.Discriminator(size, channel_multiplier=channel_multiplier), "kernel").eval()
     latent_avg = G.mean_latent(64).detach()[0]
     _checkpoint(tmp_path / "r.pt", G, D, size, channel_multiplier, latent_avg)
     z = torch.randn(4, 32, generator=torch.Generator().manual_seed(1))
