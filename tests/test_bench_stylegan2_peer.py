@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import textwrap
 
@@ -67,3 +68,29 @@ def test_ours_trains_on_the_category_and_is_scored_at_toy_size(tmp_path, monkeyp
     assert len(list((tmp_path / "images").glob("*.png"))) == 16  # the folder NVlabs would read
     quality = report["quality"]["ours"]
     assert quality["samples"] == 16 and quality["fd"] > 0 and 0 <= quality["precision"] <= 1
+
+
+def test_peer_compat_runs_a_script_with_what_pytorch_1_code_expects(tmp_path):
+    """A built extension is importable by name after ``load``; a ``Sampler`` subclass may pass
+    its data source up; the script sees its own arguments and imports from its folder."""
+    (tmp_path / "helper.py").write_text("VALUE = 7\n")
+    (tmp_path / "train.py").write_text(textwrap.dedent("""
+        import importlib, sys, types
+        import torch.utils.cpp_extension, torch.utils.data
+        import helper
+
+        class Infinite(torch.utils.data.Sampler):
+            def __init__(self, dataset):
+                super().__init__(dataset)
+                self.dataset = dataset
+
+        print(sys.argv[1:], helper.VALUE, len(Infinite([1, 2]).dataset))
+        built = types.ModuleType("fake_plugin")
+        torch.utils.cpp_extension._jit_compile = lambda *a, **k: built  # what `load` returns, unbuilt
+        assert torch.utils.cpp_extension.load(name="fake_plugin", sources=[]) is built
+        assert importlib.import_module("fake_plugin") is built
+    """))
+    done = subprocess.run([sys.executable, "-m", "bench.peer_compat", str(tmp_path / "train.py"), "--kimg=1"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["['--kimg=1']", "7", "2"]
