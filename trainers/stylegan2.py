@@ -55,6 +55,9 @@ class StyleGAN2MethodConfig:
     pl_batch_shrink: int = 2
     pl_decay: float = 0.01
     ema: bool = True
+    compile: bool = False
+    """``torch.compile`` G and D for the main phases (the regularizers' double backward stays
+    eager, on the same weights); the first steps compile."""
     grid: int = 16
     """Images in the sample grids (fixed latents)."""
     seed: int = 0
@@ -110,6 +113,7 @@ class StyleGAN2(Method):
         super().__init__(config, device)
         self.pl_mean = torch.zeros([], device=device)
         self.grid_z = torch.randn(config.grid, config.z_dim, generator=torch.Generator().manual_seed(config.seed))
+        self._compiled: dict[str, nn.Module] = {}
 
     @classmethod
     def check_engine(cls, config: StyleGAN2MethodConfig, engine: Any) -> None:
@@ -119,6 +123,8 @@ class StyleGAN2(Method):
                 "R1 and path-length regularization take a double backward, which ZeRO-3's partitioned "
                 "weights do not support: use ZeRO 0-2, or method.r1_gamma=0 and method.pl_weight=0",
             )
+        if engine.zero_stage == 3 and config.compile:
+            raise ConfigError("method.compile", "compiled modules do not take ZeRO-3's parameter hooks: use ZeRO 0-2")
 
     def fields(self, role: str) -> list[str]:
         return ["rgb.png"]
@@ -161,9 +167,21 @@ class StyleGAN2(Method):
         crossover = torch.where(mixing, torch.randint(1, G.num_ws, (n,), device=self.device), G.num_ws)
         return G(z, update_emas=update_emas, z_mix=self._z(n), crossover=crossover)
 
+    def _main(self, nets: Mapping[str, nn.Module]) -> tuple[nn.Module, nn.Module]:
+        """G and D as the main phases run them: compiled once when ``method.compile`` is on
+        (random ops fall back to eager's, so a seed draws the same noise either way)."""
+        if not self.config.compile:
+            return nets["G"], nets["D"]
+        if not self._compiled:
+            self._compiled = {k: torch.compile(nets[k], options={"fallback_random": True}) for k in ("G", "D")}
+        return self._compiled["G"], self._compiled["D"]
+
     def step(self, phase: Phase, batch: dict, nets: Mapping[str, nn.Module], gain: int) -> dict[str, torch.Tensor]:
         cfg = self.config
-        G, D = nets["G"], nets["D"]
+        if phase.name in ("G_reg", "D_reg"):
+            G, D = nets["G"], nets["D"]
+        else:
+            G, D = self._main(nets)
         if phase.name == "G_main":
             logits = D(self._generate(G, cfg.fake_batch, update_emas=True)).float()
             return {"loss": generator_loss(logits), "fake_score": logits.mean().detach()}
