@@ -6,9 +6,10 @@
    seeds) as one closed stream, and the same RGB images unpacked into a folder of PNGs, which is
    what NVlabs' ``train.py --data`` reads.
 2. NVlabs (``--nvlabs``, a checkout of stylegan2-ada-pytorch; skipped without one): its
-   ``train.py``, run unchanged through ``bench.peer_compat`` (today's PyTorch), with ``--cfg auto`` at the given batch and R1 γ, no augmentation, no mirroring, no
-   metrics. Its log says whether its CUDA plugins compiled or it fell back to its reference ops;
-   its ``stats.jsonl`` gives seconds per kimg per tick.
+   ``train.py``, run unchanged through ``bench.peer_compat`` (today's PyTorch), with ``--cfg auto``
+   at the given batch and R1 γ, no augmentation, no mirroring, no metrics. Its log says whether
+   its CUDA plugins compiled or it fell back to its reference ops; its ``stats.jsonl`` gives
+   seconds per kimg per tick.
 3. Ours: ``renderloop train method=stylegan2_vehicle`` on the stream with the settings ``--cfg auto``
    picks (2 mapping layers, channel_base 16384, channel_max 512, lr 0.0025, betas (0, 0.99), R1
    every 16 steps, path length weight 2 every 4 steps, an EMA half-life of its ``ema_kimg``), bf16
@@ -92,7 +93,8 @@ def nvlabs_seconds_per_kimg(stats_jsonl: str) -> list[float]:
 def run_nvlabs(args, folder: Path, settings: dict) -> dict:
     outdir = Path(args.work) / "nvlabs"
     command = [
-        sys.executable, "-m", "bench.peer_compat", str(Path(args.nvlabs) / "train.py"), f"--outdir={outdir}", f"--data={folder}", "--gpus=1",
+        sys.executable, "-m", "bench.peer_compat", str(Path(args.nvlabs) / "train.py"), f"--outdir={outdir}",
+        f"--data={folder}", "--gpus=1",
         "--cfg=auto", f"--batch={settings['batch']}", f"--gamma={settings['r1_gamma']}", "--mirror=0",
         "--aug=noaug", "--metrics=none", f"--kimg={max(round(args.kimg), 1)}", "--snap=1000", "--seed=0",
     ]  # fmt: skip

@@ -74,7 +74,8 @@ def test_peer_compat_runs_a_script_with_what_pytorch_1_code_expects(tmp_path):
     """A built extension is importable by name after ``load``; a ``Sampler`` subclass may pass
     its data source up; the script sees its own arguments and imports from its folder."""
     (tmp_path / "helper.py").write_text("VALUE = 7\n")
-    (tmp_path / "train.py").write_text(textwrap.dedent("""
+    (tmp_path / "train.py").write_text(
+        textwrap.dedent("""
         import importlib, sys, types
         import torch.utils.cpp_extension, torch.utils.data
         import helper
@@ -89,7 +90,8 @@ def test_peer_compat_runs_a_script_with_what_pytorch_1_code_expects(tmp_path):
         torch.utils.cpp_extension._jit_compile = lambda *a, **k: built  # what `load` returns, unbuilt
         assert torch.utils.cpp_extension.load(name="fake_plugin", sources=[]) is built
         assert importlib.import_module("fake_plugin") is built
-    """))
+    """)
+    )
     done = subprocess.run([sys.executable, "-m", "bench.peer_compat", str(tmp_path / "train.py"), "--kimg=1"],
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
