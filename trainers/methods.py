@@ -7,6 +7,7 @@ from typing import Any
 from renderloop.registry import Registry
 
 from .aign import AIGN, AIGNConfig
+from .gan2shape import GAN2Shape, GAN2ShapeConfig
 from .oracle import OracleConfig, OracleMethod
 from .simgan import SimGAN, SimGANConfig
 from .stylegan2 import StyleGAN2, StyleGAN2MethodConfig
@@ -20,6 +21,7 @@ METHODS = Registry(
         "stylegan2": (StyleGAN2MethodConfig, StyleGAN2),
         "aign": (AIGNConfig, AIGN),
         "oracle": (OracleConfig, OracleMethod),
+        "gan2shape": (GAN2ShapeConfig, GAN2Shape),
     },
 )
 

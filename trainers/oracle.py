@@ -233,6 +233,11 @@ class Oracle:
         outside the budget."""
         return self.segmenter.features(self._count("embed", images, budgeted=False))[-1].mean((2, 3))
 
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The segmenter's encoder features at every scale, differentiable in ``images``: the fixed
+        network of a perceptual loss. Counted, outside the budget."""
+        return self.segmenter.features(self._count("features", images, budgeted=False))
+
     @torch.no_grad()
     def viewpoint(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Azimuth in [0, 2π) and elevation in radians, ``[B]`` each."""

@@ -1,0 +1,130 @@
+"""method=gan2shape: the schedule of rounds, projection that starts at the GAN's own image, a
+short run through every phase with resume, and the evaluation's rows; bad configs are refused."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from renderloop.cli import main
+from renderloop.cluster.launch import TrainConfig, train
+from renderloop.config import ConfigError, load_config
+from renderloop.datasets.reader import ShardStream
+from renderloop.models.decomposition import ellipsoid_depth
+from renderloop.models.stylegan2 import Generator, GeneratorConfig
+from renderloop.models.stylegan2.io import save_generator
+from renderloop.trainers.gan2shape import GAN2Shape
+from renderloop.trainers.methods import method_config
+
+from .helpers import evaluate, make_streams
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A random 16² generator and a barely trained oracle run (what the method loads)."""
+    root = tmp_path_factory.mktemp("gan2shape")
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig(z_dim=16, w_dim=16, img_resolution=16, channel_base=128, channel_max=16,
+                                  mapping_layers=2))  # fmt: skip
+    checkpoint = save_generator(G, root / "generator.pt")
+    oracle = [
+        "method=oracle_debug", "engine=debug", "device=cpu", "engine.max_steps=2", "samples_per_shard=8",
+        f"storage.root={root / 'oracle-data'}", f"run_dir={root / 'oracle'}",
+    ]  # fmt: skip
+    assert main(["run", *oracle]) == 0
+    return {"checkpoint": str(checkpoint), "oracle": str(root / "oracle")}
+
+
+def _config(tmp_path, assets, *overrides: str) -> TrainConfig:
+    return load_config(
+        "train",
+        ["method=gan2shape_debug", "engine=debug", f"method.data.gan.checkpoint={assets['checkpoint']}",
+         f"method.oracle_run={assets['oracle']}", f"storage.root={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}",
+         "samples_per_shard=8", "device=cpu", "engine.checkpoint_every=4", *overrides],
+        TrainConfig,
+    )  # fmt: skip
+
+
+def test_rounds_become_phases_in_order(tmp_path, assets):
+    cfg = _config(tmp_path, assets).method_config
+    method = GAN2Shape(cfg, torch.device("cpu"))
+    spans = [(p.name, p.model, p.start, p.stop) for p in method.phases()]
+    assert spans == [("init", "net", 0, 2), ("albedo", "net", 2, 3), ("offset", "E", 3, 5), ("shape", "net", 5, 7),
+                     ("albedo", "net", 7, 8), ("offset", "E", 8, 9), ("shape", "net", 9, 10)]  # fmt: skip
+    assert cfg.schedule_steps == 10
+    unsup3d = GAN2Shape(_config(tmp_path, assets, "method.mode=unsup3d").method_config, torch.device("cpu"))
+    assert [(p.name, p.start, p.stop) for p in unsup3d.phases()] == [("shape", 0, None)]
+
+
+def test_projection_starts_at_the_gan_image(tmp_path, assets):
+    """E starts at zero offset, so G(w + E(x)) is the streamed image: the latents reproduce it."""
+    cfg = _config(tmp_path, assets)
+    make_streams(cfg, samples=8)
+
+    method = GAN2Shape(cfg.method_config, torch.device("cpu"))
+    nets = {name: spec.module for name, spec in method.build().items()}
+    samples = list(ShardStream(cfg.storage.root, cfg.stream("gan"), follow=False, fields=["rgb.png", "latent.npy"]))
+    image = torch.stack([s["rgb.png"] for s in samples])
+    w = torch.stack([torch.as_tensor(s["latent.npy"]) for s in samples])
+    projected, offset = method._project(nets["E"], nets["G"], torch.rand_like(image), w)
+    assert torch.equal(offset, torch.zeros_like(offset))
+    assert (projected.clamp(0, 1) - image).abs().max() <= 1 / 255 + 1e-6  # PNG quantization only
+
+
+def test_a_short_run_trains_every_phase_resumes_and_scores_the_rows(tmp_path, assets):
+    cfg = _config(tmp_path, assets, "engine.max_steps=4")
+    make_streams(cfg, samples=32)
+    train(cfg, [], command="train")
+    train(_config(tmp_path, assets, "engine.max_steps=10"), [], command="train")  # resumes at step 4
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(10))
+    phase_of = {r["step"]: {k.split("/")[1] for k in r if k.startswith("loss/")} for r in rows}
+    assert phase_of[0] == {"init"} and phase_of[2] == {"albedo"} and phase_of[3] == {"offset"}
+    assert phase_of[5] == {"shape"} and phase_of[9] == {"shape"}
+    shape = [r for r in rows if "loss/shape/projected" in r]
+    assert len(shape) == 3 and all(r["loss/shape/projected"] > 0 for r in shape)
+    offsets = [r["loss/offset/offset_sq"] for r in rows if "loss/offset/offset_sq" in r]
+    assert offsets[0] == 0 and offsets[-1] > 0  # E learned to move away from w
+    assert all(math.isfinite(v) for r in rows for k, v in r.items() if k.startswith("loss/"))
+
+    report = evaluate(cfg)
+    assert report["test_images"] == 8 and report["scored_images"] >= 1
+    for row in ("gan2shape", "ellipsoid", "average", "flat"):
+        assert report[f"{row}/side"] >= 0 and 0 <= report[f"{row}/mad"] <= 180, row
+    assert report["oracle_segment_calls"] == 8  # the ellipsoid row's masks
+    assert (tmp_path / "run" / "eval" / "gan2shape_eval.png").exists()
+    assert json.loads((tmp_path / "run" / "eval" / "gan2shape_eval.json").read_text()) == report
+
+
+def test_bad_gan2shape_configs_are_refused(tmp_path, assets):
+    def refused(match: str, *overrides: str) -> None:
+        with pytest.raises(ConfigError, match=match):
+            method_config(_config(tmp_path, assets, *overrides).method)
+
+    refused("method.data.gan", "method.data.gan.noise_mode=random")
+    refused("method.data.gan.resolution", "method.data.gan.resolution=32")
+    refused("method.prior_depth", "method.prior_depth=[1.2,1.3]")
+    refused("method.mode", "method.mode=both")
+    refused("method.prior", "method.prior=sphere")
+    refused("method.first_round", "method.first_round=[1,0,1]")
+    with pytest.raises(ConfigError, match="engine.max_steps"):
+        _config(tmp_path, assets, "engine.max_steps=11")
+
+
+def test_the_init_phase_fits_the_chosen_prior(tmp_path, assets):
+    image = torch.rand(2, 3, 16, 16)
+    batch = {"gan": {"rgb": image, "latent": torch.zeros(2, 8, 16)}}
+    for prior in ("ellipsoid", "flat"):
+        method = GAN2Shape(_config(tmp_path, assets, f"method.prior={prior}").method_config, torch.device("cpu"))
+        nets = {name: spec.module for name, spec in method.build().items()}
+        init = next(p for p in method.phases() if p.name == "init")
+        depth = nets["net"].depth(image)
+        if prior == "flat":
+            expected = torch.full_like(depth, 1.05)
+        else:
+            expected = ellipsoid_depth(method.oracle.mask(image), 0.95, 1.05)
+        loss = method.step(init, batch, nets, 1)["loss"]
+        assert loss.item() == pytest.approx((depth - expected).abs().mean().item(), rel=1e-5), prior

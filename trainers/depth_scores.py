@@ -1,0 +1,45 @@
+"""Depth scores of Unsup3d and GAN2Shape, against true depth over a valid mask.
+
+SIDE, the scale-invariant depth error: the standard deviation over the mask of
+``log(pred) - log(true)`` (a global scale of ``pred`` shifts the log difference and leaves it
+unchanged); the papers print it ×10⁻². MAD, the mean angle (degrees) between the normals of the
+two depth maps, each unprojected with its own intrinsics; a global scale of a depth map leaves
+its normals unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from renderloop.renderers.depth_map import depth_to_normals
+
+__all__ = ["side", "mad"]
+
+
+def _check(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if pred.shape != true.shape or pred.shape != mask.shape or pred.dim() != 3:
+        raise ValueError(f"pred, true and mask must share one shape [B, H, W]; got "
+                         f"{tuple(pred.shape)}, {tuple(true.shape)}, {tuple(mask.shape)}")  # fmt: skip
+    valid = mask.bool() & (pred > 0) & (true > 0)
+    if not valid.flatten(1).any(1).all():
+        raise ValueError("every image needs at least one valid pixel (mask, positive depths)")
+    return valid
+
+
+def side(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scale-invariant depth error per image ``[B]`` (not yet ×10²) over ``mask [B, H, W]``."""
+    valid = _check(pred, true, mask).float()
+    diff = (pred.clamp_min(1e-8).log() - true.clamp_min(1e-8).log()) * valid
+    n = valid.sum((1, 2))
+    centred = (diff - (diff.sum((1, 2)) / n).view(-1, 1, 1)) * valid
+    return (centred.square().sum((1, 2)) / n).sqrt()
+
+
+def mad(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor, K_pred: torch.Tensor,
+        K_true: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Mean angle in degrees ``[B]`` between the normals of ``pred`` and ``true`` over ``mask``."""
+    valid = _check(pred, true, mask).float()
+    n_pred = depth_to_normals(pred, K_pred)
+    n_true = depth_to_normals(true, K_pred if K_true is None else K_true)
+    cos = (n_pred * n_true).sum(-1).clamp(-1, 1)
+    return (torch.rad2deg(torch.acos(cos)) * valid).sum((1, 2)) / valid.sum((1, 2))

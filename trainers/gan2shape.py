@@ -1,0 +1,357 @@
+"""GAN2Shape (``method=gan2shape``): 3D shape from a 2D GAN's images, by exploring their latent space.
+
+Pan et al., "Do 2D GANs Know 3D Shape?" (ICLR 2021). A stream of GAN images with their latents w
+(``source=stylegan2``) trains an Unsup3d-style decomposition (canonical depth, albedo, view and
+light networks, ``models/decomposition.py``) rendered by the depth-map renderer, and a latent
+offset encoder E, in rounds of three steps after an initialization:
+
+- ``init``: the depth network fits an ellipsoid placed by the oracle segmenter's object mask.
+- ``albedo`` (step 1): albedo, light and view reconstruct the image with the depth held fixed.
+- ``offset`` (step 2): pseudo samples (the image re-rendered under random views and lights) are
+  projected into the GAN: E predicts Δw from each, and G(w + Δw) learns to match it, with
+  ``lam_offset · ‖Δw‖²`` keeping the offsets small.
+- ``shape`` (step 3): depth and albedo of the image, with each projected sample's own view and
+  light, reconstruct the projected samples and the image (plus depth smoothness and, with
+  ``symmetry``, the flipped reconstruction).
+
+The paper runs this per image; here it runs jointly on the stream (its joint mode), and the
+projected samples of step 3 are made afresh for each batch from the current networks and the
+frozen E, instead of being collected once per round. Perceptual terms use the oracle segmenter's
+features, the declared substitute for ImageNet features, in every row alike. ``mode=unsup3d`` is
+the paper's baseline: the same networks trained on reconstruction (and the flip term) alone.
+``renderloop eval`` scores depth on held-out simulator renders with ``depth_scores``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from renderloop.config import ConfigError, check_number, check_roles
+from renderloop.datasets import category
+from renderloop.datasets.sources import build_source, source_config
+from renderloop.models.decomposition import Decomposition, Encoder, ellipsoid_depth
+from renderloop.models.stylegan2.io import load_generator
+from renderloop.renderers.cameras import fov_intrinsics
+from renderloop.renderers.depth_map import DepthRender, render_depth_map, view_about_pivot
+
+from .depth_scores import mad, side
+from .method import Method, ModelSpec, Phase
+from .oracle import Oracle
+
+__all__ = ["GAN2ShapeConfig", "GAN2Shape"]
+
+MODES = ("gan2shape", "unsup3d")
+PRIORS = ("ellipsoid", "flat")
+
+
+@dataclass
+class GAN2ShapeEvalConfig:
+    samples: int = 128
+    """Held-out renders (the ``test`` object range) scored against their true depth."""
+    batch_size: int = 32
+    frontal_deg: float = 30.0
+    """The near-frontal split: views within this azimuth of the object's front."""
+    average_samples: int = 256
+    """Renders of the ``oracle`` range whose mean true depth is the ``average`` row."""
+    seed: int = 0
+    figure_rows: int = 4
+
+    def __post_init__(self) -> None:
+        for key in ("samples", "batch_size", "average_samples", "figure_rows"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"method.evaluation.{key}", f"must be >= 1; got {getattr(self, key)}")
+        check_number("method.evaluation.frontal_deg", self.frontal_deg, above=0, at_most=180)
+
+
+@dataclass
+class GAN2ShapeConfig:
+    data: dict[str, Any] = field(default_factory=dict)
+    """Data role ``gan``: a ``stylegan2`` source (one view, constant noise); its checkpoint is
+    also the generator that step 2 projects into."""
+    renders: dict[str, Any] = field(default_factory=dict)
+    """The simulator category the GAN learned (``simulator_vehicle``), for the evaluation."""
+    oracle_run: str = "???"
+    """A ``method=oracle`` run: its segmenter masks the initialization and gives the features."""
+    mode: str = "gan2shape"
+    width: int = 32
+    zdim: int = 256
+    fov_deg: float = 10.0
+    min_depth: float = 0.9
+    max_depth: float = 1.1
+    prior: str = "ellipsoid"
+    """The initial depth: ``ellipsoid`` (placed by the oracle's mask) or ``flat`` (the ablation)."""
+    prior_depth: tuple[float, float] = (0.95, 1.05)
+    """The ellipsoid's nearest depth (its centre) and the depth of the plane it bulges from."""
+    rotation_deg: float = 60.0
+    translation: float = 0.1
+    pseudo_yaw_deg: float = 45.0
+    pseudo_pitch_deg: float = 15.0
+    """Pseudo samples' views: yaw and pitch uniform within ± these."""
+    init_steps: int = 200
+    rounds: int = 4
+    first_round: tuple[int, int, int] = (700, 700, 600)
+    later_rounds: tuple[int, int, int] = (200, 500, 400)
+    """Steps 1-3 of the first and of every later round (the paper's per-image counts for cars)."""
+    lr: float = 1e-4
+    lam_perc: float = 0.5
+    lam_smooth: float = 0.01
+    lam_offset: float = 0.01
+    symmetry: bool = False
+    lam_flip: float = 0.5
+    evaluation: GAN2ShapeEvalConfig = field(default_factory=GAN2ShapeEvalConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.evaluation, dict):
+            self.evaluation = GAN2ShapeEvalConfig(**self.evaluation)
+        check_roles(self.data, ("gan",))
+        name, gan = source_config(self.data["gan"])
+        if name != "stylegan2" or gan.views != 1 or gan.noise_mode != "const":
+            raise ConfigError("method.data.gan", "needs a stylegan2 source with views=1 and noise_mode=const "
+                              f"(step 2 regenerates its images from their latents); got {name}")  # fmt: skip
+        if gan.resolution:
+            raise ConfigError("method.data.gan.resolution", "must be 0: the generator's own size")
+        rname, renders = source_config(self.renders)
+        if rname != "simulator" or not renders.category:
+            raise ConfigError("method.renders", f"needs a simulator category (simulator_vehicle); got {rname}")
+        if self.mode not in MODES:
+            raise ConfigError("method.mode", f"must be one of {MODES}; got {self.mode!r}")
+        if self.prior not in PRIORS:
+            raise ConfigError("method.prior", f"must be one of {PRIORS}; got {self.prior!r}")
+        if not 0 < self.min_depth < self.prior_depth[0] < self.prior_depth[1] <= self.max_depth:
+            raise ConfigError("method.prior_depth", "needs min_depth < near < far <= max_depth; got "
+                              f"{self.min_depth}, {tuple(self.prior_depth)}, {self.max_depth}")  # fmt: skip
+        for key in ("first_round", "later_rounds"):
+            if len(getattr(self, key)) != 3 or min(getattr(self, key)) < 1:
+                raise ConfigError(f"method.{key}", f"must be three step counts >= 1; got {getattr(self, key)}")
+        if self.rounds < 1 or self.init_steps < 0 or self.width < 4 or self.zdim < 1:
+            raise ConfigError("method", "needs rounds >= 1, init_steps >= 0, width >= 4 and zdim >= 1")
+        for key in ("fov_deg", "lr", "rotation_deg", "pseudo_yaw_deg", "pseudo_pitch_deg"):
+            check_number(f"method.{key}", getattr(self, key), above=0)
+        for key in ("lam_perc", "lam_smooth", "lam_offset", "lam_flip", "translation"):
+            check_number(f"method.{key}", getattr(self, key), at_least=0)
+
+    @property
+    def schedule_steps(self) -> int:
+        """Engine steps of the whole schedule (``unsup3d``: as many as GAN2Shape's)."""
+        return self.init_steps + sum(self.first_round) + (self.rounds - 1) * sum(self.later_rounds)
+
+
+def _smoothness(depth: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of neighbouring depths (total variation)."""
+    return (depth[:, 1:] - depth[:, :-1]).abs().mean() + (depth[:, :, 1:] - depth[:, :, :-1]).abs().mean()
+
+
+class GAN2Shape(Method):
+    """Decomposition networks (``net``) and the latent offset encoder (``E``) on a GAN's images."""
+
+    name = "gan2shape"
+
+    def __init__(self, config: GAN2ShapeConfig, device: torch.device) -> None:
+        super().__init__(config, device)
+        self.gan = source_config(config.data["gan"])[1]
+        self.oracle = Oracle.load(config.oracle_run, str(device))
+        for net in (self.oracle.segmenter, self.oracle.viewpoint_net):
+            net.requires_grad_(False)
+
+    @classmethod
+    def check_engine(cls, config: GAN2ShapeConfig, engine: Any) -> None:
+        if engine.max_steps > config.schedule_steps:
+            raise ConfigError("engine.max_steps", f"exceeds the schedule's {config.schedule_steps} steps "
+                              "(method.init_steps, rounds, first_round, later_rounds)")  # fmt: skip
+
+    def fields(self, role: str) -> list[str]:
+        return ["rgb.png", "latent.npy"]
+
+    def build(self) -> dict[str, ModelSpec]:
+        cfg = self.config
+        G = load_generator(self.gan.checkpoint, self.gan.network)
+        res = G.img_resolution
+        net = Decomposition(res, cfg.width, cfg.zdim, cfg.min_depth, cfg.max_depth, cfg.rotation_deg, cfg.translation)
+        E = Encoder(res, G.w_dim, cfg.width, cfg.zdim)
+        nn.init.zeros_(E.net[-1].weight)  # no offset at the start: G(w) is the image itself
+        nn.init.zeros_(E.net[-1].bias)
+        return {
+            "net": ModelSpec(net, lr=cfg.lr),
+            "E": ModelSpec(E, lr=cfg.lr),
+            "G": ModelSpec(G.requires_grad_(False), trainable=False),
+        }
+
+    def phases(self) -> list[Phase]:
+        cfg = self.config
+        if cfg.mode == "unsup3d":
+            return [Phase("shape", "net", ("gan",))]
+        phases = [Phase("init", "net", ("gan",), stop=cfg.init_steps)] if cfg.init_steps else []
+        start = cfg.init_steps
+        for r in range(cfg.rounds):
+            for (name, model), steps in zip(
+                (("albedo", "net"), ("offset", "E"), ("shape", "net")),
+                cfg.first_round if r == 0 else cfg.later_rounds,
+                strict=True,
+            ):
+                phases.append(Phase(name, model, ("gan",), start=start, stop=start + steps))
+                start += steps
+        return phases
+
+    # -- rendering and losses -----------------------------------------------------------------
+
+    def _K(self, image: torch.Tensor) -> torch.Tensor:
+        H, W = image.shape[2:]
+        return fov_intrinsics(self.config.fov_deg, H, W, batch=len(image), device=image.device)
+
+    def _render(self, image, depth, albedo, light, view) -> DepthRender:
+        cfg = self.config
+        R, t = view_about_pivot(*view, pivot_depth=(cfg.min_depth + cfg.max_depth) / 2)
+        ambient, diffuse, direction = light
+        return render_depth_map(depth, albedo, direction, self._K(image), R, t, ambient, diffuse)
+
+    def _perceptual(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        fa, fb = self.oracle.features(a), self.oracle.features(b)
+        return sum(F.l1_loss(x, y) for x, y in zip(fa, fb, strict=True)) / len(fa)
+
+    def _reconstruction(self, rendered: DepthRender, target: torch.Tensor) -> torch.Tensor:
+        """L1 over the covered pixels plus the perceptual term on the image completed by the target."""
+        mask = rendered.mask
+        l1 = ((rendered.image - target).abs() * mask).sum() / (mask.sum() * target.shape[1]).clamp_min(1)
+        composite = rendered.image + (1 - mask) * target
+        return l1 + self.config.lam_perc * self._perceptual(composite, target)
+
+    def _random_views(self, n: int, device) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple]:
+        """A pseudo sample's view (yaw, pitch within the prior) and light (ambient, diffuse, direction)."""
+        cfg = self.config
+        limits = torch.tensor([cfg.pseudo_pitch_deg, cfg.pseudo_yaw_deg, 0.0], device=device).deg2rad()
+        angles = (torch.rand(n, 3, device=device) * 2 - 1) * limits
+        ambient, diffuse = 0.2 + 0.4 * torch.rand(n, device=device), 0.3 + 0.5 * torch.rand(n, device=device)
+        xy = (torch.rand(n, 2, device=device) * 2 - 1) * 0.8
+        direction = F.normalize(torch.cat([xy, -torch.ones(n, 1, device=device)], 1), dim=1)
+        return (angles, torch.zeros(n, 3, device=device)), (ambient, diffuse, direction)
+
+    @torch.no_grad()
+    def _pseudo(self, net: Decomposition, image: torch.Tensor) -> DepthRender:
+        view, light = self._random_views(len(image), image.device)
+        return self._render(image, net.depth(image), net.albedo(image), light, view)
+
+    def _project(self, E: nn.Module, G: nn.Module, pseudo: torch.Tensor, w: torch.Tensor):
+        """G's image for ``w + E(pseudo)`` in [0, 1], and the offsets."""
+        offset = E(pseudo)
+        image = G.synthesis(w + offset[:, None].to(w.dtype), noise_mode="const")
+        return (image.float() + 1) / 2, offset
+
+    def step(self, phase: Phase, batch: dict, nets: Mapping[str, nn.Module], gain: int) -> dict[str, torch.Tensor]:
+        cfg, net = self.config, nets["net"]
+        image, w = batch["gan"]["rgb"].float(), batch["gan"]["latent"]
+        if phase.name == "init":
+            if cfg.prior == "ellipsoid":
+                prior = ellipsoid_depth(self.oracle.mask(image), *cfg.prior_depth)
+            else:
+                prior = torch.full_like(image[:, 0], cfg.prior_depth[1])
+            loss = F.l1_loss(net.depth(image), prior)
+            return {"loss": loss, "prior_l1": loss.detach()}
+        if phase.name == "albedo":
+            view = tuple(v.detach() for v in net.view(image))
+            rendered = self._render(image, net.depth(image).detach(), net.albedo(image), net.light(image), view)
+            loss = self._reconstruction(rendered, image)
+            return {"loss": loss, "reconstruction": loss.detach()}
+        if phase.name == "offset":
+            pseudo = self._pseudo(net, image)
+            projected, offset = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
+            fit = self._reconstruction(replace(pseudo, image=projected * pseudo.mask), pseudo.image)
+            penalty = offset.float().square().sum(1).mean()
+            return {"loss": fit + cfg.lam_offset * penalty, "projection": fit.detach(), "offset_sq": penalty.detach()}
+        return self._shape(image, w, nets)
+
+    def _shape(self, image: torch.Tensor, w: torch.Tensor, nets: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+        cfg, net = self.config, nets["net"]
+        depth, albedo = net.depth(image), net.albedo(image)
+        view, light = net.view(image), net.light(image)
+        own = self._reconstruction(self._render(image, depth, albedo, light, view), image)
+        losses = {"reconstruction": own.detach(), "smoothness": _smoothness(depth).detach()}
+        loss = own + cfg.lam_smooth * _smoothness(depth)
+        if cfg.symmetry:
+            flipped = self._render(image, depth.flip(2), albedo.flip(3), light, view)
+            flip = self._reconstruction(flipped, image)
+            loss, losses["flip"] = loss + cfg.lam_flip * flip, flip.detach()
+        if cfg.mode == "gan2shape":
+            with torch.no_grad():
+                pseudo = self._pseudo(net, image)
+                projected, _ = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
+            rendered = self._render(image, depth, albedo, net.light(projected), net.view(projected))
+            samples = self._reconstruction(rendered, projected)
+            loss, losses["projected"] = loss + samples, samples.detach()
+        return {"loss": loss, **losses}
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def images(self, batch: dict, nets: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+        net, image = nets["net"], batch["gan"]["rgb"].float()[:8]
+        depth = net.depth(image)
+        shown = (depth - self.config.min_depth) / (self.config.max_depth - self.config.min_depth)
+        pseudo = self._pseudo(net, image)
+        return {"input": image, "depth": shown[:, None].expand(-1, 3, -1, -1), "pseudo": pseudo.image}
+
+    def _test_renders(self, object_seeds: str, count: int) -> dict[str, torch.Tensor]:
+        ev = self.config.evaluation
+        res = load_generator(self.gan.checkpoint, self.gan.network).img_resolution
+        name, cfg = source_config(self.config.renders)
+        cfg = replace(cfg, object_seeds=object_seeds, resolution=res, batch_size=ev.batch_size)
+        source = build_source(name, cfg, self.device)
+        keys = ("rgb", "depth", "mask", "K", "azimuth")
+        batches = [source.generate(ev.seed, i) for i in range(-(-count // ev.batch_size))]
+        return {k: torch.cat([b[k].float() for b in batches])[:count].to(self.device) for k in keys}
+
+    @torch.no_grad()
+    def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:
+        from renderloop.images import image_grid, save_png
+
+        cfg, ev, net = self.config, self.config.evaluation, nets["net"]
+        test = self._test_renders("test", ev.samples)
+        category.check_disjoint({"average": category.SEED_RANGES["oracle"], "test": category.SEED_RANGES["test"]})
+        train = self._test_renders("oracle", ev.average_samples)
+        image, mask = test["rgb"], test["mask"].bool()
+        K = self._K(image)
+        predicted = self._render(image, net.depth(image), net.albedo(image), net.light(image), net.view(image))
+        valid = mask & (predicted.mask[:, 0] > 0) & (predicted.depth > 0)
+        covered = (train["depth"] * train["mask"]).sum(0) / train["mask"].sum(0).clamp_min(1)
+        average = torch.where(train["mask"].sum(0) > 0, covered, covered[covered > 0].mean())
+        rows = {
+            "gan2shape" if cfg.mode == "gan2shape" else "unsup3d": predicted.depth,
+            "ellipsoid": ellipsoid_depth(self.oracle.mask(image), *cfg.prior_depth),
+            "average": average.expand_as(test["depth"]),
+            "flat": torch.ones_like(test["depth"]),
+        }
+        azimuth = test["azimuth"].rad2deg() % 360
+        frontal = torch.minimum(azimuth, 360 - azimuth) <= ev.frontal_deg
+        report: dict[str, float] = {"test_images": float(len(image)), "frontal_images": float(frontal.sum())}
+        keep = valid.flatten(1).any(1)
+        for row, depth in rows.items():  # the method's depth is seen through its camera, the others the renders'
+            K_row = (K if row in MODES else test["K"])[keep]
+            s = side(depth[keep], test["depth"][keep], valid[keep]) * 100
+            m = mad(depth[keep], test["depth"][keep], valid[keep], K_row, test["K"][keep])
+            report[f"{row}/side"], report[f"{row}/mad"] = s.mean().item(), m.mean().item()
+            if frontal[keep].any():
+                f = frontal[keep]
+                report[f"{row}/frontal_side"], report[f"{row}/frontal_mad"] = s[f].mean().item(), m[f].mean().item()
+        report["scored_images"] = float(keep.sum())
+        report["oracle_segment_calls"] = float(self.oracle.calls["segment"])
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "gan2shape_eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        n = min(ev.figure_rows, len(image))
+
+        def shade(depth: torch.Tensor) -> torch.Tensor:
+            lo, hi = depth.flatten(1).quantile(0.02, 1), depth.flatten(1).quantile(0.98, 1)
+            return ((depth - lo[:, None, None]) / (hi - lo).clamp_min(1e-6)[:, None, None]).clamp(0, 1)
+
+        columns = [image[:n], shade(torch.where(mask, test["depth"], test["depth"][mask].max()))[:n, None],
+                   shade(predicted.depth)[:n, None] * valid[:n, None], predicted.image[:n]]  # fmt: skip
+        grid = torch.stack([c.expand(-1, 3, -1, -1).cpu() for c in columns], 1).flatten(0, 1)
+        save_png(image_grid(grid, columns=len(columns)), out / "gan2shape_eval.png")
+        return report
