@@ -18,7 +18,9 @@ The paper runs this per image; here it runs jointly on the stream (its joint mod
 projected samples of step 3 are made afresh for each batch from the current networks and the
 frozen E, instead of being collected once per round. Perceptual terms use the oracle segmenter's
 features, the declared substitute for ImageNet features, in every row alike. ``mode=unsup3d`` is
-the paper's baseline: the same networks trained on reconstruction (and the flip term) alone.
+the paper's baseline: the same networks trained on reconstruction (and the flip term) alone;
+``mode=supervised`` the ceiling: the depth network trained on renders of the GAN's objects with
+their true depth (a scale-invariant log-depth loss, depth in the input view).
 ``renderloop eval`` scores depth on held-out simulator renders with ``depth_scores``.
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +51,7 @@ from .oracle import Oracle
 
 __all__ = ["GAN2ShapeConfig", "GAN2Shape"]
 
-MODES = ("gan2shape", "unsup3d")
+MODES = ("gan2shape", "unsup3d", "supervised")
 PRIORS = ("ellipsoid", "flat")
 
 
@@ -74,8 +77,9 @@ class GAN2ShapeEvalConfig:
 @dataclass
 class GAN2ShapeConfig:
     data: dict[str, Any] = field(default_factory=dict)
-    """Data role ``gan``: a ``stylegan2`` source (one view, constant noise); its checkpoint is
-    also the generator that step 2 projects into."""
+    """Data role ``images``: a ``stylegan2`` source (one view, constant noise), whose checkpoint is
+    also the generator that step 2 projects into; for ``mode=supervised``, simulator renders of
+    the category's ``gan`` objects (``method=gan2shape_supervised``)."""
     renders: dict[str, Any] = field(default_factory=dict)
     """The simulator category the GAN learned (``simulator_vehicle``), for the evaluation."""
     oracle_run: str = "???"
@@ -104,25 +108,28 @@ class GAN2ShapeConfig:
     lam_perc: float = 0.5
     lam_smooth: float = 0.01
     lam_offset: float = 0.01
-    symmetry: bool = False
+    symmetry: bool = True
+    """The flip term (the category is mirror-symmetric; the paper's car config turns it off)."""
     lam_flip: float = 0.5
     evaluation: GAN2ShapeEvalConfig = field(default_factory=GAN2ShapeEvalConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.evaluation, dict):
             self.evaluation = GAN2ShapeEvalConfig(**self.evaluation)
-        check_roles(self.data, ("gan",))
-        name, gan = source_config(self.data["gan"])
-        if name != "stylegan2" or gan.views != 1 or gan.noise_mode != "const":
-            raise ConfigError("method.data.gan", "needs a stylegan2 source with views=1 and noise_mode=const "
-                              f"(step 2 regenerates its images from their latents); got {name}")  # fmt: skip
-        if gan.resolution:
-            raise ConfigError("method.data.gan.resolution", "must be 0: the generator's own size")
+        if self.mode not in MODES:
+            raise ConfigError("method.mode", f"must be one of {MODES}; got {self.mode!r}")
+        check_roles(self.data, ("images",))
+        name, images = source_config(self.data["images"])
+        if self.mode == "supervised":
+            if name != "simulator" or not images.category:
+                raise ConfigError("method.data.images", f"mode=supervised learns from simulator renders; got {name}")
+            category.check_disjoint({"training": tuple(images.object_seeds), "test": category.SEED_RANGES["test"]})
+        elif name != "stylegan2" or images.views != 1 or images.noise_mode != "const" or images.resolution:
+            needs = "a stylegan2 source with views=1, noise_mode=const and resolution=0"
+            raise ConfigError("method.data.images", f"needs {needs} (step 2 regenerates its images); got {name}")
         rname, renders = source_config(self.renders)
         if rname != "simulator" or not renders.category:
             raise ConfigError("method.renders", f"needs a simulator category (simulator_vehicle); got {rname}")
-        if self.mode not in MODES:
-            raise ConfigError("method.mode", f"must be one of {MODES}; got {self.mode!r}")
         if self.prior not in PRIORS:
             raise ConfigError("method.prior", f"must be one of {PRIORS}; got {self.prior!r}")
         if not 0 < self.min_depth < self.prior_depth[0] < self.prior_depth[1] <= self.max_depth:
@@ -144,6 +151,16 @@ class GAN2ShapeConfig:
         return self.init_steps + sum(self.first_round) + (self.rounds - 1) * sum(self.later_rounds)
 
 
+def _log_depth_variance(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over images of the variance of ``log pred - log true`` over the mask: SIDE², the
+    supervised ceiling's loss (scale-invariant, as the depth of a single image is)."""
+    m = mask.float()
+    diff = (pred.clamp_min(1e-6).log() - true.clamp_min(1e-6).log()) * m
+    n = m.sum((1, 2)).clamp_min(1)
+    centred = (diff - (diff.sum((1, 2)) / n)[:, None, None]) * m
+    return (centred.square().sum((1, 2)) / n).mean()
+
+
 def _smoothness(depth: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of neighbouring depths (total variation)."""
     return (depth[:, 1:] - depth[:, :-1]).abs().mean() + (depth[:, :, 1:] - depth[:, :, :-1]).abs().mean()
@@ -156,7 +173,7 @@ class GAN2Shape(Method):
 
     def __init__(self, config: GAN2ShapeConfig, device: torch.device) -> None:
         super().__init__(config, device)
-        self.gan = source_config(config.data["gan"])[1]
+        self.source = source_config(config.data["images"])[1]
         self.oracle = Oracle.load(config.oracle_run, str(device))
         for net in (self.oracle.segmenter, self.oracle.viewpoint_net):
             net.requires_grad_(False)
@@ -168,13 +185,22 @@ class GAN2Shape(Method):
                               "(method.init_steps, rounds, first_round, later_rounds)")  # fmt: skip
 
     def fields(self, role: str) -> list[str]:
-        return ["rgb.png", "latent.npy"]
+        return ["rgb.png", "depth.npy", "seg.png"] if self.config.mode == "supervised" else ["rgb.png", "latent.npy"]
+
+    def _generator(self) -> nn.Module:
+        return load_generator(self.source.checkpoint, self.source.network)
+
+    @cached_property
+    def resolution(self) -> int:
+        return self.source.resolution if self.config.mode == "supervised" else self._generator().img_resolution
 
     def build(self) -> dict[str, ModelSpec]:
         cfg = self.config
-        G = load_generator(self.gan.checkpoint, self.gan.network)
-        res = G.img_resolution
+        res = self.resolution
         net = Decomposition(res, cfg.width, cfg.zdim, cfg.min_depth, cfg.max_depth, cfg.rotation_deg, cfg.translation)
+        if cfg.mode != "gan2shape":
+            return {"net": ModelSpec(net, lr=cfg.lr)}
+        G = self._generator()
         E = Encoder(res, G.w_dim, cfg.width, cfg.zdim)
         nn.init.zeros_(E.net[-1].weight)  # no offset at the start: G(w) is the image itself
         nn.init.zeros_(E.net[-1].bias)
@@ -187,8 +213,10 @@ class GAN2Shape(Method):
     def phases(self) -> list[Phase]:
         cfg = self.config
         if cfg.mode == "unsup3d":
-            return [Phase("shape", "net", ("gan",))]
-        phases = [Phase("init", "net", ("gan",), stop=cfg.init_steps)] if cfg.init_steps else []
+            return [Phase("shape", "net", ("images",))]
+        if cfg.mode == "supervised":
+            return [Phase("depth", "net", ("images",))]
+        phases = [Phase("init", "net", ("images",), stop=cfg.init_steps)] if cfg.init_steps else []
         start = cfg.init_steps
         for r in range(cfg.rounds):
             for (name, model), steps in zip(
@@ -196,7 +224,7 @@ class GAN2Shape(Method):
                 cfg.first_round if r == 0 else cfg.later_rounds,
                 strict=True,
             ):
-                phases.append(Phase(name, model, ("gan",), start=start, stop=start + steps))
+                phases.append(Phase(name, model, ("images",), start=start, stop=start + steps))
                 start += steps
         return phases
 
@@ -246,7 +274,11 @@ class GAN2Shape(Method):
 
     def step(self, phase: Phase, batch: dict, nets: Mapping[str, nn.Module], gain: int) -> dict[str, torch.Tensor]:
         cfg, net = self.config, nets["net"]
-        image, w = batch["gan"]["rgb"].float(), batch["gan"]["latent"]
+        if phase.name == "depth":
+            renders = batch["images"]
+            loss = _log_depth_variance(net.depth(renders["rgb"].float()), renders["depth"].float(), renders["seg"] > 0)
+            return {"loss": loss, "side": loss.detach().sqrt()}
+        image, w = batch["images"]["rgb"].float(), batch["images"].get("latent")
         if phase.name == "init":
             if cfg.prior == "ellipsoid":
                 prior = ellipsoid_depth(self.oracle.mask(image), *cfg.prior_depth)
@@ -291,7 +323,7 @@ class GAN2Shape(Method):
 
     @torch.no_grad()
     def images(self, batch: dict, nets: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
-        net, image = nets["net"], batch["gan"]["rgb"].float()[:8]
+        net, image = nets["net"], batch["images"]["rgb"].float()[:8]
         depth = net.depth(image)
         shown = (depth - self.config.min_depth) / (self.config.max_depth - self.config.min_depth)
         pseudo = self._pseudo(net, image)
@@ -299,9 +331,8 @@ class GAN2Shape(Method):
 
     def _test_renders(self, object_seeds: str, count: int) -> dict[str, torch.Tensor]:
         ev = self.config.evaluation
-        res = load_generator(self.gan.checkpoint, self.gan.network).img_resolution
         name, cfg = source_config(self.config.renders)
-        cfg = replace(cfg, object_seeds=object_seeds, resolution=res, batch_size=ev.batch_size)
+        cfg = replace(cfg, object_seeds=object_seeds, resolution=self.resolution, batch_size=ev.batch_size)
         source = build_source(name, cfg, self.device)
         keys = ("rgb", "depth", "mask", "K", "azimuth")
         batches = [source.generate(ev.seed, i) for i in range(-(-count // ev.batch_size))]
@@ -318,11 +349,13 @@ class GAN2Shape(Method):
         image, mask = test["rgb"], test["mask"].bool()
         K = self._K(image)
         predicted = self._render(image, net.depth(image), net.albedo(image), net.light(image), net.view(image))
+        if cfg.mode == "supervised":  # depth in the input view, seen through the renders' camera
+            predicted = replace(predicted, depth=net.depth(image), mask=torch.ones_like(predicted.mask))
         valid = mask & (predicted.mask[:, 0] > 0) & (predicted.depth > 0)
         covered = (train["depth"] * train["mask"]).sum(0) / train["mask"].sum(0).clamp_min(1)
         average = torch.where(train["mask"].sum(0) > 0, covered, covered[covered > 0].mean())
         rows = {
-            "gan2shape" if cfg.mode == "gan2shape" else "unsup3d": predicted.depth,
+            cfg.mode: predicted.depth,
             "ellipsoid": ellipsoid_depth(self.oracle.mask(image), *cfg.prior_depth),
             "average": average.expand_as(test["depth"]),
             "flat": torch.ones_like(test["depth"]),
@@ -332,7 +365,7 @@ class GAN2Shape(Method):
         report: dict[str, float] = {"test_images": float(len(image)), "frontal_images": float(frontal.sum())}
         keep = valid.flatten(1).any(1)
         for row, depth in rows.items():  # the method's depth is seen through its camera, the others the renders'
-            K_row = (K if row in MODES else test["K"])[keep]
+            K_row = (K if row in ("gan2shape", "unsup3d") else test["K"])[keep]
             s = side(depth[keep], test["depth"][keep], valid[keep]) * 100
             m = mad(depth[keep], test["depth"][keep], valid[keep], K_row, test["K"][keep])
             report[f"{row}/side"], report[f"{row}/mad"] = s.mean().item(), m.mean().item()

@@ -38,12 +38,13 @@ def assets(tmp_path_factory):
     return {"checkpoint": str(checkpoint), "oracle": str(root / "oracle")}
 
 
-def _config(tmp_path, assets, *overrides: str) -> TrainConfig:
+def _config(tmp_path, assets, *overrides: str, method: str = "gan2shape_debug") -> TrainConfig:
+    gan = [f"method.data.images.checkpoint={assets['checkpoint']}"] if method == "gan2shape_debug" else []
     return load_config(
         "train",
-        ["method=gan2shape_debug", "engine=debug", f"method.data.gan.checkpoint={assets['checkpoint']}",
-         f"method.oracle_run={assets['oracle']}", f"storage.root={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}",
-         "samples_per_shard=8", "device=cpu", "engine.checkpoint_every=4", *overrides],
+        [f"method={method}", "engine=debug", *gan, f"method.oracle_run={assets['oracle']}",
+         f"storage.root={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}", "samples_per_shard=8", "device=cpu",
+         "engine.checkpoint_every=4", *overrides],
         TrainConfig,
     )  # fmt: skip
 
@@ -66,7 +67,7 @@ def test_projection_starts_at_the_gan_image(tmp_path, assets):
 
     method = GAN2Shape(cfg.method_config, torch.device("cpu"))
     nets = {name: spec.module for name, spec in method.build().items()}
-    samples = list(ShardStream(cfg.storage.root, cfg.stream("gan"), follow=False, fields=["rgb.png", "latent.npy"]))
+    samples = list(ShardStream(cfg.storage.root, cfg.stream("images"), follow=False, fields=["rgb.png", "latent.npy"]))
     image = torch.stack([s["rgb.png"] for s in samples])
     w = torch.stack([torch.as_tensor(s["latent.npy"]) for s in samples])
     projected, offset = method._project(nets["E"], nets["G"], torch.rand_like(image), w)
@@ -104,8 +105,9 @@ def test_bad_gan2shape_configs_are_refused(tmp_path, assets):
         with pytest.raises(ConfigError, match=match):
             method_config(_config(tmp_path, assets, *overrides).method)
 
-    refused("method.data.gan", "method.data.gan.noise_mode=random")
-    refused("method.data.gan.resolution", "method.data.gan.resolution=32")
+    refused("method.data.images", "method.data.images.noise_mode=random")
+    refused("method.data.images", "method.data.images.resolution=32")
+    refused("method.data.images", "method.mode=supervised")  # learns from renders, not the GAN
     refused("method.prior_depth", "method.prior_depth=[1.2,1.3]")
     refused("method.mode", "method.mode=both")
     refused("method.prior", "method.prior=sphere")
@@ -116,7 +118,7 @@ def test_bad_gan2shape_configs_are_refused(tmp_path, assets):
 
 def test_the_init_phase_fits_the_chosen_prior(tmp_path, assets):
     image = torch.rand(2, 3, 16, 16)
-    batch = {"gan": {"rgb": image, "latent": torch.zeros(2, 8, 16)}}
+    batch = {"images": {"rgb": image, "latent": torch.zeros(2, 8, 16)}}
     for prior in ("ellipsoid", "flat"):
         method = GAN2Shape(_config(tmp_path, assets, f"method.prior={prior}").method_config, torch.device("cpu"))
         nets = {name: spec.module for name, spec in method.build().items()}
@@ -128,3 +130,21 @@ def test_the_init_phase_fits_the_chosen_prior(tmp_path, assets):
             expected = ellipsoid_depth(method.oracle.mask(image), 0.95, 1.05)
         loss = method.step(init, batch, nets, 1)["loss"]
         assert loss.item() == pytest.approx((depth - expected).abs().mean().item(), rel=1e-5), prior
+
+
+def test_the_supervised_ceiling_learns_true_depth_from_renders_of_the_gan_objects(tmp_path, assets):
+    args = ["method.data.images.resolution=16", "method.data.images.batch_size=4",
+            "method.data.images.subdivisions=2", "method.width=8", "method.zdim=16", "method.evaluation.samples=8",
+            "method.evaluation.batch_size=4", "method.evaluation.average_samples=8", "method.lr=1e-3"]  # fmt: skip
+    cfg = _config(tmp_path, assets, *args, "engine.max_steps=30", method="gan2shape_supervised")
+    assert cfg.method_config.mode == "supervised" and GAN2Shape(cfg.method_config, torch.device("cpu")).resolution == 16
+    make_streams(cfg, samples=32)
+    train(cfg, [], command="train")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert {k.split("/")[1] for r in rows for k in r if k.startswith("loss/")} == {"depth"}
+    first, last = rows[0]["loss/depth/side"], sum(r["loss/depth/side"] for r in rows[-5:]) / 5
+    assert last < first  # the scale-invariant log-depth error falls on its training renders
+    report = evaluate(cfg)
+    assert report["supervised/side"] >= 0 and "gan2shape/side" not in report and report["flat/side"] > 0
+    with pytest.raises(ConfigError, match="share objects"):
+        _config(tmp_path, assets, *args, "method.data.images.object_seeds=test", method="gan2shape_supervised")
