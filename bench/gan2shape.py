@@ -1,0 +1,137 @@
+"""GAN2Shape's experiment: every row over seeds, on the category GAN that passed the gate.
+
+    python -m bench.gan_gate --device cuda --work runs/gate --minutes 8            # the GAN and oracles
+    python -m bench.gan2shape --device cuda --gate runs/gate --seeds 0 1 2 --work runs/g2s --out g2s.json
+
+Each run is ``renderloop run method=gan2shape ...`` on a live stream of the gate's generator
+(``<gate>/gan/eval/generator.pt``, the oracles of ``<gate>/oracle``), then ``renderloop eval``:
+SIDE (×10⁻²) and MAD (degrees) on held-out renders, all views and near-frontal ones. Variants:
+the method; Unsup3d on the same images (the paper's baseline); the supervised ceiling (true depth
+of renders of the GAN's objects); the ablations (no offset regularizer, flat initialization, no
+flip term). Every variant trains for the schedule's steps (equal steps; ``--set`` scales the
+schedule). Each run's report also holds the ellipsoid, average-depth and flat rows. A row gives the
+mean and 95% t interval over seeds; the method is compared with Unsup3d by Welch intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+from renderloop.stats import mean_ci95, welch_difference
+
+VARIANTS = {
+    "gan2shape": ("gan2shape", []),
+    "unsup3d": ("gan2shape", ["method.mode=unsup3d"]),
+    "supervised": ("gan2shape_supervised", []),
+    "no_offset_reg": ("gan2shape", ["method.lam_offset=0"]),
+    "flat_prior": ("gan2shape", ["method.prior=flat"]),
+    "no_symmetry": ("gan2shape", ["method.symmetry=false"]),
+}
+"""Variant → (config, overrides)."""
+BASELINES = ("ellipsoid", "average", "flat")
+SCORES = ("side", "mad", "frontal_side", "frontal_mad")
+
+
+def _row(variant: str) -> str:
+    """The report row a variant's own network writes (its mode)."""
+    return {"unsup3d": "unsup3d", "supervised": "supervised"}.get(variant, "gan2shape")
+
+
+def one_run(variant: str, seed: int, args, work: Path) -> dict:
+    """Train and evaluate one (variant, seed); its scores plus wall times. Finished runs are reused."""
+    tag = f"{variant}-s{seed}"
+    done = work / f"{tag}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    config, overrides = VARIANTS[variant]
+    gate = Path(args.gate)
+    images = ([f"method.data.images.checkpoint={gate / 'gan' / 'eval' / 'generator.pt'}"] if config == "gan2shape"
+              else [f"method.data.images.resolution={args.resolution}"])  # fmt: skip
+    common = [
+        f"method={config}", f"device={args.device}", f"engine.seed={seed}", f"method.oracle_run={gate / 'oracle'}",
+        f"storage.root={work / tag / 'data'}", f"run_dir={work / tag / 'run'}", "engine.progress=false",
+        *images, *overrides, *args.set,
+    ]  # fmt: skip
+    times = {}
+    for command in ("run", "eval"):
+        start = time.monotonic()
+        log = work / f"{tag}-{command}.log"
+        with open(log, "w") as out:
+            proc = subprocess.run([sys.executable, "-m", "renderloop.cli", command, *common], stdout=out,
+                                  stderr=subprocess.STDOUT, check=False)  # fmt: skip
+        if proc.returncode:
+            raise SystemExit(f"{tag}: renderloop {command} failed ({proc.returncode}); see {log}")
+        times[f"{command}_seconds"] = time.monotonic() - start
+    report = json.loads((work / tag / "run" / "eval" / "gan2shape_eval.json").read_text())
+    run = {"variant": variant, "seed": seed, **times, "scores": report}
+    done.write_text(json.dumps(run) + "\n")
+    return run
+
+
+def summarize(runs: list[dict]) -> dict[str, dict]:
+    """Row → score → (mean, 95% half-width, runs): each variant's own row, and the baselines from
+    the ``gan2shape`` runs (scored on the same pixels as the method: rendered and in the mask)."""
+    rows = {v: _scores([r["scores"] for r in runs if r["variant"] == v], _row(v)) for v in dict.fromkeys(
+        r["variant"] for r in runs)}  # fmt: skip
+    reference = "gan2shape" if "gan2shape" in rows else next(iter(rows), None)
+    scored = [r["scores"] for r in runs if r["variant"] == reference]  # on the method's pixels
+    for baseline in BASELINES:
+        if scored and f"{baseline}/side" in scored[0]:
+            rows[baseline] = _scores(scored, baseline)
+    return rows
+
+
+def _scores(reports: list[dict], row: str) -> dict[str, tuple]:
+    return {s: tuple(mean_ci95([m[f"{row}/{s}"] for m in reports])) for s in SCORES if f"{row}/{s}" in reports[0]}
+
+
+def compare(runs: list[dict], a: str = "gan2shape", b: str = "unsup3d") -> dict[str, dict]:
+    """Each score of row ``a`` minus row ``b``, with the Welch interval (the paper's claim: ``a`` ≤ ``b``)."""
+    va = [r["scores"] for r in runs if r["variant"] == a]
+    vb = [r["scores"] for r in runs if r["variant"] == b]
+    if not va or not vb:
+        return {}
+    return {s: welch_difference([m[f"{_row(a)}/{s}"] for m in va], [m[f"{_row(b)}/{s}"] for m in vb])
+            for s in ("side", "mad")}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--gate", required=True, help="a bench.gan_gate --work folder (its GAN and oracles)")
+    p.add_argument("--resolution", type=int, default=64, help="the GAN's resolution (the supervised row's renders)")
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument("--set", nargs="*", default=[], help="more overrides for every run")
+    p.add_argument("--work", default="", help="streams, runs and logs; finished runs are reused")
+    p.add_argument("--parallel", type=int, default=1, help="runs sharing the device at once")
+    p.add_argument("--out", default="")
+    args = p.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="renderloop-gan2shape-"))
+    work.mkdir(parents=True, exist_ok=True)
+    runs = []
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        for r in pool.map(lambda job: one_run(*job, args, work), [(v, s) for v in args.variants for s in args.seeds]):
+            runs.append(r)
+            row = _row(r["variant"])
+            print(f"{r['variant']:>14} seed {r['seed']}: SIDE {r['scores'][f'{row}/side']:.3f} "
+                  f"MAD {r['scores'][f'{row}/mad']:.2f}", flush=True)  # fmt: skip
+    meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": sys.argv}
+    report = {"meta": meta, "rows": summarize(runs), "gan2shape_minus_unsup3d": compare(runs), "runs": runs}
+    for name, row in report["rows"].items():
+        print(f"{name:>14} " + " ".join(f"{s} {v[0]:.3f} ± {v[1]:.3f}" for s, v in row.items()))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

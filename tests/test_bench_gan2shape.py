@@ -1,0 +1,65 @@
+"""bench.gan2shape: rows over seeds with the baselines scored beside the method, GAN2Shape against
+Unsup3d, and a tiny run of two variants end to end on a stand-in gate folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bench.gan2shape import compare, summarize
+from renderloop.cli import main
+from renderloop.models.stylegan2 import Generator, GeneratorConfig
+from renderloop.models.stylegan2.io import save_generator
+
+
+def _run(variant: str, seed: int, side: float) -> dict:
+    row = {"gan2shape": "gan2shape", "unsup3d": "unsup3d"}.get(variant, "gan2shape")
+    scores = {f"{row}/side": side, f"{row}/mad": 10 * side}
+    if variant == "gan2shape":
+        scores |= {"flat/side": 9.0 + seed, "flat/mad": 50.0}
+    return {"variant": variant, "seed": seed, "scores": scores}
+
+
+def test_rows_and_the_comparison_with_unsup3d():
+    runs = [_run("gan2shape", s, v) for s, v in enumerate((1.0, 2.0, 3.0))]
+    runs += [_run("unsup3d", s, v) for s, v in enumerate((5.0, 6.0, 7.0))]
+    rows = summarize(runs)
+    mean, half, n = rows["gan2shape"]["side"]
+    assert (mean, n) == (pytest.approx(2.0), 3) and half == pytest.approx(4.303 / 3**0.5, rel=1e-3)
+    assert rows["unsup3d"]["mad"][0] == pytest.approx(60.0)
+    assert rows["flat"]["side"][0] == pytest.approx(10.0) and "ellipsoid" not in rows
+    diff = compare(runs)["side"]
+    assert diff["difference"] == pytest.approx(-4.0) and diff["exceeds_interval"]
+
+
+def test_two_variants_run_end_to_end(tmp_path):
+    gate = tmp_path / "gate"
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig(z_dim=16, w_dim=16, img_resolution=16, channel_base=128, channel_max=16,
+                                  mapping_layers=2))  # fmt: skip
+    save_generator(G, gate / "gan" / "eval" / "generator.pt")
+    oracle = ["method=oracle_debug", "engine=debug", "device=cpu", "engine.max_steps=2", "samples_per_shard=8",
+              f"storage.root={tmp_path / 'oracle-data'}", f"run_dir={gate / 'oracle'}"]  # fmt: skip
+    assert main(["run", *oracle]) == 0
+    tiny = ["method.width=8", "method.zdim=16", "method.init_steps=1", "method.rounds=1", "method.first_round=[1,1,1]",
+            "method.data.images.batch_size=4", "method.renders.subdivisions=2", "method.evaluation.samples=4",
+            "method.evaluation.batch_size=4", "method.evaluation.average_samples=4", "engine=debug",
+            "engine.max_steps=4", "samples_per_shard=8"]  # fmt: skip
+    out = tmp_path / "g2s.json"
+    done = subprocess.run([sys.executable, "-m", "bench.gan2shape", "--gate", str(gate), "--resolution", "16",
+                           "--variants", "gan2shape", "unsup3d", "--seeds", "0", "--work", str(tmp_path / "w"),
+                           "--out", str(out), "--set", *tiny], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [(r["variant"], r["seed"]) for r in report["runs"]] == [("gan2shape", 0), ("unsup3d", 0)]
+    assert set(report["rows"]) == {"gan2shape", "unsup3d", "ellipsoid", "average", "flat"}
+    assert report["rows"]["gan2shape"]["side"][2] == 1
+    shutil.rmtree(tmp_path / "w" / "gan2shape-s0" / "data")  # a second call reuses finished runs
+    again = subprocess.run([sys.executable, "-m", "bench.gan2shape", "--gate", str(gate), "--variants", "gan2shape",
+                            "--seeds", "0", "--work", str(tmp_path / "w")], capture_output=True, text=True)  # fmt: skip
+    assert again.returncode == 0 and "gan2shape seed 0" in again.stdout
