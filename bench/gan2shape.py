@@ -80,8 +80,8 @@ def one_run(variant: str, seed: int, args, work: Path) -> dict:
 def summarize(runs: list[dict]) -> dict[str, dict]:
     """Row → score → (mean, 95% half-width, runs): each variant's own row, and the baselines from
     the ``gan2shape`` runs (scored on the same pixels as the method: rendered and in the mask)."""
-    rows = {v: _scores([r["scores"] for r in runs if r["variant"] == v], _row(v)) for v in dict.fromkeys(
-        r["variant"] for r in runs)}  # fmt: skip
+    variants = dict.fromkeys(r["variant"] for r in runs)
+    rows = {v: _scores([r["scores"] for r in runs if r["variant"] == v], _row(v)) for v in variants}
     reference = "gan2shape" if "gan2shape" in rows else next(iter(rows), None)
     scored = [r["scores"] for r in runs if r["variant"] == reference]  # on the method's pixels
     for baseline in BASELINES:
