@@ -14,6 +14,7 @@ import torch
 
 from renderloop.registry import Registry
 
+from .datasetgan import DatasetGANSource, DatasetGANSourceConfig
 from .digits import FontDigits, FontDigitsConfig, RealDigits, RealDigitsConfig
 from .fashion_mnist import FashionMNIST, FashionMNISTConfig
 from .image_folder import ImageFolder, ImageFolderConfig
@@ -33,6 +34,7 @@ SOURCES = Registry(
         "real_digits": (RealDigitsConfig, RealDigits),
         "mocap": (MocapConfig, Mocap),
         "stylegan2": (StyleGAN2SourceConfig, StyleGAN2Source),
+        "datasetgan": (DatasetGANSourceConfig, DatasetGANSource),
     },
 )
 

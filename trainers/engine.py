@@ -413,7 +413,8 @@ class Trainer:
         return {k: v.float() for k, v in grids.items()}
 
     def export(self) -> Path:
-        """Write each model's weights (the EMA copy where there is one) to ``<run_dir>/models/<name>.pt``."""
+        """Write each model's weights (the EMA copy where there is one) to ``<run_dir>/models/<name>.pt``,
+        and rank 0's method state (``method_state.pt``), which evaluation restores."""
         out = self.run_dir / "models"
         zero3 = self.cfg.zero_stage == 3
         for name, module in self.modules.items():
@@ -429,6 +430,9 @@ class Trainer:
                 out.mkdir(parents=True, exist_ok=True)
                 torch.save(state, out / f".{name}.pt")
                 (out / f".{name}.pt").rename(out / f"{name}.pt")
+        if self.dist.is_main:
+            torch.save(self.method.state_dict(), out / ".method_state.pt")
+            (out / ".method_state.pt").rename(out / "method_state.pt")
         self.dist.barrier()
         return out
 

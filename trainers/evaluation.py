@@ -23,7 +23,8 @@ def plain(obj: Any) -> Any:
 
 
 def load_run(method_name: str, method_config: Any, run_dir: str | Path, device: str = "auto"):
-    """The method and its trained networks (eval mode on ``device``) from ``<run_dir>/models``.
+    """The method (with its exported state) and its trained networks (eval mode on ``device``) from
+    ``<run_dir>/models``.
 
     The architecture comes from the run's ``method.json`` where there is one; the evaluation
     settings (``method.evaluation``) come from ``method_config`` (if given), so one run can be
@@ -47,6 +48,8 @@ def load_run(method_name: str, method_config: Any, run_dir: str | Path, device: 
     for name, spec in method.build().items():
         spec.module.load_state_dict(torch.load(models / f"{name}.pt", map_location="cpu", weights_only=True))
         nets[name] = spec.module.to(resolved).eval()
+    if (models / "method_state.pt").exists():  # what the method learned besides weights (e.g. annotations)
+        method.load_state_dict(torch.load(models / "method_state.pt", map_location="cpu", weights_only=True))
     return method, nets
 
 

@@ -7,8 +7,10 @@ from typing import Any
 from renderloop.registry import Registry
 
 from .aign import AIGN, AIGNConfig
+from .datasetgan import DatasetGAN, DatasetGANConfig
 from .gan2shape import GAN2Shape, GAN2ShapeConfig
 from .oracle import OracleConfig, OracleMethod
+from .part_segmentation import PartSegmentation, PartSegmentationConfig
 from .simgan import SimGAN, SimGANConfig
 from .stylegan2 import StyleGAN2, StyleGAN2MethodConfig
 
@@ -22,6 +24,8 @@ METHODS = Registry(
         "aign": (AIGNConfig, AIGN),
         "oracle": (OracleConfig, OracleMethod),
         "gan2shape": (GAN2ShapeConfig, GAN2Shape),
+        "datasetgan": (DatasetGANConfig, DatasetGAN),
+        "part_segmentation": (PartSegmentationConfig, PartSegmentation),
     },
 )
 

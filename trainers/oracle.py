@@ -34,7 +34,7 @@ from renderloop.models.oracles import PartSegmenter, ViewpointRegressor
 from .method import Method, ModelSpec, Phase
 from .scores import angle_error_deg, class_iou, confusion
 
-__all__ = ["OracleConfig", "OracleMethod", "Oracle", "OracleBudgetError"]
+__all__ = ["OracleConfig", "OracleMethod", "Oracle", "OracleBudgetError", "colour_labels"]
 
 
 @dataclass
@@ -143,7 +143,7 @@ def evaluate_oracles(oracle: Oracle, source, ev: OracleEvalConfig, out_dir: Any)
         elevations.append(b["elevation"].cpu())
         if figure is None:
             k = min(ev.figure_rows, len(parts))
-            figure = torch.cat([b["rgb"][:k].cpu(), _colour(b["seg"][:k]), _colour(parts[:k])])
+            figure = torch.cat([b["rgb"][:k].cpu(), colour_labels(b["seg"][:k]), colour_labels(parts[:k])])
     # Constant baseline for the parts: every pixel gets the test set's most frequent label.
     majority = int(pixel_totals.argmax())
     label_counts[:, majority] = pixel_totals
@@ -175,7 +175,7 @@ def evaluate_oracles(oracle: Oracle, source, ev: OracleEvalConfig, out_dir: Any)
     return results
 
 
-def _colour(labels: torch.Tensor) -> torch.Tensor:
+def colour_labels(labels: torch.Tensor) -> torch.Tensor:
     """Label maps ``[B, H, W]`` as images ``[B, 3, H, W]``, one fixed colour per class."""
     palette = torch.rand(256, 3, generator=torch.Generator().manual_seed(7))
     palette[0] = 0

@@ -42,3 +42,24 @@ def make_streams(cfg: TrainConfig, samples: int = 64) -> None:
 def evaluate(cfg: TrainConfig) -> dict[str, float]:
     """What ``renderloop eval`` reports for the run ``cfg`` describes."""
     return evaluate_run(cfg.method_name, cfg.method_config, cfg.run_dir, cfg.device)
+
+
+def gan_method_assets(root: Path) -> dict[str, str]:
+    """What the GAN methods load: a random 16² generator file and a barely trained oracle run."""
+    import torch
+
+    from renderloop.cli import main
+    from renderloop.models.stylegan2 import Generator, GeneratorConfig
+    from renderloop.models.stylegan2.io import save_generator
+
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig(z_dim=16, w_dim=16, img_resolution=16, channel_base=128, channel_max=16,
+                                  mapping_layers=2))  # fmt: skip
+    checkpoint = save_generator(G, root / "generator.pt")
+    oracle = [
+        "method=oracle_debug", "engine=debug", "device=cpu", "engine.max_steps=2", "samples_per_shard=8",
+        f"storage.root={root / 'oracle-data'}", f"run_dir={root / 'oracle'}",
+    ]  # fmt: skip
+    if main(["run", *oracle]) != 0:
+        raise RuntimeError("the oracle run failed")
+    return {"checkpoint": str(checkpoint), "oracle": str(root / "oracle")}

@@ -9,33 +9,19 @@ import math
 import pytest
 import torch
 
-from renderloop.cli import main
 from renderloop.cluster.launch import TrainConfig, train
 from renderloop.config import ConfigError, load_config
 from renderloop.datasets.reader import ShardStream
 from renderloop.models.decomposition import ellipsoid_depth
-from renderloop.models.stylegan2 import Generator, GeneratorConfig
-from renderloop.models.stylegan2.io import save_generator
 from renderloop.trainers.gan2shape import GAN2Shape
 from renderloop.trainers.methods import method_config
 
-from .helpers import evaluate, make_streams
+from .helpers import evaluate, gan_method_assets, make_streams
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    """A random 16² generator and a barely trained oracle run (what the method loads)."""
-    root = tmp_path_factory.mktemp("gan2shape")
-    torch.manual_seed(0)
-    G = Generator(GeneratorConfig(z_dim=16, w_dim=16, img_resolution=16, channel_base=128, channel_max=16,
-                                  mapping_layers=2))  # fmt: skip
-    checkpoint = save_generator(G, root / "generator.pt")
-    oracle = [
-        "method=oracle_debug", "engine=debug", "device=cpu", "engine.max_steps=2", "samples_per_shard=8",
-        f"storage.root={root / 'oracle-data'}", f"run_dir={root / 'oracle'}",
-    ]  # fmt: skip
-    assert main(["run", *oracle]) == 0
-    return {"checkpoint": str(checkpoint), "oracle": str(root / "oracle")}
+    return gan_method_assets(tmp_path_factory.mktemp("gan2shape"))
 
 
 def _config(tmp_path, assets, *overrides: str, method: str = "gan2shape_debug") -> TrainConfig:

@@ -1,0 +1,137 @@
+"""DatasetGAN as a source: GAN samples with part labels from a trained style interpreter.
+
+Built once per process or actor from a generator and an ``interpreter.pt`` (``renderloop eval
+method=datasetgan``). ``generate(seed, batch_index)`` draws a pool of ``ceil(B / (1 - drop_share))``
+samples, labels every pixel by the ensemble's majority vote, scores each image's uncertainty (the
+Jensen–Shannon divergence of the members, mean of its most uncertain ``top_share`` pixels), and
+keeps the B least uncertain: each pool's most uncertain share is dropped, so a stream of these
+batches is DatasetGAN's filtered dataset. Pure in its arguments (constant noise).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from renderloop.config import ConfigError, check_number
+
+from .seeding import batch_seed, config_digest
+
+__all__ = ["DatasetGANSourceConfig", "DatasetGANSource"]
+
+VERSION = 1
+
+
+@dataclass
+class DatasetGANSourceConfig:
+    """Settings of the DatasetGAN source (Hydra group ``source``, option ``datasetgan``)."""
+
+    checkpoint: str = "???"
+    """The generator the interpreter was trained on."""
+    network: str = "G_ema"
+    interpreter: str = "???"
+    """``interpreter.pt`` of a ``method=datasetgan`` run (``<run_dir>/eval``)."""
+    batch_size: int = 16
+    truncation_psi: float = 0.7
+    drop_share: float = 0.1
+    """The most uncertain share of each pool that is dropped (0 keeps every sample)."""
+    members: int = 0
+    """Ensemble members that vote (0: all; 1: the single-MLP ablation)."""
+    top_share: float = 0.1
+    pixel_chunk: int = 8192
+    """Pixels classified at once (bounds the feature memory)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.members < 0 or self.pixel_chunk < 1:
+            raise ConfigError("source.batch_size", "batch_size and pixel_chunk must be >= 1, members >= 0")
+        check_number("source.drop_share", self.drop_share, at_least=0, below=1)
+        check_number("source.top_share", self.top_share, above=0, at_most=1)
+        check_number("source.truncation_psi", self.truncation_psi, note="1 is no truncation")
+
+    def digest(self) -> str:
+        return config_digest(self, {"pixel_chunk": 8192})
+
+
+class DatasetGANSource:
+    """``generate`` → ``rgb [B, 3, S, S]``, ``seg [B, S, S]`` (part labels), ``uncertainty [B]``."""
+
+    name = "datasetgan"
+
+    def __init__(self, config: DatasetGANSourceConfig, device: torch.device | str = "cpu") -> None:
+        from renderloop.models.style_interpreter import load_interpreter
+        from renderloop.models.stylegan2.checkpoints import CheckpointError
+        from renderloop.models.stylegan2.io import load_generator
+        from renderloop.models.stylegan2.latents import feature_channels
+
+        self.config, self.device = config, torch.device(device)
+        try:
+            self.G = load_generator(config.checkpoint, config.network).to(self.device).eval().requires_grad_(False)
+        except (CheckpointError, FileNotFoundError) as err:
+            raise ConfigError("source.checkpoint", str(err)) from None
+        try:
+            interpreter, _ = load_interpreter(config.interpreter)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError("source.interpreter", str(err)) from None
+        if interpreter.channels != feature_channels(self.G):
+            raise ConfigError("source.interpreter", f"was trained on {interpreter.channels} feature channels; "
+                              f"this generator has {feature_channels(self.G)}")  # fmt: skip
+        if config.members > len(interpreter.members):
+            raise ConfigError("source.members", f"the interpreter has {len(interpreter.members)} members")
+        if config.members:
+            interpreter.members = interpreter.members[: config.members]
+        self.interpreter = interpreter.to(self.device)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {"source": self.name, "version": VERSION, "config": self.config.digest()}
+
+    def warmup(self) -> None:
+        self.generate(0, 0)
+
+    @torch.no_grad()
+    def _label(self, ws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images, majority labels and uncertainties of ``ws`` (one image at a time, in pixel chunks)."""
+        from renderloop.models.style_interpreter import image_uncertainty, js_divergence, majority_vote
+        from renderloop.models.stylegan2.latents import pixel_features
+
+        images, labels, scores = [], [], []
+        for w in ws.split(1):
+            features, image = pixel_features(self.G, w)
+            votes, divergence = [], []
+            for chunk in features[0].split(self.config.pixel_chunk):
+                logits = self.interpreter(chunk)
+                votes.append(majority_vote(logits))
+                divergence.append(js_divergence(logits))
+            H, W = image.shape[2:]
+            images.append(((image.float() + 1) / 2).clamp(0, 1))
+            labels.append(torch.cat(votes).view(1, H, W))
+            scores.append(image_uncertainty(torch.cat(divergence)[None], self.config.top_share))
+        return torch.cat(images), torch.cat(labels), torch.cat(scores)
+
+    @torch.no_grad()
+    def generate(self, seed: int, batch_index: int) -> dict[str, torch.Tensor]:
+        from renderloop.models.stylegan2.latents import sample_ws
+
+        cfg = self.config
+        pool = math.ceil(cfg.batch_size / (1 - cfg.drop_share))
+        gen = torch.Generator(device=self.device).manual_seed(batch_seed(seed, batch_index))
+        z = torch.randn(pool, self.G.z_dim, generator=gen, device=self.device)
+        images, labels, uncertainty = self._label(sample_ws(self.G, z, psi=cfg.truncation_psi))
+        kept = uncertainty.argsort()[: cfg.batch_size].sort().values  # the least uncertain, in draw order
+        return {"rgb": images[kept], "seg": labels[kept], "uncertainty": uncertainty[kept],
+                "pool_index": kept, "pool_threshold": uncertainty[kept].max().expand(len(kept))}  # fmt: skip
+
+    def to_samples(self, batch: dict[str, torch.Tensor], seeds: list[int], keys: list[str]) -> list[dict[str, Any]]:
+        """``rgb.png``, ``seg.png`` (part labels), ``meta.json`` (uncertainty, place in the pool)."""
+        cpu = {k: v.detach().cpu() for k, v in batch.items()}
+        rgb = (cpu["rgb"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+        seg = cpu["seg"].to(torch.uint8).numpy()
+        samples = []
+        for i, (key, seed) in enumerate(zip(keys, seeds, strict=True)):
+            info = {**self.meta, "seed": int(seed), "uncertainty": float(cpu["uncertainty"][i])}
+            info |= {"pool_index": int(cpu["pool_index"][i]), "pool_threshold": float(cpu["pool_threshold"][i])}
+            samples.append({"__key__": key, "rgb.png": rgb[i], "seg.png": seg[i], "meta.json": info})
+        return samples

@@ -1,0 +1,98 @@
+"""method=datasetgan and source=datasetgan: the oracle annotates exactly K samples once (a resumed
+run asks nothing again), the interpreter trains with held-out selection, and the source labels
+new samples, dropping each pool's most uncertain share."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from renderloop.cluster.launch import TrainConfig, train
+from renderloop.config import ConfigError, load_config
+from renderloop.datasets.datasetgan import DatasetGANSource, DatasetGANSourceConfig
+from renderloop.datasets.schema import decode_sample, encode_sample
+from renderloop.trainers.datasetgan import DatasetGAN
+
+from .helpers import evaluate, gan_method_assets, make_streams
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return gan_method_assets(tmp_path_factory.mktemp("datasetgan"))
+
+
+def _config(tmp_path, assets, *overrides: str) -> TrainConfig:
+    return load_config(
+        "train",
+        ["method=datasetgan_debug", "engine=debug", f"method.generator={assets['checkpoint']}",
+         f"method.oracle_run={assets['oracle']}", f"storage.root={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}",
+         "device=cpu", "engine.checkpoint_every=3", *overrides],
+        TrainConfig,
+    )  # fmt: skip
+
+
+def test_annotations_once_training_resume_and_the_labelled_source(tmp_path, assets, monkeypatch):
+    asked = []
+    segment = __import__("renderloop.trainers.oracle", fromlist=["Oracle"]).Oracle.segment
+
+    def counted(self, images):
+        asked.append(len(images))
+        return segment(self, images)
+
+    monkeypatch.setattr("renderloop.trainers.oracle.Oracle.segment", counted)
+    train(_config(tmp_path, assets, "engine.max_steps=3"), [], command="train")
+    assert asked == [4]  # K = 4 annotations, in one call
+    train(_config(tmp_path, assets, "engine.max_steps=6"), [], command="train")  # resumes at step 3
+    assert asked == [4]  # the annotations came back from the checkpoint
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(6))
+    accuracy = [r["loss/interpreter/holdout_accuracy"] for r in rows if "loss/interpreter/holdout_accuracy" in r]
+    assert len(accuracy) == 3 and all(0 <= a <= 1 for a in accuracy)  # every 2 updates, across the resume
+
+    report = evaluate(_config(tmp_path, assets))
+    assert report["annotations"] == 4 and report["oracle_calls"] == 4 and asked == [4]
+    assert 0 <= report["ensemble_holdout_accuracy"] <= 1 and report["holdout_pixels"] > 0
+    saved = json.loads((tmp_path / "run" / "eval" / "datasetgan_eval.json").read_text())
+    assert len(saved["member_holdout_accuracy"]) == 3 and (tmp_path / "run" / "eval" / "annotations.png").exists()
+
+    config = DatasetGANSourceConfig(checkpoint=assets["checkpoint"], interpreter=str(tmp_path / "run" / "eval" /
+                                    "interpreter.pt"), batch_size=9, drop_share=0.25)  # fmt: skip
+    source = DatasetGANSource(config)
+    batch = source.generate(0, 0)
+    assert batch["rgb"].shape == (9, 3, 16, 16) and batch["seg"].shape == (9, 16, 16)
+    assert int(batch["seg"].max()) <= 10 and torch.equal(batch["seg"], source.generate(0, 0)["seg"])
+    # A pool of ceil(9 / 0.75) = 12 draws keeps its 9 least uncertain, in draw order.
+    assert batch["pool_index"].tolist() == sorted(batch["pool_index"].tolist()) and batch["pool_index"].max() < 12
+    everything = DatasetGANSource(DatasetGANSourceConfig(**{**config.__dict__, "batch_size": 12, "drop_share": 0.0}))
+    pool = everything.generate(0, 0)
+    assert torch.equal(pool["rgb"][batch["pool_index"]], batch["rgb"])
+    dropped = sorted(set(range(12)) - set(batch["pool_index"].tolist()))
+    assert pool["uncertainty"][dropped].min() >= batch["uncertainty"].max()
+    sample = decode_sample(encode_sample(source.to_samples(batch, [0] * 9, [f"k{i}" for i in range(9)])[2]))
+    assert sample["seg.png"].shape == (16, 16) and sample["meta.json"]["uncertainty"] >= 0
+    single = DatasetGANSource(DatasetGANSourceConfig(**{**config.__dict__, "members": 1}))
+    assert len(single.interpreter.members) == 1
+    with pytest.raises(ConfigError, match="source.members"):
+        DatasetGANSource(DatasetGANSourceConfig(**{**config.__dict__, "members": 4}))
+
+    # The downstream segmenter learns from that stream like from any other.
+    interpreter = config.interpreter
+    downstream = load_config("train", [
+        "method=part_segmentation", "method.width=8", "method.levels=2", "engine=debug", "device=cpu",
+        f"method.data.labeled.checkpoint={assets['checkpoint']}", f"method.data.labeled.interpreter={interpreter}",
+        "method.data.labeled.batch_size=4", f"storage.root={tmp_path / 'seg-data'}", f"run_dir={tmp_path / 'seg'}",
+        "samples_per_shard=4", "engine.max_steps=2"], TrainConfig)  # fmt: skip
+    make_streams(downstream, samples=8)
+    assert train(downstream, [], command="train")["step"] == 1
+
+
+def test_bad_datasetgan_configs_are_refused(tmp_path, assets):
+    with pytest.raises(ConfigError, match="method.annotations"):
+        _config(tmp_path, assets, "method.annotations=0")
+    with pytest.raises(ConfigError, match="method.holdout"):
+        _config(tmp_path, assets, "method.holdout=1.0")
+    with pytest.raises(ConfigError, match="source.interpreter"):
+        DatasetGANSource(DatasetGANSourceConfig(checkpoint=assets["checkpoint"], interpreter=assets["checkpoint"]))
+    assert DatasetGAN.name == "datasetgan"

@@ -1,0 +1,209 @@
+"""DatasetGAN's style interpreter (``method=datasetgan``): per-pixel part labels from a frozen GAN.
+
+Zhang et al., "DatasetGAN: Efficient Labeled Data Factory with Minimal Human Effort" (CVPR 2021).
+K GAN samples (seeded) get part labels from the oracle segmenter, called exactly K times where the
+paper asks a person; the annotations live in the method's checkpoint state, so a resumed run asks
+nothing again. An ensemble of ``members`` small MLPs (``models/style_interpreter.py``) learns the
+labels from every synthesis layer's features at random pixels of the K images, each member on its
+own half of each step's pixels. A fixed share of each image's pixels is held out: every
+``validate_every`` steps each member is scored there and its best weights are kept (early
+stopping by selection). ``renderloop eval`` writes the K annotations for review, the held-out
+scores, and ``interpreter.pt``, which the ``datasetgan`` source loads to label new samples.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from renderloop.config import ConfigError, check_number
+from renderloop.datasets import category
+from renderloop.models.style_interpreter import StyleInterpreter, majority_vote, save_interpreter
+from renderloop.models.stylegan2.io import load_generator
+from renderloop.models.stylegan2.latents import feature_channels, pixel_features, sample_ws
+
+from .method import Method, ModelSpec, Phase
+from .oracle import Oracle, colour_labels
+from .scores import class_iou, confusion
+
+__all__ = ["DatasetGANConfig", "DatasetGAN"]
+
+
+@dataclass
+class DatasetGANConfig:
+    data: dict[str, Any] = field(default_factory=dict)
+    """No streams: the K annotated samples are drawn from the generator itself."""
+    generator: str = "???"
+    """The frozen GAN (``renderloop eval method=stylegan2_vehicle`` exports one)."""
+    network: str = "G_ema"
+    oracle_run: str = "???"
+    """A ``method=oracle`` run: the annotator."""
+    annotations: int = 16
+    """K: GAN samples labelled by the oracle (its budget)."""
+    annotation_seed: int = 0
+    truncation_psi: float = 0.7
+    members: int = 10
+    pixels: int = 4096
+    """Training pixels per step, over all K images."""
+    holdout: float = 0.1
+    """Share of each annotated image's pixels held out for early stopping."""
+    validate_every: int = 50
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.data:
+            raise ConfigError("method.data", f"datasetgan reads no streams; got roles {sorted(self.data)}")
+        for key in ("annotations", "members", "pixels", "validate_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"method.{key}", f"must be >= 1; got {getattr(self, key)}")
+        check_number("method.holdout", self.holdout, above=0, below=1)
+        check_number("method.truncation_psi", self.truncation_psi, above=0, at_most=1)
+        check_number("method.lr", self.lr, above=0)
+
+
+class DatasetGAN(Method):
+    """The style interpreter on K oracle-annotated samples of a frozen generator."""
+
+    name = "datasetgan"
+
+    def __init__(self, config: DatasetGANConfig, device: torch.device) -> None:
+        super().__init__(config, device)
+        self.classes = 1 + len(category.PART_NAMES)
+        self.annotated: dict[str, torch.Tensor] = {}  # ws, labels, holdout (per pixel), calls
+        self.best: list[dict[str, torch.Tensor] | None] = [None] * config.members
+        self.best_accuracy = [-1.0] * config.members
+        self.updates = 0
+        self._holdout_features: torch.Tensor | None = None
+
+    def build(self) -> dict[str, ModelSpec]:
+        G = load_generator(self.config.generator, self.config.network).requires_grad_(False)
+        interpreter = StyleInterpreter(feature_channels(G), self.classes, self.config.members)
+        return {"interpreter": ModelSpec(interpreter, lr=self.config.lr), "G": ModelSpec(G, trainable=False)}
+
+    def phases(self) -> list[Phase]:
+        return [Phase("interpreter", "interpreter", ())]
+
+    @torch.no_grad()
+    def _annotate(self, G: nn.Module) -> None:
+        """K samples and their oracle labels, once per run (restored from checkpoints after that)."""
+        if self.annotated:
+            return
+        cfg = self.config
+        z = torch.randn(cfg.annotations, G.z_dim, generator=torch.Generator().manual_seed(cfg.annotation_seed))
+        ws = sample_ws(G, z.to(self.device), psi=cfg.truncation_psi)
+        images = ((G.synthesis(ws, noise_mode="const").float() + 1) / 2).clamp(0, 1)
+        oracle = Oracle.load(cfg.oracle_run, str(self.device), budget=cfg.annotations)
+        labels = oracle.segment(images)
+        if oracle.calls["segment"] != cfg.annotations:
+            raise RuntimeError(f"the oracle was asked {oracle.calls['segment']} times, not K={cfg.annotations}")
+        pixels = labels[0].numel()
+        gen = torch.Generator().manual_seed(cfg.annotation_seed + 1)
+        holdout = torch.rand(cfg.annotations, pixels, generator=gen) < cfg.holdout
+        self.annotated = {"ws": ws, "labels": labels.flatten(1), "holdout": holdout.to(self.device),
+                          "calls": torch.tensor(oracle.calls["segment"])}  # fmt: skip
+
+    def _training_pixels(self) -> torch.Tensor:
+        """``[K, P / K]`` random pixel indices of each image outside its held-out pixels."""
+        K = self.config.annotations
+        per_image = max(self.config.pixels // K, 2)
+        weights = (~self.annotated["holdout"]).float()
+        return torch.multinomial(weights, per_image, replacement=True)
+
+    def step(self, phase: Phase, batch: dict, nets: Mapping[str, nn.Module], gain: int) -> dict[str, torch.Tensor]:
+        G, interpreter = nets["G"], nets["interpreter"]
+        self._annotate(G)
+        pixels = self._training_pixels()
+        with torch.no_grad():
+            features, _ = pixel_features(G, self.annotated["ws"], pixels)
+        target = self.annotated["labels"].gather(1, pixels).flatten()
+        features = features.flatten(0, 1).to(next(interpreter.parameters()).dtype)
+        order = torch.rand(len(interpreter.members), len(target), device=target.device).argsort(1)
+        halves = order[:, : len(target) // 2]  # each member its own half of the pixels
+        losses = [F.cross_entropy(m(features[i]), target[i]) for m, i in zip(interpreter.members, halves, strict=True)]
+        loss = torch.stack(losses).mean()
+        self.updates += 1
+        out = {"loss": loss}
+        if self.updates % self.config.validate_every == 0:
+            out["holdout_accuracy"] = torch.tensor(self._validate(G, interpreter))
+        return out
+
+    def _holdout(self, G: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and labels of the held-out pixels (computed once)."""
+        mask = self.annotated["holdout"]
+        if self._holdout_features is None:
+            with torch.no_grad():
+                per_image = [pixel_features(G, self.annotated["ws"][i : i + 1], mask[i].nonzero()[:, 0][None])[0][0]
+                             for i in range(len(mask))]  # fmt: skip
+            self._holdout_features = torch.cat(per_image)
+        return self._holdout_features, self.annotated["labels"][mask]
+
+    @torch.no_grad()
+    def _validate(self, G: nn.Module, interpreter: StyleInterpreter) -> float:
+        """Each member's held-out pixel accuracy; keep its best weights. Returns the mean accuracy."""
+        features, labels = self._holdout(G)
+        was_training = interpreter.training
+        interpreter.eval()
+        accuracies = []
+        for i, member in enumerate(interpreter.members):
+            accuracy = (member(features.to(next(member.parameters()).dtype)).argmax(1) == labels).float().mean().item()
+            accuracies.append(accuracy)
+            if accuracy > self.best_accuracy[i]:
+                self.best_accuracy[i] = accuracy
+                self.best[i] = {k: v.detach().cpu().clone() for k, v in member.state_dict().items()}
+        interpreter.train(was_training)
+        return sum(accuracies) / len(accuracies)
+
+    def selected(self, interpreter: StyleInterpreter) -> StyleInterpreter:
+        """A copy of the interpreter with each member at its best held-out weights."""
+        chosen = copy.deepcopy(interpreter).float().eval()
+        for member, best in zip(chosen.members, self.best, strict=True):
+            if best is not None:
+                member.load_state_dict(best)
+        return chosen
+
+    @torch.no_grad()
+    def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:
+        from renderloop.images import image_grid, save_png
+
+        G = nets["G"]
+        self._annotate(G)
+        self._validate(G, nets["interpreter"])  # the last weights compete too
+        interpreter = self.selected(nets["interpreter"])
+        features, labels = self._holdout(G)
+        logits = interpreter(features.float())
+        vote = majority_vote(logits)
+        iou = class_iou(confusion(vote, labels, self.classes))
+        report = {
+            "annotations": self.config.annotations,
+            "oracle_calls": int(self.annotated["calls"]),
+            "holdout_pixels": int(len(labels)),
+            "member_holdout_accuracy": [round(a, 4) for a in self.best_accuracy],
+            "ensemble_holdout_accuracy": float((vote == labels).float().mean()),
+            "ensemble_holdout_miou": float(iou.nanmean()),
+        }
+        out = Path(out_dir)
+        save_interpreter(interpreter, out / "interpreter.pt", {"generator": str(self.config.generator),
+                         "network": self.config.network, "truncation_psi": self.config.truncation_psi})  # fmt: skip
+        images = ((G.synthesis(self.annotated["ws"], noise_mode="const").float() + 1) / 2).clamp(0, 1).cpu()
+        H, W = images.shape[2:]
+        annotations = colour_labels(self.annotated["labels"].view(-1, H, W))
+        save_png(image_grid(torch.cat([images, annotations]), columns=len(images)), out / "annotations.png")
+        (out / "datasetgan_eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        return {k: v for k, v in report.items() if not isinstance(v, list)}
+
+    def state_dict(self) -> dict[str, Any]:
+        annotated = {k: v.cpu() for k, v in self.annotated.items()}
+        return {"annotated": annotated, "best": self.best, "best_accuracy": self.best_accuracy, "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.annotated = {k: v.to(self.device) for k, v in state["annotated"].items()}
+        self.best, self.best_accuracy, self.updates = state["best"], state["best_accuracy"], state["updates"]
+        self._holdout_features = None

@@ -1,0 +1,140 @@
+"""Part segmentation (``method=part_segmentation``): the downstream network of DatasetGAN's rows.
+
+One architecture for every row (the oracle's ``PartSegmenter`` U-Net, trained from scratch: no
+pretrained weights exist offline) on any stream of ``rgb.png`` + ``seg.png``: DatasetGAN's
+labelled samples (``source=datasetgan``), K labelled renders repeated (a closed stream of K
+samples: the few-shot baseline), or abundant renders. ``renderloop eval`` scores it on held-out
+renders of the ``test`` objects, split into folds by object: dataset-level mIoU with and without
+the background in each fold, and their mean and spread over folds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from renderloop.config import ConfigError, check_number, check_roles
+from renderloop.datasets import category
+from renderloop.datasets.simulator import Simulator
+from renderloop.datasets.sources import source_config
+from renderloop.models.oracles import PartSegmenter
+
+from .method import Method, ModelSpec, Phase
+from .oracle import colour_labels
+from .scores import class_iou, confusion
+
+__all__ = ["PartSegmentationConfig", "PartSegmentation", "fold_scores"]
+
+
+@dataclass
+class PartSegmentationEvalConfig:
+    renders: dict[str, Any] = field(default_factory=dict)
+    """The simulator category to test on (its ``test`` objects are used, whatever it names)."""
+    samples: int = 500
+    folds: int = 5
+    batch_size: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("samples", "folds", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"method.evaluation.{key}", f"must be >= 1; got {getattr(self, key)}")
+        if self.samples < self.folds:
+            raise ConfigError("method.evaluation.samples", f"must be at least the {self.folds} folds")
+
+
+@dataclass
+class PartSegmentationConfig:
+    data: dict[str, Any] = field(default_factory=dict)
+    """Data role ``labeled``: a stream with ``rgb.png`` and ``seg.png``."""
+    width: int = 32
+    levels: int = 3
+    lr: float = 1e-3
+    evaluation: PartSegmentationEvalConfig = field(default_factory=PartSegmentationEvalConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.evaluation, dict):
+            self.evaluation = PartSegmentationEvalConfig(**self.evaluation)
+        name, renders = source_config(self.evaluation.renders)
+        if name != "simulator" or not renders.category:
+            raise ConfigError("method.evaluation.renders", f"needs a simulator category; got {name}")
+        check_roles(self.data, ("labeled",))
+        name, source = source_config(self.data["labeled"])
+        if name == "simulator" and source.category:
+            category.check_disjoint({"training": tuple(source.object_seeds), "test": category.SEED_RANGES["test"]})
+        if self.width < 8 or self.width % 8 or not 1 <= self.levels <= 5:
+            raise ConfigError("method.width", "width must be a multiple of 8 and levels in [1, 5]")
+        check_number("method.lr", self.lr, above=0)
+
+
+def fold_scores(counts: torch.Tensor) -> dict[str, float]:
+    """Per-fold confusion counts ``[F, C, C]`` → mIoU with and without class 0 (background), each
+    dataset-level within its fold, as mean and sample standard deviation over folds."""
+    with_bg = torch.stack([class_iou(c).nanmean() for c in counts])
+    parts = torch.stack([class_iou(c)[1:].nanmean() for c in counts])
+    report = {}
+    for name, values in (("miou_with_background", with_bg), ("miou", parts)):
+        report[name] = float(values.mean())
+        report[f"{name}_fold_std"] = float(values.std()) if len(values) > 1 else 0.0
+    return report
+
+
+class PartSegmentation(Method):
+    """A part segmenter trained on one labelled stream, scored on held-out renders."""
+
+    name = "part_segmentation"
+
+    def fields(self, role: str) -> list[str]:
+        return ["rgb.png", "seg.png"]
+
+    def build(self) -> dict[str, ModelSpec]:
+        cfg = self.config
+        return {"segmenter": ModelSpec(PartSegmenter(len(category.PART_NAMES), cfg.width, cfg.levels), lr=cfg.lr)}
+
+    def phases(self) -> list[Phase]:
+        return [Phase("segmenter", "segmenter", ("labeled",))]
+
+    def step(self, phase: Phase, batch: dict, nets: Mapping[str, nn.Module], gain: int) -> dict[str, torch.Tensor]:
+        labeled = batch["labeled"]
+        logits = nets["segmenter"](labeled["rgb"])
+        target = labeled["seg"].long()
+        loss = F.cross_entropy(logits.float(), target)
+        return {"loss": loss, "pixel_accuracy": (logits.argmax(1) == target).float().mean().detach()}
+
+    @torch.no_grad()
+    def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:
+        from renderloop.images import image_grid, save_png
+
+        ev, segmenter = self.config.evaluation, nets["segmenter"]
+        resolution = getattr(source_config(self.config.data["labeled"])[1], "resolution", 0) or 64
+        renders = replace(category.held_out(source_config(ev.renders)[1]), resolution=resolution,
+                          batch_size=ev.batch_size)  # fmt: skip
+        sim = Simulator(renders, self.device)
+        classes = 1 + len(category.PART_NAMES)
+        counts = torch.zeros(ev.folds, classes, classes, dtype=torch.long)
+        figure = None
+        for index in range(math.ceil(ev.samples / ev.batch_size)):
+            b = sim.generate(ev.seed, index)
+            n = min(ev.batch_size, ev.samples - index * ev.batch_size)
+            predicted = segmenter(b["rgb"][:n].to(self.device)).argmax(1).cpu()
+            seg = b["seg"][:n].cpu()
+            fold = b["object_seed"][:n].long().cpu() % ev.folds  # by object: no object in two folds
+            for f in fold.unique().tolist():
+                counts[f] += confusion(predicted[fold == f], seg[fold == f], classes)
+            if figure is None:
+                k = min(8, n)
+                figure = torch.cat([b["rgb"][:k].cpu(), colour_labels(seg[:k]), colour_labels(predicted[:k])])
+        report = {"test_images": float(ev.samples), "folds": float(ev.folds), **fold_scores(counts)}
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_png(image_grid(figure, columns=len(figure) // 3), out / "part_segmentation_eval.png")
+        (out / "part_segmentation_eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
