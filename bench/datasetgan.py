@@ -1,0 +1,155 @@
+"""DatasetGAN's experiment: downstream part segmentation from K annotations, every row over seeds.
+
+    python -m bench.gan_gate --device cuda --work runs/gate --minutes 8            # the GAN and oracles
+    python -m bench.datasetgan --device cuda --gate runs/gate --ks 4 8 16 32 --seeds 0 1 2 --work runs/dg
+
+Per seed and K: ``method=datasetgan`` trains the style interpreter on K oracle-annotated samples of
+the gate's generator; then one part segmenter (``method=part_segmentation``, the same network and
+steps for every row: equal steps) trains on each row's data and is scored on held-out renders in
+object folds (mIoU with and without background). Rows: DatasetGAN (its live stream of labelled
+samples); the ablations at ``--ablation-k`` (one interpreter member, no uncertainty filter); the
+few-shot baseline (the same segmenter on K labelled renders of the GAN's objects, repeated); the
+oracle segmenter itself (the ceiling, scored by the same evaluation). A row gives the mean and 95%
+t interval over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from renderloop.stats import mean_ci95
+
+SCORES = ("miou", "miou_with_background")
+
+
+def _renderloop(command: str, *overrides: str, log: Path) -> None:
+    with open(log, "a") as out:
+        proc = subprocess.run([sys.executable, "-m", "renderloop.cli", command, *overrides], stdout=out,
+                              stderr=subprocess.STDOUT, check=False)  # fmt: skip
+    if proc.returncode:
+        raise SystemExit(f"renderloop {command} failed ({proc.returncode}); see {log}")
+
+
+def _scores(run: Path) -> dict:
+    return json.loads((run / "eval" / "part_segmentation_eval.json").read_text())
+
+
+def interpreter(args, k: int, seed: int, work: Path) -> Path:
+    """Train and export the style interpreter of K annotations; its ``interpreter.pt``."""
+    run = work / f"interpreter-k{k}-s{seed}"
+    if not (run / "eval" / "interpreter.pt").exists():
+        common = [
+            "method=datasetgan", f"device={args.device}", f"method.generator={args.generator}",
+            f"method.oracle_run={args.oracle}", f"method.annotations={k}", f"method.annotation_seed={seed}",
+            f"engine.seed={seed}", f"run_dir={run}", f"storage.root={run / 'data'}", "engine.progress=false",
+            *args.interpreter_set,
+        ]  # fmt: skip
+        _renderloop("run", *common, f"engine.max_steps={args.interpreter_steps}", log=work / "bench.log")
+        _renderloop("eval", *common, log=work / "bench.log")
+    return run / "eval" / "interpreter.pt"
+
+
+def segmenter(args, row: str, seed: int, work: Path, data: list[str], closed_samples: int = 0) -> dict:
+    """Train the part segmenter on one row's data (``closed_samples``: first write that many
+    samples and repeat them) and score it."""
+    run = work / f"{row}-s{seed}"
+    if (run / "eval" / "part_segmentation_eval.json").exists():
+        return _scores(run)
+    common = [f"device={args.device}", f"engine.seed={seed}", f"run_dir={run}", f"storage.root={run / 'data'}",
+              "engine.progress=false", *data, *args.segmenter_set]  # fmt: skip
+    log = work / "bench.log"
+    if closed_samples:
+        labeled = [o.replace("method.data.labeled.", "source.") for o in data if o.startswith("method.data.labeled.")]
+        generate = ["source=simulator_vehicle", *labeled, f"num_samples={closed_samples}",
+                    f"source.batch_size={closed_samples}", f"samples_per_shard={closed_samples}",
+                    f"storage.root={run / 'data'}", "storage.stream=part_segmentation-labeled",
+                    f"device={args.device}", f"seed={seed}"]  # fmt: skip
+        _renderloop("generate", *generate, log=log)
+        _renderloop("train", *common, "engine.data.follow=false", f"engine.max_steps={args.segmenter_steps}", log=log)
+    else:
+        _renderloop("run", *common, f"engine.max_steps={args.segmenter_steps}", log=log)
+    _renderloop("eval", *common, log=log)
+    return _scores(run)
+
+
+def oracle_ceiling(args, work: Path) -> dict:
+    """The oracle segmenter scored by the part segmenter's evaluation (the same network family)."""
+    run = work / "oracle-ceiling"
+    if not (run / "eval" / "part_segmentation_eval.json").exists():
+        trained = json.loads((Path(args.oracle) / "method.json").read_text())
+        (run / "models").mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(args.oracle) / "models" / "segmenter.pt", run / "models" / "segmenter.pt")
+        overrides = ["method=part_segmentation_renders", f"run_dir={run}", f"device={args.device}",
+                     f"method.data.labeled.resolution={args.resolution}", *args.segmenter_set,
+                     f"method.width={trained['width']}", f"method.levels={trained['levels']}"]  # fmt: skip
+        _renderloop("eval", *overrides, log=work / "bench.log")
+    return _scores(run)
+
+
+def rows_for(args, seed: int, work: Path) -> dict[str, dict]:
+    """Every row's scores for one seed."""
+    labelled = ["method=part_segmentation", f"method.data.labeled.checkpoint={args.generator}"]
+    renders = ["method=part_segmentation_renders", f"method.data.labeled.resolution={args.resolution}"]
+    rows = {}
+    for k in args.ks:
+        interp = [*labelled, f"method.data.labeled.interpreter={interpreter(args, k, seed, work)}"]
+        rows[f"datasetgan_k{k}"] = segmenter(args, f"datasetgan-k{k}", seed, work, interp)
+        rows[f"k_labeled_k{k}"] = segmenter(args, f"k-labeled-k{k}", seed, work, renders, closed_samples=k)
+        if k == args.ablation_k:
+            rows[f"one_member_k{k}"] = segmenter(args, f"one-member-k{k}", seed, work,
+                                                 [*interp, "method.data.labeled.members=1"])  # fmt: skip
+            rows[f"no_filter_k{k}"] = segmenter(args, f"no-filter-k{k}", seed, work,
+                                                [*interp, "method.data.labeled.drop_share=0"])  # fmt: skip
+    return rows
+
+
+def summarize(per_seed: dict[int, dict[str, dict]], ceiling: dict) -> dict[str, dict]:
+    """Row → score → (mean, 95% half-width, seeds); the oracle row has no seeds (one network)."""
+    names = dict.fromkeys(name for rows in per_seed.values() for name in rows)
+    out = {name: {s: tuple(mean_ci95([rows[name][s] for rows in per_seed.values() if name in rows]))
+                  for s in SCORES} for name in names}  # fmt: skip
+    out["oracle"] = {s: (ceiling[s], float("nan"), 1) for s in SCORES}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--gate", required=True, help="a bench.gan_gate --work folder (its GAN and oracles)")
+    p.add_argument("--resolution", type=int, default=64, help="the GAN's resolution")
+    p.add_argument("--ks", nargs="*", type=int, default=[4, 8, 16, 32])
+    p.add_argument("--ablation-k", type=int, default=16, help="K of the one-member and no-filter rows")
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument("--interpreter-steps", type=int, default=1000)
+    p.add_argument("--segmenter-steps", type=int, default=2000)
+    p.add_argument("--interpreter-set", nargs="*", default=[], help="more overrides for the interpreter runs")
+    p.add_argument("--segmenter-set", nargs="*", default=[], help="more overrides for the segmenter runs")
+    p.add_argument("--work", default="", help="runs and logs; finished runs are reused")
+    p.add_argument("--out", default="")
+    args = p.parse_args()
+    args.generator = str(Path(args.gate) / "gan" / "eval" / "generator.pt")
+    args.oracle = str(Path(args.gate) / "oracle")
+    work = Path(args.work or tempfile.mkdtemp(prefix="renderloop-datasetgan-"))
+    work.mkdir(parents=True, exist_ok=True)
+    per_seed = {}
+    for seed in args.seeds:
+        per_seed[seed] = rows_for(args, seed, work)
+        print(f"seed {seed}: " + ", ".join(f"{n} {r['miou']:.3f}" for n, r in per_seed[seed].items()), flush=True)
+    rows = summarize(per_seed, oracle_ceiling(args, work))
+    for name, row in rows.items():
+        print(f"{name:>18} " + " ".join(f"{s} {v[0]:.3f} ± {v[1]:.3f}" for s, v in row.items()))
+    meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": sys.argv}
+    if args.out:
+        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows, "per_seed": per_seed}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""bench.datasetgan: rows over seeds with the oracle ceiling beside them, and one tiny run of every
+row end to end on a stand-in gate folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench.datasetgan import summarize
+from tests.trainers.helpers import gan_method_assets
+
+
+def test_rows_summarize_over_seeds_beside_the_oracle():
+    per_seed = {s: {"datasetgan_k4": {"miou": 0.1 * (s + 1), "miou_with_background": 0.5}} for s in range(3)}
+    rows = summarize(per_seed, {"miou": 0.9, "miou_with_background": 0.95})
+    mean, half, n = rows["datasetgan_k4"]["miou"]
+    assert (mean, n) == (pytest.approx(0.2), 3) and half == pytest.approx(4.303 * 0.1 / 3**0.5, rel=1e-3)
+    assert rows["oracle"]["miou"][0] == 0.9 and rows["oracle"]["miou"][2] == 1
+
+
+def test_every_row_runs_end_to_end(tmp_path):
+    gate = tmp_path / "gate"
+    assets = gan_method_assets(gate)
+    (gate / "gan" / "eval").mkdir(parents=True)
+    (gate / "gan" / "eval" / "generator.pt").write_bytes((gate / "generator.pt").read_bytes())
+    assert assets["oracle"] == str(gate / "oracle")
+    tiny_seg = ["engine=debug", "method.width=8", "method.levels=2", "method.evaluation.samples=4",
+                "method.evaluation.folds=2", "method.evaluation.batch_size=4", "method.data.labeled.batch_size=2",
+                "samples_per_shard=2"]  # fmt: skip
+    tiny_interp = ["engine=debug", "method.members=2", "method.pixels=64", "method.validate_every=1"]
+    out = tmp_path / "dg.json"
+    done = subprocess.run([sys.executable, "-m", "bench.datasetgan", "--gate", str(gate), "--resolution", "16",
+                           "--ks", "2", "--ablation-k", "2", "--seeds", "0", "--interpreter-steps", "2",
+                           "--segmenter-steps", "2", "--work", str(tmp_path / "w"), "--out", str(out),
+                           "--interpreter-set", *tiny_interp, "--segmenter-set", *tiny_seg],
+                          capture_output=True, text=True)  # fmt: skip
+    log = tmp_path / "w" / "bench.log"
+    assert done.returncode == 0, done.stderr[-2000:] + (log.read_text()[-3000:] if log.exists() else "")
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"datasetgan_k2", "k_labeled_k2", "one_member_k2", "no_filter_k2", "oracle"}
+    assert all(0 <= row["miou"][0] <= 1 for row in rows.values())
