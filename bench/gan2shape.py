@@ -8,9 +8,10 @@ Each run is ``renderloop run method=gan2shape ...`` on a live stream of the gate
 SIDE (×10⁻²) and MAD (degrees) on held-out renders, all views and near-frontal ones. Variants:
 the method; Unsup3d on the same images (the paper's baseline); the supervised ceiling (true depth
 of renders of the GAN's objects); the ablations (no offset regularizer, flat initialization, no
-flip term). Every variant trains for the schedule's steps (equal steps; ``--set`` scales the
-schedule). Each run's report also holds the ellipsoid, average-depth and flat rows. A row gives the
-mean and 95% t interval over seeds; the method is compared with Unsup3d by Welch intervals.
+flip term). Every variant trains for ``--steps`` engine steps (equal steps; the default is the
+schedule of ``method=gan2shape``). Each run's report also holds the ellipsoid, average-depth and
+flat rows. A row gives the mean and 95% t interval over seeds; the method is compared with
+Unsup3d by Welch intervals.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def one_run(variant: str, seed: int, args, work: Path) -> dict:
     common = [
         f"method={config}", f"device={args.device}", f"engine.seed={seed}", f"method.oracle_run={gate / 'oracle'}",
         f"storage.root={work / tag / 'data'}", f"run_dir={work / tag / 'run'}", "engine.progress=false",
-        *images, *overrides, *args.set,
+        f"engine.max_steps={args.steps}", *images, *overrides, *args.set,
     ]  # fmt: skip
     times = {}
     for command in ("run", "eval"):
@@ -111,6 +112,7 @@ def main() -> None:
     p.add_argument("--resolution", type=int, default=64, help="the GAN's resolution (the supervised row's renders)")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=5500, help="engine steps of every run (200 + 2,000 + 3 × 1,100)")
     p.add_argument("--set", nargs="*", default=[], help="more overrides for every run")
     p.add_argument("--work", default="", help="streams, runs and logs; finished runs are reused")
     p.add_argument("--parallel", type=int, default=1, help="runs sharing the device at once")

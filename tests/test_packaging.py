@@ -28,7 +28,11 @@ from renderloop.datasets.sources import SOURCES, source_config
 from renderloop.cluster.launch import TrainConfig
 
 def method(name):
-    return load_config("train", [f"method={name}"], TrainConfig).method_name
+    from omegaconf import OmegaConf
+
+    missing = OmegaConf.missing_keys(load_config("train", [f"method={name}"]))  # paths (???) left to the user
+    overrides = [f"method={name}", *(f"{key}=placeholder" for key in sorted(missing))]
+    return load_config("train", overrides, TrainConfig).method_name
 
 def source(name):
     node = load_config("generate", [f"source={name}"]).source

@@ -147,7 +147,7 @@ class GAN2ShapeConfig:
 
     @property
     def schedule_steps(self) -> int:
-        """Engine steps of the whole schedule (``unsup3d``: as many as GAN2Shape's)."""
+        """Engine steps of the schedule; the last shape step then runs on to ``engine.max_steps``."""
         return self.init_steps + sum(self.first_round) + (self.rounds - 1) * sum(self.later_rounds)
 
 
@@ -177,12 +177,6 @@ class GAN2Shape(Method):
         self.oracle = Oracle.load(config.oracle_run, str(device))
         for net in (self.oracle.segmenter, self.oracle.viewpoint_net):
             net.requires_grad_(False)
-
-    @classmethod
-    def check_engine(cls, config: GAN2ShapeConfig, engine: Any) -> None:
-        if engine.max_steps > config.schedule_steps:
-            raise ConfigError("engine.max_steps", f"exceeds the schedule's {config.schedule_steps} steps "
-                              "(method.init_steps, rounds, first_round, later_rounds)")  # fmt: skip
 
     def fields(self, role: str) -> list[str]:
         return ["rgb.png", "depth.npy", "seg.png"] if self.config.mode == "supervised" else ["rgb.png", "latent.npy"]
@@ -226,6 +220,7 @@ class GAN2Shape(Method):
             ):
                 phases.append(Phase(name, model, ("images",), start=start, stop=start + steps))
                 start += steps
+        phases[-1] = replace(phases[-1], stop=None)  # the last shape step runs on to engine.max_steps
         return phases
 
     # -- rendering and losses -----------------------------------------------------------------
