@@ -1,0 +1,77 @@
+"""GANverse3D's view codes: circular statistics and bins with known answers, style swapping that
+gives every content a code's first k styles, and the emulated annotator's kept codes and calls."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from renderloop.models.stylegan2 import Generator, GeneratorConfig
+from renderloop.trainers.view_codes import (
+    annotate,
+    azimuth_bin,
+    circular_mean,
+    circular_spread_deg,
+    label_codes,
+    layer_sweep,
+    swapped_azimuths,
+)
+
+
+class Annotator:
+    """An oracle stand-in whose azimuth is a fixed function of the image; counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = {"viewpoint": 0}
+
+    def viewpoint(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls["viewpoint"] += len(images)
+        azimuth = (images.mean((1, 2, 3)) * 40 * math.pi) % (2 * math.pi)
+        return azimuth, torch.zeros_like(azimuth)
+
+
+def _generator() -> Generator:
+    torch.manual_seed(0)
+    return Generator(GeneratorConfig(z_dim=8, w_dim=8, img_resolution=16, channel_base=64, channel_max=16,
+                                     mapping_layers=1)).eval()  # fmt: skip
+
+
+def test_circular_statistics_and_bins():
+    deg = torch.deg2rad
+    mean = circular_mean(deg(torch.tensor([350.0, 10.0]))).item()
+    assert min(mean, 2 * math.pi - mean) == pytest.approx(0.0, abs=1e-5)  # not 180°
+    assert circular_spread_deg(deg(torch.tensor([42.0, 42.0, 42.0]))).item() == pytest.approx(0.0, abs=1e-2)
+    assert circular_spread_deg(deg(torch.tensor([0.0, 90.0, 180.0, 270.0]))).item() > 100
+    assert azimuth_bin(deg(torch.tensor([14.0, 16.0, 346.0, 344.0, 180.0]))).tolist() == [0, 1, 0, 11, 6]
+    azimuths = deg(torch.tensor([[88.0, 92.0, 90.0], [0.0, 120.0, 240.0], [355.0, 5.0, 0.0]]))
+    kept, labels = label_codes(azimuths, max_spread_deg=10.0)
+    assert kept.tolist() == [True, False, True] and labels[[0, 2]].tolist() == [3, 0]
+
+
+def test_all_styles_from_the_code_fix_the_view_and_fewer_let_the_content_move_it():
+    G, oracle = _generator(), Annotator()
+    gen = torch.Generator().manual_seed(1)
+    codes, contents = G.mapping(torch.randn(3, 8, generator=gen)), G.mapping(torch.randn(5, 8, generator=gen))
+    full = swapped_azimuths(G, oracle, G.num_ws, codes, contents)
+    assert full.shape == (3, 5) and oracle.calls["viewpoint"] == 15
+    assert circular_spread_deg(full, 1).max() < 0.1  # each code: the same image for every content
+    partial = swapped_azimuths(G, oracle, 1, codes, contents)
+    assert circular_spread_deg(partial, 1).mean() > 0.1  # the contents now show through
+    sweep = layer_sweep(G, oracle, ks=(1, G.num_ws), codes=3, contents=4)
+    assert sweep[G.num_ws]["code_spread_deg"] < 0.1 <= sweep[1]["code_spread_deg"]
+    with pytest.raises(ValueError, match="k must be"):
+        swapped_azimuths(G, oracle, 0, codes, contents)
+
+
+def test_the_annotator_keeps_consistent_codes_and_labels_them_with_bins_only():
+    G, oracle = _generator(), Annotator()
+    codes, report = annotate(G, oracle, k=G.num_ws, candidates=6, samples_per_code=3, max_spread_deg=1.0)
+    assert report["oracle_calls"] == 18 == oracle.calls["viewpoint"]
+    assert report["kept"] == 6 == len(codes)  # all styles from the code: every code is consistent
+    for name, label in report["labels"].items():
+        assert name.startswith(f"az{label * 30:03d}_") and 0 <= label < 12
+        assert codes.stack([name]).shape == (1, G.num_ws, 8)
+    _, strict = annotate(G, Annotator(), k=1, candidates=6, samples_per_code=3, max_spread_deg=1e-3)
+    assert strict["kept"] < 6  # with one style from the code, the contents disagree
