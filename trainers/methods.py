@@ -9,6 +9,7 @@ from renderloop.registry import Registry
 from .aign import AIGN, AIGNConfig
 from .datasetgan import DatasetGAN, DatasetGANConfig
 from .gan2shape import GAN2Shape, GAN2ShapeConfig
+from .ganverse3d import GANverse3D, GANverse3DConfig
 from .oracle import OracleConfig, OracleMethod
 from .part_segmentation import PartSegmentation, PartSegmentationConfig
 from .simgan import SimGAN, SimGANConfig
@@ -26,6 +27,7 @@ METHODS = Registry(
         "gan2shape": (GAN2ShapeConfig, GAN2Shape),
         "datasetgan": (DatasetGANConfig, DatasetGAN),
         "part_segmentation": (PartSegmentationConfig, PartSegmentation),
+        "ganverse3d": (GANverse3DConfig, GANverse3D),
     },
 )
 

@@ -15,7 +15,9 @@ the oracle's calls are counted (its ``calls``).
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +25,7 @@ import torch
 from renderloop.models.stylegan2.latents import ViewCodes, sample_ws
 
 __all__ = ["AZIMUTH_BINS", "circular_mean", "circular_spread_deg", "azimuth_bin", "swapped_azimuths",
-           "layer_sweep", "label_codes", "annotate"]  # fmt: skip
+           "layer_sweep", "label_codes", "annotate", "save_annotation"]  # fmt: skip
 
 AZIMUTH_BINS = 12
 """The person's labels: azimuth bins of 30°, bin 0 centred on the front (azimuth 0)."""
@@ -104,3 +106,13 @@ def annotate(G, oracle, k: int, candidates: int = 32, samples_per_code: int = 4,
     report = {"k": k, "candidates": candidates, "kept": len(bins), "labels": bins,
               "bins_covered": len(set(bins.values())), "oracle_calls": calls}  # fmt: skip
     return codes, report
+
+
+def save_annotation(codes: ViewCodes, report: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:
+    """``view_codes.pt`` (for ``source=stylegan2``'s ``view_codes``) and ``view_labels.json`` (each
+    code's azimuth bin, for ``method=ganverse3d``'s ``view_labels``) in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    codes.save(folder / "view_codes.pt")
+    (folder / "view_labels.json").write_text(json.dumps(report["labels"], indent=2) + "\n")
+    return folder / "view_codes.pt", folder / "view_labels.json"

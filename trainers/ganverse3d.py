@@ -1,0 +1,276 @@
+"""GANverse3D (``method=ganverse3d``): an inverse-graphics network trained on a GAN's multi-view data.
+
+Zhang et al., "Image GANs meet Differentiable Rendering for Inverse Graphics and Interpretable 3D
+Neural Rendering" (ICLR 2021). The stream is ``source=stylegan2`` with ``views > 1``: one object
+(content) under several view codes, each code labelled with a 30° azimuth bin by the emulated
+annotator (``trainers/view_codes.py: annotate``, written next to the codes as JSON). Each code's
+camera starts at its bin (elevation 0, the nominal distance) and, with ``optimize_cameras``, is
+learned with the network. Samples whose oracle mask is not one object covering ``min_area`` of the
+image drop out of the loss with their whole group.
+
+The network (``models/inverse_graphics.py``) predicts a mesh and texture from each view; with
+``multi_view`` they are rendered into that view and into the next view of the same content
+(the multi-view loss), else into their own view only (the single-view ablation). Loss:
+``lam_col`` L1 of colour inside the mask, ``lam_iou`` (1 − soft IoU), ``lam_lap`` Laplacian,
+``lam_flat`` flatness, ``lam_mov`` offset size, and after ``warmup_steps`` ``lam_percept`` on the
+oracle segmenter's features (the declared offline substitute for ImageNet features).
+``renderloop eval`` scores silhouettes on held-out renders at their true cameras: the input view
+and novel views of the same object.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from renderloop.config import ConfigError, check_number, check_roles
+from renderloop.datasets import category
+from renderloop.datasets.simulator import Simulator
+from renderloop.datasets.sources import source_config
+from renderloop.models.inverse_graphics import (
+    InverseGraphicsNet,
+    edge_pairs,
+    flatten_loss,
+    laplacian_loss,
+    neighbouring_faces,
+    render_textured,
+)
+from renderloop.models.stylegan2.latents import ViewCodes
+from renderloop.renderers.cameras import fov_intrinsics, orbit_camera
+
+from .gan_quality import one_object
+from .method import Method, ModelSpec, Phase
+from .oracle import Oracle
+from .view_codes import AZIMUTH_BINS
+
+__all__ = ["GANverse3DConfig", "GANverse3D", "ViewCameras"]
+
+
+@dataclass
+class GANverse3DEvalConfig:
+    samples: int = 500
+    """Held-out objects (the ``test`` range), each seen from ``1 + novel_views`` true cameras."""
+    novel_views: int = 4
+    batch_size: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("samples", "novel_views", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"method.evaluation.{key}", f"must be >= 1; got {getattr(self, key)}")
+
+
+@dataclass
+class GANverse3DConfig:
+    data: dict[str, Any] = field(default_factory=dict)
+    """Data role ``views``: a ``stylegan2`` source with ``views > 1`` and a ``view_codes`` file."""
+    view_labels: str = "???"
+    """JSON ``{view code name: azimuth bin}`` written by the annotator with the codes."""
+    renders: dict[str, Any] = field(default_factory=dict)
+    """The simulator category, for the evaluation."""
+    oracle_run: str = "???"
+    subdivisions: int = 3
+    texture_size: int = 64
+    width: int = 32
+    zdim: int = 256
+    max_offset: float = 0.5
+    fov_deg: float = 40.0
+    distance: float = 2.7
+    """The cameras' nominal distance (the annotator gives none)."""
+    optimize_cameras: bool = True
+    multi_view: bool = True
+    min_area: float = 0.1
+    lr: float = 1e-4
+    warmup_steps: int = 1000
+    lam_col: float = 20.0
+    lam_percept: float = 0.5
+    lam_iou: float = 5.0
+    lam_lap: float = 5.0
+    lam_flat: float = 0.5
+    lam_mov: float = 2.5
+    sigma: float = 1.0
+    """Softness of the silhouette, squared pixels."""
+    evaluation: GANverse3DEvalConfig = field(default_factory=GANverse3DEvalConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.evaluation, dict):
+            self.evaluation = GANverse3DEvalConfig(**self.evaluation)
+        check_roles(self.data, ("views",))
+        name, views = source_config(self.data["views"])
+        if name != "stylegan2" or views.views < 2 or not views.view_codes:
+            raise ConfigError("method.data.views", "needs a stylegan2 source with views >= 2 and a view_codes file")
+        rname, renders = source_config(self.renders)
+        if rname != "simulator" or not renders.category:
+            raise ConfigError("method.renders", f"needs a simulator category (simulator_vehicle); got {rname}")
+        for key in ("subdivisions", "width", "zdim"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"method.{key}", f"must be >= 1; got {getattr(self, key)}")
+        if self.warmup_steps < 0:
+            raise ConfigError("method.warmup_steps", f"must be >= 0; got {self.warmup_steps}")
+        for key in ("fov_deg", "distance", "lr", "max_offset", "sigma"):
+            check_number(f"method.{key}", getattr(self, key), above=0)
+        check_number("method.min_area", self.min_area, at_least=0, below=1)
+        for key in ("lam_col", "lam_percept", "lam_iou", "lam_lap", "lam_flat", "lam_mov"):
+            check_number(f"method.{key}", getattr(self, key), at_least=0)
+
+
+class ViewCameras(nn.Module):
+    """One learnable orbit camera per view code: azimuth, elevation and log-distance."""
+
+    def __init__(self, azimuths: torch.Tensor, distance: float) -> None:
+        super().__init__()
+        self.azimuth = nn.Parameter(azimuths.float().clone())
+        self.elevation = nn.Parameter(torch.zeros_like(self.azimuth))
+        self.log_distance = nn.Parameter(torch.full_like(self.azimuth, math.log(distance)))
+
+    def forward(self, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return orbit_camera(self.azimuth[view], self.elevation[view], self.log_distance[view].exp())
+
+
+class GANverse3DModel(nn.Module):
+    """The network and the view codes' cameras, trained together (one optimizer)."""
+
+    def __init__(self, net: InverseGraphicsNet, cameras: ViewCameras, optimize_cameras: bool) -> None:
+        super().__init__()
+        self.net, self.cameras = net, cameras.requires_grad_(optimize_cameras)
+
+
+class GANverse3D(Method):
+    """Mesh and texture from one image, learned from a GAN's view-coded groups."""
+
+    name = "ganverse3d"
+
+    def __init__(self, config: GANverse3DConfig, device: torch.device) -> None:
+        super().__init__(config, device)
+        self.source = source_config(config.data["views"])[1]
+        codes = ViewCodes.load(self.source.view_codes)
+        self.view_names = list(self.source.view_names) or codes.names()[: self.source.views]
+        labels = json.loads(Path(config.view_labels).read_text())
+        if missing := [n for n in self.view_names if n not in labels]:
+            raise ConfigError("method.view_labels", f"labels no azimuth bin for the view codes {missing}")
+        self.bins = torch.tensor([int(labels[n]) for n in self.view_names])
+        self.oracle = Oracle.load(config.oracle_run, str(device))
+        for net in (self.oracle.segmenter, self.oracle.viewpoint_net):
+            net.requires_grad_(False)
+
+    def fields(self, role: str) -> list[str]:
+        return ["rgb.png", "view.txt", "group.txt"]
+
+    def shuffle(self, role: str) -> bool:
+        return False  # a batch holds whole groups, in the order the source wrote them
+
+    def build(self) -> dict[str, ModelSpec]:
+        cfg = self.config
+        res = self.source.resolution or _generator_resolution(self.source)
+        net = InverseGraphicsNet(res, cfg.subdivisions, max_offset=cfg.max_offset, texture_size=cfg.texture_size,
+                                 width=cfg.width, zdim=cfg.zdim)  # fmt: skip
+        self.edges, self.face_pairs = edge_pairs(net.faces), neighbouring_faces(net.faces)
+        cameras = ViewCameras(self.bins.float() * (2 * math.pi / AZIMUTH_BINS), cfg.distance)
+        return {"model": ModelSpec(GANverse3DModel(net, cameras, cfg.optimize_cameras), lr=cfg.lr)}
+
+    def phases(self) -> list[Phase]:
+        warm = self.config.warmup_steps
+        return [Phase("warmup", "model", ("views",), stop=warm), Phase("main", "model", ("views",), start=warm)]
+
+    def _K(self, n: int, res: int) -> torch.Tensor:
+        return fov_intrinsics(self.config.fov_deg, res, res, batch=n, device=self.device)
+
+    def _iou_loss(self, soft: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        inter = (soft * mask).sum((1, 2))
+        return 1 - inter / (soft + mask - soft * mask).sum((1, 2)).clamp_min(1e-6)
+
+    def step(self, phase: Phase, batch: dict, nets: Mapping[str, nn.Module], gain: int) -> dict[str, torch.Tensor]:
+        cfg, model = self.config, nets["model"]
+        views = batch["views"]
+        rgb, view, group = views["rgb"].float(), views["view"].long().view(-1), views["group"].long().view(-1)
+        V = self.source.views
+        if len(rgb) % V or not (group.view(-1, V) == group.view(-1, V)[:, :1]).all():
+            raise ValueError(f"a batch must hold whole groups of {V} views in order: set engine.data.batch_size "
+                             f"to a multiple of {V} and keep the stream unshuffled")  # fmt: skip
+        mask = self.oracle.mask(rgb)
+        usable = one_object(mask, cfg.min_area).view(-1, V).all(1).repeat_interleave(V).float()
+        verts, tex = model.net(rgb)
+        res = rgb.shape[-1]
+        K = self._K(len(rgb), res)
+        targets = [torch.arange(len(rgb), device=rgb.device)]
+        if cfg.multi_view:  # the next view of the same content
+            targets.append((targets[0] // V) * V + (targets[0] + 1) % V)
+        losses: dict[str, torch.Tensor] = {}
+        total = torch.zeros((), device=rgb.device)
+        for index in targets:
+            R, t = model.cameras(view[index])
+            out = render_textured(verts, model.net.faces, model.net.template, tex, R, t, K, (res, res), cfg.sigma)
+            m = mask[index].float()
+            colour = ((out.image - rgb[index]).abs().mean(1) * m).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)
+            iou = self._iou_loss(out.soft, m)
+            per_sample = cfg.lam_col * colour + cfg.lam_iou * iou
+            if phase.name == "main" and cfg.lam_percept:
+                pairs = zip(self.oracle.features(out.image), self.oracle.features(rgb[index] * m[:, None]), strict=True)
+                per_sample = per_sample + cfg.lam_percept * sum((a - b).abs().mean((1, 2, 3)) for a, b in pairs)
+            total = total + (per_sample * usable).sum() / usable.sum().clamp_min(1) / len(targets)
+            losses["iou" if "iou" not in losses else "iou_other_view"] = 1 - iou.detach().mean()
+        shape = (cfg.lam_lap * laplacian_loss(verts, self.edges.to(rgb.device))
+                 + cfg.lam_flat * flatten_loss(verts, model.net.faces, self.face_pairs.to(rgb.device))
+                 + cfg.lam_mov * (verts - model.net.template).square().sum(-1).mean())  # fmt: skip
+        losses["usable"] = usable.mean()
+        return {"loss": total + shape, "shape": shape.detach(), **losses}
+
+    @torch.no_grad()
+    def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:
+        from renderloop.images import image_grid, save_png
+
+        ev, model = self.config.evaluation, nets["model"]
+        V = 1 + ev.novel_views
+        _, renders = source_config(self.config.renders)
+        res = self.source.resolution or _generator_resolution(self.source)
+        objects = max(1, ev.batch_size // V)
+        sim = Simulator(replace(category.held_out(renders), resolution=res, views=V, batch_size=objects * V),
+                        self.device)  # fmt: skip
+        ious: dict[str, list[torch.Tensor]] = {"input": [], "novel": []}
+        figure = None
+        for index in range(math.ceil(ev.samples / objects)):
+            b = sim.generate(ev.seed, index)
+            inputs = b["rgb"][::V]
+            verts, tex = model.net(inputs)
+            verts, tex = verts.repeat_interleave(V, 0), tex.repeat_interleave(V, 0)
+            out = render_textured(verts, model.net.faces, model.net.template, tex, b["R"], b["t"], b["K"], (res, res))
+            iou = _iou(out.mask, b["mask"].bool()).view(-1, V)
+            ious["input"].append(iou[:, 0].cpu())
+            ious["novel"].append(iou[:, 1:].cpu())
+            if figure is None:
+                k = min(4 * V, len(out.image))
+                silhouettes = out.mask[:k, None].expand(-1, 3, -1, -1).float()
+                figure = torch.cat([b["rgb"][:k].cpu(), out.image[:k].cpu(), silhouettes.cpu()])
+        report = {
+            "test_objects": float(len(torch.cat(ious["input"])[: ev.samples])),
+            "input_view_iou": float(torch.cat(ious["input"])[: ev.samples].mean()),
+            "novel_view_iou": float(torch.cat(ious["novel"])[: ev.samples].mean()),
+            "camera_azimuth_deg": [round(float(a), 1) for a in torch.rad2deg(model.cameras.azimuth) % 360],
+            "camera_elevation_deg": [round(float(e), 1) for e in torch.rad2deg(model.cameras.elevation)],
+            "camera_distance": [round(float(d), 3) for d in model.cameras.log_distance.exp()],
+            "labelled_azimuth_deg": [int(b) * 360 // AZIMUTH_BINS for b in self.bins],
+            "oracle_calls": dict(self.oracle.calls),
+        }
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_png(image_grid(figure, columns=len(figure) // 3), out / "ganverse3d_eval.png")
+        (out / "ganverse3d_eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        return {k: v for k, v in report.items() if isinstance(v, float)}
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    inter, union = (a & b).flatten(1).sum(1), (a | b).flatten(1).sum(1)
+    return inter.float() / union.clamp_min(1).float()
+
+
+def _generator_resolution(source) -> int:
+    from renderloop.models.stylegan2.io import load_generator
+
+    return load_generator(source.checkpoint, source.network).img_resolution
