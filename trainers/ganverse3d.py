@@ -70,9 +70,11 @@ class GANverse3DEvalConfig:
 @dataclass
 class GANverse3DConfig:
     data: dict[str, Any] = field(default_factory=dict)
-    """Data role ``views``: a ``stylegan2`` source with ``views > 1`` and a ``view_codes`` file."""
-    view_labels: str = "???"
-    """JSON ``{view code name: azimuth bin}`` written by the annotator with the codes."""
+    """Data role ``views``: a ``stylegan2`` source with ``views > 1`` and a ``view_codes`` file (the
+    method), or simulator renders of the category with their exact cameras and masks (the ceiling
+    with ``views > 1``, the single-view baseline with ``views = 1``)."""
+    view_labels: str = ""
+    """JSON ``{view code name: azimuth bin}`` written by the annotator with the codes (GAN data)."""
     renders: dict[str, Any] = field(default_factory=dict)
     """The simulator category, for the evaluation."""
     oracle_run: str = "???"
@@ -104,8 +106,13 @@ class GANverse3DConfig:
             self.evaluation = GANverse3DEvalConfig(**self.evaluation)
         check_roles(self.data, ("views",))
         name, views = source_config(self.data["views"])
-        if name != "stylegan2" or views.views < 2 or not views.view_codes:
-            raise ConfigError("method.data.views", "needs a stylegan2 source with views >= 2 and a view_codes file")
+        if name == "simulator" and views.category:
+            category.check_disjoint({"training": tuple(views.object_seeds), "test": category.SEED_RANGES["test"]})
+        elif name != "stylegan2" or views.views < 2 or not views.view_codes or not self.view_labels:
+            raise ConfigError("method.data.views", "needs a stylegan2 source with views >= 2, a view_codes file and "
+                              "method.view_labels, or simulator renders of the category")  # fmt: skip
+        if self.multi_view and views.views < 2:
+            raise ConfigError("method.multi_view", "needs views >= 2 per object; set it false for single views")
         rname, renders = source_config(self.renders)
         if rname != "simulator" or not renders.category:
             raise ConfigError("method.renders", f"needs a simulator category (simulator_vehicle); got {rname}")
@@ -149,19 +156,23 @@ class GANverse3D(Method):
 
     def __init__(self, config: GANverse3DConfig, device: torch.device) -> None:
         super().__init__(config, device)
-        self.source = source_config(config.data["views"])[1]
-        codes = ViewCodes.load(self.source.view_codes)
-        self.view_names = list(self.source.view_names) or codes.names()[: self.source.views]
-        labels = json.loads(Path(config.view_labels).read_text())
-        if missing := [n for n in self.view_names if n not in labels]:
-            raise ConfigError("method.view_labels", f"labels no azimuth bin for the view codes {missing}")
-        self.bins = torch.tensor([int(labels[n]) for n in self.view_names])
+        name, self.source = source_config(config.data["views"])
+        self.exact = name == "simulator"  # renders: true cameras and masks instead of codes and the oracle
+        self.bins = torch.zeros(0, dtype=torch.long)
+        if not self.exact:
+            codes = ViewCodes.load(self.source.view_codes)
+            view_names = list(self.source.view_names) or codes.names()[: self.source.views]
+            labels = json.loads(Path(config.view_labels).read_text())
+            if missing := [n for n in view_names if n not in labels]:
+                raise ConfigError("method.view_labels", f"labels no azimuth bin for the view codes {missing}")
+            self.bins = torch.tensor([int(labels[n]) for n in view_names])
         self.oracle = Oracle.load(config.oracle_run, str(device))
         for net in (self.oracle.segmenter, self.oracle.viewpoint_net):
             net.requires_grad_(False)
 
     def fields(self, role: str) -> list[str]:
-        return ["rgb.png", "view.txt", "group.txt"]
+        groups = ["view.txt", "group.txt"] if self.source.views > 1 else []
+        return ["rgb.png", "mask.png", "cam.json", *groups] if self.exact else ["rgb.png", *groups]
 
     def shuffle(self, role: str) -> bool:
         return False  # a batch holds whole groups, in the order the source wrote them
@@ -189,23 +200,34 @@ class GANverse3D(Method):
     def step(self, phase: Phase, batch: dict, nets: Mapping[str, nn.Module], gain: int) -> dict[str, torch.Tensor]:
         cfg, model = self.config, nets["model"]
         views = batch["views"]
-        rgb, view, group = views["rgb"].float(), views["view"].long().view(-1), views["group"].long().view(-1)
-        V = self.source.views
-        if len(rgb) % V or not (group.view(-1, V) == group.view(-1, V)[:, :1]).all():
-            raise ValueError(f"a batch must hold whole groups of {V} views in order: set engine.data.batch_size "
-                             f"to a multiple of {V} and keep the stream unshuffled")  # fmt: skip
-        mask = self.oracle.mask(rgb)
-        usable = one_object(mask, cfg.min_area).view(-1, V).all(1).repeat_interleave(V).float()
+        rgb, V, res = views["rgb"].float(), self.source.views, views["rgb"].shape[-1]
+        if V > 1:
+            group = views["group"].long().view(-1)
+            if len(rgb) % V or not (group.view(-1, V) == group.view(-1, V)[:, :1]).all():
+                need = f"engine.data.batch_size a multiple of {V} and an unshuffled stream"
+                raise ValueError(f"a batch must hold whole groups of {V} views in order: {need}")
+        if self.exact:
+            mask, usable = views["mask"].view(rgb.shape[0], res, res) > 0.5, torch.ones(len(rgb), device=rgb.device)
+            cam = views["cam"]
+
+            def camera(index: torch.Tensor):
+                return cam["R"].float()[index], cam["t"].float()[index], cam["K"].float()[index]
+        else:
+            mask = self.oracle.mask(rgb)
+            usable = one_object(mask, cfg.min_area).view(-1, V).all(1).repeat_interleave(V).float()
+            view, K = views["view"].long().view(-1), self._K(len(rgb), res)
+
+            def camera(index: torch.Tensor):
+                return (*model.cameras(view[index]), K[index])
+
         verts, tex = model.net(rgb)
-        res = rgb.shape[-1]
-        K = self._K(len(rgb), res)
         targets = [torch.arange(len(rgb), device=rgb.device)]
         if cfg.multi_view:  # the next view of the same content
             targets.append((targets[0] // V) * V + (targets[0] + 1) % V)
         losses: dict[str, torch.Tensor] = {}
         total = torch.zeros((), device=rgb.device)
         for index in targets:
-            R, t = model.cameras(view[index])
+            R, t, K = camera(index)
             out = render_textured(verts, model.net.faces, model.net.template, tex, R, t, K, (res, res), cfg.sigma)
             m = mask[index].float()
             colour = ((out.image - rgb[index]).abs().mean(1) * m).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)

@@ -85,3 +85,21 @@ def test_bad_ganverse3d_configs_are_refused(tmp_path, assets):
         _config(tmp_path, assets, "method.data.views.views=1")
     with pytest.raises(ConfigError, match="method.lam_iou"):
         _config(tmp_path, assets, "method.lam_iou=-1")
+
+
+@pytest.mark.parametrize("views", [2, 1])
+def test_renders_with_exact_cameras_train_the_ceiling_and_the_single_view_baseline(tmp_path, assets, views):
+    cfg = load_config("train", [
+        "method=ganverse3d", "source@method.data.views=simulator_vehicle", "engine=debug",
+        f"method.data.views.views={views}", "method.data.views.resolution=16", "method.data.views.batch_size=4",
+        "method.data.views.subdivisions=2", "method.data.views.style=synthetic", f"method.multi_view={views > 1}",
+        f"method.oracle_run={assets['oracle']}", "engine.data.batch_size=4", "method.subdivisions=1",
+        "method.texture_size=8", "method.width=8", "method.zdim=16", "method.warmup_steps=1",
+        "method.renders.subdivisions=2", "method.evaluation.samples=2", "method.evaluation.novel_views=1",
+        "method.evaluation.batch_size=4", "engine.max_steps=2", f"storage.root={tmp_path / 'data'}",
+        f"run_dir={tmp_path / 'run'}", "samples_per_shard=4", "device=cpu"], TrainConfig)  # fmt: skip
+    make_streams(cfg, samples=8)
+    train(cfg, [], command="train")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert ("loss/main/iou_other_view" in rows[-1]) == (views > 1)
+    assert evaluate(cfg)["test_objects"] == 2
