@@ -1,0 +1,198 @@
+"""GANverse3D's experiment: view codes, then every row over seeds, on the gate's GAN and oracles.
+
+    python -m bench.gan_gate --device cuda --work runs/gate --minutes 8            # the GAN and oracles
+    python -m bench.ganverse3d --device cuda --gate runs/gate --seeds 0 1 2 --work runs/gv3d --out gv3d.json
+
+1. View codes: ``layer_sweep`` for k ∈ ``--ks`` (a code's azimuth spread across contents, a
+   content's across codes), then the emulated annotator at ``--k`` writes the consistent codes and
+   their 30° labels (``<work>/annotation``); the oracle's calls are recorded.
+2. Rows, each ``renderloop run method=ganverse3d`` then ``renderloop eval`` (silhouette IoU at the
+   true cameras of held-out renders, input and novel views), all for ``--steps`` (equal steps):
+   A (the GAN's multi-view groups, cameras learned), A with fixed cameras, A single-view, B
+   (simulator renders in groups with their exact cameras: the ceiling), C (``--single-renders``
+   single-view renders with exact cameras, repeated: the paper's Pascal3D analogue).
+A row gives the mean and 95% t interval over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from renderloop.stats import mean_ci95
+
+SCORES = ("input_view_iou", "novel_view_iou")
+ROWS = {
+    "A": [],
+    "A_fixed_cameras": ["method.optimize_cameras=false"],
+    "A_single_view": ["method.multi_view=false"],
+    "B": ["source@method.data.views=simulator_vehicle", "method.data.views.style=synthetic"],
+    "C": [
+        "source@method.data.views=simulator_vehicle",
+        "method.data.views.style=synthetic",
+        "method.data.views.views=1",
+        "method.multi_view=false",
+    ],
+}
+"""Row → overrides of ``method=ganverse3d``."""
+
+
+def _renderloop(command: str, *overrides: str, log: Path) -> None:
+    with open(log, "a") as out:
+        proc = subprocess.run(
+            [sys.executable, "-m", "renderloop.cli", command, *overrides],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    if proc.returncode:
+        raise SystemExit(f"renderloop {command} failed ({proc.returncode}); see {log}")
+
+
+def view_codes(args, work: Path) -> dict:
+    """The layer sweep and the annotation (once per work folder)."""
+    done = work / "annotation" / "report.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    import torch
+
+    from renderloop.models.stylegan2.io import load_generator
+    from renderloop.trainers.oracle import Oracle
+    from renderloop.trainers.view_codes import annotate, layer_sweep, save_annotation
+
+    device = "cuda" if args.device == "cuda" and torch.cuda.is_available() else "cpu"
+    G = load_generator(args.generator).to(device).eval()
+    oracle = Oracle.load(args.oracle, device)
+    sweep = layer_sweep(G, oracle, ks=tuple(args.ks), codes=args.sweep_codes, contents=args.sweep_contents)
+    codes, report = annotate(
+        G,
+        oracle,
+        k=args.k,
+        candidates=args.candidates,
+        samples_per_code=args.samples_per_code,
+        max_spread_deg=args.max_spread_deg,
+    )
+    save_annotation(codes, report, work / "annotation")
+    report = {"sweep": sweep, "annotation": report, "oracle_calls": dict(oracle.calls)}
+    done.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _as_source(overrides: list[str]) -> list[str]:
+    """``method.data.views.KEY=V`` overrides as ``source.KEY=V`` (for ``renderloop generate``)."""
+    prefix = "method.data.views."
+    return [f"source.{o[len(prefix) :]}" for o in overrides if o.startswith(prefix)]
+
+
+def one_run(args, row: str, seed: int, work: Path, views: int) -> dict:
+    run = work / f"{row}-s{seed}"
+    if (run / "eval" / "ganverse3d_eval.json").exists():
+        return json.loads((run / "eval" / "ganverse3d_eval.json").read_text())
+    annotation = work / "annotation"
+    if row in ("B", "C"):
+        data = [*ROWS[row], f"method.data.views.resolution={args.resolution}", f"method.data.views.views={views}"]
+    else:
+        data = [
+            *ROWS[row],
+            f"method.data.views.checkpoint={args.generator}",
+            f"method.data.views.views={views}",
+            f"method.data.views.view_layers={args.k}",
+            f"method.data.views.view_codes={annotation / 'view_codes.pt'}",
+            f"method.view_labels={annotation / 'view_labels.json'}",
+        ]
+    common = [
+        "method=ganverse3d",
+        *data,
+        f"method.oracle_run={args.oracle}",
+        f"device={args.device}",
+        f"engine.seed={seed}",
+        f"run_dir={run}",
+        f"storage.root={run / 'data'}",
+        "engine.progress=false",
+        f"engine.data.batch_size={args.batch}",
+        f"method.data.views.batch_size={args.batch}",
+        *args.set,
+    ]
+    log, steps = work / "bench.log", f"engine.max_steps={args.steps}"
+    if row == "C":  # a fixed set of single renders, repeated
+        generate = [
+            "source=simulator_vehicle",
+            *_as_source(data),
+            f"num_samples={args.single_renders}",
+            f"source.batch_size={args.batch}",
+            f"samples_per_shard={args.batch}",
+            f"seed={seed}",
+            f"storage.root={run / 'data'}",
+            "storage.stream=ganverse3d-views",
+            f"device={args.device}",
+        ]
+        _renderloop("generate", *generate, log=log)
+        _renderloop("train", *common, "engine.data.follow=false", steps, log=log)
+    else:
+        _renderloop("run", *common, steps, log=log)
+    _renderloop("eval", *common, log=log)
+    return json.loads((run / "eval" / "ganverse3d_eval.json").read_text())
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    return {row: {s: tuple(mean_ci95([r[s] for r in reports])) for s in SCORES} for row, reports in runs.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--gate", required=True, help="a bench.gan_gate --work folder (its GAN and oracles)")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--ks", nargs="*", type=int, default=[2, 4, 6])
+    p.add_argument("--k", type=int, default=4, help="style layers of a view code")
+    p.add_argument("--sweep-codes", type=int, default=8)
+    p.add_argument("--sweep-contents", type=int, default=16)
+    p.add_argument("--candidates", type=int, default=64)
+    p.add_argument("--samples-per-code", type=int, default=4)
+    p.add_argument("--max-spread-deg", type=float, default=20.0)
+    p.add_argument("--views", type=int, default=4, help="view codes per group (A) and views per object (B)")
+    p.add_argument("--single-renders", type=int, default=3000)
+    p.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--set", nargs="*", default=[], help="more overrides for every run")
+    p.add_argument("--work", default="")
+    p.add_argument("--out", default="")
+    args = p.parse_args()
+    args.generator = str(Path(args.gate) / "gan" / "eval" / "generator.pt")
+    args.oracle = str(Path(args.gate) / "oracle")
+    work = Path(args.work or tempfile.mkdtemp(prefix="renderloop-ganverse3d-"))
+    work.mkdir(parents=True, exist_ok=True)
+    codes = view_codes(args, work)
+    for k, spread in codes["sweep"].items():
+        print(
+            f"k={k}: a code's spread across contents {spread['code_spread_deg']:.1f}°, "
+            f"a content's across codes {spread['content_spread_deg']:.1f}°"
+        )
+    print(
+        f"annotator: {codes['annotation']['kept']} of {codes['annotation']['candidates']} codes kept, "
+        f"{codes['annotation']['bins_covered']} bins, {codes['annotation']['oracle_calls']} oracle calls"
+    )
+    runs: dict[str, list[dict]] = {}
+    for row in args.rows:
+        views = 1 if row == "C" else args.views
+        runs[row] = [one_run(args, row, seed, work, views) for seed in args.seeds]
+    rows = summarize(runs)
+    for name, row in rows.items():
+        print(f"{name:>16} " + " ".join(f"{s} {v[0]:.3f} ± {v[1]:.3f}" for s, v in row.items()))
+    meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": sys.argv}
+    if args.out:
+        Path(args.out).write_text(
+            json.dumps({"meta": meta, "view_codes": codes, "rows": rows, "runs": runs}, indent=2) + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()

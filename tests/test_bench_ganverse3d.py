@@ -1,0 +1,43 @@
+"""bench.ganverse3d: the view-code sweep and annotation, then rows A and C end to end on a
+stand-in gate folder, summarized over seeds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench.ganverse3d import summarize
+from tests.trainers.helpers import gan_method_assets
+
+
+def test_rows_are_means_with_intervals_over_seeds():
+    runs = {"A": [{"input_view_iou": v, "novel_view_iou": v / 2} for v in (0.5, 0.6, 0.7)]}
+    row = summarize(runs)["A"]
+    assert row["input_view_iou"][0] == pytest.approx(0.6) and row["novel_view_iou"][2] == 3
+
+
+def test_view_codes_then_two_rows_end_to_end(tmp_path):
+    gate = tmp_path / "gate"
+    gan_method_assets(gate)
+    (gate / "gan" / "eval").mkdir(parents=True)
+    (gate / "gan" / "eval" / "generator.pt").write_bytes((gate / "generator.pt").read_bytes())
+    tiny = ["engine=debug", "method.subdivisions=1", "method.texture_size=8", "method.width=8", "method.zdim=16",
+            "method.warmup_steps=1", "method.min_area=0", "method.renders.subdivisions=2",
+            "method.evaluation.samples=2", "method.evaluation.novel_views=1", "method.evaluation.batch_size=4",
+            "samples_per_shard=4"]  # fmt: skip
+    out = tmp_path / "gv3d.json"
+    done = subprocess.run([sys.executable, "-m", "bench.ganverse3d", "--gate", str(gate), "--resolution", "16",
+                           "--ks", "1", "4", "--k", "4", "--sweep-codes", "2", "--sweep-contents", "2",
+                           "--candidates", "4", "--samples-per-code", "2", "--max-spread-deg", "360",
+                           "--views", "2", "--single-renders", "4", "--rows", "A", "C", "--seeds", "0",
+                           "--steps", "2", "--batch", "4", "--work", str(tmp_path / "w"), "--out", str(out),
+                           "--set", *tiny], capture_output=True, text=True)  # fmt: skip
+    log = tmp_path / "w" / "bench.log"
+    assert done.returncode == 0, done.stderr[-2000:] + (log.read_text()[-3000:] if log.exists() else "")
+    report = json.loads(out.read_text())
+    assert report["view_codes"]["annotation"]["kept"] == 4 and report["view_codes"]["annotation"]["oracle_calls"] == 8
+    assert set(report["view_codes"]["sweep"]) == {"1", "4"} and set(report["rows"]) == {"A", "C"}
+    assert 0 <= report["rows"]["C"]["input_view_iou"][0] <= 1
