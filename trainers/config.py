@@ -10,7 +10,7 @@ from renderloop.config import ConfigError
 
 __all__ = ["EngineConfig", "DataConfig", "deepspeed_config", "lr_multiplier"]
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "bf16_autocast")
 SCHEDULES = ("constant", "cosine", "linear")
 
 
@@ -56,7 +56,10 @@ class EngineConfig:
     zero_stage: int = 0
     """DeepSpeed ZeRO stage, 0-3."""
     precision: str = "fp32"
-    """``fp32`` or ``bf16`` (DeepSpeed keeps fp32 master weights)."""
+    """``fp32``; ``bf16`` (bf16 weights and batches, DeepSpeed's bf16 optimizer keeps fp32 master
+    weights; its step reads the gradient norm on the host, a device sync per update); or
+    ``bf16_autocast`` (fp32 weights and optimizer, each step's forward under ``torch.autocast``
+    in bf16: no sync in the optimizer)."""
     gradient_accumulation: int = 1
     grad_clip: float = 0.0
     """Clip the global gradient norm at this value (0: off)."""

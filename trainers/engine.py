@@ -114,6 +114,7 @@ class Trainer:
         self.dist = dist = init_distributed(device)
         self.device = dist.device
         self.dtype = torch.bfloat16 if engine.precision == "bf16" else torch.float32
+        self.autocast = engine.precision == "bf16_autocast"
         torch.backends.cudnn.benchmark = engine.cudnn_benchmark and self.device.type == "cuda"
         self.metrics = metrics or MetricsSink()
         self.status = status
@@ -329,7 +330,8 @@ class Trainer:
                 batch, n = self._batch(phase.inputs, times)
                 samples += n
                 t0 = self._sync()
-                out = self.method.step(phase, batch, nets, phase.interval)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                    out = self.method.step(phase, batch, nets, phase.interval)
                 t1 = self._sync()
                 self.backward(phase, out["loss"])
                 t2 = self._sync()
@@ -408,7 +410,8 @@ class Trainer:
     @torch.no_grad()
     def _images(self) -> dict[str, torch.Tensor]:
         # EMA copies are fp32 while bf16 runs feed bf16 batches: autocast reconciles them.
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+        bf16 = self.dtype == torch.bfloat16 or self.autocast
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             grids = self.method.images(self._latest, self.eval_nets())
         return {k: v.float() for k, v in grids.items()}
 

@@ -108,6 +108,8 @@ class MappingNetwork(nn.Module):
         x = torch.cat(parts, dim=1)
         for i in range(self.num_layers):
             x = getattr(self, f"fc{i}")(x)
+        if hasattr(self, "w_avg"):  # under autocast the layers answer in bf16; w keeps the buffer's dtype
+            x = x.to(self.w_avg.dtype)
         if update_emas and hasattr(self, "w_avg"):
             self.w_avg.copy_(x.detach().mean(0).lerp(self.w_avg, self.w_avg_beta))
         if self.num_ws is None:

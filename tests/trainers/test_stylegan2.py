@@ -163,3 +163,18 @@ def test_bad_stylegan2_configs_are_refused(tmp_path):
         _config(tmp_path, "method.data.real.resolution=24")
     with pytest.raises(ConfigError, match="source.checkpoint"):
         StyleGAN2Source(StyleGAN2SourceConfig(checkpoint=str(tmp_path / "missing.pt")))
+
+
+def test_bf16_autocast_keeps_fp32_weights_and_trains_like_fp32(tmp_path):
+    """Autocast runs the forward in bf16 while weights, optimizer and batches stay fp32: the
+    losses follow the fp32 run's within bf16's precision."""
+    runs = {}
+    for precision in ("fp32", "bf16_autocast"):
+        cfg = _config(tmp_path / precision, "engine.max_steps=2", f"engine.precision={precision}")
+        make_streams(cfg)
+        train(cfg, [], command="train")
+        runs[precision] = _rows(tmp_path / precision / "run")
+    for a, b in zip(runs["fp32"], runs["bf16_autocast"], strict=True):
+        for key in (k for k in a if k.startswith("loss/")):
+            assert b[key] == pytest.approx(a[key], rel=0.1, abs=0.05), (a["step"], key)
+    assert _weights(tmp_path / "bf16_autocast" / "run", "G")["mapping.fc0.weight"].dtype == torch.float32
