@@ -178,6 +178,11 @@ class GAN2Shape(Method):
         for net in (self.oracle.segmenter, self.oracle.viewpoint_net):
             net.requires_grad_(False)
 
+    @classmethod
+    def check_engine(cls, config: GAN2ShapeConfig, engine: Any) -> None:
+        if engine.precision == "bf16":
+            raise ConfigError("engine.precision", "the renderer runs on fp32 inputs: use fp32 or bf16_autocast")
+
     def fields(self, role: str) -> list[str]:
         return ["rgb.png", "depth.npy", "seg.png"] if self.config.mode == "supervised" else ["rgb.png", "latent.npy"]
 

@@ -170,6 +170,11 @@ class GANverse3D(Method):
         for net in (self.oracle.segmenter, self.oracle.viewpoint_net):
             net.requires_grad_(False)
 
+    @classmethod
+    def check_engine(cls, config: GANverse3DConfig, engine: Any) -> None:
+        if engine.precision == "bf16":
+            raise ConfigError("engine.precision", "the renderer runs on fp32 inputs: use fp32 or bf16_autocast")
+
     def fields(self, role: str) -> list[str]:
         groups = ["view.txt", "group.txt"] if self.source.views > 1 else []
         return ["rgb.png", "mask.png", "cam.json", *groups] if self.exact else ["rgb.png", *groups]

@@ -97,6 +97,8 @@ def test_bad_gan2shape_configs_are_refused(tmp_path, assets):
     refused("method.prior_depth", "method.prior_depth=[1.2,1.3]")
     refused("method.mode", "method.mode=both")
     refused("method.prior", "method.prior=sphere")
+    with pytest.raises(ConfigError, match="engine.precision"):
+        _config(tmp_path, assets, "engine.precision=bf16")
     refused("method.first_round", "method.first_round=[1,0,1]")
 
 

@@ -103,3 +103,9 @@ def test_renders_with_exact_cameras_train_the_ceiling_and_the_single_view_baseli
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert ("loss/main/iou_other_view" in rows[-1]) == (views > 1)
     assert evaluate(cfg)["test_objects"] == 2
+
+
+def test_bf16_weights_are_refused_for_the_renderer_methods(tmp_path, assets):
+    with pytest.raises(ConfigError, match="engine.precision"):
+        _config(tmp_path, assets, "engine.precision=bf16")
+    assert _config(tmp_path, assets, "engine.precision=bf16_autocast").engine.precision == "bf16_autocast"
