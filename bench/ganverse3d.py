@@ -8,9 +8,10 @@
    their 30° labels (``<work>/annotation``); the oracle's calls are recorded.
 2. Rows, each ``renderloop run method=ganverse3d`` then ``renderloop eval`` (silhouette IoU at the
    true cameras of held-out renders, input and novel views), all for ``--steps`` (equal steps):
-   A (the GAN's multi-view groups, cameras learned), A with fixed cameras, A single-view, B
-   (simulator renders in groups with their exact cameras: the ceiling), C (``--single-renders``
-   single-view renders with exact cameras, repeated: the paper's Pascal3D analogue).
+   A (the GAN's multi-view groups under codes of distinct, evenly spread bins; cameras learned),
+   A with fixed cameras, A single-view, B (simulator renders in groups with their exact cameras:
+   the ceiling), C (``--single-renders`` single-view renders with exact cameras, repeated: the
+   paper's Pascal3D analogue).
 A row gives the mean and 95% t interval over seeds.
 """
 
@@ -66,7 +67,7 @@ def view_codes(args, work: Path) -> dict:
     from renderloop.trainers.oracle import Oracle
     from renderloop.trainers.view_codes import annotate, layer_sweep, save_annotation
 
-    device = "cuda" if args.device == "cuda" and torch.cuda.is_available() else "cpu"
+    device = args.device if args.device.startswith("cuda") and torch.cuda.is_available() else "cpu"
     G = load_generator(args.generator).to(device).eval()
     oracle = Oracle.load(args.oracle, device)
     sweep = layer_sweep(G, oracle, ks=tuple(args.ks), codes=args.sweep_codes, contents=args.sweep_contents)
@@ -90,6 +91,18 @@ def _as_source(overrides: list[str]) -> list[str]:
     return [f"source.{o[len(prefix) :]}" for o in overrides if o.startswith(prefix)]
 
 
+def spread_codes(labels: dict[str, int], views: int) -> list[str]:
+    """``views`` code names with distinct azimuth bins, as evenly spaced around the circle as the
+    kept bins allow (the first code of each bin)."""
+    first = {}
+    for name, b in sorted(labels.items(), key=lambda item: item[1]):
+        first.setdefault(b, name)
+    if len(first) < views:
+        raise SystemExit(f"the annotator kept codes in {len(first)} azimuth bins; {views} views need as many")
+    bins = sorted(first)
+    return [first[bins[round(i * len(bins) / views)]] for i in range(views)]
+
+
 def one_run(args, row: str, seed: int, work: Path, views: int) -> dict:
     run = work / f"{row}-s{seed}"
     if (run / "eval" / "ganverse3d_eval.json").exists():
@@ -104,6 +117,7 @@ def one_run(args, row: str, seed: int, work: Path, views: int) -> dict:
             f"method.data.views.views={views}",
             f"method.data.views.view_layers={args.k}",
             f"method.data.views.view_codes={annotation / 'view_codes.pt'}",
+            f"method.data.views.view_names=[{','.join(spread_codes(args.labels, views))}]",
             f"method.view_labels={annotation / 'view_labels.json'}",
         ]
     common = [
@@ -171,6 +185,7 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="renderloop-ganverse3d-"))
     work.mkdir(parents=True, exist_ok=True)
     codes = view_codes(args, work)
+    args.labels = codes["annotation"]["labels"]
     for k, spread in codes["sweep"].items():
         print(
             f"k={k}: a code's spread across contents {spread['code_spread_deg']:.1f}°, "

@@ -42,7 +42,8 @@ class DatasetGANSourceConfig:
     """Ensemble members that vote (0: all; 1: the single-MLP ablation)."""
     top_share: float = 0.1
     pixel_chunk: int = 8192
-    """Pixels classified at once (bounds the feature memory)."""
+    """Pixels classified at once (bounds the ensemble's memory; one image's features are built
+    whole first, ``H·W × channels`` floats: about 1.3 GB at 256²)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.members < 0 or self.pixel_chunk < 1:

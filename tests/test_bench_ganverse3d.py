@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from bench.ganverse3d import summarize
+from bench.ganverse3d import spread_codes, summarize
 from tests.trainers.helpers import gan_method_assets
 
 
@@ -17,6 +17,14 @@ def test_rows_are_means_with_intervals_over_seeds():
     runs = {"A": [{"input_view_iou": v, "novel_view_iou": v / 2} for v in (0.5, 0.6, 0.7)]}
     row = summarize(runs)["A"]
     assert row["input_view_iou"][0] == pytest.approx(0.6) and row["novel_view_iou"][2] == 3
+
+
+def test_views_take_codes_of_distinct_spread_bins():
+    labels = {"az000_0": 0, "az000_1": 0, "az090_0": 3, "az180_0": 6, "az210_0": 7, "az270_0": 9}
+    assert spread_codes(labels, 2) == ["az000_0", "az180_0"]
+    assert spread_codes(labels, 5) == ["az000_0", "az090_0", "az180_0", "az210_0", "az270_0"]
+    with pytest.raises(SystemExit, match="5 azimuth bins"):
+        spread_codes(labels, 6)
 
 
 def test_view_codes_then_two_rows_end_to_end(tmp_path):

@@ -7,8 +7,10 @@ nothing again. An ensemble of ``members`` small MLPs (``models/style_interpreter
 labels from every synthesis layer's features at random pixels of the K images, each member on its
 own half of each step's pixels. A fixed share of each image's pixels is held out: every
 ``validate_every`` steps each member is scored there and its best weights are kept (early
-stopping by selection). ``renderloop eval`` writes the K annotations for review, the held-out
-scores, and ``interpreter.pt``, which the ``datasetgan`` source loads to label new samples.
+stopping by selection). ``renderloop eval`` writes the K annotations for review, the validation
+scores (optimistic: the same pixels chose the weights, and they lie among the training pixels of
+the same K images; the downstream test is what counts), and ``interpreter.pt``, which the
+``datasetgan`` source loads to label new samples.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ class DatasetGAN(Method):
         self.updates += 1
         out = {"loss": loss}
         if self.updates % self.config.validate_every == 0:
-            out["holdout_accuracy"] = torch.tensor(self._validate(G, interpreter))
+            out["validation_accuracy"] = loss.new_tensor(self._validate(G, interpreter))
         return out
 
     def _holdout(self, G: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,10 +186,10 @@ class DatasetGAN(Method):
         report = {
             "annotations": self.config.annotations,
             "oracle_calls": int(self.annotated["calls"]),
-            "holdout_pixels": int(len(labels)),
-            "member_holdout_accuracy": [round(a, 4) for a in self.best_accuracy],
-            "ensemble_holdout_accuracy": float((vote == labels).float().mean()),
-            "ensemble_holdout_miou": float(iou.nanmean()),
+            "validation_pixels": int(len(labels)),
+            "member_validation_accuracy": [round(a, 4) for a in self.best_accuracy],
+            "ensemble_validation_accuracy": float((vote == labels).float().mean()),
+            "ensemble_validation_miou": float(iou.nanmean()),
         }
         out = Path(out_dir)
         save_interpreter(interpreter, out / "interpreter.pt", {"generator": str(self.config.generator),

@@ -179,6 +179,12 @@ class GANverse3D(Method):
         groups = ["view.txt", "group.txt"] if self.source.views > 1 else []
         return ["rgb.png", "mask.png", "cam.json", *groups] if self.exact else ["rgb.png", *groups]
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"oracle_calls": dict(self.oracle.calls)}  # the mask filter's calls reach the report
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.oracle.calls.update(state["oracle_calls"])
+
     def shuffle(self, role: str) -> bool:
         return False  # a batch holds whole groups, in the order the source wrote them
 

@@ -114,7 +114,7 @@ class PartSegmentation(Method):
         from renderloop.images import image_grid, save_png
 
         ev, segmenter = self.config.evaluation, nets["segmenter"]
-        resolution = getattr(source_config(self.config.data["labeled"])[1], "resolution", 0) or 64
+        resolution = _resolution(source_config(self.config.data["labeled"])[1])
         renders = replace(category.held_out(source_config(ev.renders)[1]), resolution=resolution,
                           batch_size=ev.batch_size)  # fmt: skip
         sim = Simulator(renders, self.device)
@@ -138,3 +138,12 @@ class PartSegmentation(Method):
         save_png(image_grid(figure, columns=len(figure) // 3), out / "part_segmentation_eval.png")
         (out / "part_segmentation_eval.json").write_text(json.dumps(report, indent=2) + "\n")
         return report
+
+
+def _resolution(source: Any) -> int:
+    """The training images' size: the source's ``resolution``, else its generator's."""
+    if getattr(source, "resolution", 0):
+        return source.resolution
+    from renderloop.models.stylegan2.io import load_generator
+
+    return load_generator(source.checkpoint, source.network).img_resolution

@@ -48,14 +48,14 @@ def test_annotations_once_training_resume_and_the_labelled_source(tmp_path, asse
     assert asked == [4]  # the annotations came back from the checkpoint
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(6))
-    accuracy = [r["loss/interpreter/holdout_accuracy"] for r in rows if "loss/interpreter/holdout_accuracy" in r]
+    accuracy = [r["loss/interpreter/validation_accuracy"] for r in rows if "loss/interpreter/validation_accuracy" in r]
     assert len(accuracy) == 3 and all(0 <= a <= 1 for a in accuracy)  # every 2 updates, across the resume
 
     report = evaluate(_config(tmp_path, assets))
     assert report["annotations"] == 4 and report["oracle_calls"] == 4 and asked == [4]
-    assert 0 <= report["ensemble_holdout_accuracy"] <= 1 and report["holdout_pixels"] > 0
+    assert 0 <= report["ensemble_validation_accuracy"] <= 1 and report["validation_pixels"] > 0
     saved = json.loads((tmp_path / "run" / "eval" / "datasetgan_eval.json").read_text())
-    assert len(saved["member_holdout_accuracy"]) == 3 and (tmp_path / "run" / "eval" / "annotations.png").exists()
+    assert len(saved["member_validation_accuracy"]) == 3 and (tmp_path / "run" / "eval" / "annotations.png").exists()
 
     config = DatasetGANSourceConfig(checkpoint=assets["checkpoint"], interpreter=str(tmp_path / "run" / "eval" /
                                     "interpreter.pt"), batch_size=9, drop_share=0.25)  # fmt: skip
