@@ -30,18 +30,13 @@ from renderloop.stats import mean_ci95
 
 SCORES = ("input_view_iou", "novel_view_iou")
 ROWS = {
-    "A": [],
-    "A_fixed_cameras": ["method.optimize_cameras=false"],
-    "A_single_view": ["method.multi_view=false"],
-    "B": ["source@method.data.views=simulator_vehicle", "method.data.views.style=synthetic"],
-    "C": [
-        "source@method.data.views=simulator_vehicle",
-        "method.data.views.style=synthetic",
-        "method.data.views.views=1",
-        "method.multi_view=false",
-    ],
+    "A": ["method=ganverse3d"],
+    "A_fixed_cameras": ["method=ganverse3d", "method.optimize_cameras=false"],
+    "A_single_view": ["method=ganverse3d", "method.multi_view=false"],
+    "B": ["method=ganverse3d_renders"],
+    "C": ["method=ganverse3d_renders", "method.data.views.views=1", "method.multi_view=false"],
 }
-"""Row → overrides of ``method=ganverse3d``."""
+"""Row → its config and overrides."""
 
 
 def _renderloop(command: str, *overrides: str, log: Path) -> None:
@@ -121,7 +116,6 @@ def one_run(args, row: str, seed: int, work: Path, views: int) -> dict:
             f"method.view_labels={annotation / 'view_labels.json'}",
         ]
     common = [
-        "method=ganverse3d",
         *data,
         f"method.oracle_run={args.oracle}",
         f"device={args.device}",

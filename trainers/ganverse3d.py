@@ -8,8 +8,9 @@ camera starts at its bin (elevation 0, the nominal distance) and, with ``optimiz
 learned with the network. Samples whose oracle mask is not one object covering ``min_area`` of the
 image drop out of the loss with their whole group.
 
-The network (``models/inverse_graphics.py``) predicts a mesh and texture from each view; with
-``multi_view`` they are rendered into that view and into the next view of the same content
+The network (``models/inverse_graphics.py``, drawn by ``renderers/textured.py``) predicts a mesh
+and texture from each view; with ``multi_view`` they are rendered into that view and into the
+next view of the same content
 (the multi-view loss), else into their own view only (the single-view ablation). Loss:
 ``lam_col`` L1 of colour inside the mask, ``lam_iou`` (1 − soft IoU), ``lam_lap`` Laplacian,
 ``lam_flat`` flatness, ``lam_mov`` offset size, and after ``warmup_steps`` ``lam_percept`` on the
@@ -34,16 +35,11 @@ from renderloop.config import ConfigError, check_number, check_roles
 from renderloop.datasets import category
 from renderloop.datasets.simulator import Simulator
 from renderloop.datasets.sources import source_config
-from renderloop.models.inverse_graphics import (
-    InverseGraphicsNet,
-    edge_pairs,
-    flatten_loss,
-    laplacian_loss,
-    neighbouring_faces,
-    render_textured,
-)
+from renderloop.models.inverse_graphics import InverseGraphicsNet
 from renderloop.models.stylegan2.latents import ViewCodes
 from renderloop.renderers.cameras import fov_intrinsics, orbit_camera
+from renderloop.renderers.meshes import icosphere
+from renderloop.renderers.textured import edge_pairs, flatten_loss, laplacian_loss, neighbouring_faces, render_textured
 
 from .gan_quality import one_object
 from .method import Method, ModelSpec, Phase
@@ -108,9 +104,11 @@ class GANverse3DConfig:
         name, views = source_config(self.data["views"])
         if name == "simulator" and views.category:
             category.check_disjoint({"training": tuple(views.object_seeds), "test": category.SEED_RANGES["test"]})
-        elif name != "stylegan2" or views.views < 2 or not views.view_codes or not self.view_labels:
-            raise ConfigError("method.data.views", "needs a stylegan2 source with views >= 2, a view_codes file and "
-                              "method.view_labels, or simulator renders of the category")  # fmt: skip
+        elif name != "stylegan2" or views.views < 2:
+            raise ConfigError("method.data.views", "needs a stylegan2 source with views >= 2 (the annotated "
+                              "view_codes) or simulator renders of the category")  # fmt: skip
+        elif not self.view_labels:
+            raise ConfigError("method.view_labels", "GAN views need their codes' azimuth labels (view_labels.json)")
         if self.multi_view and views.views < 2:
             raise ConfigError("method.multi_view", "needs views >= 2 per object; set it false for single views")
         rname, renders = source_config(self.renders)
@@ -191,8 +189,9 @@ class GANverse3D(Method):
     def build(self) -> dict[str, ModelSpec]:
         cfg = self.config
         res = self.source.resolution or _generator_resolution(self.source)
-        net = InverseGraphicsNet(res, cfg.subdivisions, max_offset=cfg.max_offset, texture_size=cfg.texture_size,
-                                 width=cfg.width, zdim=cfg.zdim)  # fmt: skip
+        sphere = icosphere(cfg.subdivisions)
+        net = InverseGraphicsNet(res, sphere.verts, sphere.faces, max_offset=cfg.max_offset,
+                                 texture_size=cfg.texture_size, width=cfg.width, zdim=cfg.zdim)  # fmt: skip
         self.edges, self.face_pairs = edge_pairs(net.faces), neighbouring_faces(net.faces)
         cameras = ViewCameras(self.bins.float() * (2 * math.pi / AZIMUTH_BINS), cfg.distance)
         return {"model": ModelSpec(GANverse3DModel(net, cameras, cfg.optimize_cameras), lr=cfg.lr)}

@@ -8,16 +8,10 @@ import math
 import pytest
 import torch
 
-from renderloop.models.inverse_graphics import (
-    InverseGraphicsNet,
-    edge_pairs,
-    flatten_loss,
-    laplacian_loss,
-    neighbouring_faces,
-    render_textured,
-)
+from renderloop.models.inverse_graphics import InverseGraphicsNet
 from renderloop.renderers.cameras import fov_intrinsics, orbit_camera
 from renderloop.renderers.meshes import icosphere
+from renderloop.renderers.textured import edge_pairs, flatten_loss, laplacian_loss, neighbouring_faces, render_textured
 
 S = 64
 
@@ -28,7 +22,8 @@ def _camera(batch: int = 1, distance: float = 4.0):
 
 
 def test_the_template_sphere_projects_to_its_disk_with_the_texture_colour():
-    net = InverseGraphicsNet(S, subdivisions=3, texture_size=16, width=8, zdim=16)
+    sphere = icosphere(3)
+    net = InverseGraphicsNet(S, sphere.verts, sphere.faces, texture_size=16, width=8, zdim=16)
     verts, tex = net(torch.rand(1, 3, S, S))
     assert torch.equal(verts[0], net.template)  # zero offsets at the start
     R, t, K = _camera()
@@ -63,7 +58,8 @@ def test_shape_regularizers_know_their_answers():
 
 
 def test_the_silhouette_pulls_the_offsets():
-    net = InverseGraphicsNet(S, subdivisions=2, texture_size=8, width=8, zdim=16)
+    sphere = icosphere(2)
+    net = InverseGraphicsNet(S, sphere.verts, sphere.faces, texture_size=8, width=8, zdim=16)
     verts, tex = net(torch.rand(2, 3, S, S))
     R, t, K = _camera(2)
     out = render_textured(verts, net.faces, net.template, tex, R, t, K, (S, S))

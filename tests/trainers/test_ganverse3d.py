@@ -90,9 +90,9 @@ def test_bad_ganverse3d_configs_are_refused(tmp_path, assets):
 @pytest.mark.parametrize("views", [2, 1])
 def test_renders_with_exact_cameras_train_the_ceiling_and_the_single_view_baseline(tmp_path, assets, views):
     cfg = load_config("train", [
-        "method=ganverse3d", "source@method.data.views=simulator_vehicle", "engine=debug",
+        "method=ganverse3d_renders", "engine=debug",
         f"method.data.views.views={views}", "method.data.views.resolution=16", "method.data.views.batch_size=4",
-        "method.data.views.subdivisions=2", "method.data.views.style=synthetic", f"method.multi_view={views > 1}",
+        "method.data.views.subdivisions=2", f"method.multi_view={views > 1}",
         f"method.oracle_run={assets['oracle']}", "engine.data.batch_size=4", "method.subdivisions=1",
         "method.texture_size=8", "method.width=8", "method.zdim=16", "method.warmup_steps=1",
         "method.renders.subdivisions=2", "method.evaluation.samples=2", "method.evaluation.novel_views=1",
