@@ -19,23 +19,15 @@ import argparse
 import json
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.commands import renderloop
 from renderloop.stats import mean_ci95
 
 SCORES = ("miou", "miou_with_background")
-
-
-def _renderloop(command: str, *overrides: str, log: Path) -> None:
-    with open(log, "a") as out:
-        proc = subprocess.run([sys.executable, "-m", "renderloop.cli", command, *overrides], stdout=out,
-                              stderr=subprocess.STDOUT, check=False)  # fmt: skip
-    if proc.returncode:
-        raise SystemExit(f"renderloop {command} failed ({proc.returncode}); see {log}")
 
 
 def _scores(run: Path) -> dict:
@@ -52,8 +44,8 @@ def interpreter(args, k: int, seed: int, work: Path) -> Path:
             f"engine.seed={seed}", f"run_dir={run}", f"storage.root={run / 'data'}", "engine.progress=false",
             *args.interpreter_set,
         ]  # fmt: skip
-        _renderloop("run", *common, f"engine.max_steps={args.interpreter_steps}", log=work / "bench.log")
-        _renderloop("eval", *common, log=work / "bench.log")
+        renderloop("run", *common, f"engine.max_steps={args.interpreter_steps}", log=work / "bench.log")
+        renderloop("eval", *common, log=work / "bench.log")
     return run / "eval" / "interpreter.pt"
 
 
@@ -72,11 +64,11 @@ def segmenter(args, row: str, seed: int, work: Path, data: list[str], closed_sam
                     f"source.batch_size={closed_samples}", f"samples_per_shard={closed_samples}",
                     f"storage.root={run / 'data'}", "storage.stream=part_segmentation-labeled",
                     f"device={args.device}", f"seed={seed}"]  # fmt: skip
-        _renderloop("generate", *generate, log=log)
-        _renderloop("train", *common, "engine.data.follow=false", f"engine.max_steps={args.segmenter_steps}", log=log)
+        renderloop("generate", *generate, log=log)
+        renderloop("train", *common, "engine.data.follow=false", f"engine.max_steps={args.segmenter_steps}", log=log)
     else:
-        _renderloop("run", *common, f"engine.max_steps={args.segmenter_steps}", log=log)
-    _renderloop("eval", *common, log=log)
+        renderloop("run", *common, f"engine.max_steps={args.segmenter_steps}", log=log)
+    renderloop("eval", *common, log=log)
     return _scores(run)
 
 
@@ -90,7 +82,7 @@ def oracle_ceiling(args, work: Path) -> dict:
         overrides = ["method=part_segmentation_renders", f"run_dir={run}", f"device={args.device}",
                      f"method.data.labeled.resolution={args.resolution}", *args.segmenter_set,
                      f"method.width={trained['width']}", f"method.levels={trained['levels']}"]  # fmt: skip
-        _renderloop("eval", *overrides, log=work / "bench.log")
+        renderloop("eval", *overrides, log=work / "bench.log")
     return _scores(run)
 
 

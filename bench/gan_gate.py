@@ -18,21 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from bench.commands import renderloop
+
 GATE = {"valid_mask_share": (">=", 0.9), "azimuth_tv": ("<=", 0.15)}
 """Metric → (comparison, threshold) that a usable category GAN meets."""
-
-
-def _renderloop(command: str, *overrides: str, log: Path) -> None:
-    with open(log, "a") as out:
-        proc = subprocess.run([sys.executable, "-m", "renderloop.cli", command, *overrides], stdout=out,
-                              stderr=subprocess.STDOUT, check=False)  # fmt: skip
-    if proc.returncode:
-        raise SystemExit(f"renderloop {command} failed ({proc.returncode}); see {log}")
 
 
 def passes(report: dict) -> dict[str, bool]:
@@ -68,16 +60,16 @@ def main() -> None:
     oracle = Path(args.oracle_run) if args.oracle_run else work / "oracle"
     if not (oracle / "models").is_dir():
         common = ["method=oracle", f"device={args.device}", f"run_dir={oracle}", f"storage.root={work / 'oracle-data'}"]
-        _renderloop("run", *common, f"engine.max_minutes={args.oracle_minutes}", "engine.max_steps=1000000",
+        renderloop("run", *common, f"engine.max_minutes={args.oracle_minutes}", "engine.max_steps=1000000",
                     "engine.progress=false", *args.oracle_set, log=log)  # fmt: skip
-        _renderloop("eval", *common, *args.oracle_set, log=log)
+        renderloop("eval", *common, *args.oracle_set, log=log)
     run = work / "gan"
     common = ["method=stylegan2_vehicle", f"device={args.device}", f"run_dir={run}",
               f"storage.root={work / 'gan-data'}"]  # fmt: skip
     start = time.monotonic()
-    _renderloop("run", *common, f"engine.max_minutes={args.minutes}", "engine.progress=false", *args.set, log=log)
+    renderloop("run", *common, f"engine.max_minutes={args.minutes}", "engine.progress=false", *args.set, log=log)
     wall = time.monotonic() - start
-    _renderloop("eval", *common, f"method.evaluation.oracle_run={oracle}", *args.set, log=log)
+    renderloop("eval", *common, f"method.evaluation.oracle_run={oracle}", *args.set, log=log)
     report = json.loads((run / "eval" / "quality.json").read_text())
     steps = _steps(run)
     earlier = _curve(work)

@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.commands import renderloop
 from renderloop.stats import mean_ci95
 
 SCORES = ("input_view_iou", "novel_view_iou")
@@ -37,18 +37,6 @@ ROWS = {
     "C": ["method=ganverse3d_renders", "method.data.views.views=1", "method.multi_view=false"],
 }
 """Row → its config and overrides."""
-
-
-def _renderloop(command: str, *overrides: str, log: Path) -> None:
-    with open(log, "a") as out:
-        proc = subprocess.run(
-            [sys.executable, "-m", "renderloop.cli", command, *overrides],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
-    if proc.returncode:
-        raise SystemExit(f"renderloop {command} failed ({proc.returncode}); see {log}")
 
 
 def view_codes(args, work: Path) -> dict:
@@ -140,11 +128,11 @@ def one_run(args, row: str, seed: int, work: Path, views: int) -> dict:
             "storage.stream=ganverse3d-views",
             f"device={args.device}",
         ]
-        _renderloop("generate", *generate, log=log)
-        _renderloop("train", *common, "engine.data.follow=false", steps, log=log)
+        renderloop("generate", *generate, log=log)
+        renderloop("train", *common, "engine.data.follow=false", steps, log=log)
     else:
-        _renderloop("run", *common, steps, log=log)
-    _renderloop("eval", *common, log=log)
+        renderloop("run", *common, steps, log=log)
+    renderloop("eval", *common, log=log)
     return json.loads((run / "eval" / "ganverse3d_eval.json").read_text())
 
 
