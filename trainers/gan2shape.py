@@ -66,9 +66,13 @@ class GAN2ShapeEvalConfig:
     """Renders of the ``oracle`` range whose mean true depth is the ``average`` row."""
     seed: int = 0
     figure_rows: int = 4
+    invert: int = 16
+    """Test renders inverted into W (the paper's input path for held-out images): the inversion's
+    PSNR and the depth scores of the method's prediction from the GAN's reconstruction."""
+    invert_steps: int = 300
 
     def __post_init__(self) -> None:
-        for key in ("samples", "batch_size", "average_samples", "figure_rows"):
+        for key in ("samples", "batch_size", "average_samples", "figure_rows", "invert_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"method.evaluation.{key}", f"must be >= 1; got {getattr(self, key)}")
         check_number("method.evaluation.frontal_deg", self.frontal_deg, above=0, at_most=180)
@@ -347,6 +351,27 @@ class GAN2Shape(Method):
         batches = [source.generate(ev.seed, i) for i in range(-(-count // ev.batch_size))]
         return {k: torch.cat([b[k].float() for b in batches])[:count].to(self.device) for k in keys}
 
+    def _on_inversions(self, nets: Mapping[str, nn.Module], test: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Invert the first ``evaluation.invert`` renders into W, predict depth from G's
+        reconstructions, and score it against the renders' true depth."""
+        from renderloop.models.stylegan2.inversion import invert
+
+        n, net = min(self.config.evaluation.invert, len(test["rgb"])), nets["net"]
+        G = nets["G"] if "G" in nets else self._generator().to(self.device).eval()
+        with torch.enable_grad():
+            inverted = invert(G, test["rgb"][:n], steps=self.config.evaluation.invert_steps)
+        image = inverted.images
+        predicted = self._render(image, net.depth(image), net.albedo(image), net.light(image), net.view(image))
+        valid = test["mask"][:n].bool() & (predicted.mask[:, 0] > 0) & (predicted.depth > 0)
+        keep = valid.flatten(1).any(1)
+        report = {"inverted_images": float(n), "inversion_psnr": inverted.psnr.mean().item()}
+        if keep.any():
+            true, K = test["depth"][:n][keep], test["K"][:n][keep]
+            row = f"{self.config.mode}_on_inversions"
+            report[f"{row}/side"] = (side(predicted.depth[keep], true, valid[keep]) * 100).mean().item()
+            report[f"{row}/mad"] = mad(predicted.depth[keep], true, valid[keep], self._K(image)[keep], K).mean().item()
+        return report
+
     @torch.no_grad()
     def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:
         from renderloop.images import image_grid, save_png
@@ -382,6 +407,8 @@ class GAN2Shape(Method):
                 f = frontal[keep]
                 report[f"{row}/frontal_side"], report[f"{row}/frontal_mad"] = s[f].mean().item(), m[f].mean().item()
         report["scored_images"] = float(keep.sum())
+        if cfg.mode != "supervised" and ev.invert > 0:
+            report |= self._on_inversions(nets, test)
         report["oracle_segment_calls"] = float(self.oracle.calls["segment"])
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -82,6 +82,7 @@ def test_a_short_run_trains_every_phase_resumes_and_scores_the_rows(tmp_path, as
     for row in ("gan2shape", "ellipsoid", "average", "flat"):
         assert report[f"{row}/side"] >= 0 and 0 <= report[f"{row}/mad"] <= 180, row
     assert report["oracle_segment_calls"] == 2 * 4 + 8  # the init phase (2 steps of 4), then the ellipsoid row
+    assert report["inverted_images"] == 2 and report["inversion_psnr"] > 0  # held-out renders through W
     assert (tmp_path / "run" / "eval" / "gan2shape_eval.png").exists()
     assert json.loads((tmp_path / "run" / "eval" / "gan2shape_eval.json").read_text()) == report
 
