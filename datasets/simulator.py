@@ -317,6 +317,16 @@ class Simulator:
         world = canon @ random_rotation(N, gen, device=dev).transpose(1, 2)
         return world, faces, colors, parts, topo
 
+    def category_meshes(self, object_seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The category's objects of these seeds as ``generate`` draws them, in their canonical
+        (world) frame: vertices ``[N, V, 3]`` and faces ``[F, 3]`` (the true shapes to score against)."""
+        if not self.config.category:
+            raise ValueError("category_meshes(): this simulator draws no category (source.category is empty)")
+        generators = [torch.Generator().manual_seed(int(s)) for s in object_seeds.tolist()]
+        world, _ = category.vehicle(self.sphere_dirs, generators, tuple(self.config.textures))
+        faces = self.topo_faces[0]
+        return world, faces[(faces >= 0).all(1)]
+
     def _category_objects(self, gen, N: int):
         """``N`` objects of ``config.category`` in their canonical frame (world = object frame),
         each a function of its object seed, drawn from ``config.object_seeds``."""

@@ -15,8 +15,9 @@ next view of the same content
 ``lam_col`` L1 of colour inside the mask, ``lam_iou`` (1 − soft IoU), ``lam_lap`` Laplacian,
 ``lam_flat`` flatness, ``lam_mov`` offset size, and after ``warmup_steps`` ``lam_percept`` on the
 oracle segmenter's features (the declared offline substitute for ImageNet features).
-``renderloop eval`` scores silhouettes on held-out renders at their true cameras: the input view
-and novel views of the same object.
+``renderloop eval`` scores silhouettes on held-out renders at their true cameras (the input view
+and novel views of the same object) and the shape against the object's true mesh
+(``mesh_scores``: scale-normalized Chamfer distance and F-score).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from renderloop.renderers.meshes import icosphere
 from renderloop.renderers.textured import edge_pairs, flatten_loss, laplacian_loss, neighbouring_faces, render_textured
 
 from .gan_quality import one_object
+from .mesh_scores import chamfer_fscore, normalized, sample_surface
 from .method import Method, ModelSpec, Phase
 from .oracle import Oracle
 from .view_codes import AZIMUTH_BINS
@@ -56,11 +58,16 @@ class GANverse3DEvalConfig:
     novel_views: int = 4
     batch_size: int = 20
     seed: int = 0
+    shape_points: int = 2000
+    """Surface samples per mesh for Chamfer distance and F-score (both scale-normalized)."""
+    fscore_tau: float = 0.05
+    """F-score threshold, as a share of the bounding-box diagonal."""
 
     def __post_init__(self) -> None:
-        for key in ("samples", "novel_views", "batch_size"):
+        for key in ("samples", "novel_views", "batch_size", "shape_points"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"method.evaluation.{key}", f"must be >= 1; got {getattr(self, key)}")
+        check_number("method.evaluation.fscore_tau", self.fscore_tau, above=0)
 
 
 @dataclass
@@ -266,6 +273,8 @@ class GANverse3D(Method):
         sim = Simulator(replace(category.held_out(renders), resolution=res, views=V, batch_size=objects * V),
                         self.device)  # fmt: skip
         ious: dict[str, list[torch.Tensor]] = {"input": [], "novel": []}
+        shape: dict[str, list[torch.Tensor]] = {"chamfer": [], "fscore": []}
+        points = torch.Generator().manual_seed(ev.seed)
         figure = None
         for index in range(math.ceil(ev.samples / objects)):
             b = sim.generate(ev.seed, index)
@@ -276,6 +285,12 @@ class GANverse3D(Method):
             iou = _iou(out.mask, b["mask"].bool()).view(-1, V)
             ious["input"].append(iou[:, 0].cpu())
             ious["novel"].append(iou[:, 1:].cpu())
+            true_verts, true_faces = sim.category_meshes(b["object_seed"][::V])
+            pred = normalized(sample_surface(verts[::V], model.net.faces, ev.shape_points, points))
+            true = normalized(sample_surface(true_verts, true_faces, ev.shape_points, points))
+            chamfer, fscore = chamfer_fscore(pred, true, ev.fscore_tau)
+            shape["chamfer"].append(chamfer.cpu())
+            shape["fscore"].append(fscore.cpu())
             if figure is None:
                 k = min(4 * V, len(out.image))
                 silhouettes = out.mask[:k, None].expand(-1, 3, -1, -1).float()
@@ -284,6 +299,8 @@ class GANverse3D(Method):
             "test_objects": float(len(torch.cat(ious["input"])[: ev.samples])),
             "input_view_iou": float(torch.cat(ious["input"])[: ev.samples].mean()),
             "novel_view_iou": float(torch.cat(ious["novel"])[: ev.samples].mean()),
+            "chamfer": float(torch.cat(shape["chamfer"])[: ev.samples].mean()),
+            f"fscore@{ev.fscore_tau:g}": float(torch.cat(shape["fscore"])[: ev.samples].mean()),
             "camera_azimuth_deg": [round(float(a), 1) for a in torch.rad2deg(model.cameras.azimuth) % 360],
             "camera_elevation_deg": [round(float(e), 1) for e in torch.rad2deg(model.cameras.elevation)],
             "camera_distance": [round(float(d), 3) for d in model.cameras.log_distance.exp()],

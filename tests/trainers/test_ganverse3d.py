@@ -65,6 +65,7 @@ def test_groups_train_the_network_and_the_cameras_and_are_scored_in_true_views(t
     assert weights["net.offsets.weight"].abs().sum() > 0
     report = evaluate(cfg)
     assert report["test_objects"] == 4 and 0 <= report["input_view_iou"] <= 1 and 0 <= report["novel_view_iou"] <= 1
+    assert report["chamfer"] > 0 and 0 <= report["fscore@0.05"] <= 1
     saved = json.loads((tmp_path / "run" / "eval" / "ganverse3d_eval.json").read_text())
     assert len(saved["camera_azimuth_deg"]) == 2 and (tmp_path / "run" / "eval" / "ganverse3d_eval.png").exists()
 
