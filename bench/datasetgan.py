@@ -9,8 +9,9 @@ steps for every row: equal steps) trains on each row's data and is scored on hel
 object folds (mIoU with and without background). Rows: DatasetGAN (its live stream of labelled
 samples); the ablations at ``--ablation-k`` (one interpreter member, no uncertainty filter); the
 few-shot baseline (the same segmenter on K labelled renders of the GAN's objects, repeated); the
-oracle segmenter itself (the ceiling, scored by the same evaluation). A row gives the mean and 95%
-t interval over seeds.
+transfer baseline (the segmenter pretrained by inpainting unlabelled renders, then fine-tuned on
+the same K renders); the oracle segmenter itself (the ceiling, scored by the same evaluation). A
+row gives the mean and 95% t interval over seeds.
 """
 
 from __future__ import annotations
@@ -86,21 +87,24 @@ def oracle_ceiling(args, work: Path) -> dict:
     return _scores(run)
 
 
-def rows_for(args, seed: int, work: Path) -> dict[str, dict]:
-    """Every row's scores for one seed."""
+def rows_for(args, seed: int, work: Path) -> tuple[dict[str, dict], dict]:
+    """Every row's scores for one seed, and the inpainting pretext's own score."""
     labelled = ["method=part_segmentation", f"method.data.labeled.checkpoint={args.generator}"]
     renders = ["method=part_segmentation_renders", f"method.data.labeled.resolution={args.resolution}"]
     rows = {}
+    pretext = segmenter(args, "pretext", seed, work, [*renders, "method.task=inpaint"])  # unlabelled renders
+    pretrained = f"method.init_from={work / f'pretext-s{seed}'}"
     for k in args.ks:
         interp = [*labelled, f"method.data.labeled.interpreter={interpreter(args, k, seed, work)}"]
         rows[f"datasetgan_k{k}"] = segmenter(args, f"datasetgan-k{k}", seed, work, interp)
         rows[f"k_labeled_k{k}"] = segmenter(args, f"k-labeled-k{k}", seed, work, renders, closed_samples=k)
+        rows[f"transfer_k{k}"] = segmenter(args, f"transfer-k{k}", seed, work, [*renders, pretrained], closed_samples=k)
         if k == args.ablation_k:
             rows[f"one_member_k{k}"] = segmenter(args, f"one-member-k{k}", seed, work,
                                                  [*interp, "method.data.labeled.members=1"])  # fmt: skip
             rows[f"no_filter_k{k}"] = segmenter(args, f"no-filter-k{k}", seed, work,
                                                 [*interp, "method.data.labeled.drop_share=0"])  # fmt: skip
-    return rows
+    return rows, pretext
 
 
 def summarize(per_seed: dict[int, dict[str, dict]], ceiling: dict) -> dict[str, dict]:
@@ -131,16 +135,18 @@ def main() -> None:
     args.oracle = str(Path(args.gate) / "oracle")
     work = Path(args.work or tempfile.mkdtemp(prefix="renderloop-datasetgan-"))
     work.mkdir(parents=True, exist_ok=True)
-    per_seed = {}
+    per_seed, pretexts = {}, {}
     for seed in args.seeds:
-        per_seed[seed] = rows_for(args, seed, work)
+        per_seed[seed], pretexts[seed] = rows_for(args, seed, work)
         print(f"seed {seed}: " + ", ".join(f"{n} {r['miou']:.3f}" for n, r in per_seed[seed].items()), flush=True)
     rows = summarize(per_seed, oracle_ceiling(args, work))
     for name, row in rows.items():
         print(f"{name:>18} " + " ".join(f"{s} {v[0]:.3f} ± {v[1]:.3f}" for s, v in row.items()))
     meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": sys.argv}
     if args.out:
-        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows, "per_seed": per_seed}, indent=2) + "\n")
+        Path(args.out).write_text(
+            json.dumps({"meta": meta, "rows": rows, "per_seed": per_seed, "pretext": pretexts}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -40,5 +40,5 @@ def test_every_row_runs_end_to_end(tmp_path):
     log = tmp_path / "w" / "bench.log"
     assert done.returncode == 0, done.stderr[-2000:] + (log.read_text()[-3000:] if log.exists() else "")
     rows = json.loads(out.read_text())["rows"]
-    assert set(rows) == {"datasetgan_k2", "k_labeled_k2", "one_member_k2", "no_filter_k2", "oracle"}
+    assert set(rows) == {"datasetgan_k2", "k_labeled_k2", "transfer_k2", "one_member_k2", "no_filter_k2", "oracle"}
     assert all(0 <= row["miou"][0] <= 1 for row in rows.values())

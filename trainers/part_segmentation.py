@@ -33,6 +33,8 @@ from .scores import class_iou, confusion
 
 __all__ = ["PartSegmentationConfig", "PartSegmentation", "fold_scores"]
 
+TASKS = ("parts", "inpaint")
+
 
 @dataclass
 class PartSegmentationEvalConfig:
@@ -58,6 +60,12 @@ class PartSegmentationConfig:
     width: int = 32
     levels: int = 3
     lr: float = 1e-3
+    task: str = "parts"
+    """``parts``; or ``inpaint``, a self-supervised pretext on unlabelled renders (a grey square
+    of each image is restored by the first three output channels), to pretrain for transfer."""
+    init_from: str = ""
+    """A ``part_segmentation`` run whose exported network starts this one (the transfer row:
+    pretrain with ``task=inpaint``, then fine-tune on the K labels)."""
     evaluation: PartSegmentationEvalConfig = field(default_factory=PartSegmentationEvalConfig)
 
     def __post_init__(self) -> None:
@@ -73,6 +81,10 @@ class PartSegmentationConfig:
         if self.width < 8 or self.width % 8 or not 1 <= self.levels <= 5:
             raise ConfigError("method.width", "width must be a multiple of 8 and levels in [1, 5]")
         check_number("method.lr", self.lr, above=0)
+        if self.task not in TASKS:
+            raise ConfigError("method.task", f"must be one of {TASKS}; got {self.task!r}")
+        if self.init_from and not (Path(self.init_from) / "models" / "segmenter.pt").is_file():
+            raise ConfigError("method.init_from", f"{self.init_from} holds no exported segmenter (models/segmenter.pt)")
 
 
 def fold_scores(counts: torch.Tensor) -> dict[str, float]:
@@ -93,21 +105,42 @@ class PartSegmentation(Method):
     name = "part_segmentation"
 
     def fields(self, role: str) -> list[str]:
-        return ["rgb.png", "seg.png"]
+        return ["rgb.png", "seg.png"] if self.config.task == "parts" else ["rgb.png"]
 
     def build(self) -> dict[str, ModelSpec]:
         cfg = self.config
-        return {"segmenter": ModelSpec(PartSegmenter(len(category.PART_NAMES), cfg.width, cfg.levels), lr=cfg.lr)}
+        segmenter = PartSegmenter(len(category.PART_NAMES), cfg.width, cfg.levels)
+        if cfg.init_from:
+            state = torch.load(Path(cfg.init_from) / "models" / "segmenter.pt", map_location="cpu", weights_only=True)
+            try:
+                segmenter.load_state_dict(state)
+            except RuntimeError as err:
+                raise ConfigError("method.init_from", f"another architecture than method.width/levels: {err}") from None
+        return {"segmenter": ModelSpec(segmenter, lr=cfg.lr)}
 
     def phases(self) -> list[Phase]:
         return [Phase("segmenter", "segmenter", ("labeled",))]
 
     def step(self, phase: Phase, batch: dict, nets: Mapping[str, nn.Module], gain: int) -> dict[str, torch.Tensor]:
         labeled = batch["labeled"]
+        if self.config.task == "inpaint":
+            return self._inpaint(nets["segmenter"], labeled["rgb"])
         logits = nets["segmenter"](labeled["rgb"])
         target = labeled["seg"].long()
         loss = F.cross_entropy(logits.float(), target)
         return {"loss": loss, "pixel_accuracy": (logits.argmax(1) == target).float().mean().detach()}
+
+    def _inpaint(self, segmenter: nn.Module, rgb: torch.Tensor, seed: int | None = None) -> dict[str, torch.Tensor]:
+        """The pretext: restore a grey square (a quarter of the side) at a random place in each image."""
+        B, _, H, W = rgb.shape
+        gen = None if seed is None else torch.Generator(device=rgb.device).manual_seed(seed)
+        top = torch.randint(0, H - H // 4 + 1, (B, 1, 1), device=rgb.device, generator=gen)
+        left = torch.randint(0, W - W // 4 + 1, (B, 1, 1), device=rgb.device, generator=gen)
+        rows, cols = torch.arange(H, device=rgb.device).view(1, H, 1), torch.arange(W, device=rgb.device).view(1, 1, W)
+        hole = ((rows >= top) & (rows < top + H // 4) & (cols >= left) & (cols < left + W // 4))[:, None].to(rgb.dtype)
+        restored = torch.sigmoid(segmenter(rgb * (1 - hole) + 0.5 * hole)[:, :3].float())
+        loss = ((restored - rgb.float()).abs() * hole).sum() / (hole.sum() * 3).clamp_min(1)
+        return {"loss": loss, "hole_l1": loss.detach()}
 
     @torch.no_grad()
     def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:
@@ -121,6 +154,13 @@ class PartSegmentation(Method):
         classes = 1 + len(category.PART_NAMES)
         counts = torch.zeros(ev.folds, classes, classes, dtype=torch.long)
         figure = None
+        if self.config.task == "inpaint":  # the pretext's own score: its hole L1 on held-out renders
+            b = sim.generate(ev.seed, 0)
+            report = {"test_images": float(len(b["rgb"])),
+                      "hole_l1": float(self._inpaint(segmenter, b["rgb"], seed=ev.seed)["hole_l1"])}  # fmt: skip
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            (Path(out_dir) / "part_segmentation_eval.json").write_text(json.dumps(report, indent=2) + "\n")
+            return report
         for index in range(math.ceil(ev.samples / ev.batch_size)):
             b = sim.generate(ev.seed, index)
             n = min(ev.batch_size, ev.samples - index * ev.batch_size)

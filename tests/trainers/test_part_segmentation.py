@@ -10,7 +10,7 @@ import torch
 
 from renderloop.cluster.launch import TrainConfig, train
 from renderloop.config import ConfigError, load_config
-from renderloop.trainers.part_segmentation import fold_scores
+from renderloop.trainers.part_segmentation import PartSegmentation, fold_scores
 
 from .helpers import evaluate, make_streams
 
@@ -45,3 +45,20 @@ def test_k_labelled_renders_train_and_are_scored_on_test_object_folds(tmp_path):
     assert (tmp_path / "run" / "eval" / "part_segmentation_eval.png").exists()
     with pytest.raises(ConfigError, match="share objects"):
         _config(tmp_path, "method.data.labeled.object_seeds=test")
+
+
+def test_the_transfer_row_pretrains_by_inpainting_then_starts_from_it(tmp_path):
+    pretext = _config(tmp_path / "pre", "method.task=inpaint", "engine.max_steps=3")
+    make_streams(pretext, samples=8)
+    train(pretext, [], command="train")
+    rows = [json.loads(line) for line in (tmp_path / "pre" / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["loss/segmenter/hole_l1"] > 0 for r in rows)
+    assert evaluate(pretext)["hole_l1"] > 0
+    exported = torch.load(tmp_path / "pre" / "run" / "models" / "segmenter.pt", weights_only=True)
+    tuned = _config(tmp_path / "tune", f"method.init_from={tmp_path / 'pre' / 'run'}")
+    start = PartSegmentation(tuned.method_config, torch.device("cpu")).build()["segmenter"].module.state_dict()
+    assert all(torch.equal(start[k], exported[k]) for k in exported)
+    with pytest.raises(ConfigError, match="method.init_from"):
+        _config(tmp_path, f"method.init_from={tmp_path / 'nowhere'}")
+    with pytest.raises(ConfigError, match="method.task"):
+        _config(tmp_path, "method.task=depth")
