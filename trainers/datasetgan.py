@@ -198,8 +198,25 @@ class DatasetGAN(Method):
         H, W = images.shape[2:]
         annotations = colour_labels(self.annotated["labels"].view(-1, H, W))
         save_png(image_grid(torch.cat([images, annotations]), columns=len(images)), out / "annotations.png")
+        self._generated_figure(out / "interpreter.pt", out / "generated.png")
         (out / "datasetgan_eval.json").write_text(json.dumps(report, indent=2) + "\n")
         return {k: v for k, v in report.items() if not isinstance(v, list)}
+
+    def _generated_figure(self, interpreter: Path, path: Path, pool: int = 40) -> None:
+        """New samples labelled by the interpreter: the 8 least uncertain of a pool (kept) above
+        its most uncertain tenth (what the source's filter drops), each over its labels."""
+        from renderloop.datasets.datasetgan import DatasetGANSource, DatasetGANSourceConfig
+        from renderloop.images import image_grid, save_png
+
+        config = DatasetGANSourceConfig(checkpoint=self.config.generator, network=self.config.network,
+                                        interpreter=str(interpreter), batch_size=pool, drop_share=0.0,
+                                        truncation_psi=self.config.truncation_psi)  # fmt: skip
+        batch = DatasetGANSource(config, self.device).generate(self.config.annotation_seed, 0)
+        order = batch["uncertainty"].argsort().cpu()
+        dropped = max(1, pool // 10)
+        chosen = torch.cat([order[:8], order[-dropped:]])
+        rgb, labels = batch["rgb"][chosen].cpu(), colour_labels(batch["seg"][chosen])
+        save_png(image_grid(torch.cat([rgb, labels]), columns=len(chosen)), path)
 
     def state_dict(self) -> dict[str, Any]:
         annotated = {k: v.cpu() for k, v in self.annotated.items()}

@@ -27,6 +27,7 @@ their true depth (a scale-invariant log-depth loss, depth in the input view).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -351,6 +352,21 @@ class GAN2Shape(Method):
         batches = [source.generate(ev.seed, i) for i in range(-(-count // ev.batch_size))]
         return {k: torch.cat([b[k].float() for b in batches])[:count].to(self.device) for k in keys}
 
+    def _turned_and_relit(self, net: Decomposition, image: torch.Tensor) -> list[torch.Tensor]:
+        """The recovered shape turned ±30° about the vertical axis, and lit from the left and the
+        right (the figure's last columns)."""
+        depth, albedo, light = net.depth(image), net.albedo(image), net.light(image)
+        n = len(image)
+        views = []
+        for yaw in (-30.0, 30.0):
+            angles = torch.tensor([0.0, math.radians(yaw), 0.0], device=image.device).expand(n, 3)
+            views.append(self._render(image, depth, albedo, light, (angles, torch.zeros_like(angles))).image)
+        front = (torch.zeros(n, 3, device=image.device), torch.zeros(n, 3, device=image.device))
+        for x in (-0.8, 0.8):
+            direction = F.normalize(torch.tensor([x, 0.0, -1.0], device=image.device), dim=0).expand(n, 3)
+            views.append(self._render(image, depth, albedo, (light[0], light[1], direction), front).canonical_image)
+        return views
+
     def _on_inversions(self, nets: Mapping[str, nn.Module], test: dict[str, torch.Tensor]) -> dict[str, float]:
         """Invert the first ``evaluation.invert`` renders into W, predict depth from G's
         reconstructions, and score it against the renders' true depth."""
@@ -420,7 +436,8 @@ class GAN2Shape(Method):
             return ((depth - lo[:, None, None]) / (hi - lo).clamp_min(1e-6)[:, None, None]).clamp(0, 1)
 
         columns = [image[:n], shade(torch.where(mask, test["depth"], test["depth"][mask].max()))[:n, None],
-                   shade(predicted.depth)[:n, None] * valid[:n, None], predicted.image[:n]]  # fmt: skip
+                   shade(predicted.depth)[:n, None] * valid[:n, None], predicted.image[:n],
+                   *self._turned_and_relit(net, image[:n])]  # fmt: skip
         grid = torch.stack([c.expand(-1, 3, -1, -1).cpu() for c in columns], 1).flatten(0, 1)
         save_png(image_grid(grid, columns=len(columns)), out / "gan2shape_eval.png")
         return report

@@ -56,6 +56,7 @@ def test_annotations_once_training_resume_and_the_labelled_source(tmp_path, asse
     assert 0 <= report["ensemble_validation_accuracy"] <= 1 and report["validation_pixels"] > 0
     saved = json.loads((tmp_path / "run" / "eval" / "datasetgan_eval.json").read_text())
     assert len(saved["member_validation_accuracy"]) == 3 and (tmp_path / "run" / "eval" / "annotations.png").exists()
+    assert (tmp_path / "run" / "eval" / "generated.png").exists()  # kept and filtered samples
 
     config = DatasetGANSourceConfig(checkpoint=assets["checkpoint"], interpreter=str(tmp_path / "run" / "eval" /
                                     "interpreter.pt"), batch_size=9, drop_share=0.25)  # fmt: skip
