@@ -5,7 +5,8 @@
 
 1. View codes: ``layer_sweep`` for k ∈ ``--ks`` (a code's azimuth spread across contents, a
    content's across codes), then the emulated annotator at ``--k`` writes the consistent codes and
-   their 30° labels (``<work>/annotation``); the oracle's calls are recorded.
+   their 30° labels (``<work>/annotation``, with ``view_codes.png``: each kept code given to the
+   same four contents); the oracle's calls are recorded.
 2. Rows, each ``renderloop run method=ganverse3d`` then ``renderloop eval`` (silhouette IoU at the
    true cameras of held-out renders, input and novel views), all for ``--steps`` (equal steps):
    A (the GAN's multi-view groups under codes of distinct, evenly spread bins; cameras learned),
@@ -46,9 +47,10 @@ def view_codes(args, work: Path) -> dict:
         return json.loads(done.read_text())
     import torch
 
+    from renderloop.images import image_grid, save_png
     from renderloop.models.stylegan2.io import load_generator
     from renderloop.trainers.oracle import Oracle
-    from renderloop.trainers.view_codes import annotate, layer_sweep, save_annotation
+    from renderloop.trainers.view_codes import annotate, code_grid, layer_sweep, save_annotation
 
     device = args.device if args.device.startswith("cuda") and torch.cuda.is_available() else "cpu"
     G = load_generator(args.generator).to(device).eval()
@@ -63,6 +65,8 @@ def view_codes(args, work: Path) -> dict:
         max_spread_deg=args.max_spread_deg,
     )
     save_annotation(codes, report, work / "annotation")
+    if len(codes):
+        save_png(image_grid(code_grid(G, codes), columns=4), work / "annotation" / "view_codes.png")
     report = {"sweep": sweep, "annotation": report, "oracle_calls": dict(oracle.calls)}
     done.write_text(json.dumps(report, indent=2) + "\n")
     return report

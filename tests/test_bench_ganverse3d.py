@@ -48,4 +48,5 @@ def test_view_codes_then_two_rows_end_to_end(tmp_path):
     report = json.loads(out.read_text())
     assert report["view_codes"]["annotation"]["kept"] == 4 and report["view_codes"]["annotation"]["oracle_calls"] == 8
     assert set(report["view_codes"]["sweep"]) == {"1", "4"} and set(report["rows"]) == {"A", "C"}
+    assert (tmp_path / "w" / "annotation" / "view_codes.png").exists()
     assert 0 <= report["rows"]["C"]["input_view_iou"][0] <= 1

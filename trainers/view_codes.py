@@ -25,7 +25,7 @@ import torch
 from renderloop.models.stylegan2.latents import ViewCodes, sample_ws
 
 __all__ = ["AZIMUTH_BINS", "circular_mean", "circular_spread_deg", "azimuth_bin", "swapped_azimuths",
-           "layer_sweep", "label_codes", "annotate", "save_annotation"]  # fmt: skip
+           "layer_sweep", "label_codes", "annotate", "save_annotation", "code_grid"]  # fmt: skip
 
 AZIMUTH_BINS = 12
 """The person's labels: azimuth bins of 30°, bin 0 centred on the front (azimuth 0)."""
@@ -116,3 +116,18 @@ def save_annotation(codes: ViewCodes, report: dict[str, Any], folder: str | Path
     codes.save(folder / "view_codes.pt")
     (folder / "view_labels.json").write_text(json.dumps(report["labels"], indent=2) + "\n")
     return folder / "view_codes.pt", folder / "view_labels.json"
+
+
+@torch.no_grad()
+def code_grid(G, codes: ViewCodes, contents: int = 4, psi: float = 0.7, seed: int = 1) -> torch.Tensor:
+    """Images ``[len(codes) × contents, 3, H, W]`` in [0, 1]: every code (a row) given to the same
+    contents (the columns), for checking the labels by eye."""
+    gen = torch.Generator().manual_seed(seed)
+    device = next(G.parameters()).device
+    ws = sample_ws(G, torch.randn(contents, G.z_dim, generator=gen).to(device), psi=psi)
+    rows = []
+    for code in codes.stack().to(device):
+        mixed = ws.clone()
+        mixed[:, : codes.view_layers] = code
+        rows.append(((G.synthesis(mixed, noise_mode="const").float() + 1) / 2).clamp(0, 1))
+    return torch.cat(rows).cpu()

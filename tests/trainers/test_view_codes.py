@@ -14,6 +14,7 @@ from renderloop.trainers.view_codes import (
     azimuth_bin,
     circular_mean,
     circular_spread_deg,
+    code_grid,
     label_codes,
     layer_sweep,
     swapped_azimuths,
@@ -73,5 +74,8 @@ def test_the_annotator_keeps_consistent_codes_and_labels_them_with_bins_only():
     for name, label in report["labels"].items():
         assert name.startswith(f"az{label * 30:03d}_") and 0 <= label < 12
         assert codes.stack([name]).shape == (1, G.num_ws, 8)
+    grid = code_grid(G, codes, contents=2)
+    assert grid.shape == (12, 3, 16, 16)  # six codes (rows) × two contents (columns)
+    assert torch.equal(grid[0], grid[1]) and not torch.equal(grid[0], grid[2])  # all styles from the code
     _, strict = annotate(G, Annotator(), k=1, candidates=6, samples_per_code=3, max_spread_deg=1e-3)
     assert strict["kept"] < 6  # with one style from the code, the contents disagree
