@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
-import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.commands import renderloop
+from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95
 
 SCORES = ("miou", "miou_with_background")
@@ -140,13 +138,9 @@ def main() -> None:
         per_seed[seed], pretexts[seed] = rows_for(args, seed, work)
         print(f"seed {seed}: " + ", ".join(f"{n} {r['miou']:.3f}" for n, r in per_seed[seed].items()), flush=True)
     rows = summarize(per_seed, oracle_ceiling(args, work))
-    for name, row in rows.items():
-        print(f"{name:>18} " + " ".join(f"{s} {v[0]:.3f} ± {v[1]:.3f}" for s, v in row.items()))
-    meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": sys.argv}
+    print_rows(rows)
     if args.out:
-        Path(args.out).write_text(
-            json.dumps({"meta": meta, "rows": rows, "per_seed": per_seed, "pretext": pretexts}, indent=2) + "\n"
-        )
+        write_report(args.out, rows=rows, per_seed=per_seed, pretext=pretexts)
 
 
 if __name__ == "__main__":

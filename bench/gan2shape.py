@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95, welch_difference
 
 VARIANTS = {
@@ -127,12 +126,10 @@ def main() -> None:
             row = _row(r["variant"])
             print(f"{r['variant']:>14} seed {r['seed']}: SIDE {r['scores'][f'{row}/side']:.3f} "
                   f"MAD {r['scores'][f'{row}/mad']:.2f}", flush=True)  # fmt: skip
-    meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": sys.argv}
-    report = {"meta": meta, "rows": summarize(runs), "gan2shape_minus_unsup3d": compare(runs), "runs": runs}
-    for name, row in report["rows"].items():
-        print(f"{name:>14} " + " ".join(f"{s} {v[0]:.3f} ± {v[1]:.3f}" for s, v in row.items()))
+    rows = summarize(runs)
+    print_rows(rows)
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        write_report(args.out, rows=rows, gan2shape_minus_unsup3d=compare(runs), runs=runs)
 
 
 if __name__ == "__main__":

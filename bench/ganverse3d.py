@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.commands import renderloop
+from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95
 
 SCORES = ("input_view_iou", "novel_view_iou")
@@ -186,13 +184,9 @@ def main() -> None:
         views = 1 if row == "C" else args.views
         runs[row] = [one_run(args, row, seed, work, views) for seed in args.seeds]
     rows = summarize(runs)
-    for name, row in rows.items():
-        print(f"{name:>16} " + " ".join(f"{s} {v[0]:.3f} ± {v[1]:.3f}" for s, v in row.items()))
-    meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": sys.argv}
+    print_rows(rows)
     if args.out:
-        Path(args.out).write_text(
-            json.dumps({"meta": meta, "view_codes": codes, "rows": rows, "runs": runs}, indent=2) + "\n"
-        )
+        write_report(args.out, view_codes=codes, rows=rows, runs=runs)
 
 
 if __name__ == "__main__":
