@@ -17,7 +17,8 @@ next view of the same content
 oracle segmenter's features (the declared offline substitute for ImageNet features).
 ``renderloop eval`` scores silhouettes on held-out renders at their true cameras (the input view
 and novel views of the same object) and the shape against the object's true mesh
-(``mesh_scores``: scale-normalized Chamfer distance and F-score).
+(``mesh_scores``: scale-normalized Chamfer distance and F-score); on held-out GAN groups, the
+silhouettes against the oracle's masks and each code's learned azimuth against the oracle's.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from .gan_quality import one_object
 from .mesh_scores import chamfer_fscore, normalized, sample_surface
 from .method import Method, ModelSpec, Phase
 from .oracle import Oracle
-from .view_codes import AZIMUTH_BINS
+from .view_codes import AZIMUTH_BINS, circular_mean
 
 __all__ = ["GANverse3DConfig", "GANverse3D", "ViewCameras"]
 
@@ -58,13 +59,16 @@ class GANverse3DEvalConfig:
     novel_views: int = 4
     batch_size: int = 20
     seed: int = 0
+    gan_groups: int = 32
+    """Held-out GAN groups (a producer seed no run uses) scored against the oracle's masks and
+    viewpoints: silhouette IoU in every view, and each view code's camera error."""
     shape_points: int = 2000
     """Surface samples per mesh for Chamfer distance and F-score (both scale-normalized)."""
     fscore_tau: float = 0.05
     """F-score threshold, as a share of the bounding-box diagonal."""
 
     def __post_init__(self) -> None:
-        for key in ("samples", "novel_views", "batch_size", "shape_points"):
+        for key in ("samples", "novel_views", "batch_size", "shape_points", "gan_groups"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"method.evaluation.{key}", f"must be >= 1; got {getattr(self, key)}")
         check_number("method.evaluation.fscore_tau", self.fscore_tau, above=0)
@@ -262,6 +266,25 @@ class GANverse3D(Method):
         return {"loss": total + shape, "shape": shape.detach(), **losses}
 
     @torch.no_grad()
+    def _gan_scores(self, model: GANverse3DModel) -> dict[str, Any]:
+        from renderloop.datasets.stylegan2 import StyleGAN2Source
+
+        V, groups = self.source.views, self.config.evaluation.gan_groups
+        b = StyleGAN2Source(replace(self.source, batch_size=V * groups), self.device).generate(HELD_OUT_GAN_SEED, 0)
+        rgb, view = b["rgb"], b["view"].long()
+        mask = self.oracle.mask(rgb)
+        verts, tex = model.net(rgb[::V])
+        verts, tex = verts.repeat_interleave(V, 0), tex.repeat_interleave(V, 0)
+        R, t = model.cameras(view)
+        res = rgb.shape[-1]
+        out = render_textured(verts, model.net.faces, model.net.template, tex, R, t, self._K(len(rgb), res), (res, res))
+        azimuth, _ = self.oracle.viewpoint(rgb)
+        seen = circular_mean(azimuth.view(groups, V), dim=0)  # each code's azimuth as the oracle sees it
+        error = _angle_deg(model.cameras.azimuth[view[:V]], seen)
+        return {"gan_view_iou": float(_iou(out.mask, mask).mean()), "camera_error_deg": float(error.mean()),
+                "camera_error_per_code_deg": [round(float(e), 1) for e in error]}  # fmt: skip
+
+    @torch.no_grad()
     def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:
         from renderloop.images import image_grid, save_png
 
@@ -305,13 +328,23 @@ class GANverse3D(Method):
             "camera_elevation_deg": [round(float(e), 1) for e in torch.rad2deg(model.cameras.elevation)],
             "camera_distance": [round(float(d), 3) for d in model.cameras.log_distance.exp()],
             "labelled_azimuth_deg": [int(b) * 360 // AZIMUTH_BINS for b in self.bins],
-            "oracle_calls": dict(self.oracle.calls),
         }
+        if not self.exact:
+            report |= self._gan_scores(model)
+        report["oracle_calls"] = dict(self.oracle.calls)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         save_png(image_grid(figure, columns=len(figure) // 3), out / "ganverse3d_eval.png")
         (out / "ganverse3d_eval.json").write_text(json.dumps(report, indent=2) + "\n")
         return {k: v for k, v in report.items() if isinstance(v, float)}
+
+
+HELD_OUT_GAN_SEED = 2**31 - 1
+"""The producer seed of the GAN groups the evaluation draws (producers count up from 0)."""
+
+
+def _angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.rad2deg(((a - b + math.pi) % (2 * math.pi) - math.pi).abs())
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

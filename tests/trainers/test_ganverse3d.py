@@ -40,6 +40,7 @@ def _config(tmp_path, assets, *overrides: str) -> TrainConfig:
          "engine.data.batch_size=4", "method.subdivisions=1", "method.texture_size=8", "method.width=8",
          "method.zdim=16", "method.warmup_steps=1", "method.min_area=0", "method.renders.subdivisions=2",
          "method.evaluation.samples=4", "method.evaluation.novel_views=2", "method.evaluation.batch_size=6",
+         "method.evaluation.gan_groups=3",
          f"storage.root={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}", "samples_per_shard=4", "device=cpu",
          *overrides],
         TrainConfig,
@@ -66,6 +67,7 @@ def test_groups_train_the_network_and_the_cameras_and_are_scored_in_true_views(t
     report = evaluate(cfg)
     assert report["test_objects"] == 4 and 0 <= report["input_view_iou"] <= 1 and 0 <= report["novel_view_iou"] <= 1
     assert report["chamfer"] > 0 and 0 <= report["fscore@0.05"] <= 1
+    assert 0 <= report["gan_view_iou"] <= 1 and 0 <= report["camera_error_deg"] <= 180  # held-out GAN groups
     saved = json.loads((tmp_path / "run" / "eval" / "ganverse3d_eval.json").read_text())
     assert len(saved["camera_azimuth_deg"]) == 2 and (tmp_path / "run" / "eval" / "ganverse3d_eval.png").exists()
 
