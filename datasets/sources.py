@@ -22,7 +22,7 @@ from .mocap import Mocap, MocapConfig
 from .simulator import Simulator, SimulatorConfig
 from .stylegan2 import StyleGAN2Source, StyleGAN2SourceConfig
 
-__all__ = ["SOURCES", "source_config", "build_source"]
+__all__ = ["SOURCES", "source_config", "build_source", "image_size"]
 
 SOURCES = Registry(
     "source.name",
@@ -47,3 +47,13 @@ def source_config(node: Any) -> tuple[str, Any]:
 def build_source(name: str, config: Any, device: torch.device | str = "cpu"):
     """Build the source ``name`` from its validated ``config`` (once per process or actor)."""
     return SOURCES.entry(name).cls(config, device)
+
+
+def image_size(config: Any) -> int:
+    """The side of a source's images: its ``resolution``, or, where that is 0 or absent (a GAN
+    source), its generator's."""
+    if getattr(config, "resolution", 0):
+        return config.resolution
+    from renderloop.models.stylegan2.io import load_generator
+
+    return load_generator(config.checkpoint, config.network).img_resolution

@@ -13,7 +13,7 @@ import torch
 
 from renderloop.renderers.depth_map import depth_to_normals
 
-__all__ = ["side", "mad"]
+__all__ = ["side", "mad", "log_depth_variance"]
 
 
 def _check(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -26,13 +26,19 @@ def _check(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor) -> torch.
     return valid
 
 
+def log_depth_variance(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per image ``[B]``: the variance of ``log pred - log true`` over ``mask`` (SIDE², differentiable
+    in ``pred``: the supervised ceiling's loss)."""
+    m = mask.float()
+    diff = (pred.clamp_min(1e-8).log() - true.clamp_min(1e-8).log()) * m
+    n = m.sum((1, 2)).clamp_min(1)
+    centred = (diff - (diff.sum((1, 2)) / n).view(-1, 1, 1)) * m
+    return centred.square().sum((1, 2)) / n
+
+
 def side(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Scale-invariant depth error per image ``[B]`` (not yet ×10²) over ``mask [B, H, W]``."""
-    valid = _check(pred, true, mask).float()
-    diff = (pred.clamp_min(1e-8).log() - true.clamp_min(1e-8).log()) * valid
-    n = valid.sum((1, 2))
-    centred = (diff - (diff.sum((1, 2)) / n).view(-1, 1, 1)) * valid
-    return (centred.square().sum((1, 2)) / n).sqrt()
+    return log_depth_variance(pred, true, _check(pred, true, mask)).sqrt()
 
 
 def mad(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor, K_pred: torch.Tensor,

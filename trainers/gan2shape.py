@@ -40,13 +40,13 @@ from torch import nn
 
 from renderloop.config import ConfigError, check_number, check_roles
 from renderloop.datasets import category
-from renderloop.datasets.sources import build_source, source_config
+from renderloop.datasets.sources import build_source, image_size, source_config
 from renderloop.models.decomposition import Decomposition, Encoder, ellipsoid_depth
 from renderloop.models.stylegan2.io import load_generator
 from renderloop.renderers.cameras import fov_intrinsics
 from renderloop.renderers.depth_map import DepthRender, render_depth_map, view_about_pivot
 
-from .depth_scores import mad, side
+from .depth_scores import log_depth_variance, mad, side
 from .method import Method, ModelSpec, Phase
 from .oracle import Oracle
 
@@ -159,16 +159,6 @@ class GAN2ShapeConfig:
         return self.init_steps + sum(self.first_round) + (self.rounds - 1) * sum(self.later_rounds)
 
 
-def _log_depth_variance(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over images of the variance of ``log pred - log true`` over the mask: SIDE², the
-    supervised ceiling's loss (scale-invariant, as the depth of a single image is)."""
-    m = mask.float()
-    diff = (pred.clamp_min(1e-6).log() - true.clamp_min(1e-6).log()) * m
-    n = m.sum((1, 2)).clamp_min(1)
-    centred = (diff - (diff.sum((1, 2)) / n)[:, None, None]) * m
-    return (centred.square().sum((1, 2)) / n).mean()
-
-
 def _smoothness(depth: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of neighbouring depths (total variation)."""
     return (depth[:, 1:] - depth[:, :-1]).abs().mean() + (depth[:, :, 1:] - depth[:, :, :-1]).abs().mean()
@@ -183,8 +173,6 @@ class GAN2Shape(Method):
         super().__init__(config, device)
         self.source = source_config(config.data["images"])[1]
         self.oracle = Oracle.load(config.oracle_run, str(device))
-        for net in (self.oracle.segmenter, self.oracle.viewpoint_net):
-            net.requires_grad_(False)
 
     @classmethod
     def check_engine(cls, config: GAN2ShapeConfig, engine: Any) -> None:
@@ -205,7 +193,7 @@ class GAN2Shape(Method):
 
     @cached_property
     def resolution(self) -> int:
-        return self.source.resolution if self.config.mode == "supervised" else self._generator().img_resolution
+        return image_size(self.source)
 
     def build(self) -> dict[str, ModelSpec]:
         cfg = self.config
@@ -290,8 +278,11 @@ class GAN2Shape(Method):
         cfg, net = self.config, nets["net"]
         if phase.name == "depth":
             renders = batch["images"]
-            loss = _log_depth_variance(net.depth(renders["rgb"].float()), renders["depth"].float(), renders["seg"] > 0)
-            return {"loss": loss, "side": loss.detach().sqrt()}
+            variance = log_depth_variance(
+                net.depth(renders["rgb"].float()), renders["depth"].float(), renders["seg"] > 0
+            )
+            loss = variance.mean()  # SIDE²: scale-invariant, as the depth of a single image is
+            return {"loss": loss, "side": variance.detach().sqrt().mean()}
         image, w = batch["images"]["rgb"].float(), batch["images"].get("latent")
         if phase.name == "init":
             if cfg.prior == "ellipsoid":

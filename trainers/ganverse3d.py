@@ -36,7 +36,7 @@ from torch import nn
 from renderloop.config import ConfigError, check_number, check_roles
 from renderloop.datasets import category
 from renderloop.datasets.simulator import Simulator
-from renderloop.datasets.sources import source_config
+from renderloop.datasets.sources import image_size, source_config
 from renderloop.models.inverse_graphics import InverseGraphicsNet
 from renderloop.models.stylegan2.latents import ViewCodes
 from renderloop.renderers.cameras import fov_intrinsics, orbit_camera
@@ -47,6 +47,7 @@ from .gan_quality import one_object
 from .mesh_scores import chamfer_fscore, normalized, sample_surface
 from .method import Method, ModelSpec, Phase
 from .oracle import Oracle
+from .scores import angle_error_deg
 from .view_codes import AZIMUTH_BINS, circular_mean
 
 __all__ = ["GANverse3DConfig", "GANverse3D", "ViewCameras"]
@@ -176,8 +177,6 @@ class GANverse3D(Method):
                 raise ConfigError("method.view_labels", f"labels no azimuth bin for the view codes {missing}")
             self.bins = torch.tensor([int(labels[n]) for n in view_names])
         self.oracle = Oracle.load(config.oracle_run, str(device))
-        for net in (self.oracle.segmenter, self.oracle.viewpoint_net):
-            net.requires_grad_(False)
 
     @classmethod
     def check_engine(cls, config: GANverse3DConfig, engine: Any) -> None:
@@ -199,7 +198,7 @@ class GANverse3D(Method):
 
     def build(self) -> dict[str, ModelSpec]:
         cfg = self.config
-        res = self.source.resolution or _generator_resolution(self.source)
+        res = image_size(self.source)
         sphere = icosphere(cfg.subdivisions)
         net = InverseGraphicsNet(res, sphere.verts, sphere.faces, max_offset=cfg.max_offset,
                                  texture_size=cfg.texture_size, width=cfg.width, zdim=cfg.zdim)  # fmt: skip
@@ -280,7 +279,7 @@ class GANverse3D(Method):
         out = render_textured(verts, model.net.faces, model.net.template, tex, R, t, self._K(len(rgb), res), (res, res))
         azimuth, _ = self.oracle.viewpoint(rgb)
         seen = circular_mean(azimuth.view(groups, V), dim=0)  # each code's azimuth as the oracle sees it
-        error = _angle_deg(model.cameras.azimuth[view[:V]], seen)
+        error = angle_error_deg(model.cameras.azimuth[view[:V]], seen)
         return {"gan_view_iou": float(_iou(out.mask, mask).mean()), "camera_error_deg": float(error.mean()),
                 "camera_error_per_code_deg": [round(float(e), 1) for e in error]}  # fmt: skip
 
@@ -291,7 +290,7 @@ class GANverse3D(Method):
         ev, model = self.config.evaluation, nets["model"]
         V = 1 + ev.novel_views
         _, renders = source_config(self.config.renders)
-        res = self.source.resolution or _generator_resolution(self.source)
+        res = image_size(self.source)
         objects = max(1, ev.batch_size // V)
         sim = Simulator(replace(category.held_out(renders), resolution=res, views=V, batch_size=objects * V),
                         self.device)  # fmt: skip
@@ -343,16 +342,6 @@ HELD_OUT_GAN_SEED = 2**31 - 1
 """The producer seed of the GAN groups the evaluation draws (producers count up from 0)."""
 
 
-def _angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.rad2deg(((a - b + math.pi) % (2 * math.pi) - math.pi).abs())
-
-
 def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     inter, union = (a & b).flatten(1).sum(1), (a | b).flatten(1).sum(1)
     return inter.float() / union.clamp_min(1).float()
-
-
-def _generator_resolution(source) -> int:
-    from renderloop.models.stylegan2.io import load_generator
-
-    return load_generator(source.checkpoint, source.network).img_resolution

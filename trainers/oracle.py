@@ -194,7 +194,9 @@ class Oracle:
     """
 
     def __init__(self, segmenter: nn.Module, viewpoint: nn.Module, device, budget: int | None = None) -> None:
-        self.segmenter, self.viewpoint_net = segmenter.to(device).eval(), viewpoint.to(device).eval()
+        # Frozen: methods take gradients through the oracle's features, never into its weights.
+        self.segmenter = segmenter.to(device).eval().requires_grad_(False)
+        self.viewpoint_net = viewpoint.to(device).eval().requires_grad_(False)
         self.device, self.budget = torch.device(device), budget
         self.calls = {"segment": 0, "viewpoint": 0}
 

@@ -24,7 +24,7 @@ from torch import nn
 from renderloop.config import ConfigError, check_number, check_roles
 from renderloop.datasets import category
 from renderloop.datasets.simulator import Simulator
-from renderloop.datasets.sources import source_config
+from renderloop.datasets.sources import image_size, source_config
 from renderloop.models.oracles import PartSegmenter
 
 from .method import Method, ModelSpec, Phase
@@ -147,7 +147,7 @@ class PartSegmentation(Method):
         from renderloop.images import image_grid, save_png
 
         ev, segmenter = self.config.evaluation, nets["segmenter"]
-        resolution = _resolution(source_config(self.config.data["labeled"])[1])
+        resolution = image_size(source_config(self.config.data["labeled"])[1])
         renders = replace(category.held_out(source_config(ev.renders)[1]), resolution=resolution,
                           batch_size=ev.batch_size)  # fmt: skip
         sim = Simulator(renders, self.device)
@@ -178,12 +178,3 @@ class PartSegmentation(Method):
         save_png(image_grid(figure, columns=len(figure) // 3), out / "part_segmentation_eval.png")
         (out / "part_segmentation_eval.json").write_text(json.dumps(report, indent=2) + "\n")
         return report
-
-
-def _resolution(source: Any) -> int:
-    """The training images' size: the source's ``resolution``, else its generator's."""
-    if getattr(source, "resolution", 0):
-        return source.resolution
-    from renderloop.models.stylegan2.io import load_generator
-
-    return load_generator(source.checkpoint, source.network).img_resolution
