@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.commands import renderloop
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95, welch_difference
 
@@ -64,12 +63,7 @@ def one_run(variant: str, seed: int, args, work: Path) -> dict:
     times = {}
     for command in ("run", "eval"):
         start = time.monotonic()
-        log = work / f"{tag}-{command}.log"
-        with open(log, "w") as out:
-            proc = subprocess.run([sys.executable, "-m", "renderloop.cli", command, *common], stdout=out,
-                                  stderr=subprocess.STDOUT, check=False)  # fmt: skip
-        if proc.returncode:
-            raise SystemExit(f"{tag}: renderloop {command} failed ({proc.returncode}); see {log}")
+        renderloop(command, *common, log=work / f"{tag}-{command}.log")
         times[f"{command}_seconds"] = time.monotonic() - start
     report = json.loads((work / tag / "run" / "eval" / "gan2shape_eval.json").read_text())
     run = {"variant": variant, "seed": seed, **times, "scores": report}
