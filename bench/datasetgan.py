@@ -58,9 +58,10 @@ def segmenter(args, row: str, seed: int, work: Path, data: list[str], closed_sam
               "engine.progress=false", *data, *args.segmenter_set]  # fmt: skip
     log = work / "bench.log"
     if closed_samples:
+        per_shard = max(1, closed_samples // 8)  # shards enough for every reader slot
         labeled = [o.replace("method.data.labeled.", "source.") for o in data if o.startswith("method.data.labeled.")]
         generate = ["source=simulator_vehicle", *labeled, f"num_samples={closed_samples}",
-                    f"source.batch_size={closed_samples}", f"samples_per_shard={closed_samples}",
+                    f"source.batch_size={per_shard}", f"samples_per_shard={per_shard}",
                     f"storage.root={run / 'data'}", "storage.stream=part_segmentation-labeled",
                     f"device={args.device}", f"seed={seed}"]  # fmt: skip
         renderloop("generate", *generate, log=log)

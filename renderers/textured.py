@@ -38,12 +38,21 @@ def render_textured(verts, faces, template, tex, R, t, K, resolution: tuple[int,
     clip = camera_to_clip(world_to_camera(verts, R, t), K, resolution)
     frags = rasterize(clip, faces, resolution, ctx=ctx)
     direction = F.normalize(interpolate(template.expand(len(verts), -1, -1), frags), dim=-1, eps=1e-8)
-    u = torch.atan2(direction[..., 0], direction[..., 2]) / (2 * math.pi) + 0.5  # longitude around +y
-    v = torch.acos(direction[..., 1].clamp(-1, 1)) / math.pi  # 0 at the top
-    image = texture(tex.permute(0, 2, 3, 1), torch.stack([u, v], -1)).permute(0, 3, 1, 2)
+    image = texture(tex.permute(0, 2, 3, 1), sphere_uv(direction)).permute(0, 3, 1, 2)
     mask = frags.mask
     soft = soft_silhouette(clip, faces, resolution, sigma=sigma, ctx=ctx)
     return TexturedRender(image * mask[:, None].to(image.dtype), mask, soft)
+
+
+def sphere_uv(direction: torch.Tensor) -> torch.Tensor:
+    """Texture coordinates ``[..., 2]`` of unit directions: longitude around +y, then 0 at the top.
+    Near the poles, where longitude is undefined and the derivatives of atan2 and acos blow up,
+    the coordinates stay finite and carry bounded gradients."""
+    x, y, z = direction.unbind(-1)
+    pole = x.square() + z.square() < 1e-12
+    u = torch.atan2(torch.where(pole, 0.0, x), torch.where(pole, 1.0, z)) / (2 * math.pi) + 0.5
+    v = torch.acos(y.clamp(-1 + 1e-6, 1 - 1e-6)) / math.pi
+    return torch.stack([u, v], -1)
 
 
 def edge_pairs(faces: torch.Tensor) -> torch.Tensor:

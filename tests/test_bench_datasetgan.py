@@ -27,9 +27,10 @@ def test_every_row_runs_end_to_end(tmp_path):
     (gate / "gan" / "eval").mkdir(parents=True)
     (gate / "gan" / "eval" / "generator.pt").write_bytes((gate / "generator.pt").read_bytes())
     assert assets["oracle"] == str(gate / "oracle")
+    # two reader slots, as on a GPU: closed sets must come in enough shards
     tiny_seg = ["engine=debug", "method.width=8", "method.levels=2", "method.evaluation.samples=4",
                 "method.evaluation.folds=2", "method.evaluation.batch_size=4", "method.data.labeled.batch_size=2",
-                "samples_per_shard=2"]  # fmt: skip
+                "samples_per_shard=2", "engine.data.num_workers=2"]  # fmt: skip
     tiny_interp = ["engine=debug", "method.members=2", "method.pixels=64", "method.validate_every=1"]
     out = tmp_path / "dg.json"
     done = subprocess.run([sys.executable, "-m", "bench.datasetgan", "--gate", str(gate), "--resolution", "16",

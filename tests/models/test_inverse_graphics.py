@@ -11,7 +11,14 @@ import torch
 from renderloop.models.inverse_graphics import InverseGraphicsNet
 from renderloop.renderers.cameras import fov_intrinsics, orbit_camera
 from renderloop.renderers.meshes import icosphere
-from renderloop.renderers.textured import edge_pairs, flatten_loss, laplacian_loss, neighbouring_faces, render_textured
+from renderloop.renderers.textured import (
+    edge_pairs,
+    flatten_loss,
+    laplacian_loss,
+    neighbouring_faces,
+    render_textured,
+    sphere_uv,
+)
 
 S = 64
 
@@ -35,6 +42,16 @@ def test_the_template_sphere_projects_to_its_disk_with_the_texture_colour():
     inside = out.image[0][:, out.mask[0]]
     assert torch.allclose(inside, colour[0, :, 0, 0, None], atol=1e-5)
     assert (out.soft >= out.mask.float() - 1e-6).all() and out.soft.max() <= 1
+
+
+def test_sphere_uv_knows_its_answers_and_stays_finite_at_the_poles():
+    d = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, -1.0, 0.0], [1e-9, 1.0, 0.0]])
+    d.requires_grad_(True)
+    uv = sphere_uv(d)
+    assert uv[:2].flatten().tolist() == pytest.approx([0.5, 0.5, 0.75, 0.5])  # +z: mid-map; +x: a quarter on
+    assert uv[2, 1].item() == pytest.approx(0.0, abs=1e-3) and uv[3, 1].item() == pytest.approx(1.0, abs=1e-3)
+    uv.sum().backward()
+    assert torch.isfinite(d.grad).all() and d.grad.abs().max() < 1e4
 
 
 def test_shape_regularizers_know_their_answers():
