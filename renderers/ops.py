@@ -34,6 +34,10 @@ __all__ = [
     "gather_faces",
     "texture",
     "soft_silhouette",
+    "drawable_faces",
+    "checked_faces",
+    "empty_fragments",
+    "camera_depth",
 ]
 
 # Candidate (face, pixel) pairs processed at once; bounds peak memory (~100 bytes a pair).
@@ -109,6 +113,14 @@ def _check_mesh(op: str, clip_pos: torch.Tensor, faces: torch.Tensor, dims: int)
             raise ValueError(f"{op}(): clip_pos must be finite; got NaN or infinity")
 
     return faces, (values, raise_if_bad)
+
+
+def checked_faces(op: str, clip_pos: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """The mesh checks of :func:`rasterize` run at once (one host sync); faces as int64 ``[B, F, 3]``.
+    For backends that hand the mesh to another library."""
+    faces, (values, raise_if_bad) = _check_mesh(op, clip_pos, faces, 4)
+    raise_if_bad(values.tolist())
+    return faces
 
 
 def _edge_terms(faces: torch.Tensor, xy: torch.Tensor):
@@ -277,6 +289,28 @@ def make_context(*, compile: bool = False) -> RasterContext:
 _EAGER = RasterContext()
 
 
+def _screen_area(xy: torch.Tensor) -> torch.Tensor:
+    """Twice the signed pixel-space area of triangles ``[..., 3, 2]``; > 0: clockwise as seen (a back face)."""
+    d01, d02 = xy[..., 1, :] - xy[..., 0, :], xy[..., 2, :] - xy[..., 0, :]
+    return d01[..., 0] * d02[..., 1] - d01[..., 1] * d02[..., 0]
+
+
+def _drawn(area: torch.Tensor, cull_backfaces: bool) -> torch.Tensor:
+    return (area < 0) if cull_backfaces else (area != 0)
+
+
+@torch.no_grad()
+def drawable_faces(
+    clip_pos: torch.Tensor, faces: torch.Tensor, resolution: tuple[int, int], cull_backfaces: bool = False
+) -> torch.Tensor:
+    """``[B, F]`` bool: the faces :func:`rasterize` draws (not padding, not degenerate on screen,
+    wholly in front of the near plane, and front-facing if ``cull_backfaces``). Other
+    rasterizers are given only these, so every backend culls alike. ``faces`` as returned by
+    the mesh checks: int64 ``[B, F, 3]``."""
+    xy, _, valid = screen_triangles(clip_pos, faces, resolution)
+    return valid & _drawn(_screen_area(xy), cull_backfaces)
+
+
 @torch.no_grad()
 def _visible_faces(
     clip_pos: torch.Tensor,
@@ -292,11 +326,8 @@ def _visible_faces(
     H, W = resolution
     xy, w, valid = screen_triangles(clip_pos, faces, resolution)
     origin, direction, sign = _edge_terms(faces, xy)
-    d01, d02 = xy[..., 1, :] - xy[..., 0, :], xy[..., 2, :] - xy[..., 0, :]
-    area = d01[..., 0] * d02[..., 1] - d01[..., 1] * d02[..., 0]  # > 0: clockwise as seen (back face)
-    valid &= area != 0
-    if cull_backfaces:
-        valid &= area < 0
+    area = _screen_area(xy)
+    valid &= _drawn(area, cull_backfaces)
     orient = torch.sign(area).unsqueeze(-1) * sign  # maps canonical edge values to "inside > 0"
     oriented = direction * orient.unsqueeze(-1)
     # Tie rule for a centre exactly on an edge: the symbolic shift (-1, -eps) of the sample point.
@@ -356,6 +387,26 @@ def rasterize(
     bary, depth = ctx.fragment_math(clip_pos, faces, face_id)
     B = face_id.shape[0]
     return Fragments(face_id, bary.view(B, H, W, 3), depth.view(B, H, W), faces, clip_pos.shape[1])
+
+
+def empty_fragments(clip_pos: torch.Tensor, faces: torch.Tensor, resolution: tuple[int, int]) -> Fragments:
+    """Fragments of an image no face covers (``faces`` as int64 ``[B, F, 3]``)."""
+    B, (H, W) = len(clip_pos), resolution
+    face_id = torch.full((B, H, W), -1, dtype=torch.int64, device=clip_pos.device)
+    zeros = clip_pos.new_zeros(B, H, W, 3) * clip_pos.sum()  # keeps the graph: zero gradients, not none
+    return Fragments(face_id, zeros, zeros[..., 0], faces, clip_pos.shape[1])
+
+
+def camera_depth(
+    clip_pos: torch.Tensor, faces: torch.Tensor, face_id: torch.Tensor, bary: torch.Tensor
+) -> torch.Tensor:
+    """``[B, H, W]`` camera depth of each pixel from its face and perspective-correct barycentrics
+    (camera depth, the clip ``w``, is linear in camera space); for backends whose library
+    returns barycentrics only."""
+    B = len(clip_pos)
+    corner = faces[torch.arange(B, device=faces.device).view(B, 1, 1), face_id.clamp(min=0)]  # [B, H, W, 3]
+    w = torch.gather(clip_pos[..., 3], 1, corner.view(B, -1)).view(corner.shape)
+    return (bary * w.to(bary.dtype)).sum(-1)
 
 
 def interpolate(attr: torch.Tensor, fragments: Fragments) -> torch.Tensor:
