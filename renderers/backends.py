@@ -20,7 +20,7 @@ import torch
 
 from . import ops
 
-__all__ = ["RasterBackend", "library_backend", "register_backend", "get_backend", "backend_report"]
+__all__ = ["RasterBackend", "library_backend", "register_backend", "get_backend", "config_backend", "backend_report"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,16 @@ def get_backend(name: str) -> RasterBackend:
     except KeyError:
         known = sorted({*_REGISTRY, *_ADAPTERS})
         raise ValueError(f"get_backend(): unknown renderer backend {name!r}; known: {known}") from None
+
+
+def config_backend(key: str, name: str) -> RasterBackend:
+    """:func:`get_backend` for a config key: an unknown or missing backend is a ``ConfigError``."""
+    from renderloop.config import ConfigError
+
+    try:
+        return get_backend(name)
+    except ValueError as err:
+        raise ConfigError(key, str(err)) from None
 
 
 def backend_report() -> dict[str, str]:

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 
 from renderloop.checks import check_shape
 
+from .backends import RasterBackend, get_backend
 from .cameras import camera_to_clip, pixel_grid, pixel_to_camera
-from .ops import interpolate, rasterize, texture
+from .ops import interpolate, texture
 from .shading import lambertian
 
 __all__ = [
@@ -102,13 +103,19 @@ def view_about_pivot(
 
 
 def reproject(
-    image: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor
+    image: torch.Tensor,
+    depth: torch.Tensor,
+    K: torch.Tensor,
+    R: torch.Tensor,
+    t: torch.Tensor,
+    backend: RasterBackend | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Re-project a canonical ``image [B, C, H, W]`` with ``depth [B, H, W]`` into the view ``(R, t)``.
 
     The depth map becomes a grid mesh, moved by ``x' = R x + t`` and rasterized with the same
-    intrinsics ``K``; each covered pixel samples the canonical image where its surface point
-    came from. Differentiable w.r.t. ``image``, ``depth``, ``R`` and ``t``.
+    intrinsics ``K`` (by ``backend``, ours by default); each covered pixel samples the canonical
+    image where its surface point came from. Differentiable w.r.t. ``image``, ``depth``, ``R``
+    and ``t``.
 
     Returns:
         ``(image [B, C, H, W], mask [B, 1, H, W], depth [B, H, W])`` in the new view.
@@ -122,6 +129,7 @@ def reproject(
     uv = pixel_grid(H + 2, W + 2, dtype=depth.dtype, device=depth.device) - 1  # centres of pixels -1 .. W
     points = pixel_to_camera(uv.expand(B, H + 2, W + 2, 2), padded, K).reshape(B, -1, 3) @ R.transpose(1, 2)
     points = points + t.unsqueeze(1)
+    rasterize = (backend or get_backend("torch")).rasterize
     frags = rasterize(camera_to_clip(points, K, (H, W)), grid_faces(H + 2, W + 2, device=depth.device), (H, W))
     canonical_uv = uv.view(-1, 2) / depth.new_tensor([W, H])
     uv = interpolate(canonical_uv, frags)  # (B, H, W, 2): where each pixel's surface point started
@@ -139,6 +147,7 @@ def render_depth_map(
     t: torch.Tensor,
     ambient: torch.Tensor | float = 0.3,
     diffuse: torch.Tensor | float = 0.7,
+    backend: RasterBackend | None = None,
 ) -> DepthRender:
     """Shade a canonical depth map and albedo, then re-project into the view ``(R, t)``.
 
@@ -149,6 +158,7 @@ def render_depth_map(
         K: ``[B, 3, 3]`` intrinsics shared by both views.
         R, t: ``[B, 3, 3]``, ``[B, 3]`` rigid change from canonical to new camera (``view_about_pivot``).
         ambient, diffuse: floats or ``[B]`` tensors.
+        backend: the rasterizer (ours by default).
 
     Returns:
         :class:`DepthRender`.
@@ -157,5 +167,5 @@ def render_depth_map(
     normals = depth_to_normals(depth, K)  # (B, H, W, 3)
     # Normals face the camera and light_dir points towards the light, both in the camera frame.
     shaded = lambertian(normals, albedo.permute(0, 2, 3, 1), light_dir, ambient, diffuse).permute(0, 3, 1, 2)
-    image, mask, new_depth = reproject(shaded, depth, K, R, t)
+    image, mask, new_depth = reproject(shaded, depth, K, R, t, backend)
     return DepthRender(image, mask, new_depth, shaded, normals.permute(0, 3, 1, 2))

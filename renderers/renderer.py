@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from renderloop.config import MAX_IMAGE_SIDE, ConfigError, check_number
 
-from .backends import get_backend
+from .backends import config_backend, get_backend
 from .cameras import camera_to_clip, fov_intrinsics, orbit_camera, world_to_camera
 from .meshes import icosphere
 from .ops import Fragments, gather_faces, interpolate, make_context
@@ -81,10 +81,7 @@ class RendererConfig:
             raise ConfigError("renderer.normals", f"must be 'vertex' or 'face'; got {self.normals!r}")
         if self.warmup_batch < 0:
             raise ConfigError("renderer.warmup_batch", f"must be >= 0; got {self.warmup_batch}")
-        try:
-            get_backend(self.backend)
-        except ValueError as err:
-            raise ConfigError("renderer.backend", str(err)) from None
+        config_backend("renderer.backend", self.backend)
 
 
 @dataclass(frozen=True)

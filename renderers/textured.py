@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .backends import RasterBackend, get_backend
 from .cameras import camera_to_clip, world_to_camera
-from .ops import interpolate, rasterize, soft_silhouette, texture
+from .ops import interpolate, texture
 from .shading import face_normals
 
 __all__ = ["TexturedRender", "render_textured", "edge_pairs", "neighbouring_faces", "laplacian_loss", "flatten_loss"]
@@ -32,15 +33,17 @@ class TexturedRender:
 
 
 def render_textured(verts, faces, template, tex, R, t, K, resolution: tuple[int, int], sigma: float = 1.0,
-                    ctx=None) -> TexturedRender:  # fmt: skip
+                    ctx=None, backend: RasterBackend | None = None) -> TexturedRender:  # fmt: skip
     """Draw meshes ``verts [B, V, 3]`` (object frame) with spherical texture maps ``tex [B, 3, T, T]``
-    through cameras ``x_cam = R x + t`` with intrinsics ``K``."""
+    through cameras ``x_cam = R x + t`` with intrinsics ``K``, rasterized by ``backend`` (ours
+    by default)."""
+    backend = backend or get_backend("torch")
     clip = camera_to_clip(world_to_camera(verts, R, t), K, resolution)
-    frags = rasterize(clip, faces, resolution, ctx=ctx)
+    frags = backend.rasterize(clip, faces, resolution, ctx=ctx)
     direction = F.normalize(interpolate(template.expand(len(verts), -1, -1), frags), dim=-1, eps=1e-8)
     image = texture(tex.permute(0, 2, 3, 1), sphere_uv(direction)).permute(0, 3, 1, 2)
     mask = frags.mask
-    soft = soft_silhouette(clip, faces, resolution, sigma=sigma, ctx=ctx)
+    soft = backend.soft_silhouette(clip, faces, resolution, sigma=sigma, ctx=ctx)
     return TexturedRender(image * mask[:, None].to(image.dtype), mask, soft)
 
 

@@ -43,6 +43,7 @@ from renderloop.datasets import category
 from renderloop.datasets.sources import build_source, image_size, source_config
 from renderloop.models.decomposition import Decomposition, Encoder, ellipsoid_depth
 from renderloop.models.stylegan2.io import load_generator
+from renderloop.renderers.backends import config_backend, get_backend
 from renderloop.renderers.cameras import fov_intrinsics
 from renderloop.renderers.depth_map import DepthRender, render_depth_map, view_about_pivot
 
@@ -119,6 +120,8 @@ class GAN2ShapeConfig:
     symmetry: bool = True
     """The flip term (the category is mirror-symmetric; the paper's car config turns it off)."""
     lam_flip: float = 0.5
+    renderer_backend: str = "torch"
+    """The depth-map renderer's rasterizer (``renderers.backends``)."""
     evaluation: GAN2ShapeEvalConfig = field(default_factory=GAN2ShapeEvalConfig)
 
     def __post_init__(self) -> None:
@@ -138,6 +141,7 @@ class GAN2ShapeConfig:
         rname, renders = source_config(self.renders)
         if rname != "simulator" or not renders.category:
             raise ConfigError("method.renders", f"needs a simulator category (simulator_vehicle); got {rname}")
+        config_backend("method.renderer_backend", self.renderer_backend)
         if self.prior not in PRIORS:
             raise ConfigError("method.prior", f"must be one of {PRIORS}; got {self.prior!r}")
         if not 0 < self.min_depth < self.prior_depth[0] < self.prior_depth[1] <= self.max_depth:
@@ -173,6 +177,7 @@ class GAN2Shape(Method):
         super().__init__(config, device)
         self.source = source_config(config.data["images"])[1]
         self.oracle = Oracle.load(config.oracle_run, str(device))
+        self.raster = get_backend(config.renderer_backend)
 
     @classmethod
     def check_engine(cls, config: GAN2ShapeConfig, engine: Any) -> None:
@@ -240,7 +245,7 @@ class GAN2Shape(Method):
         cfg = self.config
         R, t = view_about_pivot(*view, pivot_depth=(cfg.min_depth + cfg.max_depth) / 2)
         ambient, diffuse, direction = light
-        return render_depth_map(depth, albedo, direction, self._K(image), R, t, ambient, diffuse)
+        return render_depth_map(depth, albedo, direction, self._K(image), R, t, ambient, diffuse, self.raster)
 
     def _perceptual(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         fa, fb = self.oracle.features(a), self.oracle.features(b)

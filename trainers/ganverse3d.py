@@ -39,6 +39,7 @@ from renderloop.datasets.simulator import Simulator
 from renderloop.datasets.sources import image_size, source_config
 from renderloop.models.inverse_graphics import InverseGraphicsNet
 from renderloop.models.stylegan2.latents import ViewCodes
+from renderloop.renderers.backends import config_backend, get_backend
 from renderloop.renderers.cameras import fov_intrinsics, orbit_camera
 from renderloop.renderers.meshes import icosphere
 from renderloop.renderers.textured import edge_pairs, flatten_loss, laplacian_loss, neighbouring_faces, render_textured
@@ -107,6 +108,8 @@ class GANverse3DConfig:
     lam_mov: float = 2.5
     sigma: float = 1.0
     """Softness of the silhouette, squared pixels."""
+    renderer_backend: str = "torch"
+    """The rasterizer (``renderers.backends``): ours, or an installed nvdiffrast or pytorch3d."""
     evaluation: GANverse3DEvalConfig = field(default_factory=GANverse3DEvalConfig)
 
     def __post_init__(self) -> None:
@@ -133,6 +136,7 @@ class GANverse3DConfig:
             raise ConfigError("method.warmup_steps", f"must be >= 0; got {self.warmup_steps}")
         for key in ("fov_deg", "distance", "lr", "max_offset", "sigma"):
             check_number(f"method.{key}", getattr(self, key), above=0)
+        config_backend("method.renderer_backend", self.renderer_backend)
         check_number("method.min_area", self.min_area, at_least=0, below=1)
         for key in ("lam_col", "lam_percept", "lam_iou", "lam_lap", "lam_flat", "lam_mov"):
             check_number(f"method.{key}", getattr(self, key), at_least=0)
@@ -177,6 +181,7 @@ class GANverse3D(Method):
                 raise ConfigError("method.view_labels", f"labels no azimuth bin for the view codes {missing}")
             self.bins = torch.tensor([int(labels[n]) for n in view_names])
         self.oracle = Oracle.load(config.oracle_run, str(device))
+        self.raster = get_backend(config.renderer_backend)
 
     @classmethod
     def check_engine(cls, config: GANverse3DConfig, engine: Any) -> None:
@@ -248,7 +253,8 @@ class GANverse3D(Method):
         total = torch.zeros((), device=rgb.device)
         for index in targets:
             R, t, K = camera(index)
-            out = render_textured(verts, model.net.faces, model.net.template, tex, R, t, K, (res, res), cfg.sigma)
+            out = render_textured(verts, model.net.faces, model.net.template, tex, R, t, K, (res, res), cfg.sigma,
+                                  backend=self.raster)  # fmt: skip
             m = mask[index].float()
             colour = ((out.image - rgb[index]).abs().mean(1) * m).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)
             iou = self._iou_loss(out.soft, m)
@@ -276,7 +282,8 @@ class GANverse3D(Method):
         verts, tex = verts.repeat_interleave(V, 0), tex.repeat_interleave(V, 0)
         R, t = model.cameras(view)
         res = rgb.shape[-1]
-        out = render_textured(verts, model.net.faces, model.net.template, tex, R, t, self._K(len(rgb), res), (res, res))
+        out = render_textured(verts, model.net.faces, model.net.template, tex, R, t, self._K(len(rgb), res), (res, res),
+                              backend=self.raster)  # fmt: skip
         azimuth, _ = self.oracle.viewpoint(rgb)
         seen = circular_mean(azimuth.view(groups, V), dim=0)  # each code's azimuth as the oracle sees it
         error = angle_error_deg(model.cameras.azimuth[view[:V]], seen)
@@ -303,7 +310,8 @@ class GANverse3D(Method):
             inputs = b["rgb"][::V]
             verts, tex = model.net(inputs)
             verts, tex = verts.repeat_interleave(V, 0), tex.repeat_interleave(V, 0)
-            out = render_textured(verts, model.net.faces, model.net.template, tex, b["R"], b["t"], b["K"], (res, res))
+            out = render_textured(verts, model.net.faces, model.net.template, tex, b["R"], b["t"], b["K"], (res, res),
+                                  backend=self.raster)  # fmt: skip
             iou = _iou(out.mask, b["mask"].bool()).view(-1, V)
             ious["input"].append(iou[:, 0].cpu())
             ious["novel"].append(iou[:, 1:].cpu())

@@ -116,6 +116,29 @@ def test_a_missing_library_is_refused_by_name_before_any_work(monkeypatch, name)
     assert backends.backend_report()[name] == "not installed"
 
 
+def test_the_textured_and_depth_map_renderers_draw_through_a_given_backend():
+    from renderloop.renderers.depth_map import reproject
+    from renderloop.renderers.textured import render_textured
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return ops.rasterize(*args, **kwargs)
+
+    backend = backends.RasterBackend("counting", counting, ops.soft_silhouette)
+    image, depth = torch.rand(2, 3, 8, 8), torch.full((2, 8, 8), 2.0)
+    K = cameras.fov_intrinsics(40.0, 8, 8, batch=2)
+    R, t = torch.eye(3).expand(2, 3, 3), torch.zeros(2, 3)
+    through, ours = reproject(image, depth, K, R, t, backend), reproject(image, depth, K, R, t)
+    assert all(torch.equal(a, b) for a, b in zip(through, ours, strict=True))
+    sphere = icosphere(1)
+    R, t = cameras.orbit_camera(torch.zeros(2), torch.zeros(2), torch.full((2,), 3.0))
+    drawn = render_textured(sphere.verts.expand(2, -1, -1), sphere.faces, sphere.verts, torch.rand(2, 3, 4, 4), R, t, K,
+                            (8, 8), backend=backend)  # fmt: skip
+    assert len(calls) == 2 and drawn.mask.any()
+
+
 # ---- the real libraries, where installed ----
 
 
