@@ -8,11 +8,13 @@ soft silhouette where asked) to vertex positions and colours.
     python -m bench.renderers                       # CPU default grid
     python -m bench.renderers --device cuda         # GPU default grid
     python -m bench.renderers --settings 64x256x5120 --compile --out results.json
+    python -m bench.renderers --backends torch pytorch3d     # the same renderer on each backend, one process
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import platform
@@ -43,9 +45,9 @@ def _peak_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
 
 
-def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool):
+def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, backend="torch"):
     """A closure that renders (and for ``fwd+bwd`` backpropagates) one batch."""
-    cfg = RendererConfig(height=res, width=res, soft_mask=soft, compile=compile_)
+    cfg = RendererConfig(height=res, width=res, soft_mask=soft, compile=compile_, backend=backend)
     renderer = MeshRenderer(cfg)
     verts, face_idx, R, t, K = orbit_scene(batch, (res, res), SUBDIVISIONS[faces], device=device)
     colors = 0.5 + 0.5 * verts.detach()
@@ -64,8 +66,9 @@ def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool
     return step
 
 
-def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, iters: int):
-    step = make_step(batch, res, faces, device=device, mode=mode, soft=soft, compile_=compile_)
+def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, iters: int,
+                  backend: str = "torch"):  # fmt: skip
+    step = make_step(batch, res, faces, device=device, mode=mode, soft=soft, compile_=compile_, backend=backend)
     for _ in range(5):  # warm-up: allocator, compile (and its dynamic-shape recompile), caches
         step()
     _sync(device)
@@ -78,7 +81,8 @@ def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: 
     seconds = (time.perf_counter() - start) / iters
     coverage = float(out.fragments.mask.float().mean())
     return {
-        "batch": batch, "resolution": res, "faces": faces, "mode": mode, "soft_mask": soft, "compile": compile_,
+        "backend": backend, "batch": batch, "resolution": res, "faces": faces, "mode": mode, "soft_mask": soft,
+        "compile": compile_,
         "ms_per_batch": 1e3 * seconds, "images_per_s": batch / seconds, "peak_mib": _peak_mib(device),
         "coverage": coverage,
     }  # fmt: skip
@@ -116,6 +120,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=0, help="timed iterations (default: 20 on GPU, 3 on CPU)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd shading")
     parser.add_argument("--soft", action="store_true", help="also time with the soft silhouette")
+    parser.add_argument("--backends", nargs="*", default=["torch"], help="renderer backends to time, in turn")
     parser.add_argument("--out", default="", help="write results as JSON here")
     parser.add_argument("--profile", action="store_true", help="print the top kernels of the first setting's fwd+bwd")
     args = parser.parse_args()
@@ -126,20 +131,21 @@ def main() -> None:
     variants += [(True, True)] * (args.soft and args.compile)
     rows = []
     header = (
-        f"{'setting':>16} {'mode':>8} {'soft':>5} {'comp':>5} {'ms/batch':>9} {'img/s':>9} {'peak MiB':>9} {'cover':>6}"
+        f"{'backend':>10} {'setting':>16} {'mode':>8} {'soft':>5} {'comp':>5} {'ms/batch':>9} {'img/s':>9} "
+        f"{'peak MiB':>9} {'cover':>6}"
     )
     print(header)
     for setting in settings:
         batch, res, faces = (int(x) for x in setting.split("x"))
-        for soft, comp in variants:
-            for mode in ("fwd", "fwd+bwd"):
-                r = bench_setting(batch, res, faces, device=device, mode=mode, soft=soft, compile_=comp, iters=iters)
-                rows.append(r)
-                print(
-                    f"{setting:>16} {mode:>8} {str(soft):>5} {str(comp):>5} {r['ms_per_batch']:9.2f} "
-                    f"{r['images_per_s']:9.0f} {r['peak_mib']:9.0f} {r['coverage']:6.2f}",
-                    flush=True,
-                )
+        for backend, (soft, comp), mode in itertools.product(args.backends, variants, ("fwd", "fwd+bwd")):
+            r = bench_setting(batch, res, faces, device=device, mode=mode, soft=soft, compile_=comp, iters=iters,
+                              backend=backend)  # fmt: skip
+            rows.append(r)
+            print(
+                f"{backend:>10} {setting:>16} {mode:>8} {str(soft):>5} {str(comp):>5} {r['ms_per_batch']:9.2f} "
+                f"{r['images_per_s']:9.0f} {r['peak_mib']:9.0f} {r['coverage']:6.2f}",
+                flush=True,
+            )
     if args.profile:
         profile(settings[0], device, args.compile)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
