@@ -404,7 +404,9 @@ def camera_depth(
     (camera depth, the clip ``w``, is linear in camera space); for backends whose library
     returns barycentrics only."""
     B = len(clip_pos)
-    corner = faces[torch.arange(B, device=faces.device).view(B, 1, 1), face_id.clamp(min=0)]  # [B, H, W, 3]
+    corner = faces[torch.arange(B, device=faces.device).view(B, 1, 1), face_id.clamp(min=0)].clamp(
+        min=0
+    )  # [B, H, W, 3]
     w = torch.gather(clip_pos[..., 3], 1, corner.view(B, -1)).view(corner.shape)
     return (bary * w.to(bary.dtype)).sum(-1)
 

@@ -116,6 +116,14 @@ def test_a_missing_library_is_refused_by_name_before_any_work(monkeypatch, name)
     assert backends.backend_report()[name] == "not installed"
 
 
+def test_camera_depth_from_barycentrics_knows_its_answer():
+    faces = torch.tensor([[[-1, -1, -1], [0, 1, 2]]])  # a padding row first
+    clip = torch.tensor([[[0.0, 0, 0, 2], [0, 0, 0, 4], [0, 0, 0, 6]]])
+    face_id = torch.tensor([[[1, -1]]])
+    bary = torch.tensor([[[[0.5, 0.25, 0.25], [0.0, 0.0, 0.0]]]])
+    assert ops.camera_depth(clip, faces, face_id, bary).tolist() == [[[3.5, 0.0]]]
+
+
 def test_the_textured_and_depth_map_renderers_draw_through_a_given_backend():
     from renderloop.renderers.depth_map import reproject
     from renderloop.renderers.textured import render_textured
