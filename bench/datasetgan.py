@@ -1,7 +1,7 @@
 """DatasetGAN's experiment: downstream part segmentation from K annotations, every row over seeds.
 
     python -m bench.gan_gate --device cuda --work runs/gate --minutes 8            # the GAN and oracles
-    python -m bench.datasetgan --device cuda --gate runs/gate --ks 4 8 16 32 --seeds 0 1 2 --work runs/dg
+    python -m bench.datasetgan --device cuda --gate runs/gate --ks 4 8 16 32 --seeds 0 1 2 --parallel 3 --work runs/dg
 
 Per seed and K: ``method=datasetgan`` trains the style interpreter on K oracle-annotated samples of
 the gate's generator; then one part segmenter (``method=part_segmentation``, the same network and
@@ -20,6 +20,7 @@ import argparse
 import json
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.commands import renderloop
@@ -127,6 +128,7 @@ def main() -> None:
     p.add_argument("--segmenter-steps", type=int, default=2000)
     p.add_argument("--interpreter-set", nargs="*", default=[], help="more overrides for the interpreter runs")
     p.add_argument("--segmenter-set", nargs="*", default=[], help="more overrides for the segmenter runs")
+    p.add_argument("--parallel", type=int, default=1, help="seeds run at once, sharing the device")
     p.add_argument("--work", default="", help="runs and logs; finished runs are reused")
     p.add_argument("--out", default="")
     args = p.parse_args()
@@ -135,9 +137,11 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="renderloop-datasetgan-"))
     work.mkdir(parents=True, exist_ok=True)
     per_seed, pretexts = {}, {}
-    for seed in args.seeds:
-        per_seed[seed], pretexts[seed] = rows_for(args, seed, work)
-        print(f"seed {seed}: " + ", ".join(f"{n} {r['miou']:.3f}" for n, r in per_seed[seed].items()), flush=True)
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        results = pool.map(lambda s: rows_for(args, s, work), args.seeds)
+        for seed, (rows, pretext) in zip(args.seeds, results, strict=True):
+            per_seed[seed], pretexts[seed] = rows, pretext
+            print(f"seed {seed}: " + ", ".join(f"{n} {r['miou']:.3f}" for n, r in rows.items()), flush=True)
     rows = summarize(per_seed, oracle_ceiling(args, work))
     print_rows(rows)
     if args.out:

@@ -1,7 +1,7 @@
 """GANverse3D's experiment: view codes, then every row over seeds, on the gate's GAN and oracles.
 
     python -m bench.gan_gate --device cuda --work runs/gate --minutes 8            # the GAN and oracles
-    python -m bench.ganverse3d --device cuda --gate runs/gate --seeds 0 1 2 --work runs/gv3d --out gv3d.json
+    python -m bench.ganverse3d --device cuda --gate runs/gate --seeds 0 1 2 --parallel 9 --work runs/gv3d --out g.json
 
 1. View codes: ``layer_sweep`` for k ∈ ``--ks`` (a code's azimuth spread across contents, a
    content's across codes), then the emulated annotator at ``--k`` writes the consistent codes and
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.commands import renderloop
@@ -161,6 +162,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--set", nargs="*", default=[], help="more overrides for every run")
+    p.add_argument("--parallel", type=int, default=1, help="runs sharing the device at once (after the codes)")
     p.add_argument("--work", default="")
     p.add_argument("--out", default="")
     args = p.parse_args()
@@ -179,10 +181,11 @@ def main() -> None:
         f"annotator: {codes['annotation']['kept']} of {codes['annotation']['candidates']} codes kept, "
         f"{codes['annotation']['bins_covered']} bins, {codes['annotation']['oracle_calls']} oracle calls"
     )
-    runs: dict[str, list[dict]] = {}
-    for row in args.rows:
-        views = 1 if row == "C" else args.views
-        runs[row] = [one_run(args, row, seed, work, views) for seed in args.seeds]
+    jobs = [(row, seed) for row in args.rows for seed in args.seeds]
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        done = pool.map(lambda job: one_run(args, *job, work, 1 if job[0] == "C" else args.views), jobs)
+        reports = dict(zip(jobs, done, strict=True))
+    runs = {row: [reports[row, seed] for seed in args.seeds] for row in args.rows}
     rows = summarize(runs)
     print_rows(rows)
     if args.out:

@@ -34,9 +34,9 @@ def test_every_row_runs_end_to_end(tmp_path):
     tiny_interp = ["engine=debug", "method.members=2", "method.pixels=64", "method.validate_every=1"]
     out = tmp_path / "dg.json"
     done = subprocess.run([sys.executable, "-m", "bench.datasetgan", "--gate", str(gate), "--resolution", "16",
-                           "--ks", "2", "--ablation-k", "2", "--seeds", "0", "--interpreter-steps", "2",
-                           "--segmenter-steps", "2", "--work", str(tmp_path / "w"), "--out", str(out),
-                           "--interpreter-set", *tiny_interp, "--segmenter-set", *tiny_seg],
+                           "--ks", "2", "--ablation-k", "2", "--seeds", "0", "--parallel", "2",
+                           "--interpreter-steps", "2", "--segmenter-steps", "2", "--work", str(tmp_path / "w"),
+                           "--out", str(out), "--interpreter-set", *tiny_interp, "--segmenter-set", *tiny_seg],
                           capture_output=True, text=True)  # fmt: skip
     log = tmp_path / "w" / "bench.log"
     assert done.returncode == 0, done.stderr[-2000:] + (log.read_text()[-3000:] if log.exists() else "")

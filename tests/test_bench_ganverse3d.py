@@ -41,8 +41,8 @@ def test_view_codes_then_two_rows_end_to_end(tmp_path):
                            "--ks", "1", "4", "--k", "4", "--sweep-codes", "2", "--sweep-contents", "2",
                            "--candidates", "4", "--samples-per-code", "2", "--max-spread-deg", "360",
                            "--views", "2", "--single-renders", "4", "--rows", "A", "C", "--seeds", "0",
-                           "--steps", "2", "--batch", "4", "--work", str(tmp_path / "w"), "--out", str(out),
-                           "--set", *tiny], capture_output=True, text=True)  # fmt: skip
+                           "--parallel", "2", "--steps", "2", "--batch", "4", "--work", str(tmp_path / "w"),
+                           "--out", str(out), "--set", *tiny], capture_output=True, text=True)  # fmt: skip
     log = tmp_path / "w" / "bench.log"
     assert done.returncode == 0, done.stderr[-2000:] + (log.read_text()[-3000:] if log.exists() else "")
     report = json.loads(out.read_text())
