@@ -22,6 +22,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.reports import command_line
+
 
 def _command(*args: str) -> list[str]:
     return [sys.executable, "-m", "renderloop.cli", *args]
@@ -97,7 +99,7 @@ def main() -> None:
         print(f"{r['record']:>8} {r['mode']:>34} {r['samples_per_s']:>10.0f} {r['data_wait_fraction']:>10.1%} "
               f"{r['bytes_per_sample'] / 1e3:>10.1f} {r['steps_measured']:>6}")  # fmt: skip
     if args.out:
-        meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": sys.argv}
+        meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": command_line()}
         Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
 

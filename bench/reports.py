@@ -18,7 +18,14 @@ def print_rows(rows: dict[str, dict[str, tuple]]) -> None:
         print(f"{name:>{width}} " + " ".join(f"{s} {v[0]:.3f} ± {v[1]:.3f}" for s, v in row.items()))
 
 
+def command_line() -> list[str]:
+    """How this bench was started, without the checkout's location: ``python -m bench.x`` and its arguments."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    program = ["python", "-m", spec.name] if spec else [Path(sys.argv[0]).name]
+    return [*program, *sys.argv[1:]]
+
+
 def write_report(path: str | Path, **sections: Any) -> None:
     """``sections`` as JSON at ``path``, after a ``meta`` section (date, host, command line)."""
-    meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": sys.argv}
+    meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": command_line()}
     Path(path).write_text(json.dumps({"meta": meta, **sections}, indent=2) + "\n")

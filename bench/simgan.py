@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.reports import command_line
 from renderloop.stats import mean_ci95, welch_difference
 
 VARIANTS = {
@@ -100,7 +101,7 @@ def compare(runs: list[dict], reference: str = "simgan") -> dict[str, dict]:
 
 def _write_report(path: str, runs: list[dict]) -> None:
     """The JSON report of the runs so far: per-variant rows, comparisons, every run."""
-    meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": sys.argv}
+    meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": command_line()}
     report = {"meta": meta, "rows": summarize(runs), "comparisons": compare(runs), "runs": runs}
     Path(path).write_text(json.dumps(report, indent=2) + "\n")
 

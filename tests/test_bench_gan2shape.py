@@ -56,6 +56,7 @@ def test_two_variants_run_end_to_end(tmp_path):
                            "--out", str(out), "--set", *tiny], capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads(out.read_text())
+    assert report["meta"]["argv"][:4] == ["python", "-m", "bench.gan2shape", "--gate"]  # no checkout path
     assert [(r["variant"], r["seed"]) for r in report["runs"]] == [("gan2shape", 0), ("unsup3d", 0)]
     assert set(report["rows"]) == {"gan2shape", "unsup3d", "ellipsoid", "average", "flat"}
     assert report["rows"]["gan2shape"]["side"][2] == 1
