@@ -150,6 +150,13 @@ def test_the_textured_and_depth_map_renderers_draw_through_a_given_backend():
 # ---- the real libraries, where installed ----
 
 
+def _interior(face_id):
+    """Pixels whose 3×3 neighbourhood shows one face: no edge, so no tie rule, decides them."""
+    f = face_id.float()[:, None]
+    same = (torch.nn.functional.max_pool2d(f, 3, 1, 1) == f) & (-torch.nn.functional.max_pool2d(-f, 3, 1, 1) == f)
+    return same[:, 0] & (face_id >= 0)
+
+
 def _agreement(a, b):
     both = a.mask | b.mask
     return float((a.face_id == b.face_id)[both].float().mean())
@@ -230,10 +237,14 @@ def test_gpu_backends_agree_with_ours_cuda(name):
     clip = clip.cuda().requires_grad_(True)
     ours = ops.rasterize(clip, faces.cuda(), RES)
     theirs = backend.rasterize(clip, faces.cuda(), RES)
-    assert float((ours.mask == theirs.mask).float().mean()) > 0.999 and _agreement(ours, theirs) > 0.99
+    # Edge pixels follow each library's own tie rule (a third of this small image is edge); away
+    # from edges the two must agree exactly.
+    interior = _interior(ours.face_id)
+    assert torch.equal(ours.face_id[interior], theirs.face_id[interior])
+    assert float((ours.mask == theirs.mask).float().mean()) > 0.995 and _agreement(ours, theirs) > 0.98
     same = (ours.face_id == theirs.face_id) & ours.mask
-    torch.testing.assert_close(theirs.bary[same], ours.bary[same], atol=1e-3, rtol=0)
+    torch.testing.assert_close(theirs.bary[same], ours.bary[same], atol=1e-4, rtol=0)
     weights = torch.randn_like(ours.bary) * same[..., None]
     (g_ours,) = torch.autograd.grad((ours.bary * weights).sum(), clip)
     (g_theirs,) = torch.autograd.grad((theirs.bary * weights).sum(), clip)
-    torch.testing.assert_close(g_theirs, g_ours, atol=5e-3, rtol=5e-3)
+    assert float((g_theirs - g_ours).norm() / g_ours.norm()) < 1e-3
