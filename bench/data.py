@@ -110,12 +110,14 @@ FORMATS = {
 
 
 def _produce(root: str, sim, batches: list[dict], record: str, checksum: str, columns: bool, samples: int) -> dict:
-    """Milliseconds per sample of ``Producer.run`` on replayed batches: wall, this process's CPU,
-    and the part spent quantizing and copying (``quantize_batch``: device work on a GPU host)."""
+    """Milliseconds per sample of ``Producer.run`` on replayed batches, one batch per shard: wall,
+    this process's CPU, and the part spent quantizing and copying (``quantize_batch``: device work
+    on a GPU host). The wall time includes every shard's fsync, so where the shards are stored
+    (the disk, or tmpfs through ``TMPDIR``) is part of what is measured."""
     import renderloop.datasets.producer as producer_module
 
     batch = len(next(iter(batches[0].values())))
-    producer = Producer(_Replay(sim, batches, columns), Ledger(Storage(root), "s"), "p0", samples_per_shard=batch * 4,
+    producer = Producer(_Replay(sim, batches, columns), Ledger(Storage(root), "s"), "p0", samples_per_shard=batch,
                         record=record, checksum=checksum)  # fmt: skip
     producer.run(batch)  # warm-up: allocations, the pinned buffer
     quantize, spent = producer_module.quantize_batch, [0.0]
