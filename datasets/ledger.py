@@ -317,9 +317,15 @@ class Ledger:
         return ProducerLease(self, producer)
 
     def record_consumed(self, consumer: str, shards: int) -> None:
-        """Record that ``consumer`` has consumed ``shards`` shards in total."""
+        """Record that ``consumer`` has consumed ``shards`` shards in total.
+
+        Not fsynced: the record only paces producers (``backlog``), a record lost with the machine
+        understates consumption until the reader's next shard, and an fsync per shard cost a
+        loader 15–18% of its time (BENCHMARKS.md, Live data)."""
         self.storage.write_atomic(
-            self.rel("consumers", f"{consumer}.json"), json.dumps({"shards": shards, "at": time.time()}).encode()
+            self.rel("consumers", f"{consumer}.json"),
+            json.dumps({"shards": shards, "at": time.time()}).encode(),
+            durable=False,
         )
 
     def consumed(self) -> int:

@@ -146,15 +146,19 @@ class Storage:
         if self.fs.exists(self.path(rel)):
             self.fs.rm(self.path(rel))
 
-    def write_atomic(self, rel: str, data: bytes) -> None:
-        """Write ``data`` so readers see either nothing or all of it."""
+    def write_atomic(self, rel: str, data: bytes, *, durable: bool = True) -> None:
+        """Write ``data`` so readers see either nothing or all of it; ``durable``: on stable
+        storage before it is renamed (a crash of the machine, not only of the process, keeps it)."""
         tmp = f"{rel}.{uuid.uuid4().hex[:8]}.tmp"
         try:
             f = self.open_write(tmp)
             try:
                 f.write(data)
             finally:
-                self.sync_close(f)
+                if durable:
+                    self.sync_close(f)
+                else:
+                    f.close()
             self.rename(tmp, rel)
         except OSError:
             with contextlib.suppress(OSError):

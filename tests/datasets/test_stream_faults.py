@@ -286,6 +286,17 @@ def test_a_run_that_stops_mid_shard_leaves_no_gap_for_the_next_one(tmp_path):
     _assert_batches_once(_assert_intact(root), 6)
 
 
+def test_shards_and_their_entries_are_fsynced_and_consumer_records_are_not(tmp_path, monkeypatch):
+    synced = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or fsync(fd))
+    tiny_producer(str(tmp_path), per_shard=4).run(8)
+    assert [Path(p).parent.name for p in synced if "producers" not in p] == ["shards", "ledger"] * 2
+    synced.clear()
+    assert len(list(ShardStream(str(tmp_path), "s", follow=False))) == 8
+    assert synced == [] and Ledger(Storage(str(tmp_path)), "s").consumed() == 2
+
+
 # 6. `renderloop inspect` on damaged streams
 
 
