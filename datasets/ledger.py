@@ -320,8 +320,8 @@ class Ledger:
         """Record that ``consumer`` has consumed ``shards`` shards in total.
 
         Not fsynced: the record only paces producers (``backlog``), a record lost with the machine
-        understates consumption until the reader's next shard, and an fsync per shard cost a
-        loader 15–18% of its time (BENCHMARKS.md, Live data)."""
+        understates consumption until the reader's next shard, and an fsync per shard took 15–18%
+        of a loader's time while other writers kept the disk busy (BENCHMARKS.md, Live data)."""
         self.storage.write_atomic(
             self.rel("consumers", f"{consumer}.json"),
             json.dumps({"shards": shards, "at": time.time()}).encode(),
