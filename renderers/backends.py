@@ -58,7 +58,7 @@ def library_backend(name: str, visible: Callable[..., tuple[torch.Tensor, torch.
         max_candidates: int = ops.DEFAULT_MAX_CANDIDATES,
         ctx: ops.RasterContext | None = None,
     ) -> ops.Fragments:
-        faces = ops.checked_faces("rasterize", clip_pos, faces)
+        faces = ops.checked_faces("rasterize", clip_pos, faces, resolution)
         drawn = ops.drawable_faces(clip_pos, faces, resolution, cull_backfaces)
         if not drawn.any():
             return ops.empty_fragments(clip_pos, faces, resolution)

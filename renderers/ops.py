@@ -115,9 +115,16 @@ def _check_mesh(op: str, clip_pos: torch.Tensor, faces: torch.Tensor, dims: int)
     return faces, (values, raise_if_bad)
 
 
-def checked_faces(op: str, clip_pos: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """The mesh checks of :func:`rasterize` run at once (one host sync); faces as int64 ``[B, F, 3]``.
+def _check_resolution(op: str, resolution: tuple[int, int]) -> None:
+    if resolution[0] <= 0 or resolution[1] <= 0:
+        raise ValueError(f"{op}(): resolution must be positive (H, W); got {tuple(resolution)}")
+
+
+def checked_faces(op: str, clip_pos: torch.Tensor, faces: torch.Tensor, resolution: tuple[int, int]) -> torch.Tensor:
+    """The input checks of :func:`rasterize` run at once (one host sync); faces as int64 ``[B, F, 3]``.
     For backends that hand the mesh to another library."""
+    check_shape(op, "clip_pos", clip_pos, ("B", ">0", 4))
+    _check_resolution(op, resolution)
     faces, (values, raise_if_bad) = _check_mesh(op, clip_pos, faces, 4)
     raise_if_bad(values.tolist())
     return faces
@@ -378,9 +385,8 @@ def rasterize(
         ValueError: wrong shapes, empty meshes, out-of-range indices, or non-finite positions.
     """
     check_shape("rasterize", "clip_pos", clip_pos, ("B", ">0", 4))
+    _check_resolution("rasterize", resolution)
     H, W = resolution
-    if H <= 0 or W <= 0:
-        raise ValueError(f"rasterize(): resolution must be positive (H, W); got {tuple(resolution)}")
     faces, check = _check_mesh("rasterize", clip_pos, faces, 4)
     ctx = ctx or _EAGER
     face_id = _visible_faces(clip_pos, faces, (H, W), cull_backfaces, max_candidates, ctx, check)
@@ -404,9 +410,8 @@ def camera_depth(
     (camera depth, the clip ``w``, is linear in camera space); for backends whose library
     returns barycentrics only."""
     B = len(clip_pos)
-    corner = faces[torch.arange(B, device=faces.device).view(B, 1, 1), face_id.clamp(min=0)].clamp(
-        min=0
-    )  # [B, H, W, 3]
+    items = torch.arange(B, device=faces.device).view(B, 1, 1)
+    corner = faces[items, face_id.clamp(min=0)].clamp(min=0)  # [B, H, W, 3]; background reads face 0
     w = torch.gather(clip_pos[..., 3], 1, corner.view(B, -1)).view(corner.shape)
     return (bary * w.to(bary.dtype)).sum(-1)
 

@@ -24,7 +24,7 @@ def _visible(clip_pos: torch.Tensor, faces: torch.Tensor, drawn: torch.Tensor, r
     )
     packed = pix_to_face[..., 0]
     covered = packed >= 0
-    kept = torch.cat([d.nonzero()[:, 0] for d in drawn])  # packed face → the caller's face index
+    kept = drawn.nonzero(as_tuple=True)[1]  # packed face (item-major) → the caller's face index
     face_id = torch.where(covered, kept[packed.clamp(min=0)], -1)
     return face_id, torch.where(covered[..., None], bary[..., 0, :], 0.0)
 

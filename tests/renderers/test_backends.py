@@ -105,6 +105,17 @@ def test_an_image_with_no_drawable_face_is_empty(nvdiffrast_stand_in):
     assert torch.equal(grad, torch.zeros_like(grad))
 
 
+def test_an_adapter_refuses_what_ours_refuses_before_calling_its_library(nvdiffrast_stand_in):
+    backend, calls = nvdiffrast_stand_in
+    clip, faces = _scene()
+    for bad in ((clip[..., :3], faces, RES), (clip, faces, (0, 8)), (clip, faces + 10**6, RES)):
+        with pytest.raises(ValueError, match=r"rasterize\(\)"):
+            ops.rasterize(*bad)
+        with pytest.raises(ValueError, match=r"rasterize\(\)"):
+            backend.rasterize(*bad)
+    assert calls == []
+
+
 @pytest.mark.parametrize("name", ["nvdiffrast", "pytorch3d"])
 def test_a_missing_library_is_refused_by_name_before_any_work(monkeypatch, name):
     monkeypatch.setattr(importlib.util, "find_spec", lambda *_: None)
