@@ -118,6 +118,30 @@ def test_steps_redone_after_a_resume_are_logged_once(streams, monkeypatch):
     assert [json.loads(line)["step"] for line in replaced] == [3, 4]
 
 
+@pytest.mark.parametrize("clip", [0.0, 0.5])
+def test_the_optimizer_gets_the_gradient_clipped_only_as_configured(streams, clip):
+    """``engine.grad_clip=0`` leaves gradients alone (DeepSpeed's own default would clip at 1)."""
+    cfg = debug_config(streams / "data", streams / "run", f"engine.grad_clip={clip}")
+    trainer = _trainer(cfg)
+    phase = next(p for p in trainer.phases if p.model == "R")
+    engine, R = trainer.engines["R"], trainer.nets(phase)["R"]
+    seen = []
+    step = engine.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen.extend(p.grad.clone() for p in R.parameters())
+        return step(*args, **kwargs)
+
+    engine.optimizer.step = recording_step
+    trainer.backward(phase, 1e4 * sum(p.sum() for p in R.parameters()))  # every gradient is 1e4
+    engine.step()
+    norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in seen]))
+    if clip:
+        assert norm.item() == pytest.approx(clip, rel=1e-4)
+    else:
+        assert all(torch.equal(g, torch.full_like(g, 1e4)) for g in seen)
+
+
 def test_ema_moves_each_weight_towards_the_model_and_copies_buffers():
     from renderloop.trainers.engine import EMA
 
