@@ -146,8 +146,13 @@ def deepspeed_config(cfg: EngineConfig, lr: float, betas: tuple[float, float], w
         "optimizer": {
             # torch's fused Adam: one kernel group per update, no JIT-built extension, CPU and GPU.
             "type": "AdamW" if weight_decay else "Adam",
-            "params": {"lr": lr, "betas": list(betas), "weight_decay": weight_decay, "torch_adam": True,
-                       "fused": True},  # fmt: skip
+            "params": {
+                "lr": lr,
+                "betas": list(betas),
+                "weight_decay": weight_decay,
+                "torch_adam": True,
+                "fused": True,
+            },  # fmt: skip
         },
         "zero_optimization": {"stage": cfg.zero_stage},
         "bf16": {"enabled": cfg.precision == "bf16"},
