@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from renderloop.config import ConfigError
 
@@ -137,9 +136,9 @@ def lr_multiplier(cfg: EngineConfig, update: int, total_updates: int) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
 
 
-def deepspeed_config(cfg: EngineConfig, lr: float, betas: tuple[float, float], weight_decay: float, world: int):
+def deepspeed_config(cfg: EngineConfig, lr: float, betas: tuple[float, float], weight_decay: float, world: int) -> dict:
     """The DeepSpeed config of one model's engine."""
-    ds: dict[str, Any] = {
+    return {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": cfg.gradient_accumulation,
         "train_batch_size": cfg.data.batch_size * cfg.gradient_accumulation * world,
@@ -152,7 +151,7 @@ def deepspeed_config(cfg: EngineConfig, lr: float, betas: tuple[float, float], w
                 "weight_decay": weight_decay,
                 "torch_adam": True,
                 "fused": True,
-            },  # fmt: skip
+            },
         },
         "zero_optimization": {"stage": cfg.zero_stage},
         "bf16": {"enabled": cfg.precision == "bf16"},
@@ -161,4 +160,3 @@ def deepspeed_config(cfg: EngineConfig, lr: float, betas: tuple[float, float], w
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
-    return ds
