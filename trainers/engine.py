@@ -318,8 +318,10 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def train_step(self, times: StepTimes) -> tuple[dict[str, float], int]:
-        """Run every phase active at ``self.step``; returns the mean losses and samples read."""
+    def train_step(self, times: StepTimes) -> tuple[dict[str, torch.Tensor], int]:
+        """Run every phase active at ``self.step``; returns the mean losses (on the device: the
+        reporter reads them once per log window, so the host never waits for a step) and the
+        samples read."""
         losses: dict[str, list[float]] = defaultdict(list)
         samples = 0
         micro = self.cfg.gradient_accumulation
@@ -347,10 +349,7 @@ class Trainer:
                 times.add("optimizer", t3 - t2)
                 for key, value in out.items():
                     losses[f"{phase.name}/{key}"].append(value.detach())
-        # One host sync per step for all loss values.
-        flat = {k: torch.stack(v).float().mean() for k, v in losses.items()}
-        values = torch.stack(list(flat.values())).tolist() if flat else []
-        return dict(zip(flat, values, strict=True)), samples
+        return {k: torch.stack(v).float().mean() for k, v in losses.items()}, samples
 
     def fit(self) -> dict[str, float]:
         """Resume if possible, train to ``max_steps``, checkpoint; returns the last log summary."""

@@ -40,6 +40,14 @@ class StepTimes:
         self.total = time.perf_counter() - self.start
 
 
+def _window_means(losses: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    """Each loss's mean over the window, read from the device in one transfer."""
+    if not losses:
+        return {}
+    means = torch.stack([torch.stack(v).float().mean() for v in losses.values()])
+    return dict(zip(losses, means.tolist(), strict=True))
+
+
 def _set_aside_from(log: Path, step: int) -> None:
     """Move the lines of ``log`` for steps >= ``step`` to ``train_log.replaced.jsonl`` beside it.
 
@@ -82,7 +90,7 @@ class Reporter:
         self.status = status
         self.method, self.rank, self.metrics, self.log_every = method, str(rank), metrics, max(log_every, 1)
         self.main = rank == 0
-        self._losses: dict[str, list[float]] = defaultdict(list)
+        self._losses: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._window = {"steps": 0, "samples": 0, "seconds": 0.0, **dict.fromkeys(StepTimes.PARTS, 0.0)}
         self._tb = self._bar = self._log = None
         if not self.main:
@@ -100,7 +108,9 @@ class Reporter:
 
             self._bar = tqdm(total=max_steps, initial=start_step, unit="step", desc=f"train {method}")
 
-    def step(self, step: int, losses: dict[str, float], times: StepTimes, samples: int) -> dict[str, float] | None:
+    def step(
+        self, step: int, losses: dict[str, torch.Tensor], times: StepTimes, samples: int
+    ) -> dict[str, float] | None:
         """Record one step; every ``log_every`` steps, write and return the window's summary."""
         labels = {"method": self.method, "rank": self.rank}
         self.metrics.inc("renderloop_trainer_steps_total", **labels)
@@ -124,6 +134,11 @@ class Reporter:
     def _flush(self, step: int) -> dict[str, float]:
         labels = {"method": self.method, "rank": self.rank}
         w = self._window
+        # Steps do not wait for the device; reading the losses does, once per window, and the
+        # time the window's work took past its last launch counts as its own.
+        started = time.perf_counter()
+        losses = _window_means(self._losses)
+        w["seconds"] += time.perf_counter() - started
         seconds = max(w["seconds"], 1e-9)
         summary = {
             "step": step,
@@ -134,7 +149,6 @@ class Reporter:
             "data_wait_fraction": w["data_wait"] / seconds,
             **{f"{part}_seconds": w[part] / w["steps"] for part in StepTimes.PARTS},
         }
-        losses = {k: sum(v) / len(v) for k, v in self._losses.items()}
         self.metrics.set("renderloop_trainer_samples_per_second", summary["samples_per_s"], **labels)
         self.metrics.set("renderloop_trainer_data_wait_fraction", summary["data_wait_fraction"], **labels)
         for key, value in losses.items():

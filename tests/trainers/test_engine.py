@@ -67,6 +67,7 @@ def test_gan_step_updates_both_and_discriminator_gets_no_generator_gradient(stre
         losses, samples = trainer.train_step(StepTimes())
         assert _changed(d1, D)
         assert {"R_main/adversarial", "R_main/self_reg", "D_main/loss"} <= set(losses)
+        assert all(isinstance(v, torch.Tensor) for v in losses.values()), "read by the reporter per window"
         assert samples == 3 * cfg.engine.data.batch_size  # R: synthetic; D: synthetic + real
     finally:
         for data in trainer.data.values():
