@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["StyleInterpreter", "majority_vote", "js_divergence", "image_uncertainty", "save_interpreter",
-           "load_interpreter"]  # fmt: skip
+__all__ = ["StyleInterpreter", "FusedEnsemble", "majority_vote", "js_divergence", "image_uncertainty",
+           "save_interpreter", "load_interpreter"]  # fmt: skip
 
 FORMAT = "renderloop-style-interpreter"
 
@@ -42,6 +42,47 @@ class StyleInterpreter(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``[P, channels]`` → logits ``[members, P, classes]``."""
         return torch.stack([m(features) for m in self.members])
+
+    def fused(self) -> FusedEnsemble:
+        """The same ensemble for labelling: every member at once, batch norm folded in."""
+        return FusedEnsemble(self)
+
+
+class FusedEnsemble(nn.Module):
+    """An evaluation-mode :class:`StyleInterpreter` as three batched matrix products.
+
+    Batch norm in evaluation is a per-channel affine map after a ReLU, so it folds into the
+    next linear layer; the members' weights are stacked, so a chunk of pixels costs three kernels
+    (plus two ReLUs) instead of seven per member. Logits equal the interpreter's up to rounding.
+    """
+
+    def __init__(self, interpreter: StyleInterpreter) -> None:
+        super().__init__()
+        self.members = len(interpreter.members)
+        weights, biases = [], []
+        for member in interpreter.members:
+            first, _, norm1, second, _, norm2, last = member
+            scale1, shift1 = _affine(norm1)
+            scale2, shift2 = _affine(norm2)
+            layers = [(first.weight, first.bias), (second.weight * scale1, second.bias + second.weight @ shift1),
+                      (last.weight * scale2, last.bias + last.weight @ shift2)]  # fmt: skip
+            weights.append([w.detach().t() for w, _ in layers])
+            biases.append([b.detach() for _, b in layers])
+        for i in range(3):
+            self.register_buffer(f"weight{i}", torch.stack([w[i] for w in weights]))  # [M, in, out]
+            self.register_buffer(f"bias{i}", torch.stack([b[i] for b in biases])[:, None])  # [M, 1, out]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``[P, channels]`` → logits ``[members, P, classes]``."""
+        hidden = torch.matmul(features, self.weight0).add_(self.bias0).relu_()
+        hidden = torch.baddbmm(self.bias1, hidden, self.weight1).relu_()
+        return torch.baddbmm(self.bias2, hidden, self.weight2)
+
+
+def _affine(norm: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``norm`` in evaluation as ``x * scale + shift``."""
+    scale = norm.weight / (norm.running_var + norm.eps).sqrt()
+    return scale, norm.bias - norm.running_mean * scale
 
 
 def majority_vote(logits: torch.Tensor) -> torch.Tensor:

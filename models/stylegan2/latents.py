@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from .networks import Generator, mix_styles
 
-__all__ = ["sample_ws", "mix_styles", "ViewCodes", "view_group", "offset_ws", "pixel_features", "feature_channels"]
+__all__ = ["sample_ws", "mix_styles", "ViewCodes", "view_group", "offset_ws", "layer_maps", "upsampled_features",
+           "pixel_features", "feature_channels"]  # fmt: skip
 
 
 @torch.no_grad()
@@ -105,6 +106,19 @@ def feature_channels(G: Generator) -> int:
     return total
 
 
+def layer_maps(G: Generator, ws: torch.Tensor, noise_mode: str = "const") -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every synthesis layer's output (``[B, C_l, r_l, r_l]``, in layer order) and the image."""
+    maps: list[torch.Tensor] = []
+    image = G.synthesis(ws, noise_mode, features=maps)
+    return maps, image
+
+
+def upsampled_features(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """``[B, H*W, sum C_l]``: each layer map upsampled (bilinear) to ``size``, concatenated per pixel."""
+    up = [F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False).flatten(2) for m in maps]
+    return torch.cat(up, 1).transpose(1, 2)
+
+
 def pixel_features(
     G: Generator,
     ws: torch.Tensor,
@@ -121,18 +135,15 @@ def pixel_features(
     Returns:
         ``(features [B, P or H*W, feature_channels(G)], image [B, C, H, W])``.
     """
-    maps: list[torch.Tensor] = []
-    image = G.synthesis(ws, noise_mode, features=maps)
+    maps, image = layer_maps(G, ws, noise_mode)
     B, _, H, W = image.shape
-    if pixels is not None:
-        rows, cols = pixels // W, pixels % W
-        grid = torch.stack([(2 * cols + 1) / W - 1, (2 * rows + 1) / H - 1], -1).unsqueeze(1)  # (B, 1, P, 2)
+    if pixels is None:
+        return upsampled_features(maps, (H, W)), image
+    rows, cols = pixels // W, pixels % W
+    grid = torch.stack([(2 * cols + 1) / W - 1, (2 * rows + 1) / H - 1], -1).unsqueeze(1)  # (B, 1, P, 2)
     out = []
     for fmap in maps:
-        if pixels is None:
-            out.append(F.interpolate(fmap.float(), size=(H, W), mode="bilinear", align_corners=False).flatten(2))
-        else:
-            sampled = F.grid_sample(fmap.float(), grid.to(fmap.device), mode="bilinear", padding_mode="border",
-                                    align_corners=False)  # fmt: skip
-            out.append(sampled[:, :, 0])  # (B, C, P)
+        sampled = F.grid_sample(fmap.float(), grid.to(fmap.device), mode="bilinear", padding_mode="border",
+                                align_corners=False)  # fmt: skip
+        out.append(sampled[:, :, 0])  # (B, C, P)
     return torch.cat(out, 1).transpose(1, 2), image

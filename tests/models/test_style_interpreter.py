@@ -42,6 +42,21 @@ def test_the_file_round_trip_and_a_bad_file(tmp_path):
         load_interpreter(tmp_path / "bad.pt")
 
 
+def test_the_fused_ensemble_gives_the_members_logits():
+    torch.manual_seed(0)
+    interpreter = StyleInterpreter(channels=12, classes=5, members=4)
+    for norm in (m for m in interpreter.modules() if isinstance(m, torch.nn.BatchNorm1d)):  # a trained network's
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.2, 3.0)
+        norm.weight.data.normal_()
+        norm.bias.data.normal_()
+    interpreter.eval()
+    x = torch.randn(300, 12)
+    fused = interpreter.fused()
+    with torch.no_grad():
+        assert fused.members == 4 and torch.allclose(fused(x), interpreter(x), rtol=1e-5, atol=1e-5)
+
+
 def test_the_ensemble_learns_a_separable_labelling():
     torch.manual_seed(0)
     projection = torch.randn(16, 3)
