@@ -41,9 +41,9 @@ class DatasetGANSourceConfig:
     members: int = 0
     """Ensemble members that vote (0: all; 1: the single-MLP ablation)."""
     top_share: float = 0.1
-    pixel_chunk: int = 32768
-    """Pixels classified at once: the features of as many whole images as fit (at least one,
-    ``H·W × channels`` floats: about 1.3 GB at 256²), and the ensemble's hidden layers."""
+    pixel_chunk: int = 8192
+    """Pixels labelled at once, in whole images (at least one): the ensemble's hidden layers take
+    ``members · 128`` floats per pixel (about 335 MB for one 256² image of 10 members)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.members < 0 or self.pixel_chunk < 1:
@@ -53,7 +53,7 @@ class DatasetGANSourceConfig:
         check_number("source.truncation_psi", self.truncation_psi, note="1 is no truncation")
 
     def digest(self) -> str:
-        return config_digest(self, {"pixel_chunk": 32768})
+        return config_digest(self, {"pixel_chunk": 8192})
 
 
 class DatasetGANSource:
@@ -95,23 +95,18 @@ class DatasetGANSource:
     @torch.no_grad()
     def _label(self, ws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Images, majority labels and uncertainties of ``ws``: one synthesis for the whole pool,
-        then per-pixel features and votes for as many whole images as fit a pixel chunk."""
+        then the ensemble's votes for as many whole images at once as ``pixel_chunk`` allows."""
         from renderloop.models.style_interpreter import image_uncertainty, js_divergence, majority_vote
-        from renderloop.models.stylegan2.latents import layer_maps, upsampled_features
+        from renderloop.models.stylegan2.latents import layer_maps
 
         maps, image = layer_maps(self.G, ws)
         B, _, H, W = image.shape
         per_group = max(1, self.config.pixel_chunk // (H * W))
         labels, scores = [], []
         for start in range(0, B, per_group):
-            features = upsampled_features([m[start : start + per_group] for m in maps], (H, W))
-            votes, divergence = [], []
-            for chunk in features.flatten(0, 1).split(self.config.pixel_chunk):
-                logits = self.ensemble(chunk)
-                votes.append(majority_vote(logits))
-                divergence.append(js_divergence(logits))
-            labels.append(torch.cat(votes).view(-1, H, W))
-            scores.append(image_uncertainty(torch.cat(divergence).view(-1, H * W), self.config.top_share))
+            logits = self.ensemble.on_maps([m[start : start + per_group] for m in maps], (H, W))
+            labels.append(majority_vote(logits).view(-1, H, W))
+            scores.append(image_uncertainty(js_divergence(logits).view(-1, H * W), self.config.top_share))
         return ((image.float() + 1) / 2).clamp(0, 1), torch.cat(labels), torch.cat(scores)
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["StyleInterpreter", "FusedEnsemble", "majority_vote", "js_divergence", "image_uncertainty",
@@ -52,8 +53,9 @@ class FusedEnsemble(nn.Module):
     """An evaluation-mode :class:`StyleInterpreter` as three batched matrix products.
 
     Batch norm in evaluation is a per-channel affine map after a ReLU, so it folds into the
-    next linear layer; the members' weights are stacked, so a chunk of pixels costs three kernels
-    (plus two ReLUs) instead of seven per member. Logits equal the interpreter's up to rounding.
+    next linear layer; the members' weights are stacked, so pixels cost three products (plus
+    their biases and ReLUs) instead of seven kernels per member. Logits equal the interpreter's up
+    to rounding.
     """
 
     def __init__(self, interpreter: StyleInterpreter) -> None:
@@ -68,13 +70,48 @@ class FusedEnsemble(nn.Module):
                       (last.weight * scale2, last.bias + last.weight @ shift2)]  # fmt: skip
             weights.append([w.detach().t() for w, _ in layers])
             biases.append([b.detach() for _, b in layers])
-        for i in range(3):
+        # Every member's first layer as one product: [channels, members * 128].
+        self.register_buffer("weight0", torch.cat([w[0] for w in weights], 1))
+        self.register_buffer("bias0", torch.cat([b[0] for b in biases]))
+        for i in (1, 2):
             self.register_buffer(f"weight{i}", torch.stack([w[i] for w in weights]))  # [M, in, out]
             self.register_buffer(f"bias{i}", torch.stack([b[i] for b in biases])[:, None])  # [M, 1, out]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``[P, channels]`` → logits ``[members, P, classes]``."""
-        hidden = torch.matmul(features, self.weight0).add_(self.bias0).relu_()
+        return self._rest(features @ self.weight0)
+
+    def on_maps(self, maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Logits ``[members, B * H * W, classes]`` of every pixel of images whose features are
+        ``maps`` (``[B, C_l, h_l, w_l]`` per layer, as ``latents.layer_maps`` gives them) upsampled
+        to ``size``, bilinearly.
+
+        The first layer is linear and so is upsampling, per channel: each map is multiplied at its
+        own resolution and the sums per resolution are upsampled, so the concatenated per-pixel
+        features are never built (at 64², a third of the multiply-adds). Sums stay channels-last,
+        the layout in which upsampling many channels is fast on the CPU.
+        """
+        per_size: dict[tuple[int, int], torch.Tensor] = {}
+        start = 0
+        for fmap in maps:
+            C, h, w = fmap.shape[1:]
+            part = fmap.float().permute(0, 2, 3, 1) @ self.weight0[start : start + C]  # [B, h, w, M * 128]
+            per_size[(h, w)] = part if (h, w) not in per_size else per_size[(h, w)].add_(part)
+            start += C
+        if start != len(self.weight0):
+            raise ValueError(f"FusedEnsemble.on_maps(): maps have {start} channels; the ensemble takes "
+                             f"{len(self.weight0)}")  # fmt: skip
+        hidden = 0
+        for (h, w), part in per_size.items():
+            if (h, w) != size:  # a channels-last view, upsampled in that layout
+                part = F.interpolate(part.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
+                part = part.permute(0, 2, 3, 1)
+            hidden = hidden + part
+        return self._rest(hidden.reshape(-1, hidden.shape[-1]))
+
+    def _rest(self, first: torch.Tensor) -> torch.Tensor:
+        """The first layer's products ``[P, members * 128]`` → logits ``[members, P, classes]``."""
+        hidden = first.add_(self.bias0).relu_().view(len(first), self.members, -1).transpose(0, 1)
         hidden = torch.baddbmm(self.bias1, hidden, self.weight1).relu_()
         return torch.baddbmm(self.bias2, hidden, self.weight2)
 

@@ -57,6 +57,19 @@ def test_the_fused_ensemble_gives_the_members_logits():
         assert fused.members == 4 and torch.allclose(fused(x), interpreter(x), rtol=1e-5, atol=1e-5)
 
 
+def test_labels_from_layer_maps_equal_labels_from_upsampled_features():
+    from renderloop.models.stylegan2.latents import upsampled_features
+
+    torch.manual_seed(0)
+    maps = [torch.randn(2, 3, 4, 4), torch.randn(2, 5, 8, 8), torch.randn(2, 4, 8, 8), torch.randn(2, 2, 16, 16)]
+    fused = StyleInterpreter(channels=14, classes=3, members=2).eval().fused()
+    with torch.no_grad():
+        expected = fused(upsampled_features(maps, (16, 16)).flatten(0, 1))  # [M, 2 * 256, classes]
+        assert torch.allclose(fused.on_maps(maps, (16, 16)), expected, rtol=1e-4, atol=1e-5)
+        with pytest.raises(ValueError, match="maps have 11 channels"):
+            fused.on_maps(maps[1:], (16, 16))
+
+
 def test_the_ensemble_learns_a_separable_labelling():
     torch.manual_seed(0)
     projection = torch.randn(16, 3)
