@@ -15,6 +15,7 @@ warm-up call: on a GPU each is about one kernel launch, which bounds small batch
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -82,20 +83,21 @@ def main() -> None:
     p.add_argument("--batch", nargs="*", type=int, default=[16])
     p.add_argument("--members", nargs="*", type=int, default=[10, 1], help="voting members (the ablation: 1)")
     p.add_argument("--classes", type=int, default=11)
+    p.add_argument("--pixel-chunk", nargs="*", type=int, default=[8192], help="source.pixel_chunk values")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         generator, interpreter = _assets(Path(folder), args.resolution, max(args.members), args.classes)
-        for members in args.members:
-            for batch in args.batch:
-                config = DatasetGANSourceConfig(checkpoint=str(generator), interpreter=str(interpreter),
-                                                batch_size=batch, members=members)  # fmt: skip
-                rate, ops = measure(DatasetGANSource(config, args.device), args.repeats)
-                rows.append({"members": members, "batch": batch, "images_per_s": rate, "operators_per_batch": ops})
-                print(f"members {members:>2} batch {batch:>4}: {rate:,.1f} labelled images/s, {ops:,} operators "
-                      "per batch", flush=True)  # fmt: skip
+        for members, batch, chunk in itertools.product(args.members, args.batch, args.pixel_chunk):
+            config = DatasetGANSourceConfig(checkpoint=str(generator), interpreter=str(interpreter),
+                                            batch_size=batch, members=members, pixel_chunk=chunk)  # fmt: skip
+            rate, ops = measure(DatasetGANSource(config, args.device), args.repeats)
+            rows.append({"members": members, "batch": batch, "pixel_chunk": chunk, "images_per_s": rate,
+                         "operators_per_batch": ops})  # fmt: skip
+            print(f"members {members:>2} batch {batch:>4} pixel_chunk {chunk:>6}: {rate:,.1f} labelled images/s, "
+                  f"{ops:,} operators per batch", flush=True)  # fmt: skip
     if args.out:
         write_report(args.out, device=str(args.device), torch=torch.__version__, rows=rows)
 
