@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench.operators import OperatorCount
 from bench.reports import write_report
 from renderloop.datasets.datasetgan import DatasetGANSource, DatasetGANSourceConfig
 from renderloop.models.style_interpreter import StyleInterpreter, save_interpreter
@@ -49,22 +49,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _OpCount(TorchDispatchMode):
-    """Counts the tensor operators run (on a GPU, about one kernel launch each)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        return func(*args, **(kwargs or {}))
-
-
 def measure(source: DatasetGANSource, repeats: int) -> tuple[float, int]:
     """Kept images per second (the best of ``repeats`` calls of ``generate`` after a warm-up) and
     the operators one call runs."""
-    with _OpCount() as count:
+    with OperatorCount() as count:
         source.generate(0, 0)
     best = float("inf")
     for i in range(repeats):
@@ -73,7 +61,7 @@ def measure(source: DatasetGANSource, repeats: int) -> tuple[float, int]:
         source.generate(0, i + 1)
         _sync(source.device)
         best = min(best, time.perf_counter() - start)
-    return source.config.batch_size / best, count.ops
+    return source.config.batch_size / best, count.total
 
 
 def main() -> None:

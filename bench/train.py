@@ -6,6 +6,7 @@ optimizer) and the data-wait fraction, per ZeRO stage.
     python -m bench.train --device cuda --generate-only               # make the streams once, then:
     torchrun --standalone --nproc_per_node 2 -m bench.train --device cuda --zero 2 --out train-2gpu.json
     python -m bench.train --device cuda --live --producers 4          # Ray producer actors, same host
+    python -m bench.train --resolution 16 --batch 1 --operators       # tensor operators per step
 
 By default the streams are generated first (closed, then repeated by the reader: the trainer never
 waits for producers, only for reading and decoding). ``--live`` trains while producer actors
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from bench.operators import OperatorCount
 from renderloop.cluster.config import ClusterConfig
 from renderloop.cluster.launch import TrainConfig, run, train_worker
 from renderloop.config import load_config
@@ -142,6 +144,29 @@ def measure(args, zero: int, sync: bool) -> dict | None:
     }
 
 
+def operators(args, zero: int) -> dict:
+    """Tensor operators of one engine step after a few warm-up steps (each non-view operator is
+    about one kernel launch on a GPU), counted on this machine."""
+    from renderloop.trainers.engine import Trainer
+    from renderloop.trainers.reporting import StepTimes
+
+    cfg = _config(args, zero, Path(args.root) / f"run-zero{zero}-operators", sync=False)
+    trainer = Trainer(cfg.method_name, cfg.method_config, cfg.engine, root=cfg.storage.root,
+                      stream_prefix=cfg.storage.stream, run_dir=cfg.run_dir, device=cfg.device)  # fmt: skip
+    trainer._open_data()
+    try:
+        for _ in range(3):
+            trainer.train_step(StepTimes())
+            trainer.step += 1
+        with OperatorCount() as count:
+            trainer.train_step(StepTimes())
+    finally:
+        for data in trainer.data.values():
+            data.close()
+    return {"zero": zero, "operators_per_step": count.total, "kernels_per_step": count.kernels,
+            "top": dict(count.by_name.most_common(12))}  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
@@ -158,6 +183,7 @@ def main() -> None:
     p.add_argument("--live", action="store_true")
     p.add_argument("--split", action="store_true", help="also time the step split (device syncs)")
     p.add_argument("--generate-only", action="store_true")
+    p.add_argument("--operators", action="store_true", help="count one step's tensor operators instead of timing")
     p.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "renderloop-bench-train"))
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -169,7 +195,11 @@ def main() -> None:
     if args.generate_only:
         return
     results = []
-    for zero in args.zero:
+    for zero in args.zero if args.operators else ():
+        results.append(operators(args, zero))
+        print(f"zero={zero}: {results[-1]['operators_per_step']:,} operators per step, "
+              f"{results[-1]['kernels_per_step']:,} not views", flush=True)  # fmt: skip
+    for zero in () if args.operators else args.zero:
         for sync in (False, True) if args.split else (False,):
             row = measure(args, zero, sync)
             if row is not None:
