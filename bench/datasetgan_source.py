@@ -71,7 +71,13 @@ def main() -> None:
     p.add_argument("--batch", nargs="*", type=int, default=[16])
     p.add_argument("--members", nargs="*", type=int, default=[10, 1], help="voting members (the ablation: 1)")
     p.add_argument("--classes", type=int, default=11)
-    p.add_argument("--pixel-chunk", nargs="*", type=int, default=[8192], help="source.pixel_chunk values")
+    p.add_argument(
+        "--pixel-chunk",
+        nargs="*",
+        type=int,
+        default=[DatasetGANSourceConfig.pixel_chunk],
+        help="source.pixel_chunk values",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="")
     args = p.parse_args()

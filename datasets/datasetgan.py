@@ -41,9 +41,12 @@ class DatasetGANSourceConfig:
     members: int = 0
     """Ensemble members that vote (0: all; 1: the single-MLP ablation)."""
     top_share: float = 0.1
-    pixel_chunk: int = 8192
-    """Pixels labelled at once, in whole images (at least one): the ensemble's hidden layers take
-    ``members · 128`` floats per pixel (about 335 MB for one 256² image of 10 members)."""
+    pixel_chunk: int = 32768
+    """Pixels labelled at once, in whole images (at least one): eight 64² images make one
+    synthesis and one pass of the ensemble, so a GPU launches fewer, larger kernels. It bounds
+    memory: their synthesis maps and the ensemble's hidden layers, ``members · 128`` floats per
+    pixel in each of a few buffers (about 335 MB each for one 256² image of 10 members). On a CPU
+    smaller groups run faster (BENCHMARKS.md, DatasetGAN)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.members < 0 or self.pixel_chunk < 1:
@@ -53,7 +56,7 @@ class DatasetGANSourceConfig:
         check_number("source.truncation_psi", self.truncation_psi, note="1 is no truncation")
 
     def digest(self) -> str:
-        return config_digest(self, {"pixel_chunk": 8192})
+        return config_digest(self, {"pixel_chunk": self.pixel_chunk})  # it never changes the samples
 
 
 class DatasetGANSource:
@@ -94,20 +97,20 @@ class DatasetGANSource:
 
     @torch.no_grad()
     def _label(self, ws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Images, majority labels and uncertainties of ``ws``: one synthesis for the whole pool,
-        then the ensemble's votes for as many whole images at once as ``pixel_chunk`` allows."""
+        """Images, majority labels and uncertainties of ``ws``, in groups of as many whole images
+        as ``pixel_chunk`` allows: one synthesis per group, then the ensemble on its layer maps."""
         from renderloop.models.style_interpreter import image_uncertainty, js_divergence, majority_vote
         from renderloop.models.stylegan2.latents import layer_maps
 
-        maps, image = layer_maps(self.G, ws)
-        B, _, H, W = image.shape
-        per_group = max(1, self.config.pixel_chunk // (H * W))
-        labels, scores = [], []
-        for start in range(0, B, per_group):
-            logits = self.ensemble.on_maps([m[start : start + per_group] for m in maps], (H, W))
-            labels.append(majority_vote(logits).view(-1, H, W))
-            scores.append(image_uncertainty(js_divergence(logits).view(-1, H * W), self.config.top_share))
-        return ((image.float() + 1) / 2).clamp(0, 1), torch.cat(labels), torch.cat(scores)
+        res = self.G.img_resolution
+        images, labels, scores = [], [], []
+        for group in ws.split(max(1, self.config.pixel_chunk // res**2)):
+            maps, image = layer_maps(self.G, group)
+            logits = self.ensemble.on_maps(maps, (res, res))
+            images.append(((image.float() + 1) / 2).clamp(0, 1))
+            labels.append(majority_vote(logits).view(-1, res, res))
+            scores.append(image_uncertainty(js_divergence(logits).view(-1, res * res), self.config.top_share))
+        return torch.cat(images), torch.cat(labels), torch.cat(scores)
 
     @torch.no_grad()
     def generate(self, seed: int, batch_index: int) -> dict[str, torch.Tensor]:

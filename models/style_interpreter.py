@@ -45,7 +45,10 @@ class StyleInterpreter(nn.Module):
         return torch.stack([m(features) for m in self.members])
 
     def fused(self) -> FusedEnsemble:
-        """The same ensemble for labelling: every member at once, batch norm folded in."""
+        """The same ensemble for labelling (in evaluation mode): every member at once, batch norm
+        folded in."""
+        if self.training:
+            raise ValueError("StyleInterpreter.fused(): call .eval() first (batch norm folds its running statistics)")
         return FusedEnsemble(self)
 
 
@@ -101,12 +104,12 @@ class FusedEnsemble(nn.Module):
         if start != len(self.weight0):
             raise ValueError(f"FusedEnsemble.on_maps(): maps have {start} channels; the ensemble takes "
                              f"{len(self.weight0)}")  # fmt: skip
-        hidden = 0
+        hidden = None
         for (h, w), part in per_size.items():
             if (h, w) != size:  # a channels-last view, upsampled in that layout
                 part = F.interpolate(part.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
                 part = part.permute(0, 2, 3, 1)
-            hidden = hidden + part
+            hidden = part if hidden is None else hidden.add_(part)
         return self._rest(hidden.reshape(-1, hidden.shape[-1]))
 
     def _rest(self, first: torch.Tensor) -> torch.Tensor:

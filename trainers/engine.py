@@ -145,8 +145,6 @@ class Trainer:
                     opt, lambda u: lr_multiplier(engine, u, h)
                 ),
             )
-            if dist.world_size == 1 and engine.zero_stage == 0:
-                ds_engine.enable_backward_allreduce = False  # an all-reduce over one rank only copies
             self.engines[name], self.modules[name] = ds_engine, ds_engine.module
         roles = self.method.streams()
         for phase in self.phases:

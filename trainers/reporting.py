@@ -91,7 +91,8 @@ class Reporter:
         self.method, self.rank, self.metrics, self.log_every = method, str(rank), metrics, max(log_every, 1)
         self.main = rank == 0
         self._losses: dict[str, list[torch.Tensor]] = defaultdict(list)
-        self._window = {"steps": 0, "samples": 0, "seconds": 0.0, **dict.fromkeys(StepTimes.PARTS, 0.0)}
+        self._window = {"steps": 0, "samples": 0, **dict.fromkeys(StepTimes.PARTS, 0.0)}
+        self._window_start = time.perf_counter()
         self._tb = self._bar = self._log = None
         if not self.main:
             return
@@ -122,7 +123,6 @@ class Reporter:
         w = self._window
         w["steps"] += 1
         w["samples"] += samples
-        w["seconds"] += times.total
         for part, seconds in times.parts.items():
             w[part] += seconds
         if self._bar is not None:
@@ -134,12 +134,12 @@ class Reporter:
     def _flush(self, step: int) -> dict[str, float]:
         labels = {"method": self.method, "rank": self.rank}
         w = self._window
-        # Steps do not wait for the device; reading the losses does, once per window, and the
-        # time the window's work took past its last launch counts as its own.
-        started = time.perf_counter()
+        # Steps do not wait for the device; reading the losses does, once per window. The window
+        # lasts from the previous read to this one on the wall clock, so the device's work and
+        # whatever ran between steps (checkpoints, image grids) count once, in the window they fall in.
         losses = _window_means(self._losses)
-        w["seconds"] += time.perf_counter() - started
-        seconds = max(w["seconds"], 1e-9)
+        now = time.perf_counter()
+        seconds, self._window_start = max(now - self._window_start, 1e-9), now
         summary = {
             "step": step,
             "time": time.time(),
@@ -176,7 +176,7 @@ class Reporter:
                 shown = {k: f"{v:.3g}" for k, v in shown.items()}
                 self._bar.set_postfix({"samples/s": f"{summary['samples_per_s']:.0f}", **extra, **shown})
         self._losses.clear()
-        self._window = {"steps": 0, "samples": 0, "seconds": 0.0, **dict.fromkeys(StepTimes.PARTS, 0.0)}
+        self._window = {"steps": 0, "samples": 0, **dict.fromkeys(StepTimes.PARTS, 0.0)}
         return {**summary, **losses}
 
     def images(self, step: int, grids: dict[str, torch.Tensor]) -> None:

@@ -50,6 +50,8 @@ def test_the_fused_ensemble_gives_the_members_logits():
         norm.running_var.uniform_(0.2, 3.0)
         norm.weight.data.normal_()
         norm.bias.data.normal_()
+    with pytest.raises(ValueError, match="eval"):
+        interpreter.fused()
     interpreter.eval()
     x = torch.randn(300, 12)
     fused = interpreter.fused()

@@ -75,7 +75,7 @@ def test_annotations_once_training_resume_and_the_labelled_source(tmp_path, asse
     assert sample["seg.png"].shape == (16, 16) and sample["meta.json"]["uncertainty"] >= 0
     single = DatasetGANSource(DatasetGANSourceConfig(**{**config.__dict__, "members": 1}))
     assert single.ensemble.members == 1
-    # Labels do not depend on how pixels are grouped: 100-pixel chunks split every 16² image.
+    # Labels do not depend on how images are grouped: one at a time (100 pixels) against all 12 at once.
     split = DatasetGANSource(DatasetGANSourceConfig(**{**config.__dict__, "pixel_chunk": 100})).generate(0, 0)
     assert torch.equal(split["seg"], batch["seg"]) and torch.equal(split["pool_index"], batch["pool_index"])
     assert torch.allclose(split["uncertainty"], batch["uncertainty"], rtol=1e-5, atol=1e-7)

@@ -143,6 +143,21 @@ def test_the_optimizer_gets_the_gradient_clipped_only_as_configured(streams, cli
         assert all(torch.equal(g, torch.full_like(g, 1e4)) for g in seen)
 
 
+def test_a_parameter_without_gradient_in_an_update_moves_on_momentum_as_on_many_ranks(streams):
+    """DeepSpeed's all-reduce gives a gradient-less trainable parameter a zero gradient, also on one
+    rank, so Adam moves it on its momentum (a regularizer phase that skips a bias must not freeze it)."""
+    trainer = _trainer(debug_config(streams / "data", streams / "run"))
+    phase = next(p for p in trainer.phases if p.model == "R")
+    engine, R = trainer.engines["R"], trainer.nets(phase)["R"]
+    first, *rest = list(R.parameters())
+    trainer.backward(phase, sum(p.sum() for p in R.parameters()))  # momentum for every parameter
+    engine.step()
+    before = [p.detach().clone() for p in rest]
+    trainer.backward(phase, first.sum())  # only the first parameter gets a gradient
+    engine.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, rest, strict=True))
+
+
 def test_ema_moves_each_weight_towards_the_model_and_copies_buffers():
     from renderloop.trainers.engine import EMA
 

@@ -1,8 +1,10 @@
-"""The reporter: a log window's loss means, read from the device only when the window closes."""
+"""The reporter: a log window's loss means, read from the device only when the window closes, and
+its rates over the window's wall-clock time."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -38,3 +40,12 @@ def test_a_window_logs_the_mean_of_its_steps(tmp_path):
     assert summary["G/loss"] == pytest.approx(2.0) and summary["D/loss"] == pytest.approx(3.0)
     (row,) = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert row["step"] == 1 and row["loss/G/loss"] == pytest.approx(2.0)
+
+
+def test_a_window_lasts_on_the_wall_clock_including_work_between_steps(tmp_path):
+    reporter = _reporter(tmp_path, log_every=2)
+    reporter.step(0, {}, _times(), samples=4)
+    time.sleep(0.2)  # e.g. a checkpoint written between steps, or the device finishing queued work
+    summary = reporter.step(1, {}, _times(), samples=4)
+    reporter.close()
+    assert summary["step_seconds"] >= 0.1 and summary["samples_per_s"] <= 8 / 0.2
