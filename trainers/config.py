@@ -55,8 +55,8 @@ class EngineConfig:
     zero_stage: int = 0
     """DeepSpeed ZeRO stage, 0-3."""
     precision: str = "fp32"
-    """``fp32``; ``bf16`` (bf16 weights and batches, DeepSpeed's bf16 optimizer keeps fp32 master
-    weights; its step reads the gradient norm on the host, a device sync per update); or
+    """``fp32``; ``bf16`` (bf16 weights and batches, DeepSpeed's mixed-precision optimizer keeps
+    fp32 master weights; its step reads the gradient norm on the host, a device sync per update); or
     ``bf16_autocast`` (fp32 weights and optimizer, each step's forward under ``torch.autocast``
     in bf16: no sync in the optimizer)."""
     gradient_accumulation: int = 1
