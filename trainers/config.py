@@ -51,7 +51,8 @@ class EngineConfig:
     """Engine steps; every active phase runs once per step (see ``trainers.method.Phase``)."""
     max_minutes: float = 0.0
     """Also stop (and checkpoint) after this many minutes of this process's training (0: no limit),
-    e.g. to fit a time-limited allocation; a later run with the same ``run_dir`` resumes."""
+    e.g. to fit a time-limited allocation; a later run with the same ``run_dir`` resumes. Several
+    ranks check it at the end of each log window."""
     zero_stage: int = 0
     """DeepSpeed ZeRO stage, 0-3."""
     precision: str = "fp32"

@@ -196,6 +196,20 @@ def test_max_minutes_stops_with_a_checkpoint_and_the_same_command_continues(stre
     assert sorted(_losses(streams / "run")) == list(range(6))
 
 
+def test_several_ranks_agree_on_the_time_limit_once_per_log_window(monkeypatch):
+    from types import SimpleNamespace
+
+    broadcasts = []
+    monkeypatch.setattr(torch.distributed, "broadcast", lambda flag, src: broadcasts.append(float(flag)))
+    trainer = SimpleNamespace(cfg=SimpleNamespace(max_minutes=1e-9, log_every=5),
+                              dist=SimpleNamespace(world_size=2), device=torch.device("cpu"))  # fmt: skip
+    over = []
+    for step in range(11):
+        trainer.step = step
+        over.append(Trainer._out_of_time(trainer, started=time.monotonic() - 1.0))
+    assert over == [True] + [False] * 4 + [True] + [False] * 4 + [True] and len(broadcasts) == 3
+
+
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_zero_stages_train_and_checkpoint(streams, stage):
     run_dir = streams / f"zero{stage}"
