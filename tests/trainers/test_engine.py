@@ -158,6 +158,35 @@ def test_a_parameter_without_gradient_in_an_update_moves_on_momentum_as_on_many_
     assert all(not torch.equal(b, p) for b, p in zip(before, rest, strict=True))
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize(("method", "precision"), [("simgan_debug", "fp32"), ("stylegan2_debug", "bf16_autocast")])
+def test_a_training_step_never_waits_for_the_device_cuda(tmp_path, method, precision):
+    """No host read inside a step (``bf16``'s DeepSpeed optimizer has one per update by design)."""
+    from renderloop.cluster.launch import TrainConfig
+    from renderloop.config import load_config
+    from tests.trainers.helpers import make_streams
+
+    cfg = load_config("train", [f"method={method}", "engine=debug", f"engine.precision={precision}", "device=cuda",
+                                f"storage.root={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}",
+                                "samples_per_shard=8", "engine.max_steps=100"], TrainConfig)  # fmt: skip
+    make_streams(cfg)
+    trainer = Trainer(cfg.method_name, cfg.method_config, cfg.engine, root=cfg.storage.root,
+                      stream_prefix=cfg.storage.stream, run_dir=cfg.run_dir, device="cuda")  # fmt: skip
+    trainer._open_data()
+    try:
+        for checked in (False,) * 4 + (True,) * 4:  # warm-up first: allocations, cuDNN's autotuning
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error" if checked else 0)
+            try:
+                trainer.train_step(StepTimes())
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+            trainer.step += 1
+    finally:
+        for data in trainer.data.values():
+            data.close()
+
+
 def test_ema_moves_each_weight_towards_the_model_and_copies_buffers():
     from renderloop.trainers.engine import EMA
 
