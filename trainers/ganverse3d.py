@@ -251,6 +251,10 @@ class GANverse3D(Method):
             targets.append((targets[0] // V) * V + (targets[0] + 1) % V)
         losses: dict[str, torch.Tensor] = {}
         total = torch.zeros((), device=rgb.device)
+        perceptual = phase.name == "main" and cfg.lam_percept
+        if perceptual:  # the masked inputs' features, once for every target view (a permutation of them)
+            with torch.no_grad():
+                reference = self.oracle.features(rgb * mask[:, None].float())
         for index in targets:
             R, t, K = camera(index)
             out = render_textured(verts, model.net.faces, model.net.template, tex, R, t, K, (res, res), cfg.sigma,
@@ -259,9 +263,9 @@ class GANverse3D(Method):
             colour = ((out.image - rgb[index]).abs().mean(1) * m).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)
             iou = self._iou_loss(out.soft, m)
             per_sample = cfg.lam_col * colour + cfg.lam_iou * iou
-            if phase.name == "main" and cfg.lam_percept:
-                pairs = zip(self.oracle.features(out.image), self.oracle.features(rgb[index] * m[:, None]), strict=True)
-                per_sample = per_sample + cfg.lam_percept * sum((a - b).abs().mean((1, 2, 3)) for a, b in pairs)
+            if perceptual:
+                pairs = zip(self.oracle.features(out.image), reference, strict=True)
+                per_sample = per_sample + cfg.lam_percept * sum((a - b[index]).abs().mean((1, 2, 3)) for a, b in pairs)
             total = total + (per_sample * usable).sum() / usable.sum().clamp_min(1) / len(targets)
             losses["iou" if "iou" not in losses else "iou_other_view"] = 1 - iou.detach().mean()
         shape = (cfg.lam_lap * laplacian_loss(verts, self.edges.to(rgb.device))
