@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 
 import torch
 
+from bench.timing import synchronize
 from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.producer import Producer
 from renderloop.datasets.reader import ShardStream
@@ -41,20 +42,15 @@ from renderloop.datasets.simulator import Simulator, SimulatorConfig
 from renderloop.datasets.storage import Storage
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def bench_simulator(res: int, batch: int, style: str, device: torch.device, compile_: bool, iters: int) -> dict:
     sim = Simulator(SimulatorConfig(resolution=res, batch_size=batch, style=style, compile=compile_), device)
     for i in range(5):  # warm-up (compilation, allocator)
         sim.generate(0, i)
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for i in range(iters):
         sim.generate(1, i)
-    _sync(device)
+    synchronize(device)
     seconds = (time.perf_counter() - start) / iters
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
     return {
@@ -75,12 +71,12 @@ def profile_simulator(res: int, batch: int, device: torch.device, compile_: bool
     sim = Simulator(SimulatorConfig(resolution=res, batch_size=batch, compile=compile_), device)
     for i in range(5):
         sim.generate(0, i)
-    _sync(device)
+    synchronize(device)
     activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device.type == "cuda")
     with profile(activities=activities, record_shapes=True) as prof:
         sim.generate(1, 0)
         sim.generate(1, 1)
-        _sync(device)
+        synchronize(device)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=25, max_name_column_width=60))
 
@@ -179,7 +175,7 @@ def _train(root: str, device: torch.device, workers: int, batch: int, steps: int
         start = time.perf_counter()
         for _ in range(steps):
             to_device(data.next()[0], device, torch.float32)
-        _sync(device)
+        synchronize(device)
         return steps / (time.perf_counter() - start)
     finally:
         data.close()
@@ -189,7 +185,7 @@ def bench_formats(res: int, samples: int, batch: int, device: torch.device, work
     """Producer, reader and trainer-side rates of both shard formats on the same batches."""
     sim = Simulator(SimulatorConfig(resolution=res, batch_size=batch), device)
     batches = [sim.generate(0, i) for i in range(max(min(samples // batch, 4), 1))]
-    _sync(device)
+    synchronize(device)
     rows, read_batch = [], 32
     for name, (record, checksum, columns) in FORMATS.items():
         with tempfile.TemporaryDirectory() as root:

@@ -24,6 +24,7 @@ import torch
 
 from bench.operators import OperatorCount
 from bench.reports import write_report
+from bench.timing import synchronize
 from renderloop.datasets.datasetgan import DatasetGANSource, DatasetGANSourceConfig
 from renderloop.models.style_interpreter import StyleInterpreter, save_interpreter
 from renderloop.models.stylegan2 import Generator, GeneratorConfig
@@ -44,11 +45,6 @@ def _assets(folder: Path, resolution: int, members: int, classes: int) -> tuple[
     return save_generator(G, folder / "generator.pt"), save_interpreter(interpreter.eval(), folder / "i.pt", {})
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(source: DatasetGANSource, repeats: int) -> tuple[float, int]:
     """Kept images per second (the best of ``repeats`` calls of ``generate`` after a warm-up) and
     the operators one call runs."""
@@ -56,10 +52,10 @@ def measure(source: DatasetGANSource, repeats: int) -> tuple[float, int]:
         source.generate(0, 0)
     best = float("inf")
     for i in range(repeats):
-        _sync(source.device)
+        synchronize(source.device)
         start = time.perf_counter()
         source.generate(0, i + 1)
-        _sync(source.device)
+        synchronize(source.device)
         best = min(best, time.perf_counter() - start)
     return source.config.batch_size / best, count.total
 

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 
 import torch
 
+from bench.timing import synchronize
 from renderloop.renderers.renderer import MeshRenderer, RendererConfig
 from tests.renderers.helpers import orbit_scene
 
@@ -32,11 +33,6 @@ DEFAULT_GRID = {
     "cpu": ["8x128x1280", "8x256x5120", "64x256x5120"],
     "cuda": ["64x128x5120", "64x256x5120", "256x256x5120", "64x512x5120", "64x256x20480"],
 }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _peak_mib(device: torch.device) -> float:
@@ -71,13 +67,13 @@ def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: 
     step = make_step(batch, res, faces, device=device, mode=mode, soft=soft, compile_=compile_, backend=backend)
     for _ in range(5):  # warm-up: allocator, compile (and its dynamic-shape recompile), caches
         step()
-    _sync(device)
+    synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(iters):
         out = step()
-    _sync(device)
+    synchronize(device)
     seconds = (time.perf_counter() - start) / iters
     coverage = float(out.fragments.mask.float().mean())
     return {
@@ -98,11 +94,11 @@ def profile(setting: str, device: torch.device, compile_: bool) -> None:
     step = make_step(batch, res, faces, device=device, mode="fwd+bwd", soft=False, compile_=compile_)
     for _ in range(3):
         step()
-    _sync(device)
+    synchronize(device)
     with torch_profile(activities=activities, record_shapes=True, with_stack=True) as prof:
         step()
         step()
-        _sync(device)
+        synchronize(device)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=20))
     # The most expensive ops, with where they are called from and their input shapes.

@@ -195,11 +195,12 @@ def main() -> None:
     if args.generate_only:
         return
     results = []
-    for zero in args.zero if args.operators else ():
-        results.append(operators(args, zero))
-        print(f"zero={zero}: {results[-1]['operators_per_step']:,} operators per step, "
-              f"{results[-1]['kernels_per_step']:,} not views", flush=True)  # fmt: skip
-    for zero in () if args.operators else args.zero:
+    for zero in args.zero:
+        if args.operators:
+            results.append(operators(args, zero))
+            print(f"zero={zero}: {results[-1]['operators_per_step']:,} operators per step, "
+                  f"{results[-1]['kernels_per_step']:,} not views", flush=True)  # fmt: skip
+            continue
         for sync in (False, True) if args.split else (False,):
             row = measure(args, zero, sync)
             if row is not None:

@@ -320,7 +320,7 @@ class Trainer:
         """Run every phase active at ``self.step``; returns the mean losses (on the device: the
         reporter reads them once per log window, so the host never waits for a step) and the
         samples read."""
-        losses: dict[str, list[float]] = defaultdict(list)
+        losses: dict[str, list[torch.Tensor]] = defaultdict(list)
         samples = 0
         micro = self.cfg.gradient_accumulation
         for phase in self.phases:

@@ -40,6 +40,11 @@ class StepTimes:
         self.total = time.perf_counter() - self.start
 
 
+def _empty_window() -> dict[str, float]:
+    """A log window's counters: steps, samples and the seconds of each step part."""
+    return {"steps": 0, "samples": 0, **dict.fromkeys(StepTimes.PARTS, 0.0)}
+
+
 def _window_means(losses: dict[str, list[torch.Tensor]]) -> dict[str, float]:
     """Each loss's mean over the window, read from the device in one transfer."""
     if not losses:
@@ -91,7 +96,7 @@ class Reporter:
         self.method, self.rank, self.metrics, self.log_every = method, str(rank), metrics, max(log_every, 1)
         self.main = rank == 0
         self._losses: dict[str, list[torch.Tensor]] = defaultdict(list)
-        self._window = {"steps": 0, "samples": 0, **dict.fromkeys(StepTimes.PARTS, 0.0)}
+        self._window = _empty_window()
         self._window_start = time.perf_counter()
         self._tb = self._bar = self._log = None
         if not self.main:
@@ -176,7 +181,7 @@ class Reporter:
                 shown = {k: f"{v:.3g}" for k, v in shown.items()}
                 self._bar.set_postfix({"samples/s": f"{summary['samples_per_s']:.0f}", **extra, **shown})
         self._losses.clear()
-        self._window = {"steps": 0, "samples": 0, **dict.fromkeys(StepTimes.PARTS, 0.0)}
+        self._window = _empty_window()
         return {**summary, **losses}
 
     def images(self, step: int, grids: dict[str, torch.Tensor]) -> None:
