@@ -89,9 +89,18 @@ class Decomposition(nn.Module):
         self.light_net = Encoder(resolution, 4, width, zdim)
 
     def depth(self, image: torch.Tensor) -> torch.Tensor:
-        """``[B, H, W]`` canonical depth in ``[min_depth, max_depth]``."""
-        unit = (torch.tanh(self.depth_net(image)[:, 0]) + 1) / 2
-        return self.min_depth + (self.max_depth - self.min_depth) * unit
+        """``[B, H, W]`` canonical depth in ``[min_depth, max_depth]``.
+
+        As in Unsup3d, the raw map is centred before the squashing, so the network shapes the
+        surface rather than moving it as a whole (which would only change the perspective), and
+        the two outermost columns on each side are held at the background's depth (70% of the way
+        to ``max_depth``)."""
+        raw = self.depth_net(image)[:, 0]
+        unit = (torch.tanh(raw - raw.mean((1, 2), keepdim=True)) + 1) / 2
+        depth = self.min_depth + (self.max_depth - self.min_depth) * unit
+        border = torch.zeros_like(depth[:1])
+        border[..., :2], border[..., -2:] = 1.0, 1.0
+        return torch.lerp(depth, torch.full_like(depth, 0.3 * self.min_depth + 0.7 * self.max_depth), border)
 
     def albedo(self, image: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` in [0, 1]."""

@@ -18,7 +18,8 @@ from bench.stylegan2_peer import auto_settings, nvlabs_plugins, nvlabs_seconds_p
 def test_auto_settings_follow_its_formulas():
     s = auto_settings(64, 32)  # batch min(4096 // 64, 32) = 32, γ = 0.0002 · 64² / 32, ema_kimg 10
     assert s["batch"] == 32 and s["r1_gamma"] == pytest.approx(0.0256)
-    assert "engine.ema_half_life=312.5" in s["overrides"] and "method.mapping_layers=2" in s["overrides"]
+    assert "engine.ema_half_life=312.5" in s["overrides"] and "engine.ema_rampup=0.05" in s["overrides"]
+    assert "method.mapping_layers=2" in s["overrides"]
     big = auto_settings(512, 16)  # its own batch there is min(8, 32) = 8: γ = 0.0002 · 512² / 8
     assert big["r1_gamma"] == pytest.approx(6.5536) and "method.channel_base=32768" in big["overrides"]
 

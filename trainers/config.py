@@ -70,7 +70,11 @@ class EngineConfig:
     """Linear warm-up, in optimizer updates of each model."""
     min_lr_ratio: float = 0.0
     ema_half_life: float = 0.0
-    """EMA half-life, in optimizer updates, of models that ask for one (0: EMA equals the model)."""
+    """EMA half-life, in steps, of models that ask for one (0: EMA equals the model); the EMA is
+    updated once per step in which its model was updated."""
+    ema_rampup: float = 0.0
+    """Let the half-life grow with the run: at step s it is at most ``ema_rampup · s`` (StyleGAN2-ADA
+    uses 0.05), so an early EMA does not hold on to the random initialization; 0: fixed from the start."""
     seed: int = 0
     checkpoint_every: int = 500
     """Save every this many steps (and at the end); 0 saves only at the end."""
@@ -114,15 +118,20 @@ class EngineConfig:
             raise bad("min_lr_ratio", f"must be in [0, 1]; got {self.min_lr_ratio}")
         if not 0 <= self.ema_half_life < math.inf:
             raise bad("ema_half_life", f"must be >= 0 and finite; got {self.ema_half_life}")
+        if not 0 <= self.ema_rampup < math.inf:
+            raise bad("ema_rampup", f"must be >= 0 and finite; got {self.ema_rampup}")
         for key in ("checkpoint_every", "log_every", "image_every"):
             if getattr(self, key) < 0:
                 raise bad(key, f"must be >= 0; got {getattr(self, key)}")
         if self.keep_checkpoints < 1:
             raise bad("keep_checkpoints", f"must be >= 1; got {self.keep_checkpoints}")
 
-    @property
-    def ema_beta(self) -> float:
-        return 0.5 ** (1.0 / self.ema_half_life) if self.ema_half_life > 0 else 0.0
+    def ema_beta(self, step: int) -> float:
+        """The EMA's decay per update at ``step`` (0-based): its half-life, capped by the ramp-up."""
+        half_life = self.ema_half_life
+        if self.ema_rampup > 0:
+            half_life = min(half_life, self.ema_rampup * step)
+        return 0.5 ** (1.0 / half_life) if half_life > 0 else 0.0
 
 
 def lr_multiplier(cfg: EngineConfig, update: int, total_updates: int) -> float:

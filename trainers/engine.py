@@ -46,12 +46,11 @@ def stream_name(prefix: str, role: str) -> str:
 class EMA:
     """Exponential moving average of a model's weights (fp32, on the model's device)."""
 
-    def __init__(self, module: nn.Module, beta: float) -> None:
+    def __init__(self, module: nn.Module) -> None:
         self.module = copy.deepcopy(module).float().eval().requires_grad_(False)
-        self.beta = beta
 
     @torch.no_grad()
-    def update(self, source: nn.Module, zero3: bool) -> None:
+    def update(self, source: nn.Module, beta: float, zero3: bool) -> None:
         params = list(source.parameters())
         gather = contextlib.nullcontext()
         if zero3:
@@ -59,7 +58,7 @@ class EMA:
 
             gather = deepspeed.zero.GatheredParameters(params)
         with gather:  # one fused update over all tensors, not a kernel launch per parameter
-            torch._foreach_lerp_(list(self.module.parameters()), [p.detach().float() for p in params], 1 - self.beta)
+            torch._foreach_lerp_(list(self.module.parameters()), [p.detach().float() for p in params], 1 - beta)
         for ema, b in zip(self.module.buffers(), source.buffers(), strict=True):
             ema.copy_(b)
 
@@ -132,7 +131,7 @@ class Trainer:
                 self.modules[name] = spec.module.to(self.device, self.dtype).eval().requires_grad_(False)
                 continue
             if spec.ema:
-                self.emas[name] = EMA(spec.module, engine.ema_beta)
+                self.emas[name] = EMA(spec.module)
                 self.emas[name].module.to(self.device)
             params = [p for p in spec.module.parameters() if p.requires_grad]
             self._trainable[name] = params
@@ -323,6 +322,7 @@ class Trainer:
         losses: dict[str, list[torch.Tensor]] = defaultdict(list)
         samples = 0
         micro = self.cfg.gradient_accumulation
+        updated: set[str] = set()
         for phase in self.phases:
             if not phase.active(self.step):
                 continue
@@ -337,16 +337,18 @@ class Trainer:
                 t1 = self._sync()
                 self.backward(phase, out["loss"])
                 t2 = self._sync()
-                boundary = engine.is_gradient_accumulation_boundary()
+                if engine.is_gradient_accumulation_boundary():
+                    updated.add(phase.model)
                 engine.step()
-                if boundary and phase.model in self.emas:
-                    self.emas[phase.model].update(engine.module, self.cfg.zero_stage == 3)
                 t3 = self._sync()
                 times.add("forward", t1 - t0)
                 times.add("backward", t2 - t1)
                 times.add("optimizer", t3 - t2)
                 for key, value in out.items():
                     losses[f"{phase.name}/{key}"].append(value.detach())
+        beta = self.cfg.ema_beta(self.step)
+        for name in updated & self.emas.keys():  # once per step, however many phases updated the model
+            self.emas[name].update(self.engines[name].module, beta, self.cfg.zero_stage == 3)
         return {k: torch.stack(v).float().mean() for k, v in losses.items()}, samples
 
     def fit(self) -> dict[str, float]:

@@ -6,13 +6,13 @@ light networks, ``models/decomposition.py``) rendered by the depth-map renderer,
 offset encoder E, in rounds of three steps after an initialization:
 
 - ``init``: the depth network fits an ellipsoid placed by the oracle segmenter's object mask.
-- ``albedo`` (step 1): albedo, light and view reconstruct the image with the depth held fixed.
+- ``albedo`` (step 1): the albedo reconstructs the image with depth, view and light held fixed.
 - ``offset`` (step 2): pseudo samples (the image re-rendered under random views and lights) are
   projected into the GAN: E predicts Δw from each, and G(w + Δw) learns to match it, with
-  ``lam_offset · ‖Δw‖²`` keeping the offsets small.
+  ``lam_offset`` times the mean square of Δw keeping the offsets small.
 - ``shape`` (step 3): depth and albedo of the image, with each projected sample's own view and
-  light, reconstruct the projected samples and the image (plus depth smoothness and, with
-  ``symmetry``, the flipped reconstruction).
+  light, reconstruct the projected samples and the image (plus the curvature of the depth and
+  of its diffuse shading and, with ``symmetry``, the flipped reconstruction).
 
 The paper runs this per image; here it runs jointly on the stream (its joint mode), and the
 projected samples of step 3 are made afresh for each batch from the current networks and the
@@ -27,6 +27,7 @@ their true depth (a scale-invariant log-depth loss, depth in the input view).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -47,11 +48,13 @@ from renderloop.renderers.backends import config_backend, get_backend
 from renderloop.renderers.cameras import fov_intrinsics
 from renderloop.renderers.depth_map import DepthRender, render_depth_map, view_about_pivot
 
-from .depth_scores import log_depth_variance, mad, side
+from .depth_scores import interior, log_depth_variance, mad, side
 from .method import Method, ModelSpec, Phase
 from .oracle import Oracle
 
 __all__ = ["GAN2ShapeConfig", "GAN2Shape"]
+
+log = logging.getLogger(__name__)
 
 MODES = ("gan2shape", "unsup3d", "supervised")
 PRIORS = ("ellipsoid", "flat")
@@ -163,9 +166,17 @@ class GAN2ShapeConfig:
         return self.init_steps + sum(self.first_round) + (self.rounds - 1) * sum(self.later_rounds)
 
 
-def _smoothness(depth: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference of neighbouring depths (total variation)."""
-    return (depth[:, 1:] - depth[:, :-1]).abs().mean() + (depth[:, :, 1:] - depth[:, :, :-1]).abs().mean()
+def _curvature(field: torch.Tensor) -> torch.Tensor:
+    """Mean absolute second differences of ``field [B, H, W]`` (d²/dx², d²/dy² and both mixed
+    ones): zero on any plane, so a slope costs nothing and only bending does."""
+    dx, dy = field[:, :, 1:] - field[:, :, :-1], field[:, 1:] - field[:, :-1]
+    terms = (dx[:, :, 1:] - dx[:, :, :-1], dx[:, 1:] - dx[:, :-1], dy[:, :, 1:] - dy[:, :, :-1], dy[:, 1:] - dy[:, :-1])
+    return sum(t.abs().mean() for t in terms)
+
+
+def _diffuse_shading(rendered: DepthRender, direction: torch.Tensor) -> torch.Tensor:
+    """``[B, H, W]``: the canonical surface's Lambert term ``max(0, n · l)``."""
+    return (rendered.normals * direction[:, :, None, None]).sum(1).clamp_min(0)
 
 
 class GAN2Shape(Method):
@@ -183,6 +194,10 @@ class GAN2Shape(Method):
     def check_engine(cls, config: GAN2ShapeConfig, engine: Any) -> None:
         if engine.precision == "bf16":
             raise ConfigError("engine.precision", "the renderer runs on fp32 inputs: use fp32 or bf16_autocast")
+        if config.mode == "gan2shape" and engine.max_steps < config.schedule_steps:
+            log.warning("engine.max_steps=%d stops inside the schedule of %d steps (init, then %d rounds of "
+                        "steps 1-3): a later run with engine.max_steps >= %d continues it",
+                        engine.max_steps, config.schedule_steps, config.rounds, config.schedule_steps)  # fmt: skip
 
     def fields(self, role: str) -> list[str]:
         return ["rgb.png", "depth.npy", "seg.png"] if self.config.mode == "supervised" else ["rgb.png", "latent.npy"]
@@ -258,20 +273,26 @@ class GAN2Shape(Method):
         composite = rendered.image + (1 - mask) * target
         return l1 + self.config.lam_perc * self._perceptual(composite, target)
 
-    def _random_views(self, n: int, device) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple]:
-        """A pseudo sample's view (yaw, pitch within the prior) and light (ambient, diffuse, direction)."""
-        cfg = self.config
+    def _random_views(self, light: tuple) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple]:
+        """A pseudo sample's view (yaw, pitch within the prior) and light: the image's own light
+        with diffuse raised by r ~ U(-0.1, 0.6) and ambient lowered by 0.6 r (the paper's car
+        setting), from a direction with x ~ U(-1, 1) and y ~ U(-0.8, 0.8)."""
+        cfg, (ambient, diffuse, _) = self.config, light
+        n, device = len(ambient), ambient.device
         limits = torch.tensor([cfg.pseudo_pitch_deg, cfg.pseudo_yaw_deg, 0.0], device=device).deg2rad()
         angles = (torch.rand(n, 3, device=device) * 2 - 1) * limits
-        ambient, diffuse = 0.2 + 0.4 * torch.rand(n, device=device), 0.3 + 0.5 * torch.rand(n, device=device)
-        xy = (torch.rand(n, 2, device=device) * 2 - 1) * 0.8
+        r = torch.empty(n, device=device).uniform_(-0.1, 0.6)
+        xy = (torch.rand(n, 2, device=device) * 2 - 1) * torch.tensor([1.0, 0.8], device=device)
         direction = F.normalize(torch.cat([xy, -torch.ones(n, 1, device=device)], 1), dim=1)
-        return (angles, torch.zeros(n, 3, device=device)), (ambient, diffuse, direction)
+        return (angles, torch.zeros(n, 3, device=device)), (ambient - 0.6 * r, diffuse + r, direction)
 
     @torch.no_grad()
     def _pseudo(self, net: Decomposition, image: torch.Tensor) -> DepthRender:
-        view, light = self._random_views(len(image), image.device)
-        return self._render(image, net.depth(image), net.albedo(image), light, view)
+        """The image re-rendered from a random view under a random light, clipped to what an
+        image can hold (the GAN cannot make brighter than white)."""
+        view, light = self._random_views(net.light(image))
+        rendered = self._render(image, net.depth(image), net.albedo(image), light, view)
+        return replace(rendered, image=rendered.image.clamp(0, 1))
 
     def _project(self, E: nn.Module, G: nn.Module, pseudo: torch.Tensor, w: torch.Tensor):
         """G's image for ``w + E(pseudo)`` in [0, 1], and the offsets."""
@@ -297,15 +318,15 @@ class GAN2Shape(Method):
             loss = F.l1_loss(net.depth(image), prior)
             return {"loss": loss, "prior_l1": loss.detach()}
         if phase.name == "albedo":
-            view = tuple(v.detach() for v in net.view(image))
-            rendered = self._render(image, net.depth(image).detach(), net.albedo(image), net.light(image), view)
+            view, light = (tuple(v.detach() for v in x) for x in (net.view(image), net.light(image)))
+            rendered = self._render(image, net.depth(image).detach(), net.albedo(image), light, view)
             loss = self._reconstruction(rendered, image)
             return {"loss": loss, "reconstruction": loss.detach()}
         if phase.name == "offset":
             pseudo = self._pseudo(net, image)
             projected, offset = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
             fit = self._reconstruction(replace(pseudo, image=projected * pseudo.mask), pseudo.image)
-            penalty = offset.float().square().sum(1).mean()
+            penalty = offset.float().square().mean()  # per latent dimension, as the paper's λ assumes
             return {"loss": fit + cfg.lam_offset * penalty, "projection": fit.detach(), "offset_sq": penalty.detach()}
         return self._shape(image, w, nets)
 
@@ -313,9 +334,11 @@ class GAN2Shape(Method):
         cfg, net = self.config, nets["net"]
         depth, albedo = net.depth(image), net.albedo(image)
         view, light = net.view(image), net.light(image)
-        own = self._reconstruction(self._render(image, depth, albedo, light, view), image)
-        losses = {"reconstruction": own.detach(), "smoothness": _smoothness(depth).detach()}
-        loss = own + cfg.lam_smooth * _smoothness(depth)
+        rendered = self._render(image, depth, albedo, light, view)
+        own = self._reconstruction(rendered, image)
+        smoothness = _curvature(depth) + _curvature(_diffuse_shading(rendered, light[2]))
+        losses = {"reconstruction": own.detach(), "smoothness": smoothness.detach()}
+        loss = own + cfg.lam_smooth * smoothness
         if cfg.symmetry:
             flipped = self._render(image, depth.flip(2), albedo.flip(3), light, view)
             flip = self._reconstruction(flipped, image)
@@ -375,7 +398,7 @@ class GAN2Shape(Method):
         image = inverted.images
         predicted = self._render(image, net.depth(image), net.albedo(image), net.light(image), net.view(image))
         valid = test["mask"][:n].bool() & (predicted.mask[:, 0] > 0) & (predicted.depth > 0)
-        keep = valid.flatten(1).any(1)
+        keep = interior(valid).flatten(1).any(1)  # the scores need an interior pixel
         report = {"inverted_images": float(n), "inversion_psnr": inverted.psnr.mean().item()}
         if keep.any():
             true, K = test["depth"][:n][keep], test["K"][:n][keep]
@@ -409,7 +432,7 @@ class GAN2Shape(Method):
         azimuth = test["azimuth"].rad2deg() % 360
         frontal = torch.minimum(azimuth, 360 - azimuth) <= ev.frontal_deg
         report: dict[str, float] = {"test_images": float(len(image)), "frontal_images": float(frontal.sum())}
-        keep = valid.flatten(1).any(1)
+        keep = interior(valid).flatten(1).any(1)  # the scores need an interior pixel
         for row, depth in rows.items():  # the method's depth is seen through its camera, the others the renders'
             K_row = (K if row in ("gan2shape", "unsup3d") else test["K"])[keep]
             s = side(depth[keep], test["depth"][keep], valid[keep]) * 100

@@ -34,6 +34,18 @@ def test_outputs_are_in_range_and_render(resolution):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(net, name).parameters()), name
 
 
+def test_the_depth_is_centred_and_its_side_columns_held_at_the_background():
+    torch.manual_seed(0)
+    net = Decomposition(16, width=8, zdim=32, min_depth=0.9, max_depth=1.1)
+    image = torch.rand(2, 3, 16, 16)
+    depth = net.depth(image)
+    background = torch.full((2, 16, 2), 1.04)  # 0.3 · 0.9 + 0.7 · 1.1
+    assert torch.allclose(depth[..., :2], background) and torch.allclose(depth[..., -2:], background)
+    with torch.no_grad():
+        net.depth_net.decode[-1].bias += 3.0  # a shift of the whole raw map moves nothing
+    assert torch.allclose(net.depth(image), depth, atol=1e-6)
+
+
 def test_sizes_and_ranges_that_do_not_work_are_refused():
     with pytest.raises(ValueError, match="resolution must be a power of two >= 8; got 24"):
         Decomposition(24)

@@ -191,13 +191,13 @@ def test_ema_moves_each_weight_towards_the_model_and_copies_buffers():
     from renderloop.trainers.engine import EMA
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    ema = EMA(model, beta=0.75)
+    ema = EMA(model)
     before = [p.clone() for p in ema.module.parameters()]
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
         model[1].running_mean.fill_(5.0)
-    ema.update(model, zero3=False)
+    ema.update(model, beta=0.75, zero3=False)
     for old, new, p in zip(before, ema.module.parameters(), model.parameters(), strict=True):
         assert torch.allclose(new, 0.75 * old + 0.25 * p)
     assert torch.equal(ema.module[1].running_mean, torch.full((2,), 5.0))

@@ -135,3 +135,25 @@ def test_the_supervised_ceiling_learns_true_depth_from_renders_of_the_gan_object
     assert report["supervised/side"] >= 0 and "gan2shape/side" not in report and report["flat/side"] > 0
     with pytest.raises(ConfigError, match="share objects"):
         _config(tmp_path, assets, *args, "method.data.images.object_seeds=test", method="gan2shape_supervised")
+
+
+def test_pseudo_lights_perturb_the_images_own_light():
+    from types import SimpleNamespace
+
+    method = SimpleNamespace(config=SimpleNamespace(pseudo_pitch_deg=15.0, pseudo_yaw_deg=45.0))
+    ambient, diffuse = torch.full((2000,), 0.5), torch.full((2000,), 0.4)
+    (angles, shift), (a, d, direction) = GAN2Shape._random_views(method, (ambient, diffuse, None))
+    r = d - diffuse  # more diffuse light comes with less ambient (the paper's car setting)
+    assert r.min() >= -0.1 and r.max() <= 0.6 and r.max() > 0.5 and torch.allclose(a, ambient - 0.6 * r)
+    assert angles[:, 0].abs().max() <= math.radians(15) and angles[:, 1].abs().max() <= math.radians(45)
+    assert (angles[:, 2] == 0).all() and (shift == 0).all()
+    assert torch.allclose(direction.norm(dim=1), torch.ones(2000)) and (direction[:, 2] < 0).all()
+
+
+def test_curvature_is_free_on_planes_and_costs_on_bends():
+    from renderloop.trainers.gan2shape import _curvature
+
+    v, u = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    assert _curvature((0.3 * u - 0.2 * v + 1)[None]).item() == pytest.approx(0.0, abs=1e-6)
+    # u² bends only along x: d²/dx² = 2 everywhere, the other three differences vanish.
+    assert _curvature((u**2)[None]).item() == pytest.approx(2.0)

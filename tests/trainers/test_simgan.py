@@ -152,7 +152,16 @@ def test_lr_schedule_warmup_then_cosine_and_worker_skips():
     assert sum(p.updates(10) for p in phases if p.model == "R") == 3 + 2 * 5
     assert sum(p.updates(10) for p in phases if p.model == "D") == 2 + 5
     assert worker_skips(0, 2, 4) == [0, 0] and worker_skips(5, 2, 4) == [12, 8] and worker_skips(3, 0, 4) == [12]
-    assert EngineConfig(ema_half_life=10).ema_beta == pytest.approx(math.pow(0.5, 0.1))
+    assert EngineConfig(ema_half_life=10).ema_beta(0) == pytest.approx(math.pow(0.5, 0.1))
+
+
+def test_the_ema_half_life_ramps_up_with_the_steps_done():
+    fixed, ramped = EngineConfig(ema_half_life=10), EngineConfig(ema_half_life=10, ema_rampup=0.05)
+    assert fixed.ema_beta(0) == fixed.ema_beta(10**6) == pytest.approx(0.5**0.1)
+    assert ramped.ema_beta(0) == 0.0  # the first update copies the model
+    assert ramped.ema_beta(100) == pytest.approx(0.5 ** (1 / 5))  # half-life 0.05 × 100 steps
+    assert ramped.ema_beta(200) == ramped.ema_beta(10**6) == pytest.approx(0.5**0.1)  # capped by the half-life
+    assert EngineConfig(ema_half_life=0, ema_rampup=0.05).ema_beta(100) == 0.0
 
 
 def test_method_debug_config_composes():

@@ -64,6 +64,24 @@ def test_r1_and_path_length_train_under_zero_stages(tmp_path, stage):
     assert all(math.isfinite(v) for r in rows for k, v in r.items() if k.startswith("loss/"))
 
 
+def test_the_ema_generator_is_updated_once_per_step_with_the_ramped_decay(tmp_path, monkeypatch):
+    from renderloop.trainers.engine import EMA
+
+    betas, update = [], EMA.update
+
+    def counted(self, source, beta, zero3):
+        betas.append(beta)
+        update(self, source, beta, zero3)
+
+    monkeypatch.setattr(EMA, "update", counted)
+    cfg = _config(tmp_path, "engine.max_steps=4", "engine.ema_half_life=10", "engine.ema_rampup=0.5")
+    make_streams(cfg)
+    train(cfg, [], command="train")
+    # G is updated twice on steps 0 and 2 (G_main and G_reg) and its EMA still once per step.
+    assert betas == pytest.approx([cfg.engine.ema_beta(step) for step in range(4)])
+    assert betas[0] == 0.0 and betas[1] == pytest.approx(0.25)  # half-life 0.5 × 1 step
+
+
 def test_zero_3_trains_without_regularization_and_refuses_it_with(tmp_path):
     with pytest.raises(ConfigError, match="engine.zero_stage"):
         _config(tmp_path, "engine.zero_stage=3")
