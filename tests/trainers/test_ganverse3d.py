@@ -60,14 +60,16 @@ def test_groups_train_the_network_and_the_cameras_and_are_scored_in_true_views(t
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert {k.split("/")[1] for k in rows[0] if k.startswith("loss/")} == {"warmup"}
     assert {k.split("/")[1] for k in rows[-1] if k.startswith("loss/")} == {"main"}
-    assert all("loss/main/iou_other_view" in r for r in rows[1:])  # the multi-view term
+    assert all("loss/main/iou_other_views" in r for r in rows[1:])  # the multi-view term
     weights = _weights(tmp_path)
-    assert not torch.allclose(weights["cameras.azimuth"], start)  # the cameras moved off their bins
+    azimuth = weights["cameras.stored"][0] * cfg.method_config.camera_lr_scale
+    assert not torch.allclose(azimuth, start)  # the cameras moved off their bins
     assert weights["net.offsets.weight"].abs().sum() > 0
     report = evaluate(cfg)
     assert report["test_objects"] == 4 and 0 <= report["input_view_iou"] <= 1 and 0 <= report["novel_view_iou"] <= 1
     assert report["chamfer"] > 0 and 0 <= report["fscore@0.05"] <= 1
     assert 0 <= report["gan_view_iou"] <= 1 and 0 <= report["camera_error_deg"] <= 180  # held-out GAN groups
+    assert 0 <= report["camera_elevation_error_deg"] <= 180
     saved = json.loads((tmp_path / "run" / "eval" / "ganverse3d_eval.json").read_text())
     assert len(saved["camera_azimuth_deg"]) == 2 and (tmp_path / "run" / "eval" / "ganverse3d_eval.png").exists()
 
@@ -79,8 +81,22 @@ def test_the_ablations_keep_cameras_fixed_and_drop_the_other_view(tmp_path, asse
     start = torch.tensor([labels[n] for n in list(labels)[:2]], dtype=torch.float32) * (2 * math.pi / 12)
     train(cfg, [], command="train")
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
-    assert not any("iou_other_view" in k for r in rows for k in r)
-    assert torch.allclose(_weights(tmp_path)["cameras.azimuth"], start)
+    assert not any("iou_other_views" in k for r in rows for k in r)
+    assert torch.allclose(_weights(tmp_path)["cameras.stored"][0] * cfg.method_config.camera_lr_scale, start)
+
+
+def test_cameras_learn_at_their_own_rate():
+    from renderloop.trainers.ganverse3d import ViewCameras
+
+    cameras = ViewCameras(torch.tensor([0.0, math.pi / 2]), distance=2.7, lr_scale=30.0)
+    assert torch.allclose(cameras.azimuth, torch.tensor([0.0, math.pi / 2]))
+    assert torch.allclose(cameras.elevation, torch.zeros(2)) and torch.allclose(
+        cameras.log_distance.exp(), torch.full((2,), 2.7)
+    )
+    optimizer = torch.optim.Adam(cameras.parameters(), lr=1e-4)
+    cameras.elevation.sum().backward()
+    optimizer.step()  # Adam's first update moves each stored value by the learning rate
+    assert torch.allclose(cameras.elevation, torch.full((2,), -30 * 1e-4), atol=1e-7)
 
 
 def test_bad_ganverse3d_configs_are_refused(tmp_path, assets):
@@ -104,7 +120,7 @@ def test_renders_with_exact_cameras_train_the_ceiling_and_the_single_view_baseli
     make_streams(cfg, samples=8)
     train(cfg, [], command="train")
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
-    assert ("loss/main/iou_other_view" in rows[-1]) == (views > 1)
+    assert ("loss/main/iou_other_views" in rows[-1]) == (views > 1)
     assert evaluate(cfg)["test_objects"] == 2
 
 
