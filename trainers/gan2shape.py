@@ -8,7 +8,8 @@ offset encoder E, in rounds of three steps after an initialization:
 - ``init``: the depth network fits an ellipsoid placed by the oracle segmenter's object mask.
 - ``albedo`` (step 1): the albedo reconstructs the image with depth, view and light held fixed.
 - ``offset`` (step 2): pseudo samples (the image re-rendered under random views and lights) are
-  projected into the GAN: E predicts Δw from each, and G(w + Δw) learns to match it, with
+  projected into the GAN: E predicts Δw from each (through G's last ``offset_depth`` mapping
+  layers), and G(w + Δw) learns to match it, with
   ``lam_offset`` times the mean square of Δw keeping the offsets small.
 - ``shape`` (step 3): depth and albedo of the image, with each projected sample's own view and
   light, reconstruct the projected samples and the image (plus the curvature of the depth and
@@ -44,6 +45,7 @@ from renderloop.datasets import category
 from renderloop.datasets.sources import build_source, image_size, source_config
 from renderloop.models.decomposition import Decomposition, Encoder, ellipsoid_depth
 from renderloop.models.stylegan2.io import load_generator
+from renderloop.models.stylegan2.latents import MappingTail
 from renderloop.renderers.backends import config_backend, get_backend
 from renderloop.renderers.cameras import fov_intrinsics
 from renderloop.renderers.depth_map import DepthRender, render_depth_map, view_about_pivot
@@ -120,6 +122,9 @@ class GAN2ShapeConfig:
     lam_perc: float = 0.5
     lam_smooth: float = 0.01
     lam_offset: float = 0.01
+    offset_depth: int = 2
+    """Mapping layers that E's output passes through to become Δw (the paper's ``F1_d``, 2 for
+    cars): E moves the hidden code there, so w + Δw stays near what the mapping makes; 0: Δw in W."""
     symmetry: bool = True
     """The flip term (the category is mirror-symmetric; the paper's car config turns it off)."""
     lam_flip: float = 0.5
@@ -179,6 +184,20 @@ def _diffuse_shading(rendered: DepthRender, direction: torch.Tensor) -> torch.Te
     return (rendered.normals * direction[:, :, None, None]).sum(1).clamp_min(0)
 
 
+class OffsetEncoder(nn.Module):
+    """E: an image → ``Δw`` through the last ``offset_depth`` layers of G's mapping (``MappingTail``).
+    Its last layer starts at zero: no offset at the start, so G(w) is the image itself."""
+
+    def __init__(self, resolution: int, tail: MappingTail, width: int, zdim: int) -> None:
+        super().__init__()
+        self.encoder, self.tail = Encoder(resolution, tail.hidden_dim, width, zdim), tail
+        nn.init.zeros_(self.encoder.net[-1].weight)
+        nn.init.zeros_(self.encoder.net[-1].bias)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.encoder(image))
+
+
 class GAN2Shape(Method):
     """Decomposition networks (``net``) and the latent offset encoder (``E``) on a GAN's images."""
 
@@ -222,9 +241,10 @@ class GAN2Shape(Method):
         if cfg.mode != "gan2shape":
             return {"net": ModelSpec(net, lr=cfg.lr)}
         G = self._generator()
-        E = Encoder(res, G.w_dim, cfg.width, cfg.zdim)
-        nn.init.zeros_(E.net[-1].weight)  # no offset at the start: G(w) is the image itself
-        nn.init.zeros_(E.net[-1].bias)
+        if cfg.offset_depth > G.mapping.num_layers:
+            raise ConfigError("method.offset_depth", f"the generator's mapping has {G.mapping.num_layers} layers; "
+                              f"got {cfg.offset_depth}")  # fmt: skip
+        E = OffsetEncoder(res, MappingTail(G, cfg.offset_depth), cfg.width, cfg.zdim)
         return {
             "net": ModelSpec(net, lr=cfg.lr),
             "E": ModelSpec(E, lr=cfg.lr),
@@ -295,7 +315,7 @@ class GAN2Shape(Method):
         return replace(rendered, image=rendered.image.clamp(0, 1))
 
     def _project(self, E: nn.Module, G: nn.Module, pseudo: torch.Tensor, w: torch.Tensor):
-        """G's image for ``w + E(pseudo)`` in [0, 1], and the offsets."""
+        """G's image for ``w + Δw`` in [0, 1], ``Δw = E(pseudo)``, and the offsets."""
         offset = E(pseudo)
         image = G.synthesis(w + offset[:, None].to(w.dtype), noise_mode="const")
         return (image.float() + 1) / 2, offset

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from .layers import normalize_2nd_moment
 from .networks import Generator, mix_styles
 
-__all__ = ["sample_ws", "mix_styles", "ViewCodes", "view_group", "offset_ws", "layer_maps", "upsampled_features",
-           "pixel_features", "feature_channels"]  # fmt: skip
+__all__ = ["sample_ws", "mix_styles", "ViewCodes", "view_group", "offset_ws", "MappingTail", "layer_maps",
+           "upsampled_features", "pixel_features", "feature_channels"]  # fmt: skip
 
 
 @torch.no_grad()
@@ -33,6 +35,43 @@ def offset_ws(ws: torch.Tensor, offset: torch.Tensor, layers: slice | None = Non
     mask = torch.zeros(ws.shape[1], 1, dtype=ws.dtype, device=ws.device)
     mask[layers] = 1
     return ws + offset * mask
+
+
+class MappingTail(nn.Module):
+    """GAN2Shape's latent offset: ``Δw = tail(h̄ + e) − tail(h̄)``, where ``tail`` is the last
+    ``depth`` layers of G's mapping and ``h̄`` the mean activation entering them (over ``samples``
+    seeded z). An encoder's output ``e`` moves the hidden code, so ``w + Δw`` stays near what the
+    mapping makes; ``depth=0`` gives ``Δw = e``, a plain W offset. G's layers stay frozen.
+    """
+
+    def __init__(self, G: Generator, depth: int, samples: int = 4096, seed: int = 0) -> None:
+        super().__init__()
+        mapping = G.mapping
+        if not 0 <= depth <= mapping.num_layers or mapping.c_dim:
+            raise ValueError(f"MappingTail(): depth must be in [0, {mapping.num_layers}] of an unconditional mapping; "
+                             f"got {depth} (c_dim {mapping.c_dim})")  # fmt: skip
+        self.layers = [getattr(mapping, f"fc{i}") for i in range(mapping.num_layers - depth, mapping.num_layers)]
+        z = torch.randn(samples, mapping.z_dim, generator=torch.Generator().manual_seed(seed))
+        z = z.to(next(mapping.parameters()).device)
+        with torch.no_grad():
+            h = normalize_2nd_moment(z)
+            for i in range(mapping.num_layers - depth):
+                h = getattr(mapping, f"fc{i}")(h)
+        self.register_buffer("hidden_mean", h.float().mean(0), persistent=False)
+        self.register_buffer("w_mean", self._tail(self.hidden_mean[None])[0].detach(), persistent=False)
+
+    @property
+    def hidden_dim(self) -> int:
+        return len(self.hidden_mean)
+
+    def _tail(self, h: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            h = layer(h)
+        return h.float()
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        """``e [B, hidden_dim]`` → ``Δw [B, w_dim]``."""
+        return self._tail(self.hidden_mean + e.float()) - self.w_mean
 
 
 class ViewCodes:

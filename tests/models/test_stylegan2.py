@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from renderloop.models.stylegan2 import Discriminator, Generator, GeneratorConfig, channels_for
 from renderloop.models.stylegan2.latents import (
+    MappingTail,
     ViewCodes,
     feature_channels,
     mix_styles,
@@ -184,6 +185,28 @@ def test_offsets_move_only_the_chosen_layers():
     moved = offset_ws(ws, torch.ones(2, 4), layers=slice(0, 2))
     assert moved[:, :2].eq(1).all() and moved[:, 2:].eq(0).all()
     assert offset_ws(ws, torch.ones(2, 4)).eq(1).all()
+
+
+def test_a_mapping_tail_offset_starts_at_zero_and_reaches_what_the_mapping_makes():
+    torch.manual_seed(0)
+    G = Generator(
+        GeneratorConfig(z_dim=32, w_dim=32, img_resolution=8, channel_base=64, channel_max=8, mapping_layers=4)
+    )
+    assert torch.allclose(MappingTail(G, 0)(torch.ones(3, 32)), torch.ones(3, 32))  # depth 0: a plain W offset
+    tail = MappingTail(G, 2, samples=256)
+    assert tail(torch.zeros(3, tail.hidden_dim)).abs().max() < 1e-6
+    # Moving the hidden code from its mean to z's lands on z's w: w̄ + Δw = mapping(z).
+    z = torch.randn(5, 32)
+    from renderloop.models.stylegan2.layers import normalize_2nd_moment
+
+    h = G.mapping.fc1(G.mapping.fc0(normalize_2nd_moment(z)))
+    delta = tail(h - tail.hidden_mean)
+    assert torch.allclose(tail.w_mean + delta, G.mapping(z)[:, 0], atol=1e-5)
+    e = torch.zeros(2, tail.hidden_dim, requires_grad=True)
+    tail(e).sum().backward()
+    assert e.grad.abs().sum() > 0  # the encoder learns through G's frozen layers
+    with pytest.raises(ValueError, match="depth must be in"):
+        MappingTail(G, 5)
 
 
 def test_pixel_features_dimensions_and_subsets_match_the_full_map():

@@ -57,7 +57,7 @@ def test_projection_starts_at_the_gan_image(tmp_path, assets):
     image = torch.stack([s["rgb.png"] for s in samples])
     w = torch.stack([torch.as_tensor(s["latent.npy"]) for s in samples])
     projected, offset = method._project(nets["E"], nets["G"], torch.rand_like(image), w)
-    assert torch.equal(offset, torch.zeros_like(offset))
+    assert offset.abs().max() < 1e-6  # zero up to the rounding of G's mapping layers
     assert (projected.clamp(0, 1) - image).abs().max() <= 1 / 255 + 1e-6  # PNG quantization only
 
 
@@ -74,7 +74,7 @@ def test_a_short_run_trains_every_phase_resumes_and_scores_the_rows(tmp_path, as
     shape = [r for r in rows if "loss/shape/projected" in r]
     assert len(shape) == 3 and all(r["loss/shape/projected"] > 0 for r in shape)
     offsets = [r["loss/offset/offset_sq"] for r in rows if "loss/offset/offset_sq" in r]
-    assert offsets[0] == 0 and offsets[-1] > 0  # E learned to move away from w
+    assert offsets[0] < 1e-12 and offsets[-1] > 1e-9  # E starts at w (up to rounding) and learns to move
     assert all(math.isfinite(v) for r in rows for k, v in r.items() if k.startswith("loss/"))
 
     report = evaluate(cfg)
