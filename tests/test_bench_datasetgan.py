@@ -43,3 +43,4 @@ def test_every_row_runs_end_to_end(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == {"datasetgan_k2", "k_labeled_k2", "transfer_k2", "one_member_k2", "no_filter_k2", "oracle"}
     assert all(0 <= row["miou"][0] <= 1 for row in rows.values())
+    assert all(0 <= row["selected/miou"][0] <= 1 for name, row in rows.items() if name != "oracle")

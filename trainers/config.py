@@ -79,6 +79,9 @@ class EngineConfig:
     checkpoint_every: int = 500
     """Save every this many steps (and at the end); 0 saves only at the end."""
     keep_checkpoints: int = 2
+    snapshot_every: int = 0
+    """Also export the weights (as ``models/``) to ``snapshots/step<N>`` every this many steps (0:
+    never): the candidates an evaluation may choose among (``part_segmentation``'s per-fold choice)."""
     resume: bool = True
     """Continue from the run directory's latest checkpoint when there is one."""
     log_every: int = 10
@@ -120,7 +123,7 @@ class EngineConfig:
             raise bad("ema_half_life", f"must be >= 0 and finite; got {self.ema_half_life}")
         if not 0 <= self.ema_rampup < math.inf:
             raise bad("ema_rampup", f"must be >= 0 and finite; got {self.ema_rampup}")
-        for key in ("checkpoint_every", "log_every", "image_every"):
+        for key in ("checkpoint_every", "log_every", "image_every", "snapshot_every"):
             if getattr(self, key) < 0:
                 raise bad(key, f"must be >= 0; got {getattr(self, key)}")
         if self.keep_checkpoints < 1:

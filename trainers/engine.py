@@ -386,6 +386,8 @@ class Trainer:
                 if cfg.image_every and (self.step + 1) % cfg.image_every == 0:
                     reporter.images(self.step, self._images())  # every rank: ZeRO-3 forwards gather
                 self.step += 1
+                if cfg.snapshot_every and self.step % cfg.snapshot_every == 0:
+                    self.export(self.run_dir / "snapshots" / f"step{self.step:08d}")
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save(summary)
                     saved_at = self.step
@@ -420,10 +422,11 @@ class Trainer:
             grids = self.method.images(self._latest, self.eval_nets())
         return {k: v.float() for k, v in grids.items()}
 
-    def export(self) -> Path:
-        """Write each model's weights (the EMA copy where there is one) to ``<run_dir>/models/<name>.pt``,
-        and rank 0's method state (``method_state.pt``), which evaluation restores."""
-        out = self.run_dir / "models"
+    def export(self, out: Path | None = None) -> Path:
+        """Write each model's weights (the EMA copy where there is one) to ``<out>/<name>.pt`` (by
+        default ``<run_dir>/models``), and rank 0's method state (``method_state.pt``), which
+        evaluation restores."""
+        out = out or self.run_dir / "models"
         zero3 = self.cfg.zero_stage == 3
         for name, module in self.modules.items():
             gather = contextlib.nullcontext()

@@ -44,6 +44,7 @@ def load_run(method_name: str, method_config: Any, run_dir: str | Path, device: 
         raise ConfigError("run_dir", f"{run_dir} has no method.json to rebuild its networks from")
     resolved = resolve_device(device)
     method = METHODS[method_name].cls(method_config, resolved)
+    method.run_dir = run_dir
     nets = {}
     for name, spec in method.build().items():
         spec.module.load_state_dict(torch.load(models / f"{name}.pt", map_location="cpu", weights_only=True))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,6 +69,8 @@ class Method:
     """
 
     name: str = "?"
+    run_dir: Path | None = None
+    """The run's folder, set when a finished run is loaded for evaluation (its ``snapshots``)."""
 
     def __init__(self, config: Any, device: torch.device) -> None:
         self.config, self.device = config, device

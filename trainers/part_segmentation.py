@@ -5,7 +5,9 @@ pretrained weights exist offline) on any stream of ``rgb.png`` + ``seg.png``: Da
 labelled samples (``source=datasetgan``), K labelled renders repeated (a closed stream of K
 samples: the few-shot baseline), or abundant renders. ``renderloop eval`` scores it on held-out
 renders of the ``test`` objects, split into folds by object: dataset-level mIoU with and without
-the background in each fold, and their mean and spread over folds.
+the background in each fold, and their mean and spread over folds, for the last weights; and, where
+the run kept snapshots (``engine.snapshot_every``), the paper's protocol: for each fold the weights
+that score best on it, scored on the other folds (``selected/*``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .method import Method, ModelSpec, Phase
 from .oracle import colour_labels
 from .scores import class_iou, confusion
 
-__all__ = ["PartSegmentationConfig", "PartSegmentation", "fold_scores"]
+__all__ = ["PartSegmentationConfig", "PartSegmentation", "fold_scores", "selected_scores"]
 
 TASKS = ("parts", "inpaint")
 
@@ -99,6 +101,19 @@ def fold_scores(counts: torch.Tensor) -> dict[str, float]:
     return report
 
 
+def selected_scores(counts: torch.Tensor) -> tuple[dict[str, float], list[int]]:
+    """Confusion counts ``[N, F, C, C]`` of N candidate weights on F folds → for each fold i, the
+    candidate with the best mIoU (without background) on fold i, scored on the other folds pooled
+    (dataset-level); mean and sample standard deviation over the F choices, and each fold's choice.
+    No fold both chooses and scores its weights."""
+    N, F = counts.shape[:2]
+    if F < 2:
+        raise ValueError(f"selected_scores(): choosing on one fold and scoring on the others needs >= 2 folds; got {F}")
+    chosen = [int(torch.stack([class_iou(counts[n, i])[1:].nanmean() for n in range(N)]).argmax()) for i in range(F)]
+    others = torch.stack([counts[c].sum(0) - counts[c, i] for i, c in enumerate(chosen)])
+    return {f"selected/{k}": v for k, v in fold_scores(others).items()}, chosen
+
+
 class PartSegmentation(Method):
     """A part segmenter trained on one labelled stream, scored on held-out renders."""
 
@@ -143,6 +158,16 @@ class PartSegmentation(Method):
         return {"loss": loss, "hole_l1": loss.detach()}
 
     @torch.no_grad()
+    def _fold_counts(self, segmenter: nn.Module, test: list, classes: int) -> torch.Tensor:
+        """Confusion counts ``[folds, C, C]`` of ``segmenter`` on the test batches."""
+        counts = torch.zeros(self.config.evaluation.folds, classes, classes, dtype=torch.long)
+        for rgb, seg, fold in test:
+            predicted = segmenter(rgb).argmax(1).cpu()
+            for f in fold.unique().tolist():
+                counts[f] += confusion(predicted[fold == f], seg[fold == f], classes)
+        return counts
+
+    @torch.no_grad()
     def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:
         from renderloop.images import image_grid, save_png
 
@@ -152,8 +177,6 @@ class PartSegmentation(Method):
                           batch_size=ev.batch_size)  # fmt: skip
         sim = Simulator(renders, self.device)
         classes = 1 + len(category.PART_NAMES)
-        counts = torch.zeros(ev.folds, classes, classes, dtype=torch.long)
-        figure = None
         if self.config.task == "inpaint":  # the pretext's own score: its hole L1 on held-out renders
             b = sim.generate(ev.seed, 0)
             report = {"test_images": float(len(b["rgb"])),
@@ -161,18 +184,29 @@ class PartSegmentation(Method):
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             (Path(out_dir) / "part_segmentation_eval.json").write_text(json.dumps(report, indent=2) + "\n")
             return report
+        test = []
         for index in range(math.ceil(ev.samples / ev.batch_size)):
             b = sim.generate(ev.seed, index)
             n = min(ev.batch_size, ev.samples - index * ev.batch_size)
-            predicted = segmenter(b["rgb"][:n].to(self.device)).argmax(1).cpu()
-            seg = b["seg"][:n].cpu()
             fold = b["object_seed"][:n].long().cpu() % ev.folds  # by object: no object in two folds
-            for f in fold.unique().tolist():
-                counts[f] += confusion(predicted[fold == f], seg[fold == f], classes)
-            if figure is None:
-                k = min(8, n)
-                figure = torch.cat([b["rgb"][:k].cpu(), colour_labels(seg[:k]), colour_labels(predicted[:k])])
+            test.append((b["rgb"][:n].to(self.device), b["seg"][:n].cpu(), fold))
+        k = min(8, len(test[0][0]))
+        predicted = segmenter(test[0][0][:k]).argmax(1).cpu()
+        figure = torch.cat([test[0][0][:k].cpu(), colour_labels(test[0][1][:k]), colour_labels(predicted)])
+        counts = self._fold_counts(segmenter, test, classes)
         report = {"test_images": float(ev.samples), "folds": float(ev.folds), **fold_scores(counts)}
+        snapshots = sorted((self.run_dir / "snapshots").glob("step*")) if self.run_dir else []
+        if snapshots and ev.folds > 1:  # the paper's protocol: weights chosen on one fold, scored on the others
+            candidates = [counts]
+            for snapshot in snapshots:
+                state = torch.load(snapshot / "segmenter.pt", map_location="cpu", weights_only=True)
+                candidate = PartSegmenter(len(category.PART_NAMES), self.config.width, self.config.levels)
+                candidate.load_state_dict(state)
+                candidates.append(self._fold_counts(candidate.to(self.device).eval(), test, classes))
+            selected, chosen = selected_scores(torch.stack(candidates))
+            names = ["last", *(p.name for p in snapshots)]
+            report |= selected | {"selected/candidates": float(len(candidates))}
+            report["selected/chosen"] = [names[c] for c in chosen]
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         save_png(image_grid(figure, columns=len(figure) // 3), out / "part_segmentation_eval.png")

@@ -10,7 +10,7 @@ import torch
 
 from renderloop.cluster.launch import TrainConfig, train
 from renderloop.config import ConfigError, load_config
-from renderloop.trainers.part_segmentation import PartSegmentation, fold_scores
+from renderloop.trainers.part_segmentation import PartSegmentation, fold_scores, selected_scores
 
 from .helpers import evaluate, make_streams
 
@@ -33,8 +33,19 @@ def test_fold_scores_are_dataset_level_iou_per_fold():
     assert scores["miou_fold_std"] == pytest.approx(torch.tensor([1.0, 0.5]).std().item())
 
 
+def test_each_fold_chooses_the_weights_best_on_it_and_the_others_score_them():
+    perfect, half = torch.diag(torch.tensor([50, 10, 5])), torch.tensor([[50, 0, 0], [0, 5, 5], [0, 0, 5]])
+    # Candidate 0 is perfect on fold 0 and half right on fold 1; candidate 1 the other way round.
+    counts = torch.stack([torch.stack([perfect, half]), torch.stack([half, perfect])])
+    scores, chosen = selected_scores(counts)
+    assert chosen == [0, 1]  # each fold picks the candidate that is perfect on it ...
+    assert scores["selected/miou"] == pytest.approx(0.5)  # ... and the other fold sees it half right
+    with pytest.raises(ValueError, match=">= 2 folds"):
+        selected_scores(counts[:, :1])
+
+
 def test_k_labelled_renders_train_and_are_scored_on_test_object_folds(tmp_path):
-    cfg = _config(tmp_path, "engine.max_steps=6")
+    cfg = _config(tmp_path, "engine.max_steps=6", "engine.snapshot_every=2")
     make_streams(cfg, samples=4)  # K = 4 renders, repeated by the closed stream
     train(cfg, [], command="train")
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
@@ -43,6 +54,11 @@ def test_k_labelled_renders_train_and_are_scored_on_test_object_folds(tmp_path):
     assert report["test_images"] == 10 and report["folds"] == 2
     assert 0 <= report["miou"] <= 1 and 0 <= report["miou_with_background"] <= 1
     assert (tmp_path / "run" / "eval" / "part_segmentation_eval.png").exists()
+    # Snapshots at steps 2, 4 and 6 and the last weights: each fold chooses among the four.
+    assert sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir()) == [f"step0000000{i}" for i in (2, 4, 6)]
+    assert (
+        report["selected/candidates"] == 4 and 0 <= report["selected/miou"] <= 1 and len(report["selected/chosen"]) == 2
+    )
     with pytest.raises(ConfigError, match="share objects"):
         _config(tmp_path, "method.data.labeled.object_seeds=test")
 
