@@ -22,11 +22,13 @@ import argparse
 import json
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from itertools import combinations
 from pathlib import Path
 
 from bench.commands import renderloop
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95
+from renderloop.trainers.view_codes import AZIMUTH_BINS
 
 SCORES = ("input_view_iou", "novel_view_iou")
 ROWS = {
@@ -78,15 +80,20 @@ def _as_source(overrides: list[str]) -> list[str]:
 
 
 def spread_codes(labels: dict[str, int], views: int) -> list[str]:
-    """``views`` code names with distinct azimuth bins, as evenly spaced around the circle as the
-    kept bins allow (the first code of each bin)."""
+    """``views`` code names with distinct azimuth bins, as evenly spread around the circle as the
+    kept bins allow: the largest smallest angle between neighbours, then the most even angles
+    (least sum of squares; the first code of each bin; ties go to the lowest bins)."""
     first = {}
     for name, b in sorted(labels.items(), key=lambda item: item[1]):
         first.setdefault(b, name)
     if len(first) < views:
         raise SystemExit(f"the annotator kept codes in {len(first)} azimuth bins; {views} views need as many")
-    bins = sorted(first)
-    return [first[bins[round(i * len(bins) / views)]] for i in range(views)]
+
+    def gaps(chosen: tuple[int, ...]) -> list[int]:
+        return [(b - a) % AZIMUTH_BINS or AZIMUTH_BINS for a, b in zip(chosen, chosen[1:] + chosen[:1], strict=True)]
+
+    best = max(combinations(sorted(first), views), key=lambda c: (min(gaps(c)), -sum(g * g for g in gaps(c))))
+    return [first[b] for b in best]
 
 
 def one_run(args, row: str, seed: int, work: Path, views: int) -> dict:

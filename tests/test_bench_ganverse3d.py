@@ -25,6 +25,10 @@ def test_views_take_codes_of_distinct_spread_bins():
     assert spread_codes(labels, 5) == ["az000_0", "az090_0", "az180_0", "az210_0", "az270_0"]
     with pytest.raises(SystemExit, match="5 azimuth bins"):
         spread_codes(labels, 6)
+    # Bins 0°, 30°, 60°, 180°, 240°, 270°, 300° and four views: no choice has all gaps of 90°; the
+    # best keeps every neighbour at least 60° away (spacing by index gave 0°, 60°, 240°, 270°).
+    labels = {f"az{30 * b:03d}": b for b in (0, 1, 2, 6, 8, 9, 10)}
+    assert spread_codes(labels, 4) == ["az000", "az060", "az180", "az270"]
 
 
 def test_view_codes_then_two_rows_end_to_end(tmp_path):
