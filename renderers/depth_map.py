@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from renderloop.checks import check_shape
 
 from .backends import RasterBackend, get_backend
-from .cameras import camera_to_clip, pixel_grid, pixel_to_camera
+from .cameras import camera_to_clip, camera_to_pixel, pixel_grid, pixel_to_camera
 from .ops import interpolate, texture
 from .shading import lambertian
 
@@ -28,6 +28,7 @@ __all__ = [
     "euler_to_matrix",
     "view_about_pivot",
     "reproject",
+    "sample_into_canonical",
     "render_depth_map",
 ]
 
@@ -136,6 +137,21 @@ def reproject(
     mask = frags.mask.unsqueeze(1).to(image.dtype)
     out = texture(image.permute(0, 2, 3, 1), uv).permute(0, 3, 1, 2) * mask
     return out, mask, frags.depth
+
+
+def sample_into_canonical(image: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, R: torch.Tensor,
+                          t: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """What an ``image [B, C, H, W]`` seen in the view ``(R, t)`` shows at each canonical pixel: the
+    canonical surface of ``depth [B, H, W]`` is moved into that view and projected with ``K``, and
+    the image is sampled there (bilinear, clamped borders). The inverse lookup of :func:`reproject`,
+    which carries a canonical image into the view; this one carries, e.g., an object mask of the
+    input view into the canonical frame (occlusion is not checked)."""
+    check_shape("sample_into_canonical", "depth", depth, (image.shape[0], image.shape[2], image.shape[3]))
+    B, _, H, W = image.shape
+    uv = pixel_grid(H, W, dtype=depth.dtype, device=depth.device).expand(B, H, W, 2)
+    points = pixel_to_camera(uv, depth, K).reshape(B, -1, 3) @ R.transpose(1, 2) + t.unsqueeze(1)
+    seen = camera_to_pixel(points, K).view(B, H, W, 2) / depth.new_tensor([W, H])
+    return texture(image.permute(0, 2, 3, 1), seen).permute(0, 3, 1, 2)
 
 
 def render_depth_map(

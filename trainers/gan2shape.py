@@ -17,8 +17,10 @@ offset encoder E, in rounds of three steps after an initialization:
 
 The paper runs this per image; here it runs jointly on the stream (its joint mode), and the
 projected samples of step 3 are made afresh for each batch from the current networks and the
-frozen E, instead of being collected once per round. Perceptual terms use the oracle segmenter's
-features, the declared substitute for ImageNet features, in every row alike. ``mode=unsup3d`` is
+frozen E, instead of being collected once per round. With ``use_mask`` the pseudo and projected
+samples' losses count only the object (the oracle's mask of the image, carried into their
+views). Perceptual terms use the oracle segmenter's features, the declared substitute for
+ImageNet features, in every row alike. ``mode=unsup3d`` is
 the paper's baseline: the same networks trained on reconstruction (and the flip term) alone;
 ``mode=supervised`` the ceiling: the depth network trained on renders of the GAN's objects with
 their true depth (a scale-invariant log-depth loss, depth in the input view).
@@ -48,7 +50,13 @@ from renderloop.models.stylegan2.io import load_generator
 from renderloop.models.stylegan2.latents import MappingTail
 from renderloop.renderers.backends import config_backend, get_backend
 from renderloop.renderers.cameras import fov_intrinsics
-from renderloop.renderers.depth_map import DepthRender, render_depth_map, view_about_pivot
+from renderloop.renderers.depth_map import (
+    DepthRender,
+    render_depth_map,
+    reproject,
+    sample_into_canonical,
+    view_about_pivot,
+)
 
 from .depth_scores import interior, log_depth_variance, mad, side
 from .method import Method, ModelSpec, Phase
@@ -125,6 +133,9 @@ class GAN2ShapeConfig:
     offset_depth: int = 2
     """Mapping layers that E's output passes through to become Δw (the paper's ``F1_d``, 2 for
     cars): E moves the hidden code there, so w + Δw stays near what the mapping makes; 0: Δw in W."""
+    use_mask: bool = True
+    """Count only the object in the pseudo and projected samples' losses: the oracle's mask of the
+    image, carried into their views (the paper's car setting); false: every drawn pixel."""
     symmetry: bool = True
     """The flip term (the category is mirror-symmetric; the paper's car config turns it off)."""
     lam_flip: float = 0.5
@@ -307,12 +318,22 @@ class GAN2Shape(Method):
         return (angles, torch.zeros(n, 3, device=device)), (ambient - 0.6 * r, diffuse + r, direction)
 
     @torch.no_grad()
-    def _pseudo(self, net: Decomposition, image: torch.Tensor) -> DepthRender:
+    def _pseudo(self, net: Decomposition, image: torch.Tensor) -> tuple[DepthRender, torch.Tensor]:
         """The image re-rendered from a random view under a random light, clipped to what an
-        image can hold (the GAN cannot make brighter than white)."""
-        view, light = self._random_views(net.light(image))
-        rendered = self._render(image, net.depth(image), net.albedo(image), light, view)
-        return replace(rendered, image=rendered.image.clamp(0, 1))
+        image can hold (the GAN cannot make brighter than white), and the pixels its losses count
+        ``[B, 1, H, W]``: where it is drawn and, with ``use_mask``, where the oracle's object mask
+        of the image, carried through the canonical frame, lands in that view."""
+        cfg = self.config
+        depth, view, light = net.depth(image), *self._random_views(net.light(image))
+        rendered = self._render(image, depth, net.albedo(image), light, view)
+        counted = rendered.mask
+        if cfg.use_mask:
+            K, pivot = self._K(image), (cfg.min_depth + cfg.max_depth) / 2
+            seen = self.oracle.mask(image)[:, None].float()
+            canonical = sample_into_canonical(seen, depth, K, *view_about_pivot(*net.view(image), pivot_depth=pivot))
+            moved, _, _ = reproject(canonical, depth, K, *view_about_pivot(*view, pivot_depth=pivot), self.raster)
+            counted = counted * moved
+        return replace(rendered, image=rendered.image.clamp(0, 1)), counted
 
     def _project(self, E: nn.Module, G: nn.Module, pseudo: torch.Tensor, w: torch.Tensor):
         """G's image for ``w + Δw`` in [0, 1], ``Δw = E(pseudo)``, and the offsets."""
@@ -343,9 +364,9 @@ class GAN2Shape(Method):
             loss = self._reconstruction(rendered, image)
             return {"loss": loss, "reconstruction": loss.detach()}
         if phase.name == "offset":
-            pseudo = self._pseudo(net, image)
+            pseudo, counted = self._pseudo(net, image)
             projected, offset = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
-            fit = self._reconstruction(replace(pseudo, image=projected * pseudo.mask), pseudo.image)
+            fit = self._reconstruction(replace(pseudo, image=projected * counted, mask=counted), pseudo.image)
             penalty = offset.float().square().mean()  # per latent dimension, as the paper's λ assumes
             return {"loss": fit + cfg.lam_offset * penalty, "projection": fit.detach(), "offset_sq": penalty.detach()}
         return self._shape(image, w, nets)
@@ -365,10 +386,10 @@ class GAN2Shape(Method):
             loss, losses["flip"] = loss + cfg.lam_flip * flip, flip.detach()
         if cfg.mode == "gan2shape":
             with torch.no_grad():
-                pseudo = self._pseudo(net, image)
+                pseudo, counted = self._pseudo(net, image)
                 projected, _ = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
             rendered = self._render(image, depth, albedo, net.light(projected), net.view(projected))
-            samples = self._reconstruction(rendered, projected)
+            samples = self._reconstruction(replace(rendered, mask=rendered.mask * counted), projected)
             loss, losses["projected"] = loss + samples, samples.detach()
         return {"loss": loss, **losses}
 
@@ -379,7 +400,7 @@ class GAN2Shape(Method):
         net, image = nets["net"], batch["images"]["rgb"].float()[:8]
         depth = net.depth(image)
         shown = (depth - self.config.min_depth) / (self.config.max_depth - self.config.min_depth)
-        pseudo = self._pseudo(net, image)
+        pseudo, _ = self._pseudo(net, image)
         return {"input": image, "depth": shown[:, None].expand(-1, 3, -1, -1), "pseudo": pseudo.image}
 
     def _test_renders(self, object_seeds: str, count: int) -> dict[str, torch.Tensor]:

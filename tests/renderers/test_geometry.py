@@ -132,6 +132,21 @@ def test_depth_map_view_moves_the_image_torch():
     assert float(out.image[0, 0, 5:11, 4:6].max()) < 1e-4
 
 
+def test_sampling_a_view_into_the_canonical_frame_undoes_the_move_torch():
+    H, W = 16, 16
+    K = cameras.fov_intrinsics(40.0, H, W)
+    depth = torch.full((1, H, W), 3.0)
+    R, t = depth_map.view_about_pivot(torch.zeros(1, 3), torch.tensor([[3.0 / K[0, 0, 0] * 2, 0.0, 0.0]]), 3.0)
+    seen = torch.zeros(1, 1, H, W)
+    seen[..., 4:12, 6:8] = 1.0  # a stripe the view shows 2 columns right of where the canonical one is
+    back = depth_map.sample_into_canonical(seen, depth, K, R, t)
+    torch.testing.assert_close(back[0, 0, 4:12, 4:6], torch.ones(8, 2), atol=1e-4, rtol=0)
+    assert float(back[0, 0, :, 7:].max()) < 1e-4
+    # There and back: the canonical stripe carried into the view by reproject, then sampled home.
+    there, mask, _ = depth_map.reproject(back, depth, K, R, t)
+    torch.testing.assert_close(there[0, 0, 5:11, 6:8], seen[0, 0, 5:11, 6:8], atol=1e-4, rtol=0)
+
+
 def test_degradations_torch():
     image = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4)
     torch.testing.assert_close(degradations.downsample(image, 2), torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]]))

@@ -81,7 +81,9 @@ def test_a_short_run_trains_every_phase_resumes_and_scores_the_rows(tmp_path, as
     assert report["test_images"] == 8 and report["scored_images"] >= 1
     for row in ("gan2shape", "ellipsoid", "average", "flat"):
         assert report[f"{row}/side"] >= 0 and 0 <= report[f"{row}/mad"] <= 180, row
-    assert report["oracle_segment_calls"] == 2 * 4 + 8  # the init phase (2 steps of 4), then the ellipsoid row
+    # Batches of 4: the init phase (2 steps), the object masks of the offset and shape steps (3 each),
+    # then the ellipsoid row of the evaluation (8 renders).
+    assert report["oracle_segment_calls"] == (2 + 3 + 3) * 4 + 8
     assert report["inverted_images"] == 2 and report["inversion_psnr"] > 0  # held-out renders through W
     assert (tmp_path / "run" / "eval" / "gan2shape_eval.png").exists()
     assert json.loads((tmp_path / "run" / "eval" / "gan2shape_eval.json").read_text()) == report
@@ -157,3 +159,18 @@ def test_curvature_is_free_on_planes_and_costs_on_bends():
     assert _curvature((0.3 * u - 0.2 * v + 1)[None]).item() == pytest.approx(0.0, abs=1e-6)
     # u² bends only along x: d²/dx² = 2 everywhere, the other three differences vanish.
     assert _curvature((u**2)[None]).item() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("use_mask", [True, False])
+def test_pseudo_samples_count_the_object_only_with_use_mask(tmp_path, assets, use_mask):
+    cfg = _config(tmp_path, assets, f"method.use_mask={use_mask}").method_config
+    method = GAN2Shape(cfg, torch.device("cpu"))
+    net = method.build()["net"].module
+    image = torch.rand(3, 3, 16, 16)
+    calls = method.oracle.calls["segment"]
+    pseudo, counted = method._pseudo(net, image)
+    assert counted.shape == pseudo.mask.shape and ((counted >= 0) & (counted <= pseudo.mask + 1e-6)).all()
+    if use_mask:  # the oracle was asked once per image, and some drawn pixels are not the object's
+        assert method.oracle.calls["segment"] == calls + 3 and (counted < pseudo.mask - 0.5).any()
+    else:
+        assert method.oracle.calls["segment"] == calls and torch.equal(counted, pseudo.mask)
