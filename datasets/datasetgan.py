@@ -36,6 +36,9 @@ class DatasetGANSourceConfig:
     """``interpreter.pt`` of a ``method=datasetgan`` run (``<run_dir>/eval``)."""
     batch_size: int = 16
     truncation_psi: float = 0.7
+    truncation_cutoff: int = 8
+    """Truncate only the first this many styles (the official car setting: 8 of 16, the layers up
+    to 32²; at 64² the same layers, leaving the finest untruncated); 0: every style."""
     drop_share: float = 0.1
     """The most uncertain share of each pool that is dropped (0 keeps every sample)."""
     members: int = 0
@@ -49,8 +52,9 @@ class DatasetGANSourceConfig:
     smaller groups run faster (BENCHMARKS.md, DatasetGAN)."""
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.members < 0 or self.pixel_chunk < 1:
-            raise ConfigError("source.batch_size", "batch_size and pixel_chunk must be >= 1, members >= 0")
+        if self.batch_size < 1 or self.members < 0 or self.pixel_chunk < 1 or self.truncation_cutoff < 0:
+            raise ConfigError("source.batch_size", "batch_size and pixel_chunk must be >= 1, members and "
+                              "truncation_cutoff >= 0")  # fmt: skip
         check_number("source.drop_share", self.drop_share, at_least=0, below=1)
         check_number("source.top_share", self.top_share, above=0, at_most=1)
         check_number("source.truncation_psi", self.truncation_psi, note="1 is no truncation")
@@ -120,7 +124,8 @@ class DatasetGANSource:
         pool = math.ceil(cfg.batch_size / (1 - cfg.drop_share))
         gen = torch.Generator(device=self.device).manual_seed(batch_seed(seed, batch_index))
         z = torch.randn(pool, self.G.z_dim, generator=gen, device=self.device)
-        images, labels, uncertainty = self._label(sample_ws(self.G, z, psi=cfg.truncation_psi))
+        ws = sample_ws(self.G, z, psi=cfg.truncation_psi, cutoff=cfg.truncation_cutoff or None)
+        images, labels, uncertainty = self._label(ws)
         kept = uncertainty.argsort()[: cfg.batch_size].sort().values  # the least uncertain, in draw order
         return {"rgb": images[kept], "seg": labels[kept], "uncertainty": uncertainty[kept],
                 "pool_index": kept, "pool_threshold": uncertainty[kept].max().expand(len(kept))}  # fmt: skip

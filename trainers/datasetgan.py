@@ -52,6 +52,8 @@ class DatasetGANConfig:
     """K: GAN samples labelled by the oracle (its budget)."""
     annotation_seed: int = 0
     truncation_psi: float = 0.7
+    truncation_cutoff: int = 8
+    """Styles truncated (``source=datasetgan``'s key: the official car setting; 0: every style)."""
     members: int = 10
     pixels: int = 4096
     """Training pixels per step, over all K images."""
@@ -63,6 +65,8 @@ class DatasetGANConfig:
     def __post_init__(self) -> None:
         if self.data:
             raise ConfigError("method.data", f"datasetgan reads no streams; got roles {sorted(self.data)}")
+        if self.truncation_cutoff < 0:
+            raise ConfigError("method.truncation_cutoff", f"must be >= 0; got {self.truncation_cutoff}")
         for key in ("annotations", "members", "pixels", "validate_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"method.{key}", f"must be >= 1; got {getattr(self, key)}")
@@ -100,7 +104,7 @@ class DatasetGAN(Method):
             return
         cfg = self.config
         z = torch.randn(cfg.annotations, G.z_dim, generator=torch.Generator().manual_seed(cfg.annotation_seed))
-        ws = sample_ws(G, z.to(self.device), psi=cfg.truncation_psi)
+        ws = sample_ws(G, z.to(self.device), psi=cfg.truncation_psi, cutoff=cfg.truncation_cutoff or None)
         images = ((G.synthesis(ws, noise_mode="const").float() + 1) / 2).clamp(0, 1)
         oracle = Oracle.load(cfg.oracle_run, str(self.device), budget=cfg.annotations)
         labels = oracle.segment(images)
@@ -193,7 +197,8 @@ class DatasetGAN(Method):
         }
         out = Path(out_dir)
         save_interpreter(interpreter, out / "interpreter.pt", {"generator": str(self.config.generator),
-                         "network": self.config.network, "truncation_psi": self.config.truncation_psi})  # fmt: skip
+                         "network": self.config.network, "truncation_psi": self.config.truncation_psi,
+                         "truncation_cutoff": self.config.truncation_cutoff})  # fmt: skip
         images = ((G.synthesis(self.annotated["ws"], noise_mode="const").float() + 1) / 2).clamp(0, 1).cpu()
         H, W = images.shape[2:]
         annotations = colour_labels(self.annotated["labels"].view(-1, H, W))
@@ -210,7 +215,8 @@ class DatasetGAN(Method):
 
         config = DatasetGANSourceConfig(checkpoint=self.config.generator, network=self.config.network,
                                         interpreter=str(interpreter), batch_size=pool, drop_share=0.0,
-                                        truncation_psi=self.config.truncation_psi)  # fmt: skip
+                                        truncation_psi=self.config.truncation_psi,
+                                        truncation_cutoff=self.config.truncation_cutoff)  # fmt: skip
         batch = DatasetGANSource(config, self.device).generate(self.config.annotation_seed, 0)
         order = batch["uncertainty"].argsort().cpu()
         dropped = max(1, pool // 10)

@@ -140,6 +140,9 @@ def test_truncation_psi_zero_gives_the_mean_image():
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a[0], a[1], atol=1e-5)
     ws = sample_ws(G, torch.randn(2, 32), psi=0.0)
     assert torch.allclose(ws, G.mapping.w_avg.expand_as(ws))
+    z = torch.randn(2, 32)
+    cut, free = sample_ws(G, z, psi=0.0, cutoff=2), sample_ws(G, z)  # only the first two styles truncated
+    assert torch.allclose(cut[:, :2], G.mapping.w_avg.expand(2, 2, 32)) and torch.equal(cut[:, 2:], free[:, 2:])
 
 
 def test_w_avg_tracks_the_mapping_in_training():
