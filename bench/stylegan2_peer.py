@@ -12,8 +12,8 @@
    seconds per kimg per tick.
 3. Ours: ``renderloop train method=stylegan2_vehicle`` on the stream with the settings ``--cfg auto``
    picks (2 mapping layers, channel_base 16384, channel_max 512, lr 0.0025, betas (0, 0.99), R1
-   every 16 steps, path length weight 2 every 4 steps, an EMA half-life of its ``ema_kimg`` ramped
-   up over the first 5% of the images shown), bf16 against its fp16 layers.
+   every 16 steps, path length weight 2 every 4 steps, an EMA half-life of its ``ema_kimg``, at
+   most 5% of the images shown so far), bf16 against its fp16 layers.
 4. Both are timed as kimg/s of real images shown to D after the first fifth of the run (start-up,
    compilation, cuDNN autotuning), and scored at the same kimg by ``quality_report`` (the same
    encoder, the same real images).

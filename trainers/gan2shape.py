@@ -297,11 +297,11 @@ class GAN2Shape(Method):
         fa, fb = self.oracle.features(a), self.oracle.features(b)
         return sum(F.l1_loss(x, y) for x, y in zip(fa, fb, strict=True)) / len(fa)
 
-    def _reconstruction(self, rendered: DepthRender, target: torch.Tensor) -> torch.Tensor:
-        """L1 over the covered pixels plus the perceptual term on the image completed by the target."""
-        mask = rendered.mask
-        l1 = ((rendered.image - target).abs() * mask).sum() / (mask.sum() * target.shape[1]).clamp_min(1)
-        composite = rendered.image + (1 - mask) * target
+    def _reconstruction(self, image: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """L1 over the pixels ``weight [B, 1, H, W]`` counts, plus the perceptual term on ``image``
+        there completed by the target elsewhere."""
+        l1 = ((image - target).abs() * weight).sum() / (weight.sum() * target.shape[1]).clamp_min(1)
+        composite = image * weight + (1 - weight) * target
         return l1 + self.config.lam_perc * self._perceptual(composite, target)
 
     def _random_views(self, light: tuple) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple]:
@@ -361,12 +361,12 @@ class GAN2Shape(Method):
         if phase.name == "albedo":
             view, light = (tuple(v.detach() for v in x) for x in (net.view(image), net.light(image)))
             rendered = self._render(image, net.depth(image).detach(), net.albedo(image), light, view)
-            loss = self._reconstruction(rendered, image)
+            loss = self._reconstruction(rendered.image, image, rendered.mask)
             return {"loss": loss, "reconstruction": loss.detach()}
         if phase.name == "offset":
             pseudo, counted = self._pseudo(net, image)
             projected, offset = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
-            fit = self._reconstruction(replace(pseudo, image=projected * counted, mask=counted), pseudo.image)
+            fit = self._reconstruction(projected, pseudo.image, counted)
             penalty = offset.float().square().mean()  # per latent dimension, as the paper's λ assumes
             return {"loss": fit + cfg.lam_offset * penalty, "projection": fit.detach(), "offset_sq": penalty.detach()}
         return self._shape(image, w, nets)
@@ -376,20 +376,20 @@ class GAN2Shape(Method):
         depth, albedo = net.depth(image), net.albedo(image)
         view, light = net.view(image), net.light(image)
         rendered = self._render(image, depth, albedo, light, view)
-        own = self._reconstruction(rendered, image)
+        own = self._reconstruction(rendered.image, image, rendered.mask)
         smoothness = _curvature(depth) + _curvature(_diffuse_shading(rendered, light[2]))
         losses = {"reconstruction": own.detach(), "smoothness": smoothness.detach()}
         loss = own + cfg.lam_smooth * smoothness
         if cfg.symmetry:
             flipped = self._render(image, depth.flip(2), albedo.flip(3), light, view)
-            flip = self._reconstruction(flipped, image)
+            flip = self._reconstruction(flipped.image, image, flipped.mask)
             loss, losses["flip"] = loss + cfg.lam_flip * flip, flip.detach()
         if cfg.mode == "gan2shape":
             with torch.no_grad():
                 pseudo, counted = self._pseudo(net, image)
                 projected, _ = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
             rendered = self._render(image, depth, albedo, net.light(projected), net.view(projected))
-            samples = self._reconstruction(replace(rendered, mask=rendered.mask * counted), projected)
+            samples = self._reconstruction(rendered.image, projected, rendered.mask * counted)
             loss, losses["projected"] = loss + samples, samples.detach()
         return {"loss": loss, **losses}
 

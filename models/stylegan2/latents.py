@@ -58,7 +58,6 @@ class MappingTail(nn.Module):
             for i in range(mapping.num_layers - depth):
                 h = getattr(mapping, f"fc{i}")(h)
         self.register_buffer("hidden_mean", h.float().mean(0), persistent=False)
-        self.register_buffer("w_mean", self._tail(self.hidden_mean[None])[0].detach(), persistent=False)
 
     @property
     def hidden_dim(self) -> int:
@@ -70,8 +69,10 @@ class MappingTail(nn.Module):
         return h.float()
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
-        """``e [B, hidden_dim]`` → ``Δw [B, w_dim]``."""
-        return self._tail(self.hidden_mean + e.float()) - self.w_mean
+        """``e [B, hidden_dim]`` → ``Δw [B, w_dim]``. The mean's image goes through the layers in the
+        same call (and precision) as ``h̄ + e``, so ``e = 0`` gives ``Δw = 0`` under autocast too."""
+        out = self._tail(torch.cat([self.hidden_mean[None], self.hidden_mean + e.float()]))
+        return out[1:] - out[:1]
 
 
 class ViewCodes:

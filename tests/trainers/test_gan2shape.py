@@ -174,3 +174,17 @@ def test_pseudo_samples_count_the_object_only_with_use_mask(tmp_path, assets, us
         assert method.oracle.calls["segment"] == calls + 3 and (counted < pseudo.mask - 0.5).any()
     else:
         assert method.oracle.calls["segment"] == calls and torch.equal(counted, pseudo.mask)
+
+
+def test_a_reconstruction_counts_only_the_weighted_pixels():
+    from types import SimpleNamespace
+
+    method = SimpleNamespace(config=SimpleNamespace(lam_perc=1.0), _perceptual=lambda a, b: (a - b).abs().mean())
+    target = torch.rand(2, 3, 8, 8)
+    weight = torch.zeros(2, 1, 8, 8)
+    weight[..., :4] = 1.0
+    image = target.clone()
+    image[..., 4:] += 5.0  # wrong only where nothing is counted (the background of a drawn render)
+    assert GAN2Shape._reconstruction(method, image, target, weight).item() == pytest.approx(0.0, abs=1e-6)
+    image[..., :4] += 0.5  # wrong by 0.5 where counted: L1 0.5, and half of the composite off by 0.5
+    assert GAN2Shape._reconstruction(method, image, target, weight).item() == pytest.approx(0.5 + 0.25, abs=1e-5)
