@@ -17,6 +17,10 @@
 4. Both are timed as kimg/s of real images shown to D after the first fifth of the run (start-up,
    compilation, cuDNN autotuning), and scored at the same kimg by ``quality_report`` (the same
    encoder, the same real images).
+
+``--channels BASE MAX`` sets both networks' widths (NVlabs' through ``bench.peer_compat``); with
+``--device cpu`` NVlabs runs on the CPU through the same shim, and both train in fp32 without
+clamping (its ``--fp32``), so a small side-by-side run needs no GPU.
 """
 
 from __future__ import annotations
@@ -97,9 +101,15 @@ def run_nvlabs(args, folder: Path, settings: dict) -> dict:
         sys.executable, "-m", "bench.peer_compat", str(Path(args.nvlabs) / "train.py"), f"--outdir={outdir}",
         f"--data={folder}", "--gpus=1",
         "--cfg=auto", f"--batch={settings['batch']}", f"--gamma={settings['r1_gamma']}", "--mirror=0",
-        "--aug=noaug", "--metrics=none", f"--kimg={max(round(args.kimg), 1)}", "--snap=1000", "--seed=0",
+        "--aug=noaug", "--metrics=none", f"--kimg={max(round(args.kimg), 1)}", "--snap=1000", f"--seed={args.seed}",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ)
+    if args.channels:
+        env["PEER_CHANNELS"] = ",".join(str(c) for c in args.channels)
+    if args.device == "cpu":  # its mixed precision is fp16 on CUDA: both run fp32 without clamping there
+        env["PEER_DEVICE"] = "cpu"
+        command.append("--fp32=true")
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     log = done.stdout + done.stderr
     runs = sorted(outdir.glob("*/stats.jsonl"))
     if done.returncode or not runs:
@@ -125,13 +135,15 @@ def run_ours(args, settings: dict) -> dict:
         f"method.data.real.batch_size={settings['batch']}", f"engine.data.batch_size={settings['batch']}",
         f"engine.max_steps={steps}", "engine.log_every=20", "engine.progress=false", "engine.tensorboard=false",
         "engine.checkpoint_every=0", "engine.precision=bf16", "engine.data.num_workers=4", "metrics_port=-1",
-        "engine.data.follow=false", *settings["overrides"], *args.set,
+        "engine.data.follow=false", f"engine.seed={args.seed}", *settings["overrides"], *_matched(args), *args.set,
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     log = run_dir / "train_log.jsonl"
     if done.returncode or not log.exists():
         raise SystemExit(f"renderloop train failed:\n{(done.stdout + done.stderr)[-3000:]}")
     rows = [json.loads(line) for line in log.read_text().splitlines()]
+    if not rows:
+        raise SystemExit(f"renderloop train logged no window in {steps} steps: train for more --kimg")
     steady = rows[len(rows) // 5 :] or rows
     steps_per_s = sum(r["steps_per_s"] for r in steady) / len(steady)
     return {
@@ -140,6 +152,12 @@ def run_ours(args, settings: dict) -> dict:
         "data_wait_fraction": sum(r["data_wait_fraction"] for r in steady) / len(steady),
         "run_dir": str(run_dir),
     }
+
+
+def _matched(args) -> list[str]:
+    """Our overrides for ``--channels`` and the CPU (fp32, no clamping, as NVlabs' ``--fp32``)."""
+    out = [f"method.channel_base={args.channels[0]}", f"method.channel_max={args.channels[1]}"] if args.channels else []
+    return out + (["engine.precision=fp32", "method.conv_clamp=null"] if args.device == "cpu" else [])
 
 
 def score(args, nvlabs: dict | None, ours: dict) -> dict:
@@ -152,7 +170,8 @@ def score(args, nvlabs: dict | None, ours: dict) -> dict:
     from renderloop.trainers.evaluation import load_run
     from renderloop.trainers.stylegan2_quality import quality_report
 
-    overrides = ["method=stylegan2_vehicle", f"method.data.real.resolution={args.resolution}", *args.set]
+    overrides = ["method=stylegan2_vehicle", f"method.data.real.resolution={args.resolution}", *_matched(args),
+                 *args.set]  # fmt: skip
     cfg = load_config("train", overrides, TrainConfig).method_config
     device = torch.device(args.device)
     _, nets = load_run("stylegan2", None, ours["run_dir"], args.device)
@@ -171,6 +190,15 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--kimg", type=float, default=40, help="real images shown to D, in thousands, per trainer")
     p.add_argument("--images", type=int, default=20000, help="renders in the training set")
+    p.add_argument(
+        "--channels",
+        nargs=2,
+        type=int,
+        default=None,
+        metavar=("BASE", "MAX"),
+        help="channel_base and channel_max of both trainers' networks (default: --cfg auto's)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="both trainers' seed")
     p.add_argument("--set", nargs="*", default=[], help="more overrides for our run")
     p.add_argument("--no-score", action="store_true", help="time only")
     p.add_argument("--work", default=None)

@@ -48,11 +48,44 @@ def test_a_run_of_its_train_script_is_timed_from_its_stats(tmp_path):
         (run / "stats.jsonl").write_text("\\n".join(json.dumps(x) for x in lines))
         (run / "network-snapshot-000004.pkl").write_bytes(b"")
     '''))  # fmt: skip
-    args = argparse.Namespace(work=str(tmp_path / "work"), nvlabs=str(checkout), kimg=4)
+    args = argparse.Namespace(work=str(tmp_path / "work"), nvlabs=str(checkout), kimg=4, seed=0, channels=None,
+                              device="cuda")  # fmt: skip
     result = run_nvlabs(args, tmp_path / "images", auto_settings(64, 32))
     assert result["plugins"] == {"bias_act_plugin": "cuda"} and result["ticks"] == 5
     assert result["kimg_per_s"] == pytest.approx(4 / 8)  # the first fifth of the ticks left out: 4 kimg in 8 s
     assert result["snapshot"].endswith("network-snapshot-000004.pkl")
+
+
+def test_on_the_cpu_its_training_loop_gets_the_cpu_and_both_networks_the_channels(tmp_path):
+    checkout = tmp_path / "nvlabs"
+    for package in ("training", "dnnlib"):
+        (checkout / package).mkdir(parents=True)
+        (checkout / package / "__init__.py").write_text("")
+    (checkout / "training" / "training_loop.py").write_text("import torch\n")
+    (checkout / "dnnlib" / "util.py").write_text("def construct_class_by_name(*args, class_name=None, **kwargs):\n"
+                                                  "    return class_name, kwargs\n")  # fmt: skip
+    (checkout / "train.py").write_text(textwrap.dedent('''
+        import json, sys, pathlib, torch
+        import dnnlib.util
+        from training import training_loop
+        args = dict(a.lstrip("-").split("=", 1) for a in sys.argv[1:])
+        assert args["fp32"] == "true" and args["seed"] == "3", args
+        assert training_loop.torch.device("cuda", 0) == torch.device("cpu")
+        assert training_loop.torch.cuda.max_memory_allocated(0) == 0 and training_loop.torch.zeros(1).sum() == 0
+        _, g = dnnlib.util.construct_class_by_name(class_name="training.networks.Generator",
+                                                   synthesis_kwargs={"channel_base": 16384, "num_fp16_res": 0})
+        _, d = dnnlib.util.construct_class_by_name(class_name="training.networks.Discriminator", channel_max=512)
+        assert g["synthesis_kwargs"] == {"channel_base": 2048, "channel_max": 128, "num_fp16_res": 0}, g
+        assert (d["channel_base"], d["channel_max"]) == (2048, 128), d
+        run = pathlib.Path(args["outdir"]) / "00000-images-auto1"
+        run.mkdir(parents=True)
+        ticks = [(0, 50.0), (1, 4.0)]
+        lines = [{"Progress/tick": {"mean": t}, "Timing/sec_per_kimg": {"mean": s}} for t, s in ticks]
+        (run / "stats.jsonl").write_text("\\n".join(json.dumps(x) for x in lines))
+    '''))  # fmt: skip
+    args = argparse.Namespace(work=str(tmp_path / "work"), nvlabs=str(checkout), kimg=1, seed=3,
+                              channels=[2048, 128], device="cpu")  # fmt: skip
+    assert run_nvlabs(args, tmp_path / "images", auto_settings(32, 16))["kimg_per_s"] == pytest.approx(1 / 4)
 
 
 def test_ours_trains_on_the_category_and_is_scored_at_toy_size(tmp_path, monkeypatch, capsys):
