@@ -149,21 +149,23 @@ def lr_multiplier(cfg: EngineConfig, update: int, total_updates: int) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
 
 
-def deepspeed_config(cfg: EngineConfig, lr: float, betas: tuple[float, float], weight_decay: float, world: int) -> dict:
-    """The DeepSpeed config of one model's engine."""
+def deepspeed_config(cfg: EngineConfig, lr: float, betas: tuple[float, float], weight_decay: float, world: int,
+                     decoupled: bool = True) -> dict:  # fmt: skip
+    """The DeepSpeed config of one model's engine (``decoupled``: AdamW's weight decay, else L2)."""
     return {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": cfg.gradient_accumulation,
         "train_batch_size": cfg.data.batch_size * cfg.gradient_accumulation * world,
         "optimizer": {
             # torch's fused Adam: one kernel group per update, no JIT-built extension, CPU and GPU.
-            "type": "AdamW" if weight_decay else "Adam",
+            "type": "AdamW" if weight_decay and decoupled else "Adam",
             "params": {
                 "lr": lr,
                 "betas": list(betas),
                 "weight_decay": weight_decay,
                 "torch_adam": True,
                 "fused": True,
+                **({} if decoupled else {"adam_w_mode": False}),  # DeepSpeed's "Adam" is AdamW unless told
             },
         },
         "zero_optimization": {"stage": cfg.zero_stage},

@@ -139,7 +139,9 @@ class Trainer:
             ds_engine, *_ = deepspeed.initialize(
                 model=spec.module,
                 model_parameters=params,
-                config=deepspeed_config(engine, spec.lr, spec.betas, spec.weight_decay, dist.world_size),
+                config=deepspeed_config(
+                    engine, spec.lr, spec.betas, spec.weight_decay, dist.world_size, spec.decoupled_weight_decay
+                ),
                 lr_scheduler=lambda opt, h=horizon: torch.optim.lr_scheduler.LambdaLR(
                     opt, lambda u: lr_multiplier(engine, u, h)
                 ),

@@ -127,6 +127,8 @@ class GAN2ShapeConfig:
     later_rounds: tuple[int, int, int] = (200, 500, 400)
     """Steps 1-3 of the first and of every later round (the paper's per-image counts for cars)."""
     lr: float = 1e-4
+    weight_decay: float = 5e-4
+    """An L2 term in every network's gradient, as the paper's Adam has (not AdamW's decay)."""
     lam_perc: float = 0.5
     lam_smooth: float = 0.01
     lam_offset: float = 0.01
@@ -173,7 +175,7 @@ class GAN2ShapeConfig:
             raise ConfigError("method", "needs rounds >= 1, init_steps >= 0, width >= 4 and zdim >= 1")
         for key in ("fov_deg", "lr", "rotation_deg", "pseudo_yaw_deg", "pseudo_pitch_deg"):
             check_number(f"method.{key}", getattr(self, key), above=0)
-        for key in ("lam_perc", "lam_smooth", "lam_offset", "lam_flip", "translation"):
+        for key in ("lam_perc", "lam_smooth", "lam_offset", "lam_flip", "translation", "weight_decay"):
             check_number(f"method.{key}", getattr(self, key), at_least=0)
 
     @property
@@ -249,16 +251,17 @@ class GAN2Shape(Method):
         cfg = self.config
         res = self.resolution
         net = Decomposition(res, cfg.width, cfg.zdim, cfg.min_depth, cfg.max_depth, cfg.rotation_deg, cfg.translation)
+        adam = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "decoupled_weight_decay": False}
         if cfg.mode != "gan2shape":
-            return {"net": ModelSpec(net, lr=cfg.lr)}
+            return {"net": ModelSpec(net, **adam)}
         G = self._generator()
         if cfg.offset_depth > G.mapping.num_layers:
             raise ConfigError("method.offset_depth", f"the generator's mapping has {G.mapping.num_layers} layers; "
                               f"got {cfg.offset_depth}")  # fmt: skip
         E = OffsetEncoder(res, MappingTail(G, cfg.offset_depth), cfg.width, cfg.zdim)
         return {
-            "net": ModelSpec(net, lr=cfg.lr),
-            "E": ModelSpec(E, lr=cfg.lr),
+            "net": ModelSpec(net, **adam),
+            "E": ModelSpec(E, **adam),
             "G": ModelSpec(G.requires_grad_(False), trainable=False),
         }
 

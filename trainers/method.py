@@ -26,6 +26,9 @@ class ModelSpec:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
+    decoupled_weight_decay: bool = True
+    """AdamW's decay of the weights themselves; false: an L2 term added to the gradient before
+    Adam's normalization (``torch.optim.Adam``'s ``weight_decay``), as some papers' code trains."""
     trainable: bool = True
     ema: bool = False
     """Keep an exponential moving average of the weights (generators); see ``engine.ema_half_life``."""

@@ -143,6 +143,29 @@ def test_the_optimizer_gets_the_gradient_clipped_only_as_configured(streams, cli
         assert all(torch.equal(g, torch.full_like(g, 1e4)) for g in seen)
 
 
+@pytest.mark.parametrize("decoupled", [True, False])
+def test_weight_decay_is_decoupled_or_an_l2_term_as_the_model_spec_says(streams, monkeypatch, decoupled):
+    from dataclasses import replace
+
+    from renderloop.trainers.simgan import SimGAN
+
+    build = SimGAN.build
+    monkeypatch.setattr(SimGAN, "build", lambda self: {k: replace(v, weight_decay=0.5, decoupled_weight_decay=decoupled)
+                                                       for k, v in build(self).items()})  # fmt: skip
+    trainer = _trainer(debug_config(streams / "data", streams / "run"))
+    phase = next(p for p in trainer.phases if p.model == "R")
+    engine, R = trainer.engines["R"], trainer.nets(phase)["R"]
+    lr = engine.optimizer.param_groups[0]["lr"]
+    before = _params(R)
+    trainer.backward(phase, 0 * sum(p.sum() for p in R.parameters()))  # no gradient from the loss
+    engine.step()
+    for old, new in zip(before, R.parameters(), strict=True):
+        if decoupled:  # AdamW shrinks the weights and takes no Adam step on a zero gradient
+            assert torch.allclose(new, old * (1 - lr * 0.5), atol=1e-7)
+        else:  # L2: the gradient is 0.5 w, and Adam's first step moves each weight by lr against it
+            assert torch.allclose(new, old - lr * torch.sign(old), atol=1e-6)
+
+
 def test_a_parameter_without_gradient_in_an_update_moves_on_momentum_as_on_many_ranks(streams):
     """DeepSpeed's all-reduce gives a gradient-less trainable parameter a zero gradient, also on one
     rank, so Adam moves it on its momentum (a regularizer phase that skips a bias must not freeze it)."""
