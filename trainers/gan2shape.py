@@ -290,11 +290,14 @@ class GAN2Shape(Method):
         H, W = image.shape[2:]
         return fov_intrinsics(self.config.fov_deg, H, W, batch=len(image), device=image.device)
 
+    def _rigid(self, view: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(R, t)`` of a predicted or sampled view, turning about the depth range's middle."""
+        return view_about_pivot(*view, pivot_depth=(self.config.min_depth + self.config.max_depth) / 2)
+
     def _render(self, image, depth, albedo, light, view) -> DepthRender:
-        cfg = self.config
-        R, t = view_about_pivot(*view, pivot_depth=(cfg.min_depth + cfg.max_depth) / 2)
         ambient, diffuse, direction = light
-        return render_depth_map(depth, albedo, direction, self._K(image), R, t, ambient, diffuse, self.raster)
+        return render_depth_map(depth, albedo, direction, self._K(image), *self._rigid(view), ambient, diffuse,
+                                self.raster)  # fmt: skip
 
     def _perceptual(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         fa, fb = self.oracle.features(a), self.oracle.features(b)
@@ -331,10 +334,9 @@ class GAN2Shape(Method):
         rendered = self._render(image, depth, net.albedo(image), light, view)
         counted = rendered.mask
         if cfg.use_mask:
-            K, pivot = self._K(image), (cfg.min_depth + cfg.max_depth) / 2
-            seen = self.oracle.mask(image)[:, None].float()
-            canonical = sample_into_canonical(seen, depth, K, *view_about_pivot(*net.view(image), pivot_depth=pivot))
-            moved, _, _ = reproject(canonical, depth, K, *view_about_pivot(*view, pivot_depth=pivot), self.raster)
+            K, seen = self._K(image), self.oracle.mask(image)[:, None].float()
+            canonical = sample_into_canonical(seen, depth, K, *self._rigid(net.view(image)))
+            moved, _, _ = reproject(canonical, depth, K, *self._rigid(view), self.raster)
             counted = counted * moved
         return replace(rendered, image=rendered.image.clamp(0, 1)), counted
 

@@ -124,7 +124,7 @@ class PartSegmentation(Method):
 
     def build(self) -> dict[str, ModelSpec]:
         cfg = self.config
-        segmenter = PartSegmenter(len(category.PART_NAMES), cfg.width, cfg.levels)
+        segmenter = self._network()
         if cfg.init_from:
             state = torch.load(Path(cfg.init_from) / "models" / "segmenter.pt", map_location="cpu", weights_only=True)
             try:
@@ -132,6 +132,9 @@ class PartSegmentation(Method):
             except RuntimeError as err:
                 raise ConfigError("method.init_from", f"another architecture than method.width/levels: {err}") from None
         return {"segmenter": ModelSpec(segmenter, lr=cfg.lr)}
+
+    def _network(self) -> PartSegmenter:
+        return PartSegmenter(len(category.PART_NAMES), self.config.width, self.config.levels)
 
     def phases(self) -> list[Phase]:
         return [Phase("segmenter", "segmenter", ("labeled",))]
@@ -200,7 +203,7 @@ class PartSegmentation(Method):
             candidates = [counts]
             for snapshot in snapshots:
                 state = torch.load(snapshot / "segmenter.pt", map_location="cpu", weights_only=True)
-                candidate = PartSegmenter(len(category.PART_NAMES), self.config.width, self.config.levels)
+                candidate = self._network()
                 candidate.load_state_dict(state)
                 candidates.append(self._fold_counts(candidate.to(self.device).eval(), test, classes))
             selected, chosen = selected_scores(torch.stack(candidates))
