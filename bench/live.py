@@ -34,10 +34,13 @@ def _summary(run_dir: Path, warmup: int) -> dict[str, float]:
     rows = [r for r in rows if r["step"] >= warmup]
     if not rows:
         raise SystemExit(f"{run_dir}: no logged step past the warm-up; raise --steps")
+    keys = [k for k in rows[0] if k in ("samples_per_s", "data_wait_fraction") or k.startswith("data/")]
+    mean = {key: sum(r[key] for r in rows) / len(rows) for key in keys}
     return {
         "steps_measured": rows[-1]["step"] + 1 - warmup,
-        "samples_per_s": sum(r["samples_per_s"] for r in rows) / len(rows),
-        "data_wait_fraction": sum(r["data_wait_fraction"] for r in rows) / len(rows),
+        "samples_per_s": mean["samples_per_s"],
+        "data_wait_fraction": mean["data_wait_fraction"],
+        **{key: mean[key] for key in keys if key.startswith("data/")},  # the producers' side
     }
 
 
@@ -94,10 +97,12 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="renderloop-live-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = [row for record in (args.records or [None]) for row in measure(args, record, work)]
-    print(f"{'record':>8} {'mode':>34} {'samples/s':>10} {'data-wait':>10} {'kB/sample':>10} {'steps':>6}")
+    print(f"{'record':>8} {'mode':>34} {'samples/s':>10} {'data-wait':>10} {'kB/sample':>10} {'steps':>6} "
+          f"{'generated/s':>11} {'backlog':>8}")  # fmt: skip
     for r in rows:
         print(f"{r['record']:>8} {r['mode']:>34} {r['samples_per_s']:>10.0f} {r['data_wait_fraction']:>10.1%} "
-              f"{r['bytes_per_sample'] / 1e3:>10.1f} {r['steps_measured']:>6}")  # fmt: skip
+              f"{r['bytes_per_sample'] / 1e3:>10.1f} {r['steps_measured']:>6} "
+              f"{r.get('data/generated_per_s', 0):>11.0f} {r.get('data/backlog', 0):>8.1f}")  # fmt: skip
     if args.out:
         meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": command_line()}
         Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

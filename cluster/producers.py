@@ -118,15 +118,16 @@ def start_producers(
 
 
 class GenerationStatus:
-    """Progress-bar fields of a run: samples generated per second since the last call, and the
-    largest backlog (published, unconsumed shards) over the streams."""
+    """A run's data figures for each log window: samples generated per second since the last call,
+    and the backlog (published, unconsumed shards) of each stream and the largest of them."""
 
     def __init__(self, groups: list[ProducerGroup], ledgers: list[Ledger]) -> None:
         self.groups, self.ledgers = groups, ledgers
         self._last = (time.monotonic(), 0)
 
-    def __call__(self) -> dict[str, str]:
+    def __call__(self) -> dict[str, float]:
         now, samples = time.monotonic(), sum(group.samples for group in self.groups)
         rate = (samples - self._last[1]) / max(now - self._last[0], 1e-9)
         self._last = (now, samples)
-        return {"generated/s": f"{rate:.0f}", "backlog": str(max(ledger.backlog() for ledger in self.ledgers))}
+        backlogs = {f"backlog/{ledger.stream}": ledger.backlog() for ledger in self.ledgers}
+        return {"generated_per_s": rate, "backlog": max(backlogs.values()), **backlogs}

@@ -90,7 +90,8 @@ class Trainer:
         device: ``auto``, ``cpu`` or ``cuda``.
         metrics: where this rank reports (Prometheus or Ray); checkpoints: a store other than
             ``<run_dir>/checkpoints`` (Ray Train gives its own).
-        status: extra fields for the progress bar (e.g. the producers' rate in a local run).
+        status: figures of the data's producers for each log window (``data/<key>`` in the log, and
+            the progress bar's keys without a ``/``): e.g. their rate and backlog in a local run.
     """
 
     def __init__(
@@ -105,7 +106,7 @@ class Trainer:
         device: str = "auto",
         metrics: MetricsSink | None = None,
         checkpoints: CheckpointStore | None = None,
-        status: Callable[[], dict[str, str]] | None = None,
+        status: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         import deepspeed
 

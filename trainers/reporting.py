@@ -90,7 +90,7 @@ class Reporter:
         progress: bool,
         start_step: int,
         max_steps: int,
-        status: Callable[[], dict[str, str]] | None = None,
+        status: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         self.status = status
         self.method, self.rank, self.metrics, self.log_every = method, str(rank), metrics, max(log_every, 1)
@@ -168,7 +168,8 @@ class Reporter:
             ):
                 self.metrics.set("renderloop_gpu_memory_bytes", value, kind=kind, **labels)
         if self.main:
-            record = {**summary, **{f"loss/{k}": v for k, v in losses.items()}}
+            data = self.status() if self.status is not None else {}
+            record = {**summary, **{f"data/{k}": v for k, v in data.items()}, **{f"loss/{k}": v for k, v in losses.items()}}
             self._log.write(json.dumps(record) + "\n")
             self._log.flush()
             if self._tb is not None:
@@ -177,9 +178,9 @@ class Reporter:
                         self._tb.add_scalar(key if key.startswith("loss/") else f"perf/{key}", value, step)
             if self._bar is not None:
                 shown = {k.rpartition("/")[2] if k.count("/") else k: v for k, v in list(losses.items())[:4]}
-                extra = self.status() if self.status is not None else {}
-                shown = {k: f"{v:.3g}" for k, v in shown.items()}
-                self._bar.set_postfix({"samples/s": f"{summary['samples_per_s']:.0f}", **extra, **shown})
+                extra = {k: v for k, v in data.items() if "/" not in k}  # per-stream figures: the log only
+                shown = {k: f"{v:.3g}" for k, v in {**extra, **shown}.items()}
+                self._bar.set_postfix({"samples/s": f"{summary['samples_per_s']:.0f}", **shown})
         self._losses.clear()
         self._window = _empty_window()
         return {**summary, **losses}

@@ -39,9 +39,9 @@ def test_generation_status_reports_rate_and_backlog(tmp_path):
     pool.join(60)
     assert pool.failure() is None
     first = status()
-    assert float(first["generated/s"]) > 0 and first["backlog"] == "4"  # 4 shards of 8, none read
+    assert first["generated_per_s"] > 0 and first["backlog"] == first["backlog/s"] == 4  # 4 shards of 8, none read
     Ledger(Storage(str(tmp_path)), "s").record_consumed("reader", 3)
-    assert status() == {"generated/s": "0", "backlog": "1"}
+    assert status() == {"generated_per_s": 0, "backlog": 1, "backlog/s": 1}
 
 
 def _spec(root, source_config=TINY) -> ProducerSpec:
