@@ -63,24 +63,23 @@ def measure(args, record: str | None, work: Path) -> list[dict]:
     live_dir, again_dir = work / f"run-{tag}", work / f"pregenerated-{tag}"
     live = ["run", *common, f"storage.root={root}", f"run_dir={live_dir}", "engine.data.delete_consumed=false"]
     seconds = _run(_command(*live), work / f"{tag}-run.log")
+    rows = [{"record": tag, "mode": "live (renderloop run)", "seconds": seconds, **_summary(live_dir, args.warmup)}]
     from renderloop.datasets.ledger import Ledger
     from renderloop.datasets.storage import Storage
 
     storage = Storage(str(root))
+    shards = [e for stream in storage.list("") if storage.exists(f"{stream}/ledger")
+              for e in Ledger(storage, stream).entries()]  # fmt: skip
+    rows[0]["bytes_per_sample"] = sum(e.bytes for e in shards) / max(sum(e.count for e in shards), 1)
     for stream in storage.list(""):
         if storage.exists(f"{stream}/ledger"):
             Ledger(storage, stream).close()  # the trainer alone: the reader repeats, never waits
+    if args.live_only:
+        return rows
     again = ["train", *common, f"storage.root={root}", f"run_dir={again_dir}", "metrics_port=-1"]
     again_seconds = _run(_command(*again), work / f"{tag}-train.log")
-    shards = [e for stream in storage.list("") if storage.exists(f"{stream}/ledger")
-              for e in Ledger(storage, stream).entries()]  # fmt: skip
-    per_sample = sum(e.bytes for e in shards) / max(sum(e.count for e in shards), 1)
-    return [
-        {"record": tag, "mode": "live (renderloop run)", "seconds": seconds, "bytes_per_sample": per_sample,
-         **_summary(live_dir, args.warmup)},
-        {"record": tag, "mode": "pre-generated (renderloop train)", "seconds": again_seconds,
-         "bytes_per_sample": per_sample, **_summary(again_dir, args.warmup)},
-    ]  # fmt: skip
+    return [*rows, {"record": tag, "mode": "pre-generated (renderloop train)", "seconds": again_seconds,
+                    **_summary(again_dir, args.warmup)}]  # fmt: skip
 
 
 def main() -> None:
@@ -91,6 +90,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=100, help="steps left out of the means")
     p.add_argument("--records", nargs="*", default=[], help="shard record formats to compare (none: the default)")
     p.add_argument("--set", nargs="*", default=[], help="more overrides for every command")
+    p.add_argument("--live-only", action="store_true", help="skip the pre-generated run (compare with another row)")
     p.add_argument("--work", default="", help="folder for streams and runs (default: a temporary one)")
     p.add_argument("--out", default="")
     args = p.parse_args()
@@ -101,7 +101,7 @@ def main() -> None:
           f"{'generated/s':>11} {'backlog':>8}")  # fmt: skip
     for r in rows:
         print(f"{r['record']:>8} {r['mode']:>34} {r['samples_per_s']:>10.0f} {r['data_wait_fraction']:>10.1%} "
-              f"{r['bytes_per_sample'] / 1e3:>10.1f} {r['steps_measured']:>6} "
+              f"{r.get('bytes_per_sample', 0) / 1e3:>10.1f} {r['steps_measured']:>6} "
               f"{r.get('data/generated_per_s', 0):>11.0f} {r.get('data/backlog', 0):>8.1f}")  # fmt: skip
     if args.out:
         meta = {"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "argv": command_line()}
