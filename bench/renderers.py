@@ -20,11 +20,13 @@ import math
 import platform
 import resource
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import torch
 
 from bench.timing import synchronize
+from renderloop.renderers import _zbuffer_triton
 from renderloop.renderers.renderer import MeshRenderer, RendererConfig
 from tests.renderers.helpers import orbit_scene
 
@@ -41,10 +43,14 @@ def _peak_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
 
 
-def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, backend="torch"):
-    """A closure that renders (and for ``fwd+bwd`` backpropagates) one batch."""
+def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, backend="torch",
+              zbuffer: str = "triton"):  # fmt: skip
+    """A closure that renders (and for ``fwd+bwd`` backpropagates) one batch; ``zbuffer="tensor"``
+    keeps a compiled renderer on the candidate-list z-buffer instead of the Triton kernel."""
     cfg = RendererConfig(height=res, width=res, soft_mask=soft, compile=compile_, backend=backend)
     renderer = MeshRenderer(cfg)
+    if zbuffer == "tensor":
+        renderer.raster_context = replace(renderer.raster_context, zbuffer=None)
     verts, face_idx, R, t, K = orbit_scene(batch, (res, res), SUBDIVISIONS[faces], device=device)
     colors = 0.5 + 0.5 * verts.detach()
     light = torch.nn.functional.normalize(torch.tensor([[0.3, -0.4, -1.0]], device=device), dim=-1).expand(batch, 3)
@@ -63,8 +69,9 @@ def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool
 
 
 def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, iters: int,
-                  backend: str = "torch"):  # fmt: skip
-    step = make_step(batch, res, faces, device=device, mode=mode, soft=soft, compile_=compile_, backend=backend)
+                  backend: str = "torch", zbuffer: str = "triton"):  # fmt: skip
+    step = make_step(batch, res, faces, device=device, mode=mode, soft=soft, compile_=compile_, backend=backend,
+                     zbuffer=zbuffer)  # fmt: skip
     for _ in range(5):  # warm-up: allocator, compile (and its dynamic-shape recompile), caches
         step()
     synchronize(device)
@@ -78,10 +85,16 @@ def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: 
     coverage = float(out.fragments.mask.float().mean())
     return {
         "backend": backend, "batch": batch, "resolution": res, "faces": faces, "mode": mode, "soft_mask": soft,
-        "compile": compile_,
+        "compile": compile_, "zbuffer": _zbuffer_used(backend, compile_, zbuffer, device),
         "ms_per_batch": 1e3 * seconds, "images_per_s": batch / seconds, "peak_mib": _peak_mib(device),
         "coverage": coverage,
     }  # fmt: skip
+
+
+def _zbuffer_used(backend: str, compile_: bool, zbuffer: str, device) -> str:
+    if backend != "torch":
+        return backend
+    return "triton" if compile_ and zbuffer == "triton" and _zbuffer_triton.supports(device) else "tensor"
 
 
 def profile(setting: str, device: torch.device, compile_: bool) -> None:
@@ -116,6 +129,13 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=0, help="timed iterations (default: 20 on GPU, 3 on CPU)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd shading")
     parser.add_argument("--soft", action="store_true", help="also time with the soft silhouette")
+    parser.add_argument(
+        "--zbuffer",
+        nargs="*",
+        default=["triton"],
+        choices=["triton", "tensor"],
+        help="z-buffer passes of the compiled torch backend to time, in turn",
+    )
     parser.add_argument("--backends", nargs="*", default=["torch"], help="renderer backends to time, in turn")
     parser.add_argument("--out", default="", help="write results as JSON here")
     parser.add_argument("--profile", action="store_true", help="print the top kernels of the first setting's fwd+bwd")
@@ -123,23 +143,25 @@ def main() -> None:
     device = torch.device(args.device)
     iters = args.iters or (20 if device.type == "cuda" else 3)
     settings = args.settings or DEFAULT_GRID[device.type]
-    variants = [(False, False)] + [(False, True)] * args.compile + [(True, False)] * args.soft
-    variants += [(True, True)] * (args.soft and args.compile)
+    compiled = [(True, z) for z in args.zbuffer] if args.compile else []
+    variants = [(soft, *c) for soft in [False] + [True] * args.soft for c in [(False, "tensor"), *compiled]]
     rows = []
     header = (
-        f"{'backend':>10} {'setting':>16} {'mode':>8} {'soft':>5} {'comp':>5} {'ms/batch':>9} {'img/s':>9} "
-        f"{'peak MiB':>9} {'cover':>6}"
+        f"{'backend':>10} {'setting':>16} {'mode':>8} {'soft':>5} {'comp':>5} {'zbuffer':>7} {'ms/batch':>9} "
+        f"{'img/s':>9} {'peak MiB':>9} {'cover':>6}"
     )
     print(header)
     for setting in settings:
         batch, res, faces = (int(x) for x in setting.split("x"))
-        for backend, (soft, comp), mode in itertools.product(args.backends, variants, ("fwd", "fwd+bwd")):
+        for backend, (soft, comp, zbuffer), mode in itertools.product(args.backends, variants, ("fwd", "fwd+bwd")):
+            if backend != "torch" and zbuffer != args.zbuffer[0] and comp:
+                continue  # other backends have no z-buffer choice
             r = bench_setting(batch, res, faces, device=device, mode=mode, soft=soft, compile_=comp, iters=iters,
-                              backend=backend)  # fmt: skip
+                              backend=backend, zbuffer=zbuffer)  # fmt: skip
             rows.append(r)
             print(
-                f"{backend:>10} {setting:>16} {mode:>8} {str(soft):>5} {str(comp):>5} {r['ms_per_batch']:9.2f} "
-                f"{r['images_per_s']:9.0f} {r['peak_mib']:9.0f} {r['coverage']:6.2f}",
+                f"{backend:>10} {setting:>16} {mode:>8} {str(soft):>5} {str(comp):>5} {r['zbuffer']:>7} "
+                f"{r['ms_per_batch']:9.2f} {r['images_per_s']:9.0f} {r['peak_mib']:9.0f} {r['coverage']:6.2f}",
                 flush=True,
             )
     if args.profile:

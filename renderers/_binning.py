@@ -55,6 +55,22 @@ def pixel_of(meta: torch.Tensor, face: torch.Tensor, pos: torch.Tensor) -> tuple
     return m[:, 1] + offset // m[:, 2], m[:, 0] + offset % m[:, 2]
 
 
+def pixel_boxes(
+    xy: torch.Tensor, valid: torch.Tensor, resolution: tuple[int, int], margin: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each face's first pixel centre ``(col, row)`` and box size ``(width, height)`` in pixels,
+    both int64 ``[B * F, 2]``: the centres in its bbox grown by ``margin`` (empty for invalid faces)."""
+    H, W = resolution
+    xy = xy.detach()
+    lo = xy.amin(dim=-2) - margin  # (B, F, 2)
+    hi = xy.amax(dim=-2) + margin
+    # Pixel j's centre is j + 0.5: the first centre >= lo is ceil(lo - 0.5), the last <= hi is floor(hi - 0.5).
+    first = torch.ceil(lo - 0.5).clamp(0, max(H, W))
+    last = torch.minimum(torch.floor(hi - 0.5), xy.new_tensor([W - 1, H - 1]))
+    size = (last - first + 1).clamp(min=0) * valid.unsqueeze(-1)
+    return first.nan_to_num(0).long().view(-1, 2), size.nan_to_num(0).long().view(-1, 2)
+
+
 def candidate_chunks(
     xy: torch.Tensor,
     valid: torch.Tensor,
@@ -68,15 +84,7 @@ def candidate_chunks(
     ``check = (values, fn)``: device ``values`` are copied to the host in the same transfer as the
     candidate count (the one CPU-GPU sync) and passed to ``fn``, which may raise, before any work.
     """
-    H, W = resolution
-    xy = xy.detach()
-    lo = xy.amin(dim=-2) - margin  # (B, F, 2)
-    hi = xy.amax(dim=-2) + margin
-    # Pixel j's centre is j + 0.5: the first centre >= lo is ceil(lo - 0.5), the last <= hi is floor(hi - 0.5).
-    first = torch.ceil(lo - 0.5).clamp(0, max(H, W))
-    last = torch.minimum(torch.floor(hi - 0.5), xy.new_tensor([W - 1, H - 1]))
-    size = (last - first + 1).clamp(min=0) * valid.unsqueeze(-1)
-    first, size = first.nan_to_num(0).long().view(-1, 2), size.nan_to_num(0).long().view(-1, 2)
+    first, size = pixel_boxes(xy, valid, resolution, margin)
     counts = size[:, 0] * size[:, 1]
     ends = counts.cumsum(0)
     starts = ends - counts

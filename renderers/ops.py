@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from renderloop.checks import check_shape
 
-from ._binning import candidate_chunks, pixel_of, screen_triangles
+from . import _zbuffer_triton
+from ._binning import candidate_chunks, pixel_boxes, pixel_of, screen_triangles
 from ._gather import take_rows
 from .cameras import clip_to_pixel
 
@@ -275,11 +276,13 @@ def _soft_terms(
 @dataclass(frozen=True)
 class RasterContext:
     """The dense kernels ``rasterize`` runs. Build one per process with :func:`make_context`;
-    ``compile=True`` fuses each into a single ``torch.compile``d kernel (dynamic shapes)."""
+    ``compile=True`` fuses each into a single ``torch.compile``d kernel (dynamic shapes) and, where
+    Triton runs, does the z-buffer pass in one kernel (``zbuffer``) instead of candidate lists."""
 
     candidate_keys: Callable = _candidate_keys
     fragment_math: Callable = _fragment_math
     soft_terms: Callable = _soft_terms
+    zbuffer: Callable | None = None
 
 
 def make_context(*, compile: bool = False) -> RasterContext:
@@ -290,6 +293,7 @@ def make_context(*, compile: bool = False) -> RasterContext:
         candidate_keys=torch.compile(_candidate_keys, dynamic=True),
         fragment_math=torch.compile(_fragment_math, dynamic=True),
         soft_terms=torch.compile(_soft_terms, dynamic=True),
+        zbuffer=_zbuffer_triton.nearest_face_keys if _zbuffer_triton.triton is not None else None,
     )
 
 
@@ -347,6 +351,11 @@ def _visible_faces(
         [coeffs.flatten(2), owns_edge.to(xy.dtype), 1.0 / w, 1.0 / area.abs().clamp(min=1e-30).unsqueeze(-1)], dim=-1
     ).view(B * num_faces, 16)
     best = torch.full((B * H * W,), _EMPTY_KEY, dtype=torch.int64, device=clip_pos.device)
+    if ctx.zbuffer is not None and _zbuffer_triton.supports(clip_pos.device):
+        values, raise_if_bad = check
+        raise_if_bad(values.tolist())  # the one host sync, before any work, as on the other path
+        ctx.zbuffer(table, *pixel_boxes(xy, valid, resolution, 0.0), best, num_faces, (H, W))
+        return torch.where(best == _EMPTY_KEY, -1, best & 0xFFFFFFFF).view(B, H, W)
     for chunk in candidate_chunks(xy, valid, resolution, 0.0, max_candidates, check):
         pixel, key = ctx.candidate_keys(table, chunk.meta, chunk.face, chunk.pos, num_faces, H, W)
         best.scatter_reduce_(0, pixel, key, reduce="amin")
