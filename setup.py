@@ -62,6 +62,6 @@ setup(
         "fonttools>=4.22",
     ],
     # Triton comes with CUDA builds of torch; CPU tests run its kernels in its interpreter.
-    extras_require={"test": ["pytest>=7", "ruff>=0.5", "triton>=3.0; platform_system == 'Linux'"]},
+    extras_require={"test": ["pytest>=7", "ruff>=0.5", "triton>=3.9; platform_system == 'Linux'"]},
     entry_points={"console_scripts": ["renderloop = renderloop.cli:main"]},
 )

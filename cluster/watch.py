@@ -5,6 +5,7 @@ waiting for shards that will never come."""
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 from collections.abc import Callable, Sequence
 
@@ -32,6 +33,7 @@ class ProducerWatch:
         self.error: BaseException | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="producer-watch", daemon=True)
+        self._handler = None  # the SIGINT handler replaced for the duration (main thread only)
 
     def _poll(self) -> None:
         while not self._done.wait(self.interval):
@@ -42,12 +44,18 @@ class ProducerWatch:
                     return
 
     def __enter__(self) -> ProducerWatch:
+        # The interruption is a simulated SIGINT: it must raise KeyboardInterrupt, not run a
+        # handler another library left installed (Ray Train's, after a Ray run in this process).
+        if threading.current_thread() is threading.main_thread():
+            self._handler = signal.signal(signal.SIGINT, signal.default_int_handler)
         self._thread.start()
         return self
 
     def __exit__(self, kind, value, traceback) -> bool:
         self._done.set()
         self._thread.join()
+        if self._handler is not None:
+            signal.signal(signal.SIGINT, self._handler)
         if self.error is not None and (kind is None or issubclass(kind, KeyboardInterrupt)):
             raise ProducerFailed(f"a producer stopped, so the run stopped: {self.error}") from self.error
         return False

@@ -1,6 +1,6 @@
 """The Triton z-buffer (``renderers/_zbuffer_triton.py``) gives the tensor path's face ids, bit for
 bit: on the CPU under Triton's interpreter (a subprocess, since the interpreter is chosen when
-the kernel is defined), on a GPU compiled."""
+the kernel is defined; Triton 3.6's interpreter cannot run it, 3.9's can), on a GPU compiled."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def _compare(device: str = "cpu") -> dict[str, list[int]]:
     return out
 
 
-def test_interpreted_kernel_matches_the_tensor_path(tmp_path):
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the compiled kernel is tested instead")
+def test_interpreted_kernel_matches_the_tensor_path():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     code = "import json; from tests.renderers.test_zbuffer_triton import _compare; print(json.dumps(_compare()))"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
