@@ -169,7 +169,8 @@ class Reporter:
                 self.metrics.set("renderloop_gpu_memory_bytes", value, kind=kind, **labels)
         if self.main:
             data = self.status() if self.status is not None else {}
-            record = {**summary, **{f"data/{k}": v for k, v in data.items()}, **{f"loss/{k}": v for k, v in losses.items()}}
+            record = {**summary, **{f"data/{k}": v for k, v in data.items()}}
+            record.update({f"loss/{k}": v for k, v in losses.items()})
             self._log.write(json.dumps(record) + "\n")
             self._log.flush()
             if self._tb is not None:

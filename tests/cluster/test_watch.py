@@ -27,9 +27,9 @@ def test_a_producer_error_stops_training_even_under_another_librarys_sigint_hand
 
     previous = signal.signal(signal.SIGINT, foreign)
     try:
-        with pytest.raises(ProducerFailed, match="No space left"):
-            with ProducerWatch([lambda: OSError(28, "No space left on device")], interval=0.01):
-                _train_until_stopped()
+        failing = ProducerWatch([lambda: OSError(28, "No space left on device")], interval=0.01)
+        with pytest.raises(ProducerFailed, match="No space left"), failing:
+            _train_until_stopped()
         assert foreign_calls == []
         assert signal.getsignal(signal.SIGINT) is foreign  # restored for whoever installed it
     finally:
