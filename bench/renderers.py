@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 import torch
 
 from bench.timing import synchronize
-from renderloop.renderers import _zbuffer_triton
+from renderloop.renderers import _raster_triton
 from renderloop.renderers.renderer import MeshRenderer, RendererConfig
 from tests.renderers.helpers import orbit_scene
 
@@ -46,11 +46,12 @@ def _peak_mib(device: torch.device) -> float:
 def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, backend="torch",
               zbuffer: str = "triton"):  # fmt: skip
     """A closure that renders (and for ``fwd+bwd`` backpropagates) one batch; ``zbuffer="tensor"``
-    keeps a compiled renderer on the candidate-list z-buffer instead of the Triton kernel."""
+    keeps a compiled renderer on the candidate lists (z-buffer and soft silhouette) instead of the
+    Triton kernels."""
     cfg = RendererConfig(height=res, width=res, soft_mask=soft, compile=compile_, backend=backend)
     renderer = MeshRenderer(cfg)
     if zbuffer == "tensor":
-        renderer.raster_context = replace(renderer.raster_context, zbuffer=None)
+        renderer.raster_context = replace(renderer.raster_context, zbuffer=None, soft_sums=None)
     verts, face_idx, R, t, K = orbit_scene(batch, (res, res), SUBDIVISIONS[faces], device=device)
     colors = 0.5 + 0.5 * verts.detach()
     light = torch.nn.functional.normalize(torch.tensor([[0.3, -0.4, -1.0]], device=device), dim=-1).expand(batch, 3)
@@ -94,7 +95,7 @@ def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: 
 def _zbuffer_used(backend: str, compile_: bool, zbuffer: str, device) -> str:
     if backend != "torch":
         return backend
-    return "triton" if compile_ and zbuffer == "triton" and _zbuffer_triton.supports(device) else "tensor"
+    return "triton" if compile_ and zbuffer == "triton" and _raster_triton.supports(device) else "tensor"
 
 
 def profile(setting: str, device: torch.device, compile_: bool) -> None:

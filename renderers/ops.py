@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from renderloop.checks import check_shape
 
-from . import _zbuffer_triton
+from . import _raster_triton
 from ._binning import candidate_chunks, pixel_boxes, pixel_of, screen_triangles
 from ._gather import take_rows
 from .cameras import clip_to_pixel
@@ -283,6 +283,7 @@ class RasterContext:
     fragment_math: Callable = _fragment_math
     soft_terms: Callable = _soft_terms
     zbuffer: Callable | None = None
+    soft_sums: Callable | None = None
 
 
 def make_context(*, compile: bool = False) -> RasterContext:
@@ -293,7 +294,8 @@ def make_context(*, compile: bool = False) -> RasterContext:
         candidate_keys=torch.compile(_candidate_keys, dynamic=True),
         fragment_math=torch.compile(_fragment_math, dynamic=True),
         soft_terms=torch.compile(_soft_terms, dynamic=True),
-        zbuffer=_zbuffer_triton.nearest_face_keys if _zbuffer_triton.triton is not None else None,
+        zbuffer=_raster_triton.nearest_face_keys if _raster_triton.triton is not None else None,
+        soft_sums=_raster_triton.soft_sums if _raster_triton.triton is not None else None,
     )
 
 
@@ -351,7 +353,7 @@ def _visible_faces(
         [coeffs.flatten(2), owns_edge.to(xy.dtype), 1.0 / w, 1.0 / area.abs().clamp(min=1e-30).unsqueeze(-1)], dim=-1
     ).view(B * num_faces, 16)
     best = torch.full((B * H * W,), _EMPTY_KEY, dtype=torch.int64, device=clip_pos.device)
-    if ctx.zbuffer is not None and _zbuffer_triton.supports(clip_pos.device):
+    if ctx.zbuffer is not None and _raster_triton.supports(clip_pos.device):
         values, raise_if_bad = check
         raise_if_bad(values.tolist())  # the one host sync, before any work, as on the other path
         ctx.zbuffer(table, *pixel_boxes(xy, valid, resolution, 0.0), best, num_faces, (H, W))
@@ -514,12 +516,20 @@ def soft_silhouette(
     xy, _, valid = screen_triangles(clip_pos, faces, resolution)  # differentiable xy
     margin = (sigma * math.log(1.0 / cutoff)) ** 0.5
     tri_flat = xy.reshape(B * num_faces, 3, 2)
-    log_empty = clip_pos.new_zeros(B * H * W)
-    covered = torch.zeros(B * H * W, dtype=torch.int32, device=clip_pos.device)
-    kernel = (ctx or _EAGER).soft_terms
-    for chunk in candidate_chunks(xy, valid, resolution, margin, max_candidates, check):
-        pixel, inside, term = kernel(tri_flat.view(-1, 6), chunk.meta, chunk.face, chunk.pos, num_faces, H, W, sigma)
-        covered.scatter_reduce_(0, pixel, inside.int(), reduce="amax")
-        log_empty = log_empty.index_add(0, pixel, term)
+    ctx = ctx or _EAGER
+    if ctx.soft_sums is not None and _raster_triton.supports(clip_pos.device):
+        values, raise_if_bad = check
+        raise_if_bad(values.tolist())  # the one host sync, before any work, as on the other path
+        first, size = pixel_boxes(xy, valid, resolution, margin)
+        log_empty, covered = ctx.soft_sums(tri_flat.view(-1, 6), first, size, num_faces, (H, W), sigma)
+    else:
+        log_empty = clip_pos.new_zeros(B * H * W)
+        covered = torch.zeros(B * H * W, dtype=torch.int32, device=clip_pos.device)
+        for chunk in candidate_chunks(xy, valid, resolution, margin, max_candidates, check):
+            pixel, inside, term = ctx.soft_terms(
+                tri_flat.view(-1, 6), chunk.meta, chunk.face, chunk.pos, num_faces, H, W, sigma
+            )
+            covered.scatter_reduce_(0, pixel, inside.int(), reduce="amax")
+            log_empty = log_empty.index_add(0, pixel, term)
     soft = 1 - torch.exp(log_empty)
     return torch.where(covered > 0, torch.ones_like(soft), soft).view(B, H, W)

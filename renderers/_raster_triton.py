@@ -1,0 +1,226 @@
+"""Triton kernels of the rasterizer: the z-buffer pass of ``ops.rasterize`` and the per-pixel sums
+of ``ops.soft_silhouette`` (forward and backward).
+
+A program per face walks the pixel centres of the face's bounding box, tests each against the
+face's edge table and keeps the nearest packed ``(depth, face)`` key per pixel with an atomic
+minimum. The tensor path instead lists every (face, pixel) candidate, gathers a table row for
+each and reduces them with ``scatter_reduce``; here a face's row is read once, no candidate list
+is built, and no host sync sizes one. The arithmetic is ``ops._candidate_keys``'s, in its order,
+with correctly rounded division and without fused multiply-adds, so keys, and face ids, are bit
+for bit the tensor path's. Runs on CUDA, or anywhere under ``TRITON_INTERPRET=1`` (the tests).
+
+The soft silhouette walks each face's box grown by its margin the same way, adding each pixel's
+``log(1 - exp(-d²/sigma))`` with an atomic add; its backward walks the boxes again and sums each
+face's six corner gradients in registers, so no candidate tensor is kept for autograd.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the tensor path is used
+    triton = None
+
+__all__ = ["supports", "nearest_face_keys", "soft_sums"]
+
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# Pixel centres a program tests at once; a face's box is walked in blocks of this many.
+BLOCK = 32
+
+
+def supports(device: torch.device) -> bool:
+    """Whether the kernel can run on tensors of ``device``."""
+    return triton is not None and (device.type == "cuda" or _INTERPRETED)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _nearest_keys_kernel(table_ptr, box_ptr, best_ptr, num_faces, H, W, BLOCK: tl.constexpr):
+        face = tl.program_id(0).to(tl.int64)
+        box = box_ptr + face * 4
+        col0, row0, width, height = tl.load(box), tl.load(box + 1), tl.load(box + 2), tl.load(box + 3)
+        row = table_ptr + face * 16
+        a0, b0, c0 = tl.load(row), tl.load(row + 1), tl.load(row + 2)
+        a1, b1, c1 = tl.load(row + 3), tl.load(row + 4), tl.load(row + 5)
+        a2, b2, c2 = tl.load(row + 6), tl.load(row + 7), tl.load(row + 8)
+        own0, own1, own2 = tl.load(row + 9), tl.load(row + 10), tl.load(row + 11)
+        iw0, iw1, iw2, inv_area = tl.load(row + 12), tl.load(row + 13), tl.load(row + 14), tl.load(row + 15)
+        image = (face // num_faces) * H * W
+        local = face % num_faces
+        count = width * height
+        for start in range(0, count, BLOCK):
+            offset = start + tl.arange(0, BLOCK)
+            inside_box = offset < count
+            r = row0 + offset // tl.maximum(width, 1)
+            c = col0 + offset % tl.maximum(width, 1)
+            px = c.to(a0.dtype) + 0.5
+            py = r.to(a0.dtype) + 0.5
+            e0 = a0 * px + b0 * py + c0
+            e1 = a1 * px + b1 * py + c1
+            e2 = a2 * px + b2 * py + c2
+            # Edge k covers the centre if e_k > 0, or e_k == 0 on an edge the face owns.
+            inside = (
+                tl.where(own0 > 0, e0 >= 0, e0 > 0)
+                & tl.where(own1 > 0, e1 >= 0, e1 > 0)
+                & tl.where(own2 > 0, e2 >= 0, e2 > 0)
+            )
+            weight = (e0 * iw0 + e1 * iw1 + e2 * iw2) * inv_area
+            one = tl.zeros_like(weight) + 1.0
+            if weight.dtype == tl.float32:
+                inverse = tl.math.div_rn(one, weight)  # plain fp32 division is approximate
+            else:
+                inverse = one / weight  # fp64 division rounds correctly
+            depth = tl.maximum(inverse.to(tl.float32), 0.0)
+            key = (depth.to(tl.int32, bitcast=True).to(tl.int64) << 32) | local
+            pixel = image + r.to(tl.int64) * W + c
+            tl.atomic_min(best_ptr + pixel, key, mask=inside_box & inside)
+
+
+def nearest_face_keys(table: torch.Tensor, first: torch.Tensor, size: torch.Tensor, best: torch.Tensor,
+                      num_faces: int, resolution: tuple[int, int]) -> None:  # fmt: skip
+    """Lower ``best [B * H * W]`` (int64 keys) to each pixel's nearest covering face.
+
+    ``table [B * F, 16]``: ``ops._visible_faces``'s edge table; ``first``, ``size``: the faces'
+    pixel boxes (``_binning.pixel_boxes``)."""
+    boxes = torch.cat([first, size], dim=1).to(torch.int32).contiguous()
+    H, W = resolution
+    _nearest_keys_kernel[(boxes.shape[0],)](
+        table.contiguous(), boxes, best, num_faces, H, W, BLOCK=BLOCK, enable_fp_fusion=False
+    )
+
+
+if triton is not None:
+
+    @triton.jit
+    def _segment(px, py, ax, ay, bx, by):
+        """Squared distance from the points to segment a-b, the closest point's parameter and offset."""
+        abx, aby = bx - ax, by - ay
+        t = ((px - ax) * abx + (py - ay) * aby) / tl.maximum(abx * abx + aby * aby, 1e-12)
+        t = tl.minimum(tl.maximum(t, 0.0), 1.0)
+        dx, dy = px - (ax + t * abx), py - (ay + t * aby)
+        return dx * dx + dy * dy, t, dx, dy
+
+    @triton.jit
+    def _soft_block(tri_ptr, box_ptr, face, block, W, sigma, BLOCK: tl.constexpr):
+        """One block of a face's grown box: pixel index, in the box, inside the face, d²/sigma, the
+        nearest edge k (from corner k to corner k + 1), and for each edge the closest point's
+        parameter t and the offset from it to the pixel centre."""
+        row = tri_ptr + face * 6
+        x0, y0, x1, y1 = tl.load(row), tl.load(row + 1), tl.load(row + 2), tl.load(row + 3)
+        x2, y2 = tl.load(row + 4), tl.load(row + 5)
+        box = box_ptr + face * 4
+        col0, row0, width = tl.load(box), tl.load(box + 1), tl.load(box + 2)
+        offset = block + tl.arange(0, BLOCK)
+        in_box = offset < width * tl.load(box + 3)
+        r = row0 + offset // tl.maximum(width, 1)
+        c = col0 + offset % tl.maximum(width, 1)
+        px, py = c.to(x0.dtype) + 0.5, r.to(x0.dtype) + 0.5
+        area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+        sign = tl.where(area > 0, 1.0, tl.where(area < 0, -1.0, 0.0))
+        e0 = ((x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)) * sign
+        e1 = ((x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)) * sign
+        e2 = ((x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)) * sign
+        inside = (e0 > 0) & (e1 > 0) & (e2 > 0)
+        d0, t0, dx0, dy0 = _segment(px, py, x0, y0, x1, y1)
+        d1, t1, dx1, dy1 = _segment(px, py, x1, y1, x2, y2)
+        d2, t2, dx2, dy2 = _segment(px, py, x2, y2, x0, y0)
+        nearest = tl.where(d0 <= d1, tl.where(d0 <= d2, 0, 2), tl.where(d1 <= d2, 1, 2))
+        x = tl.minimum(tl.minimum(d0, d1), d2) / sigma
+        pixel = r.to(tl.int64) * W + c
+        return pixel, in_box, inside, x, nearest, t0, dx0, dy0, t1, dx1, dy1, t2, dx2, dy2
+
+    @triton.jit
+    def _soft_forward_kernel(tri_ptr, box_ptr, log_ptr, covered_ptr, num_faces, H, W, sigma, BLOCK: tl.constexpr):
+        face = tl.program_id(0).to(tl.int64)
+        image = (face // num_faces) * H * W
+        count = tl.load(box_ptr + face * 4 + 2) * tl.load(box_ptr + face * 4 + 3)
+        for block in range(0, count, BLOCK):
+            pixel, in_box, inside, x, _, _, _, _, _, _, _, _, _, _ = _soft_block(
+                tri_ptr, box_ptr, face, block, W, sigma, BLOCK
+            )
+            x = tl.maximum(x, 1e-6)  # a centre exactly on an edge keeps a finite gradient
+            # log(1 - exp(-x)); near 0 its series, where 1 - exp(-x) would lose the digits.
+            term = tl.where(x < 1e-2, tl.log(x) - 0.5 * x + x * x / 24.0, tl.log(1.0 - tl.exp(-x)))
+            outside = inside == 0
+            tl.atomic_add(log_ptr + image + pixel, term, mask=in_box & outside)
+            tl.atomic_max(covered_ptr + image + pixel, inside.to(tl.int32), mask=in_box & inside)
+
+    @triton.jit
+    def _soft_backward_kernel(tri_ptr, box_ptr, grad_log_ptr, grad_tri_ptr, num_faces, H, W, sigma,
+                              BLOCK: tl.constexpr):  # fmt: skip
+        face = tl.program_id(0).to(tl.int64)
+        image = (face // num_faces) * H * W
+        count = tl.load(box_ptr + face * 4 + 2) * tl.load(box_ptr + face * 4 + 3)
+        zero = tl.load(tri_ptr + face * 6) * 0.0
+        g0x, g0y, g1x, g1y, g2x, g2y = zero, zero, zero, zero, zero, zero
+        for block in range(0, count, BLOCK):
+            pixel, in_box, inside, x, nearest, t0, dx0, dy0, t1, dx1, dy1, t2, dx2, dy2 = _soft_block(
+                tri_ptr, box_ptr, face, block, W, sigma, BLOCK
+            )
+            grad = tl.load(grad_log_ptr + image + pixel, mask=in_box, other=0.0)
+            # d term / dx = 1 / (exp(x) - 1); x = d²/sigma carries no gradient where it was clamped.
+            live = in_box & (inside == 0) & (x > 1e-6)
+            safe = tl.maximum(x, 1e-6)
+            slope = tl.where(safe < 1e-2, 1.0 / safe - 0.5 + safe / 12.0, 1.0 / (tl.exp(safe) - 1.0))
+            g = tl.where(live, grad * slope * (-2.0 / sigma), 0.0)  # d(d²)/d(closest point) = -2 offset
+            # The nearest edge's start moves its closest point by (1 - t), its end by t.
+            a0 = tl.where(nearest == 0, g * (1.0 - t0), 0.0)
+            b0 = tl.where(nearest == 0, g * t0, 0.0)
+            a1 = tl.where(nearest == 1, g * (1.0 - t1), 0.0)
+            b1 = tl.where(nearest == 1, g * t1, 0.0)
+            a2 = tl.where(nearest == 2, g * (1.0 - t2), 0.0)
+            b2 = tl.where(nearest == 2, g * t2, 0.0)
+            g0x += tl.sum(a0 * dx0 + b2 * dx2, axis=0)
+            g0y += tl.sum(a0 * dy0 + b2 * dy2, axis=0)
+            g1x += tl.sum(b0 * dx0 + a1 * dx1, axis=0)
+            g1y += tl.sum(b0 * dy0 + a1 * dy1, axis=0)
+            g2x += tl.sum(b1 * dx1 + a2 * dx2, axis=0)
+            g2y += tl.sum(b1 * dy1 + a2 * dy2, axis=0)
+        out = grad_tri_ptr + face * 6
+        tl.store(out, g0x)
+        tl.store(out + 1, g0y)
+        tl.store(out + 2, g1x)
+        tl.store(out + 3, g1y)
+        tl.store(out + 4, g2x)
+        tl.store(out + 5, g2y)
+
+
+class _SoftSums(torch.autograd.Function):
+    """Per pixel: the sum of the outside faces' ``log(1 - exp(-d²/sigma))`` (differentiable w.r.t.
+    the screen triangles) and whether a face covers its centre."""
+
+    @staticmethod
+    def forward(ctx, tri, boxes, num_faces, resolution, sigma):
+        H, W = resolution
+        pixels = tri.shape[0] // num_faces * H * W
+        log_empty = torch.zeros(pixels, dtype=tri.dtype, device=tri.device)
+        covered = torch.zeros(pixels, dtype=torch.int32, device=tri.device)
+        _soft_forward_kernel[(boxes.shape[0],)](tri, boxes, log_empty, covered, num_faces, H, W, sigma, BLOCK=BLOCK)
+        ctx.save_for_backward(tri, boxes)
+        ctx.settings = (num_faces, H, W, sigma)
+        ctx.mark_non_differentiable(covered)
+        return log_empty, covered
+
+    @staticmethod
+    def backward(ctx, grad_log, _):
+        tri, boxes = ctx.saved_tensors
+        num_faces, H, W, sigma = ctx.settings
+        grad_tri = torch.empty_like(tri)
+        _soft_backward_kernel[(boxes.shape[0],)](
+            tri, boxes, grad_log.contiguous(), grad_tri, num_faces, H, W, sigma, BLOCK=BLOCK
+        )
+        return grad_tri, None, None, None, None
+
+
+def soft_sums(tri: torch.Tensor, first: torch.Tensor, size: torch.Tensor, num_faces: int,
+              resolution: tuple[int, int], sigma: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``ops.soft_silhouette``'s per-pixel sums over the faces' grown boxes: ``log_empty [B * H * W]``
+    (differentiable w.r.t. ``tri [B * F, 6]``, the screen corners) and ``covered`` (int32, 0 or 1)."""
+    boxes = torch.cat([first, size], dim=1).to(torch.int32).contiguous()
+    return _SoftSums.apply(tri.contiguous(), boxes, num_faces, tuple(resolution), float(sigma))

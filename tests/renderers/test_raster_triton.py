@@ -1,0 +1,120 @@
+"""The Triton kernels (``renderers/_raster_triton.py``) against the tensor path: the z-buffer's face
+ids bit for bit, the soft silhouette and its gradients to rounding. On the CPU under Triton's
+interpreter (a subprocess, since the interpreter is chosen when a kernel is defined; Triton 3.6's
+interpreter cannot run them, 3.9's can), on a GPU compiled."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from renderloop.renderers import cameras, ops
+from renderloop.renderers.meshes import icosphere, pad_meshes, torus
+
+from .helpers import orbit_scene, pixels_to_clip
+from .test_rasterize import _fan
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+def _scenes(device: str = "cpu", batch: int = 3, subdivisions: int = 2):
+    """Scenes that exercise the tie rule, per-item meshes, padding, culling and both precisions."""
+    res = (32, 32)
+    for dtype in (torch.float32, torch.float64):
+        verts, faces, R, t, K = orbit_scene(batch, (48, 40), subdivisions=subdivisions, dtype=dtype, device=device)
+        clip = cameras.camera_to_clip(cameras.world_to_camera(verts, R, t), K, (48, 40))
+        yield f"orbit-{dtype}", clip, faces, (48, 40)
+    xy, faces = _fan(res)  # vertices on pixel centres and corners: every edge rule decides
+    yield "fan", pixels_to_clip(xy, res).unsqueeze(0).to(device), faces.to(device), res
+    verts, faces = pad_meshes([icosphere(1), torus(rings=12, sides=8)])
+    R, t = cameras.orbit_camera(torch.tensor([0.0, 2.0]), torch.tensor([0.5, -0.3]), torch.tensor([3.0, 2.5]))
+    K = cameras.fov_intrinsics(40.0, *res, batch=2)
+    clip = cameras.camera_to_clip(cameras.world_to_camera(verts, R, t), K, res)
+    yield "padded", clip.to(device), faces.to(device), res
+
+
+def _compare(device: str = "cpu") -> dict[str, list[int]]:
+    """Per scene and culling: pixels whose face id differs, and covered pixels."""
+    from renderloop.renderers._raster_triton import nearest_face_keys
+
+    triton_path = ops.RasterContext(zbuffer=nearest_face_keys)
+    out = {}
+    for name, clip, faces, res in _scenes(device):
+        for cull in (False, True):
+            want = ops.rasterize(clip, faces, res, cull_backfaces=cull).face_id
+            got = ops.rasterize(clip, faces, res, cull_backfaces=cull, ctx=triton_path).face_id
+            out[f"{name}, cull={cull}"] = [int((got != want).sum()), int((want >= 0).sum())]
+    return out
+
+
+def _compare_soft(device: str = "cpu") -> dict[str, list[float]]:
+    """Per scene and sigma: the largest silhouette difference, and the largest gradient difference
+    relative to the largest gradient (a random weighting of the pixels backpropagated)."""
+    from renderloop.renderers._raster_triton import soft_sums
+
+    triton_path = ops.RasterContext(soft_sums=soft_sums)
+    out = {}
+    for name, clip, faces, res in _scenes(device, batch=1, subdivisions=1):  # the interpreter is slow here
+        for sigma in (0.5, 2.0):
+            clip = clip.detach().requires_grad_(True)
+            want = ops.soft_silhouette(clip, faces, res, sigma=sigma)
+            got = ops.soft_silhouette(clip, faces, res, sigma=sigma, ctx=triton_path)
+            weight = torch.randn(want.shape, generator=torch.Generator().manual_seed(0)).to(want)
+            (grad_want,) = torch.autograd.grad((want * weight).sum(), clip)
+            (grad_got,) = torch.autograd.grad((got * weight).sum(), clip)
+            scale = float(grad_want.abs().max())
+            out[f"{name}, sigma={sigma}"] = [
+                float((got - want).abs().max()),
+                float((grad_got - grad_want).abs().max()) / scale,
+            ]
+    return out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the compiled kernel is tested instead")
+def test_interpreted_kernels_match_the_tensor_path():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    code = (
+        "import json; from tests.renderers.test_raster_triton import _compare, _compare_soft; "
+        "print(json.dumps([_compare(), _compare_soft()]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    faces, soft = json.loads(done.stdout.strip().splitlines()[-1])
+    _check(faces)
+    _check_soft(soft)
+
+
+def _check_soft(result: dict[str, list[float]]) -> None:
+    assert len(result) == 8
+    for scene, (value_error, gradient_error) in result.items():
+        float64 = "float64" in scene
+        assert value_error < (1e-12 if float64 else 1e-5), f"{scene}: silhouettes differ by {value_error}"
+        assert gradient_error < (1e-12 if float64 else 1e-4), (
+            f"{scene}: gradients differ by {gradient_error} (relative)"
+        )
+
+
+def _check(result: dict[str, list[int]]) -> None:
+    assert len(result) == 8
+    for scene, (differing, covered) in result.items():
+        assert covered > 0 or scene == "fan, cull=True", scene  # the fan faces away from the camera
+        assert differing == 0, f"{scene}: {differing} of {covered} pixels differ"
+
+
+def test_the_kernel_is_used_only_where_it_runs():
+    from renderloop.renderers import _raster_triton
+
+    assert not _raster_triton.supports(torch.device("cpu")) or os.environ.get("TRITON_INTERPRET") == "1"
+    assert ops.make_context().zbuffer is None  # eager: the tensor path everywhere
+
+
+@pytest.mark.gpu
+def test_compiled_kernels_match_the_tensor_path_cuda():
+    _check(_compare("cuda"))
+    _check_soft(_compare_soft("cuda"))
