@@ -51,7 +51,9 @@ def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool
     cfg = RendererConfig(height=res, width=res, soft_mask=soft, compile=compile_, backend=backend)
     renderer = MeshRenderer(cfg)
     if zbuffer == "tensor":
-        renderer.raster_context = replace(renderer.raster_context, zbuffer=None, soft_sums=None)
+        renderer.raster_context = replace(renderer.raster_context, zbuffer=None)
+    elif compile_ and _raster_triton.triton is not None:
+        renderer.raster_context = replace(renderer.raster_context, soft_sums=_raster_triton.soft_sums)
     verts, face_idx, R, t, K = orbit_scene(batch, (res, res), SUBDIVISIONS[faces], device=device)
     colors = 0.5 + 0.5 * verts.detach()
     light = torch.nn.functional.normalize(torch.tensor([[0.3, -0.4, -1.0]], device=device), dim=-1).expand(batch, 3)

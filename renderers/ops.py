@@ -284,6 +284,8 @@ class RasterContext:
     soft_terms: Callable = _soft_terms
     zbuffer: Callable | None = None
     soft_sums: Callable | None = None
+    """The soft silhouette's Triton kernels (``_raster_triton.soft_sums``); not yet a default:
+    they await a GPU measurement (``bench/renderers.py --soft --compile`` sets them)."""
 
 
 def make_context(*, compile: bool = False) -> RasterContext:
@@ -295,7 +297,6 @@ def make_context(*, compile: bool = False) -> RasterContext:
         fragment_math=torch.compile(_fragment_math, dynamic=True),
         soft_terms=torch.compile(_soft_terms, dynamic=True),
         zbuffer=_raster_triton.nearest_face_keys if _raster_triton.triton is not None else None,
-        soft_sums=_raster_triton.soft_sums if _raster_triton.triton is not None else None,
     )
 
 

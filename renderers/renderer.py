@@ -58,7 +58,7 @@ class RendererConfig:
     compile: bool = False
     """``torch.compile`` (dynamic shapes) the shading stage and the rasterizer's dense kernels:
     candidate keys, fragment maths and soft-silhouette terms; candidate binning stays eager, and
-    on CUDA the z-buffer and soft-silhouette passes run as Triton kernels instead. Kernels compile on first use, so
+    on CUDA the z-buffer pass runs as one Triton kernel instead. Kernels compile on first use, so
     call ``MeshRenderer.warmup`` to pay that before real batches."""
     compile_cache_dir: str = "~/.cache/renderloop/compile"
     """Where ``compile`` keeps Inductor's and Triton's caches, so later processes reuse the kernels
