@@ -11,7 +11,7 @@ from renderloop.config import ConfigError
 __all__ = ["ClusterConfig", "MODES", "LOCAL_PRODUCERS"]
 
 MODES = ("local", "torchrun", "ray")
-LOCAL_PRODUCERS = ("auto", "threads", "processes")
+LOCAL_PRODUCERS = ("auto", "threads", "processes", "pooled")
 
 
 @dataclass
@@ -22,9 +22,11 @@ class ClusterConfig:
     beside the launching process. ``ray``: producers are Ray actors and the trainer runs under Ray
     Train (``TorchTrainer``)."""
     local_producers: str = "auto"
-    """``local`` and ``torchrun`` modes: producers as ``threads`` of this process or as
-    ``processes`` of their own (spawned; their metrics reach this process's endpoint); ``auto``:
-    processes on a GPU, where a producer thread would slow the trainer's kernel launches."""
+    """``local`` and ``torchrun`` modes: producers as ``threads`` of this process, as ``processes``
+    of their own (spawned; their metrics reach this process's endpoint), or ``pooled``: one process
+    for all of a run's producers, a thread each, so a GPU holds one producer context beside the
+    trainer's; ``auto``: processes on a GPU, where a producer thread would slow the trainer's
+    kernel launches."""
     producers: int = 1
     """Producers per stream."""
     producer_device: str = "auto"
@@ -60,7 +62,8 @@ class ClusterConfig:
 
     def producer_processes(self, device_type: str) -> bool:
         """Whether local producers run as processes on a device of ``device_type``."""
-        return self.local_producers == "processes" or (self.local_producers == "auto" and device_type == "cuda")
+        auto_processes = self.local_producers == "auto" and device_type == "cuda"
+        return self.local_producers in ("processes", "pooled") or auto_processes
 
     def source_device(self, run_device: str) -> str:
         """The device producers run their sources on, for a run on ``run_device``."""

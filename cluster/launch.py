@@ -27,7 +27,7 @@ from renderloop.trainers.engine import stream_name
 from renderloop.trainers.methods import METHODS, method_config
 
 from .config import ClusterConfig
-from .producers import GenerationStatus, ProducerGroup, ProducerSpec, start_producers
+from .producers import GenerationStatus, ProducerGroup, ProducerSpec, start_pooled_producers, start_producers
 from .torchrun import in_torchrun_worker
 from .watch import ProducerWatch
 
@@ -242,7 +242,9 @@ def start_run_producers(cfg: TrainConfig, metrics: MetricsSink | None, groups: l
     """Start the producers of each stream the method reads, appending them to ``groups`` (so the
     caller stops those already started if a later one fails). Streams are seeded per data role (so
     streams of one run never draw the same samples, even from one source config: AIGN's inputs
-    and memory stay unpaired) and get only the fields the method reads."""
+    and memory stay unpaired) and get only the fields the method reads. ``cluster.local_producers=pooled``
+    puts every stream's producers in one process."""
+    specs = []
     for role, node in cfg.streams().items():
         name, scfg = source_config(node)
         spec = ProducerSpec(
@@ -251,4 +253,9 @@ def start_run_producers(cfg: TrainConfig, metrics: MetricsSink | None, groups: l
             threads=cfg.cluster.producer_threads, fields=cfg.fields(role), labels={"method": cfg.method_name},
             record=cfg.storage.record,
         )  # fmt: skip
-        groups.append(start_producers(spec, cfg.cluster, cfg.device, cfg.cluster.producers_for(role), metrics))
+        specs.append((spec, cfg.cluster.producers_for(role)))
+    if cfg.cluster.mode != "ray" and cfg.cluster.local_producers == "pooled":
+        groups.append(start_pooled_producers(specs, cfg.cluster, cfg.device, metrics))
+        return
+    for spec, count in specs:
+        groups.append(start_producers(spec, cfg.cluster, cfg.device, count, metrics))

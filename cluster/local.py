@@ -88,18 +88,9 @@ class _QueueSink(MetricsSink):
         self.events.put(("observe", name, value, labels))
 
 
-def _produce(spec: ProducerSpec, producer: str, total: int | None, stop, events) -> None:
-    """A producer process: build the source once, run until ``total`` samples (None: until ``stop``).
-
-    Ctrl-C reaches the whole process group: the parent stops the producers through ``stop``. A
-    parent that dies without doing so (SIGKILL, SIGTERM) stops them too."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if spec.threads:
-        import torch
-
-        torch.set_num_threads(spec.threads)
-    parent = multiprocessing.parent_process()
-    threading.Thread(target=lambda: (parent.join(), stop.set()), daemon=True).start()
+def _run_one(spec: ProducerSpec, producer: str, name: str, total: int | None, stop, events) -> None:
+    """Build one producer's source and run it until ``total`` samples (None: until ``stop``),
+    reporting to ``events`` under ``name``."""
     try:
         p = build_producer(spec, producer, _QueueSink(events))
         if total is None:
@@ -110,44 +101,76 @@ def _produce(spec: ProducerSpec, producer: str, total: int | None, stop, events)
         traceback.print_exc(file=sys.stderr)
         if isinstance(err, ConfigError):  # rebuilt as one in the parent
             message = str(err).removeprefix(f"config error at {err.key}: ")
-            events.put(("config_error", producer, err.key, {"message": message}))
+            events.put(("config_error", name, err.key, {"message": message}))
         else:
-            events.put(("error", producer, f"{type(err).__name__}: {err}", {}))
+            events.put(("error", name, f"{type(err).__name__}: {err}", {}))
     finally:
-        events.put(("exit", producer, 0, {}))
+        events.put(("exit", name, 0, {}))
+
+
+def _produce(jobs: list[tuple[ProducerSpec, str, str, int | None]], stop, events) -> None:
+    """A producer process: each job ``(spec, producer id, name, total)`` builds its source once and
+    runs, in a thread of its own when the process holds several (one CUDA context for them all).
+
+    Ctrl-C reaches the whole process group: the parent stops the producers through ``stop``. A
+    parent that dies without doing so (SIGKILL, SIGTERM) stops them too."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if jobs[0][0].threads:
+        import torch
+
+        torch.set_num_threads(jobs[0][0].threads)
+    parent = multiprocessing.parent_process()
+    threading.Thread(target=lambda: (parent.join(), stop.set()), daemon=True).start()
+    threads = [threading.Thread(target=_run_one, args=(*job, stop, events), daemon=True) for job in jobs[1:]]
+    for thread in threads:
+        thread.start()
+    _run_one(*jobs[0], stop, events)
+    for thread in threads:
+        thread.join()
 
 
 def local_producers(
-    spec: ProducerSpec, producer_ids: list[str], metrics: MetricsSink | None = None, processes: bool = False
-) -> LocalProducers | ProducerProcesses:
-    """The producers of one stream in local mode: threads of this process, or ``processes``."""
-    if processes:
-        return ProducerProcesses(spec, producer_ids, metrics)
+    spec: ProducerSpec, producer_ids: list[str], metrics: MetricsSink | None = None, processes: bool = False,
+    pooled: bool = False,
+) -> LocalProducers | ProducerProcesses:  # fmt: skip
+    """The producers of one stream in local mode: threads of this process, or ``processes`` (one
+    each, or one for them all if ``pooled``)."""
+    if processes or pooled:
+        return ProducerProcesses([(spec, pid) for pid in producer_ids], metrics, pooled=pooled)
     return LocalProducers(lambda pid: build_producer(spec, pid, metrics), producer_ids)
 
 
 class ProducerProcesses:
-    """``len(producer_ids)`` producer processes (spawned: each builds its source, CUDA included).
+    """Producer processes (spawned: each builds its sources, CUDA included): one per producer, or
+    with ``pooled`` one for all of them, each a thread in it, so a GPU holds one producer context
+    beside the trainer's rather than one per producer. ``jobs`` are ``(spec, producer id)``, of one
+    stream or of several.
 
     The same interface as ``LocalProducers``. Their metrics are replayed into ``metrics`` by a
     thread of this process, which also counts the samples they generate."""
 
-    def __init__(self, spec: ProducerSpec, producer_ids: list[str], metrics: MetricsSink | None = None) -> None:
-        self.spec, self.ids, self.metrics = spec, list(producer_ids), metrics or MetricsSink()
+    def __init__(
+        self, jobs: list[tuple[ProducerSpec, str]], metrics: MetricsSink | None = None, pooled: bool = False
+    ) -> None:
+        self.jobs, self.pooled, self.metrics = list(jobs), pooled, metrics or MetricsSink()
+        self.names = [f"{pid} of stream {spec.stream}" for spec, pid in self.jobs]
         self._context = multiprocessing.get_context("spawn")
         self._stop, self._events = self._context.Event(), self._context.Queue()
         self._processes: list = []
+        self._names_of: list[list[str]] = []  # the producers each process runs
         self._drain: threading.Thread | None = None
         self.errors: list[BaseException] = []
         self.samples = 0
 
     def start(self, totals: list[int] | None = None) -> None:
+        jobs = [(spec, pid, name, None if totals is None else totals[i])
+                for i, ((spec, pid), name) in enumerate(zip(self.jobs, self.names, strict=True))]  # fmt: skip
+        groups = [jobs] if self.pooled else [[job] for job in jobs]
+        self._names_of = [[job[2] for job in group] for group in groups]
         self._processes = [
-            self._context.Process(
-                target=_produce, name=f"producer-{pid}", daemon=True,
-                args=(self.spec, pid, None if totals is None else totals[i], self._stop, self._events),
-            )
-            for i, pid in enumerate(self.ids)
+            self._context.Process(target=_produce, name=f"producer-{'+'.join(names)}", daemon=True,
+                                  args=(group, self._stop, self._events))
+            for group, names in zip(groups, self._names_of, strict=True)
         ]  # fmt: skip
         for process in self._processes:
             process.start()
@@ -156,16 +179,16 @@ class ProducerProcesses:
 
     def _replay(self) -> None:
         exited: set[str] = set()
-        while len(exited) < len(self.ids):
+        while len(exited) < len(self.names):
             try:
                 self._handle(self._events.get(timeout=0.5), exited)
             except queue.Empty:
-                for pid, process in zip(self.ids, self._processes, strict=True):
-                    if pid not in exited and not process.is_alive():
-                        exited.add(pid)
+                for names, process in zip(self._names_of, self._processes, strict=True):
+                    if not set(names) <= exited and not process.is_alive():
                         if process.exitcode:  # killed, or died before it could report
-                            died = f"producer {pid}'s process died (exit code {process.exitcode})"
-                            self.errors.append(ProducerError(died))
+                            died = f"producer {', '.join(sorted(set(names) - exited))}'s process died"
+                            self.errors.append(ProducerError(f"{died} (exit code {process.exitcode})"))
+                        exited.update(names)
         while True:  # what a process sent just before it exited
             try:
                 self._handle(self._events.get_nowait(), exited)

@@ -17,7 +17,10 @@ from renderloop.metrics import MetricsSink
 
 from .config import ClusterConfig
 
-__all__ = ["ProducerSpec", "ProducerGroup", "GenerationStatus", "build_producer", "producer_ids", "start_producers"]
+__all__ = [
+    "ProducerSpec", "ProducerGroup", "GenerationStatus", "build_producer", "producer_ids", "start_producers",
+    "start_pooled_producers",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,23 @@ def start_producers(
         from .local import local_producers
 
         processes = cluster.producer_processes(resolve_device(run_device).type)  # as the trainer's device needs
-        group = local_producers(replace(spec, device=str(resolve_device(device))), ids, metrics, processes)
+        pooled = cluster.local_producers == "pooled"
+        group = local_producers(replace(spec, device=str(resolve_device(device))), ids, metrics, processes, pooled)
     group.start(totals)
+    return group
+
+
+def start_pooled_producers(
+    specs: list[tuple[ProducerSpec, int]], cluster: ClusterConfig, run_device: str, metrics: MetricsSink | None = None
+) -> ProducerGroup:
+    """Start the producers of several streams (``(spec, count)`` each) in one local process, their
+    sources on ``cluster.source_device(run_device)``; they run until stopped."""
+    from .local import ProducerProcesses
+
+    device = str(resolve_device(cluster.source_device(run_device)))
+    jobs = [(replace(spec, device=device), pid) for spec, count in specs for pid in producer_ids(count)]
+    group = ProducerProcesses(jobs, metrics, pooled=True)
+    group.start()
     return group
 
 

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 import torch
 
-from renderloop.cluster.local import LocalProducers, ProducerError, local_producers
+from renderloop.cluster.local import LocalProducers, ProducerError, ProducerProcesses, local_producers
 from renderloop.cluster.producers import GenerationStatus, ProducerSpec
 from renderloop.config import ConfigError
 from renderloop.datasets.ledger import Ledger
@@ -61,6 +61,43 @@ def test_producer_processes_publish_and_report_their_metrics(tmp_path):
     assert sink.total("renderloop_shards_published_total", producer="p1") == 1
 
 
+def test_pooled_producers_run_several_streams_in_one_process(tmp_path):
+    sink = RecordingSink()
+    a, b = _spec(tmp_path), dataclasses.replace(_spec(tmp_path), stream="t")
+    pool = ProducerProcesses([(a, "p0"), (b, "p0"), (b, "p1")], sink, pooled=True)
+    pool.start([16, 8, 8])
+    pool.join(120)
+    assert pool.failure() is None and not pool.alive() and pool.samples == 32
+    assert len(pool._processes) == 1
+    storage = Storage(str(tmp_path))
+    assert sorted((e.producer, e.count) for e in Ledger(storage, "s").entries()) == [("p0", 8), ("p0", 8)]
+    assert sorted((e.producer, e.count) for e in Ledger(storage, "t").entries()) == [("p0", 8), ("p1", 8)]
+    assert sink.total("renderloop_samples_generated_total") == 32
+
+
+def test_a_failing_pooled_producer_is_reported_with_its_stream(tmp_path):
+    mesh = tmp_path / "missing.obj"
+    mesh.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    bad = dataclasses.replace(TINY, shapes=["mesh"], mesh_paths=[str(mesh)])  # valid when checked
+    mesh.unlink()
+    good, broken = _spec(tmp_path), dataclasses.replace(_spec(tmp_path, bad), stream="t")
+    pool = ProducerProcesses([(good, "p0"), (broken, "p0")], pooled=True)
+    pool.start([8, 8])
+    with pytest.raises(ProducerError, match="producer p0 of stream t failed: .*missing.obj"):
+        pool.join(120)
+    assert [e.count for e in Ledger(Storage(str(tmp_path)), "s").entries()] == [8]  # the other stream ran
+
+
+def test_a_live_run_with_pooled_producers_trains(tmp_path):
+    from renderloop.cli import main
+
+    args = ["method=simgan_debug", "engine=debug", "samples_per_shard=8", "device=cpu", "engine.max_steps=6",
+            f"storage.root={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}",
+            "cluster.local_producers=pooled"]  # fmt: skip
+    assert main(["run", *args]) == 0
+    assert (tmp_path / "run" / "train_log.jsonl").read_text().count("\n") >= 1
+
+
 def test_producer_processes_stop_while_waiting_for_room(tmp_path):
     spec = dataclasses.replace(_spec(tmp_path), max_backlog_shards=1)
     pool = local_producers(spec, ["p0"], processes=True)
@@ -84,7 +121,7 @@ def test_a_failing_producer_process_is_reported(tmp_path):
     mesh.unlink()  # gone by the time the producer process builds its source
     pool = local_producers(_spec(tmp_path, bad), ["p0"], processes=True)
     pool.start([8])
-    with pytest.raises(ProducerError, match="producer p0 failed: .*missing.obj"):
+    with pytest.raises(ProducerError, match="producer p0 of stream s failed: .*missing.obj"):
         pool.join(120)
 
 
@@ -117,9 +154,9 @@ def captured_specs(monkeypatch):
 
     specs, real = [], local_module.local_producers
 
-    def capture(spec, ids, metrics=None, processes=False):
+    def capture(spec, ids, metrics=None, processes=False, pooled=False):
         specs.append((spec, processes))
-        return real(dataclasses.replace(spec, device="cpu"), ids, metrics, processes)
+        return real(dataclasses.replace(spec, device="cpu"), ids, metrics, processes, pooled)
 
     monkeypatch.setattr(local_module, "local_producers", capture)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only resolved here, never used
