@@ -46,8 +46,8 @@ def _peak_mib(device: torch.device) -> float:
 def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, backend="torch",
               zbuffer: str = "triton"):  # fmt: skip
     """A closure that renders (and for ``fwd+bwd`` backpropagates) one batch; ``zbuffer="tensor"``
-    keeps a compiled renderer on the candidate lists (z-buffer and soft silhouette) instead of the
-    Triton kernels."""
+    keeps the renderer on the candidate lists instead of the Triton kernels (the z-buffer's, and
+    when compiled the soft silhouette's)."""
     cfg = RendererConfig(height=res, width=res, soft_mask=soft, compile=compile_, backend=backend)
     renderer = MeshRenderer(cfg)
     if zbuffer == "tensor":
@@ -97,7 +97,7 @@ def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: 
 def _zbuffer_used(backend: str, compile_: bool, zbuffer: str, device) -> str:
     if backend != "torch":
         return backend
-    return "triton" if compile_ and zbuffer == "triton" and _raster_triton.supports(device) else "tensor"
+    return "triton" if zbuffer == "triton" and _raster_triton.supports(device) else "tensor"
 
 
 def profile(setting: str, device: torch.device, compile_: bool) -> None:
@@ -146,8 +146,8 @@ def main() -> None:
     device = torch.device(args.device)
     iters = args.iters or (20 if device.type == "cuda" else 3)
     settings = args.settings or DEFAULT_GRID[device.type]
-    compiled = [(True, z) for z in args.zbuffer] if args.compile else []
-    variants = [(soft, *c) for soft in [False] + [True] * args.soft for c in [(False, "tensor"), *compiled]]
+    variants = [(soft, comp, z) for soft in [False] + [True] * args.soft
+                for comp in [False] + [True] * args.compile for z in args.zbuffer]  # fmt: skip
     rows = []
     header = (
         f"{'backend':>10} {'setting':>16} {'mode':>8} {'soft':>5} {'comp':>5} {'zbuffer':>7} {'ms/batch':>9} "
@@ -157,7 +157,7 @@ def main() -> None:
     for setting in settings:
         batch, res, faces = (int(x) for x in setting.split("x"))
         for backend, (soft, comp, zbuffer), mode in itertools.product(args.backends, variants, ("fwd", "fwd+bwd")):
-            if backend != "torch" and zbuffer != args.zbuffer[0] and comp:
+            if backend != "torch" and zbuffer != args.zbuffer[0]:
                 continue  # other backends have no z-buffer choice
             r = bench_setting(batch, res, faces, device=device, mode=mode, soft=soft, compile_=comp, iters=iters,
                               backend=backend, zbuffer=zbuffer)  # fmt: skip

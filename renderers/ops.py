@@ -276,8 +276,9 @@ def _soft_terms(
 @dataclass(frozen=True)
 class RasterContext:
     """The dense kernels ``rasterize`` runs. Build one per process with :func:`make_context`;
-    ``compile=True`` fuses each into a single ``torch.compile``d kernel (dynamic shapes) and, where
-    Triton runs, does the z-buffer pass in one kernel (``zbuffer``) instead of candidate lists."""
+    ``compile=True`` fuses each into a single ``torch.compile``d kernel (dynamic shapes). Where
+    Triton runs (CUDA), the z-buffer pass is one kernel (``zbuffer``) instead of candidate lists;
+    a context built directly, ``RasterContext()``, keeps the candidate lists everywhere."""
 
     candidate_keys: Callable = _candidate_keys
     fragment_math: Callable = _fragment_math
@@ -290,17 +291,18 @@ class RasterContext:
 
 def make_context(*, compile: bool = False) -> RasterContext:
     """A :class:`RasterContext`; eager by default, ``torch.compile``d with ``compile=True``."""
+    zbuffer = _raster_triton.nearest_face_keys if _raster_triton.triton is not None else None
     if not compile:
-        return RasterContext()
+        return RasterContext(zbuffer=zbuffer)
     return RasterContext(
         candidate_keys=torch.compile(_candidate_keys, dynamic=True),
         fragment_math=torch.compile(_fragment_math, dynamic=True),
         soft_terms=torch.compile(_soft_terms, dynamic=True),
-        zbuffer=_raster_triton.nearest_face_keys if _raster_triton.triton is not None else None,
+        zbuffer=zbuffer,
     )
 
 
-_EAGER = RasterContext()
+_EAGER = make_context()
 
 
 def _screen_area(xy: torch.Tensor) -> torch.Tensor:

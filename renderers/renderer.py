@@ -57,8 +57,8 @@ class RendererConfig:
     """Grey level of uncovered pixels."""
     compile: bool = False
     """``torch.compile`` (dynamic shapes) the shading stage and the rasterizer's dense kernels:
-    candidate keys, fragment maths and soft-silhouette terms; candidate binning stays eager, and
-    on CUDA the z-buffer pass runs as one Triton kernel instead. Kernels compile on first use, so
+    candidate keys, fragment maths and soft-silhouette terms; candidate binning stays eager (on
+    CUDA the z-buffer pass is one Triton kernel, compiled or not). Kernels compile on first use, so
     call ``MeshRenderer.warmup`` to pay that before real batches."""
     compile_cache_dir: str = "~/.cache/renderloop/compile"
     """Where ``compile`` keeps Inductor's and Triton's caches, so later processes reuse the kernels

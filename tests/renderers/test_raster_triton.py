@@ -43,11 +43,11 @@ def _compare(device: str = "cpu") -> dict[str, list[int]]:
     """Per scene and culling: pixels whose face id differs, and covered pixels."""
     from renderloop.renderers._raster_triton import nearest_face_keys
 
-    triton_path = ops.RasterContext(zbuffer=nearest_face_keys)
+    tensor_path, triton_path = ops.RasterContext(), ops.RasterContext(zbuffer=nearest_face_keys)
     out = {}
     for name, clip, faces, res in _scenes(device):
         for cull in (False, True):
-            want = ops.rasterize(clip, faces, res, cull_backfaces=cull).face_id
+            want = ops.rasterize(clip, faces, res, cull_backfaces=cull, ctx=tensor_path).face_id
             got = ops.rasterize(clip, faces, res, cull_backfaces=cull, ctx=triton_path).face_id
             out[f"{name}, cull={cull}"] = [int((got != want).sum()), int((want >= 0).sum())]
     return out
@@ -58,12 +58,12 @@ def _compare_soft(device: str = "cpu") -> dict[str, list[float]]:
     relative to the largest gradient (a random weighting of the pixels backpropagated)."""
     from renderloop.renderers._raster_triton import soft_sums
 
-    triton_path = ops.RasterContext(soft_sums=soft_sums)
+    tensor_path, triton_path = ops.RasterContext(), ops.RasterContext(soft_sums=soft_sums)
     out = {}
     for name, clip, faces, res in _scenes(device, batch=1, subdivisions=1):  # the interpreter is slow here
         for sigma in (0.5, 2.0):
             clip = clip.detach().requires_grad_(True)
-            want = ops.soft_silhouette(clip, faces, res, sigma=sigma)
+            want = ops.soft_silhouette(clip, faces, res, sigma=sigma, ctx=tensor_path)
             got = ops.soft_silhouette(clip, faces, res, sigma=sigma, ctx=triton_path)
             weight = torch.randn(want.shape, generator=torch.Generator().manual_seed(0)).to(want)
             (grad_want,) = torch.autograd.grad((want * weight).sum(), clip)
@@ -111,7 +111,8 @@ def test_the_kernel_is_used_only_where_it_runs():
     from renderloop.renderers import _raster_triton
 
     assert not _raster_triton.supports(torch.device("cpu")) or os.environ.get("TRITON_INTERPRET") == "1"
-    assert ops.make_context().zbuffer is None  # eager: the tensor path everywhere
+    assert ops.make_context().zbuffer is ops.make_context(compile=True).zbuffer is _raster_triton.nearest_face_keys
+    assert ops.RasterContext().zbuffer is None  # built directly: the candidate lists everywhere
 
 
 @pytest.mark.gpu
