@@ -148,4 +148,4 @@ class GenerationStatus:
         rate = (samples - self._last[1]) / max(now - self._last[0], 1e-9)
         self._last = (now, samples)
         backlogs = {f"backlog/{ledger.stream}": ledger.backlog() for ledger in self.ledgers}
-        return {"generated_per_s": rate, "backlog": max(backlogs.values()), **backlogs}
+        return {"generated_per_s": rate, "backlog": max(backlogs.values(), default=0), **backlogs}

@@ -7,7 +7,8 @@ minimum. The tensor path instead lists every (face, pixel) candidate, gathers a 
 each and reduces them with ``scatter_reduce``; here a face's row is read once, no candidate list
 is built, and no host sync sizes one. The arithmetic is ``ops._candidate_keys``'s, in its order,
 with correctly rounded division and without fused multiply-adds, so keys, and face ids, are bit
-for bit the tensor path's. Runs on CUDA, or anywhere under ``TRITON_INTERPRET=1`` (the tests).
+for bit the tensor path's. ``ops`` runs them on CUDA; the tests also run them on the CPU, in
+Triton's interpreter (``TRITON_INTERPRET=1``).
 
 The soft silhouette walks each face's box grown by its margin the same way, adding each pixel's
 ``log(1 - exp(-d²/sigma))`` with an atomic add; its backward walks the boxes again and sums each
@@ -15,8 +16,6 @@ face's six corner gradients in registers, so no candidate tensor is kept for aut
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -28,14 +27,14 @@ except ImportError:  # CPU-only installs: the tensor path is used
 
 __all__ = ["supports", "nearest_face_keys", "soft_sums"]
 
-_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # Pixel centres a program tests at once; a face's box is walked in blocks of this many.
 BLOCK = 32
 
 
 def supports(device: torch.device) -> bool:
-    """Whether the kernel can run on tensors of ``device``."""
-    return triton is not None and (device.type == "cuda" or _INTERPRETED)
+    """Whether ``ops`` runs the kernels on tensors of ``device`` (CUDA; the interpreter that runs
+    them on the CPU is for tests, far slower than the candidate lists)."""
+    return triton is not None and device.type == "cuda"
 
 
 if triton is not None:

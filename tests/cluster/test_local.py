@@ -42,6 +42,7 @@ def test_generation_status_reports_rate_and_backlog(tmp_path):
     assert first["generated_per_s"] > 0 and first["backlog"] == first["backlog/s"] == 4  # 4 shards of 8, none read
     Ledger(Storage(str(tmp_path)), "s").record_consumed("reader", 3)
     assert status() == {"generated_per_s": 0, "backlog": 1, "backlog/s": 1}
+    assert GenerationStatus([], [])() == {"generated_per_s": 0, "backlog": 0}  # a run that reads no stream
 
 
 def _spec(root, source_config=TINY) -> ProducerSpec:

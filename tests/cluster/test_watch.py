@@ -37,6 +37,8 @@ def test_a_producer_error_stops_training_even_under_another_librarys_sigint_hand
 
 
 def test_without_an_error_the_call_runs_to_its_end():
+    before = signal.getsignal(signal.SIGINT)  # the default, or ignored under nohup
     with ProducerWatch([lambda: None], interval=0.01):
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         time.sleep(0.05)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
