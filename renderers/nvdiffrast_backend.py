@@ -17,6 +17,17 @@ from nvdiffrast import torch as dr
 from .backends import library_backend, register_backend
 
 _CONTEXTS: dict[torch.device, object] = {}
+INT32_MAX = 2**31 - 1
+
+
+def check_limits(batch: int, num_verts: int, num_faces: int) -> None:
+    """Refuse, before any kernel, a batch whose vertex or triangle indices overflow nvdiffrast's int32."""
+    for what, count in (("vertices", batch * num_verts), ("faces", batch * num_faces)):
+        if count > INT32_MAX:
+            raise ValueError(
+                f"rasterize(): the nvdiffrast backend indexes the batch's {what} with int32, and this batch has "
+                f"{count:,}; render it in smaller batches or use renderer.backend=torch"
+            )
 
 
 def _context(device: torch.device):
@@ -27,6 +38,7 @@ def _context(device: torch.device):
 
 def _visible(clip_pos: torch.Tensor, faces: torch.Tensor, drawn: torch.Tensor, resolution: tuple[int, int]):
     B, V = clip_pos.shape[:2]
+    check_limits(B, V, faces.shape[1])
     item, local = drawn.nonzero(as_tuple=True)  # item-major: each item's faces are one range
     triangles = (faces[item, local] + V * item[:, None]).int().contiguous()
     counts = drawn.sum(1)

@@ -116,6 +116,16 @@ def test_an_adapter_refuses_what_ours_refuses_before_calling_its_library(nvdiffr
     assert calls == []
 
 
+def test_the_nvdiffrast_adapter_refuses_a_batch_beyond_int32_before_any_kernel(nvdiffrast_stand_in):
+    from renderloop.renderers.nvdiffrast_backend import check_limits
+
+    check_limits(64, 2_562, 5_120)
+    with pytest.raises(ValueError, match="int32, and this batch has 2,147,483,648"):
+        check_limits(2**16, 2**15, 10)  # 2**31 vertices
+    with pytest.raises(ValueError, match="faces with int32"):
+        check_limits(2**11, 3, 2**20)
+
+
 @pytest.mark.parametrize("name", ["nvdiffrast", "pytorch3d"])
 def test_a_missing_library_is_refused_by_name_before_any_work(monkeypatch, name):
     monkeypatch.setattr(importlib.util, "find_spec", lambda *_: None)
