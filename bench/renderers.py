@@ -88,13 +88,13 @@ def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: 
     coverage = float(out.fragments.mask.float().mean())
     return {
         "backend": backend, "batch": batch, "resolution": res, "faces": faces, "mode": mode, "soft_mask": soft,
-        "compile": compile_, "zbuffer": _zbuffer_used(backend, compile_, zbuffer, device),
+        "compile": compile_, "zbuffer": _zbuffer_used(backend, zbuffer, device),
         "ms_per_batch": 1e3 * seconds, "images_per_s": batch / seconds, "peak_mib": _peak_mib(device),
         "coverage": coverage,
     }  # fmt: skip
 
 
-def _zbuffer_used(backend: str, compile_: bool, zbuffer: str, device) -> str:
+def _zbuffer_used(backend: str, zbuffer: str, device) -> str:
     if backend != "torch":
         return backend
     return "triton" if zbuffer == "triton" and _raster_triton.supports(device) else "tensor"
@@ -137,7 +137,7 @@ def main() -> None:
         nargs="*",
         default=["triton"],
         choices=["triton", "tensor"],
-        help="z-buffer passes of the compiled torch backend to time, in turn",
+        help="z-buffer (and, compiled, soft-silhouette) passes of the torch backend to time, in turn",
     )
     parser.add_argument("--backends", nargs="*", default=["torch"], help="renderer backends to time, in turn")
     parser.add_argument("--out", default="", help="write results as JSON here")
