@@ -81,13 +81,18 @@ if triton is not None:
             tl.atomic_min(best_ptr + pixel, key, mask=inside_box & inside)
 
 
+def _boxes(first: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """The kernels' view of ``_binning.pixel_boxes``: ``[B * F, 4]`` int32 (col, row, width, height)."""
+    return torch.cat([first, size], dim=1).to(torch.int32).contiguous()
+
+
 def nearest_face_keys(table: torch.Tensor, first: torch.Tensor, size: torch.Tensor, best: torch.Tensor,
                       num_faces: int, resolution: tuple[int, int]) -> None:  # fmt: skip
     """Lower ``best [B * H * W]`` (int64 keys) to each pixel's nearest covering face.
 
     ``table [B * F, 16]``: ``ops._visible_faces``'s edge table; ``first``, ``size``: the faces'
     pixel boxes (``_binning.pixel_boxes``)."""
-    boxes = torch.cat([first, size], dim=1).to(torch.int32).contiguous()
+    boxes = _boxes(first, size)
     H, W = resolution
     _nearest_keys_kernel[(boxes.shape[0],)](
         table.contiguous(), boxes, best, num_faces, H, W, BLOCK=BLOCK, enable_fp_fusion=False
@@ -221,5 +226,4 @@ def soft_sums(tri: torch.Tensor, first: torch.Tensor, size: torch.Tensor, num_fa
               resolution: tuple[int, int], sigma: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """``ops.soft_silhouette``'s per-pixel sums over the faces' grown boxes: ``log_empty [B * H * W]``
     (differentiable w.r.t. ``tri [B * F, 6]``, the screen corners) and ``covered`` (int32, 0 or 1)."""
-    boxes = torch.cat([first, size], dim=1).to(torch.int32).contiguous()
-    return _SoftSums.apply(tri.contiguous(), boxes, num_faces, tuple(resolution), float(sigma))
+    return _SoftSums.apply(tri.contiguous(), _boxes(first, size), num_faces, tuple(resolution), float(sigma))

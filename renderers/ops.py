@@ -121,13 +121,19 @@ def _check_resolution(op: str, resolution: tuple[int, int]) -> None:
         raise ValueError(f"{op}(): resolution must be positive (H, W); got {tuple(resolution)}")
 
 
+def _raise_if_bad(check) -> None:
+    """Run ``_check_mesh``'s value checks now: the one host sync, before any work."""
+    values, raise_if_bad = check
+    raise_if_bad(values.tolist())
+
+
 def checked_faces(op: str, clip_pos: torch.Tensor, faces: torch.Tensor, resolution: tuple[int, int]) -> torch.Tensor:
     """The input checks of :func:`rasterize` run at once (one host sync); faces as int64 ``[B, F, 3]``.
     For backends that hand the mesh to another library."""
     check_shape(op, "clip_pos", clip_pos, ("B", ">0", 4))
     _check_resolution(op, resolution)
-    faces, (values, raise_if_bad) = _check_mesh(op, clip_pos, faces, 4)
-    raise_if_bad(values.tolist())
+    faces, check = _check_mesh(op, clip_pos, faces, 4)
+    _raise_if_bad(check)
     return faces
 
 
@@ -357,8 +363,7 @@ def _visible_faces(
     ).view(B * num_faces, 16)
     best = torch.full((B * H * W,), _EMPTY_KEY, dtype=torch.int64, device=clip_pos.device)
     if ctx.zbuffer is not None and _raster_triton.supports(clip_pos.device):
-        values, raise_if_bad = check
-        raise_if_bad(values.tolist())  # the one host sync, before any work, as on the other path
+        _raise_if_bad(check)
         ctx.zbuffer(table, *pixel_boxes(xy, valid, resolution, 0.0), best, num_faces, (H, W))
         return torch.where(best == _EMPTY_KEY, -1, best & 0xFFFFFFFF).view(B, H, W)
     for chunk in candidate_chunks(xy, valid, resolution, 0.0, max_candidates, check):
@@ -521,8 +526,7 @@ def soft_silhouette(
     tri_flat = xy.reshape(B * num_faces, 3, 2)
     ctx = ctx or _EAGER
     if ctx.soft_sums is not None and _raster_triton.supports(clip_pos.device):
-        values, raise_if_bad = check
-        raise_if_bad(values.tolist())  # the one host sync, before any work, as on the other path
+        _raise_if_bad(check)
         first, size = pixel_boxes(xy, valid, resolution, margin)
         log_empty, covered = ctx.soft_sums(tri_flat.view(-1, 6), first, size, num_faces, (H, W), sigma)
     else:
