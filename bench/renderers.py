@@ -9,11 +9,13 @@ soft silhouette where asked) to vertex positions and colours.
     python -m bench.renderers --device cuda         # GPU default grid
     python -m bench.renderers --settings 64x256x5120 --compile --out results.json
     python -m bench.renderers --backends torch pytorch3d     # the same renderer on each backend, one process
+    python -m bench.renderers --device cuda --launch 1x32x4 1x32x1 4x32x4 2x64x4   # z-buffer launch shapes
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -44,15 +46,19 @@ def _peak_mib(device: torch.device) -> float:
 
 
 def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, backend="torch",
-              zbuffer: str = "triton"):  # fmt: skip
+              zbuffer: str = "triton", launch: str = ""):  # fmt: skip
     """A closure that renders (and for ``fwd+bwd`` backpropagates) one batch; ``zbuffer="tensor"``
     keeps the renderer on the candidate lists instead of the Triton kernels (the z-buffer's, and
-    when compiled the soft silhouette's)."""
+    when compiled the soft silhouette's); ``launch`` shapes the z-buffer kernel's programs
+    (``_raster_triton.Launch``, e.g. ``4x32x1``; empty: the default)."""
     cfg = RendererConfig(height=res, width=res, soft_mask=soft, compile=compile_, backend=backend)
     renderer = MeshRenderer(cfg)
     if zbuffer == "tensor":
         renderer.raster_context = replace(renderer.raster_context, zbuffer=None)
-    elif compile_ and _raster_triton.triton is not None:
+    elif launch:
+        kernel = functools.partial(_raster_triton.nearest_face_keys, launch=_raster_triton.Launch.parse(launch))
+        renderer.raster_context = replace(renderer.raster_context, zbuffer=kernel)
+    if zbuffer == "triton" and compile_ and _raster_triton.triton is not None:
         renderer.raster_context = replace(renderer.raster_context, soft_sums=_raster_triton.soft_sums)
     verts, face_idx, R, t, K = orbit_scene(batch, (res, res), SUBDIVISIONS[faces], device=device)
     colors = 0.5 + 0.5 * verts.detach()
@@ -72,9 +78,9 @@ def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool
 
 
 def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, iters: int,
-                  backend: str = "torch", zbuffer: str = "triton"):  # fmt: skip
+                  backend: str = "torch", zbuffer: str = "triton", launch: str = ""):  # fmt: skip
     step = make_step(batch, res, faces, device=device, mode=mode, soft=soft, compile_=compile_, backend=backend,
-                     zbuffer=zbuffer)  # fmt: skip
+                     zbuffer=zbuffer, launch=launch)  # fmt: skip
     for _ in range(5):  # warm-up: allocator, compile (and its dynamic-shape recompile), caches
         step()
     synchronize(device)
@@ -88,7 +94,8 @@ def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: 
     coverage = float(out.fragments.mask.float().mean())
     return {
         "backend": backend, "batch": batch, "resolution": res, "faces": faces, "mode": mode, "soft_mask": soft,
-        "compile": compile_, "zbuffer": _zbuffer_used(backend, zbuffer, device),
+        "compile": compile_, "zbuffer": (zbuffer_used := _zbuffer_used(backend, zbuffer, device)),
+        "launch": (launch or str(_raster_triton.Launch())) if zbuffer_used == "triton" else "",
         "ms_per_batch": 1e3 * seconds, "images_per_s": batch / seconds, "peak_mib": _peak_mib(device),
         "coverage": coverage,
     }  # fmt: skip
@@ -139,6 +146,13 @@ def main() -> None:
         choices=["triton", "tensor"],
         help="z-buffer (and, compiled, soft-silhouette) passes of the torch backend to time, in turn",
     )
+    parser.add_argument(
+        "--launch",
+        nargs="*",
+        default=[""],
+        metavar="FxBxW",
+        help="Triton z-buffer launch shapes to time, in turn: faces per program x pixel block x warps",
+    )
     parser.add_argument("--backends", nargs="*", default=["torch"], help="renderer backends to time, in turn")
     parser.add_argument("--out", default="", help="write results as JSON here")
     parser.add_argument("--profile", action="store_true", help="print the top kernels of the first setting's fwd+bwd")
@@ -146,25 +160,29 @@ def main() -> None:
     device = torch.device(args.device)
     iters = args.iters or (20 if device.type == "cuda" else 3)
     settings = args.settings or DEFAULT_GRID[device.type]
-    variants = [(soft, comp, z) for soft in [False] + [True] * args.soft
-                for comp in [False] + [True] * args.compile for z in args.zbuffer]  # fmt: skip
+    variants = [(soft, comp, z, launch) for soft in [False] + [True] * args.soft
+                for comp in [False] + [True] * args.compile for z in args.zbuffer
+                for launch in (args.launch if z == "triton" and _raster_triton.supports(device) else [""])]  # fmt: skip
     rows = []
     header = (
-        f"{'backend':>10} {'setting':>16} {'mode':>8} {'soft':>5} {'comp':>5} {'zbuffer':>7} {'ms/batch':>9} "
-        f"{'img/s':>9} {'peak MiB':>9} {'cover':>6}"
+        f"{'backend':>10} {'setting':>16} {'mode':>8} {'soft':>5} {'comp':>5} {'zbuffer':>7} {'launch':>8} "
+        f"{'ms/batch':>9} {'img/s':>9} {'peak MiB':>9} {'cover':>6}"
     )
     print(header)
     for setting in settings:
         batch, res, faces = (int(x) for x in setting.split("x"))
-        for backend, (soft, comp, zbuffer), mode in itertools.product(args.backends, variants, ("fwd", "fwd+bwd")):
-            if backend != "torch" and zbuffer != args.zbuffer[0]:
+        for backend, (soft, comp, zbuffer, launch), mode in itertools.product(
+            args.backends, variants, ("fwd", "fwd+bwd")
+        ):
+            if backend != "torch" and (zbuffer, launch) != (args.zbuffer[0], args.launch[0]):
                 continue  # other backends have no z-buffer choice
             r = bench_setting(batch, res, faces, device=device, mode=mode, soft=soft, compile_=comp, iters=iters,
-                              backend=backend, zbuffer=zbuffer)  # fmt: skip
+                              backend=backend, zbuffer=zbuffer, launch=launch)  # fmt: skip
             rows.append(r)
             print(
                 f"{backend:>10} {setting:>16} {mode:>8} {str(soft):>5} {str(comp):>5} {r['zbuffer']:>7} "
-                f"{r['ms_per_batch']:9.2f} {r['images_per_s']:9.0f} {r['peak_mib']:9.0f} {r['coverage']:6.2f}",
+                f"{r['launch']:>8} {r['ms_per_batch']:9.2f} {r['images_per_s']:9.0f} {r['peak_mib']:9.0f} "
+                f"{r['coverage']:6.2f}",
                 flush=True,
             )
     if args.profile:

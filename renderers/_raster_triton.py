@@ -17,6 +17,8 @@ face's six corner gradients in registers, so no candidate tensor is kept for aut
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 try:
@@ -25,10 +27,40 @@ try:
 except ImportError:  # CPU-only installs: the tensor path is used
     triton = None
 
-__all__ = ["supports", "nearest_face_keys", "soft_sums"]
+__all__ = ["Launch", "supports", "nearest_face_keys", "soft_sums"]
 
-# Pixel centres a program tests at once; a face's box is walked in blocks of this many.
-BLOCK = 32
+
+@dataclass(frozen=True)
+class Launch:
+    """How a kernel's programs cover the faces: ``faces`` per program, each face's pixel box walked
+    ``block`` centres at a time, by ``warps`` warps. The z-buffer takes any shape (the results are
+    the same bit for bit); the soft silhouette's kernels take one face per program."""
+
+    faces: int = 1
+    block: int = 32
+    warps: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("faces", "block", "warps"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"Launch.{name} must be a power of two; got {value}")
+
+    @classmethod
+    def parse(cls, text: str) -> Launch:
+        """``FACESxBLOCKxWARPS``, e.g. ``4x32x4``."""
+        try:
+            faces, block, warps = (int(part) for part in text.split("x"))
+        except ValueError:
+            raise ValueError(f"a launch is FACESxBLOCKxWARPS, e.g. 4x32x4; got {text!r}") from None
+        return cls(faces, block, warps)
+
+    def __str__(self) -> str:
+        return f"{self.faces}x{self.block}x{self.warps}"
+
+
+BLOCK = Launch().block
+"""Pixel centres the soft silhouette's programs test at once."""
 
 
 def supports(device: torch.device) -> bool:
@@ -40,24 +72,36 @@ def supports(device: torch.device) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _nearest_keys_kernel(table_ptr, box_ptr, best_ptr, num_faces, H, W, BLOCK: tl.constexpr):
-        face = tl.program_id(0).to(tl.int64)
+    def _column(row, k, real):
+        """Entry ``k`` of each face's table row, as a column (0 for the block's padding faces)."""
+        return tl.load(row + k, mask=real, other=0.0)[:, None]
+
+    @triton.jit
+    def _nearest_keys_kernel(table_ptr, box_ptr, best_ptr, total_faces, num_faces, H, W,
+                             FACES: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+        # Rows: this program's faces; columns: a block of pixel centres of each face's box.
+        face = tl.program_id(0).to(tl.int64) * FACES + tl.arange(0, FACES).to(tl.int64)
+        real = face < total_faces
         box = box_ptr + face * 4
-        col0, row0, width, height = tl.load(box), tl.load(box + 1), tl.load(box + 2), tl.load(box + 3)
+        col0 = tl.load(box, mask=real, other=0)[:, None]
+        row0 = tl.load(box + 1, mask=real, other=0)[:, None]
+        width = tl.load(box + 2, mask=real, other=0)
+        count = width * tl.load(box + 3, mask=real, other=0)
+        width = tl.maximum(width, 1)[:, None]
         row = table_ptr + face * 16
-        a0, b0, c0 = tl.load(row), tl.load(row + 1), tl.load(row + 2)
-        a1, b1, c1 = tl.load(row + 3), tl.load(row + 4), tl.load(row + 5)
-        a2, b2, c2 = tl.load(row + 6), tl.load(row + 7), tl.load(row + 8)
-        own0, own1, own2 = tl.load(row + 9), tl.load(row + 10), tl.load(row + 11)
-        iw0, iw1, iw2, inv_area = tl.load(row + 12), tl.load(row + 13), tl.load(row + 14), tl.load(row + 15)
-        image = (face // num_faces) * H * W
-        local = face % num_faces
-        count = width * height
-        for start in range(0, count, BLOCK):
-            offset = start + tl.arange(0, BLOCK)
-            inside_box = offset < count
-            r = row0 + offset // tl.maximum(width, 1)
-            c = col0 + offset % tl.maximum(width, 1)
+        a0, b0, c0 = _column(row, 0, real), _column(row, 1, real), _column(row, 2, real)
+        a1, b1, c1 = _column(row, 3, real), _column(row, 4, real), _column(row, 5, real)
+        a2, b2, c2 = _column(row, 6, real), _column(row, 7, real), _column(row, 8, real)
+        own0, own1, own2 = _column(row, 9, real), _column(row, 10, real), _column(row, 11, real)
+        iw0, iw1, iw2 = _column(row, 12, real), _column(row, 13, real), _column(row, 14, real)
+        inv_area = _column(row, 15, real)
+        image = ((face // num_faces) * H * W)[:, None]
+        local = (face % num_faces)[:, None]
+        for start in range(0, tl.max(count, axis=0), BLOCK):
+            offset = start + tl.arange(0, BLOCK)[None, :]
+            inside_box = offset < count[:, None]
+            r = row0 + offset // width
+            c = col0 + offset % width
             px = c.to(a0.dtype) + 0.5
             py = r.to(a0.dtype) + 0.5
             e0 = a0 * px + b0 * py + c0
@@ -87,16 +131,18 @@ def _boxes(first: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
 
 
 def nearest_face_keys(table: torch.Tensor, first: torch.Tensor, size: torch.Tensor, best: torch.Tensor,
-                      num_faces: int, resolution: tuple[int, int]) -> None:  # fmt: skip
+                      num_faces: int, resolution: tuple[int, int], *, launch: Launch = Launch()) -> None:  # fmt: skip
     """Lower ``best [B * H * W]`` (int64 keys) to each pixel's nearest covering face.
 
     ``table [B * F, 16]``: ``ops._visible_faces``'s edge table; ``first``, ``size``: the faces'
     pixel boxes (``_binning.pixel_boxes``)."""
     boxes = _boxes(first, size)
     H, W = resolution
-    _nearest_keys_kernel[(boxes.shape[0],)](
-        table.contiguous(), boxes, best, num_faces, H, W, BLOCK=BLOCK, enable_fp_fusion=False
-    )
+    total = boxes.shape[0]
+    _nearest_keys_kernel[(triton.cdiv(total, launch.faces),)](
+        table.contiguous(), boxes, best, total, num_faces, H, W,
+        FACES=launch.faces, BLOCK=launch.block, num_warps=launch.warps, enable_fp_fusion=False,
+    )  # fmt: skip
 
 
 if triton is not None:

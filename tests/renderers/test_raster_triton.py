@@ -5,6 +5,7 @@ interpreter cannot run them, 3.9's can), on a GPU compiled."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -39,17 +40,25 @@ def _scenes(device: str = "cpu", batch: int = 3, subdivisions: int = 2):
     yield "padded", clip.to(device), faces.to(device), res
 
 
-def _compare(device: str = "cpu") -> dict[str, list[int]]:
-    """Per scene and culling: pixels whose face id differs, and covered pixels."""
-    from renderloop.renderers._raster_triton import nearest_face_keys
+LAUNCHES = ("1x32x4", "4x16x1", "2x64x2")
+"""Z-buffer launch shapes compared: the default, several faces per program, a block longer than
+most boxes."""
 
-    tensor_path, triton_path = ops.RasterContext(), ops.RasterContext(zbuffer=nearest_face_keys)
+
+def _compare(device: str = "cpu") -> dict[str, list[int]]:
+    """Per scene, culling and launch shape: pixels whose face id differs, and covered pixels."""
+    from renderloop.renderers._raster_triton import Launch, nearest_face_keys
+
+    tensor_path = ops.RasterContext()
     out = {}
     for name, clip, faces, res in _scenes(device):
         for cull in (False, True):
             want = ops.rasterize(clip, faces, res, cull_backfaces=cull, ctx=tensor_path).face_id
-            got = ops.rasterize(clip, faces, res, cull_backfaces=cull, ctx=triton_path).face_id
-            out[f"{name}, cull={cull}"] = [int((got != want).sum()), int((want >= 0).sum())]
+            for launch in LAUNCHES:
+                kernel = functools.partial(nearest_face_keys, launch=Launch.parse(launch))
+                got = ops.rasterize(clip, faces, res, cull_backfaces=cull, ctx=ops.RasterContext(zbuffer=kernel))
+                differing = int((got.face_id != want).sum())
+                out[f"{name}, cull={cull}, launch={launch}"] = [differing, int((want >= 0).sum())]
     return out
 
 
@@ -103,9 +112,9 @@ def _check_soft(result: dict[str, list[float]]) -> None:
 
 
 def _check(result: dict[str, list[int]]) -> None:
-    assert len(result) == 8
+    assert len(result) == 8 * len(LAUNCHES)
     for scene, (differing, covered) in result.items():
-        assert covered > 0 or scene == "fan, cull=True", scene  # the fan faces away from the camera
+        assert covered > 0 or scene.startswith("fan, cull=True"), scene  # the fan faces away from the camera
         assert differing == 0, f"{scene}: {differing} of {covered} pixels differ"
 
 
@@ -121,3 +130,13 @@ def test_the_kernel_is_used_only_where_it_runs():
 def test_compiled_kernels_match_the_tensor_path_cuda():
     _check(_compare("cuda"))
     _check_soft(_compare_soft("cuda"))
+
+
+def test_a_launch_shape_is_checked_when_it_is_made():
+    from renderloop.renderers._raster_triton import Launch
+
+    assert str(Launch.parse("4x32x1")) == "4x32x1" and Launch.parse("1x32x4") == Launch()
+    with pytest.raises(ValueError, match="FACESxBLOCKxWARPS"):
+        Launch.parse("4x32")
+    with pytest.raises(ValueError, match="power of two"):
+        Launch.parse("3x32x4")
