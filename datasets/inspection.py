@@ -10,6 +10,7 @@ mask tinted and keypoints marked; depth as colour (near = warm); normals; part s
 from __future__ import annotations
 
 import tarfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,8 @@ class StreamCheck:
     fields: set[str] = field(default_factory=set)
     samples: list[tuple[str, dict[str, bytes]]] = field(default_factory=list)
     """``(shard, raw sample)`` for the contact sheet, oldest first, from intact shards only."""
+    reads: Counter[tuple[str, int]] = field(default_factory=Counter)
+    """Read receipts (``engine.data.read_receipts``): reads per ``(shard, pass)``."""
 
 
 def check_stream(storage: Storage, stream: str, rows: int, verify_all: bool = False) -> StreamCheck:
@@ -86,6 +89,7 @@ def check_stream(storage: Storage, stream: str, rows: int, verify_all: bool = Fa
     entries = ledger.entries()
     unreadable, duplicates = dict(ledger.unreadable), sorted(ledger.duplicates)
     check = StreamCheck(stream, entries, ledger.closed, ledger.backlog(), unreadable, duplicates)
+    check.reads = ledger.reads()
     on_disk = set(storage.list(ledger.rel("shards")))
     check.present = {e.shard for e in entries if e.shard in on_disk}
     for entry in entries:
@@ -130,6 +134,14 @@ def summary_lines(check: StreamCheck) -> list[str]:
     lines += [f"  skipped unreadable ledger file {name}: {why}" for name, why in check.unreadable.items()]
     lines += [f"  ignored duplicate ledger file {name}" for name in check.duplicates]
     lines.append(f"  fields: {' '.join(sorted(check.fields))}")
+    if check.reads:
+        twice = sorted(f"{shard} (pass {epoch}: {n}×)" for (shard, epoch), n in check.reads.items() if n > 1)
+        passes = len({epoch for _, epoch in check.reads})
+        lines.append(
+            f"  read receipts: {sum(check.reads.values())} reads of {len({s for s, _ in check.reads})} shards "
+            f"in {passes} pass{'es' * (passes > 1)}; {len(twice)} shards read more than once in a pass"
+        )
+        lines += [f"  read more than once: {item}" for item in twice]
     return lines
 
 

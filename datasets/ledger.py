@@ -5,6 +5,7 @@ Layout of a stream ``<root>/<stream>/``::
     shards/<producer>-<index>.tar      complete shards (written as ``*.tmp``, then renamed)
     ledger/<producer>-<index>.json     one entry per published shard, written after its rename
     consumers/<consumer>.json          how many shards each reader has consumed (backpressure)
+    reads/<shard>.e<epoch>.<id>.json   a read receipt per shard read, where readers leave them (audits)
     producers/<producer>.json          the producer's next unreserved batch index
     producers/<producer>.lock          held by the one process writing under that id (local storage)
     CLOSED                             written when generation is finished (followers stop)
@@ -29,7 +30,9 @@ import os
 import re
 import socket
 import time
+import uuid
 import weakref
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 
 import xxhash
@@ -327,6 +330,24 @@ class Ledger:
             json.dumps({"shards": shards, "at": time.time()}).encode(),
             durable=False,
         )
+
+    def record_read(self, shard: str, epoch: int, consumer: str) -> None:
+        """Leave a receipt for one read of ``shard`` in pass ``epoch``: a file of its own, so
+        readers on any storage never write the same file, and a killed reader's receipts stay.
+        Not fsynced, like the consumed records."""
+        name = f"{shard.removesuffix('.tar')}.e{epoch}.{uuid.uuid4().hex[:12]}.json"
+        self.storage.write_atomic(
+            self.rel("reads", name), json.dumps({"consumer": consumer, "at": time.time()}).encode(), durable=False
+        )
+
+    def reads(self) -> Counter[tuple[str, int]]:
+        """How often each ``(shard, epoch)`` was read, from the receipts readers left."""
+        counts: Counter[tuple[str, int]] = Counter()
+        for name in self.storage.list(self.rel("reads")):
+            match = re.fullmatch(r"(.+)\.e(\d+)\.[0-9a-f]+\.json", name)
+            if match:
+                counts[match[1] + ".tar", int(match[2])] += 1
+        return counts
 
     def consumed(self) -> int:
         """Shards consumed, summed over consumers (each shard goes to one consumer per epoch).

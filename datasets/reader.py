@@ -145,6 +145,8 @@ class ShardStream(IterableDataset):
             without repeats, but not in exactly the uninterrupted order. For streams read once.
         batch_size: yield ``host_batch.HostBatch`` es of this many samples (in shuffled order; an
             incomplete last one is dropped) instead of decoded samples.
+        receipts: leave a receipt per shard read (``Ledger.record_read``), so an audit can prove
+            that no shard was read twice in one pass, across ranks, workers and restarts.
     """
 
     def __init__(
@@ -166,6 +168,7 @@ class ShardStream(IterableDataset):
         skip: tuple[int, ...] | list[int] = (),
         delete_consumed: bool = False,
         batch_size: int | None = None,
+        receipts: bool = False,
     ) -> None:
         super().__init__()
         if epochs < 0 or shuffle_buffer < 0 or poll_seconds <= 0:
@@ -182,6 +185,7 @@ class ShardStream(IterableDataset):
         self.skip = tuple(skip)
         self.delete_consumed = delete_consumed
         self.batch_size = batch_size
+        self.receipts = receipts
         self._consumer = consumer
         self._deleted_samples = 0  # samples of deleted shards passed over, not yet set against skip
 
@@ -194,7 +198,7 @@ class ShardStream(IterableDataset):
         name = f"{self.consumer}-r{rank}-" + (f"w{worker}" if info else "main")
         return rank * workers + worker, world * workers, name
 
-    def _read_shard(self, storage: Storage, ledger: Ledger, entry: LedgerEntry) -> list | None:
+    def _read_shard(self, storage: Storage, ledger: Ledger, entry: LedgerEntry, epoch: int) -> list | None:
         """The units of a shard (its chunks, or its per-sample records), or None if it is corrupt."""
         rel = ledger.rel("shards", entry.shard)
         if self.delete_consumed and not storage.exists(rel):  # read and deleted before a restart
@@ -213,6 +217,8 @@ class ShardStream(IterableDataset):
             return None
         self.stats.shards += 1
         self.stats.bytes += len(data)
+        if self.receipts:
+            ledger.record_read(entry.shard, epoch, self._consumer)
         labels = {"stream": self.stream, "consumer": self._consumer}
         self.metrics.inc("renderloop_shards_consumed_total", **labels)
         self.metrics.inc("renderloop_bytes_read_total", len(data), **labels)
@@ -262,7 +268,7 @@ class ShardStream(IterableDataset):
             fresh = _unread(self._listed(ledger, slot, slots, counted), done, slot, slots)
             for entry in fresh:
                 done.add(entry.shard)
-                units = self._read_shard(storage, ledger, entry)
+                units = self._read_shard(storage, ledger, entry, epoch)
                 if epoch == 0 and self.delete_consumed:
                     self._delete(storage, ledger, entry)
                 if units is not None:

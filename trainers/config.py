@@ -32,6 +32,9 @@ class DataConfig:
     """Delete each shard once it has been read (ledger entries stay): disk holds only the backlog.
     ``renderloop run`` turns it on; a resume then continues after the deleted shards instead of
     replaying them, so it is exact only up to the shuffle order around the restart."""
+    read_receipts: bool = False
+    """Leave a receipt per shard read (``<stream>/reads/``): ``renderloop inspect`` then counts
+    shards read more than once in a pass, e.g. to audit a run that restarted."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -109,6 +109,7 @@ class StreamBatches:
             metrics=metrics,
             skip=worker_skips(consumed, config.num_workers, config.batch_size),
             delete_consumed=config.delete_consumed,
+            receipts=config.read_receipts,
             batch_size=config.batch_size,  # the workers assemble whole batches
         )
         self.loader = DataLoader(

@@ -285,3 +285,21 @@ def test_deleting_consumed_shards_keeps_the_ledger_and_a_resume_goes_on_after_th
     assert len(rest) == 16 and not set(rest) & set(seen)  # shards 2 and 3, nothing seen twice
     assert resumed.stats.skipped_shards == 0 and not list(shards.iterdir())
     assert len(Ledger(Storage(str(tmp_path)), "s").entries()) == 4
+
+
+def test_read_receipts_count_every_read_of_a_shard_per_pass(tmp_path):
+    from renderloop.datasets.inspection import check_stream, summary_lines
+
+    tiny_producer(str(tmp_path)).run(32)  # four shards of eight
+    storage = Storage(str(tmp_path))
+    ledger = Ledger(storage, "s")
+    for rank in (0, 1):
+        list(ShardStream(str(tmp_path), "s", rank=rank, world_size=2, follow=False, epochs=2, receipts=True))
+    assert ledger.reads() == {(e.shard, epoch): 1 for e in ledger.entries() for epoch in (0, 1)}
+    assert "read receipts: 8 reads of 4 shards in 2 passes; 0 shards read more than once" in "\n".join(
+        summary_lines(check_stream(storage, "s", rows=1))
+    )
+    list(ShardStream(str(tmp_path), "s", follow=False, receipts=True))  # a second reader of the first pass
+    lines = summary_lines(check_stream(storage, "s", rows=1))
+    assert "; 4 shards read more than once in a pass" in lines[-5]
+    assert lines[-4:] == [f"  read more than once: {e.shard} (pass 0: 2×)" for e in ledger.entries()]
