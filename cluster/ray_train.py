@@ -10,8 +10,10 @@ restore from ``ray.train.get_checkpoint()``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,10 @@ __all__ = ["fit_on_ray", "RayCheckpointStore"]
 
 class RayCheckpointStore:
     """The engine's checkpoint store, backed by Ray Train checkpoints."""
+
+    only_this_run = True
+    """Ray hands workers the checkpoints of their own Ray Train run; ``fit_on_ray`` names the run
+    afresh when ``engine.resume`` is off, so those can only come from a restart after a failure."""
 
     def __init__(self, dist) -> None:
         self.dist = dist
@@ -66,6 +72,13 @@ def _worker(config: dict[str, Any]) -> None:
     train_worker(cfg, checkpoints=RayCheckpointStore(dist), metrics=metrics, device=device)
 
 
+def _run_name(cfg) -> str:
+    """The Ray Train run's name: the run folder's, under which Ray restores the newest checkpoint of
+    an earlier run; with ``engine.resume`` off, a new name, so only this run's own restarts restore."""
+    name = Path(cfg.run_dir).name
+    return name if cfg.engine.resume else f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
 def fit_on_ray(cfg) -> dict[str, float]:
     """Train under Ray Train with the workers, resources and restarts of ``cfg.cluster``."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -94,7 +107,7 @@ def fit_on_ray(cfg) -> dict[str, float]:
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cluster.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=Path(cfg.run_dir).name,
+            name=_run_name(cfg),
             storage_path=str(storage),
             failure_config=FailureConfig(max_failures=cluster.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.engine.keep_checkpoints),

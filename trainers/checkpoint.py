@@ -109,6 +109,10 @@ def _all_ranks(dist: Dist, *, ok: bool) -> bool:
 class CheckpointStore:
     """Checkpoints under ``directory`` (shared by all ranks), keeping the newest ``keep``."""
 
+    only_this_run = False
+    """Whether ``latest`` can only be this run's own (a restart after a failure), so restoring it is
+    right even with ``engine.resume`` off. A run folder's store may hold an earlier run's."""
+
     def __init__(self, directory: str | Path, keep: int, dist: Dist) -> None:
         self.directory, self.keep, self.dist = Path(directory), keep, dist
 

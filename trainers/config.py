@@ -86,7 +86,8 @@ class EngineConfig:
     """Also export the weights (as ``models/``) to ``snapshots/step<N>`` every this many steps (0:
     never): the candidates an evaluation may choose among (``part_segmentation``'s per-fold choice)."""
     resume: bool = True
-    """Continue from the run directory's latest checkpoint when there is one."""
+    """Continue from the run directory's latest checkpoint when there is one. Off, a run starts
+    afresh; under Ray Train a restart after a failure still restores the run's own checkpoint."""
     log_every: int = 10
     image_every: int = 0
     """Write image grids to TensorBoard every this many steps (0: never)."""

@@ -252,12 +252,13 @@ class Trainer:
         return self.checkpoints.save(self.step, write, {**(metrics or {}), "checkpoint_step": self.step})
 
     def resume(self) -> bool:
-        """Restore the newest complete checkpoint, if any; True if one was restored.
+        """Restore the newest complete checkpoint, if any (with ``engine.resume`` off, only one of
+        this run's own, after a restart); True if one was restored.
 
         The store passes over damaged ones (and says so), so a bad save costs the steps since the
         previous checkpoint, not the run.
         """
-        path = self.checkpoints.latest() if self.cfg.resume else None
+        path = self.checkpoints.latest() if self.cfg.resume or self.checkpoints.only_this_run else None
         if path is None:
             return False
         first = torch.load(path / "client-rank0.pt", map_location="cpu", weights_only=True)

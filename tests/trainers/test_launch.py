@@ -126,6 +126,7 @@ def test_ray_train_two_workers_restore_after_a_worker_is_killed(tmp_path):
         "cluster.max_failures=1",
         "engine.max_steps=30",
         "engine.checkpoint_every=10",
+        "engine.resume=false",  # a fresh start; a restart after a failure still restores this run's checkpoint
     )
     make_streams(cfg)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
