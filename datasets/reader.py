@@ -218,7 +218,7 @@ class ShardStream(IterableDataset):
         self.stats.shards += 1
         self.stats.bytes += len(data)
         if self.receipts:
-            ledger.record_read(entry.shard, epoch, self._consumer)
+            self._leave_receipt(ledger, entry.shard, epoch)
         labels = {"stream": self.stream, "consumer": self._consumer}
         self.metrics.inc("renderloop_shards_consumed_total", **labels)
         self.metrics.inc("renderloop_bytes_read_total", len(data), **labels)
@@ -252,6 +252,13 @@ class ShardStream(IterableDataset):
             ledger.record_consumed(consumer, shards)
         except OSError as err:
             log.warning("stream %s: could not record consumed shards (%s); backpressure is stale", self.stream, err)
+
+    def _leave_receipt(self, ledger: Ledger, shard: str, epoch: int) -> None:
+        """A read receipt for audits; storage refusing it only warns, as for the consumed records."""
+        try:
+            ledger.record_read(shard, epoch, self._consumer)
+        except OSError as err:
+            log.warning("stream %s: could not leave a read receipt for %s (%s)", self.stream, shard, err)
 
     def _delete(self, storage: Storage, ledger: Ledger, entry: LedgerEntry) -> None:
         try:
