@@ -51,7 +51,7 @@ def job_args(args, method: str, zero: int, devices: int) -> argparse.Namespace:
     return cluster.parser().parse_args(argv)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="*", default=["simgan", "aign/sfm", "stylegan2"])
     p.add_argument("--zero", nargs="*", type=int, default=[0, 2], help="ZeRO stages")
@@ -68,7 +68,11 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="more overrides of every job")
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--out", default="")
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
 
     rows = []
     for method in args.methods:

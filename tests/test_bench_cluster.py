@@ -21,7 +21,8 @@ def test_each_method_names_its_own_streams_and_producers():
 
 
 def test_a_two_gpu_row_splits_the_gpus_and_carries_its_settings():
-    args = scaling.job_args(scaling_args(gpus=2, set=["engine.precision=bf16"]), method="aign/sfm", zero=2, devices=2)
+    options = scaling.parser().parse_args(["--gpus", "2", "--set", "engine.precision=bf16"])
+    args = scaling.job_args(options, method="aign/sfm", zero=2, devices=2)
     counts = cluster._producer_counts(args, ("input", "memory"))
     entry = cluster._entrypoint(args, counts, root="R", run_dir="D")
     assert {"method=aign/sfm", "engine.zero_stage=2", "cluster.workers=2", "cluster.gpus_per_worker=0.5000",
@@ -32,12 +33,6 @@ def test_a_two_gpu_row_splits_the_gpus_and_carries_its_settings():
     entry = cluster._entrypoint(killed, {"synthetic": 1, "real": 1}, root="R", run_dir="D")
     assert {"engine.data.read_receipts=true", "cluster.max_failures=1", "engine.data.batch_size=256",
             "method.data.real.batch_size=16", "device=cpu"} <= set(entry)  # fmt: skip
-
-
-def scaling_args(**changes):
-    defaults = dict(gpus=0, cpus=0, worker_cpus=1.0, producer_cpus=0.5, producers_per_device="", resolution=32,
-                    batch=16, trainer_batch=0, steps=100, samples_per_shard=64, set=[], timeout=900.0)  # fmt: skip
-    return type("Args", (), {**defaults, **changes})()
 
 
 def test_a_restart_report_finds_the_step_it_went_back_to_and_double_reads(tmp_path):
