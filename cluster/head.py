@@ -2,11 +2,13 @@
 
 ``ray start --head --block`` runs as a child process bound to 127.0.0.1 with token
 authentication on; ``stop`` ends that head only (never ``ray stop``, which stops every Ray on the
-machine). Jobs are submitted to ``dashboard_url`` with ``ray job submit --address ...``.
+machine), and on Linux the head also stops when the thread that started it dies (a killed
+script). Jobs are submitted to ``dashboard_url`` with ``ray job submit --address ...``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import shutil
@@ -31,6 +33,14 @@ def _has_token() -> bool:
         bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"))
         or (Path.home() / ".ray" / "auth_token").exists()
     )
+
+
+def _stop_with_parent() -> None:
+    """Run in the head's process before ``ray start``: on Linux, have the kernel send it SIGTERM
+    when the thread that started it dies, so a killed script leaves no cluster running (``ray
+    start --block`` shuts its cluster down on SIGTERM)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def ray_executable() -> str:
@@ -99,7 +109,12 @@ class LocalRayHead:
         ]
         self.log = open(Path(self.temp_dir) / "head.log", "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_stop_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -7,8 +7,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from renderloop.cluster.head import LocalRayHead
@@ -80,3 +84,28 @@ def test_ray_job_submit_runs_renderloop_on_a_local_head(tmp_path):
     assert (run_dir / "models" / "R.pt").exists()
     for role in ("synthetic", "real"):
         assert Ledger(Storage(str(root)), f"simgan-{role}").entries()
+
+
+def test_a_head_stops_when_the_process_that_started_it_is_killed():
+    code = (
+        "import os, signal; from renderloop.cluster.head import LocalRayHead; "
+        "head = LocalRayHead(num_cpus=1).start(); print(head.process.pid, head.temp_dir, flush=True); "
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    pid, temp_dir = done.stdout.split()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and _processes_of(temp_dir, int(pid)):
+        time.sleep(0.5)
+    assert not _processes_of(temp_dir, int(pid)), "the head outlived the script that started it"
+
+
+def _processes_of(temp_dir: str, pid: int) -> list[int]:
+    """Live processes of a head: its `ray start` and whatever names its temporary folder."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if proc.info["pid"] == pid or temp_dir in " ".join(proc.info["cmdline"] or []):
+            found.append(proc.info["pid"])
+    return found
