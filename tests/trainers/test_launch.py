@@ -6,16 +6,15 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
 import threading
 import time
 
-import psutil
 import pytest
 
+from bench.cluster import WorkerKiller
 from renderloop.cli import main
 from renderloop.cluster.launch import train
 from renderloop.datasets.ledger import Ledger
@@ -94,23 +93,15 @@ def _log_rows(run_dir) -> list[dict]:
 
 
 def _kill_a_train_worker_after_a_checkpoint(run_dir, done: threading.Event) -> list[int]:
-    """SIGKILL a Ray Train worker two logged steps after Ray registered a checkpoint, so some steps
-    after that checkpoint are logged twice: before the kill and again after the restore."""
-    rows_at_checkpoint = None
+    """SIGKILL a Ray Train worker two logged steps after Ray registered a checkpoint (the cluster
+    bench's killer), so some steps after that checkpoint are logged twice: before the kill and
+    again after the restore."""
+    killer = WorkerKiller(run_dir)
     deadline = time.monotonic() + 240
-    while not done.is_set() and time.monotonic() < deadline:
-        if rows_at_checkpoint is None:
-            # Ray's controller registers reported checkpoints in its snapshot.
-            snapshots = list(run_dir.rglob("checkpoint_manager_snapshot.json"))
-            if snapshots and "checkpoint_" in snapshots[0].read_text():
-                rows_at_checkpoint = len(_log_rows(run_dir))
-        elif len(_log_rows(run_dir)) >= rows_at_checkpoint + 2:
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
-                    os.kill(proc.info["pid"], signal.SIGKILL)
-                    return [proc.info["pid"]]
+    while not done.is_set() and time.monotonic() < deadline and killer.killed is None:
+        killer.poll(time.time())
         time.sleep(0.05)
-    return []
+    return [killer.killed["pid"]] if killer.killed else []
 
 
 def test_ray_train_two_workers_restore_after_a_worker_is_killed(tmp_path):
