@@ -10,6 +10,7 @@ soft silhouette where asked) to vertex positions and colours.
     python -m bench.renderers --settings 64x256x5120 --compile --out results.json
     python -m bench.renderers --backends torch pytorch3d     # the same renderer on each backend, one process
     python -m bench.renderers --device cuda --launch 1x32x4 1x32x1 4x32x4 2x64x4   # z-buffer launch shapes
+    python -m bench.renderers --device cuda --compile --no-eager --modes fwd+bwd     # compiled training step only
 """
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=0, help="timed iterations (default: 20 on GPU, 3 on CPU)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd shading")
     parser.add_argument("--soft", action="store_true", help="also time with the soft silhouette")
+    parser.add_argument("--no-eager", action="store_true", help="with --compile, time only the compiled renderer")
+    parser.add_argument("--modes", nargs="*", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     parser.add_argument(
         "--zbuffer",
         nargs="*",
@@ -161,7 +164,7 @@ def main() -> None:
     iters = args.iters or (20 if device.type == "cuda" else 3)
     settings = args.settings or DEFAULT_GRID[device.type]
     variants = [(soft, comp, z, launch) for soft in [False] + [True] * args.soft
-                for comp in [False] + [True] * args.compile for z in args.zbuffer
+                for comp in [False] * (not (args.compile and args.no_eager)) + [True] * args.compile for z in args.zbuffer
                 for launch in (args.launch if z == "triton" and _raster_triton.supports(device) else [""])]  # fmt: skip
     rows = []
     header = (
@@ -172,7 +175,7 @@ def main() -> None:
     for setting in settings:
         batch, res, faces = (int(x) for x in setting.split("x"))
         for backend, (soft, comp, zbuffer, launch), mode in itertools.product(
-            args.backends, variants, ("fwd", "fwd+bwd")
+            args.backends, variants, args.modes
         ):
             if backend != "torch" and (zbuffer, launch) != (args.zbuffer[0], args.launch[0]):
                 continue  # other backends have no z-buffer choice
