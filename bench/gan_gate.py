@@ -4,8 +4,8 @@
     python -m bench.gan_gate --work runs/gate --set method.data.real.resolution=32 engine.max_steps=40  # CPU
 
 Each call (1) trains the oracles once (``method=oracle``, objects of the ``oracle`` range) unless
-``--oracle-run`` names a finished run, (2) trains ``method=stylegan2_vehicle`` for another
-``--minutes`` from its last checkpoint, (3) evaluates it (``renderloop eval``, the oracle as the
+``--oracle-run`` names a finished run, (2) trains ``method=stylegan2_vehicle`` (on a GPU with
+``GPU_SETTINGS``) for another ``--minutes`` from its last checkpoint, (3) evaluates it (``renderloop eval``, the oracle as the
 feature encoder and judge) and appends a point to ``<work>/curve.jsonl``: steps and wall minutes of
 training so far (the ``renderloop run`` calls, start-up included),
 FD beside the real-vs-real floor, KID, precision/recall, the share of samples that are one object
@@ -22,6 +22,10 @@ import time
 from pathlib import Path
 
 from bench.commands import renderloop
+
+GPU_SETTINGS = ("method.compile=true", "engine.precision=bf16_autocast")
+"""The GAN run's settings on a GPU: G and D compiled, bf16 autocast (2× fp32 eager on an H200,
+BENCHMARKS.md, StyleGAN2); ``--set`` comes after them, so it can undo either."""
 
 GATE = {"valid_mask_share": (">=", 0.9), "azimuth_tv": ("<=", 0.15)}
 """Metric → (comparison, threshold) that a usable category GAN meets."""
@@ -64,8 +68,9 @@ def main() -> None:
                     "engine.progress=false", *args.oracle_set, log=log)  # fmt: skip
         renderloop("eval", *common, *args.oracle_set, log=log)
     run = work / "gan"
+    gpu = GPU_SETTINGS if args.device.startswith("cuda") else ()
     common = ["method=stylegan2_vehicle", f"device={args.device}", f"run_dir={run}",
-              f"storage.root={work / 'gan-data'}"]  # fmt: skip
+              f"storage.root={work / 'gan-data'}", *gpu]  # fmt: skip
     start = time.monotonic()
     renderloop("run", *common, f"engine.max_minutes={args.minutes}", "engine.progress=false", *args.set, log=log)
     wall = time.monotonic() - start
