@@ -5,11 +5,11 @@
 
 Each call (1) trains the oracles once (``method=oracle``, objects of the ``oracle`` range) unless
 ``--oracle-run`` names a finished run, (2) trains ``method=stylegan2_vehicle`` (on a GPU with
-``GPU_SETTINGS``) for another ``--minutes`` from its last checkpoint, (3) evaluates it (``renderloop eval``, the oracle as the
-feature encoder and judge) and appends a point to ``<work>/curve.jsonl``: steps and wall minutes of
-training so far (the ``renderloop run`` calls, start-up included),
-FD beside the real-vs-real floor, KID, precision/recall, the share of samples that are one object
-covering ≥10% of the image, and the azimuth-histogram distance to renders. The gate passes at
+``GPU_SETTINGS``) for another ``--minutes`` from its last checkpoint, (3) evaluates it
+(``renderloop eval``, the oracle as the feature encoder and judge) and appends a point to
+``<work>/curve.jsonl``: steps and wall minutes of training so far (the ``renderloop run`` calls,
+start-up included), FD beside the real-vs-real floor, KID, precision/recall, the share of samples
+that are one object covering ≥10% of the image, and the azimuth-histogram distance to renders. The gate passes at
 ``valid_mask_share >= 0.9`` and ``azimuth_tv <= 0.15``; the GAN methods start from a generator
 that passed it.
 """

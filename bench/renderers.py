@@ -163,8 +163,9 @@ def main() -> None:
     device = torch.device(args.device)
     iters = args.iters or (20 if device.type == "cuda" else 3)
     settings = args.settings or DEFAULT_GRID[device.type]
-    variants = [(soft, comp, z, launch) for soft in [False] + [True] * args.soft
-                for comp in [False] * (not (args.compile and args.no_eager)) + [True] * args.compile for z in args.zbuffer
+    compiles = [False] * (not (args.compile and args.no_eager)) + [True] * args.compile
+    variants = [(soft, comp, z, launch) for soft in [False] + [True] * args.soft for comp in compiles
+                for z in args.zbuffer
                 for launch in (args.launch if z == "triton" and _raster_triton.supports(device) else [""])]  # fmt: skip
     rows = []
     header = (
