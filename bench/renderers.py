@@ -175,9 +175,7 @@ def main() -> None:
     print(header)
     for setting in settings:
         batch, res, faces = (int(x) for x in setting.split("x"))
-        for backend, (soft, comp, zbuffer, launch), mode in itertools.product(
-            args.backends, variants, args.modes
-        ):
+        for backend, (soft, comp, zbuffer, launch), mode in itertools.product(args.backends, variants, args.modes):
             if backend != "torch" and (zbuffer, launch) != (args.zbuffer[0], args.launch[0]):
                 continue  # other backends have no z-buffer choice
             r = bench_setting(batch, res, faces, device=device, mode=mode, soft=soft, compile_=comp, iters=iters,
