@@ -9,9 +9,9 @@ Each call (1) trains the oracles once (``method=oracle``, objects of the ``oracl
 (``renderloop eval``, the oracle as the feature encoder and judge) and appends a point to
 ``<work>/curve.jsonl``: steps and wall minutes of training so far (the ``renderloop run`` calls,
 start-up included), FD beside the real-vs-real floor, KID, precision/recall, the share of samples
-that are one object covering ≥10% of the image, and the azimuth-histogram distance to renders. The gate passes at
-``valid_mask_share >= 0.9`` and ``azimuth_tv <= 0.15``; the GAN methods start from a generator
-that passed it.
+that are one object covering ≥10% of the image, and the azimuth-histogram distance to renders.
+The gate passes at ``valid_mask_share >= 0.9`` and ``azimuth_tv <= 0.15``; the GAN methods start
+from a generator that passed it.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from pathlib import Path
 from bench.commands import renderloop
 
 GPU_SETTINGS = ("method.compile=true", "engine.precision=bf16_autocast")
-"""The GAN run's settings on a GPU: G and D compiled, bf16 autocast (2× fp32 eager on an H200,
-BENCHMARKS.md, StyleGAN2); ``--set`` comes after them, so it can undo either."""
+"""The GAN run's settings on a GPU: G and D compiled, bf16 autocast, as in the peer rows where ours
+trained at 2.06× NVlabs' kimg/s (BENCHMARKS.md, StyleGAN2, H200 2026-12-05); ``--set`` comes after
+them, so it can undo either."""
 
 GATE = {"valid_mask_share": (">=", 0.9), "azimuth_tv": ("<=", 0.15)}
 """Metric → (comparison, threshold) that a usable category GAN meets."""
