@@ -134,7 +134,7 @@ def nearest_face_keys(table: torch.Tensor, first: torch.Tensor, size: torch.Tens
                       num_faces: int, resolution: tuple[int, int], *, launch: Launch = Launch()) -> None:  # fmt: skip
     """Lower ``best [B * H * W]`` (int64 keys) to each pixel's nearest covering face.
 
-    ``table [B * F, 16]``: ``ops._visible_faces``'s edge table; ``first``, ``size``: the faces'
+    ``table [B * F, 16]``: ``ops._face_table``'s edge table; ``first``, ``size``: the faces'
     pixel boxes (``_binning.pixel_boxes``)."""
     boxes = _boxes(first, size)
     H, W = resolution

@@ -172,7 +172,7 @@ def _candidate_keys(
     W: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel index and packed ``(depth, face)`` key of each candidate ``(face, pos)``; the empty key
-    where the pixel centre is outside the face. ``table`` rows (built in ``_visible_faces``): edge
+    where the pixel centre is outside the face. ``table`` rows (built in ``_face_table``): edge
     coefficients (9), edge ownership (3), corner 1/w (3), 1/|area| (1); ``meta``: see ``Chunk``."""
     row, col = pixel_of(meta, face, pos)
     r = take_rows(table, face)
@@ -279,38 +279,6 @@ def _soft_terms(
     return pixel, inside, term
 
 
-@dataclass(frozen=True)
-class RasterContext:
-    """The dense kernels ``rasterize`` runs. Build one per process with :func:`make_context`;
-    ``compile=True`` fuses each into a single ``torch.compile``d kernel (dynamic shapes). Where
-    Triton runs (CUDA), the z-buffer pass is one kernel (``zbuffer``) instead of candidate lists;
-    a context built directly, ``RasterContext()``, keeps the candidate lists everywhere."""
-
-    candidate_keys: Callable = _candidate_keys
-    fragment_math: Callable = _fragment_math
-    soft_terms: Callable = _soft_terms
-    zbuffer: Callable | None = None
-    soft_sums: Callable | None = None
-    """The soft silhouette's Triton kernels (``_raster_triton.soft_sums``); not yet a default:
-    they await a GPU measurement (``bench/renderers.py --soft --compile`` sets them)."""
-
-
-def make_context(*, compile: bool = False) -> RasterContext:
-    """A :class:`RasterContext`; eager by default, ``torch.compile``d with ``compile=True``."""
-    zbuffer = _raster_triton.nearest_face_keys if _raster_triton.triton is not None else None
-    if not compile:
-        return RasterContext(zbuffer=zbuffer)
-    return RasterContext(
-        candidate_keys=torch.compile(_candidate_keys, dynamic=True),
-        fragment_math=torch.compile(_fragment_math, dynamic=True),
-        soft_terms=torch.compile(_soft_terms, dynamic=True),
-        zbuffer=zbuffer,
-    )
-
-
-_EAGER = make_context()
-
-
 def _screen_area(xy: torch.Tensor) -> torch.Tensor:
     """Twice the signed pixel-space area of triangles ``[..., 3, 2]``; > 0: clockwise as seen (a back face)."""
     d01, d02 = xy[..., 1, :] - xy[..., 0, :], xy[..., 2, :] - xy[..., 0, :]
@@ -333,6 +301,75 @@ def drawable_faces(
     return valid & _drawn(_screen_area(xy), cull_backfaces)
 
 
+def _face_table(
+    clip_pos: torch.Tensor, faces: torch.Tensor, resolution: tuple[int, int], cull_backfaces: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per face, what the z-buffer pass tests pixel centres against: the table ``[B * F, 16]``
+    (edge coefficients, edge ownership, corner 1/w, 1/|area|), screen corners ``[B, F, 3, 2]``
+    and whether the face is drawn ``[B, F]``."""
+    B, num_faces = faces.shape[:2]
+    xy, w, valid = screen_triangles(clip_pos, faces, resolution)
+    origin, direction, sign = _edge_terms(faces, xy)
+    area = _screen_area(xy)
+    valid = valid & _drawn(area, cull_backfaces)
+    orient = torch.sign(area).unsqueeze(-1) * sign  # maps canonical edge values to "inside > 0"
+    oriented = direction * orient.unsqueeze(-1)
+    # Tie rule for a centre exactly on an edge: the symbolic shift (-1, -eps) of the sample point.
+    owns_edge = (oriented[..., 1] > 0) | ((oriented[..., 1] == 0) & (oriented[..., 0] < 0))
+    # Edge k as e_k(p) = a px + b py + c from its canonical origin and direction, then oriented:
+    # both faces of a shared edge compute identical coefficients, so their values are exact negatives.
+    dx, dy = direction[..., 0], direction[..., 1]
+    coeffs = torch.stack([-dy, dx, dy * origin[..., 0] - dx * origin[..., 1]], dim=-1) * orient.unsqueeze(-1)
+    table = torch.cat(
+        [coeffs.flatten(2), owns_edge.to(xy.dtype), 1.0 / w, 1.0 / area.abs().clamp(min=1e-30).unsqueeze(-1)], dim=-1
+    ).view(B * num_faces, 16)
+    return table, xy, valid
+
+
+def _zbuffer_inputs(
+    clip_pos: torch.Tensor, faces: torch.Tensor, resolution: tuple[int, int], cull_backfaces: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The z-buffer kernel's inputs: :func:`_face_table`'s table and each face's pixel box."""
+    table, xy, valid = _face_table(clip_pos, faces, resolution, cull_backfaces)
+    return (table, *pixel_boxes(xy, valid, resolution, 0.0))
+
+
+@dataclass(frozen=True)
+class RasterContext:
+    """The dense kernels ``rasterize`` runs. Build one per process with :func:`make_context`;
+    ``compile=True`` fuses each into a single ``torch.compile``d kernel (dynamic shapes). Where
+    Triton runs (CUDA), the z-buffer pass is one kernel (``zbuffer``) instead of candidate lists;
+    a context built directly, ``RasterContext()``, keeps the candidate lists everywhere."""
+
+    face_table: Callable = _face_table
+    zbuffer_inputs: Callable = _zbuffer_inputs
+    candidate_keys: Callable = _candidate_keys
+    fragment_math: Callable = _fragment_math
+    soft_terms: Callable = _soft_terms
+    zbuffer: Callable | None = None
+    soft_sums: Callable | None = None
+    """The soft silhouette's Triton kernels (``_raster_triton.soft_sums``); not yet a default:
+    they await a GPU measurement (``bench/renderers.py --soft --compile`` sets them)."""
+
+
+def make_context(*, compile: bool = False) -> RasterContext:
+    """A :class:`RasterContext`; eager by default, ``torch.compile``d with ``compile=True``."""
+    zbuffer = _raster_triton.nearest_face_keys if _raster_triton.triton is not None else None
+    if not compile:
+        return RasterContext(zbuffer=zbuffer)
+    return RasterContext(
+        face_table=torch.compile(_face_table, dynamic=True),
+        zbuffer_inputs=torch.compile(_zbuffer_inputs, dynamic=True),
+        candidate_keys=torch.compile(_candidate_keys, dynamic=True),
+        fragment_math=torch.compile(_fragment_math, dynamic=True),
+        soft_terms=torch.compile(_soft_terms, dynamic=True),
+        zbuffer=zbuffer,
+    )
+
+
+_EAGER = make_context()
+
+
 @torch.no_grad()
 def _visible_faces(
     clip_pos: torch.Tensor,
@@ -346,26 +383,13 @@ def _visible_faces(
     """Nearest covering face per pixel, ``[B, H, W]`` int64 (-1 for none)."""
     B, num_faces = faces.shape[:2]
     H, W = resolution
-    xy, w, valid = screen_triangles(clip_pos, faces, resolution)
-    origin, direction, sign = _edge_terms(faces, xy)
-    area = _screen_area(xy)
-    valid &= _drawn(area, cull_backfaces)
-    orient = torch.sign(area).unsqueeze(-1) * sign  # maps canonical edge values to "inside > 0"
-    oriented = direction * orient.unsqueeze(-1)
-    # Tie rule for a centre exactly on an edge: the symbolic shift (-1, -eps) of the sample point.
-    owns_edge = (oriented[..., 1] > 0) | ((oriented[..., 1] == 0) & (oriented[..., 0] < 0))
-    # Edge k as e_k(p) = a px + b py + c from its canonical origin and direction, then oriented:
-    # both faces of a shared edge compute identical coefficients, so their values are exact negatives.
-    dx, dy = direction[..., 0], direction[..., 1]
-    coeffs = torch.stack([-dy, dx, dy * origin[..., 0] - dx * origin[..., 1]], dim=-1) * orient.unsqueeze(-1)
-    table = torch.cat(
-        [coeffs.flatten(2), owns_edge.to(xy.dtype), 1.0 / w, 1.0 / area.abs().clamp(min=1e-30).unsqueeze(-1)], dim=-1
-    ).view(B * num_faces, 16)
     best = torch.full((B * H * W,), _EMPTY_KEY, dtype=torch.int64, device=clip_pos.device)
     if ctx.zbuffer is not None and _raster_triton.supports(clip_pos.device):
         _raise_if_bad(check)
-        ctx.zbuffer(table, *pixel_boxes(xy, valid, resolution, 0.0), best, num_faces, (H, W))
+        table, first, size = ctx.zbuffer_inputs(clip_pos, faces, (H, W), cull_backfaces)
+        ctx.zbuffer(table, first, size, best, num_faces, (H, W))
         return torch.where(best == _EMPTY_KEY, -1, best & 0xFFFFFFFF).view(B, H, W)
+    table, xy, valid = ctx.face_table(clip_pos, faces, (H, W), cull_backfaces)
     for chunk in candidate_chunks(xy, valid, resolution, 0.0, max_candidates, check):
         pixel, key = ctx.candidate_keys(table, chunk.meta, chunk.face, chunk.pos, num_faces, H, W)
         best.scatter_reduce_(0, pixel, key, reduce="amin")

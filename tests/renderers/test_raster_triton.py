@@ -131,6 +131,16 @@ def test_the_kernel_is_used_only_where_it_runs():
     assert ops.RasterContext().zbuffer is None  # built directly: the candidate lists everywhere
 
 
+def test_compiled_zbuffer_inputs_equal_the_eager_ones():
+    """The z-buffer's per-face table and pixel boxes, compiled (``make_context(compile=True)``), bit
+    for bit the eager ones: the kernel's face ids then agree with the tensor path's as well."""
+    name, clip, faces, res = next(_scenes())
+    faces = faces.long().expand(clip.shape[0], -1, -1)
+    compiled = ops.make_context(compile=True).zbuffer_inputs(clip, faces, res, True)
+    for got, want in zip(compiled, ops._zbuffer_inputs(clip, faces, res, True), strict=True):
+        assert torch.equal(got, want), name
+
+
 @pytest.mark.gpu
 def test_compiled_kernels_match_the_tensor_path_cuda():
     _check(_compare("cuda"))
