@@ -49,18 +49,16 @@ def _peak_mib(device: torch.device) -> float:
 def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, backend="torch",
               zbuffer: str = "triton", launch: str = ""):  # fmt: skip
     """A closure that renders (and for ``fwd+bwd`` backpropagates) one batch; ``zbuffer="tensor"``
-    keeps the renderer on the candidate lists instead of the Triton kernels (the z-buffer's, and
-    when compiled the soft silhouette's); ``launch`` shapes the z-buffer kernel's programs
+    keeps the renderer on the candidate lists instead of the Triton kernels (the z-buffer's and the
+    soft silhouette's); ``launch`` shapes the z-buffer kernel's programs
     (``_raster_triton.Launch``, e.g. ``4x32x1``; empty: the default)."""
     cfg = RendererConfig(height=res, width=res, soft_mask=soft, compile=compile_, backend=backend)
     renderer = MeshRenderer(cfg)
     if zbuffer == "tensor":
-        renderer.raster_context = replace(renderer.raster_context, zbuffer=None)
+        renderer.raster_context = replace(renderer.raster_context, zbuffer=None, soft_sums=None)
     elif launch:
         kernel = functools.partial(_raster_triton.nearest_face_keys, launch=_raster_triton.Launch.parse(launch))
         renderer.raster_context = replace(renderer.raster_context, zbuffer=kernel)
-    if zbuffer == "triton" and compile_ and _raster_triton.triton is not None:
-        renderer.raster_context = replace(renderer.raster_context, soft_sums=_raster_triton.soft_sums)
     verts, face_idx, R, t, K = orbit_scene(batch, (res, res), SUBDIVISIONS[faces], device=device)
     colors = 0.5 + 0.5 * verts.detach()
     light = torch.nn.functional.normalize(torch.tensor([[0.3, -0.4, -1.0]], device=device), dim=-1).expand(batch, 3)

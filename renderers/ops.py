@@ -338,8 +338,9 @@ def _zbuffer_inputs(
 class RasterContext:
     """The dense kernels ``rasterize`` runs. Build one per process with :func:`make_context`;
     ``compile=True`` fuses each into a single ``torch.compile``d kernel (dynamic shapes). Where
-    Triton runs (CUDA), the z-buffer pass is one kernel (``zbuffer``) instead of candidate lists;
-    a context built directly, ``RasterContext()``, keeps the candidate lists everywhere."""
+    Triton runs (CUDA), the z-buffer pass and the soft silhouette's sums are Triton kernels
+    (``zbuffer``, ``soft_sums``) instead of candidate lists; a context built directly,
+    ``RasterContext()``, keeps the candidate lists everywhere."""
 
     face_table: Callable = _face_table
     zbuffer_inputs: Callable = _zbuffer_inputs
@@ -348,22 +349,23 @@ class RasterContext:
     soft_terms: Callable = _soft_terms
     zbuffer: Callable | None = None
     soft_sums: Callable | None = None
-    """The soft silhouette's Triton kernels (``_raster_triton.soft_sums``); not yet a default:
-    they await a GPU measurement (``bench/renderers.py --soft --compile`` sets them)."""
+    """The soft silhouette's Triton kernels (``_raster_triton.soft_sums``): no candidate tensors
+    kept for autograd, so faster and smaller than ``soft_terms`` on CUDA (BENCHMARKS.md)."""
 
 
 def make_context(*, compile: bool = False) -> RasterContext:
     """A :class:`RasterContext`; eager by default, ``torch.compile``d with ``compile=True``."""
-    zbuffer = _raster_triton.nearest_face_keys if _raster_triton.triton is not None else None
+    triton = _raster_triton.triton is not None
+    kernels = dict(zbuffer=_raster_triton.nearest_face_keys, soft_sums=_raster_triton.soft_sums) if triton else {}
     if not compile:
-        return RasterContext(zbuffer=zbuffer)
+        return RasterContext(**kernels)
     return RasterContext(
+        **kernels,
         face_table=torch.compile(_face_table, dynamic=True),
         zbuffer_inputs=torch.compile(_zbuffer_inputs, dynamic=True),
         candidate_keys=torch.compile(_candidate_keys, dynamic=True),
         fragment_math=torch.compile(_fragment_math, dynamic=True),
         soft_terms=torch.compile(_soft_terms, dynamic=True),
-        zbuffer=zbuffer,
     )
 
 

@@ -41,9 +41,9 @@ def _scenes(device: str = "cpu", batch: int = 3, subdivisions: int = 2):
 
 
 def _launches(scene: str) -> tuple[str, ...]:
-    """Z-buffer launch shapes compared on a scene: a tile of several faces everywhere; the default (a
-    program per face, the interpreter's slowest) and a block longer than most boxes where the
-    interpreter is quick enough."""
+    """Z-buffer launch shapes compared on a scene: a tile of several faces everywhere; a program per
+    face (the interpreter's slowest) and a block longer than most boxes where the interpreter is
+    quick enough."""
     if "float64" in scene:
         return ("4x16x1",)
     return ("1x32x4", "4x16x1") if scene.startswith("orbit") else ("1x32x4", "4x16x1", "2x64x2")
@@ -128,7 +128,9 @@ def test_the_kernel_is_used_only_where_it_runs():
 
     assert not _raster_triton.supports(torch.device("cpu"))  # even where the tests interpret Triton
     assert ops.make_context().zbuffer is ops.make_context(compile=True).zbuffer is _raster_triton.nearest_face_keys
-    assert ops.RasterContext().zbuffer is None  # built directly: the candidate lists everywhere
+    assert ops.make_context().soft_sums is ops.make_context(compile=True).soft_sums is _raster_triton.soft_sums
+    built_directly = ops.RasterContext()  # the candidate lists everywhere
+    assert built_directly.zbuffer is built_directly.soft_sums is None
 
 
 def test_compiled_zbuffer_inputs_equal_the_eager_ones():
@@ -150,7 +152,7 @@ def test_compiled_kernels_match_the_tensor_path_cuda():
 def test_a_launch_shape_is_checked_when_it_is_made():
     from renderloop.renderers._raster_triton import Launch
 
-    assert str(Launch.parse("4x32x1")) == "4x32x1" and Launch.parse("1x32x4") == Launch()
+    assert str(Launch.parse("4x32x1")) == "4x32x1" and Launch.parse("4x32x4") == Launch()
     with pytest.raises(ValueError, match="FACESxBLOCKxWARPS"):
         Launch.parse("4x32")
     with pytest.raises(ValueError, match="power of two"):
