@@ -1,5 +1,6 @@
 """Ray producer actors (CPU): a 2-actor pool feeds a reader in the driver; a killed actor is
-restarted and finishes without partial shards or reused names and seeds."""
+restarted and finishes without partial shards or reused names and seeds; Ray Data reads a chunk
+shard."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
 import ray
+import torch
 
 from renderloop.cluster.config import ClusterConfig
 from renderloop.cluster.producers import ProducerSpec
@@ -16,7 +19,7 @@ from renderloop.cluster.ray_producers import RayProducers
 from renderloop.datasets.ledger import Ledger
 from renderloop.datasets.reader import ShardStream
 from renderloop.datasets.storage import Storage
-from tests.datasets.helpers import TINY
+from tests.datasets.helpers import TINY, tiny_producer
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +105,16 @@ def test_generate_refuses_resources_no_node_has(local_ray, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cluster.num_gpus_per_producer" in err[0] and "cluster has 0 " in err[0]
     assert not Ledger(Storage(str(tmp_path)), "simulator").entries()
+
+
+def test_ray_data_reads_a_chunk_shard_as_one_row_per_chunk(local_ray, tmp_path):
+    """The interop the design promises: Ray Data's ``read_webdataset`` on a chunk shard gives one
+    row per chunk with ``[B, ...]`` columns, the samples the project's reader gives."""
+    tiny_producer(str(tmp_path)).run(8)
+    entry = Ledger(Storage(str(tmp_path)), "s").entries()[0]
+    rows = ray.data.read_webdataset(str(tmp_path / "s" / "shards" / entry.shard)).take_all()
+    samples = list(ShardStream(str(tmp_path), "s", follow=False))
+    rgb = np.concatenate([row["rgb.npy"] for row in rows])
+    assert len(rows) < len(samples) == len(rgb) == 8 and rgb.dtype == np.uint8
+    for image, sample in zip(rgb, samples, strict=True):
+        assert torch.equal(torch.from_numpy(image).permute(2, 0, 1).float() / 255, sample["rgb.png"])
