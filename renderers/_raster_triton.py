@@ -35,7 +35,7 @@ class Launch:
     """How a kernel's programs cover the faces: ``faces`` per program, each face's pixel box walked
     ``block`` centres at a time, by ``warps`` warps. The z-buffer takes any shape (the results are
     the same bit for bit); the soft silhouette's kernels take one face per program. The default
-    was the fastest, or within 1% of it, of five shapes at each setting of ``bench/renderers.py``."""
+    is chosen with ``bench/renderers.py --launch``."""
 
     faces: int = 4
     block: int = 32
