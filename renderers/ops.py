@@ -355,8 +355,9 @@ class RasterContext:
 
 def make_context(*, compile: bool = False) -> RasterContext:
     """A :class:`RasterContext`; eager by default, ``torch.compile``d with ``compile=True``."""
-    triton = _raster_triton.triton is not None
-    kernels = dict(zbuffer=_raster_triton.nearest_face_keys, soft_sums=_raster_triton.soft_sums) if triton else {}
+    kernels = {}
+    if _raster_triton.triton is not None:  # used where supports() holds (CUDA), per call
+        kernels = dict(zbuffer=_raster_triton.nearest_face_keys, soft_sums=_raster_triton.soft_sums)
     if not compile:
         return RasterContext(**kernels)
     return RasterContext(
