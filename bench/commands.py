@@ -3,6 +3,7 @@ appended to a log, a failure reported with the log's path."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,3 +16,10 @@ def renderloop(command: str, *overrides: str, log: Path) -> None:
                               stderr=subprocess.STDOUT, check=False)  # fmt: skip
     if proc.returncode:
         raise SystemExit(f"renderloop {command} failed ({proc.returncode}); see {log}")
+
+
+def last_step(run_dir: Path) -> int:
+    """The last step a run logged to ``train_log.jsonl`` (0 if none): how far a time-capped run got."""
+    log = run_dir / "train_log.jsonl"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return max((json.loads(line).get("step", 0) for line in lines if line.strip()), default=0)

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.commands import renderloop
+from bench.commands import last_step, renderloop
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95, welch_difference
 
@@ -66,7 +66,7 @@ def one_run(variant: str, seed: int, args, work: Path) -> dict:
         renderloop(command, *common, log=work / f"{tag}-{command}.log")
         times[f"{command}_seconds"] = time.monotonic() - start
     report = json.loads((work / tag / "run" / "eval" / "gan2shape_eval.json").read_text())
-    run = {"variant": variant, "seed": seed, **times, "scores": report}
+    run = {"variant": variant, "seed": seed, **times, "steps": last_step(work / tag / "run"), "scores": report}
     done.write_text(json.dumps(run) + "\n")
     return run
 

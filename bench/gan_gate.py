@@ -11,7 +11,7 @@ Each call (1) trains the oracles once (``method=oracle``, objects of the ``oracl
 start-up included), FD beside the real-vs-real floor, KID, precision/recall, the share of samples
 that are one object covering ≥10% of the image, and the azimuth-histogram distance to renders.
 The gate passes at ``valid_mask_share >= 0.9`` and ``azimuth_tv <= 0.15``; the GAN methods start
-from a generator that passed it.
+from a generator that passed it, which ``bench.gate_bundle`` carries to later calls in a few small files.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from bench.commands import renderloop
+from bench.commands import last_step, renderloop
 
 GPU_SETTINGS = ("method.compile=true", "engine.precision=bf16_autocast")
 """The GAN run's settings on a GPU: G and D compiled, bf16 autocast, as in the peer rows where ours
@@ -35,13 +35,6 @@ GATE = {"valid_mask_share": (">=", 0.9), "azimuth_tv": ("<=", 0.15)}
 def passes(report: dict) -> dict[str, bool]:
     """Each gate metric's verdict."""
     return {k: (report[k] >= t if op == ">=" else report[k] <= t) for k, (op, t) in GATE.items()}
-
-
-def _steps(run: Path) -> int:
-    """The last step the run logged (0 if none)."""
-    log = run / "train_log.jsonl"
-    lines = log.read_text().splitlines() if log.exists() else []
-    return max((json.loads(line).get("step", 0) for line in lines if line.strip()), default=0)
 
 
 def _curve(work: Path) -> list[dict]:
@@ -73,11 +66,13 @@ def main() -> None:
     common = ["method=stylegan2_vehicle", f"device={args.device}", f"run_dir={run}",
               f"storage.root={work / 'gan-data'}", *gpu]  # fmt: skip
     start = time.monotonic()
-    renderloop("run", *common, f"engine.max_minutes={args.minutes}", "engine.progress=false", *args.set, log=log)
+    # Minutes bound each call; the engine's default step cap would end a continued run early.
+    renderloop("run", *common, f"engine.max_minutes={args.minutes}", "engine.max_steps=1000000000",
+               "engine.progress=false", *args.set, log=log)  # fmt: skip
     wall = time.monotonic() - start
     renderloop("eval", *common, f"method.evaluation.oracle_run={oracle}", *args.set, log=log)
     report = json.loads((run / "eval" / "quality.json").read_text())
-    steps = _steps(run)
+    steps = last_step(run)
     earlier = _curve(work)
     minutes = (earlier[-1]["training_minutes"] if earlier else 0.0) + wall / 60  # start-up included, gaps not
     point = {"steps": steps, "training_minutes": minutes, "call_wall_seconds": wall, **report}
