@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from renderloop.models.stylegan2.io import FORMAT
+from renderloop.models.stylegan2.io import generator_from_record, generator_record, load_generator, save_generator
 
 BUNDLE_FORMAT = "renderloop-gate-bundle"
 MAX_FILES = 8
@@ -66,9 +66,7 @@ def export(work: Path, out: Path, part_mib: float = 15.0) -> dict:
     for needed in (generator, oracle / "method.json", oracle / "models"):
         if not needed.exists():
             raise BundleError(f"{needed} is missing: run bench.gan_gate (train and eval) first")
-    saved = torch.load(generator, map_location="cpu", weights_only=True)
-    if not (isinstance(saved, dict) and saved.get("format") == FORMAT):
-        raise BundleError(f"{generator} is not a renderloop generator file")
+    saved = generator_record(load_generator(generator))
     half = {k: v.half() if v.is_floating_point() else v for k, v in saved["state_dict"].items()}
     files = {}
     limit = int(part_mib * 2**20)
@@ -122,10 +120,8 @@ def restore(bundle: Path, work: Path) -> dict:
             raise BundleError(f"{existing} exists; restore into an empty --work")
     state = {}
     for name in manifest["generator"]["parts"]:
-        part = torch.load(io.BytesIO(data[name]), map_location="cpu", weights_only=True)
-        state.update({k: v.float() if v.is_floating_point() else v for k, v in part.items()})
-    generator.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": FORMAT, "config": manifest["generator"]["config"], "state_dict": state}, generator)
+        state.update(torch.load(io.BytesIO(data[name]), map_location="cpu", weights_only=True))
+    save_generator(generator_from_record(manifest["generator"]["config"], state), generator)
     (oracle / "models").mkdir(parents=True)
     (oracle / "method.json").write_text(json.dumps(manifest["oracle"]["method"], indent=1) + "\n")
     for name in manifest["oracle"]["models"]:

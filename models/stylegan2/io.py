@@ -13,18 +13,29 @@ import torch
 
 from .networks import Generator, GeneratorConfig
 
-__all__ = ["FORMAT", "save_generator", "load_generator"]
+__all__ = ["FORMAT", "generator_record", "generator_from_record", "save_generator", "load_generator"]
 
 FORMAT = "renderloop-stylegan2"
+
+
+def generator_record(G: Generator) -> dict:
+    """``G`` as our format's plain dict: architecture (plain values) and weights."""
+    return {"format": FORMAT, "config": asdict(G.cfg), "state_dict": G.state_dict()}
+
+
+def generator_from_record(config: dict, state_dict: dict) -> Generator:
+    """The generator a record describes (``config`` may have come through JSON: the config turns
+    its channel keys back into ints)."""
+    G = Generator(GeneratorConfig(**config))
+    G.load_state_dict(state_dict)
+    return G.eval()
 
 
 def save_generator(G: Generator, path: str | Path) -> Path:
     """Write ``G`` (architecture and weights) in our format."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = asdict(G.cfg)
-    config["channels"] = {int(k): int(v) for k, v in config["channels"].items()}
-    torch.save({"format": FORMAT, "config": config, "state_dict": G.state_dict()}, path)
+    torch.save(generator_record(G), path)
     return path
 
 
@@ -43,9 +54,5 @@ def load_generator(path: str | Path, which: str = "G_ema") -> Generator:
     except Exception as err:  # noqa: BLE001 - any refusal means: not a file we trust
         raise CheckpointError(f"load_generator(): {path} is not a weights-only checkpoint ({err})") from None
     if isinstance(state, dict) and state.get("format") == FORMAT:
-        config = dict(state["config"])
-        config["channels"] = {int(k): int(v) for k, v in config["channels"].items()}
-        G = Generator(GeneratorConfig(**config))
-        G.load_state_dict(state["state_dict"])
-        return G.eval()
+        return generator_from_record(state["config"], state["state_dict"])
     return load_rosinality(path, key="g_ema" if which == "G_ema" else which)
