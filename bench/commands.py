@@ -18,8 +18,20 @@ def renderloop(command: str, *overrides: str, log: Path) -> None:
         raise SystemExit(f"renderloop {command} failed ({proc.returncode}); see {log}")
 
 
+def _train_log(run_dir: Path) -> list[dict]:
+    log = run_dir / "train_log.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+
+
 def last_step(run_dir: Path) -> int:
     """The last step a run logged to ``train_log.jsonl`` (0 if none): how far a time-capped run got."""
-    log = run_dir / "train_log.jsonl"
-    lines = log.read_text().splitlines() if log.exists() else []
-    return max((json.loads(line).get("step", 0) for line in lines if line.strip()), default=0)
+    return max((record.get("step", 0) for record in _train_log(run_dir)), default=0)
+
+
+THROUGHPUT = ("step", "samples_per_s", "data_wait_fraction", "data/generated_per_s")
+
+
+def last_throughput(run_dir: Path) -> dict[str, float]:
+    """A run's last logged step, samples/s, data-wait share and its producers' generated/s."""
+    records = _train_log(run_dir)
+    return {key: records[-1][key] for key in THROUGHPUT if key in records[-1]} if records else {}

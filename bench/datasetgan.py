@@ -1,7 +1,8 @@
 """DatasetGAN's experiment: downstream part segmentation from K annotations, every row over seeds.
 
     python -m bench.gan_gate --device cuda --work runs/gate --minutes 8            # the GAN and oracles
-    python -m bench.datasetgan --device cuda --gate runs/gate --ks 4 8 16 32 --seeds 0 1 2 --parallel 3 --work runs/dg
+    python -m bench.datasetgan --device cuda --gate runs/gate --ks 4 8 16 32 --seeds 0 1 2 --parallel 3 \
+        --rows-parallel 4 --work runs/dg
 
 Per seed and K: ``method=datasetgan`` trains the style interpreter on K oracle-annotated samples of
 the gate's generator; then one part segmenter (``method=part_segmentation``, the same network and
@@ -22,10 +23,11 @@ import argparse
 import json
 import shutil
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.commands import renderloop
+from bench.commands import last_throughput, renderloop
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95
 
@@ -34,7 +36,10 @@ SNAPSHOTS = 20  # the official code keeps a checkpoint per epoch for 20 epochs
 
 
 def _scores(run: Path) -> dict:
-    return json.loads((run / "eval" / "part_segmentation_eval.json").read_text())
+    """The evaluation's scores, and how fast the run trained (``train/*``: the DatasetGAN rows'
+    ``data/generated_per_s`` is the labelled images/s their producers made)."""
+    scores = json.loads((run / "eval" / "part_segmentation_eval.json").read_text())
+    return scores | {f"train/{key}": value for key, value in last_throughput(run).items()}
 
 
 def interpreter(args, k: int, seed: int, work: Path) -> Path:
@@ -92,23 +97,28 @@ def oracle_ceiling(args, work: Path) -> dict:
 
 
 def rows_for(args, seed: int, work: Path) -> tuple[dict[str, dict], dict]:
-    """Every row's scores for one seed, and the inpainting pretext's own score."""
+    """Every row's scores for one seed, and the inpainting pretext's own score. The pretext and
+    the interpreters come first; the segmenter rows then run ``--rows-parallel`` at a time."""
     labelled = ["method=part_segmentation", f"method.data.labeled.checkpoint={args.generator}"]
     renders = ["method=part_segmentation_renders", f"method.data.labeled.resolution={args.resolution}"]
-    rows = {}
-    pretext = segmenter(args, "pretext", seed, work, [*renders, "method.task=inpaint"])  # unlabelled renders
-    pretrained = f"method.init_from={work / f'pretext-s{seed}'}"
-    for k in args.ks:
-        interp = [*labelled, f"method.data.labeled.interpreter={interpreter(args, k, seed, work)}"]
-        rows[f"datasetgan_k{k}"] = segmenter(args, f"datasetgan-k{k}", seed, work, interp)
-        rows[f"k_labeled_k{k}"] = segmenter(args, f"k-labeled-k{k}", seed, work, renders, closed_samples=k)
-        rows[f"transfer_k{k}"] = segmenter(args, f"transfer-k{k}", seed, work, [*renders, pretrained], closed_samples=k)
-        if k == args.ablation_k:
-            rows[f"one_member_k{k}"] = segmenter(args, f"one-member-k{k}", seed, work,
-                                                 [*interp, "method.data.labeled.members=1"])  # fmt: skip
-            rows[f"no_filter_k{k}"] = segmenter(args, f"no-filter-k{k}", seed, work,
-                                                [*interp, "method.data.labeled.drop_share=0"])  # fmt: skip
-    return rows, pretext
+    with ThreadPoolExecutor(max_workers=max(1, args.rows_parallel)) as pool:
+        pretext = pool.submit(segmenter, args, "pretext", seed, work, [*renders, "method.task=inpaint"])
+        interpreters = {k: pool.submit(interpreter, args, k, seed, work) for k in args.ks}
+        pretrained = f"method.init_from={work / f'pretext-s{seed}'}"
+        jobs = {}
+        for k in args.ks:
+            interp = [*labelled, f"method.data.labeled.interpreter={interpreters[k].result()}"]
+            jobs[f"datasetgan_k{k}"] = (f"datasetgan-k{k}", interp, 0)
+            jobs[f"k_labeled_k{k}"] = (f"k-labeled-k{k}", renders, k)
+            if k == args.ablation_k:
+                jobs[f"one_member_k{k}"] = (f"one-member-k{k}", [*interp, "method.data.labeled.members=1"], 0)
+                jobs[f"no_filter_k{k}"] = (f"no-filter-k{k}", [*interp, "method.data.labeled.drop_share=0"], 0)
+        pretext = pretext.result()
+        for k in args.ks:
+            jobs[f"transfer_k{k}"] = (f"transfer-k{k}", [*renders, pretrained], k)
+        futures = {name: pool.submit(segmenter, args, row, seed, work, data, closed)
+                   for name, (row, data, closed) in jobs.items()}  # fmt: skip
+        return {name: future.result() for name, future in futures.items()}, pretext
 
 
 def summarize(per_seed: dict[int, dict[str, dict]], ceiling: dict) -> dict[str, dict]:
@@ -134,6 +144,7 @@ def main() -> None:
     p.add_argument("--interpreter-set", nargs="*", default=[], help="more overrides for the interpreter runs")
     p.add_argument("--segmenter-set", nargs="*", default=[], help="more overrides for the segmenter runs")
     p.add_argument("--parallel", type=int, default=1, help="seeds run at once, sharing the device")
+    p.add_argument("--rows-parallel", type=int, default=1, help="runs of one seed at once, sharing the device")
     p.add_argument("--work", default="", help="runs and logs; finished runs are reused")
     p.add_argument("--out", default="")
     args = p.parse_args()
@@ -142,6 +153,7 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="renderloop-datasetgan-"))
     work.mkdir(parents=True, exist_ok=True)
     per_seed, pretexts = {}, {}
+    start = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         results = pool.map(lambda s: rows_for(args, s, work), args.seeds)
         for seed, (rows, pretext) in zip(args.seeds, results, strict=True):
@@ -150,7 +162,7 @@ def main() -> None:
     rows = summarize(per_seed, oracle_ceiling(args, work))
     print_rows(rows)
     if args.out:
-        write_report(args.out, rows=rows, per_seed=per_seed, pretext=pretexts)
+        write_report(args.out, rows=rows, per_seed=per_seed, pretext=pretexts, wall_seconds=time.monotonic() - start)
 
 
 if __name__ == "__main__":

@@ -34,13 +34,15 @@ def test_every_row_runs_end_to_end(tmp_path):
     tiny_interp = ["engine=debug", "method.members=2", "method.pixels=64", "method.validate_every=1"]
     out = tmp_path / "dg.json"
     done = subprocess.run([sys.executable, "-m", "bench.datasetgan", "--gate", str(gate), "--resolution", "16",
-                           "--ks", "2", "--ablation-k", "2", "--seeds", "0", "--parallel", "2",
+                           "--ks", "2", "--ablation-k", "2", "--seeds", "0", "--parallel", "1", "--rows-parallel", "3",
                            "--interpreter-steps", "2", "--segmenter-steps", "2", "--work", str(tmp_path / "w"),
                            "--out", str(out), "--interpreter-set", *tiny_interp, "--segmenter-set", *tiny_seg],
                           capture_output=True, text=True)  # fmt: skip
     log = tmp_path / "w" / "bench.log"
     assert done.returncode == 0, done.stderr[-2000:] + (log.read_text()[-3000:] if log.exists() else "")
-    rows = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    rows, trained = report["rows"], report["per_seed"]["0"]["datasetgan_k2"]
+    assert trained["train/step"] == 1 and trained["train/samples_per_s"] > 0 and report["wall_seconds"] > 0
     assert set(rows) == {"datasetgan_k2", "k_labeled_k2", "transfer_k2", "one_member_k2", "no_filter_k2", "oracle"}
     assert all(0 <= row["miou"][0] <= 1 for row in rows.values())
     assert all(0 <= row["selected/miou"][0] <= 1 for name, row in rows.items() if name != "oracle")
