@@ -6,16 +6,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
-def renderloop(command: str, *overrides: str, log: Path) -> None:
-    """``renderloop <command> <overrides>``; exits with a message naming ``log`` if it fails."""
+def renderloop(command: str, *overrides: str, log: Path) -> float:
+    """``renderloop <command> <overrides>``: its wall seconds; exits with a message naming ``log``
+    if it fails."""
+    start = time.monotonic()
     with open(log, "a") as out:
         proc = subprocess.run([sys.executable, "-m", "renderloop.cli", command, *overrides], stdout=out,
                               stderr=subprocess.STDOUT, check=False)  # fmt: skip
     if proc.returncode:
         raise SystemExit(f"renderloop {command} failed ({proc.returncode}); see {log}")
+    return time.monotonic() - start
 
 
 def _train_log(run_dir: Path) -> list[dict]:

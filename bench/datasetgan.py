@@ -37,9 +37,13 @@ SNAPSHOTS = 20  # the official code keeps a checkpoint per epoch for 20 epochs
 
 def _scores(run: Path) -> dict:
     """The evaluation's scores, and how fast the run trained (``train/*``: the DatasetGAN rows'
-    ``data/generated_per_s`` is the labelled images/s their producers made)."""
+    ``data/generated_per_s`` is the labelled images/s their producers made), and each command's wall
+    seconds (``seconds/*``)."""
     scores = json.loads((run / "eval" / "part_segmentation_eval.json").read_text())
-    return scores | {f"train/{key}": value for key, value in last_throughput(run).items()}
+    walls = run / "eval" / "wall_seconds.json"
+    seconds = json.loads(walls.read_text()) if walls.exists() else {}
+    return (scores | {f"train/{key}": value for key, value in last_throughput(run).items()}
+            | {f"seconds/{phase}": value for phase, value in seconds.items()})  # fmt: skip
 
 
 def interpreter(args, k: int, seed: int, work: Path) -> Path:
@@ -66,7 +70,7 @@ def segmenter(args, row: str, seed: int, work: Path, data: list[str], closed_sam
     common = [f"device={args.device}", f"engine.seed={seed}", f"run_dir={run}", f"storage.root={run / 'data'}",
               "engine.progress=false", f"engine.snapshot_every={max(1, args.segmenter_steps // SNAPSHOTS)}",
               *data, *args.segmenter_set]  # fmt: skip
-    log = work / "bench.log"
+    log, seconds = work / "bench.log", {}
     if closed_samples:
         per_shard = max(1, closed_samples // 8)  # shards enough for every reader slot
         labeled = [o.replace("method.data.labeled.", "source.") for o in data if o.startswith("method.data.labeled.")]
@@ -74,11 +78,13 @@ def segmenter(args, row: str, seed: int, work: Path, data: list[str], closed_sam
                     f"source.batch_size={per_shard}", f"samples_per_shard={per_shard}",
                     f"storage.root={run / 'data'}", "storage.stream=part_segmentation-labeled",
                     f"device={args.device}", f"seed={seed}"]  # fmt: skip
-        renderloop("generate", *generate, log=log)
-        renderloop("train", *common, "engine.data.follow=false", f"engine.max_steps={args.segmenter_steps}", log=log)
+        seconds["generate"] = renderloop("generate", *generate, log=log)
+        seconds["train"] = renderloop("train", *common, "engine.data.follow=false",
+                                      f"engine.max_steps={args.segmenter_steps}", log=log)  # fmt: skip
     else:
-        renderloop("run", *common, f"engine.max_steps={args.segmenter_steps}", log=log)
-    renderloop("eval", *common, log=log)
+        seconds["train"] = renderloop("run", *common, f"engine.max_steps={args.segmenter_steps}", log=log)
+    seconds["eval"] = renderloop("eval", *common, log=log)
+    (run / "eval" / "wall_seconds.json").write_text(json.dumps(seconds))
     return _scores(run)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -60,11 +59,8 @@ def one_run(variant: str, seed: int, args, work: Path) -> dict:
         f"storage.root={work / tag / 'data'}", f"run_dir={work / tag / 'run'}", "engine.progress=false",
         f"engine.max_steps={args.steps}", *images, *overrides, *args.set,
     ]  # fmt: skip
-    times = {}
-    for command in ("run", "eval"):
-        start = time.monotonic()
-        renderloop(command, *common, log=work / f"{tag}-{command}.log")
-        times[f"{command}_seconds"] = time.monotonic() - start
+    times = {f"{command}_seconds": renderloop(command, *common, log=work / f"{tag}-{command}.log")
+             for command in ("run", "eval")}  # fmt: skip
     report = json.loads((work / tag / "run" / "eval" / "gan2shape_eval.json").read_text())
     run = {"variant": variant, "seed": seed, **times, "steps": last_step(work / tag / "run"), "scores": report}
     done.write_text(json.dumps(run) + "\n")
