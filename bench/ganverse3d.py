@@ -5,8 +5,8 @@
 
 1. View codes: ``layer_sweep`` for k ∈ ``--ks`` (a code's azimuth spread across contents, a
    content's across codes), then the emulated annotator at ``--k`` writes the consistent codes and
-   their 30° labels (``<work>/annotation``, with ``view_codes.png``: each kept code given to the
-   same four contents); the oracle's calls are recorded.
+   their 30° labels (``<work>/annotation``, with ``view_codes.png``: the first kept code of each
+   bin, by azimuth, given to the same four contents); the oracle's calls are recorded.
 2. Rows, each ``renderloop run method=ganverse3d`` then ``renderloop eval`` (silhouette IoU at the
    true cameras of held-out renders, input and novel views), all for ``--steps`` (equal steps):
    A (the GAN's multi-view groups under codes of distinct, evenly spread bins; cameras learned),
@@ -50,6 +50,7 @@ def view_codes(args, work: Path) -> dict:
 
     from renderloop.images import image_grid, save_png
     from renderloop.models.stylegan2.io import load_generator
+    from renderloop.models.stylegan2.latents import ViewCodes
     from renderloop.trainers.oracle import Oracle
     from renderloop.trainers.view_codes import annotate, code_grid, layer_sweep, save_annotation
 
@@ -64,10 +65,15 @@ def view_codes(args, work: Path) -> dict:
         candidates=args.candidates,
         samples_per_code=args.samples_per_code,
         max_spread_deg=args.max_spread_deg,
+        require_object=not args.keep_broken,
     )
     save_annotation(codes, report, work / "annotation")
-    if len(codes):
-        save_png(image_grid(code_grid(G, codes), columns=4), work / "annotation" / "view_codes.png")
+    if len(codes):  # one code per covered bin, by azimuth: each row should turn the same contents further
+        first = {}
+        for name, b in sorted(report["labels"].items(), key=lambda item: item[1]):
+            first.setdefault(b, name)
+        per_bin = ViewCodes(codes.view_layers, {name: codes.codes[name] for name in first.values()})
+        save_png(image_grid(code_grid(G, per_bin), columns=4), work / "annotation" / "view_codes.png")
     report = {"sweep": sweep, "annotation": report, "oracle_calls": dict(oracle.calls)}
     done.write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -162,6 +168,7 @@ def main() -> None:
     p.add_argument("--candidates", type=int, default=64)
     p.add_argument("--samples-per-code", type=int, default=4)
     p.add_argument("--max-spread-deg", type=float, default=20.0)
+    p.add_argument("--keep-broken", action="store_true", help="keep codes whose samples are not one object")
     p.add_argument("--views", type=int, default=4, help="view codes per group (A) and views per object (B)")
     p.add_argument("--single-renders", type=int, default=3000)
     p.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))

@@ -43,7 +43,7 @@ def test_view_codes_then_two_rows_end_to_end(tmp_path):
     out = tmp_path / "gv3d.json"
     done = subprocess.run([sys.executable, "-m", "bench.ganverse3d", "--gate", str(gate), "--resolution", "16",
                            "--ks", "1", "4", "--k", "4", "--sweep-codes", "2", "--sweep-contents", "2",
-                           "--candidates", "4", "--samples-per-code", "2", "--max-spread-deg", "360",
+                           "--candidates", "4", "--samples-per-code", "2", "--max-spread-deg", "360", "--keep-broken",
                            "--views", "2", "--single-renders", "4", "--rows", "A", "C", "--seeds", "0",
                            "--parallel", "2", "--steps", "2", "--batch", "4", "--work", str(tmp_path / "w"),
                            "--out", str(out), "--set", *tiny], capture_output=True, text=True)  # fmt: skip

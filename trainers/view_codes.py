@@ -9,8 +9,10 @@ move with the code (large content spread).
 ``annotate`` emulates the paper's person, who picks a few consistent view codes and labels each
 with one of 12 azimuth bins at elevation 0: the oracle looks at a few contents per candidate
 code, codes whose azimuths agree within ``max_spread_deg`` are kept, and each is labelled with the
-bin of its circular mean. Only those coarse bins leave this module, never the oracle's angles;
-the oracle's calls are counted (its ``calls``).
+bin of its circular mean. A person would also pass over a code whose images are broken, so with
+``require_object`` a code is kept only if the oracle segmenter sees one object (≥ 10% of the
+image) in each of its samples. Only the coarse bins leave this module, never the oracle's angles
+or masks; the oracle's calls are counted (its ``calls``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 
 from renderloop.models.stylegan2.latents import ViewCodes, sample_ws
 
-__all__ = ["AZIMUTH_BINS", "circular_mean", "circular_spread_deg", "azimuth_bin", "swapped_azimuths",
+__all__ = ["AZIMUTH_BINS", "circular_mean", "circular_spread_deg", "azimuth_bin", "swapped_azimuths", "swapped_views",
            "layer_sweep", "label_codes", "annotate", "save_annotation", "code_grid"]  # fmt: skip
 
 AZIMUTH_BINS = 12
@@ -49,19 +51,35 @@ def azimuth_bin(angles: torch.Tensor) -> torch.Tensor:
     return torch.floor((angles % (2 * math.pi) + width / 2) / width).long() % AZIMUTH_BINS
 
 
+def _swapped_images(G, k: int, code: torch.Tensor, contents: torch.Tensor) -> torch.Tensor:
+    ws = contents.clone()
+    ws[:, :k] = code[:k]
+    return ((G.synthesis(ws, noise_mode="const").float() + 1) / 2).clamp(0, 1)
+
+
 @torch.no_grad()
 def swapped_azimuths(G, oracle, k: int, codes: torch.Tensor, contents: torch.Tensor) -> torch.Tensor:
     """``[C, N]`` oracle azimuths of every content ``ws [N, num_ws, w_dim]`` given the first ``k``
     styles of every code ``ws [C, num_ws, w_dim]`` (C × N oracle calls)."""
+    return swapped_views(G, oracle, k, codes, contents)[0]
+
+
+@torch.no_grad()
+def swapped_views(G, oracle, k: int, codes: torch.Tensor, contents: torch.Tensor,
+                  objects: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """``swapped_azimuths`` and, with ``objects``, ``[C, N]`` whether the oracle segmenter sees one
+    object covering ≥ 10% of each image (C × N more calls)."""
     if not 1 <= k <= G.num_ws:
         raise ValueError(f"k must be in [1, {G.num_ws}] (the generator's styles); got {k}")
-    rows = []
+    from .gan_quality import one_object
+
+    azimuths, valid = [], []
     for code in codes:
-        ws = contents.clone()
-        ws[:, :k] = code[:k]
-        images = ((G.synthesis(ws, noise_mode="const").float() + 1) / 2).clamp(0, 1)
-        rows.append(oracle.viewpoint(images)[0])
-    return torch.stack(rows)
+        images = _swapped_images(G, k, code, contents)
+        azimuths.append(oracle.viewpoint(images)[0])
+        if objects:
+            valid.append(one_object(oracle.mask(images)).cpu())
+    return torch.stack(azimuths), (torch.stack(valid) if objects else None)
 
 
 def layer_sweep(G, oracle, ks=(2, 4, 6), codes: int = 8, contents: int = 16, psi: float = 0.7,
@@ -88,23 +106,29 @@ def label_codes(azimuths: torch.Tensor, max_spread_deg: float) -> tuple[torch.Te
 
 @torch.no_grad()
 def annotate(G, oracle, k: int, candidates: int = 32, samples_per_code: int = 4, max_spread_deg: float = 20.0,
-             psi: float = 0.7, seed: int = 0) -> tuple[ViewCodes, dict[str, Any]]:  # fmt: skip
+             psi: float = 0.7, seed: int = 0, require_object: bool = True
+             ) -> tuple[ViewCodes, dict[str, Any]]:  # fmt: skip
     """Consistent view codes named by their label (``az<degrees>_<n>``) and a report: each kept
-    code's bin, the candidates looked at and the oracle's calls for them."""
+    code's bin, the candidates looked at, how many were passed over for a broken sample, and the
+    oracle's calls for them."""
     gen = torch.Generator().manual_seed(seed)
     device = next(G.parameters()).device
     code_ws = sample_ws(G, torch.randn(candidates, G.z_dim, generator=gen).to(device), psi=psi)
     content_ws = sample_ws(G, torch.randn(samples_per_code, G.z_dim, generator=gen).to(device), psi=psi)
-    before = oracle.calls.get("viewpoint", 0)
-    kept, labels = label_codes(swapped_azimuths(G, oracle, k, code_ws, content_ws), max_spread_deg)
+    before = dict(oracle.calls)
+    azimuths, valid = swapped_views(G, oracle, k, code_ws, content_ws, objects=require_object)
+    kept, labels = label_codes(azimuths, max_spread_deg)
+    broken = (kept & ~valid.all(1).to(kept.device)) if require_object else torch.zeros_like(kept)
+    kept &= ~broken
     codes, bins = ViewCodes(k), {}
     for i in kept.nonzero()[:, 0].tolist():
         name = f"az{int(labels[i]) * 360 // AZIMUTH_BINS:03d}_{sum(b == int(labels[i]) for b in bins.values())}"
         codes.add(name, code_ws[i, :k].cpu())
         bins[name] = int(labels[i])
-    calls = oracle.calls.get("viewpoint", 0) - before
-    report = {"k": k, "candidates": candidates, "kept": len(bins), "labels": bins,
-              "bins_covered": len(set(bins.values())), "oracle_calls": calls}  # fmt: skip
+    calls = {kind: count - before.get(kind, 0) for kind, count in oracle.calls.items()}
+    report = {"k": k, "candidates": candidates, "kept": len(bins), "passed_over_broken": int(broken.sum()),
+              "labels": bins, "bins_covered": len(set(bins.values())), "oracle_calls": sum(calls.values()),
+              "oracle_calls_by_kind": calls}  # fmt: skip
     return codes, report
 
 

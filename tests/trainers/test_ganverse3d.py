@@ -25,7 +25,9 @@ def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("ganverse3d")
     found = gan_method_assets(root)
     G, oracle = load_generator(found["checkpoint"]), Oracle.load(found["oracle"], "cpu")
-    codes, report = annotate(G, oracle, k=4, candidates=6, samples_per_code=2, max_spread_deg=360.0)
+    codes, report = annotate(
+        G, oracle, k=4, candidates=6, samples_per_code=2, max_spread_deg=360.0, require_object=False
+    )  # the toy generator's images are not objects
     assert report["oracle_calls"] == 12 and report["kept"] == 6  # every spread is within 360°
     found["codes"], found["labels"] = map(str, save_annotation(codes, report, root / "annotation"))
     return found

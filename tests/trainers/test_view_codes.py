@@ -22,10 +22,21 @@ from renderloop.trainers.view_codes import (
 
 
 class Annotator:
-    """An oracle stand-in whose azimuth is a fixed function of the image; counts its calls."""
+    """An oracle stand-in whose azimuth is a fixed function of the image, and whose mask is a
+    centred square (one object, a quarter of the image) except for images brighter than
+    ``broken_above``, where it is empty; counts its calls."""
 
-    def __init__(self) -> None:
-        self.calls = {"viewpoint": 0}
+    def __init__(self, broken_above: float = math.inf) -> None:
+        self.calls = {"viewpoint": 0, "segment": 0}
+        self.broken_above = broken_above
+
+    def mask(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls["segment"] += len(images)
+        h, w = images.shape[-2:]
+        masks = torch.zeros(len(images), h, w, dtype=torch.bool)
+        masks[:, h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = True
+        masks[images.mean((1, 2, 3)) > self.broken_above] = False
+        return masks
 
     def viewpoint(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.calls["viewpoint"] += len(images)
@@ -69,7 +80,8 @@ def test_all_styles_from_the_code_fix_the_view_and_fewer_let_the_content_move_it
 def test_the_annotator_keeps_consistent_codes_and_labels_them_with_bins_only():
     G, oracle = _generator(), Annotator()
     codes, report = annotate(G, oracle, k=G.num_ws, candidates=6, samples_per_code=3, max_spread_deg=1.0)
-    assert report["oracle_calls"] == 18 == oracle.calls["viewpoint"]
+    assert report["oracle_calls_by_kind"] == {"viewpoint": 18, "segment": 18} == oracle.calls
+    assert report["oracle_calls"] == 36 and report["passed_over_broken"] == 0
     assert report["kept"] == 6 == len(codes)  # all styles from the code: every code is consistent
     for name, label in report["labels"].items():
         assert name.startswith(f"az{label * 30:03d}_") and 0 <= label < 12
@@ -79,3 +91,18 @@ def test_the_annotator_keeps_consistent_codes_and_labels_them_with_bins_only():
     assert torch.equal(grid[0], grid[1]) and not torch.equal(grid[0], grid[2])  # all styles from the code
     _, strict = annotate(G, Annotator(), k=1, candidates=6, samples_per_code=3, max_spread_deg=1e-3)
     assert strict["kept"] < 6  # with one style from the code, the contents disagree
+
+
+def test_the_annotator_passes_over_codes_whose_images_are_broken():
+    G = _generator()
+    everything, _ = annotate(G, Annotator(), k=G.num_ws, candidates=6, samples_per_code=3, max_spread_deg=1.0)
+    brightness = code_grid(G, everything, contents=1).mean((1, 2, 3))  # all styles from the code: one image each
+    threshold = brightness.median().item()
+    expected = {name for name, b in zip(everything.names(), brightness.tolist(), strict=True) if b <= threshold}
+    oracle = Annotator(broken_above=threshold)
+    codes, report = annotate(G, oracle, k=G.num_ws, candidates=6, samples_per_code=3, max_spread_deg=1.0)
+    assert set(codes.names()) == expected and 0 < len(expected) < 6
+    assert report["passed_over_broken"] == 6 - len(expected) and report["kept"] == len(expected)
+    unchecked, loose = annotate(G, Annotator(broken_above=threshold), k=G.num_ws, candidates=6, samples_per_code=3,
+                                max_spread_deg=1.0, require_object=False)  # fmt: skip
+    assert len(unchecked) == 6 and loose["oracle_calls_by_kind"] == {"viewpoint": 18, "segment": 0}
