@@ -11,6 +11,10 @@ soft silhouette where asked) to vertex positions and colours.
     python -m bench.renderers --backends torch pytorch3d     # the same renderer on each backend, one process
     python -m bench.renderers --device cuda --launch 1x32x4 1x32x1 4x32x4 2x64x4   # z-buffer launch shapes
     python -m bench.renderers --device cuda --compile --no-eager --modes fwd+bwd     # compiled training step only
+    python -m bench.renderers --device cuda --backends torch nvdiffrast --reference nvdiffrast --rounds 7
+
+Peak memory is the most a timed block allocated above what was allocated when it began (the
+variants of a setting are built together, and each holds its scene).
 """
 
 from __future__ import annotations
@@ -76,28 +80,77 @@ def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool
     return step
 
 
-def bench_setting(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, iters: int,
-                  backend: str = "torch", zbuffer: str = "triton", launch: str = ""):  # fmt: skip
+def prepare(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool,
+            backend: str = "torch", zbuffer: str = "triton", launch: str = ""):  # fmt: skip
+    """``make_step``'s closure after five warm-up batches (allocator, compilation and its
+    dynamic-shape recompile, caches)."""
     step = make_step(batch, res, faces, device=device, mode=mode, soft=soft, compile_=compile_, backend=backend,
                      zbuffer=zbuffer, launch=launch)  # fmt: skip
-    for _ in range(5):  # warm-up: allocator, compile (and its dynamic-shape recompile), caches
+    for _ in range(5):
         step()
     synchronize(device)
+    return step
+
+
+def time_block(step, iters: int, device) -> tuple[float, float, float]:
+    """Seconds per batch over ``iters`` batches, the block's peak memory in MiB above what was
+    allocated when it began (on the CPU: the process's peak RSS), and the last batch's coverage."""
+    synchronize(device)
+    base = 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) / 2**20
     start = time.perf_counter()
     for _ in range(iters):
         out = step()
     synchronize(device)
     seconds = (time.perf_counter() - start) / iters
-    coverage = float(out.fragments.mask.float().mean())
-    return {
-        "backend": backend, "batch": batch, "resolution": res, "faces": faces, "mode": mode, "soft_mask": soft,
-        "compile": compile_, "zbuffer": (zbuffer_used := _zbuffer_used(backend, zbuffer, device)),
-        "launch": (launch or str(_raster_triton.Launch())) if zbuffer_used == "triton" else "",
-        "ms_per_batch": 1e3 * seconds, "images_per_s": batch / seconds, "peak_mib": _peak_mib(device),
-        "coverage": coverage,
-    }  # fmt: skip
+    return seconds, _peak_mib(device) - base, float(out.fragments.mask.float().mean())
+
+
+def bench_variants(batch: int, res: int, faces: int, variants: list[dict], *, device, iters: int,
+                   rounds: int = 1) -> list[dict]:  # fmt: skip
+    """Time every variant (``prepare``'s keyword arguments) of one setting in ``rounds`` rounds,
+    each round timing every variant once, in an order rotated by one per round, so that drifts of
+    the device's clocks fall on all variants alike. Images/s is the median round's; each round's
+    time is kept so that ratios can be taken round by round."""
+    steps = [prepare(batch, res, faces, device=device, **v) for v in variants]
+    times, peaks, coverage = [[] for _ in variants], [0.0] * len(variants), [0.0] * len(variants)
+    for r in range(rounds):
+        for i in [(r + j) % len(variants) for j in range(len(variants))]:
+            seconds, peak, coverage[i] = time_block(steps[i], iters, device)
+            times[i].append(seconds)
+            peaks[i] = max(peaks[i], peak)
+    rows = []
+    for v, seconds, peak, cover in zip(variants, times, peaks, coverage, strict=True):
+        backend, zbuffer = v.get("backend", "torch"), v.get("zbuffer", "triton")
+        zbuffer_used = _zbuffer_used(backend, zbuffer, device)
+        median = sorted(seconds)[len(seconds) // 2]
+        rows.append({
+            "backend": backend, "batch": batch, "resolution": res, "faces": faces, "mode": v["mode"],
+            "soft_mask": v["soft"], "compile": v["compile_"], "zbuffer": zbuffer_used,
+            "launch": (v.get("launch") or str(_raster_triton.Launch())) if zbuffer_used == "triton" else "",
+            "ms_per_batch": 1e3 * median, "images_per_s": batch / median, "peak_mib": peak, "coverage": cover,
+            "round_seconds": seconds,
+        })  # fmt: skip
+    return rows
+
+
+def round_ratios(rows: list[dict], reference: str) -> list[dict]:
+    """Each row's speed over the ``reference`` backend's row of the same setting, mode, silhouette
+    and compilation, round by round (reference time ÷ its time): median, lowest and highest."""
+    key = ("batch", "resolution", "faces", "mode", "soft_mask", "compile")
+    refs = {tuple(r[k] for k in key): r for r in rows if r["backend"] == reference}
+    out = []
+    for r in rows:
+        ref = refs.get(tuple(r[k] for k in key))
+        if ref is None or r is ref:
+            continue
+        ratios = sorted(a / b for a, b in zip(ref["round_seconds"], r["round_seconds"], strict=True))
+        named = {k: r[k] for k in (*key, "backend", "zbuffer", "launch")}
+        out.append(named | {"reference": reference, "median": ratios[len(ratios) // 2], "low": ratios[0],
+                            "high": ratios[-1]})  # fmt: skip
+    return out
 
 
 def _zbuffer_used(backend: str, zbuffer: str, device) -> str:
@@ -155,6 +208,8 @@ def main() -> None:
         help="Triton z-buffer launch shapes to time, in turn: faces per program x pixel block x warps",
     )
     parser.add_argument("--backends", nargs="*", default=["torch"], help="renderer backends to time, in turn")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds, each timing every variant of a setting once")
+    parser.add_argument("--reference", default="", help="a backend to divide by, round by round (e.g. nvdiffrast)")
     parser.add_argument("--out", default="", help="write results as JSON here")
     parser.add_argument("--profile", action="store_true", help="print the top kernels of the first setting's fwd+bwd")
     args = parser.parse_args()
@@ -170,31 +225,36 @@ def main() -> None:
         f"{'backend':>10} {'setting':>16} {'mode':>8} {'soft':>5} {'comp':>5} {'zbuffer':>7} {'launch':>8} "
         f"{'ms/batch':>9} {'img/s':>9} {'peak MiB':>9} {'cover':>6}"
     )
-    print(header)
     for setting in settings:
         batch, res, faces = (int(x) for x in setting.split("x"))
-        for backend, (soft, comp, zbuffer, launch), mode in itertools.product(args.backends, variants, args.modes):
-            if backend != "torch" and (zbuffer, launch) != (args.zbuffer[0], args.launch[0]):
-                continue  # other backends have no z-buffer choice
-            r = bench_setting(batch, res, faces, device=device, mode=mode, soft=soft, compile_=comp, iters=iters,
-                              backend=backend, zbuffer=zbuffer, launch=launch)  # fmt: skip
-            rows.append(r)
+        every = itertools.product(args.backends, variants, args.modes)
+        chosen = [dict(backend=backend, soft=soft, compile_=comp, zbuffer=zbuffer, launch=launch, mode=mode)
+                  for backend, (soft, comp, zbuffer, launch), mode in every
+                  if backend == "torch" or (zbuffer, launch) == (args.zbuffer[0], args.launch[0])]  # fmt: skip
+        found = bench_variants(batch, res, faces, chosen, device=device, iters=iters, rounds=args.rounds)
+        rows += found
+        print(header)
+        for r in found:
             print(
-                f"{backend:>10} {setting:>16} {mode:>8} {str(soft):>5} {str(comp):>5} {r['zbuffer']:>7} "
-                f"{r['launch']:>8} {r['ms_per_batch']:9.2f} {r['images_per_s']:9.0f} {r['peak_mib']:9.0f} "
-                f"{r['coverage']:6.2f}",
+                f"{r['backend']:>10} {setting:>16} {r['mode']:>8} {str(r['soft_mask']):>5} {str(r['compile']):>5} "
+                f"{r['zbuffer']:>7} {r['launch']:>8} {r['ms_per_batch']:9.2f} {r['images_per_s']:9.0f} "
+                f"{r['peak_mib']:9.0f} {r['coverage']:6.2f}",
                 flush=True,
             )
+    ratios = round_ratios(rows, args.reference) if args.reference else []
+    for q in ratios:
+        print(f"{q['backend']} {q['zbuffer']} {q['launch']} {q['batch']}x{q['resolution']}x{q['faces']} {q['mode']} "
+              f"÷ {q['reference']}: {q['median']:.3f} (rounds {q['low']:.3f}–{q['high']:.3f})")  # fmt: skip
     if args.profile:
         profile(settings[0], device, args.compile)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     meta = {
         "device": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "iters": iters,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "iters": iters, "rounds": args.rounds,
     }  # fmt: skip
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+            json.dump({"meta": meta, "rows": rows, "ratios": ratios}, f, indent=1)
     print(json.dumps(meta))
     assert math.isfinite(rows[-1]["images_per_s"])
 
