@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from pathlib import Path
 
-from bench.commands import renderloop
+from bench.commands import last_step, renderloop
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95
 from renderloop.trainers.view_codes import AZIMUTH_BINS
@@ -105,7 +105,7 @@ def spread_codes(labels: dict[str, int], views: int) -> list[str]:
 def one_run(args, row: str, seed: int, work: Path, views: int) -> dict:
     run = work / f"{row}-s{seed}"
     if (run / "eval" / "ganverse3d_eval.json").exists():
-        return json.loads((run / "eval" / "ganverse3d_eval.json").read_text())
+        return _report(run)
     annotation = work / "annotation"
     if row in ("B", "C"):
         data = [*ROWS[row], f"method.data.views.resolution={args.resolution}", f"method.data.views.views={views}"]
@@ -131,7 +131,7 @@ def one_run(args, row: str, seed: int, work: Path, views: int) -> dict:
         f"method.data.views.batch_size={args.batch}",
         *args.set,
     ]
-    log, steps = work / "bench.log", f"engine.max_steps={args.steps}"
+    log, steps, seconds = work / "bench.log", f"engine.max_steps={args.steps}", {}
     if row == "C":  # a fixed set of single renders, repeated
         generate = [
             "source=simulator_vehicle",
@@ -144,12 +144,21 @@ def one_run(args, row: str, seed: int, work: Path, views: int) -> dict:
             "storage.stream=ganverse3d-views",
             f"device={args.device}",
         ]
-        renderloop("generate", *generate, log=log)
-        renderloop("train", *common, "engine.data.follow=false", steps, log=log)
+        seconds["generate"] = renderloop("generate", *generate, log=log)
+        seconds["train"] = renderloop("train", *common, "engine.data.follow=false", steps, log=log)
     else:
-        renderloop("run", *common, steps, log=log)
-    renderloop("eval", *common, log=log)
-    return json.loads((run / "eval" / "ganverse3d_eval.json").read_text())
+        seconds["train"] = renderloop("run", *common, steps, log=log)
+    seconds["eval"] = renderloop("eval", *common, log=log)
+    (run / "eval" / "bench_run.json").write_text(json.dumps({"steps": last_step(run), "seconds": seconds}))
+    return _report(run)
+
+
+def _report(run: Path) -> dict:
+    """A run's evaluation, with the steps it reached (a time cap may stop it early) and each
+    command's wall seconds."""
+    report = json.loads((run / "eval" / "ganverse3d_eval.json").read_text())
+    extra = run / "eval" / "bench_run.json"
+    return report | (json.loads(extra.read_text()) if extra.exists() else {})
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:

@@ -54,3 +54,5 @@ def test_view_codes_then_two_rows_end_to_end(tmp_path):
     assert set(report["view_codes"]["sweep"]) == {"1", "4"} and set(report["rows"]) == {"A", "C"}
     assert (tmp_path / "w" / "annotation" / "view_codes.png").exists()
     assert 0 <= report["rows"]["C"]["input_view_iou"][0] <= 1
+    (c_run,) = report["runs"]["C"]
+    assert c_run["steps"] == 1 and set(c_run["seconds"]) == {"generate", "train", "eval"}
