@@ -39,3 +39,21 @@ def last_throughput(run_dir: Path) -> dict[str, float]:
     """A run's last logged step, samples/s, data-wait share and its producers' generated/s."""
     records = _train_log(run_dir)
     return {key: records[-1][key] for key in THROUGHPUT if key in records[-1]} if records else {}
+
+
+def phase_throughput(run_dir: Path) -> dict[str, dict[str, float]]:
+    """Per optimization phase (the ``loss/<phase>/...`` keys of each logged step): the logged steps
+    where it ran alone, and their median samples/s and seconds per step."""
+    by_phase: dict[str, list[dict]] = {}
+    for record in _train_log(run_dir):
+        phases = {key.split("/")[1] for key in record if key.startswith("loss/")}
+        if len(phases) == 1 and "samples_per_s" in record:
+            by_phase.setdefault(phases.pop(), []).append(record)
+
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    return {phase: {"logged_steps": len(records),
+                    "samples_per_s": median([r["samples_per_s"] for r in records]),
+                    "step_seconds": median([r.get("step_seconds", float("nan")) for r in records])}
+            for phase, records in by_phase.items()}  # fmt: skip

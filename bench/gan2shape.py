@@ -22,7 +22,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.commands import last_step, renderloop
+from bench.commands import last_step, phase_throughput, renderloop
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95, welch_difference
 
@@ -62,7 +62,8 @@ def one_run(variant: str, seed: int, args, work: Path) -> dict:
     times = {f"{command}_seconds": renderloop(command, *common, log=work / f"{tag}-{command}.log")
              for command in ("run", "eval")}  # fmt: skip
     report = json.loads((work / tag / "run" / "eval" / "gan2shape_eval.json").read_text())
-    run = {"variant": variant, "seed": seed, **times, "steps": last_step(work / tag / "run"), "scores": report}
+    run = {"variant": variant, "seed": seed, **times, "steps": last_step(work / tag / "run"),
+           "phases": phase_throughput(work / tag / "run"), "scores": report}  # fmt: skip
     done.write_text(json.dumps(run) + "\n")
     return run
 

@@ -59,6 +59,9 @@ def test_two_variants_run_end_to_end(tmp_path):
     assert report["meta"]["argv"][:4] == ["python", "-m", "bench.gan2shape", "--gate"]  # no checkout path
     assert [(r["variant"], r["seed"]) for r in report["runs"]] == [("gan2shape", 0), ("unsup3d", 0)]
     assert [r["steps"] for r in report["runs"]] == [3, 3]  # the last logged step of engine.max_steps=4
+    method, baseline = (r["phases"] for r in report["runs"])
+    assert set(method) == {"init", "albedo", "offset", "shape"} and set(baseline) == {"shape"}
+    assert baseline["shape"]["logged_steps"] == 4 and method["offset"]["samples_per_s"] > 0
     assert set(report["rows"]) == {"gan2shape", "unsup3d", "ellipsoid", "average", "flat"}
     assert report["rows"]["gan2shape"]["side"][2] == 1
     shutil.rmtree(tmp_path / "w" / "gan2shape-s0" / "data")  # a second call reuses finished runs
