@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from renderloop.config import ConfigError
 from renderloop.errors import InputError
 from renderloop.metrics import MetricsSink
 from renderloop.seeding import derive_seed
@@ -61,6 +62,23 @@ class EMA:
             torch._foreach_lerp_(list(self.module.parameters()), [p.detach().float() for p in params], 1 - beta)
         for ema, b in zip(self.module.buffers(), source.buffers(), strict=True):
             ema.copy_(b)
+
+
+def _trained(parameter: str, trains: tuple[str, ...]) -> bool:
+    """Whether ``parameter`` (a dotted name) lies in one of the ``trains`` sub-modules (all if none)."""
+    return not trains or any(parameter == t or parameter.startswith(t + ".") for t in trains)
+
+
+def _check_trains(phase: Phase, named: dict[str, nn.Parameter], zero_stage: int) -> None:
+    """A phase's ``trains`` must name sub-modules with parameters, and needs ZeRO stage 0: ZeRO's
+    flat partitions give the rest zero gradients, which Adam's momentum and decay still apply."""
+    if not phase.trains:
+        return
+    if zero_stage:
+        raise ConfigError("engine.zero_stage", f"phase {phase.name!r} updates only {list(phase.trains)} of "
+                          f"{phase.model!r}, which needs ZeRO stage 0; got {zero_stage}")  # fmt: skip
+    if missing := [t for t in phase.trains if not any(_trained(n, (t,)) for n in named)]:
+        raise ValueError(f"phase {phase.name!r} trains {missing}, which {phase.model!r} has no parameters in")
 
 
 def _prepared_for(engine: Any, loss: torch.Tensor) -> torch.Tensor:
@@ -122,11 +140,14 @@ class Trainer:
         self.method: Method = METHODS.entry(method).cls(method_config, self.device)
         self.phases = self.method.phases()
         specs = self.method.build()
+        for phase in self.phases:  # before any engine is built
+            if phase.model in specs:
+                _check_trains(phase, dict(specs[phase.model].module.named_parameters()), engine.zero_stage)
         self._shapes = {name: _shapes(spec.module) for name, spec in specs.items()}  # before ZeRO partitions them
         self.engines: dict[str, Any] = {}
         self.modules: dict[str, nn.Module] = {}
         self.emas: dict[str, EMA] = {}
-        self._trainable: dict[str, list[nn.Parameter]] = {}
+        self._named: dict[str, dict[str, nn.Parameter]] = {}  # each model's trainable parameters
         for name, spec in specs.items():
             if not spec.trainable:
                 self.modules[name] = spec.module.to(self.device, self.dtype).eval().requires_grad_(False)
@@ -134,8 +155,8 @@ class Trainer:
             if spec.ema:
                 self.emas[name] = EMA(spec.module)
                 self.emas[name].module.to(self.device)
-            params = [p for p in spec.module.parameters() if p.requires_grad]
-            self._trainable[name] = params
+            self._named[name] = {n: p for n, p in spec.module.named_parameters() if p.requires_grad}
+            params = list(self._named[name].values())
             horizon = sum(p.updates(engine.max_steps) for p in self.phases if p.model == name)
             ds_engine, *_ = deepspeed.initialize(
                 model=spec.module,
@@ -166,11 +187,12 @@ class Trainer:
     # -- nets handed to the method ------------------------------------------------------------
 
     def nets(self, phase: Phase | None) -> dict[str, nn.Module]:
-        """Every model as its plain module; only ``phase.model``'s parameters take gradients."""
+        """Every model as its plain module; only ``phase.model``'s parameters (those of its
+        ``trains`` sub-modules, where named) take gradients."""
         for name in self.engines:
             train = phase is not None and name == phase.model
-            for p in self._trainable[name]:  # parameters the method froze stay frozen
-                p.requires_grad_(train)
+            for key, p in self._named[name].items():  # parameters the method froze stay frozen
+                p.requires_grad_(train and _trained(key, phase.trains))
         return dict(self.modules)
 
     def backward(self, phase: Phase, loss: torch.Tensor) -> None:

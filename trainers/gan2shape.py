@@ -7,6 +7,8 @@ offset encoder E, in rounds of three steps after an initialization:
 
 - ``init``: the depth network fits an ellipsoid placed by the oracle segmenter's object mask.
 - ``albedo`` (step 1): the albedo reconstructs the image with depth, view and light held fixed.
+  Each of these two phases updates only its own network (``Phase.trains``), as the paper's
+  per-network optimizers do: the others take no gradient, so Adam's decay and momentum leave them.
 - ``offset`` (step 2): pseudo samples (the image re-rendered under random views and lights) are
   projected into the GAN: E predicts Δw from each (through G's last ``offset_depth`` mapping
   layers), and G(w + Δw) learns to match it, with
@@ -16,12 +18,15 @@ offset encoder E, in rounds of three steps after an initialization:
   of its diffuse shading and, with ``symmetry``, the flipped reconstruction).
 
 The paper runs this per image; here it runs jointly on the stream (its joint mode), and the
-projected samples of step 3 are made afresh for each batch from the current networks and the
-frozen E, instead of being collected once per round. With ``use_mask`` the pseudo and projected
+projected samples of step 3 are made afresh for each batch, from the frozen E and from a frozen
+copy of the decomposition as it stood when the shape phase began (as the paper's samples, which
+it collects once after step 2, come from the networks of steps 1-2), instead of being collected
+once per round: targets made from the depth being trained would follow it. With ``use_mask`` the pseudo and projected
 samples' losses count only the object (the oracle's mask of the image, carried into their
 views). Perceptual terms use the oracle segmenter's features, the declared substitute for
 ImageNet features, in every row alike. ``mode=unsup3d`` is
-the paper's baseline: the same networks trained on reconstruction (and the flip term) alone;
+the paper's baseline: the same networks trained on reconstruction (and, with ``symmetry``, the
+flip term that defines Unsup3d) alone;
 ``mode=supervised`` the ceiling: the depth network trained on renders of the GAN's objects with
 their true depth (a scale-invariant log-depth loss, depth in the input view).
 ``renderloop eval`` scores depth on held-out simulator renders with ``depth_scores``.
@@ -29,6 +34,7 @@ their true depth (a scale-invariant log-depth loss, depth in the input view).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -138,8 +144,10 @@ class GAN2ShapeConfig:
     use_mask: bool = True
     """Count only the object in the pseudo and projected samples' losses: the oracle's mask of the
     image, carried into their views (the paper's car setting); false: every drawn pixel."""
-    symmetry: bool = True
-    """The flip term (the category is mirror-symmetric; the paper's car config turns it off)."""
+    symmetry: bool = False
+    """The flip term. Off, as in the paper's car config: the category is mirror-symmetric, but a
+    depth map flipped in the image is its mirror image only in views along its axis, and the
+    renders' views go all round."""
     lam_flip: float = 0.5
     renderer_backend: str = "torch"
     """The depth-map renderer's rasterizer (``renderers.backends``)."""
@@ -221,6 +229,9 @@ class GAN2Shape(Method):
         self.source = source_config(config.data["images"])[1]
         self.oracle = Oracle.load(config.oracle_run, str(device))
         self.raster = get_backend(config.renderer_backend)
+        self._round_net: Decomposition | None = None  # step 3's source of pseudo samples
+        self._round_start: int | None = None
+        self._round_saved: tuple[int, dict] | None = None
 
     @classmethod
     def check_engine(cls, config: GAN2ShapeConfig, engine: Any) -> None:
@@ -235,10 +246,24 @@ class GAN2Shape(Method):
         return ["rgb.png", "depth.npy", "seg.png"] if self.config.mode == "supervised" else ["rgb.png", "latent.npy"]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"oracle_calls": dict(self.oracle.calls)}  # training's calls reach the evaluation's report
+        state = {"oracle_calls": dict(self.oracle.calls)}  # training's calls reach the evaluation's report
+        if self._round_net is not None:  # a resumed shape phase keeps its pseudo samples' source
+            state["round_net"] = (self._round_start, self._round_net.state_dict())
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.oracle.calls.update(state["oracle_calls"])
+        self._round_saved = state.get("round_net")
+
+    def _frozen_round_net(self, phase: Phase, net: Decomposition) -> Decomposition:
+        """The decomposition as it stood when this shape phase began, frozen: step 3's pseudo
+        samples come from it."""
+        if self._round_start != phase.start:
+            self._round_net = copy.deepcopy(net).eval().requires_grad_(False)
+            if self._round_saved is not None and self._round_saved[0] == phase.start:
+                self._round_net.load_state_dict(self._round_saved[1])
+            self._round_start, self._round_saved = phase.start, None
+        return self._round_net
 
     def _generator(self) -> nn.Module:
         return load_generator(self.source.checkpoint, self.source.network)
@@ -271,15 +296,16 @@ class GAN2Shape(Method):
             return [Phase("shape", "net", ("images",))]
         if cfg.mode == "supervised":
             return [Phase("depth", "net", ("images",))]
-        phases = [Phase("init", "net", ("images",), stop=cfg.init_steps)] if cfg.init_steps else []
+        init = Phase("init", "net", ("images",), stop=cfg.init_steps, trains=("depth_net",))
+        phases = [init] if cfg.init_steps else []
         start = cfg.init_steps
         for r in range(cfg.rounds):
-            for (name, model), steps in zip(
-                (("albedo", "net"), ("offset", "E"), ("shape", "net")),
+            for (name, model, trains), steps in zip(
+                (("albedo", "net", ("albedo_net",)), ("offset", "E", ()), ("shape", "net", ())),
                 cfg.first_round if r == 0 else cfg.later_rounds,
                 strict=True,
             ):
-                phases.append(Phase(name, model, ("images",), start=start, stop=start + steps))
+                phases.append(Phase(name, model, ("images",), start=start, stop=start + steps, trains=trains))
                 start += steps
         phases[-1] = replace(phases[-1], stop=None)  # the last shape step runs on to engine.max_steps
         return phases
@@ -374,9 +400,10 @@ class GAN2Shape(Method):
             fit = self._reconstruction(projected, pseudo.image, counted)
             penalty = offset.float().square().mean()  # per latent dimension, as the paper's λ assumes
             return {"loss": fit + cfg.lam_offset * penalty, "projection": fit.detach(), "offset_sq": penalty.detach()}
-        return self._shape(image, w, nets)
+        return self._shape(image, w, nets, self._frozen_round_net(phase, net) if cfg.mode == "gan2shape" else net)
 
-    def _shape(self, image: torch.Tensor, w: torch.Tensor, nets: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+    def _shape(self, image: torch.Tensor, w: torch.Tensor, nets: Mapping[str, nn.Module],
+               round_net: Decomposition) -> dict[str, torch.Tensor]:  # fmt: skip
         cfg, net = self.config, nets["net"]
         depth, albedo = net.depth(image), net.albedo(image)
         view, light = net.view(image), net.light(image)
@@ -391,7 +418,7 @@ class GAN2Shape(Method):
             loss, losses["flip"] = loss + cfg.lam_flip * flip, flip.detach()
         if cfg.mode == "gan2shape":
             with torch.no_grad():
-                pseudo, counted = self._pseudo(net, image)
+                pseudo, counted = self._pseudo(round_net, image)
                 projected, _ = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
             rendered = self._render(image, depth, albedo, net.light(projected), net.view(projected))
             samples = self._reconstruction(rendered.image, projected, rendered.mask * counted)

@@ -42,6 +42,9 @@ class Phase:
     ``interval`` steps) runs ``repeats`` optimizer updates of ``model`` (each of
     ``gradient_accumulation`` micro-batches), drawing a fresh batch of every stream in ``inputs``
     for each micro-batch. ``repeats`` expresses update ratios such as SimGAN's K_g:K_d.
+    ``trains`` names the sub-modules of ``model`` (attribute paths) the phase updates; the rest
+    of ``model`` takes no gradient, so neither Adam's momentum nor its weight decay moves it
+    (empty: all of ``model``).
     """
 
     name: str
@@ -51,6 +54,7 @@ class Phase:
     interval: int = 1
     start: int = 0
     stop: int | None = None
+    trains: tuple[str, ...] = ()
 
     def updates(self, max_steps: int) -> int:
         """Optimizer updates this phase makes in a run of ``max_steps`` engine steps."""

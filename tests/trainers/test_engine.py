@@ -181,6 +181,46 @@ def test_a_parameter_without_gradient_in_an_update_moves_on_momentum_as_on_many_
     assert all(not torch.equal(b, p) for b, p in zip(before, rest, strict=True))
 
 
+def _phases_training_only(monkeypatch, trains: tuple[str, ...]) -> None:
+    """SimGAN with its main refiner phase updating only ``trains`` of R."""
+    from dataclasses import replace
+
+    from renderloop.trainers.simgan import SimGAN
+
+    phases = SimGAN.phases
+    monkeypatch.setattr(SimGAN, "phases", lambda self: [replace(p, trains=trains) if p.name == "R_main" else p
+                                                        for p in phases(self)])  # fmt: skip
+
+
+def test_a_phase_that_trains_part_of_a_model_leaves_the_rest_exactly_as_it_was(streams, monkeypatch):
+    """No gradient, so no zero-filled one: neither Adam's momentum nor its L2 decay moves the rest."""
+    _phases_training_only(monkeypatch, ("stem",))
+    trainer = _trainer(debug_config(streams / "data", streams / "run"))
+    whole, part = (next(p for p in trainer.phases if p.name == name) for name in ("R_pretrain", "R_main"))
+    engine, R = trainer.engines["R"], trainer.nets(whole)["R"]
+    trainer.backward(whole, sum(p.sum() for p in R.parameters()))  # momentum for every parameter
+    engine.step()
+    R = trainer.nets(part)["R"]
+    assert all(p.requires_grad for p in R.stem.parameters())
+    assert not any(p.requires_grad for p in [*R.blocks.parameters(), *R.head.parameters()])
+    blocks, head, stem = _params(R.blocks), _params(R.head), _params(R.stem)
+    trainer.backward(part, sum(p.sum() for p in R.parameters() if p.requires_grad))
+    engine.step()
+    assert not _changed(blocks, R.blocks) and not _changed(head, R.head) and _changed(stem, R.stem)
+
+
+@pytest.mark.parametrize(("trains", "override", "error"), [
+    (("stem",), "engine.zero_stage=2", ConfigError), (("stem", "tail"), "", ValueError)])  # fmt: skip
+def test_a_partial_phase_is_refused_under_zero_or_for_a_sub_module_without_parameters(
+    streams, monkeypatch, trains, override, error
+):
+    _phases_training_only(monkeypatch, trains)
+    cfg = debug_config(streams / "data", streams / "run", *([override] if override else []))
+    with pytest.raises(error, match="zero_stage|no parameters in") as raised:
+        _trainer(cfg)
+    assert "R_main" in str(raised.value)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize(("method", "precision"), [("simgan_debug", "fp32"), ("stylegan2_debug", "bf16_autocast")])
 def test_a_training_step_never_waits_for_the_device_cuda(tmp_path, method, precision):

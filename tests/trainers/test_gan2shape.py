@@ -188,3 +188,48 @@ def test_a_reconstruction_counts_only_the_weighted_pixels():
     assert GAN2Shape._reconstruction(method, image, target, weight).item() == pytest.approx(0.0, abs=1e-6)
     image[..., :4] += 0.5  # wrong by 0.5 where counted: L1 0.5, and half of the composite off by 0.5
     assert GAN2Shape._reconstruction(method, image, target, weight).item() == pytest.approx(0.5 + 0.25, abs=1e-5)
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same(before: dict[str, torch.Tensor], module: torch.nn.Module) -> bool:
+    return all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_init_and_albedo_move_only_their_network_and_step_3_samples_from_the_round_start(tmp_path, assets):
+    """The other networks take no gradient in init and step 1 (so weight decay leaves them), and
+    step 3's pseudo samples come from the decomposition as the shape phase found it, also after a
+    resume."""
+    from renderloop.trainers.engine import Trainer
+    from renderloop.trainers.reporting import StepTimes
+
+    cfg = _config(tmp_path, assets, "method.weight_decay=0.5")
+    make_streams(cfg, samples=32)
+    trainer = Trainer(cfg.method_name, cfg.method_config, cfg.engine, root=cfg.storage.root,
+                      stream_prefix=cfg.storage.stream, run_dir=cfg.run_dir, device="cpu")  # fmt: skip
+    trainer._open_data()
+    net = trainer.modules["net"]
+    parts = ("depth_net", "albedo_net", "view_net", "light_net")
+
+    def run(steps: range) -> dict[str, bool]:
+        before = {name: _snapshot(getattr(net, name)) for name in parts}
+        for trainer.step in steps:
+            trainer.train_step(StepTimes())
+        return {name: not _same(before[name], getattr(net, name)) for name in parts}
+
+    assert run(range(0, 2)) == {"depth_net": True, "albedo_net": False, "view_net": False, "light_net": False}
+    assert run(range(2, 3)) == {"depth_net": False, "albedo_net": True, "view_net": False, "light_net": False}
+    run(range(3, 5))  # step 2 trains E alone
+    at_round_start = _snapshot(net)
+    assert all(run(range(5, 7)).values())  # step 3 trains them all
+    method = trainer.method
+    assert _same(at_round_start, method._round_net) and not _same(at_round_start, net)
+
+    resumed = GAN2Shape(cfg.method_config, torch.device("cpu"))
+    resumed.load_state_dict(method.state_dict())
+    shape = next(p for p in method.phases() if p.name == "shape")
+    assert _same(at_round_start, resumed._frozen_round_net(shape, net))
+    later = [p for p in method.phases() if p.name == "shape"][1]  # a new round takes a new copy
+    assert _same(_snapshot(net), resumed._frozen_round_net(later, net))
