@@ -103,7 +103,7 @@ def main() -> None:
     p.add_argument("--resolution", type=int, default=64, help="the GAN's resolution (the supervised row's renders)")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=5500, help="engine steps of every run (200 + 2,000 + 3 × 1,100)")
+    p.add_argument("--steps", type=int, default=6300, help="engine steps of every run (1,000 + 2,000 + 3 × 1,100)")
     p.add_argument("--set", nargs="*", default=[], help="more overrides for every run")
     p.add_argument("--work", default="", help="streams, runs and logs; finished runs are reused")
     p.add_argument("--parallel", type=int, default=1, help="runs sharing the device at once")

@@ -5,7 +5,8 @@ Pan et al., "Do 2D GANs Know 3D Shape?" (ICLR 2021). A stream of GAN images with
 light networks, ``models/decomposition.py``) rendered by the depth-map renderer, and a latent
 offset encoder E, in rounds of three steps after an initialization:
 
-- ``init``: the depth network fits an ellipsoid placed by the oracle segmenter's object mask.
+- ``init``: the depth network fits (mean square error) an ellipsoid placed by the oracle
+  segmenter's object mask.
 - ``albedo`` (step 1): the albedo reconstructs the image with depth, view and light held fixed.
   Each of these two phases updates only its own network (``Phase.trains``), as the paper's
   per-network optimizers do: the others take no gradient, so Adam's decay and momentum leave them.
@@ -127,7 +128,7 @@ class GAN2ShapeConfig:
     pseudo_yaw_deg: float = 45.0
     pseudo_pitch_deg: float = 15.0
     """Pseudo samples' views: yaw and pitch uniform within ± these."""
-    init_steps: int = 200
+    init_steps: int = 1000
     rounds: int = 4
     first_round: tuple[int, int, int] = (700, 700, 600)
     later_rounds: tuple[int, int, int] = (200, 500, 400)
@@ -387,8 +388,8 @@ class GAN2Shape(Method):
                 prior = ellipsoid_depth(self.oracle.mask(image), *cfg.prior_depth)
             else:
                 prior = torch.full_like(image[:, 0], cfg.prior_depth[1])
-            loss = F.l1_loss(net.depth(image), prior)
-            return {"loss": loss, "prior_l1": loss.detach()}
+            loss = F.mse_loss(net.depth(image), prior)  # as the official initialization
+            return {"loss": loss, "prior_mse": loss.detach()}
         if phase.name == "albedo":
             view, light = (tuple(v.detach() for v in x) for x in (net.view(image), net.light(image)))
             rendered = self._render(image, net.depth(image).detach(), net.albedo(image), light, view)

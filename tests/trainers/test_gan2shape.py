@@ -118,7 +118,7 @@ def test_the_init_phase_fits_the_chosen_prior(tmp_path, assets):
         else:
             expected = ellipsoid_depth(method.oracle.mask(image), 0.85, 1.15)
         loss = method.step(init, batch, nets, 1)["loss"]
-        assert loss.item() == pytest.approx((depth - expected).abs().mean().item(), rel=1e-5), prior
+        assert loss.item() == pytest.approx((depth - expected).square().mean().item(), rel=1e-5), prior
 
 
 def test_the_supervised_ceiling_learns_true_depth_from_renders_of_the_gan_objects(tmp_path, assets):
