@@ -10,7 +10,8 @@ steps for every row: equal steps) trains on each row's data and is scored on hel
 object folds (mIoU with and without background), at its last weights and, as the paper does, with
 the weights chosen per fold among 20 snapshots and scored on the other folds (``selected/*``).
 Rows: DatasetGAN (its live stream of labelled
-samples); the ablations at ``--ablation-k`` (one interpreter member, no uncertainty filter); the
+samples); the ablations at ``--ablation-k`` (no uncertainty filter; one interpreter member, which
+has no disagreement to filter by, so also unfiltered); the
 few-shot baseline (the same segmenter on K labelled renders of the GAN's objects, repeated); the
 transfer baseline (the segmenter pretrained by inpainting unlabelled renders, then fine-tuned on
 the same K renders); the oracle segmenter itself (the ceiling, scored by the same evaluation). A
@@ -61,9 +62,9 @@ def interpreter(args, k: int, seed: int, work: Path) -> Path:
     return run / "eval" / "interpreter.pt"
 
 
-def segmenter(args, row: str, seed: int, work: Path, data: list[str], closed_samples: int = 0) -> dict:
+def segmenter(args, row: str, seed: int, work: Path, data: list[str], closed_samples: int = 0, steps: int = 0) -> dict:
     """Train the part segmenter on one row's data (``closed_samples``: first write that many
-    samples and repeat them) and score it."""
+    samples and repeat them; ``steps``: other than ``--segmenter-steps``) and score it."""
     run = work / f"{row}-s{seed}"
     if (run / "eval" / "part_segmentation_eval.json").exists():
         return _scores(run)
@@ -79,10 +80,11 @@ def segmenter(args, row: str, seed: int, work: Path, data: list[str], closed_sam
                     f"storage.root={run / 'data'}", "storage.stream=part_segmentation-labeled",
                     f"device={args.device}", f"seed={seed}"]  # fmt: skip
         seconds["generate"] = renderloop("generate", *generate, log=log)
-        seconds["train"] = renderloop("train", *common, "engine.data.follow=false",
+        # One reader: two would each build whole batches from their own half of the K samples.
+        seconds["train"] = renderloop("train", *common, "engine.data.follow=false", "engine.data.num_workers=1",
                                       f"engine.max_steps={args.segmenter_steps}", log=log)  # fmt: skip
     else:
-        seconds["train"] = renderloop("run", *common, f"engine.max_steps={args.segmenter_steps}", log=log)
+        seconds["train"] = renderloop("run", *common, f"engine.max_steps={steps or args.segmenter_steps}", log=log)
     seconds["eval"] = renderloop("eval", *common, log=log)
     (run / "eval" / "wall_seconds.json").write_text(json.dumps(seconds))
     return _scores(run)
@@ -108,7 +110,8 @@ def rows_for(args, seed: int, work: Path) -> tuple[dict[str, dict], dict]:
     labelled = ["method=part_segmentation", f"method.data.labeled.checkpoint={args.generator}"]
     renders = ["method=part_segmentation_renders", f"method.data.labeled.resolution={args.resolution}"]
     with ThreadPoolExecutor(max_workers=max(1, args.rows_parallel)) as pool:
-        pretext = pool.submit(segmenter, args, "pretext", seed, work, [*renders, "method.task=inpaint"])
+        pretext = pool.submit(segmenter, args, "pretext", seed, work, [*renders, "method.task=inpaint"],
+                              steps=args.pretext_steps)  # fmt: skip
         interpreters = {k: pool.submit(interpreter, args, k, seed, work) for k in args.ks}
         pretrained = f"method.init_from={work / f'pretext-s{seed}'}"
         jobs = {}
@@ -117,7 +120,8 @@ def rows_for(args, seed: int, work: Path) -> tuple[dict[str, dict], dict]:
             jobs[f"datasetgan_k{k}"] = (f"datasetgan-k{k}", interp, 0)
             jobs[f"k_labeled_k{k}"] = (f"k-labeled-k{k}", renders, k)
             if k == args.ablation_k:
-                jobs[f"one_member_k{k}"] = (f"one-member-k{k}", [*interp, "method.data.labeled.members=1"], 0)
+                one = [*interp, "method.data.labeled.members=1", "method.data.labeled.drop_share=0"]  # no filter
+                jobs[f"one_member_k{k}"] = (f"one-member-k{k}", one, 0)
                 jobs[f"no_filter_k{k}"] = (f"no-filter-k{k}", [*interp, "method.data.labeled.drop_share=0"], 0)
         pretext = pretext.result()
         for k in args.ks:
@@ -147,6 +151,7 @@ def main() -> None:
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--interpreter-steps", type=int, default=1000)
     p.add_argument("--segmenter-steps", type=int, default=2000)
+    p.add_argument("--pretext-steps", type=int, default=0, help="the inpainting pretext's (0: --segmenter-steps)")
     p.add_argument("--interpreter-set", nargs="*", default=[], help="more overrides for the interpreter runs")
     p.add_argument("--segmenter-set", nargs="*", default=[], help="more overrides for the segmenter runs")
     p.add_argument("--parallel", type=int, default=1, help="seeds run at once, sharing the device")

@@ -42,7 +42,8 @@ class DatasetGANSourceConfig:
     drop_share: float = 0.1
     """The most uncertain share of each pool that is dropped (0 keeps every sample)."""
     members: int = 0
-    """Ensemble members that vote (0: all; 1: the single-MLP ablation)."""
+    """Ensemble members that vote (0: all; 1: the single-MLP ablation, which has no uncertainty
+    to filter by, so it needs ``drop_share=0``)."""
     top_share: float = 0.1
     pixel_chunk: int = 32768
     """Pixels labelled at once, in whole images (at least one): eight 64² images make one
@@ -56,6 +57,9 @@ class DatasetGANSourceConfig:
             raise ConfigError("source.batch_size", "batch_size and pixel_chunk must be >= 1, members and "
                               "truncation_cutoff >= 0")  # fmt: skip
         check_number("source.drop_share", self.drop_share, at_least=0, below=1)
+        if self.members == 1 and self.drop_share:
+            raise ConfigError("source.drop_share", "one member has no disagreement to rank samples by; "
+                              f"set drop_share=0 with members=1 (got {self.drop_share})")  # fmt: skip
         check_number("source.top_share", self.top_share, above=0, at_most=1)
         check_number("source.truncation_psi", self.truncation_psi, note="1 is no truncation")
 

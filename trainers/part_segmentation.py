@@ -33,7 +33,7 @@ from .method import Method, ModelSpec, Phase
 from .oracle import colour_labels
 from .scores import class_iou, confusion
 
-__all__ = ["PartSegmentationConfig", "PartSegmentation", "fold_scores", "selected_scores"]
+__all__ = ["PartSegmentationConfig", "PartSegmentation", "fold_scores", "selected_scores", "mirror_classes", "mirrored"]
 
 TASKS = ("parts", "inpaint")
 
@@ -68,6 +68,9 @@ class PartSegmentationConfig:
     init_from: str = ""
     """A ``part_segmentation`` run whose exported network starts this one (the transfer row:
     pretrain with ``task=inpaint``, then fine-tune on the K labels)."""
+    flip: bool = True
+    """Mirror each training image left–right with probability ½, its left and right parts'
+    labels swapped (the category is mirror-symmetric): the standard augmentation, in every row."""
     evaluation: PartSegmentationEvalConfig = field(default_factory=PartSegmentationEvalConfig)
 
     def __post_init__(self) -> None:
@@ -87,6 +90,26 @@ class PartSegmentationConfig:
             raise ConfigError("method.task", f"must be one of {TASKS}; got {self.task!r}")
         if self.init_from and not (Path(self.init_from) / "models" / "segmenter.pt").is_file():
             raise ConfigError("method.init_from", f"{self.init_from} holds no exported segmenter (models/segmenter.pt)")
+
+
+def mirror_classes() -> torch.Tensor:
+    """``[1 + parts]`` each class's label in the mirror image: left and right parts swap."""
+    names = ["background", *category.PART_NAMES]
+    swap = {"left_": "right_", "right_": "left_"}
+    mirrored = [next((n.replace(a, b, 1) for a, b in swap.items() if n.startswith(a)), n) for n in names]
+    return torch.tensor([names.index(n) for n in mirrored])
+
+
+def mirrored(
+    rgb: torch.Tensor, seg: torch.Tensor | None, which: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Images ``[B, 3, H, W]`` and labels ``[B, H, W]`` with the ``which [B]`` ones mirrored
+    left–right, their left and right parts swapped."""
+    rgb = torch.where(which[:, None, None, None], rgb.flip(3), rgb)
+    if seg is not None:
+        swapped = mirror_classes().to(seg.device)[seg.flip(2).long()].to(seg.dtype)
+        seg = torch.where(which[:, None, None], swapped, seg)
+    return rgb, seg
 
 
 def fold_scores(counts: torch.Tensor) -> dict[str, float]:
@@ -141,10 +164,13 @@ class PartSegmentation(Method):
 
     def step(self, phase: Phase, batch: dict, nets: Mapping[str, nn.Module], gain: int) -> dict[str, torch.Tensor]:
         labeled = batch["labeled"]
+        rgb, seg = labeled["rgb"], labeled.get("seg")
+        if self.config.flip:
+            rgb, seg = mirrored(rgb, seg, torch.rand(len(rgb), device=rgb.device) < 0.5)
         if self.config.task == "inpaint":
-            return self._inpaint(nets["segmenter"], labeled["rgb"])
-        logits = nets["segmenter"](labeled["rgb"])
-        target = labeled["seg"].long()
+            return self._inpaint(nets["segmenter"], rgb)
+        logits = nets["segmenter"](rgb)
+        target = seg.long()
         loss = F.cross_entropy(logits.float(), target)
         return {"loss": loss, "pixel_accuracy": (logits.argmax(1) == target).float().mean().detach()}
 

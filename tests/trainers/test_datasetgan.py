@@ -73,8 +73,10 @@ def test_annotations_once_training_resume_and_the_labelled_source(tmp_path, asse
     assert pool["uncertainty"][dropped].min() >= batch["uncertainty"].max()
     sample = decode_sample(encode_sample(source.to_samples(batch, [0] * 9, [f"k{i}" for i in range(9)])[2]))
     assert sample["seg.png"].shape == (16, 16) and sample["meta.json"]["uncertainty"] >= 0
-    single = DatasetGANSource(DatasetGANSourceConfig(**{**config.__dict__, "members": 1}))
+    single = DatasetGANSource(DatasetGANSourceConfig(**{**config.__dict__, "members": 1, "drop_share": 0.0}))
     assert single.ensemble.members == 1
+    with pytest.raises(ConfigError, match="source.drop_share"):  # one member: no disagreement to filter by
+        DatasetGANSourceConfig(**{**config.__dict__, "members": 1})
     # Labels do not depend on how images are grouped: one at a time (100 pixels) against all 12 at once.
     split = DatasetGANSource(DatasetGANSourceConfig(**{**config.__dict__, "pixel_chunk": 100})).generate(0, 0)
     assert torch.equal(split["seg"], batch["seg"]) and torch.equal(split["pool_index"], batch["pool_index"])

@@ -10,7 +10,14 @@ import torch
 
 from renderloop.cluster.launch import TrainConfig, train
 from renderloop.config import ConfigError, load_config
-from renderloop.trainers.part_segmentation import PartSegmentation, fold_scores, selected_scores
+from renderloop.datasets import category
+from renderloop.trainers.part_segmentation import (
+    PartSegmentation,
+    fold_scores,
+    mirror_classes,
+    mirrored,
+    selected_scores,
+)
 
 from .helpers import evaluate, make_streams
 
@@ -22,6 +29,23 @@ def _config(tmp_path, *overrides: str) -> TrainConfig:
          f"run_dir={tmp_path / 'run'}", "samples_per_shard=4", "device=cpu", *overrides],
         TrainConfig,
     )  # fmt: skip
+
+
+def test_mirroring_flips_the_chosen_images_and_swaps_left_and_right_parts():
+    names = ["background", *category.PART_NAMES]
+    lut = mirror_classes()
+    assert (
+        names[lut[names.index("left_front")]] == "right_front" and names[lut[names.index("right_rear")]] == "left_rear"
+    )
+    assert all(lut[names.index(n)] == names.index(n) for n in ("background", "front", "hood", "roof", "bottom"))
+    assert torch.equal(lut[lut], torch.arange(len(names)))  # mirroring twice is the identity
+    rgb = torch.arange(2 * 3 * 2 * 3, dtype=torch.float32).view(2, 3, 2, 3)
+    left, right, hood = (names.index(n) for n in ("left_front", "right_front", "hood"))
+    seg = torch.tensor([[[left, hood, 0], [0, 0, 0]], [[left, hood, 0], [0, 0, 0]]])
+    out, labels = mirrored(rgb, seg, torch.tensor([True, False]))
+    assert torch.equal(out[0], rgb[0].flip(2)) and torch.equal(out[1], rgb[1])
+    assert labels[0, 0].tolist() == [0, hood, right] and torch.equal(labels[1], seg[1])
+    assert mirrored(rgb, None, torch.tensor([True, True]))[1] is None  # the inpainting pretext has no labels
 
 
 def test_fold_scores_are_dataset_level_iou_per_fold():
