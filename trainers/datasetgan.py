@@ -59,6 +59,10 @@ class DatasetGANConfig:
     """Training pixels per step, over all K images."""
     holdout: float = 0.1
     """Share of each annotated image's pixels held out for early stopping."""
+    fresh_samples: int = 64
+    """New GAN samples on which ``renderloop eval`` scores the interpreter's labels against the
+    oracle's (outside the annotation budget, counted apart): how it generalizes beyond its K
+    images, whose held-out pixels neighbour its training pixels. 0: skip."""
     validate_every: int = 50
     lr: float = 1e-3
 
@@ -67,6 +71,8 @@ class DatasetGANConfig:
             raise ConfigError("method.data", f"datasetgan reads no streams; got roles {sorted(self.data)}")
         if self.truncation_cutoff < 0:
             raise ConfigError("method.truncation_cutoff", f"must be >= 0; got {self.truncation_cutoff}")
+        if self.fresh_samples < 0:
+            raise ConfigError("method.fresh_samples", f"must be >= 0; got {self.fresh_samples}")
         for key in ("annotations", "members", "pixels", "validate_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"method.{key}", f"must be >= 1; got {getattr(self, key)}")
@@ -204,20 +210,39 @@ class DatasetGAN(Method):
         annotations = colour_labels(self.annotated["labels"].view(-1, H, W))
         save_png(image_grid(torch.cat([images, annotations]), columns=len(images)), out / "annotations.png")
         self._generated_figure(out / "interpreter.pt", out / "generated.png")
+        report |= self._fresh_scores(out / "interpreter.pt")
         (out / "datasetgan_eval.json").write_text(json.dumps(report, indent=2) + "\n")
         return {k: v for k, v in report.items() if not isinstance(v, list)}
+
+    def _source(self, interpreter: Path, batch_size: int):
+        from renderloop.datasets.datasetgan import DatasetGANSource, DatasetGANSourceConfig
+
+        config = DatasetGANSourceConfig(checkpoint=self.config.generator, network=self.config.network,
+                                        interpreter=str(interpreter), batch_size=batch_size, drop_share=0.0,
+                                        truncation_psi=self.config.truncation_psi,
+                                        truncation_cutoff=self.config.truncation_cutoff)  # fmt: skip
+        return DatasetGANSource(config, self.device)
+
+    def _fresh_scores(self, interpreter: Path) -> dict[str, float]:
+        """The interpreter's labels of ``fresh_samples`` new GAN samples against the oracle's:
+        pixel accuracy and dataset-level mIoU, parts only and with the background."""
+        n = self.config.fresh_samples
+        if not n:
+            return {}
+        batch = self._source(interpreter, n).generate(self.config.annotation_seed, 1)  # not the figure's batch
+        oracle = Oracle.load(self.config.oracle_run, str(self.device))
+        truth = oracle.segment(batch["rgb"])
+        iou = class_iou(confusion(batch["seg"].flatten(), truth.flatten(), self.classes))
+        return {"fresh_samples": n, "fresh_oracle_calls": oracle.calls["segment"],
+                "fresh_pixel_accuracy": float((batch["seg"] == truth).float().mean()),
+                "fresh_miou": float(iou[1:].nanmean()), "fresh_miou_with_background": float(iou.nanmean())}  # fmt: skip
 
     def _generated_figure(self, interpreter: Path, path: Path, pool: int = 40) -> None:
         """New samples labelled by the interpreter: the 8 least uncertain of a pool (kept) above
         its most uncertain tenth (what the source's filter drops), each over its labels."""
-        from renderloop.datasets.datasetgan import DatasetGANSource, DatasetGANSourceConfig
         from renderloop.images import image_grid, save_png
 
-        config = DatasetGANSourceConfig(checkpoint=self.config.generator, network=self.config.network,
-                                        interpreter=str(interpreter), batch_size=pool, drop_share=0.0,
-                                        truncation_psi=self.config.truncation_psi,
-                                        truncation_cutoff=self.config.truncation_cutoff)  # fmt: skip
-        batch = DatasetGANSource(config, self.device).generate(self.config.annotation_seed, 0)
+        batch = self._source(interpreter, pool).generate(self.config.annotation_seed, 0)
         order = batch["uncertainty"].argsort().cpu()
         dropped = max(1, pool // 10)
         chosen = torch.cat([order[:8], order[-dropped:]])

@@ -52,7 +52,9 @@ def test_annotations_once_training_resume_and_the_labelled_source(tmp_path, asse
     assert len(accuracy) == 3 and all(0 <= a <= 1 for a in accuracy)  # every 2 updates, across the resume
 
     report = evaluate(_config(tmp_path, assets))
-    assert report["annotations"] == 4 and report["oracle_calls"] == 4 and asked == [4]
+    assert report["annotations"] == 4 and report["oracle_calls"] == 4  # the annotation budget
+    assert asked == [4, 6] and report["fresh_oracle_calls"] == 6  # then six new samples, counted apart
+    assert 0 <= report["fresh_miou"] <= 1 and 0 <= report["fresh_pixel_accuracy"] <= 1
     assert 0 <= report["ensemble_validation_accuracy"] <= 1 and report["validation_pixels"] > 0
     saved = json.loads((tmp_path / "run" / "eval" / "datasetgan_eval.json").read_text())
     assert len(saved["member_validation_accuracy"]) == 3 and (tmp_path / "run" / "eval" / "annotations.png").exists()
