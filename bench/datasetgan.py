@@ -104,8 +104,9 @@ def oracle_ceiling(args, work: Path) -> dict:
     return _scores(run)
 
 
-def rows_for(args, seed: int, work: Path) -> tuple[dict[str, dict], dict]:
-    """Every row's scores for one seed, and the inpainting pretext's own score. The pretext and
+def rows_for(args, seed: int, work: Path) -> tuple[dict[str, dict], dict, dict]:
+    """Every row's scores for one seed, the inpainting pretext's own score, and each K's
+    interpreter evaluation (held-out pixels of its K images, and fresh samples against the oracle). The pretext and
     the interpreters come first; the segmenter rows then run ``--rows-parallel`` at a time."""
     labelled = ["method=part_segmentation", f"method.data.labeled.checkpoint={args.generator}"]
     renders = ["method=part_segmentation_renders", f"method.data.labeled.resolution={args.resolution}"]
@@ -128,7 +129,9 @@ def rows_for(args, seed: int, work: Path) -> tuple[dict[str, dict], dict]:
             jobs[f"transfer_k{k}"] = (f"transfer-k{k}", [*renders, pretrained], k)
         futures = {name: pool.submit(segmenter, args, row, seed, work, data, closed)
                    for name, (row, data, closed) in jobs.items()}  # fmt: skip
-        return {name: future.result() for name, future in futures.items()}, pretext
+        interpreted = {k: json.loads((future.result().parent / "datasetgan_eval.json").read_text())
+                       for k, future in interpreters.items()}  # fmt: skip
+        return {name: future.result() for name, future in futures.items()}, pretext, interpreted
 
 
 def summarize(per_seed: dict[int, dict[str, dict]], ceiling: dict) -> dict[str, dict]:
@@ -163,17 +166,18 @@ def main() -> None:
     args.oracle = str(Path(args.gate) / "oracle")
     work = Path(args.work or tempfile.mkdtemp(prefix="renderloop-datasetgan-"))
     work.mkdir(parents=True, exist_ok=True)
-    per_seed, pretexts = {}, {}
+    per_seed, pretexts, interpreters = {}, {}, {}
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         results = pool.map(lambda s: rows_for(args, s, work), args.seeds)
-        for seed, (rows, pretext) in zip(args.seeds, results, strict=True):
-            per_seed[seed], pretexts[seed] = rows, pretext
+        for seed, (rows, pretext, interpreted) in zip(args.seeds, results, strict=True):
+            per_seed[seed], pretexts[seed], interpreters[seed] = rows, pretext, interpreted
             print(f"seed {seed}: " + ", ".join(f"{n} {r['miou']:.3f}" for n, r in rows.items()), flush=True)
     rows = summarize(per_seed, oracle_ceiling(args, work))
     print_rows(rows)
     if args.out:
-        write_report(args.out, rows=rows, per_seed=per_seed, pretext=pretexts, wall_seconds=time.monotonic() - start)
+        write_report(args.out, rows=rows, per_seed=per_seed, pretext=pretexts, interpreters=interpreters,
+                     wall_seconds=time.monotonic() - start)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ def test_every_row_runs_end_to_end(tmp_path):
     rows, trained = report["rows"], report["per_seed"]["0"]["datasetgan_k2"]
     assert trained["train/step"] == 1 and trained["train/samples_per_s"] > 0 and report["wall_seconds"] > 0
     assert trained["seconds/train"] > 0 and trained["seconds/eval"] > 0
+    assert report["interpreters"]["0"]["2"]["oracle_calls"] == 2 and "fresh_miou" in report["interpreters"]["0"]["2"]
     assert report["per_seed"]["0"]["k_labeled_k2"]["seconds/generate"] > 0
     assert set(rows) == {"datasetgan_k2", "k_labeled_k2", "transfer_k2", "one_member_k2", "no_filter_k2", "oracle"}
     assert all(0 <= row["miou"][0] <= 1 for row in rows.values())
