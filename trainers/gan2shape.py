@@ -339,8 +339,10 @@ class GAN2Shape(Method):
 
     def _random_views(self, light: tuple) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple]:
         """A pseudo sample's view (yaw, pitch within the prior) and light: the image's own light
-        with diffuse raised by r ~ U(-0.1, 0.6) and ambient lowered by 0.6 r (the paper's car
-        setting), from a direction with x ~ U(-1, 1) and y ~ U(-0.8, 0.8)."""
+        with diffuse raised by r ~ U(-0.1, 0.6) and ambient lowered by 0.6 r (the official
+        code's default), from a direction with x ~ U(-1, 1) as there and y ~ U(-0.8, 0.8), where
+        the official code draws y from U(-0.2, 0.8) in its own axis convention: light from
+        above and below alike, not checked against that convention."""
         cfg, (ambient, diffuse, _) = self.config, light
         n, device = len(ambient), ambient.device
         limits = torch.tensor([cfg.pseudo_pitch_deg, cfg.pseudo_yaw_deg, 0.0], device=device).deg2rad()
