@@ -162,7 +162,13 @@ def _report(run: Path) -> dict:
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
-    return {row: {s: tuple(mean_ci95([r[s] for r in reports])) for s in SCORES} for row, reports in runs.items()}
+    """Row → score → (mean, 95% half-width, runs), and the constant mean-shape row every
+    evaluation reports beside its network (the same for every run: scored once)."""
+    rows = {row: {s: tuple(mean_ci95([r[s] for r in reports])) for s in SCORES} for row, reports in runs.items()}
+    first = next((reports[0] for reports in runs.values() if reports), {})
+    if all(f"mean_shape/{s}" in first for s in SCORES):
+        rows["mean_shape"] = {s: (first[f"mean_shape/{s}"], float("nan"), 1) for s in SCORES}
+    return rows
 
 
 def main() -> None:

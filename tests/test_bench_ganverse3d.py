@@ -39,6 +39,7 @@ def test_view_codes_then_two_rows_end_to_end(tmp_path):
     tiny = ["engine=debug", "method.subdivisions=1", "method.texture_size=8", "method.width=8", "method.zdim=16",
             "method.warmup_steps=1", "method.min_area=0", "method.renders.subdivisions=2",
             "method.evaluation.samples=2", "method.evaluation.novel_views=1", "method.evaluation.batch_size=4",
+            "method.evaluation.mean_shape_objects=4",
             "samples_per_shard=4"]  # fmt: skip
     out = tmp_path / "gv3d.json"
     done = subprocess.run([sys.executable, "-m", "bench.ganverse3d", "--gate", str(gate), "--resolution", "16",
@@ -51,7 +52,7 @@ def test_view_codes_then_two_rows_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:] + (log.read_text()[-3000:] if log.exists() else "")
     report = json.loads(out.read_text())
     assert report["view_codes"]["annotation"]["kept"] == 4 and report["view_codes"]["annotation"]["oracle_calls"] == 8
-    assert set(report["view_codes"]["sweep"]) == {"1", "4"} and set(report["rows"]) == {"A", "C"}
+    assert set(report["view_codes"]["sweep"]) == {"1", "4"} and set(report["rows"]) == {"A", "C", "mean_shape"}
     assert (tmp_path / "w" / "annotation" / "view_codes.png").exists()
     assert 0 <= report["rows"]["C"]["input_view_iou"][0] <= 1
     (c_run,) = report["runs"]["C"]

@@ -42,7 +42,7 @@ def _config(tmp_path, assets, *overrides: str) -> TrainConfig:
          "engine.data.batch_size=4", "method.subdivisions=1", "method.texture_size=8", "method.width=8",
          "method.zdim=16", "method.warmup_steps=1", "method.min_area=0", "method.renders.subdivisions=2",
          "method.evaluation.samples=4", "method.evaluation.novel_views=2", "method.evaluation.batch_size=6",
-         "method.evaluation.gan_groups=3",
+         "method.evaluation.gan_groups=3", "method.evaluation.mean_shape_objects=8",
          f"storage.root={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}", "samples_per_shard=4", "device=cpu",
          *overrides],
         TrainConfig,
@@ -69,7 +69,9 @@ def test_groups_train_the_network_and_the_cameras_and_are_scored_in_true_views(t
     assert weights["net.offsets.weight"].abs().sum() > 0
     report = evaluate(cfg)
     assert report["test_objects"] == 4 and 0 <= report["input_view_iou"] <= 1 and 0 <= report["novel_view_iou"] <= 1
-    assert report["chamfer"] > 0 and 0 <= report["fscore@0.05"] <= 1
+    assert report["chamfer"] > 0 and 0 <= report["fscore@0.02"] <= 1
+    assert 0 < report["mean_shape/input_view_iou"] <= 1 and report["mean_shape/chamfer"] > 0  # the constant row
+    assert 0 <= report["mean_shape/novel_view_iou"] <= 1 and 0 <= report["mean_shape/fscore@0.02"] <= 1
     assert 0 <= report["gan_view_iou"] <= 1 and 0 <= report["camera_error_deg"] <= 180  # held-out GAN groups
     assert 0 <= report["camera_elevation_error_deg"] <= 180
     saved = json.loads((tmp_path / "run" / "eval" / "ganverse3d_eval.json").read_text())
@@ -130,3 +132,13 @@ def test_bf16_weights_are_refused_for_the_renderer_methods(tmp_path, assets):
     with pytest.raises(ConfigError, match="engine.precision"):
         _config(tmp_path, assets, "engine.precision=bf16")
     assert _config(tmp_path, assets, "engine.precision=bf16_autocast").engine.precision == "bf16_autocast"
+
+
+def test_the_mean_shape_averages_training_objects_in_the_spheres_vertex_order():
+    from renderloop.datasets.simulator import Simulator, SimulatorConfig
+    from renderloop.trainers.ganverse3d import _mean_shape
+
+    sim = Simulator(SimulatorConfig(category="vehicle", num_parts=10, resolution=16, subdivisions=2), "cpu")
+    first, second = sim.category_meshes(torch.tensor([0, 1]))[0]
+    assert torch.equal(_mean_shape(sim, 1)[0], first)  # the gan range starts at seed 0
+    assert torch.allclose(_mean_shape(sim, 2)[0], (first + second) / 2)
