@@ -113,8 +113,10 @@ class GANverse3DConfig:
     lam_lap: float = 5.0
     lam_flat: float = 0.5
     lam_mov: float = 2.5
-    sigma: float = 1.0
-    """Softness of the silhouette, squared pixels."""
+    sigma: float = 0.15
+    """Softness of the silhouette, squared pixels: 0.15 at 64² is DIB-R's default (1/7000 in
+    NDC units; scale it with the resolution squared). At 1 px² the soft IoU's optimum draws the
+    hard outline inside the target (BENCHMARKS.md, GANverse3D)."""
     renderer_backend: str = "torch"
     """The rasterizer (``renderers.backends``): ours, or an installed nvdiffrast or pytorch3d."""
     evaluation: GANverse3DEvalConfig = field(default_factory=GANverse3DEvalConfig)
