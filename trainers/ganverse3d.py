@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -325,6 +326,19 @@ class GANverse3D(Method):
                 "camera_error_per_code_deg": [round(float(e), 1) for e in error],
                 "camera_elevation_error_deg": float(elevation_error.mean())}  # fmt: skip
 
+    def _prediction_scores(self, batch: dict, true: torch.Tensor, views: int, points: torch.Generator, verts, faces,
+                           template, tex) -> tuple[Any, tuple[torch.Tensor, ...]]:  # fmt: skip
+        """One prediction per object (``verts [N, Vm, 3]``, its faces, texture template and map)
+        drawn at the ``views`` true cameras of each object in ``batch``: the drawing, and per object
+        the silhouette IoU of the input view, the mean of the novel views', and the Chamfer
+        distance and F-score against the true surface samples ``true``."""
+        ev, res = self.config.evaluation, batch["rgb"].shape[-1]
+        drawn = render_textured(verts.repeat_interleave(views, 0), faces, template, tex.repeat_interleave(views, 0),
+                                batch["R"], batch["t"], batch["K"], (res, res), backend=self.raster)  # fmt: skip
+        iou = _iou(drawn.mask, batch["mask"].bool()).view(-1, views)
+        pred = normalized(sample_surface(verts, faces, ev.shape_points, points))
+        return drawn, (iou[:, 0], iou[:, 1:].mean(1), *chamfer_fscore(pred, true, ev.fscore_tau))
+
     @torch.no_grad()
     def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:
         from renderloop.images import image_grid, save_png
@@ -336,59 +350,39 @@ class GANverse3D(Method):
         objects = max(1, ev.batch_size // V)
         sim = Simulator(replace(category.held_out(renders), resolution=res, views=V, batch_size=objects * V),
                         self.device)  # fmt: skip
-        ious: dict[str, list[torch.Tensor]] = {"input": [], "novel": [], "mean_input": [], "mean_novel": []}
-        shape: dict[str, list[torch.Tensor]] = {"chamfer": [], "fscore": [], "mean_chamfer": [], "mean_fscore": []}
         points = torch.Generator().manual_seed(ev.seed)
         mean = _mean_shape(sim, ev.mean_shape_objects) if ev.mean_shape_objects else None
+        scores: dict[str, list[torch.Tensor]] = defaultdict(list)  # "[mean_shape/]<score>" → per-object values
+        score_names = ("input_view_iou", "novel_view_iou", "chamfer", f"fscore@{ev.fscore_tau:g}")
         figure = None
         for index in range(math.ceil(ev.samples / objects)):
             b = sim.generate(ev.seed, index)
-            inputs = b["rgb"][::V]
-            verts, tex = model.net(inputs)
-            verts, tex = verts.repeat_interleave(V, 0), tex.repeat_interleave(V, 0)
-            out = render_textured(verts, model.net.faces, model.net.template, tex, b["R"], b["t"], b["K"], (res, res),
-                                  backend=self.raster)  # fmt: skip
-            iou = _iou(out.mask, b["mask"].bool()).view(-1, V)
-            ious["input"].append(iou[:, 0].cpu())
-            ious["novel"].append(iou[:, 1:].cpu())
             true_verts, true_faces = sim.category_meshes(b["object_seed"][::V])
-            pred = normalized(sample_surface(verts[::V], model.net.faces, ev.shape_points, points))
             true = normalized(sample_surface(true_verts, true_faces, ev.shape_points, points))
-            chamfer, fscore = chamfer_fscore(pred, true, ev.fscore_tau)
-            shape["chamfer"].append(chamfer.cpu())
-            shape["fscore"].append(fscore.cpu())
-            if mean is not None:  # the constant prediction: the same mean shape for every input
-                n, grey = len(b["R"]), torch.full((len(b["R"]), 3, 8, 8), 0.5, device=b["R"].device)
-                drawn = render_textured(mean.expand(n, -1, -1), true_faces, sim.sphere_dirs, grey, b["R"], b["t"],
-                                        b["K"], (res, res), backend=self.raster)  # fmt: skip
-                mean_iou = _iou(drawn.mask, b["mask"].bool()).view(-1, V)
-                ious["mean_input"].append(mean_iou[:, 0].cpu())
-                ious["mean_novel"].append(mean_iou[:, 1:].cpu())
-                flat = normalized(
-                    sample_surface(mean.expand(len(true_verts), -1, -1), true_faces, ev.shape_points, points)
-                )
-                chamfer, fscore = chamfer_fscore(flat, true, ev.fscore_tau)
-                shape["mean_chamfer"].append(chamfer.cpu())
-                shape["mean_fscore"].append(fscore.cpu())
+            verts, tex = model.net(b["rgb"][::V])
+            rows = {"": (verts, model.net.faces, model.net.template, tex)}
+            if mean is not None:  # the constant prediction: the same mean shape for every input, untextured
+                n = len(true_verts)
+                grey = torch.full((n, 3, 8, 8), 0.5, device=verts.device)
+                rows["mean_shape/"] = (mean.expand(n, -1, -1), true_faces, sim.sphere_dirs, grey)
+            drawings = {}
+            for row, prediction in rows.items():
+                drawings[row], values = self._prediction_scores(b, true, V, points, *prediction)
+                for name, value in zip(score_names, values, strict=True):
+                    scores[f"{row}{name}"].append(value.cpu())
             if figure is None:
+                out = drawings[""]
                 k = min(4 * V, len(out.image))
                 silhouettes = out.mask[:k, None].expand(-1, 3, -1, -1).float()
                 figure = torch.cat([b["rgb"][:k].cpu(), out.image[:k].cpu(), silhouettes.cpu()])
-        report = {
-            "test_objects": float(len(torch.cat(ious["input"])[: ev.samples])),
-            "input_view_iou": float(torch.cat(ious["input"])[: ev.samples].mean()),
-            "novel_view_iou": float(torch.cat(ious["novel"])[: ev.samples].mean()),
-            "chamfer": float(torch.cat(shape["chamfer"])[: ev.samples].mean()),
-            f"fscore@{ev.fscore_tau:g}": float(torch.cat(shape["fscore"])[: ev.samples].mean()),
+        report = {"test_objects": float(len(torch.cat(scores["input_view_iou"])[: ev.samples]))}
+        report |= {key: float(torch.cat(values)[: ev.samples].mean()) for key, values in scores.items()}
+        report |= {
             "camera_azimuth_deg": [round(float(a), 1) for a in torch.rad2deg(model.cameras.azimuth) % 360],
             "camera_elevation_deg": [round(float(e), 1) for e in torch.rad2deg(model.cameras.elevation)],
             "camera_distance": [round(float(d), 3) for d in model.cameras.log_distance.exp()],
             "labelled_azimuth_deg": [int(b) * 360 // AZIMUTH_BINS for b in self.bins],
         }
-        if mean is not None:
-            means = {"input_view_iou": ious["mean_input"], "novel_view_iou": ious["mean_novel"],
-                     "chamfer": shape["mean_chamfer"], f"fscore@{ev.fscore_tau:g}": shape["mean_fscore"]}  # fmt: skip
-            report |= {f"mean_shape/{k}": float(torch.cat(v)[: ev.samples].mean()) for k, v in means.items()}
         if not self.exact:
             report |= self._gan_scores(model)
         report["oracle_calls"] = dict(self.oracle.calls)
