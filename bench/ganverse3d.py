@@ -69,10 +69,9 @@ def view_codes(args, work: Path) -> dict:
     )
     save_annotation(codes, report, work / "annotation")
     if len(codes):  # one code per covered bin, by azimuth: each row should turn the same contents further
-        first = {}
-        for name, b in sorted(report["labels"].items(), key=lambda item: item[1]):
-            first.setdefault(b, name)
-        per_bin = ViewCodes(codes.view_layers, {name: codes.codes[name] for name in first.values()})
+        per_bin = ViewCodes(
+            codes.view_layers, {name: codes.codes[name] for name in first_per_bin(report["labels"]).values()}
+        )
         save_png(image_grid(code_grid(G, per_bin), columns=4), work / "annotation" / "view_codes.png")
     report = {"sweep": sweep, "annotation": report, "oracle_calls": dict(oracle.calls)}
     done.write_text(json.dumps(report, indent=2) + "\n")
@@ -85,13 +84,19 @@ def _as_source(overrides: list[str]) -> list[str]:
     return [f"source.{o[len(prefix) :]}" for o in overrides if o.startswith(prefix)]
 
 
+def first_per_bin(labels: dict[str, int]) -> dict[int, str]:
+    """Each covered azimuth bin → the first code labelled with it, bins in increasing order."""
+    first: dict[int, str] = {}
+    for name, b in sorted(labels.items(), key=lambda item: item[1]):
+        first.setdefault(b, name)
+    return first
+
+
 def spread_codes(labels: dict[str, int], views: int) -> list[str]:
     """``views`` code names with distinct azimuth bins, as evenly spread around the circle as the
     kept bins allow: the largest smallest angle between neighbours, then the most even angles
     (least sum of squares; the first code of each bin; ties go to the lowest bins)."""
-    first = {}
-    for name, b in sorted(labels.items(), key=lambda item: item[1]):
-        first.setdefault(b, name)
+    first = first_per_bin(labels)
     if len(first) < views:
         raise SystemExit(f"the annotator kept codes in {len(first)} azimuth bins; {views} views need as many")
 

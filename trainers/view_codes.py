@@ -52,6 +52,7 @@ def azimuth_bin(angles: torch.Tensor) -> torch.Tensor:
 
 
 def _swapped_images(G, k: int, code: torch.Tensor, contents: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] of every content ``ws [N, num_ws, w_dim]`` with the first ``k`` styles of ``code``."""
     ws = contents.clone()
     ws[:, :k] = code[:k]
     return ((G.synthesis(ws, noise_mode="const").float() + 1) / 2).clamp(0, 1)
@@ -149,9 +150,4 @@ def code_grid(G, codes: ViewCodes, contents: int = 4, psi: float = 0.7, seed: in
     gen = torch.Generator().manual_seed(seed)
     device = next(G.parameters()).device
     ws = sample_ws(G, torch.randn(contents, G.z_dim, generator=gen).to(device), psi=psi)
-    rows = []
-    for code in codes.stack().to(device):
-        mixed = ws.clone()
-        mixed[:, : codes.view_layers] = code
-        rows.append(((G.synthesis(mixed, noise_mode="const").float() + 1) / 2).clamp(0, 1))
-    return torch.cat(rows).cpu()
+    return torch.cat([_swapped_images(G, codes.view_layers, code, ws) for code in codes.stack().to(device)]).cpu()
