@@ -22,6 +22,16 @@ def renderloop(command: str, *overrides: str, log: Path) -> float:
     return time.monotonic() - start
 
 
+def save_seconds(run_dir: Path, seconds: dict[str, float]) -> None:
+    """Keep a run's commands' wall seconds beside its evaluation (a finished run is reused)."""
+    (run_dir / "eval" / "bench_seconds.json").write_text(json.dumps(seconds))
+
+
+def saved_seconds(run_dir: Path) -> dict[str, float]:
+    path = run_dir / "eval" / "bench_seconds.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _train_log(run_dir: Path) -> list[dict]:
     log = run_dir / "train_log.jsonl"
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []

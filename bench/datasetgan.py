@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.commands import last_throughput, renderloop
+from bench.commands import last_throughput, renderloop, save_seconds, saved_seconds
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95
 
@@ -41,10 +41,8 @@ def _scores(run: Path) -> dict:
     ``data/generated_per_s`` is the labelled images/s their producers made), and each command's wall
     seconds (``seconds/*``)."""
     scores = json.loads((run / "eval" / "part_segmentation_eval.json").read_text())
-    walls = run / "eval" / "wall_seconds.json"
-    seconds = json.loads(walls.read_text()) if walls.exists() else {}
     return (scores | {f"train/{key}": value for key, value in last_throughput(run).items()}
-            | {f"seconds/{phase}": value for phase, value in seconds.items()})  # fmt: skip
+            | {f"seconds/{phase}": value for phase, value in saved_seconds(run).items()})  # fmt: skip
 
 
 def interpreter(args, k: int, seed: int, work: Path) -> Path:
@@ -86,7 +84,7 @@ def segmenter(args, row: str, seed: int, work: Path, data: list[str], closed_sam
     else:
         seconds["train"] = renderloop("run", *common, f"engine.max_steps={steps or args.segmenter_steps}", log=log)
     seconds["eval"] = renderloop("eval", *common, log=log)
-    (run / "eval" / "wall_seconds.json").write_text(json.dumps(seconds))
+    save_seconds(run, seconds)
     return _scores(run)
 
 

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from pathlib import Path
 
-from bench.commands import last_step, renderloop
+from bench.commands import last_step, renderloop, save_seconds, saved_seconds
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95
 from renderloop.trainers.view_codes import AZIMUTH_BINS
@@ -154,7 +154,7 @@ def one_run(args, row: str, seed: int, work: Path, views: int) -> dict:
     else:
         seconds["train"] = renderloop("run", *common, steps, log=log)
     seconds["eval"] = renderloop("eval", *common, log=log)
-    (run / "eval" / "bench_run.json").write_text(json.dumps({"steps": last_step(run), "seconds": seconds}))
+    save_seconds(run, seconds)
     return _report(run)
 
 
@@ -162,8 +162,7 @@ def _report(run: Path) -> dict:
     """A run's evaluation, with the steps it reached (a time cap may stop it early) and each
     command's wall seconds."""
     report = json.loads((run / "eval" / "ganverse3d_eval.json").read_text())
-    extra = run / "eval" / "bench_run.json"
-    return report | (json.loads(extra.read_text()) if extra.exists() else {})
+    return report | {"steps": last_step(run), "seconds": saved_seconds(run)}
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
