@@ -9,10 +9,12 @@
    bin, by azimuth, given to the same four contents); the oracle's calls are recorded.
 2. Rows, each ``renderloop run method=ganverse3d`` then ``renderloop eval`` (silhouette IoU at the
    true cameras of held-out renders, input and novel views), all for ``--steps`` (equal steps):
-   A (the GAN's multi-view groups under codes of distinct, evenly spread bins; cameras learned),
-   A with fixed cameras, A single-view, B (simulator renders in groups with their exact cameras:
-   the ceiling), C (``--single-renders`` single-view renders with exact cameras, repeated: the
-   paper's Pascal3D analogue).
+   A (the GAN's multi-view groups: each draws ``--views`` distinct codes from the pool of every
+   kept, labelled code, one learned camera per code; ``--pool spread`` instead gives every group
+   the same ``--views`` codes of distinct, evenly spread bins), A with fixed cameras, A
+   single-view, B (simulator renders in groups with their exact cameras: the ceiling), C
+   (``--single-renders`` single-view renders with exact cameras, repeated: the paper's Pascal3D
+   analogue).
 A row gives the mean and 95% t interval over seeds.
 """
 
@@ -107,6 +109,15 @@ def spread_codes(labels: dict[str, int], views: int) -> list[str]:
     return [first[b] for b in best]
 
 
+def pool_names(labels: dict[str, int], views: int, pool: str) -> list[str]:
+    """Row A's view-code pool: every kept code (``all``), or ``views`` codes of spread bins."""
+    if pool == "spread":
+        return spread_codes(labels, views)
+    if len(labels) < views:
+        raise SystemExit(f"the annotator kept {len(labels)} codes; groups of {views} distinct views need as many")
+    return sorted(labels)
+
+
 def one_run(args, row: str, seed: int, work: Path, views: int) -> dict:
     run = work / f"{row}-s{seed}"
     if (run / "eval" / "ganverse3d_eval.json").exists():
@@ -121,7 +132,7 @@ def one_run(args, row: str, seed: int, work: Path, views: int) -> dict:
             f"method.data.views.views={views}",
             f"method.data.views.view_layers={args.k}",
             f"method.data.views.view_codes={annotation / 'view_codes.pt'}",
-            f"method.data.views.view_names=[{','.join(spread_codes(args.labels, views))}]",
+            f"method.data.views.view_names=[{','.join(args.pool_names)}]",
             f"method.view_labels={annotation / 'view_labels.json'}",
         ]
     common = [
@@ -189,6 +200,7 @@ def main() -> None:
     p.add_argument("--max-spread-deg", type=float, default=20.0)
     p.add_argument("--keep-broken", action="store_true", help="keep codes whose samples are not one object")
     p.add_argument("--views", type=int, default=4, help="view codes per group (A) and views per object (B)")
+    p.add_argument("--pool", choices=("all", "spread"), default="all", help="row A's view codes (see above)")
     p.add_argument("--single-renders", type=int, default=3000)
     p.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
@@ -205,6 +217,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     codes = view_codes(args, work)
     args.labels = codes["annotation"]["labels"]
+    gan_rows = any(row.startswith("A") for row in args.rows)
+    args.pool_names = pool_names(args.labels, args.views, args.pool) if gan_rows else []
     for k, spread in codes["sweep"].items():
         print(
             f"k={k}: a code's spread across contents {spread['code_spread_deg']:.1f}°, "
@@ -214,6 +228,8 @@ def main() -> None:
         f"annotator: {codes['annotation']['kept']} of {codes['annotation']['candidates']} codes kept, "
         f"{codes['annotation']['bins_covered']} bins, {codes['annotation']['oracle_calls']} oracle calls"
     )
+    if gan_rows:
+        print(f"row A: each group draws {args.views} of a pool of {len(args.pool_names)} view codes")
     jobs = [(row, seed) for row in args.rows for seed in args.seeds]
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         done = pool.map(lambda job: one_run(args, *job, work, 1 if job[0] == "C" else args.views), jobs)
@@ -222,7 +238,8 @@ def main() -> None:
     rows = summarize(runs)
     print_rows(rows)
     if args.out:
-        write_report(args.out, view_codes=codes, rows=rows, runs=runs)
+        view_pool = {"kind": args.pool, "size": len(args.pool_names), "views": args.views, "names": args.pool_names}
+        write_report(args.out, view_codes=codes, view_pool=view_pool, rows=rows, runs=runs)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ executed). ``generate(seed, batch_index)`` is a pure function of its arguments (
 
 With ``views > 1`` every object (a W latent) is drawn once and rendered with ``views`` view codes
 (GANverse3D: the first ``view_layers`` styles set the viewpoint), so a group is one object seen
-from several named views. View codes come from a registry file (``view_codes``) or are sampled
-from the generator (``view_seed``).
+from several named views. The codes come from a pool (a registry file, ``view_codes``, or codes
+sampled from the generator, ``view_seed``); each group draws ``views`` distinct ones, as the
+paper's many view codes, seeded by its batch so a shard is reproducible.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from .seeding import batch_seed, config_digest
 
 __all__ = ["StyleGAN2SourceConfig", "StyleGAN2Source"]
 
-VERSION = 1
+VERSION = 2
 NOISE_MODES = ("const", "random", "none")
+VIEW_DRAW_SALT = 0x71E5
+"""Xored into the batch seed for the groups' code draws: a stream of their own, apart from z's."""
 
 
 @dataclass
@@ -50,7 +53,9 @@ class StyleGAN2SourceConfig:
     view_codes: str = ""
     """A ``ViewCodes`` file (``models/stylegan2/latents.py``); empty: sample ``views`` codes."""
     view_names: list[str] = field(default_factory=list)
-    """Registry names to use, ``views`` of them (default: the first ``views``)."""
+    """The pool: registry names, at least ``views`` (default: every code of the registry). Each
+    group draws ``views`` distinct codes of it in a random order; a pool of exactly ``views`` codes
+    gives every group all of them."""
     view_seed: int = 0
     compile: bool = False
     """``torch.compile`` the synthesis network: it fuses the elementwise work around each
@@ -67,14 +72,33 @@ class StyleGAN2SourceConfig:
             raise bad("noise_mode", f"must be one of {NOISE_MODES}; got {self.noise_mode!r}")
         if self.resolution < 0 or self.view_layers < 1:
             raise bad("resolution", "resolution must be >= 0 and view_layers >= 1")
-        if self.view_names and len(self.view_names) != self.views:
-            raise bad("view_names", f"must name {self.views} views; got {len(self.view_names)}")
+        if self.view_names:
+            check_pool(self.view_names, self.views, "source.view_names")
         check_number("source.truncation_psi", self.truncation_psi, note="1 is no truncation")
         if self.resolution:  # 0: the generator's size, known once it is loaded
             check_image_size(("source.batch_size", self.batch_size), ("source.resolution", self.resolution))
 
     def digest(self) -> str:
         return config_digest(self, {"compile": False})
+
+
+def check_pool(names: list[str], views: int, key: str) -> None:
+    """Refuse a view-code pool that cannot give every group ``views`` distinct codes."""
+    if views < 2:
+        raise ConfigError(key, f"view codes need views >= 2; got {views}")
+    if len(set(names)) != len(names):
+        raise ConfigError(key, f"names a view code twice: {sorted({n for n in names if names.count(n) > 1})}")
+    if len(names) < views:
+        raise ConfigError(key, f"a pool of {len(names)} view codes cannot give {views} distinct views per group")
+
+
+def view_pool(config: StyleGAN2SourceConfig, registry: list[str]) -> list[str]:
+    """The names of the codes groups draw from: ``view_names``, else the whole registry."""
+    names = list(config.view_names) or registry
+    check_pool(names, config.views, "source.view_names" if config.view_names else "source.view_codes")
+    if missing := [n for n in names if n not in registry]:
+        raise ConfigError("source.view_names", f"no view code named {missing} in the registry")
+    return names
 
 
 class StyleGAN2Source:
@@ -102,13 +126,8 @@ class StyleGAN2Source:
             if not config.view_codes:
                 codes.add_sampled(self.G.cpu(), config.views, seed=config.view_seed)
                 self.G.to(self.device)
-            self.view_names = config.view_names or codes.names()[: config.views]
-            if len(self.view_names) < config.views:
-                raise ConfigError("source.view_codes", f"holds {len(codes)} view codes; {config.views} needed")
-            try:
-                self.view_codes = codes.stack(self.view_names).to(self.device)
-            except KeyError as err:
-                raise ConfigError("source.view_names", str(err)) from None
+            self.view_names = view_pool(config, codes.names())
+            self.view_codes = codes.stack(self.view_names).to(self.device)
         self.synthesis = self.G.synthesis
         if config.compile:  # random noise from PyTorch's generator, as in eager mode
             self.synthesis = torch.compile(self.G.synthesis, options={"fallback_random": True})
@@ -119,6 +138,13 @@ class StyleGAN2Source:
 
     def warmup(self) -> None:
         self.generate(0, 0)
+
+    def draw_views(self, seed: int, batch_index: int) -> torch.Tensor:
+        """``[B / views, views]`` each group's pool indices: distinct, in a random order."""
+        cfg = self.config
+        gen = torch.Generator().manual_seed(batch_seed(seed, batch_index) ^ VIEW_DRAW_SALT)
+        keys = torch.rand(cfg.batch_size // cfg.views, len(self.view_names), generator=gen)
+        return keys.argsort(1)[:, : cfg.views].to(self.device)
 
     def z(self, seed: int, batch_index: int) -> torch.Tensor:
         """The batch's object latents ``[B / views, z_dim]`` (what ``generate`` draws)."""
@@ -132,9 +158,11 @@ class StyleGAN2Source:
         cfg = self.config
         z = self.z(seed, batch_index)
         ws = self.G.mapping(z, None, cfg.truncation_psi, cfg.truncation_cutoff)
-        V = cfg.views
+        V, N = cfg.views, z.shape[0]
+        view = torch.zeros(N, 1, dtype=torch.long, device=self.device)
         if V > 1:
-            ws = view_group(ws, self.view_codes)
+            view = self.draw_views(seed, batch_index)
+            ws = view_group(ws, self.view_codes[view])
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(batch_seed(seed, batch_index) ^ 0x5EED)  # noise: a function of the batch too
             img = self.synthesis(ws, noise_mode=cfg.noise_mode)
@@ -142,18 +170,18 @@ class StyleGAN2Source:
         if cfg.resolution and cfg.resolution != rgb.shape[-1]:
             mode = "area" if cfg.resolution < rgb.shape[-1] else "bilinear"
             rgb = F.interpolate(rgb, size=(cfg.resolution, cfg.resolution), mode=mode)
-        N = z.shape[0]
         return {
             "rgb": rgb,
             "w": ws.float(),
             "z": z.repeat_interleave(V, dim=0),
             "group": torch.arange(N, device=self.device).repeat_interleave(V) + batch_index * N,
-            "view": torch.arange(V, device=self.device).repeat(N),
+            "view": view.flatten(),
         }
 
     def to_samples(self, batch: dict[str, torch.Tensor], seeds: list[int], keys: list[str]) -> list[dict[str, Any]]:
         """``rgb.png``, ``latent.npy`` (w, ``[num_ws, w_dim]``), ``meta.json`` (truncation, noise,
-        view name, the object's index in its batch: with the seed, ``z(seed, batch_index)`` gives z)."""
+        the drawn code's name, the object's index in its batch: with the seed, ``z(seed, batch_index)``
+        gives z); ``view.txt`` is the code's index in the pool."""
         cpu = {k: v.detach().cpu() for k, v in batch.items()}
         rgb = (cpu["rgb"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
         cfg, meta, V = self.config, self.meta, self.config.views
@@ -163,7 +191,7 @@ class StyleGAN2Source:
             info["object"] = i // V
             sample = {"__key__": key, "rgb.png": rgb[i], "latent.npy": cpu["w"][i].numpy(), "meta.json": info}
             if V > 1:
-                info["view_name"] = self.view_names[i % V]
+                info["view_name"] = self.view_names[int(cpu["view"][i])]
                 sample["group.txt"], sample["view.txt"] = int(cpu["group"][i]), int(cpu["view"][i])
             samples.append(sample)
         return samples

@@ -1,5 +1,5 @@
-"""bench.ganverse3d: the view-code sweep and annotation, then rows A and C end to end on a
-stand-in gate folder, summarized over seeds."""
+"""bench.ganverse3d: the view-code sweep and annotation, then rows A (every kept code in its pool)
+and C end to end on a stand-in gate folder, summarized over seeds."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from bench.ganverse3d import spread_codes, summarize
+from bench.ganverse3d import pool_names, spread_codes, summarize
 from tests.trainers.helpers import gan_method_assets
 
 
@@ -29,6 +29,14 @@ def test_views_take_codes_of_distinct_spread_bins():
     # best keeps every neighbour at least 60° away (spacing by index gave 0°, 60°, 240°, 270°).
     labels = {f"az{30 * b:03d}": b for b in (0, 1, 2, 6, 8, 9, 10)}
     assert spread_codes(labels, 4) == ["az000", "az060", "az180", "az270"]
+
+
+def test_row_a_pools_every_kept_code_unless_told_to_spread():
+    labels = {"az090_0": 3, "az000_0": 0, "az000_1": 0}
+    assert pool_names(labels, 2, "all") == ["az000_0", "az000_1", "az090_0"]  # codes may share a bin
+    assert pool_names(labels, 2, "spread") == ["az000_0", "az090_0"]
+    with pytest.raises(SystemExit, match="kept 3 codes"):
+        pool_names(labels, 4, "all")
 
 
 def test_view_codes_then_two_rows_end_to_end(tmp_path):
@@ -54,6 +62,9 @@ def test_view_codes_then_two_rows_end_to_end(tmp_path):
     assert report["view_codes"]["annotation"]["kept"] == 4 and report["view_codes"]["annotation"]["oracle_calls"] == 8
     assert set(report["view_codes"]["sweep"]) == {"1", "4"} and set(report["rows"]) == {"A", "C", "mean_shape"}
     assert (tmp_path / "w" / "annotation" / "view_codes.png").exists()
+    assert report["view_pool"]["size"] == 4 and report["view_pool"]["views"] == 2
+    (a_run,) = report["runs"]["A"]
+    assert len(a_run["camera_azimuth_deg"]) == 4 and a_run["camera_names"] == report["view_pool"]["names"]
     assert 0 <= report["rows"]["C"]["input_view_iou"][0] <= 1
     (c_run,) = report["runs"]["C"]
     assert c_run["steps"] == 1 and set(c_run["seconds"]) == {"generate", "train", "eval"}

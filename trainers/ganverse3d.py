@@ -2,11 +2,12 @@
 
 Zhang et al., "Image GANs meet Differentiable Rendering for Inverse Graphics and Interpretable 3D
 Neural Rendering" (ICLR 2021). The stream is ``source=stylegan2`` with ``views > 1``: one object
-(content) under several view codes, each code labelled with a 30° azimuth bin by the emulated
-annotator (``trainers/view_codes.py: annotate``, written next to the codes as JSON). Each code's
-camera starts at its bin (elevation 0, the nominal distance) and, with ``optimize_cameras``, is
-learned with the network. Samples whose oracle mask is not one object covering ``min_area`` of the
-image drop out of the loss with their whole group.
+(content) under several view codes drawn from the source's pool, each code labelled with a 30°
+azimuth bin by the emulated annotator (``trainers/view_codes.py: annotate``, written next to the
+codes as JSON). Every code of the pool has a camera that starts at its bin (elevation 0, the
+nominal distance) and, with ``optimize_cameras``, is learned with the network (``ViewCameras``:
+the mean azimuth and distance stay pinned). Samples whose oracle mask is not one object covering
+``min_area`` of the image drop out of the loss with their whole group.
 
 The network (``models/inverse_graphics.py``, drawn by ``renderers/textured.py``) predicts a mesh
 and texture from each view; with ``multi_view`` they are rendered into every view of the same
@@ -17,7 +18,7 @@ oracle segmenter's features (the declared offline substitute for ImageNet featur
 ``renderloop eval`` scores silhouettes on held-out renders at their true cameras (the input view
 and novel views of the same object) and the shape against the object's true mesh
 (``mesh_scores``: scale-normalized Chamfer distance and F-score); on held-out GAN groups, the
-silhouettes against the oracle's masks and each code's learned azimuth against the oracle's.
+silhouettes against the oracle's masks and each drawn code's learned azimuth against the oracle's.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from renderloop.config import ConfigError, check_number, check_roles
 from renderloop.datasets import category
 from renderloop.datasets.simulator import Simulator
 from renderloop.datasets.sources import image_size, source_config
+from renderloop.datasets.stylegan2 import StyleGAN2Source, view_pool
 from renderloop.models.inverse_graphics import InverseGraphicsNet
 from renderloop.models.stylegan2.latents import ViewCodes
 from renderloop.renderers.backends import config_backend, get_backend
@@ -49,9 +51,9 @@ from .mesh_scores import chamfer_fscore, normalized, sample_surface
 from .method import Method, ModelSpec, Phase
 from .oracle import Oracle
 from .scores import angle_error_deg
-from .view_codes import AZIMUTH_BINS, circular_mean
+from .view_codes import AZIMUTH_BINS
 
-__all__ = ["GANverse3DConfig", "GANverse3D", "ViewCameras"]
+__all__ = ["GANverse3DConfig", "GANverse3D", "ViewCameras", "per_code_viewpoints"]
 
 
 @dataclass
@@ -63,7 +65,7 @@ class GANverse3DEvalConfig:
     seed: int = 0
     gan_groups: int = 32
     """Held-out GAN groups (a producer seed no run uses) scored against the oracle's masks and
-    viewpoints: silhouette IoU in every view, and each view code's camera error."""
+    viewpoints: silhouette IoU in every view, and the camera error of each code they draw."""
     shape_points: int = 2000
     """Surface samples per mesh for Chamfer distance and F-score (both scale-normalized)."""
     fscore_tau: float = 0.02
@@ -88,7 +90,8 @@ class GANverse3DConfig:
     method), or simulator renders of the category with their exact cameras and masks (the ceiling
     with ``views > 1``, the single-view baseline with ``views = 1``)."""
     view_labels: str = ""
-    """JSON ``{view code name: azimuth bin}`` written by the annotator with the codes (GAN data)."""
+    """JSON ``{view code name: azimuth bin}`` written by the annotator with the codes (GAN data);
+    every code of the source's pool needs one."""
     renders: dict[str, Any] = field(default_factory=dict)
     """The simulator category, for the evaluation."""
     oracle_run: str = "???"
@@ -155,9 +158,18 @@ class GANverse3DConfig:
 class ViewCameras(nn.Module):
     """One learnable orbit camera per view code: azimuth, elevation and log-distance.
 
-    Stored divided by ``lr_scale``: Adam moves a parameter by about the learning rate per update
-    whatever its gradient's size, so the cameras move ``lr_scale`` times faster than the network's
-    weights (at the network's rate, 1e-4 rad per update, they would stay at their labels).
+    Each is its start (``initial``) plus a learned change. Turning every azimuth by one angle turns
+    the predicted mesh with them, and scaling every distance scales it: the loss cannot see either,
+    so the cameras would drift together. The azimuth and log-distance changes are therefore
+    centred over the codes (their mean is zero: the start's mean heading and the nominal distance
+    fix the frame); with one code they stay at the start. The elevation change stays free: the
+    labels say 0 for every code, and a common tilt is not a rigid motion of the scene, so the
+    images can show the true elevation and the cameras should move there together.
+
+    The changes are stored divided by ``lr_scale``: Adam moves a parameter by about the learning
+    rate per update whatever its gradient's size, so the cameras move ``lr_scale`` times faster
+    than the network's weights (at the network's rate, 1e-4 rad per update, they would stay at
+    their labels).
     """
 
     def __init__(self, azimuths: torch.Tensor, distance: float, lr_scale: float = 1.0) -> None:
@@ -165,19 +177,24 @@ class ViewCameras(nn.Module):
         self.lr_scale = lr_scale
         azimuths = azimuths.float()
         start = [azimuths, torch.zeros_like(azimuths), torch.full_like(azimuths, math.log(distance))]
-        self.stored = nn.Parameter(torch.stack(start) / lr_scale)
+        self.register_buffer("initial", torch.stack(start))
+        self.stored = nn.Parameter(torch.zeros_like(self.initial))
+
+    def _change(self, row: int, pinned: bool) -> torch.Tensor:
+        change = self.stored[row] * self.lr_scale
+        return change - change.mean() if pinned else change
 
     @property
     def azimuth(self) -> torch.Tensor:
-        return self.stored[0] * self.lr_scale
+        return self.initial[0] + self._change(0, pinned=True)
 
     @property
     def elevation(self) -> torch.Tensor:
-        return self.stored[1] * self.lr_scale
+        return self.initial[1] + self._change(1, pinned=False)
 
     @property
     def log_distance(self) -> torch.Tensor:
-        return self.stored[2] * self.lr_scale
+        return self.initial[2] + self._change(2, pinned=True)
 
     def forward(self, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return orbit_camera(self.azimuth[view], self.elevation[view], self.log_distance[view].exp())
@@ -200,14 +217,14 @@ class GANverse3D(Method):
         super().__init__(config, device)
         name, self.source = source_config(config.data["views"])
         self.exact = name == "simulator"  # renders: true cameras and masks instead of codes and the oracle
+        self.view_names: list[str] = []  # the source's pool: one camera per code it may draw
         self.bins = torch.zeros(0, dtype=torch.long)
         if not self.exact:
-            codes = ViewCodes.load(self.source.view_codes)
-            view_names = list(self.source.view_names) or codes.names()[: self.source.views]
+            self.view_names = view_pool(self.source, ViewCodes.load(self.source.view_codes).names())
             labels = json.loads(Path(config.view_labels).read_text())
-            if missing := [n for n in view_names if n not in labels]:
+            if missing := [n for n in self.view_names if n not in labels]:
                 raise ConfigError("method.view_labels", f"labels no azimuth bin for the view codes {missing}")
-            self.bins = torch.tensor([int(labels[n]) for n in view_names])
+            self.bins = torch.tensor([int(labels[n]) for n in self.view_names])
         self.oracle = Oracle.load(config.oracle_run, str(device))
         self.raster = get_backend(config.renderer_backend)
 
@@ -306,8 +323,6 @@ class GANverse3D(Method):
 
     @torch.no_grad()
     def _gan_scores(self, model: GANverse3DModel) -> dict[str, Any]:
-        from renderloop.datasets.stylegan2 import StyleGAN2Source
-
         V, groups = self.source.views, self.config.evaluation.gan_groups
         b = StyleGAN2Source(replace(self.source, batch_size=V * groups), self.device).generate(HELD_OUT_GAN_SEED, 0)
         rgb, view = b["rgb"], b["view"].long()
@@ -318,13 +333,17 @@ class GANverse3D(Method):
         res = rgb.shape[-1]
         out = render_textured(verts, model.net.faces, model.net.template, tex, R, t, self._K(len(rgb), res), (res, res),
                               backend=self.raster)  # fmt: skip
-        azimuth, elevation = self.oracle.viewpoint(rgb)
-        seen = circular_mean(azimuth.view(groups, V), dim=0)  # each code's azimuth as the oracle sees it
-        error = angle_error_deg(model.cameras.azimuth[view[:V]], seen)
-        elevation_error = torch.rad2deg(model.cameras.elevation[view[:V]] - elevation.view(groups, V).mean(0)).abs()
-        return {"gan_view_iou": float(_iou(out.mask, mask).mean()), "camera_error_deg": float(error.mean()),
-                "camera_error_per_code_deg": [round(float(e), 1) for e in error],
-                "camera_elevation_error_deg": float(elevation_error.mean())}  # fmt: skip
+        cams = model.cameras
+        seen_azimuth, seen_elevation, used = per_code_viewpoints(*self.oracle.viewpoint(rgb), view, len(cams.azimuth))
+        error = angle_error_deg(cams.azimuth, seen_azimuth)  # NaN for a code no group drew
+        elevation_error = torch.rad2deg(cams.elevation - seen_elevation).abs()
+        return {
+            "gan_view_iou": float(_iou(out.mask, mask).mean()),
+            "camera_error_deg": float(error[used].mean()),
+            "camera_error_per_code_deg": [None if e.isnan() else round(float(e), 1) for e in error],
+            "camera_elevation_error_deg": float(elevation_error[used].mean()),
+            "camera_codes_scored": float(used.sum()),
+        }
 
     def _prediction_scores(self, batch: dict, true: torch.Tensor, views: int, points: torch.Generator, verts, faces,
                            template, tex) -> tuple[Any, tuple[torch.Tensor, ...]]:  # fmt: skip
@@ -378,6 +397,7 @@ class GANverse3D(Method):
         report = {"test_objects": float(len(torch.cat(scores["input_view_iou"])[: ev.samples]))}
         report |= {key: float(torch.cat(values)[: ev.samples].mean()) for key, values in scores.items()}
         report |= {
+            "camera_names": self.view_names,
             "camera_azimuth_deg": [round(float(a), 1) for a in torch.rad2deg(model.cameras.azimuth) % 360],
             "camera_elevation_deg": [round(float(e), 1) for e in torch.rad2deg(model.cameras.elevation)],
             "camera_distance": [round(float(d), 3) for d in model.cameras.log_distance.exp()],
@@ -403,6 +423,25 @@ def _mean_shape(sim: Simulator, count: int) -> torch.Tensor:
     first = category.SEED_RANGES["gan"][0]
     verts, _ = sim.category_meshes(torch.arange(first, first + count))
     return verts.mean(0, keepdim=True).to(sim.sphere_dirs.device)
+
+
+def per_code_viewpoints(
+    azimuth: torch.Tensor, elevation: torch.Tensor, code: torch.Tensor, codes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each of ``codes`` view codes' viewpoint as the oracle sees it, over the samples drawn with
+    it (``code``: each sample's index): the circular mean azimuth and the mean elevation (radians,
+    ``[codes]``, NaN where no sample drew the code), and which codes were drawn. Groups draw
+    different codes, so a code's samples are gathered by its index, not by position in a group."""
+
+    def total(values: torch.Tensor) -> torch.Tensor:
+        return values.new_zeros(codes).index_add_(0, code, values)
+
+    count = torch.bincount(code, minlength=codes)
+    drawn = count > 0
+    mean_azimuth = torch.atan2(total(azimuth.sin()), total(azimuth.cos())) % (2 * math.pi)
+    mean_elevation = total(elevation) / count.clamp_min(1)
+    nan = torch.tensor(math.nan, device=azimuth.device)
+    return torch.where(drawn, mean_azimuth, nan), torch.where(drawn, mean_elevation, nan), drawn
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

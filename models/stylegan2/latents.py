@@ -130,10 +130,12 @@ class ViewCodes:
 
 def view_group(content: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
     """Multi-view groups: ``content [N, num_ws, w_dim]`` objects each seen with every view code of
-    ``views [V, view_layers, w_dim]`` → ``[N * V, num_ws, w_dim]`` (group-major: object, then view)."""
-    N, V, k = content.shape[0], views.shape[0], views.shape[1]
+    ``views`` → ``[N * V, num_ws, w_dim]`` (group-major: object, then view). ``views`` is
+    ``[V, view_layers, w_dim]`` (the same codes for every object) or ``[N, V, view_layers, w_dim]``
+    (each object's own)."""
+    N, V, k = content.shape[0], views.shape[-3], views.shape[-2]
     ws = content.unsqueeze(1).repeat(1, V, 1, 1)  # (N, V, num_ws, w_dim)
-    ws[:, :, :k] = views.to(ws).unsqueeze(0)
+    ws[:, :, :k] = views.to(ws)
     return ws.reshape(N * V, *content.shape[1:])
 
 

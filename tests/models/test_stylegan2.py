@@ -176,6 +176,9 @@ def test_view_groups_keep_the_view_layer_styles_fixed(tmp_path):
     for v, name in enumerate(codes.names()):
         assert torch.equal(grouped[:, v, :2], codes.codes[name].expand(4, 2, 32))  # view layers: the code
     assert torch.equal(grouped[:, :, 2:], content[:, None, 2:].expand(4, 3, G.num_ws - 2, 32))  # the rest: the object
+    drawn = torch.tensor([[2, 0], [1, 2], [0, 1], [2, 1]])  # each object its own codes
+    own = view_group(content, codes.stack()[drawn]).view(4, 2, G.num_ws, 32)
+    assert torch.equal(own[:, :, :2], codes.stack()[drawn]) and torch.equal(own[:, :, 2:], grouped[:, :2, 2:])
     codes.save(tmp_path / "views.pt")
     again = ViewCodes.load(tmp_path / "views.pt")
     assert again.names() == codes.names() and torch.equal(again.stack(), codes.stack())

@@ -1,6 +1,7 @@
 """method=ganverse3d: annotated view codes feed a multi-view stylegan2 stream; every group's views
-train the network and the view codes' cameras, the single-view and fixed-camera ablations train
-what they should, and the evaluation scores silhouettes in input and novel true views."""
+train the network and the view codes' cameras (their mean azimuth and distance pinned), the
+single-view and fixed-camera ablations train what they should, and the evaluation scores
+silhouettes in input and novel true views and each drawn code's camera."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ import torch
 
 from renderloop.cluster.launch import TrainConfig, train
 from renderloop.config import ConfigError, load_config
+from renderloop.datasets.stylegan2 import StyleGAN2Source
 from renderloop.models.stylegan2.io import load_generator
+from renderloop.models.stylegan2.latents import ViewCodes
+from renderloop.trainers.ganverse3d import GANverse3D, ViewCameras, per_code_viewpoints
 from renderloop.trainers.oracle import Oracle
+from renderloop.trainers.scores import angle_error_deg
 from renderloop.trainers.view_codes import annotate, save_annotation
 
 from .helpers import evaluate, gan_method_assets, make_streams
@@ -53,45 +58,56 @@ def _weights(tmp_path) -> dict[str, torch.Tensor]:
     return torch.load(tmp_path / "run" / "models" / "model.pt", weights_only=True)
 
 
+def _cameras(tmp_path, cfg: TrainConfig) -> ViewCameras:
+    """The trained run's cameras."""
+    weights = {k.removeprefix("cameras."): v for k, v in _weights(tmp_path).items() if k.startswith("cameras.")}
+    cameras = ViewCameras(weights["initial"][0], cfg.method_config.distance, cfg.method_config.camera_lr_scale)
+    cameras.load_state_dict(weights)
+    return cameras.requires_grad_(False)
+
+
+def _labelled_azimuths(assets) -> torch.Tensor:
+    """Every registry code's bin in radians: the pool's cameras at the start."""
+    labels = json.loads(Path(assets["labels"]).read_text())
+    return torch.tensor([labels[n] for n in ViewCodes.load(assets["codes"]).names()]) * (2 * math.pi / 12)
+
+
 def test_groups_train_the_network_and_the_cameras_and_are_scored_in_true_views(tmp_path, assets):
     cfg = _config(tmp_path, assets, "engine.max_steps=3")
     make_streams(cfg, samples=16)
-    labels = json.loads(Path(assets["labels"]).read_text())
-    start = torch.tensor([labels[n] for n in list(labels)[:2]]) * (2 * math.pi / 12)
+    start = _labelled_azimuths(assets)
     train(cfg, [], command="train")
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert {k.split("/")[1] for k in rows[0] if k.startswith("loss/")} == {"warmup"}
     assert {k.split("/")[1] for k in rows[-1] if k.startswith("loss/")} == {"main"}
     assert all("loss/main/iou_other_views" in r for r in rows[1:])  # the multi-view term
-    weights = _weights(tmp_path)
-    azimuth = weights["cameras.stored"][0] * cfg.method_config.camera_lr_scale
-    assert not torch.allclose(azimuth, start)  # the cameras moved off their bins
-    assert weights["net.offsets.weight"].abs().sum() > 0
+    cameras = _cameras(tmp_path, cfg)
+    assert len(cameras.azimuth) == 6  # one per code of the pool: the whole registry
+    assert not torch.allclose(cameras.azimuth, start)  # the cameras moved off their bins
+    assert float((cameras.azimuth - start).mean()) == pytest.approx(0, abs=1e-6)  # but not all together
+    assert _weights(tmp_path)["net.offsets.weight"].abs().sum() > 0
     report = evaluate(cfg)
     assert report["test_objects"] == 4 and 0 <= report["input_view_iou"] <= 1 and 0 <= report["novel_view_iou"] <= 1
     assert report["chamfer"] > 0 and 0 <= report["fscore@0.02"] <= 1
     assert 0 < report["mean_shape/input_view_iou"] <= 1 and report["mean_shape/chamfer"] > 0  # the constant row
     assert 0 <= report["mean_shape/novel_view_iou"] <= 1 and 0 <= report["mean_shape/fscore@0.02"] <= 1
     assert 0 <= report["gan_view_iou"] <= 1 and 0 <= report["camera_error_deg"] <= 180  # held-out GAN groups
-    assert 0 <= report["camera_elevation_error_deg"] <= 180
+    assert 0 <= report["camera_elevation_error_deg"] <= 180 and 2 <= report["camera_codes_scored"] <= 6
     saved = json.loads((tmp_path / "run" / "eval" / "ganverse3d_eval.json").read_text())
-    assert len(saved["camera_azimuth_deg"]) == 2 and (tmp_path / "run" / "eval" / "ganverse3d_eval.png").exists()
+    assert len(saved["camera_azimuth_deg"]) == 6 and (tmp_path / "run" / "eval" / "ganverse3d_eval.png").exists()
+    assert sum(e is not None for e in saved["camera_error_per_code_deg"]) == report["camera_codes_scored"]
 
 
 def test_the_ablations_keep_cameras_fixed_and_drop_the_other_view(tmp_path, assets):
     cfg = _config(tmp_path, assets, "engine.max_steps=2", "method.optimize_cameras=false", "method.multi_view=false")
     make_streams(cfg, samples=8)
-    labels = json.loads(Path(assets["labels"]).read_text())
-    start = torch.tensor([labels[n] for n in list(labels)[:2]], dtype=torch.float32) * (2 * math.pi / 12)
     train(cfg, [], command="train")
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert not any("iou_other_views" in k for r in rows for k in r)
-    assert torch.allclose(_weights(tmp_path)["cameras.stored"][0] * cfg.method_config.camera_lr_scale, start)
+    assert torch.allclose(_cameras(tmp_path, cfg).azimuth, _labelled_azimuths(assets).float())
 
 
 def test_cameras_learn_at_their_own_rate():
-    from renderloop.trainers.ganverse3d import ViewCameras
-
     cameras = ViewCameras(torch.tensor([0.0, math.pi / 2]), distance=2.7, lr_scale=30.0)
     assert torch.allclose(cameras.azimuth, torch.tensor([0.0, math.pi / 2]))
     assert torch.allclose(cameras.elevation, torch.zeros(2)) and torch.allclose(
@@ -101,6 +117,87 @@ def test_cameras_learn_at_their_own_rate():
     cameras.elevation.sum().backward()
     optimizer.step()  # Adam's first update moves each stored value by the learning rate
     assert torch.allclose(cameras.elevation, torch.full((2,), -30 * 1e-4), atol=1e-7)
+
+
+def test_a_common_turn_or_scale_of_the_cameras_is_pinned():
+    start = torch.tensor([0.0, math.pi / 2, math.pi])
+    cameras = ViewCameras(start, distance=2.7, lr_scale=30.0)
+    optimizer = torch.optim.Adam(cameras.parameters(), lr=1e-4)
+    (cameras.azimuth.sum() + cameras.log_distance.sum()).backward()  # turn and push every camera alike
+    optimizer.step()
+    assert torch.allclose(cameras.azimuth, start) and torch.allclose(cameras.log_distance.exp(), torch.full((3,), 2.7))
+    optimizer.zero_grad()
+    weights = torch.tensor([1.0, 2.0, 6.0])
+    ((cameras.azimuth * weights).sum() + (cameras.log_distance * weights).sum()).backward()
+    assert cameras.stored.grad.abs().sum() > 0
+    optimizer.step()  # the cameras move apart, their mean change stays zero
+    cameras.requires_grad_(False)
+    assert not torch.allclose(cameras.azimuth, start)
+    assert float((cameras.azimuth - start).mean()) == pytest.approx(0, abs=1e-7)
+    assert float(cameras.log_distance.mean()) == pytest.approx(math.log(2.7), abs=1e-7)
+
+
+def test_a_single_camera_keeps_its_azimuth_and_distance():
+    camera = ViewCameras(torch.tensor([1.0]), distance=2.7, lr_scale=30.0)
+    optimizer = torch.optim.Adam(camera.parameters(), lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        (camera.azimuth + camera.log_distance + camera.elevation).sum().backward()
+        optimizer.step()
+    assert torch.equal(camera.azimuth, torch.tensor([1.0]))
+    assert torch.allclose(camera.log_distance, torch.tensor([math.log(2.7)]))
+    assert float(camera.elevation.detach()) < 0  # free: a common tilt is seen
+
+
+def test_per_code_viewpoints_gather_each_codes_samples_wherever_groups_drew_it():
+    deg = torch.deg2rad
+    azimuth = deg(torch.tensor([350.0, 90.0, 10.0, 90.0, 200.0]))
+    elevation = deg(torch.tensor([10.0, 0.0, 20.0, 5.0, 1.0]))
+    code = torch.tensor([0, 2, 0, 2, 3])
+    seen_azimuth, seen_elevation, drawn = per_code_viewpoints(azimuth, elevation, code, 4)
+    assert drawn.tolist() == [True, False, True, True]
+    assert angle_error_deg(seen_azimuth[drawn], deg(torch.tensor([0.0, 90.0, 200.0]))).max() < 1e-4
+    assert torch.allclose(torch.rad2deg(seen_elevation[drawn]), torch.tensor([15.0, 2.5, 1.0]), atol=1e-4)
+    assert seen_azimuth[1].isnan() and seen_elevation[1].isnan()  # code 1: no sample
+
+
+def test_the_gan_camera_error_is_each_drawn_codes_offset_from_the_oracle(tmp_path, assets, monkeypatch):
+    """The oracle is made to see each code at its label plus a known offset: a camera still at its
+    label is off by exactly that, and the codes the one held-out group did not draw are left out."""
+    cfg = _config(tmp_path, assets, "method.evaluation.gan_groups=1")
+    method = GANverse3D(cfg.method_config, torch.device("cpu"))
+    model = method.build()["model"].module
+    offsets = torch.tensor([5.0, -10.0, 20.0, 30.0, -40.0, 50.0])
+    truth = torch.deg2rad(method.bins.float() * 30 + offsets)
+    drawn = {}
+    generate = StyleGAN2Source.generate
+
+    def recording(self, seed, batch_index):
+        drawn["view"] = generate(self, seed, batch_index)["view"]
+        return generate(self, seed, batch_index)
+
+    monkeypatch.setattr(StyleGAN2Source, "generate", recording)
+    monkeypatch.setattr(method.oracle, "viewpoint", lambda rgb: (truth[drawn["view"]], torch.full((len(rgb),), 0.1)))
+    scores = method._gan_scores(model)
+    codes = drawn["view"].tolist()
+    assert len(set(codes)) == 2 and scores["camera_codes_scored"] == 2
+    expected = [abs(float(o)) if i in codes else None for i, o in enumerate(offsets)]
+    assert scores["camera_error_per_code_deg"] == expected
+    assert scores["camera_error_deg"] == pytest.approx(sum(e for e in expected if e is not None) / 2, abs=1e-3)
+    assert scores["camera_elevation_error_deg"] == pytest.approx(math.degrees(0.1), abs=1e-4)
+
+
+def test_pool_codes_without_a_label_are_refused(tmp_path, assets):
+    labels = json.loads(Path(assets["labels"]).read_text())
+    partial = tmp_path / "labels.json"
+    partial.write_text(json.dumps(dict(list(labels.items())[1:])))
+    cfg = _config(tmp_path, assets, f"method.view_labels={partial}")
+    with pytest.raises(ConfigError, match=f"method.view_labels.*{list(labels)[0]}"):
+        GANverse3D(cfg.method_config, torch.device("cpu"))
+    pool = list(labels)[1:3]  # a named pool needs labels for its own codes only
+    names = f"method.data.views.view_names=[{','.join(pool)}]"
+    named = _config(tmp_path, assets, f"method.view_labels={partial}", names)
+    assert GANverse3D(named.method_config, torch.device("cpu")).view_names == pool
 
 
 def test_bad_ganverse3d_configs_are_refused(tmp_path, assets):
