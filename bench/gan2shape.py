@@ -12,7 +12,8 @@ initialization, and the flip term added, which the method leaves off as the pape
 does). Every variant trains for ``--steps`` engine steps (equal steps; the default is the
 schedule of ``method=gan2shape``). Each run's report also holds the ellipsoid, average-depth and
 flat rows. A row gives the mean and 95% t interval over seeds; the method is compared with
-Unsup3d by Welch intervals.
+Unsup3d by Welch intervals. With ``--snapshot-every`` each run also scores its depth along the
+schedule (``trajectories``: which phase moves it, and which way).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def one_run(variant: str, seed: int, args, work: Path) -> dict:
     common = [
         f"method={config}", f"device={args.device}", f"engine.seed={seed}", f"method.oracle_run={gate / 'oracle'}",
         f"storage.root={work / tag / 'data'}", f"run_dir={work / tag / 'run'}", "engine.progress=false",
-        f"engine.max_steps={args.steps}", *images, *overrides, *args.set,
+        f"engine.max_steps={args.steps}", f"engine.snapshot_every={args.snapshot_every}", *images, *overrides,
+        *args.set,
     ]  # fmt: skip
     times = {f"{command}_seconds": renderloop(command, *common, log=work / f"{tag}-{command}.log")
              for command in ("run", "eval")}  # fmt: skip
@@ -86,6 +88,23 @@ def _scores(reports: list[dict], row: str) -> dict[str, tuple]:
     return {s: tuple(mean_ci95([m[f"{row}/{s}"] for m in reports])) for s in SCORES if f"{row}/{s}" in reports[0]}
 
 
+def trajectories(runs: list[dict]) -> dict[str, list[dict]]:
+    """Variant → its snapshots' SIDE and MAD along the schedule, mean over the seeds that kept
+    each step (``--snapshot-every``): which phase moves the depth, and which way."""
+    out: dict[str, list[dict]] = {}
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        points: dict[int, list[dict]] = {}
+        for r in runs:
+            if r["variant"] == variant:
+                for point in r["scores"].get("trajectory", []):
+                    points.setdefault(point["step"], []).append(point)
+        if points:
+            out[variant] = [{"step": step, "phase": ps[0]["phase"], "seeds": len(ps),
+                             **{s: sum(p[s] for p in ps) / len(ps) for s in ("side", "mad")}}
+                            for step, ps in sorted(points.items())]  # fmt: skip
+    return out
+
+
 def compare(runs: list[dict], a: str = "gan2shape", b: str = "unsup3d") -> dict[str, dict]:
     """Each score of row ``a`` minus row ``b``, with the Welch interval (the paper's claim: ``a`` ≤ ``b``)."""
     va = [r["scores"] for r in runs if r["variant"] == a]
@@ -107,6 +126,7 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="more overrides for every run")
     p.add_argument("--work", default="", help="streams, runs and logs; finished runs are reused")
     p.add_argument("--parallel", type=int, default=1, help="runs sharing the device at once")
+    p.add_argument("--snapshot-every", type=int, default=0, help="score the depth every this many steps (0: never)")
     p.add_argument("--out", default="")
     args = p.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="renderloop-gan2shape-"))
@@ -118,10 +138,13 @@ def main() -> None:
             row = _row(r["variant"])
             print(f"{r['variant']:>14} seed {r['seed']}: SIDE {r['scores'][f'{row}/side']:.3f} "
                   f"MAD {r['scores'][f'{row}/mad']:.2f}", flush=True)  # fmt: skip
-    rows = summarize(runs)
+    rows, paths = summarize(runs), trajectories(runs)
     print_rows(rows)
+    for variant, points in paths.items():
+        print(f"{variant}: " + ", ".join(f"{p['step']} {p['phase']} SIDE {p['side']:.2f} MAD {p['mad']:.1f}"
+                                         for p in points))  # fmt: skip
     if args.out:
-        write_report(args.out, rows=rows, gan2shape_minus_unsup3d=compare(runs), runs=runs)
+        write_report(args.out, rows=rows, gan2shape_minus_unsup3d=compare(runs), trajectories=paths, runs=runs)
 
 
 if __name__ == "__main__":

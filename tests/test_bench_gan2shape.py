@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from bench.gan2shape import compare, summarize
+from bench.gan2shape import compare, summarize, trajectories
 from renderloop.cli import main
 from renderloop.models.stylegan2 import Generator, GeneratorConfig
 from renderloop.models.stylegan2.io import save_generator
@@ -68,3 +68,16 @@ def test_two_variants_run_end_to_end(tmp_path):
     again = subprocess.run([sys.executable, "-m", "bench.gan2shape", "--gate", str(gate), "--variants", "gan2shape",
                             "--seeds", "0", "--work", str(tmp_path / "w")], capture_output=True, text=True)  # fmt: skip
     assert again.returncode == 0 and "gan2shape seed 0" in again.stdout
+
+
+def test_trajectories_average_each_step_over_the_seeds_that_kept_it():
+    def run(seed: int, points: list[tuple[int, str, float]]) -> dict:
+        trajectory = [{"step": s, "phase": p, "side": v, "mad": 10 * v} for s, p, v in points]
+        return {"variant": "gan2shape", "seed": seed, "scores": {"trajectory": trajectory}}
+
+    runs = [run(0, [(2, "init", 1.0), (4, "shape", 3.0)]), run(1, [(2, "init", 2.0)]), _run("unsup3d", 0, 5.0)]
+    paths = trajectories(runs)
+    assert list(paths) == ["gan2shape"]  # runs without snapshots have no trajectory
+    first, last = paths["gan2shape"]
+    assert first == {"step": 2, "phase": "init", "seeds": 2, "side": pytest.approx(1.5), "mad": pytest.approx(15.0)}
+    assert (last["step"], last["seeds"], last["side"]) == (4, 1, pytest.approx(3.0))

@@ -273,10 +273,15 @@ class GAN2Shape(Method):
     def resolution(self) -> int:
         return image_size(self.source)
 
+    def _decomposition(self) -> Decomposition:
+        cfg = self.config
+        return Decomposition(self.resolution, cfg.width, cfg.zdim, cfg.min_depth, cfg.max_depth, cfg.rotation_deg,
+                             cfg.translation)  # fmt: skip
+
     def build(self) -> dict[str, ModelSpec]:
         cfg = self.config
         res = self.resolution
-        net = Decomposition(res, cfg.width, cfg.zdim, cfg.min_depth, cfg.max_depth, cfg.rotation_deg, cfg.translation)
+        net = self._decomposition()
         adam = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "decoupled_weight_decay": False}
         if cfg.mode != "gan2shape":
             return {"net": ModelSpec(net, **adam)}
@@ -462,6 +467,33 @@ class GAN2Shape(Method):
             views.append(self._render(image, depth, albedo, (light[0], light[1], direction), front).canonical_image)
         return views
 
+    def _predict(self, net: Decomposition, image: torch.Tensor, mask: torch.Tensor) -> tuple[DepthRender, torch.Tensor]:
+        """The predicted depth seen in the input view, and the pixels it is scored on."""
+        predicted = self._render(image, net.depth(image), net.albedo(image), net.light(image), net.view(image))
+        if self.config.mode == "supervised":  # depth in the input view, seen through the renders' camera
+            predicted = replace(predicted, depth=net.depth(image), mask=torch.ones_like(predicted.mask))
+        return predicted, mask & (predicted.mask[:, 0] > 0) & (predicted.depth > 0)
+
+    def _trajectory(self, test: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+        """SIDE and MAD (all views) of every snapshot the run kept (``engine.snapshot_every``),
+        each with the phase that had just run: which step of the schedule moves the depth, and
+        which way."""
+        snapshots = sorted((self.run_dir / "snapshots").glob("step*")) if self.run_dir else []
+        phases, points = self.phases(), []
+        net = self._decomposition().to(self.device).eval()
+        for snapshot in snapshots:
+            net.load_state_dict(torch.load(snapshot / "net.pt", map_location=self.device, weights_only=True))
+            step = int(snapshot.name.removeprefix("step"))
+            predicted, valid = self._predict(net, test["rgb"], test["mask"].bool())
+            keep = interior(valid).flatten(1).any(1)
+            true, K = test["depth"][keep], test["K"][keep]
+            s = side(predicted.depth[keep], true, valid[keep]) * 100
+            m = mad(predicted.depth[keep], true, valid[keep], self._K(test["rgb"])[keep], K)
+            phase = [p.name for p in phases if p.start < step][-1]  # the phase of the snapshot's last step
+            points.append({"step": step, "phase": phase, "side": s.mean().item(), "mad": m.mean().item(),
+                           "scored_images": int(keep.sum())})  # fmt: skip
+        return points
+
     def _on_inversions(self, nets: Mapping[str, nn.Module], test: dict[str, torch.Tensor]) -> dict[str, float]:
         """Invert the first ``evaluation.invert`` renders into W, predict depth from G's
         reconstructions, and score it against the renders' true depth."""
@@ -493,10 +525,7 @@ class GAN2Shape(Method):
         train = self._test_renders("oracle", ev.average_samples)
         image, mask = test["rgb"], test["mask"].bool()
         K = self._K(image)
-        predicted = self._render(image, net.depth(image), net.albedo(image), net.light(image), net.view(image))
-        if cfg.mode == "supervised":  # depth in the input view, seen through the renders' camera
-            predicted = replace(predicted, depth=net.depth(image), mask=torch.ones_like(predicted.mask))
-        valid = mask & (predicted.mask[:, 0] > 0) & (predicted.depth > 0)
+        predicted, valid = self._predict(net, image, mask)
         covered = (train["depth"] * train["mask"]).sum(0) / train["mask"].sum(0).clamp_min(1)
         average = torch.where(train["mask"].sum(0) > 0, covered, covered[covered > 0].mean())
         rows = {
@@ -518,6 +547,8 @@ class GAN2Shape(Method):
                 f = frontal[keep]
                 report[f"{row}/frontal_side"], report[f"{row}/frontal_mad"] = s[f].mean().item(), m[f].mean().item()
         report["scored_images"] = float(keep.sum())
+        if trajectory := self._trajectory(test):
+            report["trajectory"] = trajectory
         if cfg.mode != "supervised" and ev.invert > 0:
             report |= self._on_inversions(nets, test)
         report["oracle_segment_calls"] = float(self.oracle.calls["segment"])
@@ -535,4 +566,4 @@ class GAN2Shape(Method):
                    *self._turned_and_relit(net, image[:n])]  # fmt: skip
         grid = torch.stack([c.expand(-1, 3, -1, -1).cpu() for c in columns], 1).flatten(0, 1)
         save_png(image_grid(grid, columns=len(columns)), out / "gan2shape_eval.png")
-        return report
+        return {k: v for k, v in report.items() if not isinstance(v, list)}  # the trajectory stays in the JSON

@@ -233,3 +233,17 @@ def test_init_and_albedo_move_only_their_network_and_step_3_samples_from_the_rou
     assert _same(at_round_start, resumed._frozen_round_net(shape, net))
     later = [p for p in method.phases() if p.name == "shape"][1]  # a new round takes a new copy
     assert _same(_snapshot(net), resumed._frozen_round_net(later, net))
+
+
+def test_the_evaluation_scores_every_snapshot_along_the_schedule(tmp_path, assets):
+    cfg = _config(tmp_path, assets, "engine.max_steps=6", "engine.snapshot_every=2")
+    make_streams(cfg, samples=24)
+    train(cfg, [], command="train")
+    report = evaluate(cfg)
+    trajectory = json.loads((tmp_path / "run" / "eval" / "gan2shape_eval.json").read_text())["trajectory"]
+    # Snapshots after steps 2, 4 and 6: the init (steps 0-1), offset (3-4) and shape (5-6) phases had just run.
+    assert [(p["step"], p["phase"]) for p in trajectory] == [(2, "init"), (4, "offset"), (6, "shape")]
+    assert trajectory[-1]["side"] == pytest.approx(report["gan2shape/side"])  # the last snapshot is the final net
+    assert trajectory[-1]["mad"] == pytest.approx(report["gan2shape/mad"])
+    assert trajectory[0]["side"] != pytest.approx(trajectory[-1]["side"])
+    assert "trajectory" not in report  # the JSON keeps it; the returned scores are numbers
