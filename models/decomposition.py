@@ -70,6 +70,10 @@ class EncoderDecoder(nn.Module):
 class Decomposition(nn.Module):
     """Depth, albedo, view and light networks for one resolution, outputs already in range.
 
+    The view and light networks start at zero output (the canonical view, a light from the camera):
+    a randomly initialized view net turns each image by 10-20° about every axis, which the phases
+    that train only depth or albedo would then bake into them.
+
     Args:
         min_depth, max_depth: the canonical depth's range (the object sits around their middle).
         rotation_deg: each Euler angle of the view within ± this.
@@ -87,6 +91,9 @@ class Decomposition(nn.Module):
         self.albedo_net = EncoderDecoder(resolution, 3, width, zdim)
         self.view_net = Encoder(resolution, 6, width, zdim)
         self.light_net = Encoder(resolution, 4, width, zdim)
+        for head in (self.view_net.net[-1], self.light_net.net[-1]):
+            nn.init.zeros_(head.weight)  # start at the canonical view and a frontal light, for every image
+            nn.init.zeros_(head.bias)
 
     def depth(self, image: torch.Tensor) -> torch.Tensor:
         """``[B, H, W]`` canonical depth in ``[min_depth, max_depth]``.

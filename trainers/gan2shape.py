@@ -418,7 +418,8 @@ class GAN2Shape(Method):
         rendered = self._render(image, depth, albedo, light, view)
         own = self._reconstruction(rendered.image, image, rendered.mask)
         smoothness = _curvature(depth) + _curvature(_diffuse_shading(rendered, light[2]))
-        losses = {"reconstruction": own.detach(), "smoothness": smoothness.detach()}
+        losses = {"reconstruction": own.detach(), "smoothness": smoothness.detach(),
+                  "view_deg": torch.rad2deg(view[0].detach()).abs().mean()}  # fmt: skip
         loss = own + cfg.lam_smooth * smoothness
         if cfg.symmetry:
             flipped = self._render(image, depth.flip(2), albedo.flip(3), light, view)
@@ -431,6 +432,8 @@ class GAN2Shape(Method):
             rendered = self._render(image, depth, albedo, net.light(projected), net.view(projected))
             samples = self._reconstruction(rendered.image, projected, rendered.mask * counted)
             loss, losses["projected"] = loss + samples, samples.detach()
+            # Near 0, the projected samples are the image again: step 3 gets no new views to learn from.
+            losses["projected_vs_image"] = (projected - image).abs().mean()
         return {"loss": loss, **losses}
 
     # -- evaluation -----------------------------------------------------------------------------

@@ -63,3 +63,22 @@ def test_the_ellipsoid_fills_the_masks_box_with_known_depths():
     assert depth[0, 0].eq(2.0).all() and depth[0, :, 0].eq(2.0).all()  # outside the box
     assert torch.allclose(depth[0, :, 3:10], depth[0, :, 3:10].flip(1))  # symmetric about the box centre
     assert depth[1].eq(2.0).all()  # an empty mask: no object, the far plane
+
+
+def test_a_new_decomposition_sees_every_image_in_the_canonical_view_under_a_frontal_light():
+    torch.manual_seed(0)
+    net = Decomposition(16, width=8, zdim=32)
+    image = torch.rand(4, 3, 16, 16)
+    angles, shift = net.view(image)
+    ambient, diffuse, direction = net.light(image)
+    assert (angles == 0).all() and (shift == 0).all()
+    assert torch.equal(ambient, torch.full((4,), 0.5)) and torch.equal(diffuse, torch.full((4,), 0.5))
+    assert torch.equal(direction, torch.tensor([0.0, 0.0, -1.0]).expand(4, 3))
+    # ... and learns to leave it: a step towards a turned view moves every image's angles that way.
+    target = torch.tensor([0.2, -0.3, 0.1])
+    (net.view(image)[0] - target).square().sum().backward()
+    with torch.no_grad():
+        for p in net.view_net.parameters():
+            p -= 1e-3 * p.grad
+    moved = net.view(image)[0]
+    assert (moved.sign() == target.sign()).all() and moved.std(0).sum() > 0

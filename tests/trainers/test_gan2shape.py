@@ -73,6 +73,7 @@ def test_a_short_run_trains_every_phase_resumes_and_scores_the_rows(tmp_path, as
     assert phase_of[5] == {"shape"} and phase_of[9] == {"shape"}
     shape = [r for r in rows if "loss/shape/projected" in r]
     assert len(shape) == 3 and all(r["loss/shape/projected"] > 0 for r in shape)
+    assert all(r["loss/shape/projected_vs_image"] > 0 and r["loss/shape/view_deg"] >= 0 for r in shape)
     offsets = [r["loss/offset/offset_sq"] for r in rows if "loss/offset/offset_sq" in r]
     assert offsets[0] < 1e-12 and offsets[-1] > 1e-9  # E starts at w (up to rounding) and learns to move
     assert all(math.isfinite(v) for r in rows for k, v in r.items() if k.startswith("loss/"))
