@@ -4,16 +4,17 @@
     python -m bench.gan2shape --device cuda --gate runs/gate --seeds 0 1 2 --work runs/g2s --out g2s.json
 
 Each run is ``renderloop run method=gan2shape ...`` on a live stream of the gate's generator
-(``<gate>/gan/eval/generator.pt``, the oracles of ``<gate>/oracle``), then ``renderloop eval``:
-SIDE (×10⁻²) and MAD (degrees) on held-out renders, all views and near-frontal ones. Variants:
-the method; Unsup3d on the same images (the paper's baseline, with its flip term); the supervised
+(``<gate>/gan/eval/generator.pt``, the oracles of ``<gate>/oracle``), then ``renderloop eval``: SIDE
+(×10⁻²) and MAD (degrees) on held-out renders, all views and near-frontal ones. Variants: the
+method; Unsup3d on the same images (the paper's baseline, with its flip term); the supervised
 ceiling (true depth of renders of the GAN's objects); the ablations (no offset regularizer, flat
 initialization, and the flip term added, which the method leaves off as the paper's car config
-does). Every variant trains for ``--steps`` engine steps (equal steps; the default is the
-schedule of ``method=gan2shape``). Each run's report also holds the ellipsoid, average-depth and
-flat rows. A row gives the mean and 95% t interval over seeds; the method is compared with
-Unsup3d by Welch intervals. With ``--snapshot-every`` each run also scores its depth along the
-schedule (``trajectories``: which phase moves it, and which way).
+does); and step 3 drawing each projected sample from its pseudo view (``pseudo_view``, for the joint
+training's one frame per image). Every variant trains for ``--steps`` engine steps (equal steps; the
+default is the schedule of ``method=gan2shape``). Each run's report also holds the ellipsoid,
+average-depth and flat rows. A row gives the mean and 95% t interval over seeds; the method is
+compared with Unsup3d by Welch intervals. With ``--snapshot-every`` each run also scores its depth
+along the schedule (``trajectories``: which phase moves it, and which way).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ VARIANTS = {
     "no_offset_reg": ("gan2shape", ["method.lam_offset=0"]),
     "flat_prior": ("gan2shape", ["method.prior=flat"]),
     "with_symmetry": ("gan2shape", ["method.symmetry=true"]),
+    "pseudo_view": ("gan2shape", ["method.projected_view=pseudo"]),
 }
 """Variant → (config, overrides)."""
 BASELINES = ("ellipsoid", "average", "flat")

@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("gan2shape", "unsup3d", "supervised")
 PRIORS = ("ellipsoid", "flat")
+PROJECTED_VIEWS = ("predicted", "pseudo")
 
 
 @dataclass
@@ -128,6 +129,13 @@ class GAN2ShapeConfig:
     pseudo_yaw_deg: float = 45.0
     pseudo_pitch_deg: float = 15.0
     """Pseudo samples' views: yaw and pitch uniform within ± these."""
+    projected_view: str = "predicted"
+    """The view step 3 draws the image's depth from to match a projected sample: ``predicted``
+    (the view network on the sample, the paper's) or ``pseudo`` (the view its pseudo sample was
+    drawn at, which the projection keeps). The paper optimizes one image at a time, so every
+    sample shares that image's canonical frame; trained jointly, each image's frame is its own
+    view, and a car seen at 30° is a sample turned 30° from one image and the canonical view of
+    another, contradictory targets for a view network."""
     init_steps: int = 1000
     rounds: int = 4
     first_round: tuple[int, int, int] = (700, 700, 600)
@@ -172,6 +180,8 @@ class GAN2ShapeConfig:
         if rname != "simulator" or not renders.category:
             raise ConfigError("method.renders", f"needs a simulator category (simulator_vehicle); got {rname}")
         config_backend("method.renderer_backend", self.renderer_backend)
+        if self.projected_view not in PROJECTED_VIEWS:
+            raise ConfigError("method.projected_view", f"must be one of {PROJECTED_VIEWS}; got {self.projected_view!r}")
         if self.prior not in PRIORS:
             raise ConfigError("method.prior", f"must be one of {PRIORS}; got {self.prior!r}")
         if not 0 < self.min_depth < self.prior_depth[0] < self.prior_depth[1] <= self.max_depth:
@@ -358,11 +368,11 @@ class GAN2Shape(Method):
         return (angles, torch.zeros(n, 3, device=device)), (ambient - 0.6 * r, diffuse + r, direction)
 
     @torch.no_grad()
-    def _pseudo(self, net: Decomposition, image: torch.Tensor) -> tuple[DepthRender, torch.Tensor]:
+    def _pseudo(self, net: Decomposition, image: torch.Tensor) -> tuple[DepthRender, torch.Tensor, tuple]:
         """The image re-rendered from a random view under a random light, clipped to what an
-        image can hold (the GAN cannot make brighter than white), and the pixels its losses count
-        ``[B, 1, H, W]``: where it is drawn and, with ``use_mask``, where the oracle's object mask
-        of the image, carried through the canonical frame, lands in that view."""
+        image can hold (the GAN cannot make brighter than white), the pixels its losses count
+        ``[B, 1, H, W]`` (where it is drawn and, with ``use_mask``, where the oracle's object mask
+        of the image, carried through the canonical frame, lands in that view), and the view."""
         cfg = self.config
         depth, view, light = net.depth(image), *self._random_views(net.light(image))
         rendered = self._render(image, depth, net.albedo(image), light, view)
@@ -372,7 +382,7 @@ class GAN2Shape(Method):
             canonical = sample_into_canonical(seen, depth, K, *self._rigid(net.view(image)))
             moved, _, _ = reproject(canonical, depth, K, *self._rigid(view), self.raster)
             counted = counted * moved
-        return replace(rendered, image=rendered.image.clamp(0, 1)), counted
+        return replace(rendered, image=rendered.image.clamp(0, 1)), counted, view
 
     def _project(self, E: nn.Module, G: nn.Module, pseudo: torch.Tensor, w: torch.Tensor):
         """G's image for ``w + Δw`` in [0, 1], ``Δw = E(pseudo)``, and the offsets."""
@@ -403,7 +413,7 @@ class GAN2Shape(Method):
             loss = self._reconstruction(rendered.image, image, rendered.mask)
             return {"loss": loss, "reconstruction": loss.detach()}
         if phase.name == "offset":
-            pseudo, counted = self._pseudo(net, image)
+            pseudo, counted, _ = self._pseudo(net, image)
             projected, offset = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
             fit = self._reconstruction(projected, pseudo.image, counted)
             penalty = offset.float().square().mean()  # per latent dimension, as the paper's λ assumes
@@ -427,9 +437,10 @@ class GAN2Shape(Method):
             loss, losses["flip"] = loss + cfg.lam_flip * flip, flip.detach()
         if cfg.mode == "gan2shape":
             with torch.no_grad():
-                pseudo, counted = self._pseudo(round_net, image)
+                pseudo, counted, pseudo_view = self._pseudo(round_net, image)
                 projected, _ = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
-            rendered = self._render(image, depth, albedo, net.light(projected), net.view(projected))
+            sample_view = net.view(projected) if cfg.projected_view == "predicted" else pseudo_view
+            rendered = self._render(image, depth, albedo, net.light(projected), sample_view)
             samples = self._reconstruction(rendered.image, projected, rendered.mask * counted)
             loss, losses["projected"] = loss + samples, samples.detach()
             # Near 0, the projected samples are the image again: step 3 gets no new views to learn from.
@@ -443,7 +454,7 @@ class GAN2Shape(Method):
         net, image = nets["net"], batch["images"]["rgb"].float()[:8]
         depth = net.depth(image)
         shown = (depth - self.config.min_depth) / (self.config.max_depth - self.config.min_depth)
-        pseudo, _ = self._pseudo(net, image)
+        pseudo, _, _ = self._pseudo(net, image)
         return {"input": image, "depth": shown[:, None].expand(-1, 3, -1, -1), "pseudo": pseudo.image}
 
     def _test_renders(self, object_seeds: str, count: int) -> dict[str, torch.Tensor]:

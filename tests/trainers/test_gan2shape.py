@@ -3,6 +3,7 @@ short run through every phase with resume, and the evaluation's rows; bad config
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -101,6 +102,7 @@ def test_bad_gan2shape_configs_are_refused(tmp_path, assets):
     refused("method.prior_depth", "method.prior_depth=[1.3,1.5]")
     refused("method.mode", "method.mode=both")
     refused("method.prior", "method.prior=sphere")
+    refused("method.projected_view", "method.projected_view=canonical")
     with pytest.raises(ConfigError, match="engine.precision"):
         _config(tmp_path, assets, "engine.precision=bf16")
     refused("method.first_round", "method.first_round=[1,0,1]")
@@ -169,7 +171,7 @@ def test_pseudo_samples_count_the_object_only_with_use_mask(tmp_path, assets, us
     net = method.build()["net"].module
     image = torch.rand(3, 3, 16, 16)
     calls = method.oracle.calls["segment"]
-    pseudo, counted = method._pseudo(net, image)
+    pseudo, counted, _ = method._pseudo(net, image)
     assert counted.shape == pseudo.mask.shape and ((counted >= 0) & (counted <= pseudo.mask + 1e-6)).all()
     if use_mask:  # the oracle was asked once per image, and some drawn pixels are not the object's
         assert method.oracle.calls["segment"] == calls + 3 and (counted < pseudo.mask - 0.5).any()
@@ -248,3 +250,23 @@ def test_the_evaluation_scores_every_snapshot_along_the_schedule(tmp_path, asset
     assert trajectory[-1]["mad"] == pytest.approx(report["gan2shape/mad"])
     assert trajectory[0]["side"] != pytest.approx(trajectory[-1]["side"])
     assert "trajectory" not in report  # the JSON keeps it; the returned scores are numbers
+
+
+@pytest.mark.parametrize("projected_view", ["predicted", "pseudo"])
+def test_step_3_draws_the_projected_samples_from_the_chosen_view(tmp_path, assets, projected_view):
+    """``predicted`` asks the view network for each projected sample's view; ``pseudo`` reuses
+    the view its pseudo sample was drawn at, so the network sees only the images."""
+    cfg = _config(tmp_path, assets, f"method.projected_view={projected_view}")
+    make_streams(cfg, samples=8)
+    method = GAN2Shape(cfg.method_config, torch.device("cpu"))
+    nets = {name: spec.module for name, spec in method.build().items()}
+    samples = list(ShardStream(cfg.storage.root, cfg.stream("images"), follow=False, fields=["rgb.png", "latent.npy"]))
+    image = torch.stack([s["rgb.png"] for s in samples[:4]]).float()
+    w = torch.stack([torch.as_tensor(s["latent.npy"]) for s in samples[:4]])
+    round_net = copy.deepcopy(nets["net"]).requires_grad_(False)
+    seen: list[torch.Tensor] = []
+    nets["net"].view_net.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    losses = method._shape(image, w, nets, round_net)
+    assert torch.isfinite(losses["loss"]) and losses["projected"] > 0
+    assert torch.equal(seen[0], image)  # the image's own view, in both
+    assert len(seen) == (2 if projected_view == "predicted" else 1)
