@@ -141,7 +141,7 @@ FIELDS: dict[str, Field] = {
         Field("cam.json", _json, _camera, "K [3, 3], R [3, 3], t [3], azimuth, elevation, distance"),
         Field("light.json", _json, _camera, "direction [3] (towards the light, camera frame), ambient, diffuse"),
         Field("latent.npy", _npy, _from_npy, "float32 generator latent (z or w)"),
-        Field("view.txt", lambda v: str(int(v)).encode(), lambda b: int(b.decode()), "view index within a group"),
+        Field("view.txt", lambda v: str(int(v)).encode(), lambda b: int(b.decode()), "view code's pool index"),
         Field("group.txt", lambda v: str(int(v)).encode(), lambda b: int(b.decode()), "multi-view group id"),
         Field("meta.json", _json, json.loads, "source name and version, seed, config hash"),
     )

@@ -83,8 +83,9 @@ class EngineConfig:
     """Save every this many steps (and at the end); 0 saves only at the end."""
     keep_checkpoints: int = 2
     snapshot_every: int = 0
-    """Also export the weights (as ``models/``) to ``snapshots/step<N>`` every this many steps (0:
-    never): the candidates an evaluation may choose among (``part_segmentation``'s per-fold choice)."""
+    """Also export the trained models' weights (as ``models/``, frozen models left out) to
+    ``snapshots/step<N>`` every this many steps (0: never): the candidates an evaluation may
+    choose among (``part_segmentation``'s per-fold choice)."""
     resume: bool = True
     """Continue from the run directory's latest checkpoint when there is one. Off, a run starts
     afresh; under Ray Train a restart after a failure still restores the run's own checkpoint."""

@@ -413,7 +413,7 @@ class Trainer:
                     reporter.images(self.step, self._images())  # every rank: ZeRO-3 forwards gather
                 self.step += 1
                 if cfg.snapshot_every and self.step % cfg.snapshot_every == 0:
-                    self.export(self.run_dir / "snapshots" / f"step{self.step:08d}")
+                    self.export(self.run_dir / "snapshots" / f"step{self.step:08d}", trained_only=True)
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save(summary)
                     saved_at = self.step
@@ -448,13 +448,16 @@ class Trainer:
             grids = self.method.images(self._latest, self.eval_nets())
         return {k: v.float() for k, v in grids.items()}
 
-    def export(self, out: Path | None = None) -> Path:
+    def export(self, out: Path | None = None, trained_only: bool = False) -> Path:
         """Write each model's weights (the EMA copy where there is one) to ``<out>/<name>.pt`` (by
         default ``<run_dir>/models``), and rank 0's method state (``method_state.pt``), which
-        evaluation restores."""
+        evaluation restores. ``trained_only`` leaves out the frozen models (a snapshot need not
+        copy a pretrained generator each time)."""
         out = out or self.run_dir / "models"
         zero3 = self.cfg.zero_stage == 3
         for name, module in self.modules.items():
+            if trained_only and name not in self.engines:
+                continue
             gather = contextlib.nullcontext()
             if zero3 and name in self.engines:
                 import deepspeed

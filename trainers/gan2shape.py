@@ -492,21 +492,27 @@ class GAN2Shape(Method):
         """SIDE and MAD (all views) of every snapshot the run kept (``engine.snapshot_every``),
         each with the phase that had just run: which step of the schedule moves the depth, and
         which way."""
-        snapshots = sorted((self.run_dir / "snapshots").glob("step*")) if self.run_dir else []
+        snapshots = sorted((self.run_dir / "snapshots").glob("step*/net.pt")) if self.run_dir else []
         phases, points = self.phases(), []
         net = self._decomposition().to(self.device).eval()
-        for snapshot in snapshots:
-            net.load_state_dict(torch.load(snapshot / "net.pt", map_location=self.device, weights_only=True))
-            step = int(snapshot.name.removeprefix("step"))
+        for weights in snapshots:  # a folder without net.pt is an export cut short
+            net.load_state_dict(torch.load(weights, map_location=self.device, weights_only=True))
+            step = int(weights.parent.name.removeprefix("step"))
             predicted, valid = self._predict(net, test["rgb"], test["mask"].bool())
             keep = interior(valid).flatten(1).any(1)
-            true, K = test["depth"][keep], test["K"][keep]
-            s = side(predicted.depth[keep], true, valid[keep]) * 100
-            m = mad(predicted.depth[keep], true, valid[keep], self._K(test["rgb"])[keep], K)
+            s, m = self._scores(predicted.depth, test, valid, keep, own_camera=self.config.mode != "supervised")
             phase = [p.name for p in phases if p.start < step][-1]  # the phase of the snapshot's last step
             points.append({"step": step, "phase": phase, "side": s.mean().item(), "mad": m.mean().item(),
                            "scored_images": int(keep.sum())})  # fmt: skip
         return points
+
+    def _scores(self, depth: torch.Tensor, test: dict[str, torch.Tensor], valid: torch.Tensor, keep: torch.Tensor,
+                own_camera: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Per-image SIDE (×10⁻²) and MAD of ``depth`` on the ``keep`` renders; ``own_camera``: the
+        depth is unprojected through the method's camera (``fov_deg``), else through the renders'."""
+        K = (self._K(test["rgb"]) if own_camera else test["K"])[keep]
+        true = test["depth"][keep]
+        return side(depth[keep], true, valid[keep]) * 100, mad(depth[keep], true, valid[keep], K, test["K"][keep])
 
     def _on_inversions(self, nets: Mapping[str, nn.Module], test: dict[str, torch.Tensor]) -> dict[str, float]:
         """Invert the first ``evaluation.invert`` renders into W, predict depth from G's
@@ -538,7 +544,6 @@ class GAN2Shape(Method):
         category.check_disjoint({"average": category.SEED_RANGES["oracle"], "test": category.SEED_RANGES["test"]})
         train = self._test_renders("oracle", ev.average_samples)
         image, mask = test["rgb"], test["mask"].bool()
-        K = self._K(image)
         predicted, valid = self._predict(net, image, mask)
         covered = (train["depth"] * train["mask"]).sum(0) / train["mask"].sum(0).clamp_min(1)
         average = torch.where(train["mask"].sum(0) > 0, covered, covered[covered > 0].mean())
@@ -550,12 +555,10 @@ class GAN2Shape(Method):
         }
         azimuth = test["azimuth"].rad2deg() % 360
         frontal = torch.minimum(azimuth, 360 - azimuth) <= ev.frontal_deg
-        report: dict[str, float] = {"test_images": float(len(image)), "frontal_images": float(frontal.sum())}
+        report: dict[str, Any] = {"test_images": float(len(image)), "frontal_images": float(frontal.sum())}
         keep = interior(valid).flatten(1).any(1)  # the scores need an interior pixel
         for row, depth in rows.items():  # the method's depth is seen through its camera, the others the renders'
-            K_row = (K if row in ("gan2shape", "unsup3d") else test["K"])[keep]
-            s = side(depth[keep], test["depth"][keep], valid[keep]) * 100
-            m = mad(depth[keep], test["depth"][keep], valid[keep], K_row, test["K"][keep])
+            s, m = self._scores(depth, test, valid, keep, own_camera=row in ("gan2shape", "unsup3d"))
             report[f"{row}/side"], report[f"{row}/mad"] = s.mean().item(), m.mean().item()
             if frontal[keep].any():
                 f = frontal[keep]

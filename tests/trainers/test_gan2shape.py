@@ -242,6 +242,9 @@ def test_the_evaluation_scores_every_snapshot_along_the_schedule(tmp_path, asset
     cfg = _config(tmp_path, assets, "engine.max_steps=6", "engine.snapshot_every=2")
     make_streams(cfg, samples=24)
     train(cfg, [], command="train")
+    snapshots = tmp_path / "run" / "snapshots"
+    assert sorted(p.name for p in (snapshots / "step00000002").glob("*.pt")) == ["E.pt", "method_state.pt", "net.pt"]
+    (snapshots / "step00000003").mkdir()  # an export cut short: no weights, skipped
     report = evaluate(cfg)
     trajectory = json.loads((tmp_path / "run" / "eval" / "gan2shape_eval.json").read_text())["trajectory"]
     # Snapshots after steps 2, 4 and 6: the init (steps 0-1), offset (3-4) and shape (5-6) phases had just run.
@@ -266,7 +269,23 @@ def test_step_3_draws_the_projected_samples_from_the_chosen_view(tmp_path, asset
     round_net = copy.deepcopy(nets["net"]).requires_grad_(False)
     seen: list[torch.Tensor] = []
     nets["net"].view_net.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    drawn, rendered_views = [], []
+    pseudo, render = method._pseudo, method._render
+
+    def recorded_pseudo(*args):
+        out = pseudo(*args)
+        drawn.append(out[2])
+        return out
+
+    def recorded_render(image, depth, albedo, light, view):
+        rendered_views.append(view)
+        return render(image, depth, albedo, light, view)
+
+    method._pseudo, method._render = recorded_pseudo, recorded_render
     losses = method._shape(image, w, nets, round_net)
     assert torch.isfinite(losses["loss"]) and losses["projected"] > 0
     assert torch.equal(seen[0], image)  # the image's own view, in both
     assert len(seen) == (2 if projected_view == "predicted" else 1)
+    last = rendered_views[-1]  # the projected samples' render
+    uses_pseudo = all(torch.equal(a, b) for a, b in zip(last, drawn[0], strict=True))
+    assert uses_pseudo == (projected_view == "pseudo")
