@@ -12,6 +12,7 @@ that score best on it, scored on the other folds (``selected/*``).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -92,8 +93,10 @@ class PartSegmentationConfig:
             raise ConfigError("method.init_from", f"{self.init_from} holds no exported segmenter (models/segmenter.pt)")
 
 
+@functools.cache
 def mirror_classes() -> torch.Tensor:
-    """``[1 + parts]`` each class's label in the mirror image: left and right parts swap."""
+    """``[1 + parts]`` each class's label in the mirror image: left and right parts swap (built
+    once: every training step mirrors with it)."""
     names = ["background", *category.PART_NAMES]
     swap = {"left_": "right_", "right_": "left_"}
     mirrored = [next((n.replace(a, b, 1) for a, b in swap.items() if n.startswith(a)), n) for n in names]
