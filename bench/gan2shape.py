@@ -10,11 +10,15 @@ method; Unsup3d on the same images (the paper's baseline, with its flip term); t
 ceiling (true depth of renders of the GAN's objects); the ablations (no offset regularizer, flat
 initialization, and the flip term added, which the method leaves off as the paper's car config
 does); and step 3 drawing each projected sample from its pseudo view (``pseudo_view``, for the joint
-training's one frame per image). Every variant trains for ``--steps`` engine steps (equal steps; the
+training's one frame per image); and ``per_image``, the paper's per-image optimization (its car
+setting) on the first ``--instances`` test renders inverted into W, a copy of the networks each.
+Every variant trains for ``--steps`` engine steps (equal steps; the
 default is the schedule of ``method=gan2shape``). Each run's report also holds the ellipsoid,
 average-depth and flat rows. A row gives the mean and 95% t interval over seeds; the method is
-compared with Unsup3d by Welch intervals. With ``--snapshot-every`` each run also scores its depth
-along the schedule (``trajectories``: which phase moves it, and which way).
+compared with Unsup3d by Welch intervals. Where runs scored different renders (``per_image``
+scores its instances only), ``shared`` gives every row again on the renders all runs scored. With
+``--snapshot-every`` each run also scores its depth along the schedule (``trajectories``: which
+phase moves it, and which way).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ VARIANTS = {
     "flat_prior": ("gan2shape", ["method.prior=flat"]),
     "with_symmetry": ("gan2shape", ["method.symmetry=true"]),
     "pseudo_view": ("gan2shape", ["method.projected_view=pseudo"]),
+    "per_image": ("gan2shape", []),  # + method.instances from --instances, --instance-samples
 }
 """Variant → (config, overrides)."""
 BASELINES = ("ellipsoid", "average", "flat")
@@ -55,6 +60,8 @@ def one_run(variant: str, seed: int, args, work: Path) -> dict:
     if done.exists():
         return json.loads(done.read_text())
     config, overrides = VARIANTS[variant]
+    if variant == "per_image":
+        overrides = [f"method.instances.count={args.instances}", f"method.instances.samples={args.instance_samples}"]
     gate = Path(args.gate)
     images = ([f"method.data.images.checkpoint={gate / 'gan' / 'eval' / 'generator.pt'}"] if config == "gan2shape"
               else [f"method.data.images.resolution={args.resolution}"])  # fmt: skip
@@ -88,6 +95,28 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
 
 def _scores(reports: list[dict], row: str) -> dict[str, tuple]:
     return {s: tuple(mean_ci95([m[f"{row}/{s}"] for m in reports])) for s in SCORES if f"{row}/{s}" in reports[0]}
+
+
+def on_renders(report: dict, indices: set[int]) -> dict[str, float]:
+    """A run's report with every row's scores averaged over the test renders ``indices`` alone
+    (from its ``per_image`` lists)."""
+    scored = report["per_image"]
+    picked = [i for i, index in enumerate(scored["index"]) if index in indices]
+    frontal = [i for i in picked if scored["frontal"][i]]
+    out = {}
+    for key, values in scored.items():
+        if "/" in key:
+            row, score = key.split("/")
+            out[f"{row}/{score}"] = sum(values[i] for i in picked) / len(picked)
+            if frontal:
+                out[f"{row}/frontal_{score}"] = sum(values[i] for i in frontal) / len(frontal)
+    return out
+
+
+def shared(runs: list[dict]) -> tuple[set[int], list[dict]]:
+    """The test renders every run scored, and the runs with their scores restricted to them."""
+    indices = set.intersection(*(set(r["scores"]["per_image"]["index"]) for r in runs))
+    return indices, [{**r, "scores": on_renders(r["scores"], indices)} for r in runs]
 
 
 def trajectories(runs: list[dict]) -> dict[str, list[dict]]:
@@ -129,6 +158,8 @@ def main() -> None:
     p.add_argument("--work", default="", help="streams, runs and logs; finished runs are reused")
     p.add_argument("--parallel", type=int, default=1, help="runs sharing the device at once")
     p.add_argument("--snapshot-every", type=int, default=0, help="score the depth every this many steps (0: never)")
+    p.add_argument("--instances", type=int, default=32, help="per_image: test renders optimized, one copy each")
+    p.add_argument("--instance-samples", type=int, default=8, help="per_image: pseudo samples per image and step")
     p.add_argument("--out", default="")
     args = p.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="renderloop-gan2shape-"))
@@ -142,11 +173,20 @@ def main() -> None:
                   f"MAD {r['scores'][f'{row}/mad']:.2f}", flush=True)  # fmt: skip
     rows, paths = summarize(runs), trajectories(runs)
     print_rows(rows)
+    extra = {}
+    scored = [r["scores"].get("per_image", {}).get("index") for r in runs]
+    if all(scored) and len({len(s) for s in scored}) > 1:  # some runs (per_image) scored fewer renders
+        indices, restricted = shared(runs)
+        extra["shared"] = {"renders": len(indices), "rows": summarize(restricted),
+                           "gan2shape_minus_unsup3d": compare(restricted),
+                           "per_image_minus_unsup3d": compare(restricted, "per_image")}  # fmt: skip
+        print(f"on the {len(indices)} renders every run scored:")
+        print_rows(extra["shared"]["rows"])
     for variant, points in paths.items():
         print(f"{variant}: " + ", ".join(f"{p['step']} {p['phase']} SIDE {p['side']:.2f} MAD {p['mad']:.1f}"
                                          for p in points))  # fmt: skip
     if args.out:
-        write_report(args.out, rows=rows, gan2shape_minus_unsup3d=compare(runs), trajectories=paths, runs=runs)
+        write_report(args.out, rows=rows, gan2shape_minus_unsup3d=compare(runs), trajectories=paths, runs=runs, **extra)
 
 
 if __name__ == "__main__":

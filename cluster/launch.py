@@ -82,7 +82,7 @@ class TrainConfig:
 
     def streams(self) -> dict[str, Any]:
         """Data role → source config node."""
-        return dict(self.method_config.data)
+        return METHODS[self.method_name].cls.data_roles(self.method_config)
 
     def fields(self, role: str) -> tuple[str, ...] | None:
         """The schema fields the method reads from ``role``'s stream (None: all): what its

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from bench.gan2shape import compare, summarize, trajectories
+from bench.gan2shape import compare, on_renders, shared, summarize, trajectories
 from renderloop.cli import main
 from renderloop.models.stylegan2 import Generator, GeneratorConfig
 from renderloop.models.stylegan2.io import save_generator
@@ -52,17 +52,21 @@ def test_two_variants_run_end_to_end(tmp_path):
             "engine.max_steps=4", "samples_per_shard=8"]  # fmt: skip
     out = tmp_path / "g2s.json"
     done = subprocess.run([sys.executable, "-m", "bench.gan2shape", "--gate", str(gate), "--resolution", "16",
-                           "--variants", "gan2shape", "unsup3d", "--seeds", "0", "--work", str(tmp_path / "w"),
-                           "--out", str(out), "--set", *tiny], capture_output=True, text=True)  # fmt: skip
+                           "--variants", "gan2shape", "unsup3d", "per_image", "--seeds", "0", "--instances", "2",
+                           "--instance-samples", "2", "--work", str(tmp_path / "w"), "--out", str(out), "--set",
+                           *tiny], capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["meta"]["argv"][:4] == ["python", "-m", "bench.gan2shape", "--gate"]  # no checkout path
-    assert [(r["variant"], r["seed"]) for r in report["runs"]] == [("gan2shape", 0), ("unsup3d", 0)]
-    assert [r["steps"] for r in report["runs"]] == [3, 3]  # the last logged step of engine.max_steps=4
-    method, baseline = (r["phases"] for r in report["runs"])
+    assert [(r["variant"], r["seed"]) for r in report["runs"]] == [("gan2shape", 0), ("unsup3d", 0), ("per_image", 0)]
+    assert [r["steps"] for r in report["runs"]] == [3, 3, 3]  # the last logged step of engine.max_steps=4
+    method, baseline, per_image = (r["phases"] for r in report["runs"])
+    assert set(per_image) == {"init", "albedo", "offset", "shape"}
+    assert report["runs"][2]["scores"]["test_images"] == 2  # its two instances, where the others score four
+    assert 1 <= report["shared"]["renders"] <= 2 and "per_image" in report["shared"]["rows"]
     assert set(method) == {"init", "albedo", "offset", "shape"} and set(baseline) == {"shape"}
     assert baseline["shape"]["logged_steps"] == 4 and method["offset"]["samples_per_s"] > 0
-    assert set(report["rows"]) == {"gan2shape", "unsup3d", "ellipsoid", "average", "flat"}
+    assert set(report["rows"]) == {"gan2shape", "unsup3d", "per_image", "ellipsoid", "average", "flat"}
     assert report["rows"]["gan2shape"]["side"][2] == 1
     shutil.rmtree(tmp_path / "w" / "gan2shape-s0" / "data")  # a second call reuses finished runs
     again = subprocess.run([sys.executable, "-m", "bench.gan2shape", "--gate", str(gate), "--variants", "gan2shape",
@@ -81,3 +85,19 @@ def test_trajectories_average_each_step_over_the_seeds_that_kept_it():
     first, last = paths["gan2shape"]
     assert first == {"step": 2, "phase": "init", "seeds": 2, "side": pytest.approx(1.5), "mad": pytest.approx(15.0)}
     assert (last["step"], last["seeds"], last["side"]) == (4, 1, pytest.approx(3.0))
+
+
+def test_runs_that_scored_different_renders_are_compared_on_those_they_share():
+    def run(variant: str, index: list[int], side: list[float]) -> dict:
+        row = "unsup3d" if variant == "unsup3d" else "gan2shape"
+        per_image = {"index": index, "frontal": [i == 0 for i in index], f"{row}/side": side,
+                     f"{row}/mad": [10 * v for v in side]}  # fmt: skip
+        return {"variant": variant, "seed": 0, "scores": {"per_image": per_image}}
+
+    runs = [run("unsup3d", [0, 1, 2, 3], [1.0, 2.0, 3.0, 4.0]), run("per_image", [0, 1], [5.0, 7.0])]
+    indices, restricted = shared(runs)
+    assert indices == {0, 1}
+    assert restricted[0]["scores"] == {"unsup3d/side": 1.5, "unsup3d/frontal_side": 1.0, "unsup3d/mad": 15.0,
+                                       "unsup3d/frontal_mad": 10.0}  # fmt: skip
+    assert on_renders(runs[1]["scores"], {1})["gan2shape/side"] == 7.0
+    assert "gan2shape/frontal_side" not in on_renders(runs[1]["scores"], {1})  # render 1 is not frontal

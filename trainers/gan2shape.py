@@ -53,6 +53,7 @@ from renderloop.config import ConfigError, check_number, check_roles
 from renderloop.datasets import category
 from renderloop.datasets.sources import build_source, image_size, source_config
 from renderloop.models.decomposition import Decomposition, Encoder, ellipsoid_depth
+from renderloop.models.instances import Instances
 from renderloop.models.stylegan2.io import load_generator
 from renderloop.models.stylegan2.latents import MappingTail
 from renderloop.renderers.backends import config_backend, get_backend
@@ -99,6 +100,26 @@ class GAN2ShapeEvalConfig:
             if getattr(self, key) < 1:
                 raise ConfigError(f"method.evaluation.{key}", f"must be >= 1; got {getattr(self, key)}")
         check_number("method.evaluation.frontal_deg", self.frontal_deg, above=0, at_most=180)
+
+
+@dataclass
+class GAN2ShapeInstancesConfig:
+    count: int = 0
+    """0: joint training on the GAN's stream. ``N > 0``: the paper's per-image optimization (its car
+    setting, ``joint_train: false`` with the weights reset for every image) on ``N`` held-out test
+    renders inverted into W: each image gets its own copy of every network, all started from the
+    same weights, and is trained on alone; the evaluation scores these ``N`` renders."""
+    first: int = 0
+    """The first test render taken (the evaluation's test set, in order): runs over consecutive
+    slices cover it."""
+    samples: int = 8
+    """Pseudo and projected samples per image and step (the official batch of 8 for cars)."""
+    invert_steps: int = 300
+
+    def __post_init__(self) -> None:
+        if self.count < 0 or self.first < 0 or self.samples < 1 or self.invert_steps < 1:
+            raise ConfigError("method.instances", "needs count >= 0, first >= 0, samples >= 1 and invert_steps >= 1; "
+                              f"got {self.count}, {self.first}, {self.samples}, {self.invert_steps}")  # fmt: skip
 
 
 @dataclass
@@ -160,11 +181,17 @@ class GAN2ShapeConfig:
     lam_flip: float = 0.5
     renderer_backend: str = "torch"
     """The depth-map renderer's rasterizer (``renderers.backends``)."""
+    instances: GAN2ShapeInstancesConfig = field(default_factory=GAN2ShapeInstancesConfig)
     evaluation: GAN2ShapeEvalConfig = field(default_factory=GAN2ShapeEvalConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.evaluation, dict):
             self.evaluation = GAN2ShapeEvalConfig(**self.evaluation)
+        if isinstance(self.instances, dict):
+            self.instances = GAN2ShapeInstancesConfig(**self.instances)
+        if self.instances.count and self.mode != "gan2shape":
+            raise ConfigError("method.instances.count", f"per-image optimization is GAN2Shape's (mode=gan2shape); "
+                              f"got mode={self.mode}")  # fmt: skip
         if self.mode not in MODES:
             raise ConfigError("method.mode", f"must be one of {MODES}; got {self.mode!r}")
         check_roles(self.data, ("images",))
@@ -243,11 +270,24 @@ class GAN2Shape(Method):
         self._round_net: Decomposition | None = None  # step 3's source of pseudo samples
         self._round_start: int | None = None
         self._round_saved: tuple[int, dict] | None = None
+        self._instances: dict[str, torch.Tensor] | None = None  # per-image mode: the images and their latents
+
+    @property
+    def _groups(self) -> int:
+        """Images trained apart: the losses are means over each image's own samples, then over images."""
+        return max(self.config.instances.count, 1)
+
+    @classmethod
+    def data_roles(cls, config: GAN2ShapeConfig) -> dict[str, Any]:
+        return {} if config.instances.count else dict(config.data)  # per image: held-out renders, inverted
 
     @classmethod
     def check_engine(cls, config: GAN2ShapeConfig, engine: Any) -> None:
         if engine.precision == "bf16":
             raise ConfigError("engine.precision", "the renderer runs on fp32 inputs: use fp32 or bf16_autocast")
+        if config.instances.count and engine.grad_clip:
+            raise ConfigError("engine.grad_clip", "per-image optimization needs 0: a norm over all images' "
+                              f"gradients would tie the images together; got {engine.grad_clip}")  # fmt: skip
         if config.mode == "gan2shape" and engine.max_steps < config.schedule_steps:
             log.warning("engine.max_steps=%d stops inside the schedule of %d steps (init, then %d rounds of "
                         "steps 1-3): a later run with engine.max_steps >= %d continues it",
@@ -260,11 +300,15 @@ class GAN2Shape(Method):
         state = {"oracle_calls": dict(self.oracle.calls)}  # training's calls reach the evaluation's report
         if self._round_net is not None:  # a resumed shape phase keeps its pseudo samples' source
             state["round_net"] = (self._round_start, self._round_net.state_dict())
+        if self._instances is not None:  # a resume does not invert again
+            state["instances"] = {k: v.cpu() for k, v in self._instances.items()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.oracle.calls.update(state["oracle_calls"])
         self._round_saved = state.get("round_net")
+        if "instances" in state:
+            self._instances = {k: v.to(self.device) for k, v in state["instances"].items()}
 
     def _frozen_round_net(self, phase: Phase, net: Decomposition) -> Decomposition:
         """The decomposition as it stood when this shape phase began, frozen: step 3's pseudo
@@ -284,9 +328,14 @@ class GAN2Shape(Method):
         return image_size(self.source)
 
     def _decomposition(self) -> Decomposition:
+        """The four networks; per image, each as ``Instances`` (a copy per image, started alike)."""
         cfg = self.config
-        return Decomposition(self.resolution, cfg.width, cfg.zdim, cfg.min_depth, cfg.max_depth, cfg.rotation_deg,
-                             cfg.translation)  # fmt: skip
+        net = Decomposition(self.resolution, cfg.width, cfg.zdim, cfg.min_depth, cfg.max_depth, cfg.rotation_deg,
+                            cfg.translation)  # fmt: skip
+        if cfg.instances.count:
+            for name in ("depth_net", "albedo_net", "view_net", "light_net"):
+                setattr(net, name, Instances(getattr(net, name), cfg.instances.count))
+        return net
 
     def build(self) -> dict[str, ModelSpec]:
         cfg = self.config
@@ -295,16 +344,14 @@ class GAN2Shape(Method):
         adam = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "decoupled_weight_decay": False}
         if cfg.mode != "gan2shape":
             return {"net": ModelSpec(net, **adam)}
-        G = self._generator()
+        G = self._generator().requires_grad_(False)
         if cfg.offset_depth > G.mapping.num_layers:
             raise ConfigError("method.offset_depth", f"the generator's mapping has {G.mapping.num_layers} layers; "
                               f"got {cfg.offset_depth}")  # fmt: skip
         E = OffsetEncoder(res, MappingTail(G, cfg.offset_depth), cfg.width, cfg.zdim)
-        return {
-            "net": ModelSpec(net, **adam),
-            "E": ModelSpec(E, **adam),
-            "G": ModelSpec(G.requires_grad_(False), trainable=False),
-        }
+        if cfg.instances.count:
+            E.encoder = Instances(E.encoder, cfg.instances.count)  # G's mapping layers stay shared
+        return {"net": ModelSpec(net, **adam), "E": ModelSpec(E, **adam), "G": ModelSpec(G, trainable=False)}
 
     def phases(self) -> list[Phase]:
         cfg = self.config
@@ -312,7 +359,8 @@ class GAN2Shape(Method):
             return [Phase("shape", "net", ("images",))]
         if cfg.mode == "supervised":
             return [Phase("depth", "net", ("images",))]
-        init = Phase("init", "net", ("images",), stop=cfg.init_steps, trains=("depth_net",))
+        reads = tuple(self.data_roles(cfg))
+        init = Phase("init", "net", reads, stop=cfg.init_steps, trains=("depth_net",))
         phases = [init] if cfg.init_steps else []
         start = cfg.init_steps
         for r in range(cfg.rounds):
@@ -321,7 +369,7 @@ class GAN2Shape(Method):
                 cfg.first_round if r == 0 else cfg.later_rounds,
                 strict=True,
             ):
-                phases.append(Phase(name, model, ("images",), start=start, stop=start + steps, trains=trains))
+                phases.append(Phase(name, model, reads, start=start, stop=start + steps, trains=trains))
                 start += steps
         phases[-1] = replace(phases[-1], stop=None)  # the last shape step runs on to engine.max_steps
         return phases
@@ -346,9 +394,11 @@ class GAN2Shape(Method):
         return sum(F.l1_loss(x, y) for x, y in zip(fa, fb, strict=True)) / len(fa)
 
     def _reconstruction(self, image: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """L1 over the pixels ``weight [B, 1, H, W]`` counts, plus the perceptual term on ``image``
-        there completed by the target elsewhere."""
-        l1 = ((image - target).abs() * weight).sum() / (weight.sum() * target.shape[1]).clamp_min(1)
+        """L1 over the pixels ``weight [B, 1, H, W]`` counts (each image's samples apart, per image),
+        plus the perceptual term on ``image`` there completed by the target elsewhere."""
+        per_image = ((image - target).abs() * weight).unflatten(0, (self._groups, -1)).flatten(1).sum(1)
+        counted = weight.unflatten(0, (self._groups, -1)).flatten(1).sum(1) * target.shape[1]
+        l1 = (per_image / counted.clamp_min(1)).mean()
         composite = image * weight + (1 - weight) * target
         return l1 + self.config.lam_perc * self._perceptual(composite, target)
 
@@ -399,7 +449,35 @@ class GAN2Shape(Method):
             )
             loss = variance.mean()  # SIDE²: scale-invariant, as the depth of a single image is
             return {"loss": loss, "side": variance.detach().sqrt().mean()}
-        image, w = batch["images"]["rgb"].float(), batch["images"].get("latent")
+        if cfg.instances.count:
+            image, w = self._instance_images(nets["G"])
+        else:
+            image, w = batch["images"]["rgb"].float(), batch["images"].get("latent")
+        out = self._losses(phase, image, w, nets)
+        # Per image, the loss is each image's own summed over images: every copy's gradient is its image's alone.
+        return {**out, "loss": out["loss"] * self._groups}
+
+    def _samples(self, x: torch.Tensor) -> torch.Tensor:
+        """Each image's row repeated for its pseudo samples (``instances.samples`` per image; jointly, one)."""
+        return x.repeat_interleave(self.config.instances.samples, 0) if self.config.instances.count else x
+
+    def _instance_images(self, G: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image mode's images: test renders ``[first, first + count)`` and their latents, inverted
+        into W once (the paper's input path for held-out images)."""
+        from renderloop.models.stylegan2.inversion import invert
+
+        if self._instances is None:
+            inst = self.config.instances
+            rgb = self._test_renders("test", inst.first + inst.count)["rgb"][inst.first :]
+            with torch.enable_grad():
+                inverted = invert(G, rgb, steps=inst.invert_steps)
+            self._instances = {"rgb": rgb, "latent": inverted.ws.detach(), "psnr": inverted.psnr}
+            log.info("per-image mode: %d test renders inverted into W, PSNR %.1f dB", len(rgb), inverted.psnr.mean())
+        return self._instances["rgb"], self._instances["latent"]
+
+    def _losses(self, phase: Phase, image: torch.Tensor, w: torch.Tensor | None,
+                nets: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:  # fmt: skip
+        cfg, net = self.config, nets["net"]
         if phase.name == "init":
             if cfg.prior == "ellipsoid":
                 prior = ellipsoid_depth(self.oracle.mask(image), *cfg.prior_depth)
@@ -413,6 +491,7 @@ class GAN2Shape(Method):
             loss = self._reconstruction(rendered.image, image, rendered.mask)
             return {"loss": loss, "reconstruction": loss.detach()}
         if phase.name == "offset":
+            image, w = self._samples(image), self._samples(w)
             pseudo, counted, _ = self._pseudo(net, image)
             projected, offset = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
             fit = self._reconstruction(projected, pseudo.image, counted)
@@ -436,6 +515,7 @@ class GAN2Shape(Method):
             flip = self._reconstruction(flipped.image, image, flipped.mask)
             loss, losses["flip"] = loss + cfg.lam_flip * flip, flip.detach()
         if cfg.mode == "gan2shape":
+            image, w, depth, albedo = (self._samples(x) for x in (image, w, depth, albedo))
             with torch.no_grad():
                 pseudo, counted, pseudo_view = self._pseudo(round_net, image)
                 projected, _ = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
@@ -451,11 +531,16 @@ class GAN2Shape(Method):
 
     @torch.no_grad()
     def images(self, batch: dict, nets: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
-        net, image = nets["net"], batch["images"]["rgb"].float()[:8]
-        depth = net.depth(image)
+        if self.config.instances.count:  # every copy sees its own image
+            if self._instances is None:
+                return {}
+            net, image = nets["net"], self._instances["rgb"]
+        else:
+            net, image = nets["net"], batch["images"]["rgb"].float()[:8]
+        depth = net.depth(image)[:8]
         shown = (depth - self.config.min_depth) / (self.config.max_depth - self.config.min_depth)
         pseudo, _, _ = self._pseudo(net, image)
-        return {"input": image, "depth": shown[:, None].expand(-1, 3, -1, -1), "pseudo": pseudo.image}
+        return {"input": image[:8], "depth": shown[:, None].expand(-1, 3, -1, -1), "pseudo": pseudo.image[:8]}
 
     def _test_renders(self, object_seeds: str, count: int) -> dict[str, torch.Tensor]:
         ev = self.config.evaluation
@@ -539,8 +624,11 @@ class GAN2Shape(Method):
     def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:
         from renderloop.images import image_grid, save_png
 
-        cfg, ev, net = self.config, self.config.evaluation, nets["net"]
-        test = self._test_renders("test", ev.samples)
+        cfg, ev, net, inst = self.config, self.config.evaluation, nets["net"], self.config.instances
+        if inst.count:  # the renders the copies were trained on, one each
+            test = {k: v[inst.first :] for k, v in self._test_renders("test", inst.first + inst.count).items()}
+        else:
+            test = self._test_renders("test", ev.samples)
         category.check_disjoint({"average": category.SEED_RANGES["oracle"], "test": category.SEED_RANGES["test"]})
         train = self._test_renders("oracle", ev.average_samples)
         image, mask = test["rgb"], test["mask"].bool()
@@ -557,16 +645,25 @@ class GAN2Shape(Method):
         frontal = torch.minimum(azimuth, 360 - azimuth) <= ev.frontal_deg
         report: dict[str, Any] = {"test_images": float(len(image)), "frontal_images": float(frontal.sum())}
         keep = interior(valid).flatten(1).any(1)  # the scores need an interior pixel
+        # Each scored render's index in the test set, and every row's scores on it: runs that scored
+        # different slices (per-image mode) are compared on the renders they share.
+        first = cfg.instances.first if cfg.instances.count else 0
+        per_image: dict[str, list] = {"index": (keep.nonzero()[:, 0] + first).tolist(),
+                                      "frontal": frontal[keep].tolist()}  # fmt: skip
         for row, depth in rows.items():  # the method's depth is seen through its camera, the others the renders'
             s, m = self._scores(depth, test, valid, keep, own_camera=row in ("gan2shape", "unsup3d"))
             report[f"{row}/side"], report[f"{row}/mad"] = s.mean().item(), m.mean().item()
+            per_image[f"{row}/side"], per_image[f"{row}/mad"] = s.tolist(), m.tolist()
             if frontal[keep].any():
                 f = frontal[keep]
                 report[f"{row}/frontal_side"], report[f"{row}/frontal_mad"] = s[f].mean().item(), m[f].mean().item()
         report["scored_images"] = float(keep.sum())
+        report["per_image"] = per_image
         if trajectory := self._trajectory(test):
             report["trajectory"] = trajectory
-        if cfg.mode != "supervised" and ev.invert > 0:
+        if inst.count and self._instances is not None:
+            report["inversion_psnr"] = self._instances["psnr"].mean().item()
+        elif cfg.mode != "supervised" and ev.invert > 0:
             report |= self._on_inversions(nets, test)
         report["oracle_segment_calls"] = float(self.oracle.calls["segment"])
         out = Path(out_dir)
@@ -580,7 +677,7 @@ class GAN2Shape(Method):
 
         columns = [image[:n], shade(torch.where(mask, test["depth"], test["depth"][mask].max()))[:n, None],
                    shade(predicted.depth)[:n, None] * valid[:n, None], predicted.image[:n],
-                   *self._turned_and_relit(net, image[:n])]  # fmt: skip
+                   *(v[:n] for v in self._turned_and_relit(net, image))]  # fmt: skip
         grid = torch.stack([c.expand(-1, 3, -1, -1).cpu() for c in columns], 1).flatten(0, 1)
         save_png(image_grid(grid, columns=len(columns)), out / "gan2shape_eval.png")
-        return {k: v for k, v in report.items() if not isinstance(v, list)}  # the trajectory stays in the JSON
+        return {k: v for k, v in report.items() if not isinstance(v, list | dict)}  # lists stay in the JSON

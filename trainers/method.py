@@ -87,9 +87,14 @@ class Method:
         """Refuse engine settings (``engine.*``) this method cannot train with, before anything is
         built; raise ``ConfigError`` naming the key."""
 
+    @classmethod
+    def data_roles(cls, config: Any) -> dict[str, Any]:
+        """Data role → ``source`` config node (``name`` + the source's keys) of each stream a method
+        with ``config`` reads: what ``renderloop run`` starts producers for."""
+        return dict(config.data)
+
     def streams(self) -> dict[str, Any]:
-        """Data role → ``source`` config node (``name`` + the source's keys) of the stream it reads."""
-        return dict(self.config.data)
+        return self.data_roles(self.config)
 
     def fields(self, role: str) -> list[str] | None:
         """Schema fields the trainer decodes for ``role`` (None: all of them); the producers that

@@ -88,7 +88,12 @@ def test_a_short_run_trains_every_phase_resumes_and_scores_the_rows(tmp_path, as
     assert report["oracle_segment_calls"] == (2 + 3 + 3) * 4 + 8
     assert report["inverted_images"] == 2 and report["inversion_psnr"] > 0  # held-out renders through W
     assert (tmp_path / "run" / "eval" / "gan2shape_eval.png").exists()
-    assert json.loads((tmp_path / "run" / "eval" / "gan2shape_eval.json").read_text()) == report
+    saved = json.loads((tmp_path / "run" / "eval" / "gan2shape_eval.json").read_text())
+    assert {k: v for k, v in saved.items() if k != "per_image"} == report
+    scored = saved["per_image"]  # each scored render's index and every row's scores on it
+    assert len(scored["index"]) == report["scored_images"] and scored["index"] == sorted(set(scored["index"]))
+    for row in ("gan2shape", "ellipsoid", "average", "flat"):
+        assert sum(scored[f"{row}/mad"]) / len(scored["index"]) == pytest.approx(report[f"{row}/mad"])
 
 
 def test_bad_gan2shape_configs_are_refused(tmp_path, assets):
@@ -182,7 +187,8 @@ def test_pseudo_samples_count_the_object_only_with_use_mask(tmp_path, assets, us
 def test_a_reconstruction_counts_only_the_weighted_pixels():
     from types import SimpleNamespace
 
-    method = SimpleNamespace(config=SimpleNamespace(lam_perc=1.0), _perceptual=lambda a, b: (a - b).abs().mean())
+    method = SimpleNamespace(config=SimpleNamespace(lam_perc=1.0), _perceptual=lambda a, b: (a - b).abs().mean(),
+                             _groups=1)  # fmt: skip
     target = torch.rand(2, 3, 8, 8)
     weight = torch.zeros(2, 1, 8, 8)
     weight[..., :4] = 1.0
@@ -289,3 +295,81 @@ def test_step_3_draws_the_projected_samples_from_the_chosen_view(tmp_path, asset
     last = rendered_views[-1]  # the projected samples' render
     uses_pseudo = all(torch.equal(a, b) for a, b in zip(last, drawn[0], strict=True))
     assert uses_pseudo == (projected_view == "pseudo")
+
+
+PER_IMAGE = ("method.instances.count=2", "method.instances.first=1", "method.instances.samples=2",
+             "method.instances.invert_steps=3")  # fmt: skip
+
+
+def test_per_image_mode_trains_a_copy_per_held_out_render_resumes_and_scores_them(tmp_path, assets):
+    """No stream: two test renders, inverted into W, each train their own copy of every network."""
+    cfg = _config(tmp_path, assets, *PER_IMAGE, "engine.max_steps=4")
+    assert cfg.streams() == {}
+    train(cfg, [], command="train")
+    train(_config(tmp_path, assets, *PER_IMAGE, "engine.max_steps=10"), [], command="train")  # resumes at step 4
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(10))
+    assert all(math.isfinite(v) for r in rows for k, v in r.items() if k.startswith("loss/"))
+    assert all(r["loss/shape/projected"] > 0 for r in rows if "loss/shape/projected" in r)
+    weights = torch.load(tmp_path / "run" / "models" / "net.pt", weights_only=True)
+    depth_head = weights["depth_net.module.decode.7.weight"]
+    assert depth_head.shape[0] == 2 and not torch.equal(depth_head[0], depth_head[1])  # the copies parted
+
+    report = evaluate(_config(tmp_path, assets, *PER_IMAGE, "engine.max_steps=10"))
+    assert report["test_images"] == 2 and report["inversion_psnr"] > 0 and "inverted_images" not in report
+    saved = json.loads((tmp_path / "run" / "eval" / "gan2shape_eval.json").read_text())
+    scored = saved["per_image"]
+    assert set(scored["index"]) <= {1, 2} and len(scored["gan2shape/side"]) == len(scored["index"])
+    assert report["gan2shape/side"] == pytest.approx(sum(scored["gan2shape/side"]) / report["scored_images"])
+
+
+@pytest.mark.parametrize("phase_name", ["init", "albedo", "offset", "shape"])
+def test_per_image_copies_learn_from_their_own_image_alone(tmp_path, assets, phase_name):
+    """Changing the second image leaves the first copy's gradient as it was, in every phase."""
+    cfg = _config(tmp_path, assets, *PER_IMAGE)
+    method = GAN2Shape(cfg.method_config, torch.device("cpu"))
+    nets = {name: spec.module for name, spec in method.build().items()}
+    phase = next(p for p in method.phases() if p.name == phase_name)
+    model = nets[phase.model]
+    G = nets["G"]
+    w = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0)))
+    image = ((G.synthesis(w, noise_mode="const") + 1) / 2).clamp(0, 1).detach()
+
+    def first_copy_gradient(images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        method._instances = {"rgb": images, "latent": w.detach(), "psnr": torch.zeros(2)}
+        model.zero_grad()
+        torch.manual_seed(1)
+        loss = method.step(phase, {}, nets, 1)["loss"]
+        loss.backward()
+        return [p.grad[0].clone() for p in model.parameters() if p.grad is not None and p.dim() > 1], loss.detach()
+
+    before, _ = first_copy_gradient(image)
+    other = image.clone()
+    other[1] = image[1].flip(-1)
+    after, _ = first_copy_gradient(other)
+    assert before and any(g.abs().sum() > 0 for g in before)
+    for a, b in zip(before, after, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("phase_name", ["init", "albedo"])
+def test_the_per_image_loss_is_the_sum_of_each_images_loss_alone(tmp_path, assets, phase_name):
+    """Two copies on two images lose what one network, started alike, loses on each image alone."""
+    G = None
+    losses = {}
+    for count in (1, 2):
+        cfg = _config(tmp_path, assets, *PER_IMAGE, f"method.instances.count={count}")
+        method = GAN2Shape(cfg.method_config, torch.device("cpu"))
+        torch.manual_seed(0)
+        nets = {name: spec.module for name, spec in method.build().items()}
+        G = nets["G"]
+        w = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0))).detach()
+        image = ((G.synthesis(w, noise_mode="const") + 1) / 2).clamp(0, 1)
+        phase = next(p for p in method.phases() if p.name == phase_name)
+        parts = [slice(0, 2)] if count == 2 else [slice(0, 1), slice(1, 2)]
+        total = 0.0
+        for part in parts:
+            method._instances = {"rgb": image[part], "latent": w[part], "psnr": torch.zeros(2)}
+            total += method.step(phase, {}, nets, 1)["loss"].item()
+        losses[count] = total
+    assert losses[2] == pytest.approx(losses[1], rel=1e-5)
