@@ -18,7 +18,9 @@ offset encoder E, in rounds of three steps after an initialization:
   light, reconstruct the projected samples and the image (plus the curvature of the depth and
   of its diffuse shading and, with ``symmetry``, the flipped reconstruction).
 
-The paper runs this per image; here it runs jointly on the stream (its joint mode), and the
+The paper runs this per image: ``instances.count = N`` does so for N held-out renders inverted
+into W, each with its own copy of the networks (``models/instances.py``), trained side by side.
+By default it runs jointly on the stream (the paper's joint mode). Either way the
 projected samples of step 3 are made afresh for each batch, from the frozen E and from a frozen
 copy of the decomposition as it stood when the shape phase began (as the paper's samples, which
 it collects once after step 2, come from the networks of steps 1-2), instead of being collected
@@ -599,9 +601,10 @@ class GAN2Shape(Method):
         true = test["depth"][keep]
         return side(depth[keep], true, valid[keep]) * 100, mad(depth[keep], true, valid[keep], K, test["K"][keep])
 
-    def _on_inversions(self, nets: Mapping[str, nn.Module], test: dict[str, torch.Tensor]) -> dict[str, float]:
+    def _on_inversions(self, nets: Mapping[str, nn.Module],
+                       test: dict[str, torch.Tensor]) -> tuple[dict[str, float], torch.Tensor]:  # fmt: skip
         """Invert the first ``evaluation.invert`` renders into W, predict depth from G's
-        reconstructions, and score it against the renders' true depth."""
+        reconstructions, and score it against the renders' true depth; also the latents."""
         from renderloop.models.stylegan2.inversion import invert
 
         n, net = min(self.config.evaluation.invert, len(test["rgb"])), nets["net"]
@@ -618,10 +621,19 @@ class GAN2Shape(Method):
             row = f"{self.config.mode}_on_inversions"
             report[f"{row}/side"] = (side(predicted.depth[keep], true, valid[keep]) * 100).mean().item()
             report[f"{row}/mad"] = mad(predicted.depth[keep], true, valid[keep], self._K(image)[keep], K).mean().item()
-        return report
+        return report, inverted.ws
+
+    def _projected(self, nets: Mapping[str, nn.Module], image: torch.Tensor, w: torch.Tensor) -> list[torch.Tensor]:
+        """A pseudo sample of each image and what the GAN makes of it (the figure's last columns)."""
+        pseudo, _, _ = self._pseudo(nets["net"], image)
+        projected, _ = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
+        return [pseudo.image, projected.clamp(0, 1)]
 
     @torch.no_grad()
     def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:
+        """Scores and ``gan2shape_eval.json``; the figure's rows are test renders: input, true and
+        predicted depth, predicted normals, reconstruction, turned ±30°, lit from the left and the
+        right, and for GAN2Shape a pseudo sample and its projection through the GAN."""
         from renderloop.images import image_grid, save_png
 
         cfg, ev, net, inst = self.config, self.config.evaluation, nets["net"], self.config.instances
@@ -661,23 +673,30 @@ class GAN2Shape(Method):
         report["per_image"] = per_image
         if trajectory := self._trajectory(test):
             report["trajectory"] = trajectory
+        latents = None  # of the first renders, for the figure's projected samples
         if inst.count and self._instances is not None:
             report["inversion_psnr"] = self._instances["psnr"].mean().item()
+            latents = self._instances["latent"]
         elif cfg.mode != "supervised" and ev.invert > 0:
-            report |= self._on_inversions(nets, test)
+            scores, latents = self._on_inversions(nets, test)
+            report |= scores
         report["oracle_segment_calls"] = float(self.oracle.calls["segment"])
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "gan2shape_eval.json").write_text(json.dumps(report, indent=2) + "\n")
-        n = min(ev.figure_rows, len(image))
+        n = min(ev.figure_rows, len(image) if latents is None else len(latents))
 
         def shade(depth: torch.Tensor) -> torch.Tensor:
             lo, hi = depth.flatten(1).quantile(0.02, 1), depth.flatten(1).quantile(0.98, 1)
             return ((depth - lo[:, None, None]) / (hi - lo).clamp_min(1e-6)[:, None, None]).clamp(0, 1)
 
+        facing = torch.tensor([1.0, -1.0, -1.0], device=image.device).view(1, 3, 1, 1)  # x right, y up, towards us
         columns = [image[:n], shade(torch.where(mask, test["depth"], test["depth"][mask].max()))[:n, None],
-                   shade(predicted.depth)[:n, None] * valid[:n, None], predicted.image[:n],
-                   *(v[:n] for v in self._turned_and_relit(net, image))]  # fmt: skip
+                   shade(predicted.depth)[:n, None] * valid[:n, None], (predicted.normals[:n] * facing + 1) / 2,
+                   predicted.image[:n], *(v[:n] for v in self._turned_and_relit(net, image))]  # fmt: skip
+        if cfg.mode == "gan2shape" and latents is not None:  # all rows per image: each copy sees its own
+            shown = image if inst.count else image[:n]
+            columns += [v[:n] for v in self._projected(nets, shown, latents[: len(shown)])]
         grid = torch.stack([c.expand(-1, 3, -1, -1).cpu() for c in columns], 1).flatten(0, 1)
         save_png(image_grid(grid, columns=len(columns)), out / "gan2shape_eval.png")
         return {k: v for k, v in report.items() if not isinstance(v, list | dict)}  # lists stay in the JSON
