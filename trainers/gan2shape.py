@@ -521,10 +521,13 @@ class GAN2Shape(Method):
             with torch.no_grad():
                 pseudo, counted, pseudo_view = self._pseudo(round_net, image)
                 projected, _ = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
-            sample_view = net.view(projected) if cfg.projected_view == "predicted" else pseudo_view
-            rendered = self._render(image, depth, albedo, net.light(projected), sample_view)
+            guess = net.view(projected) if cfg.projected_view == "predicted" else None
+            rendered = self._render(image, depth, albedo, net.light(projected), pseudo_view if guess is None else guess)
             samples = self._reconstruction(rendered.image, projected, rendered.mask * counted)
             loss, losses["projected"] = loss + samples, samples.detach()
+            with torch.no_grad():  # how far the view network is from the views the samples were drawn at
+                turn = (net.view(projected) if guess is None else guess)[0].detach()
+                losses["projected_view_error_deg"] = torch.rad2deg(turn - pseudo_view[0]).abs().mean()
             # Near 0, the projected samples are the image again: step 3 gets no new views to learn from.
             losses["projected_vs_image"] = (projected - image).abs().mean()
         return {"loss": loss, **losses}

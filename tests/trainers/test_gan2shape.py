@@ -291,7 +291,8 @@ def test_step_3_draws_the_projected_samples_from_the_chosen_view(tmp_path, asset
     losses = method._shape(image, w, nets, round_net)
     assert torch.isfinite(losses["loss"]) and losses["projected"] > 0
     assert torch.equal(seen[0], image)  # the image's own view, in both
-    assert len(seen) == (2 if projected_view == "predicted" else 1)
+    assert len(seen) == 2  # the image's, and the samples' (with pseudo views only for the logged view error)
+    assert losses["projected_view_error_deg"] >= 0
     last = rendered_views[-1]  # the projected samples' render
     uses_pseudo = all(torch.equal(a, b) for a, b in zip(last, drawn[0], strict=True))
     assert uses_pseudo == (projected_view == "pseudo")
