@@ -158,7 +158,8 @@ class GAN2ShapeConfig:
     drawn at, which the projection keeps). The paper optimizes one image at a time, so every
     sample shares that image's canonical frame; trained jointly, each image's frame is its own
     view, and a car seen at 30° is a sample turned 30° from one image and the canonical view of
-    another, contradictory targets for a view network."""
+    another, contradictory targets for a view network. Per image too, an untrained view network
+    guesses the canonical view for turned samples, and step 3 bends the depth to explain them."""
     init_steps: int = 1000
     rounds: int = 4
     first_round: tuple[int, int, int] = (700, 700, 600)
