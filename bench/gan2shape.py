@@ -11,7 +11,8 @@ ceiling (true depth of renders of the GAN's objects); the ablations (no offset r
 initialization, and the flip term added, which the method leaves off as the paper's car config
 does); and step 3 drawing each projected sample from its pseudo view (``pseudo_view``, for the joint
 training's one frame per image); and ``per_image``, the paper's per-image optimization (its car
-setting) on the first ``--instances`` test renders inverted into W, a copy of the networks each.
+setting) on the first ``--instances`` test renders inverted into W, a copy of the networks each
+(``per_image_pseudo``: with the pseudo views in step 3).
 Every variant trains for ``--steps`` engine steps (equal steps; the
 default is the schedule of ``method=gan2shape``). Each run's report also holds the ellipsoid,
 average-depth and flat rows. A row gives the mean and 95% t interval over seeds; the method is
@@ -42,6 +43,7 @@ VARIANTS = {
     "with_symmetry": ("gan2shape", ["method.symmetry=true"]),
     "pseudo_view": ("gan2shape", ["method.projected_view=pseudo"]),
     "per_image": ("gan2shape", []),  # + method.instances from --instances, --instance-samples
+    "per_image_pseudo": ("gan2shape", ["method.projected_view=pseudo"]),
 }
 """Variant → (config, overrides)."""
 BASELINES = ("ellipsoid", "average", "flat")
@@ -60,8 +62,9 @@ def one_run(variant: str, seed: int, args, work: Path) -> dict:
     if done.exists():
         return json.loads(done.read_text())
     config, overrides = VARIANTS[variant]
-    if variant == "per_image":
-        overrides = [f"method.instances.count={args.instances}", f"method.instances.samples={args.instance_samples}"]
+    if variant.startswith("per_image"):
+        overrides = [f"method.instances.count={args.instances}", f"method.instances.samples={args.instance_samples}",
+                     *overrides]  # fmt: skip
     gate = Path(args.gate)
     images = ([f"method.data.images.checkpoint={gate / 'gan' / 'eval' / 'generator.pt'}"] if config == "gan2shape"
               else [f"method.data.images.resolution={args.resolution}"])  # fmt: skip
@@ -177,9 +180,10 @@ def main() -> None:
     scored = [r["scores"].get("per_image", {}).get("index") for r in runs]
     if all(scored) and len({len(s) for s in scored}) > 1:  # some runs (per_image) scored fewer renders
         indices, restricted = shared(runs)
+        per_image = [v for v in VARIANTS if v.startswith("per_image")]
         extra["shared"] = {"renders": len(indices), "rows": summarize(restricted),
                            "gan2shape_minus_unsup3d": compare(restricted),
-                           "per_image_minus_unsup3d": compare(restricted, "per_image")}  # fmt: skip
+                           **{f"{v}_minus_unsup3d": compare(restricted, v) for v in per_image}}  # fmt: skip
         print(f"on the {len(indices)} renders every run scored:")
         print_rows(extra["shared"]["rows"])
     for variant, points in paths.items():

@@ -52,21 +52,24 @@ def test_two_variants_run_end_to_end(tmp_path):
             "engine.max_steps=4", "samples_per_shard=8"]  # fmt: skip
     out = tmp_path / "g2s.json"
     done = subprocess.run([sys.executable, "-m", "bench.gan2shape", "--gate", str(gate), "--resolution", "16",
-                           "--variants", "gan2shape", "unsup3d", "per_image", "--seeds", "0", "--instances", "2",
+                           "--variants", "gan2shape", "unsup3d", "per_image_pseudo", "--seeds", "0", "--instances", "2",
                            "--instance-samples", "2", "--work", str(tmp_path / "w"), "--out", str(out), "--set",
                            *tiny], capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["meta"]["argv"][:4] == ["python", "-m", "bench.gan2shape", "--gate"]  # no checkout path
-    assert [(r["variant"], r["seed"]) for r in report["runs"]] == [("gan2shape", 0), ("unsup3d", 0), ("per_image", 0)]
+    assert [r["variant"] for r in report["runs"]] == ["gan2shape", "unsup3d", "per_image_pseudo"]
+    assert {r["seed"] for r in report["runs"]} == {0}
     assert [r["steps"] for r in report["runs"]] == [3, 3, 3]  # the last logged step of engine.max_steps=4
     method, baseline, per_image = (r["phases"] for r in report["runs"])
     assert set(per_image) == {"init", "albedo", "offset", "shape"}
     assert report["runs"][2]["scores"]["test_images"] == 2  # its two instances, where the others score four
-    assert 1 <= report["shared"]["renders"] <= 2 and "per_image" in report["shared"]["rows"]
+    assert 1 <= report["shared"]["renders"] <= 2 and "per_image_pseudo" in report["shared"]["rows"]
+    settings = json.loads((tmp_path / "w" / "per_image_pseudo-s0" / "run" / "method.json").read_text())
+    assert settings["instances"]["count"] == 2 and settings["projected_view"] == "pseudo"
     assert set(method) == {"init", "albedo", "offset", "shape"} and set(baseline) == {"shape"}
     assert baseline["shape"]["logged_steps"] == 4 and method["offset"]["samples_per_s"] > 0
-    assert set(report["rows"]) == {"gan2shape", "unsup3d", "per_image", "ellipsoid", "average", "flat"}
+    assert set(report["rows"]) == {"gan2shape", "unsup3d", "per_image_pseudo", "ellipsoid", "average", "flat"}
     assert report["rows"]["gan2shape"]["side"][2] == 1
     shutil.rmtree(tmp_path / "w" / "gan2shape-s0" / "data")  # a second call reuses finished runs
     again = subprocess.run([sys.executable, "-m", "bench.gan2shape", "--gate", str(gate), "--variants", "gan2shape",
