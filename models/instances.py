@@ -18,6 +18,14 @@ from torch.func import functional_call, vmap
 __all__ = ["Instances"]
 
 
+def _replace(module: nn.Module, name: str, weight: torch.Tensor) -> None:
+    """Register ``weight`` as the parameter ``name`` (a dotted path) of ``module`` in place of its own."""
+    *path, leaf = name.split(".")
+    owner = module.get_submodule(".".join(path))
+    delattr(owner, leaf)
+    owner.register_parameter(leaf, nn.Parameter(weight))
+
+
 class Instances(nn.Module):
     """``count`` copies of ``module``, all starting from its weights."""
 
@@ -30,10 +38,7 @@ class Instances(nn.Module):
         for name, p in list(module.named_parameters()):
             if not p.requires_grad:
                 continue
-            *path, leaf = name.split(".")
-            owner = module.get_submodule(".".join(path))
-            delattr(owner, leaf)  # re-registered with the copies' dimension in front
-            owner.register_parameter(leaf, nn.Parameter(p.detach().unsqueeze(0).repeat(count, *[1] * p.dim())))
+            _replace(module, name, p.detach().unsqueeze(0).repeat(count, *[1] * p.dim()))  # copies in front
             self.stacked.append(name)
 
     def copy(self, index: int) -> nn.Module:
@@ -42,11 +47,7 @@ class Instances(nn.Module):
 
         single = copy.deepcopy(self.module)
         for name in self.stacked:
-            *path, leaf = name.split(".")
-            owner = single.get_submodule(".".join(path))
-            weight = getattr(owner, leaf)[index].detach().clone()
-            delattr(owner, leaf)
-            owner.register_parameter(leaf, nn.Parameter(weight))
+            _replace(single, name, single.get_parameter(name)[index].detach().clone())
         return single
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

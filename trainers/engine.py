@@ -169,7 +169,7 @@ class Trainer:
                 ),
             )
             self.engines[name], self.modules[name] = ds_engine, ds_engine.module
-        roles = self.method.streams()
+        roles = self.method.data_roles(self.method.config)
         for phase in self.phases:
             if phase.model not in self.engines:
                 raise ValueError(f"phase {phase.name!r} updates {phase.model!r}, which is not a trainable model")

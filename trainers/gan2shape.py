@@ -192,11 +192,11 @@ class GAN2ShapeConfig:
             self.evaluation = GAN2ShapeEvalConfig(**self.evaluation)
         if isinstance(self.instances, dict):
             self.instances = GAN2ShapeInstancesConfig(**self.instances)
+        if self.mode not in MODES:
+            raise ConfigError("method.mode", f"must be one of {MODES}; got {self.mode!r}")
         if self.instances.count and self.mode != "gan2shape":
             raise ConfigError("method.instances.count", f"per-image optimization is GAN2Shape's (mode=gan2shape); "
                               f"got mode={self.mode}")  # fmt: skip
-        if self.mode not in MODES:
-            raise ConfigError("method.mode", f"must be one of {MODES}; got {self.mode!r}")
         check_roles(self.data, ("images",))
         name, images = source_config(self.data["images"])
         if self.mode == "supervised":

@@ -93,9 +93,6 @@ class Method:
         with ``config`` reads: what ``renderloop run`` starts producers for."""
         return dict(config.data)
 
-    def streams(self) -> dict[str, Any]:
-        return self.data_roles(self.config)
-
     def fields(self, role: str) -> list[str] | None:
         """Schema fields the trainer decodes for ``role`` (None: all of them); the producers that
         ``renderloop run`` starts write only these."""

@@ -111,6 +111,10 @@ def test_bad_gan2shape_configs_are_refused(tmp_path, assets):
     with pytest.raises(ConfigError, match="engine.precision"):
         _config(tmp_path, assets, "engine.precision=bf16")
     refused("method.first_round", "method.first_round=[1,0,1]")
+    refused("method.instances.count", "method.instances.count=2", "method.mode=unsup3d")  # per image is GAN2Shape's
+    refused("method.instances", "method.instances.count=-1")
+    with pytest.raises(ConfigError, match="engine.grad_clip"):  # a norm over every image's gradient ties them
+        _config(tmp_path, assets, "method.instances.count=2", "engine.grad_clip=1.0")
 
 
 def test_the_init_phase_fits_the_chosen_prior(tmp_path, assets):
