@@ -14,8 +14,8 @@ samples); the ablations at ``--ablation-k`` (no uncertainty filter; one interpre
 has no disagreement to filter by, so also unfiltered); the
 few-shot baseline (the same segmenter on K labelled renders of the GAN's objects, repeated); the
 transfer baseline (the segmenter pretrained by inpainting unlabelled renders, then fine-tuned on
-the same K renders); the oracle segmenter itself (the ceiling, scored by the same evaluation). A
-row gives the mean and 95% t interval over seeds.
+the same K renders); the oracle segmenter itself (the ceiling, scored by the same evaluation).
+``--rows`` picks among them. A row gives the mean and 95% t interval over seeds.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95
 
 SCORES = ("miou", "miou_with_background", "selected/miou", "selected/miou_with_background")
+ROWS = ("datasetgan", "k_labeled", "transfer", "one_member", "no_filter")
 SNAPSHOTS = 20  # the official code keeps a checkpoint per epoch for 20 epochs
 
 
@@ -77,7 +78,11 @@ def segmenter(args, row: str, seed: int, work: Path, data: list[str], closed_sam
                     f"source.batch_size={per_shard}", f"samples_per_shard={per_shard}",
                     f"storage.root={run / 'data'}", "storage.stream=part_segmentation-labeled",
                     f"device={args.device}", f"seed={seed}"]  # fmt: skip
-        seconds["generate"] = renderloop("generate", *generate, log=log)
+        generated = run / "generated.json"  # a run resumed after a limit must not write its K samples again
+        if not generated.exists():
+            generated.parent.mkdir(parents=True, exist_ok=True)
+            generated.write_text(json.dumps(renderloop("generate", *generate, log=log)))
+        seconds["generate"] = json.loads(generated.read_text())
         # One reader: two would each build whole batches from their own half of the K samples.
         seconds["train"] = renderloop("train", *common, "engine.data.follow=false", "engine.data.num_workers=1",
                                       f"engine.max_steps={args.segmenter_steps}", log=log)  # fmt: skip
@@ -103,27 +108,34 @@ def oracle_ceiling(args, work: Path) -> dict:
 
 
 def rows_for(args, seed: int, work: Path) -> tuple[dict[str, dict], dict, dict]:
-    """Every row's scores for one seed, the inpainting pretext's own score, and each K's
-    interpreter evaluation (held-out pixels of its K images, and fresh samples against the oracle). The pretext and
-    the interpreters come first; the segmenter rows then run ``--rows-parallel`` at a time."""
+    """Every chosen row's scores for one seed (``--rows``), the inpainting pretext's own score, and
+    each K's interpreter evaluation (held-out pixels of its K images, and fresh samples against the
+    oracle). The pretext and the interpreters come first; the segmenter rows then run
+    ``--rows-parallel`` at a time."""
     labelled = ["method=part_segmentation", f"method.data.labeled.checkpoint={args.generator}"]
     renders = ["method=part_segmentation_renders", f"method.data.labeled.resolution={args.resolution}"]
+    chosen = set(args.rows)
+    ablations = bool(chosen & {"one_member", "no_filter"})
+    ks = sorted({*args.ks, args.ablation_k} if ablations else set(args.ks))
     with ThreadPoolExecutor(max_workers=max(1, args.rows_parallel)) as pool:
-        pretext = pool.submit(segmenter, args, "pretext", seed, work, [*renders, "method.task=inpaint"],
-                              steps=args.pretext_steps)  # fmt: skip
-        interpreters = {k: pool.submit(interpreter, args, k, seed, work) for k in args.ks}
-        pretrained = f"method.init_from={work / f'pretext-s{seed}'}"
+        pretext = (pool.submit(segmenter, args, "pretext", seed, work, [*renders, "method.task=inpaint"],
+                               steps=args.pretext_steps) if "transfer" in chosen else None)  # fmt: skip
+        interpreters = {k: pool.submit(interpreter, args, k, seed, work) for k in ks}
         jobs = {}
-        for k in args.ks:
+        for k in ks:
             interp = [*labelled, f"method.data.labeled.interpreter={interpreters[k].result()}"]
-            jobs[f"datasetgan_k{k}"] = (f"datasetgan-k{k}", interp, 0)
-            jobs[f"k_labeled_k{k}"] = (f"k-labeled-k{k}", renders, k)
-            if k == args.ablation_k:
-                one = [*interp, "method.data.labeled.members=1", "method.data.labeled.drop_share=0"]  # no filter
+            if k in args.ks and "datasetgan" in chosen:
+                jobs[f"datasetgan_k{k}"] = (f"datasetgan-k{k}", interp, 0)
+            if k in args.ks and "k_labeled" in chosen:
+                jobs[f"k_labeled_k{k}"] = (f"k-labeled-k{k}", renders, k)
+            if k == args.ablation_k and "one_member" in chosen:  # one member has nothing to filter by
+                one = [*interp, "method.data.labeled.members=1", "method.data.labeled.drop_share=0"]
                 jobs[f"one_member_k{k}"] = (f"one-member-k{k}", one, 0)
+            if k == args.ablation_k and "no_filter" in chosen:
                 jobs[f"no_filter_k{k}"] = (f"no-filter-k{k}", [*interp, "method.data.labeled.drop_share=0"], 0)
-        pretext = pretext.result()
-        for k in args.ks:
+        pretext = pretext.result() if pretext else {}
+        pretrained = f"method.init_from={work / f'pretext-s{seed}'}"
+        for k in args.ks if "transfer" in chosen else ():
             jobs[f"transfer_k{k}"] = (f"transfer-k{k}", [*renders, pretrained], k)
         futures = {name: pool.submit(segmenter, args, row, seed, work, data, closed)
                    for name, (row, data, closed) in jobs.items()}  # fmt: skip
@@ -149,6 +161,7 @@ def main() -> None:
     p.add_argument("--resolution", type=int, default=64, help="the GAN's resolution")
     p.add_argument("--ks", nargs="*", type=int, default=[4, 8, 16, 32])
     p.add_argument("--ablation-k", type=int, default=16, help="K of the one-member and no-filter rows")
+    p.add_argument("--rows", nargs="*", choices=ROWS, default=list(ROWS), help="the rows to run (the oracle always)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--interpreter-steps", type=int, default=1000)
     p.add_argument("--segmenter-steps", type=int, default=2000)

@@ -3,13 +3,15 @@ row end to end on a stand-in gate folder."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
 
-from bench.datasetgan import summarize
+import bench.datasetgan as bench_datasetgan
+from bench.datasetgan import rows_for, summarize
 from tests.trainers.helpers import gan_method_assets
 
 
@@ -19,6 +21,32 @@ def test_rows_summarize_over_seeds_beside_the_oracle():
     mean, half, n = rows["datasetgan_k4"]["miou"]
     assert (mean, n) == (pytest.approx(0.2), 3) and half == pytest.approx(4.303 * 0.1 / 3**0.5, rel=1e-3)
     assert rows["oracle"]["miou"][0] == 0.9 and rows["oracle"]["miou"][2] == 1
+
+
+def test_rows_picks_the_runs_and_trains_the_ablations_interpreter_alone(tmp_path, monkeypatch):
+    """An ablation K outside ``--ks`` gets its interpreter and its ablation rows, no K rows; without
+    the transfer row no pretext runs."""
+    started = []
+
+    def fake_interpreter(args, k, seed, work):
+        started.append(f"interpreter-k{k}")
+        (tmp_path / f"k{k}").mkdir(exist_ok=True)
+        (tmp_path / f"k{k}" / "datasetgan_eval.json").write_text(json.dumps({"oracle_calls": k}))
+        return tmp_path / f"k{k}" / "interpreter.pt"
+
+    def fake_segmenter(args, row, seed, work, data, closed_samples=0, steps=0):
+        started.append(row)
+        return {"miou": 0.5}
+
+    monkeypatch.setattr(bench_datasetgan, "interpreter", fake_interpreter)
+    monkeypatch.setattr(bench_datasetgan, "segmenter", fake_segmenter)
+    args = argparse.Namespace(generator="g.pt", resolution=16, ks=[4, 8], ablation_k=16, rows_parallel=2,
+                              rows=["datasetgan", "k_labeled", "no_filter"], pretext_steps=0)  # fmt: skip
+    rows, pretext, interpreted = rows_for(args, 0, tmp_path)
+    assert set(rows) == {"datasetgan_k4", "datasetgan_k8", "k_labeled_k4", "k_labeled_k8", "no_filter_k16"}
+    assert pretext == {} and "pretext" not in started and set(interpreted) == {4, 8, 16}
+    assert sorted(r for r in started if r.startswith("interpreter")) == ["interpreter-k16", "interpreter-k4",
+                                                                          "interpreter-k8"]  # fmt: skip
 
 
 def test_every_row_runs_end_to_end(tmp_path):
