@@ -28,6 +28,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from bench.commands import last_throughput, renderloop, save_seconds, saved_seconds
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95
@@ -107,6 +110,11 @@ def oracle_ceiling(args, work: Path) -> dict:
     return _scores(run)
 
 
+def run_name(row: str) -> str:
+    """A row's run folder (before its seed): ``k_labeled_k16`` → ``k-labeled-k16``."""
+    return row.replace("_", "-")
+
+
 def rows_for(args, seed: int, work: Path) -> tuple[dict[str, dict], dict, dict]:
     """Every chosen row's scores for one seed (``--rows``), the inpainting pretext's own score, and
     each K's interpreter evaluation (held-out pixels of its K images, and fresh samples against the
@@ -125,23 +133,37 @@ def rows_for(args, seed: int, work: Path) -> tuple[dict[str, dict], dict, dict]:
         for k in ks:
             interp = [*labelled, f"method.data.labeled.interpreter={interpreters[k].result()}"]
             if k in args.ks and "datasetgan" in chosen:
-                jobs[f"datasetgan_k{k}"] = (f"datasetgan-k{k}", interp, 0)
+                jobs[f"datasetgan_k{k}"] = (interp, 0)
             if k in args.ks and "k_labeled" in chosen:
-                jobs[f"k_labeled_k{k}"] = (f"k-labeled-k{k}", renders, k)
+                jobs[f"k_labeled_k{k}"] = (renders, k)
             if k == args.ablation_k and "one_member" in chosen:  # one member has nothing to filter by
                 one = [*interp, "method.data.labeled.members=1", "method.data.labeled.drop_share=0"]
-                jobs[f"one_member_k{k}"] = (f"one-member-k{k}", one, 0)
+                jobs[f"one_member_k{k}"] = (one, 0)
             if k == args.ablation_k and "no_filter" in chosen:
-                jobs[f"no_filter_k{k}"] = (f"no-filter-k{k}", [*interp, "method.data.labeled.drop_share=0"], 0)
+                jobs[f"no_filter_k{k}"] = ([*interp, "method.data.labeled.drop_share=0"], 0)
         pretext = pretext.result() if pretext else {}
         pretrained = f"method.init_from={work / f'pretext-s{seed}'}"
         for k in args.ks if "transfer" in chosen else ():
-            jobs[f"transfer_k{k}"] = (f"transfer-k{k}", [*renders, pretrained], k)
-        futures = {name: pool.submit(segmenter, args, row, seed, work, data, closed)
-                   for name, (row, data, closed) in jobs.items()}  # fmt: skip
+            jobs[f"transfer_k{k}"] = ([*renders, pretrained], k)
+        futures = {name: pool.submit(segmenter, args, run_name(name), seed, work, data, closed)
+                   for name, (data, closed) in jobs.items()}  # fmt: skip
         interpreted = {k: json.loads((future.result().parent / "datasetgan_eval.json").read_text())
                        for k, future in interpreters.items()}  # fmt: skip
         return {name: future.result() for name, future in futures.items()}, pretext, interpreted
+
+
+def predictions_figure(figures: dict[str, Path], out: Path, pad: int = 2) -> list[str]:
+    """One figure of every row's test predictions: the inputs and true labels of the first
+    evaluation figure, then each row's predicted labels (the third line of its own figure; every
+    evaluation draws the same test renders). Returns the rows in the order drawn."""
+    images = {name: np.asarray(Image.open(path).convert("RGB")) for name, path in figures.items() if path.exists()}
+    if not images:
+        return []
+    first = next(iter(images.values()))
+    line = (first.shape[0] - pad) // 3  # an image's height plus its padding
+    lines = [first[: pad + 2 * line]] + [image[pad + 2 * line :] for image in images.values()]
+    Image.fromarray(np.concatenate(lines)).save(out)
+    return list(images)
 
 
 def summarize(per_seed: dict[int, dict[str, dict]], ceiling: dict) -> dict[str, dict]:
@@ -187,8 +209,20 @@ def main() -> None:
     rows = summarize(per_seed, oracle_ceiling(args, work))
     print_rows(rows)
     if args.out:
-        write_report(args.out, rows=rows, per_seed=per_seed, pretext=pretexts, interpreters=interpreters,
-                     wall_seconds=time.monotonic() - start)  # fmt: skip
+        seed = args.seeds[0]
+        figures = {name: work / f"{run_name(name)}-s{seed}" / "eval" / "part_segmentation_eval.png"
+                   for name in per_seed[seed]}  # fmt: skip
+        figures["oracle"] = work / "oracle-ceiling" / "eval" / "part_segmentation_eval.png"
+        drawn = predictions_figure(figures, Path(args.out).with_suffix(".png"))
+        write_report(
+            args.out,
+            rows=rows,
+            per_seed=per_seed,
+            pretext=pretexts,
+            interpreters=interpreters,
+            predictions_figure={"seed": seed, "rows": drawn},
+            wall_seconds=time.monotonic() - start,
+        )
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 import bench.datasetgan as bench_datasetgan
-from bench.datasetgan import rows_for, summarize
+from bench.datasetgan import predictions_figure, rows_for, summarize
 from tests.trainers.helpers import gan_method_assets
 
 
@@ -49,6 +52,24 @@ def test_rows_picks_the_runs_and_trains_the_ablations_interpreter_alone(tmp_path
                                                                           "interpreter-k8"]  # fmt: skip
 
 
+def test_predictions_figure_keeps_the_inputs_and_truth_once_then_each_rows_predictions(tmp_path):
+    """Each row's evaluation figure is three lines (inputs, truth, its prediction) of the same test
+    renders; the figure keeps the first two once and stacks every row's third line."""
+    from renderloop.images import image_grid, save_png
+
+    inputs, truth = torch.full((4, 3, 6, 6), 0.2), torch.full((4, 3, 6, 6), 0.4)
+    figures = {}
+    for i, name in enumerate(["a", "b", "c"]):
+        predicted = torch.full((4, 3, 6, 6), 0.6 + 0.1 * i)
+        figures[name] = save_png(image_grid(torch.cat([inputs, truth, predicted]), columns=4), tmp_path / f"{name}.png")
+    figures["missing"] = tmp_path / "none.png"
+    drawn = predictions_figure(figures, tmp_path / "all.png")
+    image = np.asarray(Image.open(tmp_path / "all.png"))
+    assert drawn == ["a", "b", "c"] and image.shape == (2 + 5 * 8, 2 + 4 * 8, 3)
+    line_values = [image[2 + 8 * line + 3, 5, 0] for line in range(5)]  # one pixel inside each line's first image
+    assert line_values == [round(255 * v) for v in (0.2, 0.4, 0.6, 0.7, 0.8)]
+
+
 def test_every_row_runs_end_to_end(tmp_path):
     gate = tmp_path / "gate"
     assets = gan_method_assets(gate)
@@ -76,4 +97,5 @@ def test_every_row_runs_end_to_end(tmp_path):
     assert report["per_seed"]["0"]["k_labeled_k2"]["seconds/generate"] > 0
     assert set(rows) == {"datasetgan_k2", "k_labeled_k2", "transfer_k2", "one_member_k2", "no_filter_k2", "oracle"}
     assert all(0 <= row["miou"][0] <= 1 for row in rows.values())
+    assert set(report["predictions_figure"]["rows"]) == set(rows) and out.with_suffix(".png").exists()
     assert all(0 <= row["selected/miou"][0] <= 1 for name, row in rows.items() if name != "oracle")
