@@ -12,7 +12,7 @@ initialization, and the flip term added, which the method leaves off as the pape
 does); and step 3 drawing each projected sample from its pseudo view (``pseudo_view``, for the joint
 training's one frame per image); and ``per_image``, the paper's per-image optimization (its car
 setting) on the first ``--instances`` test renders inverted into W, a copy of the networks each
-(``per_image_pseudo``: with the pseudo views in step 3).
+(``per_image_pseudo``: with the pseudo views in step 3; ``per_image_pseudo_*``: its ablations).
 Every variant trains for ``--steps`` engine steps (equal steps; the
 default is the schedule of ``method=gan2shape``). Each run's report also holds the ellipsoid,
 average-depth and flat rows. A row gives the mean and 95% t interval over seeds; the method is
@@ -44,6 +44,9 @@ VARIANTS = {
     "pseudo_view": ("gan2shape", ["method.projected_view=pseudo"]),
     "per_image": ("gan2shape", []),  # + method.instances from --instances, --instance-samples
     "per_image_pseudo": ("gan2shape", ["method.projected_view=pseudo"]),
+    "per_image_pseudo_no_offset_reg": ("gan2shape", ["method.projected_view=pseudo", "method.lam_offset=0"]),
+    "per_image_pseudo_flat_prior": ("gan2shape", ["method.projected_view=pseudo", "method.prior=flat"]),
+    "per_image_pseudo_with_symmetry": ("gan2shape", ["method.projected_view=pseudo", "method.symmetry=true"]),
 }
 """Variant → (config, overrides)."""
 BASELINES = ("ellipsoid", "average", "flat")
@@ -181,9 +184,10 @@ def main() -> None:
     if all(scored) and len({len(s) for s in scored}) > 1:  # some runs (per_image) scored fewer renders
         indices, restricted = shared(runs)
         per_image = [v for v in VARIANTS if v.startswith("per_image")]
+        differences = {f"{v}_minus_{b}": compare(restricted, v, b) for v in per_image for b in ("unsup3d", "per_image")
+                       if v != b}  # fmt: skip
         extra["shared"] = {"renders": len(indices), "rows": summarize(restricted),
-                           "gan2shape_minus_unsup3d": compare(restricted),
-                           **{f"{v}_minus_unsup3d": compare(restricted, v) for v in per_image}}  # fmt: skip
+                           "gan2shape_minus_unsup3d": compare(restricted), **differences}  # fmt: skip
         print(f"on the {len(indices)} renders every run scored:")
         print_rows(extra["shared"]["rows"])
     for variant, points in paths.items():

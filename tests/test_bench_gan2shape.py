@@ -104,3 +104,12 @@ def test_runs_that_scored_different_renders_are_compared_on_those_they_share():
                                        "unsup3d/frontal_mad": 10.0}  # fmt: skip
     assert on_renders(runs[1]["scores"], {1})["gan2shape/side"] == 7.0
     assert "gan2shape/frontal_side" not in on_renders(runs[1]["scores"], {1})  # render 1 is not frontal
+
+
+def test_per_image_ablations_are_the_joint_ablations_on_the_per_image_method():
+    from bench.gan2shape import VARIANTS
+
+    for ablation in ("no_offset_reg", "flat_prior", "with_symmetry"):
+        config, overrides = VARIANTS[f"per_image_pseudo_{ablation}"]
+        assert config == "gan2shape"
+        assert overrides == VARIANTS["per_image_pseudo"][1] + VARIANTS[ablation][1]
