@@ -12,14 +12,25 @@ from pathlib import Path
 
 def renderloop(command: str, *overrides: str, log: Path) -> float:
     """``renderloop <command> <overrides>``: its wall seconds; exits with a message naming ``log``
-    if it fails."""
+    if it fails. The log gets a line when the command starts and one when it ends (UTC clock, run
+    folder), so where a benchmark's time went shows even when many runs share one log and a limit
+    cuts the benchmark short."""
+    run = next((o.split("=", 1)[1] for o in overrides if o.startswith("run_dir=")), "")
+    _mark(log, f"start {command} {run}")
     start = time.monotonic()
     with open(log, "a") as out:
         proc = subprocess.run([sys.executable, "-m", "renderloop.cli", command, *overrides], stdout=out,
                               stderr=subprocess.STDOUT, check=False)  # fmt: skip
+    seconds = time.monotonic() - start
+    _mark(log, f"end {command} {run} rc={proc.returncode} {seconds:.1f} s")
     if proc.returncode:
         raise SystemExit(f"renderloop {command} failed ({proc.returncode}); see {log}")
-    return time.monotonic() - start
+    return seconds
+
+
+def _mark(log: Path, what: str) -> None:
+    with open(log, "a") as out:
+        out.write(f"bench {time.strftime('%H:%M:%S', time.gmtime())} {what}\n")
 
 
 def save_seconds(run_dir: Path, seconds: dict[str, float]) -> None:

@@ -1,10 +1,14 @@
-"""bench.commands: what a benchmark reads back from a run's training log."""
+"""bench.commands: running the command line with a timeline in the log, and what a benchmark reads back
+from a run's training log."""
 
 from __future__ import annotations
 
 import json
+import re
 
-from bench.commands import last_step, last_throughput, phase_throughput
+import pytest
+
+from bench.commands import last_step, last_throughput, phase_throughput, renderloop
 
 
 def test_steps_throughput_and_phases_from_the_training_log(tmp_path):
@@ -22,3 +26,12 @@ def test_steps_throughput_and_phases_from_the_training_log(tmp_path):
     assert phases == {"albedo": {"logged_steps": 3, "samples_per_s": 20.0, "step_seconds": 0.3},
                       "shape": {"logged_steps": 1, "samples_per_s": 8.0, "step_seconds": 0.5}}  # fmt: skip
     assert last_step(tmp_path / "none") == 0 and last_throughput(tmp_path / "none") == {}
+
+
+def test_each_command_leaves_its_start_and_end_in_the_log(tmp_path):
+    log = tmp_path / "bench.log"
+    with pytest.raises(SystemExit, match="renderloop nonsense failed"):
+        renderloop("nonsense", f"run_dir={tmp_path / 'r'}", log=log)
+    lines = [line for line in log.read_text().splitlines() if line.startswith("bench ")]
+    assert re.fullmatch(rf"bench \d\d:\d\d:\d\d start nonsense {tmp_path / 'r'}", lines[0])
+    assert re.fullmatch(rf"bench \d\d:\d\d:\d\d end nonsense {tmp_path / 'r'} rc=[1-9]\d* \d+\.\d s", lines[1])
