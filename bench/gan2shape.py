@@ -44,10 +44,11 @@ VARIANTS = {
     "pseudo_view": ("gan2shape", ["method.projected_view=pseudo"]),
     "per_image": ("gan2shape", []),  # + method.instances from --instances, --instance-samples
     "per_image_pseudo": ("gan2shape", ["method.projected_view=pseudo"]),
-    "per_image_pseudo_no_offset_reg": ("gan2shape", ["method.projected_view=pseudo", "method.lam_offset=0"]),
-    "per_image_pseudo_flat_prior": ("gan2shape", ["method.projected_view=pseudo", "method.prior=flat"]),
-    "per_image_pseudo_with_symmetry": ("gan2shape", ["method.projected_view=pseudo", "method.symmetry=true"]),
 }
+VARIANTS |= {
+    f"per_image_pseudo_{ablation}": ("gan2shape", VARIANTS["per_image_pseudo"][1] + VARIANTS[ablation][1])
+    for ablation in ("no_offset_reg", "flat_prior", "with_symmetry")
+}  # the ablations, per image
 """Variant → (config, overrides)."""
 BASELINES = ("ellipsoid", "average", "flat")
 SCORES = ("side", "mad", "frontal_side", "frontal_mad")
