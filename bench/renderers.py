@@ -51,16 +51,19 @@ def _peak_mib(device: torch.device) -> float:
 
 
 def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, backend="torch",
-              zbuffer: str = "triton", launch: str = ""):  # fmt: skip
+              zbuffer: str = "triton", launch: str = "", fragments: str = "triton"):  # fmt: skip
     """A closure that renders (and for ``fwd+bwd`` backpropagates) one batch; ``zbuffer="tensor"``
-    keeps the renderer on the candidate lists instead of the Triton kernels (the z-buffer's and the
-    soft silhouette's); ``launch`` shapes the z-buffer kernel's programs
+    keeps the renderer on the candidate lists and tensor code instead of the Triton kernels (the
+    z-buffer's, the fragments' and the soft silhouette's); ``fragments="torch"`` keeps only the
+    fragment math as (compiled) tensor code; ``launch`` shapes the z-buffer kernel's programs
     (``_raster_triton.Launch``, e.g. ``4x32x1``; empty: the default)."""
     cfg = RendererConfig(height=res, width=res, soft_mask=soft, compile=compile_, backend=backend)
     renderer = MeshRenderer(cfg)
     if zbuffer == "tensor":
-        renderer.raster_context = replace(renderer.raster_context, zbuffer=None, soft_sums=None)
-    elif launch:
+        renderer.raster_context = replace(renderer.raster_context, zbuffer=None, fragments=None, soft_sums=None)
+    if fragments == "torch":
+        renderer.raster_context = replace(renderer.raster_context, fragments=None)
+    if zbuffer != "tensor" and launch:
         kernel = functools.partial(_raster_triton.nearest_face_keys, launch=_raster_triton.Launch.parse(launch))
         renderer.raster_context = replace(renderer.raster_context, zbuffer=kernel)
     verts, face_idx, R, t, K = orbit_scene(batch, (res, res), SUBDIVISIONS[faces], device=device)
@@ -81,11 +84,11 @@ def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool
 
 
 def prepare(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool,
-            backend: str = "torch", zbuffer: str = "triton", launch: str = ""):  # fmt: skip
+            backend: str = "torch", zbuffer: str = "triton", launch: str = "", fragments: str = "triton"):  # fmt: skip
     """``make_step``'s closure after five warm-up batches (allocator, compilation and its
     dynamic-shape recompile, caches)."""
     step = make_step(batch, res, faces, device=device, mode=mode, soft=soft, compile_=compile_, backend=backend,
-                     zbuffer=zbuffer, launch=launch)  # fmt: skip
+                     zbuffer=zbuffer, launch=launch, fragments=fragments)  # fmt: skip
     for _ in range(5):
         step()
     synchronize(device)
@@ -125,11 +128,13 @@ def bench_variants(batch: int, res: int, faces: int, variants: list[dict], *, de
     for v, seconds, peak, cover in zip(variants, times, peaks, coverage, strict=True):
         backend, zbuffer = v.get("backend", "torch"), v.get("zbuffer", "triton")
         zbuffer_used = _zbuffer_used(backend, zbuffer, device)
+        fragments = _fragments_used(backend, zbuffer_used, v.get("fragments", "triton"))
         median = sorted(seconds)[len(seconds) // 2]
         rows.append({
             "backend": backend, "batch": batch, "resolution": res, "faces": faces, "mode": v["mode"],
             "soft_mask": v["soft"], "compile": v["compile_"], "zbuffer": zbuffer_used,
             "launch": (v.get("launch") or str(_raster_triton.Launch())) if zbuffer_used == "triton" else "",
+            "fragments": fragments,
             "ms_per_batch": 1e3 * median, "images_per_s": batch / median, "peak_mib": peak, "coverage": cover,
             "round_seconds": seconds,
         })  # fmt: skip
@@ -147,10 +152,16 @@ def round_ratios(rows: list[dict], reference: str) -> list[dict]:
         if ref is None or r is ref:
             continue
         ratios = sorted(a / b for a, b in zip(ref["round_seconds"], r["round_seconds"], strict=True))
-        named = {k: r[k] for k in (*key, "backend", "zbuffer", "launch")}
+        named = {k: r.get(k, "") for k in (*key, "backend", "zbuffer", "launch", "fragments")}
         out.append(named | {"reference": reference, "median": ratios[len(ratios) // 2], "low": ratios[0],
                             "high": ratios[-1]})  # fmt: skip
     return out
+
+
+def _fragments_used(backend: str, zbuffer_used: str, fragments: str) -> str:
+    if backend != "torch":
+        return backend
+    return fragments if zbuffer_used == "triton" else "torch"
 
 
 def _zbuffer_used(backend: str, zbuffer: str, device) -> str:
@@ -207,6 +218,13 @@ def main() -> None:
         metavar="FxBxW",
         help="Triton z-buffer launch shapes to time, in turn: faces per program x pixel block x warps",
     )
+    parser.add_argument(
+        "--fragments",
+        nargs="*",
+        default=["triton"],
+        choices=["triton", "torch"],
+        help="with the Triton z-buffer: the fragment math as Triton kernels or as (compiled) tensor code, in turn",
+    )
     parser.add_argument("--backends", nargs="*", default=["torch"], help="renderer backends to time, in turn")
     parser.add_argument("--rounds", type=int, default=1, help="rounds, each timing every variant of a setting once")
     parser.add_argument("--reference", default="", help="a backend to divide by, round by round (e.g. nvdiffrast)")
@@ -217,34 +235,38 @@ def main() -> None:
     iters = args.iters or (20 if device.type == "cuda" else 3)
     settings = args.settings or DEFAULT_GRID[device.type]
     compiles = [False] * (not (args.compile and args.no_eager)) + [True] * args.compile
-    variants = [(soft, comp, z, launch) for soft in [False] + [True] * args.soft for comp in compiles
+    triton = _raster_triton.supports(device)
+    variants = [(soft, comp, z, launch, frag) for soft in [False] + [True] * args.soft for comp in compiles
                 for z in args.zbuffer
-                for launch in (args.launch if z == "triton" and _raster_triton.supports(device) else [""])]  # fmt: skip
+                for launch in (args.launch if z == "triton" and triton else [""])
+                for frag in (args.fragments if z == "triton" and triton else ["torch"])]  # fmt: skip
     rows = []
     header = (
         f"{'backend':>10} {'setting':>16} {'mode':>8} {'soft':>5} {'comp':>5} {'zbuffer':>7} {'launch':>8} "
-        f"{'ms/batch':>9} {'img/s':>9} {'peak MiB':>9} {'cover':>6}"
+        f"{'frags':>7} {'ms/batch':>9} {'img/s':>9} {'peak MiB':>9} {'cover':>6}"
     )
     for setting in settings:
         batch, res, faces = (int(x) for x in setting.split("x"))
         every = itertools.product(args.backends, variants, args.modes)
-        chosen = [dict(backend=backend, soft=soft, compile_=comp, zbuffer=zbuffer, launch=launch, mode=mode)
-                  for backend, (soft, comp, zbuffer, launch), mode in every
-                  if backend == "torch" or (zbuffer, launch) == (args.zbuffer[0], args.launch[0])]  # fmt: skip
+        chosen = [dict(backend=backend, soft=soft, compile_=comp, zbuffer=zbuffer, launch=launch, fragments=frag,
+                       mode=mode)
+                  for backend, (soft, comp, zbuffer, launch, frag), mode in every
+                  if backend == "torch" or (zbuffer, launch, frag) == (variants[0][2:])]  # fmt: skip
         found = bench_variants(batch, res, faces, chosen, device=device, iters=iters, rounds=args.rounds)
         rows += found
         print(header)
         for r in found:
             print(
                 f"{r['backend']:>10} {setting:>16} {r['mode']:>8} {str(r['soft_mask']):>5} {str(r['compile']):>5} "
-                f"{r['zbuffer']:>7} {r['launch']:>8} {r['ms_per_batch']:9.2f} {r['images_per_s']:9.0f} "
-                f"{r['peak_mib']:9.0f} {r['coverage']:6.2f}",
+                f"{r['zbuffer']:>7} {r['launch']:>8} {r['fragments']:>7} {r['ms_per_batch']:9.2f} "
+                f"{r['images_per_s']:9.0f} {r['peak_mib']:9.0f} {r['coverage']:6.2f}",
                 flush=True,
             )
     ratios = round_ratios(rows, args.reference) if args.reference else []
     for q in ratios:
-        print(f"{q['backend']} {q['zbuffer']} {q['launch']} {q['batch']}x{q['resolution']}x{q['faces']} {q['mode']} "
-              f"÷ {q['reference']}: {q['median']:.3f} (rounds {q['low']:.3f}–{q['high']:.3f})")  # fmt: skip
+        print(f"{q['backend']} {q['zbuffer']} {q['launch']} {q['fragments']} "
+              f"{q['batch']}x{q['resolution']}x{q['faces']} {q['mode']} ÷ {q['reference']}: "
+              f"{q['median']:.3f} (rounds {q['low']:.3f}–{q['high']:.3f})")  # fmt: skip
     if args.profile:
         profile(settings[0], device, args.compile)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()

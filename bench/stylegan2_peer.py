@@ -1,6 +1,7 @@
 """StyleGAN2 training beside NVlabs' stylegan2-ada-pytorch: same images, same settings, one call.
 
     python -m bench.stylegan2_peer --device cuda --nvlabs PATH --resolution 64 --kimg 40 --work W --out peer.json
+    python -m bench.stylegan2_peer summarize peer_s0.json peer_s1.json peer_s2.json --out peer.json   # seeds
 
 1. Data: ``--images`` renders of the category (``source=simulator_vehicle``, the ``gan`` object
    seeds) as one closed stream, and the same RGB images unpacked into a folder of PNGs, which is
@@ -182,7 +183,41 @@ def score(args, nvlabs: dict | None, ours: dict) -> dict:
     return scores
 
 
+QUALITY = ("fd", "kid", "precision", "recall")
+
+
+def summarize(reports: list[dict]) -> dict:
+    """Seeds' reports of one setting → each trainer's mean ± 95% interval of kimg/s and quality, and
+    ours − NVlabs paired by seed (the same data and seed in both)."""
+    from renderloop.stats import mean_ci95
+
+    both = [r for r in reports if r["nvlabs"] and r["quality"] and "nvlabs" in r["quality"]]
+    if not both:
+        raise ValueError("summarize(): no report has both trainers scored")
+    out = {"seeds": len(both), "trainers": {}, "ours_minus_nvlabs": {}}
+    for trainer in ("nvlabs", "ours"):
+        row = {"kimg_per_s": tuple(mean_ci95([r[trainer]["kimg_per_s"] for r in both]))}
+        row |= {m: tuple(mean_ci95([r["quality"][trainer][m] for r in both])) for m in QUALITY}
+        out["trainers"][trainer] = row
+    for m in QUALITY:
+        per_seed = [r["quality"]["ours"][m] - r["quality"]["nvlabs"][m] for r in both]
+        summary = mean_ci95(per_seed)
+        out["ours_minus_nvlabs"][m] = {"per_seed": per_seed, "mean": summary.mean, "ci95": summary.half_width,
+                                       "exceeds_interval": summary.excludes(0.0)}  # fmt: skip
+    return out
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["summarize"]:  # python -m bench.stylegan2_peer summarize REPORT... [--out F]
+        files, out = sys.argv[2:], None
+        if "--out" in files:
+            at = files.index("--out")
+            files, out = files[:at] + files[at + 2 :], files[at + 1]
+        summary = summarize([json.loads(Path(f).read_text()) for f in files])
+        print(json.dumps(summary, indent=2))
+        if out:
+            Path(out).write_text(json.dumps(summary, indent=2) + "\n")
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--nvlabs", default="", help="a stylegan2-ada-pytorch checkout (empty: ours alone)")

@@ -10,6 +10,11 @@ with correctly rounded division and without fused multiply-adds, so keys, and fa
 for bit the tensor path's. ``ops`` runs them on CUDA; the tests also run them on the CPU, in
 Triton's interpreter (``TRITON_INTERPRET=1``).
 
+The fragment kernels recompute each covered pixel's perspective-correct barycentrics and depth
+from its face's three clip-space corners (``ops._fragment_math``'s formulas), and in the backward
+pass add each pixel's nine corner gradients (x, y and w of three corners) straight into the vertex
+gradients: no per-pixel corner table is gathered or kept, and background pixels add nothing.
+
 The soft silhouette walks each face's box grown by its margin the same way, adding each pixel's
 ``log(1 - exp(-d²/sigma))`` with an atomic add; its backward walks the boxes again and sums each
 face's six corner gradients in registers, so no candidate tensor is kept for autograd.
@@ -27,7 +32,7 @@ try:
 except ImportError:  # CPU-only installs: the tensor path is used
     triton = None
 
-__all__ = ["Launch", "supports", "nearest_face_keys", "soft_sums"]
+__all__ = ["Launch", "supports", "nearest_face_keys", "fragments", "soft_sums"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,163 @@ def nearest_face_keys(table: torch.Tensor, first: torch.Tensor, size: torch.Tens
         table.contiguous(), boxes, best, total, num_faces, H, W,
         FACES=launch.faces, BLOCK=launch.block, num_warps=launch.warps, enable_fp_fusion=False,
     )  # fmt: skip
+
+
+if triton is not None:
+
+    @triton.jit
+    def _fragment_corner(clip_ptr, faces_ptr, face_row, k, vertex_base, covered):
+        """Corner ``k``'s vertex row and its clip x, y and w (w = 1 in the background)."""
+        vertex = vertex_base + tl.load(faces_ptr + face_row + k, mask=covered, other=0)
+        corner = clip_ptr + vertex * 4
+        x = tl.load(corner, mask=covered, other=0.0)
+        y = tl.load(corner + 1, mask=covered, other=0.0)
+        w = tl.load(corner + 3, mask=covered, other=1.0)
+        return vertex, x, y, w
+
+    @triton.jit
+    def _fragment_pixels(clip_ptr, faces_ptr, face_id_ptr, start, total, V, F, face_stride, H, W, BLOCK: tl.constexpr):
+        """One block of pixels: whether covered, and each corner's vertex row, clip x, y, w and
+        screen position (px = (x / w + 1) W / 2), with the pixel centre."""
+        pixel = start + tl.arange(0, BLOCK).to(tl.int64)
+        face = tl.load(face_id_ptr + pixel, mask=pixel < total, other=-1)
+        covered = face >= 0
+        item = pixel // (H * W)
+        local = pixel % (H * W)
+        face_row = item * face_stride + tl.maximum(face, 0) * 3
+        v0, x0, y0, w0 = _fragment_corner(clip_ptr, faces_ptr, face_row, 0, item * V, covered)
+        v1, x1, y1, w1 = _fragment_corner(clip_ptr, faces_ptr, face_row, 1, item * V, covered)
+        v2, x2, y2, w2 = _fragment_corner(clip_ptr, faces_ptr, face_row, 2, item * V, covered)
+        px = (local % W).to(x0.dtype) + 0.5
+        py = (local // W).to(x0.dtype) + 0.5
+        return (pixel, covered, px, py, v0, x0, y0, w0, v1, x1, y1, w1, v2, x2, y2, w2)
+
+    @triton.jit
+    def _edge(ax, ay, bx, by, px, py):
+        """Corner k's edge value (twice the area of the pixel and the opposite edge a→b)."""
+        return (bx - ax) * (py - ay) - (by - ay) * (px - ax)
+
+    @triton.jit
+    def _fragment_forward_kernel(clip_ptr, faces_ptr, face_id_ptr, bary_ptr, depth_ptr, total, V, F, face_stride,
+                                 H, W, BLOCK: tl.constexpr):  # fmt: skip
+        pixel, covered, px, py, _, x0, y0, w0, _, x1, y1, w1, _, x2, y2, w2 = _fragment_pixels(
+            clip_ptr, faces_ptr, face_id_ptr, tl.program_id(0).to(tl.int64) * BLOCK, total, V, F, face_stride,
+            H, W, BLOCK)  # fmt: skip
+        sx, sy = 0.5 * W, 0.5 * H
+        u0, t0 = (x0 / w0 + 1.0) * sx, (y0 / w0 + 1.0) * sy
+        u1, t1 = (x1 / w1 + 1.0) * sx, (y1 / w1 + 1.0) * sy
+        u2, t2 = (x2 / w2 + 1.0) * sx, (y2 / w2 + 1.0) * sy
+        e0, e1, e2 = _edge(u1, t1, u2, t2, px, py), _edge(u2, t2, u0, t0, px, py), _edge(u0, t0, u1, t1, px, py)
+        q0, q1, q2 = e0 / w0, e1 / w1, e2 / w2
+        total_q = tl.where(covered, q0 + q1 + q2, 1.0)
+        inside = pixel < total
+        out = bary_ptr + pixel * 3
+        tl.store(out, tl.where(covered, q0 / total_q, 0.0), mask=inside)
+        tl.store(out + 1, tl.where(covered, q1 / total_q, 0.0), mask=inside)
+        tl.store(out + 2, tl.where(covered, q2 / total_q, 0.0), mask=inside)
+        tl.store(depth_ptr + pixel, tl.where(covered, (e0 + e1 + e2) / total_q, 0.0), mask=inside)
+
+    @triton.jit
+    def _add_corner(grad_ptr, vertex, gu, gt, gw_direct, x, y, w, sx, sy, covered):
+        """Chain a corner's screen-position and w gradients to its clip x, y, w and add them."""
+        gx = gu * sx / w
+        gy = gt * sy / w
+        gw = gw_direct - (gx * x + gy * y) / w
+        row = grad_ptr + vertex * 4
+        tl.atomic_add(row, gx, mask=covered)
+        tl.atomic_add(row + 1, gy, mask=covered)
+        tl.atomic_add(row + 3, gw, mask=covered)
+
+    @triton.jit
+    def _fragment_backward_kernel(clip_ptr, faces_ptr, face_id_ptr, grad_bary_ptr, grad_depth_ptr, grad_clip_ptr,
+                                  total, V, F, face_stride, H, W, BLOCK: tl.constexpr):  # fmt: skip
+        pixel, covered, px, py, v0, x0, y0, w0, v1, x1, y1, w1, v2, x2, y2, w2 = _fragment_pixels(
+            clip_ptr, faces_ptr, face_id_ptr, tl.program_id(0).to(tl.int64) * BLOCK, total, V, F, face_stride,
+            H, W, BLOCK)  # fmt: skip
+        sx, sy = 0.5 * W, 0.5 * H
+        u0, t0 = (x0 / w0 + 1.0) * sx, (y0 / w0 + 1.0) * sy
+        u1, t1 = (x1 / w1 + 1.0) * sx, (y1 / w1 + 1.0) * sy
+        u2, t2 = (x2 / w2 + 1.0) * sx, (y2 / w2 + 1.0) * sy
+        e0, e1, e2 = _edge(u1, t1, u2, t2, px, py), _edge(u2, t2, u0, t0, px, py), _edge(u0, t0, u1, t1, px, py)
+        q0, q1, q2 = e0 / w0, e1 / w1, e2 / w2
+        total_q = tl.where(covered, q0 + q1 + q2, 1.0)
+        b0, b1, b2 = q0 / total_q, q1 / total_q, q2 / total_q
+        depth = (e0 + e1 + e2) / total_q
+        g = grad_bary_ptr + pixel * 3
+        gb0 = tl.load(g, mask=covered, other=0.0)
+        gb1 = tl.load(g + 1, mask=covered, other=0.0)
+        gb2 = tl.load(g + 2, mask=covered, other=0.0)
+        gd = tl.load(grad_depth_ptr + pixel, mask=covered, other=0.0)
+        # bary_k = q_k / sum q, depth = sum e / sum q, q_k = e_k / w_k.
+        shared = gb0 * b0 + gb1 * b1 + gb2 * b2 + gd * depth
+        gq0, gq1, gq2 = (gb0 - shared) / total_q, (gb1 - shared) / total_q, (gb2 - shared) / total_q
+        ge0, ge1, ge2 = gq0 / w0 + gd / total_q, gq1 / w1 + gd / total_q, gq2 / w2 + gd / total_q
+        # e_k = (b - a) x (p - a) over the edge a→b opposite corner k: de/da = (b_y - p_y, p_x - b_x),
+        # de/db = (p_y - a_y, a_x - p_x).
+        gu0 = ge1 * (py - t2) + ge2 * (t1 - py)
+        gt0 = ge1 * (u2 - px) + ge2 * (px - u1)
+        gu1 = ge2 * (py - t0) + ge0 * (t2 - py)
+        gt1 = ge2 * (u0 - px) + ge0 * (px - u2)
+        gu2 = ge0 * (py - t1) + ge1 * (t0 - py)
+        gt2 = ge0 * (u1 - px) + ge1 * (px - u0)
+        _add_corner(grad_clip_ptr, v0, gu0, gt0, -gq0 * q0 / w0, x0, y0, w0, sx, sy, covered)
+        _add_corner(grad_clip_ptr, v1, gu1, gt1, -gq1 * q1 / w1, x1, y1, w1, sx, sy, covered)
+        _add_corner(grad_clip_ptr, v2, gu2, gt2, -gq2 * q2 / w2, x2, y2, w2, sx, sy, covered)
+
+
+FRAGMENT_BLOCK = 256
+"""Pixels per program of the fragment kernels."""
+
+
+def _face_layout(faces: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``faces [B, F, 3]`` as a flat int64 buffer and its batch stride (0 where one list is shared)."""
+    if faces.stride(0) == 0:
+        return faces[0].contiguous(), 0
+    return faces.contiguous(), faces.shape[1] * 3
+
+
+class _Fragments(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, clip_pos, faces, face_id):
+        V = clip_pos.shape[1]
+        H, W = face_id.shape[1:]
+        flat_faces, face_stride = _face_layout(faces)
+        clip = clip_pos.contiguous()
+        face_id = face_id.contiguous()
+        total = face_id.numel()
+        bary = torch.empty(total, 3, dtype=clip.dtype, device=clip.device)
+        depth = torch.empty(total, 1, dtype=clip.dtype, device=clip.device)
+        grid = (triton.cdiv(total, FRAGMENT_BLOCK),)
+        _fragment_forward_kernel[grid](
+            clip, flat_faces, face_id, bary, depth, total, V, faces.shape[1], face_stride, H, W, BLOCK=FRAGMENT_BLOCK
+        )
+        ctx.save_for_backward(clip, flat_faces, face_id)
+        ctx.settings = (faces.shape[1], face_stride)
+        return bary, depth
+
+    @staticmethod
+    def backward(ctx, grad_bary, grad_depth):
+        clip, flat_faces, face_id = ctx.saved_tensors
+        num_faces, face_stride = ctx.settings
+        V = clip.shape[1]
+        H, W = face_id.shape[1:]
+        total = face_id.numel()
+        grad_bary = torch.zeros(total, 3, dtype=clip.dtype, device=clip.device) if grad_bary is None else grad_bary
+        grad_depth = torch.zeros(total, 1, dtype=clip.dtype, device=clip.device) if grad_depth is None else grad_depth
+        grad_clip = torch.zeros_like(clip)
+        grid = (triton.cdiv(total, FRAGMENT_BLOCK),)
+        _fragment_backward_kernel[grid](
+            clip, flat_faces, face_id, grad_bary.contiguous(), grad_depth.contiguous(), grad_clip, total, V,
+            num_faces, face_stride, H, W, BLOCK=FRAGMENT_BLOCK,
+        )  # fmt: skip
+        return grad_clip, None, None
+
+
+def fragments(clip_pos: torch.Tensor, faces: torch.Tensor, face_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ops._fragment_math`` as two kernels: barycentrics ``[P, 3]`` and depth ``[P, 1]`` of each
+    pixel's face ``face_id [B, H, W]`` (-1: background, zeros), differentiable w.r.t. ``clip_pos [B, V, 4]``;
+    ``faces`` int64 ``[B, F, 3]``."""
+    return _Fragments.apply(clip_pos, faces, face_id)
 
 
 if triton is not None:

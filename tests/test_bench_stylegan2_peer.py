@@ -130,3 +130,25 @@ def test_peer_compat_runs_a_script_with_what_pytorch_1_code_expects(tmp_path):
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["['--kimg=1']", "7", "2"]
+
+
+def test_seeds_are_summarized_per_trainer_and_paired_by_seed(tmp_path):
+    from bench.stylegan2_peer import summarize
+
+    def report(seed, fd_nvlabs, fd_ours):
+        scores = lambda fd: {"fd": fd, "kid": fd / 100, "precision": 0.9, "recall": 0.1 * seed}  # noqa: E731
+        return {"nvlabs": {"kimg_per_s": 0.2}, "ours": {"kimg_per_s": 0.4 + seed / 10},
+                "quality": {"nvlabs": scores(fd_nvlabs), "ours": scores(fd_ours)}}  # fmt: skip
+
+    out = summarize([report(0, 1.0, 0.5), report(1, 2.0, 1.4), report(2, 3.0, 2.6), {"nvlabs": None, "quality": None}])
+    assert out["seeds"] == 3
+    assert out["trainers"]["nvlabs"]["fd"][0] == pytest.approx(2.0)
+    assert out["trainers"]["ours"]["kimg_per_s"][0] == pytest.approx(0.5)
+    fd = out["ours_minus_nvlabs"]["fd"]
+    assert fd["per_seed"] == pytest.approx([-0.5, -0.6, -0.4])
+    assert fd["mean"] == pytest.approx(-0.5)
+    assert fd["ci95"] == pytest.approx(4.303 * 0.1 / 3**0.5, rel=1e-3)  # sd 0.1 over 3 seeds
+    assert fd["exceeds_interval"]
+    assert not out["ours_minus_nvlabs"]["precision"]["exceeds_interval"]  # equal in every seed: no difference
+    with pytest.raises(ValueError, match="both trainers"):
+        summarize([{"nvlabs": None, "quality": None}])

@@ -1,5 +1,5 @@
 """The Triton kernels (``renderers/_raster_triton.py``) against the tensor path: the z-buffer's face
-ids bit for bit, the soft silhouette and its gradients to rounding. On the CPU under Triton's
+ids bit for bit, the fragments, the soft silhouette and their gradients to rounding. On the CPU under Triton's
 interpreter (a subprocess, since the interpreter is chosen when a kernel is defined; Triton 3.6's
 interpreter cannot run them, 3.9's can), on a GPU compiled."""
 
@@ -90,20 +90,53 @@ def _compare_soft(device: str = "cpu") -> dict[str, list[float]]:
     return out
 
 
+def _compare_fragments(device: str = "cpu") -> dict[str, list[float]]:
+    """Per scene: the largest barycentric and (relative) depth difference of the fragment kernels
+    against ``ops._fragment_math``, and the largest gradient difference relative to the largest
+    gradient (random weights on barycentrics and depth backpropagated to the clip coordinates)."""
+    from renderloop.renderers._raster_triton import fragments
+
+    tensor_path, triton_path = ops.RasterContext(), ops.RasterContext(fragments=fragments)
+    out = {}
+    for name, clip, faces, res in _scenes(device, batch=2, subdivisions=1):
+        clip = clip.detach().requires_grad_(True)
+        want = ops.rasterize(clip, faces, res, ctx=tensor_path)
+        got = ops.rasterize(clip, faces, res, ctx=triton_path)
+        assert torch.equal(got.face_id, want.face_id), name
+        generator = torch.Generator().manual_seed(0)
+        on_bary, on_depth = (torch.randn(t.shape, generator=generator).to(clip) for t in (want.bary, want.depth))
+        (grad_want,) = torch.autograd.grad((want.bary * on_bary).sum() + (want.depth * on_depth).sum(), clip)
+        (grad_got,) = torch.autograd.grad((got.bary * on_bary).sum() + (got.depth * on_depth).sum(), clip)
+        out[name] = [
+            float((got.bary - want.bary).abs().max()),
+            float((got.depth - want.depth).abs().max() / want.depth.abs().max()),
+            float((grad_got - grad_want).abs().max() / grad_want.abs().max()),
+        ]
+    return out
+
+
+def _check_fragments(result: dict[str, list[float]]) -> None:
+    assert len(result) == 4
+    for scene, errors in result.items():
+        bound = 1e-12 if "float64" in scene else 1e-5
+        assert max(errors) < bound, f"{scene}: barycentrics, depth, gradients differ by {errors}"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the compiled kernel is tested instead")
 def test_interpreted_kernels_match_the_tensor_path():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     code = (
         "import json; from renderloop.renderers import _raster_triton; "
         "_raster_triton.supports = lambda device: True; "  # ops runs them on CUDA only
-        "from tests.renderers.test_raster_triton import _compare, _compare_soft; "
-        "print(json.dumps([_compare(), _compare_soft()]))"
+        "from tests.renderers.test_raster_triton import _compare, _compare_fragments, _compare_soft; "
+        "print(json.dumps([_compare(), _compare_soft(), _compare_fragments()]))"
     )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    faces, soft = json.loads(done.stdout.strip().splitlines()[-1])
+    faces, soft, fragments = json.loads(done.stdout.strip().splitlines()[-1])
     _check(faces)
     _check_soft(soft)
+    _check_fragments(fragments)
 
 
 def _check_soft(result: dict[str, list[float]]) -> None:
@@ -129,8 +162,9 @@ def test_the_kernel_is_used_only_where_it_runs():
     assert not _raster_triton.supports(torch.device("cpu"))  # even where the tests interpret Triton
     assert ops.make_context().zbuffer is ops.make_context(compile=True).zbuffer is _raster_triton.nearest_face_keys
     assert ops.make_context().soft_sums is ops.make_context(compile=True).soft_sums is _raster_triton.soft_sums
-    built_directly = ops.RasterContext()  # the candidate lists everywhere
-    assert built_directly.zbuffer is built_directly.soft_sums is None
+    assert ops.make_context().fragments is ops.make_context(compile=True).fragments is _raster_triton.fragments
+    built_directly = ops.RasterContext()  # the tensor paths everywhere
+    assert built_directly.zbuffer is built_directly.soft_sums is built_directly.fragments is None
 
 
 def test_compiled_zbuffer_inputs_equal_the_eager_ones():
@@ -147,6 +181,7 @@ def test_compiled_zbuffer_inputs_equal_the_eager_ones():
 def test_compiled_kernels_match_the_tensor_path_cuda():
     _check(_compare("cuda"))
     _check_soft(_compare_soft("cuda"))
+    _check_fragments(_compare_fragments("cuda"))
 
 
 def test_a_launch_shape_is_checked_when_it_is_made():
