@@ -186,18 +186,25 @@ if triton is not None:
         return (bx - ax) * (py - ay) - (by - ay) * (px - ax)
 
     @triton.jit
+    def _screen_terms(covered, px, py, x0, y0, w0, x1, y1, w1, x2, y2, w2, sx, sy):
+        """Screen corners (u, t), edge values e_k, q_k = e_k / w_k and their sum (1 in the background)."""
+        u0, t0 = (x0 / w0 + 1.0) * sx, (y0 / w0 + 1.0) * sy
+        u1, t1 = (x1 / w1 + 1.0) * sx, (y1 / w1 + 1.0) * sy
+        u2, t2 = (x2 / w2 + 1.0) * sx, (y2 / w2 + 1.0) * sy
+        e0, e1, e2 = _edge(u1, t1, u2, t2, px, py), _edge(u2, t2, u0, t0, px, py), _edge(u0, t0, u1, t1, px, py)
+        q0, q1, q2 = e0 / w0, e1 / w1, e2 / w2
+        return u0, t0, u1, t1, u2, t2, e0, e1, e2, q0, q1, q2, tl.where(covered, q0 + q1 + q2, 1.0)
+
+    @triton.jit
     def _fragment_forward_kernel(clip_ptr, faces_ptr, face_id_ptr, bary_ptr, depth_ptr, total, V, F, face_stride,
                                  H, W, BLOCK: tl.constexpr):  # fmt: skip
         pixel, covered, px, py, _, x0, y0, w0, _, x1, y1, w1, _, x2, y2, w2 = _fragment_pixels(
             clip_ptr, faces_ptr, face_id_ptr, tl.program_id(0).to(tl.int64) * BLOCK, total, V, F, face_stride,
             H, W, BLOCK)  # fmt: skip
         sx, sy = 0.5 * W, 0.5 * H
-        u0, t0 = (x0 / w0 + 1.0) * sx, (y0 / w0 + 1.0) * sy
-        u1, t1 = (x1 / w1 + 1.0) * sx, (y1 / w1 + 1.0) * sy
-        u2, t2 = (x2 / w2 + 1.0) * sx, (y2 / w2 + 1.0) * sy
-        e0, e1, e2 = _edge(u1, t1, u2, t2, px, py), _edge(u2, t2, u0, t0, px, py), _edge(u0, t0, u1, t1, px, py)
-        q0, q1, q2 = e0 / w0, e1 / w1, e2 / w2
-        total_q = tl.where(covered, q0 + q1 + q2, 1.0)
+        u0, t0, u1, t1, u2, t2, e0, e1, e2, q0, q1, q2, total_q = _screen_terms(
+            covered, px, py, x0, y0, w0, x1, y1, w1, x2, y2, w2, sx, sy
+        )
         inside = pixel < total
         out = bary_ptr + pixel * 3
         tl.store(out, tl.where(covered, q0 / total_q, 0.0), mask=inside)
@@ -223,12 +230,9 @@ if triton is not None:
             clip_ptr, faces_ptr, face_id_ptr, tl.program_id(0).to(tl.int64) * BLOCK, total, V, F, face_stride,
             H, W, BLOCK)  # fmt: skip
         sx, sy = 0.5 * W, 0.5 * H
-        u0, t0 = (x0 / w0 + 1.0) * sx, (y0 / w0 + 1.0) * sy
-        u1, t1 = (x1 / w1 + 1.0) * sx, (y1 / w1 + 1.0) * sy
-        u2, t2 = (x2 / w2 + 1.0) * sx, (y2 / w2 + 1.0) * sy
-        e0, e1, e2 = _edge(u1, t1, u2, t2, px, py), _edge(u2, t2, u0, t0, px, py), _edge(u0, t0, u1, t1, px, py)
-        q0, q1, q2 = e0 / w0, e1 / w1, e2 / w2
-        total_q = tl.where(covered, q0 + q1 + q2, 1.0)
+        u0, t0, u1, t1, u2, t2, e0, e1, e2, q0, q1, q2, total_q = _screen_terms(
+            covered, px, py, x0, y0, w0, x1, y1, w1, x2, y2, w2, sx, sy
+        )
         b0, b1, b2 = q0 / total_q, q1 / total_q, q2 / total_q
         depth = (e0 + e1 + e2) / total_q
         g = grad_bary_ptr + pixel * 3
