@@ -51,18 +51,18 @@ def _peak_mib(device: torch.device) -> float:
 
 
 def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool, backend="torch",
-              zbuffer: str = "triton", launch: str = "", fragments: str = "torch"):  # fmt: skip
+              zbuffer: str = "triton", launch: str = "", fragments: str = "triton"):  # fmt: skip
     """A closure that renders (and for ``fwd+bwd`` backpropagates) one batch; ``zbuffer="tensor"``
     keeps the renderer on the candidate lists and tensor code instead of the Triton kernels (the
-    z-buffer's and the soft silhouette's); ``fragments="triton"`` adds the fragment math's Triton
-    kernels (opt-in in the renderer); ``launch`` shapes the z-buffer kernel's programs
+    z-buffer's, the fragments' and the soft silhouette's); ``fragments="torch"`` keeps only the
+    fragment math as (compiled) tensor code; ``launch`` shapes the z-buffer kernel's programs
     (``_raster_triton.Launch``, e.g. ``4x32x1``; empty: the default)."""
     cfg = RendererConfig(height=res, width=res, soft_mask=soft, compile=compile_, backend=backend)
     renderer = MeshRenderer(cfg)
     if zbuffer == "tensor":
-        renderer.raster_context = replace(renderer.raster_context, zbuffer=None, soft_sums=None)
-    if zbuffer != "tensor" and fragments == "triton":
-        renderer.raster_context = replace(renderer.raster_context, fragments=_raster_triton.fragments)
+        renderer.raster_context = replace(renderer.raster_context, zbuffer=None, fragments=None, soft_sums=None)
+    if fragments == "torch":
+        renderer.raster_context = replace(renderer.raster_context, fragments=None)
     if zbuffer != "tensor" and launch:
         kernel = functools.partial(_raster_triton.nearest_face_keys, launch=_raster_triton.Launch.parse(launch))
         renderer.raster_context = replace(renderer.raster_context, zbuffer=kernel)
@@ -84,7 +84,7 @@ def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool
 
 
 def prepare(batch: int, res: int, faces: int, *, device, mode: str, soft: bool, compile_: bool,
-            backend: str = "torch", zbuffer: str = "triton", launch: str = "", fragments: str = "torch"):  # fmt: skip
+            backend: str = "torch", zbuffer: str = "triton", launch: str = "", fragments: str = "triton"):  # fmt: skip
     """``make_step``'s closure after five warm-up batches (allocator, compilation and its
     dynamic-shape recompile, caches)."""
     step = make_step(batch, res, faces, device=device, mode=mode, soft=soft, compile_=compile_, backend=backend,
@@ -128,7 +128,7 @@ def bench_variants(batch: int, res: int, faces: int, variants: list[dict], *, de
     for v, seconds, peak, cover in zip(variants, times, peaks, coverage, strict=True):
         backend, zbuffer = v.get("backend", "torch"), v.get("zbuffer", "triton")
         zbuffer_used = _zbuffer_used(backend, zbuffer, device)
-        fragments = _fragments_used(backend, zbuffer_used, v.get("fragments", "torch"))
+        fragments = _fragments_used(backend, zbuffer_used, v.get("fragments", "triton"))
         median = sorted(seconds)[len(seconds) // 2]
         rows.append({
             "backend": backend, "batch": batch, "resolution": res, "faces": faces, "mode": v["mode"],
@@ -221,9 +221,9 @@ def main() -> None:
     parser.add_argument(
         "--fragments",
         nargs="*",
-        default=["torch"],
+        default=["triton"],
         choices=["triton", "torch"],
-        help="with the Triton z-buffer: the fragment math as (compiled) tensor code or Triton kernels, in turn",
+        help="with the Triton z-buffer: the fragment math as Triton kernels or as (compiled) tensor code, in turn",
     )
     parser.add_argument("--backends", nargs="*", default=["torch"], help="renderer backends to time, in turn")
     parser.add_argument("--rounds", type=int, default=1, help="rounds, each timing every variant of a setting once")

@@ -338,9 +338,10 @@ def _zbuffer_inputs(
 class RasterContext:
     """The dense kernels ``rasterize`` runs. Build one per process with :func:`make_context`;
     ``compile=True`` fuses each into a single ``torch.compile``d kernel (dynamic shapes). Where
-    Triton runs (CUDA), the z-buffer pass and the soft silhouette's sums are Triton kernels
-    (``zbuffer``, ``soft_sums``) instead of candidate lists; a context built directly,
-    ``RasterContext()``, keeps the tensor paths everywhere."""
+    Triton runs (CUDA), the z-buffer pass, the fragment math and the soft silhouette's sums are
+    Triton kernels (``zbuffer``, ``fragments``, ``soft_sums``) instead of candidate lists and
+    compiled tensor code; a context built directly, ``RasterContext()``, keeps the tensor paths
+    everywhere."""
 
     face_table: Callable = _face_table
     zbuffer_inputs: Callable = _zbuffer_inputs
@@ -350,8 +351,7 @@ class RasterContext:
     zbuffer: Callable | None = None
     fragments: Callable | None = None
     """The fragment math's Triton kernels (``_raster_triton.fragments``): the same barycentrics and
-    depth as ``fragment_math``, with a backward pass that touches only covered pixels. Opt-in
-    (``dataclasses.replace(ctx, fragments=...)``) until timed against the compiled tensor code."""
+    depth as ``fragment_math``, with a backward pass that touches only covered pixels."""
     soft_sums: Callable | None = None
     """The soft silhouette's Triton kernels (``_raster_triton.soft_sums``): no candidate tensors
     kept for autograd, so faster and smaller than ``soft_terms`` on CUDA (BENCHMARKS.md)."""
@@ -361,7 +361,11 @@ def make_context(*, compile: bool = False) -> RasterContext:
     """A :class:`RasterContext`; eager by default, ``torch.compile``d with ``compile=True``."""
     kernels = {}
     if _raster_triton.triton is not None:  # used where supports() holds (CUDA), per call
-        kernels = dict(zbuffer=_raster_triton.nearest_face_keys, soft_sums=_raster_triton.soft_sums)
+        kernels = dict(
+            zbuffer=_raster_triton.nearest_face_keys,
+            fragments=_raster_triton.fragments,
+            soft_sums=_raster_triton.soft_sums,
+        )
     if not compile:
         return RasterContext(**kernels)
     return RasterContext(

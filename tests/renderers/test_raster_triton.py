@@ -162,7 +162,7 @@ def test_the_kernel_is_used_only_where_it_runs():
     assert not _raster_triton.supports(torch.device("cpu"))  # even where the tests interpret Triton
     assert ops.make_context().zbuffer is ops.make_context(compile=True).zbuffer is _raster_triton.nearest_face_keys
     assert ops.make_context().soft_sums is ops.make_context(compile=True).soft_sums is _raster_triton.soft_sums
-    assert ops.make_context().fragments is ops.make_context(compile=True).fragments is None  # opt-in
+    assert ops.make_context().fragments is ops.make_context(compile=True).fragments is _raster_triton.fragments
     built_directly = ops.RasterContext()  # the tensor paths everywhere
     assert built_directly.zbuffer is built_directly.soft_sums is built_directly.fragments is None
 
