@@ -12,6 +12,7 @@ soft silhouette where asked) to vertex positions and colours.
     python -m bench.renderers --device cuda --launch 1x32x4 1x32x1 4x32x4 2x64x4   # z-buffer launch shapes
     python -m bench.renderers --device cuda --compile --no-eager --modes fwd+bwd     # compiled training step only
     python -m bench.renderers --device cuda --backends torch nvdiffrast --reference nvdiffrast --rounds 7
+    python -m bench.renderers --device cuda --compile --fragments torch triton   # the fragment math's two paths
 
 Peak memory is the most a timed block allocated above what was allocated when it began (the
 variants of a setting are built together, and each holds its scene).
