@@ -51,10 +51,10 @@ def shape_clip(verts: torch.Tensor, params: torch.Tensor, R, t, K, res: int) -> 
     return cameras.camera_to_clip(cameras.world_to_camera(world.expand(len(R), -1, -1), R, t), K, (res, res))
 
 
-def draw(params: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Six parameters: log-scales in ±0.35 (axes 0.70–1.42), offsets in ±0.3."""
+def draw(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Six parameters (dtype and device of ``like``): log-scales in ±0.35 (axes 0.70–1.42), offsets in ±0.3."""
     u = torch.rand(6, generator=generator) * 2 - 1
-    return torch.cat([u[:3] * 0.35, u[3:] * 0.3]).to(params)
+    return torch.cat([u[:3] * 0.35, u[3:] * 0.3]).to(like)
 
 
 class Silhouettes:

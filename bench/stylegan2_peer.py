@@ -208,15 +208,15 @@ def summarize(reports: list[dict]) -> dict:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["summarize"]:  # python -m bench.stylegan2_peer summarize REPORT... [--out F]
-        files, out = sys.argv[2:], None
-        if "--out" in files:
-            at = files.index("--out")
-            files, out = files[:at] + files[at + 2 :], files[at + 1]
-        summary = summarize([json.loads(Path(f).read_text()) for f in files])
+    if sys.argv[1:2] == ["summarize"]:
+        p = argparse.ArgumentParser(prog="bench.stylegan2_peer summarize", description=summarize.__doc__)
+        p.add_argument("reports", nargs="+", help="one report per seed, of one setting")
+        p.add_argument("--out", default=None)
+        args = p.parse_args(sys.argv[2:])
+        summary = summarize([json.loads(Path(f).read_text()) for f in args.reports])
         print(json.dumps(summary, indent=2))
-        if out:
-            Path(out).write_text(json.dumps(summary, indent=2) + "\n")
+        if args.out:
+            Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")

@@ -164,9 +164,9 @@ if triton is not None:
         return vertex, x, y, w
 
     @triton.jit
-    def _fragment_pixels(clip_ptr, faces_ptr, face_id_ptr, start, total, V, F, face_stride, H, W, BLOCK: tl.constexpr):
-        """One block of pixels: whether covered, and each corner's vertex row, clip x, y, w and
-        screen position (px = (x / w + 1) W / 2), with the pixel centre."""
+    def _fragment_pixels(clip_ptr, faces_ptr, face_id_ptr, start, total, V, face_stride, H, W, BLOCK: tl.constexpr):
+        """One block of pixels: index, whether covered, the pixel centre, and each corner's vertex
+        row and clip x, y, w."""
         pixel = start + tl.arange(0, BLOCK).to(tl.int64)
         face = tl.load(face_id_ptr + pixel, mask=pixel < total, other=-1)
         covered = face >= 0
@@ -196,10 +196,10 @@ if triton is not None:
         return u0, t0, u1, t1, u2, t2, e0, e1, e2, q0, q1, q2, tl.where(covered, q0 + q1 + q2, 1.0)
 
     @triton.jit
-    def _fragment_forward_kernel(clip_ptr, faces_ptr, face_id_ptr, bary_ptr, depth_ptr, total, V, F, face_stride,
+    def _fragment_forward_kernel(clip_ptr, faces_ptr, face_id_ptr, bary_ptr, depth_ptr, total, V, face_stride,
                                  H, W, BLOCK: tl.constexpr):  # fmt: skip
         pixel, covered, px, py, _, x0, y0, w0, _, x1, y1, w1, _, x2, y2, w2 = _fragment_pixels(
-            clip_ptr, faces_ptr, face_id_ptr, tl.program_id(0).to(tl.int64) * BLOCK, total, V, F, face_stride,
+            clip_ptr, faces_ptr, face_id_ptr, tl.program_id(0).to(tl.int64) * BLOCK, total, V, face_stride,
             H, W, BLOCK)  # fmt: skip
         sx, sy = 0.5 * W, 0.5 * H
         u0, t0, u1, t1, u2, t2, e0, e1, e2, q0, q1, q2, total_q = _screen_terms(
@@ -225,9 +225,9 @@ if triton is not None:
 
     @triton.jit
     def _fragment_backward_kernel(clip_ptr, faces_ptr, face_id_ptr, grad_bary_ptr, grad_depth_ptr, grad_clip_ptr,
-                                  total, V, F, face_stride, H, W, BLOCK: tl.constexpr):  # fmt: skip
+                                  total, V, face_stride, H, W, BLOCK: tl.constexpr):  # fmt: skip
         pixel, covered, px, py, v0, x0, y0, w0, v1, x1, y1, w1, v2, x2, y2, w2 = _fragment_pixels(
-            clip_ptr, faces_ptr, face_id_ptr, tl.program_id(0).to(tl.int64) * BLOCK, total, V, F, face_stride,
+            clip_ptr, faces_ptr, face_id_ptr, tl.program_id(0).to(tl.int64) * BLOCK, total, V, face_stride,
             H, W, BLOCK)  # fmt: skip
         sx, sy = 0.5 * W, 0.5 * H
         u0, t0, u1, t1, u2, t2, e0, e1, e2, q0, q1, q2, total_q = _screen_terms(
@@ -281,16 +281,15 @@ class _Fragments(torch.autograd.Function):
         depth = torch.empty(total, 1, dtype=clip.dtype, device=clip.device)
         grid = (triton.cdiv(total, FRAGMENT_BLOCK),)
         _fragment_forward_kernel[grid](
-            clip, flat_faces, face_id, bary, depth, total, V, faces.shape[1], face_stride, H, W, BLOCK=FRAGMENT_BLOCK
+            clip, flat_faces, face_id, bary, depth, total, V, face_stride, H, W, BLOCK=FRAGMENT_BLOCK
         )
         ctx.save_for_backward(clip, flat_faces, face_id)
-        ctx.settings = (faces.shape[1], face_stride)
+        ctx.face_stride = face_stride
         return bary, depth
 
     @staticmethod
     def backward(ctx, grad_bary, grad_depth):
         clip, flat_faces, face_id = ctx.saved_tensors
-        num_faces, face_stride = ctx.settings
         V = clip.shape[1]
         H, W = face_id.shape[1:]
         total = face_id.numel()
@@ -300,7 +299,7 @@ class _Fragments(torch.autograd.Function):
         grid = (triton.cdiv(total, FRAGMENT_BLOCK),)
         _fragment_backward_kernel[grid](
             clip, flat_faces, face_id, grad_bary.contiguous(), grad_depth.contiguous(), grad_clip, total, V,
-            num_faces, face_stride, H, W, BLOCK=FRAGMENT_BLOCK,
+            ctx.face_stride, H, W, BLOCK=FRAGMENT_BLOCK,
         )  # fmt: skip
         return grad_clip, None, None
 
