@@ -22,6 +22,10 @@
 ``--channels BASE MAX`` sets both networks' widths (NVlabs' through ``bench.peer_compat``); with
 ``--device cpu`` NVlabs runs on the CPU through the same shim, and both train in fp32 without
 clamping (its ``--fp32``), so a small side-by-side run needs no GPU.
+
+A call that runs out of time loses nothing finished: the same command again keeps the renders,
+NVlabs' run once its last snapshot exists and our run once its models are exported, resumes our
+unfinished run from its last checkpoint (``--checkpoint-every``), and scores.
 """
 
 from __future__ import annotations
@@ -104,6 +108,9 @@ def run_nvlabs(args, folder: Path, settings: dict) -> dict:
         "--cfg=auto", f"--batch={settings['batch']}", f"--gamma={settings['r1_gamma']}", "--mirror=0",
         "--aug=noaug", "--metrics=none", f"--kimg={max(round(args.kimg), 1)}", "--snap=1000", f"--seed={args.seed}",
     ]  # fmt: skip
+    finished = sorted(outdir.glob(f"*/network-snapshot-{max(round(args.kimg), 1):06d}.pkl"))
+    if finished:  # a call that ran out of time after training: keep the run, time it from its own log
+        return _nvlabs_report(finished[-1].parent, (finished[-1].parent / "log.txt").read_text())
     env = dict(os.environ)
     if args.channels:
         env["PEER_CHANNELS"] = ",".join(str(c) for c in args.channels)
@@ -115,9 +122,13 @@ def run_nvlabs(args, folder: Path, settings: dict) -> dict:
     runs = sorted(outdir.glob("*/stats.jsonl"))
     if done.returncode or not runs:
         raise SystemExit(f"stylegan2-ada-pytorch failed:\n{log[-3000:]}")
-    seconds = nvlabs_seconds_per_kimg(runs[-1].read_text())
+    return _nvlabs_report(runs[-1].parent, log)
+
+
+def _nvlabs_report(run: Path, log: str) -> dict:
+    seconds = nvlabs_seconds_per_kimg((run / "stats.jsonl").read_text())
     steady = seconds[len(seconds) // 5 :] or seconds
-    snapshots = sorted(runs[-1].parent.glob("network-snapshot-*.pkl"))
+    snapshots = sorted(run.glob("network-snapshot-*.pkl"))
     return {
         "plugins": nvlabs_plugins(log),
         "kimg_per_s": len(steady) / sum(steady),
@@ -128,6 +139,9 @@ def run_nvlabs(args, folder: Path, settings: dict) -> dict:
 
 def run_ours(args, settings: dict) -> dict:
     run_dir = Path(args.work) / "ours"
+    log = run_dir / "train_log.jsonl"
+    if (run_dir / "models" / "G.pt").exists() and log.exists():  # trained by an earlier call
+        return _ours_report(run_dir, log, settings)
     steps = max(int(args.kimg * 1000 / settings["batch"]), 1)
     command = [
         sys.executable, "-m", "renderloop.cli", "train", "method=stylegan2_vehicle", f"device={args.device}",
@@ -135,17 +149,21 @@ def run_ours(args, settings: dict) -> dict:
         f"method.data.real.resolution={args.resolution}",
         f"method.data.real.batch_size={settings['batch']}", f"engine.data.batch_size={settings['batch']}",
         f"engine.max_steps={steps}", "engine.log_every=20", "engine.progress=false", "engine.tensorboard=false",
-        "engine.checkpoint_every=0", "engine.precision=bf16", "engine.data.num_workers=4", "metrics_port=-1",
+        f"engine.checkpoint_every={args.checkpoint_every}", "engine.precision=bf16", "engine.data.num_workers=4",
+        "metrics_port=-1",
         "engine.data.follow=false", f"engine.seed={args.seed}", *settings["overrides"], *_matched(args), *args.set,
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
-    log = run_dir / "train_log.jsonl"
     if done.returncode or not log.exists():
         raise SystemExit(f"renderloop train failed:\n{(done.stdout + done.stderr)[-3000:]}")
+    return _ours_report(run_dir, log, settings)
+
+
+def _ours_report(run_dir: Path, log: Path, settings: dict) -> dict:
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     if not rows:
-        raise SystemExit(f"renderloop train logged no window in {steps} steps: train for more --kimg")
-    steady = rows[len(rows) // 5 :] or rows
+        raise SystemExit(f"renderloop train logged no window in {run_dir}: train for more --kimg")
+    steady = steady_windows(rows)
     steps_per_s = sum(r["steps_per_s"] for r in steady) / len(steady)
     return {
         "kimg_per_s": steps_per_s * settings["batch"] / 1e3,
@@ -153,6 +171,13 @@ def run_ours(args, settings: dict) -> dict:
         "data_wait_fraction": sum(r["data_wait_fraction"] for r in steady) / len(steady),
         "run_dir": str(run_dir),
     }
+
+
+def steady_windows(rows: list[dict]) -> list[dict]:
+    """The log's windows after the first fifth, less each process's first window: a call that
+    resumed a killed run starts up and compiles again."""
+    later = rows[len(rows) // 5 :] or rows
+    return [r for r in later if r.get("window", 2) > 1] or later
 
 
 def _matched(args) -> list[str]:
@@ -236,6 +261,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="both trainers' seed")
     p.add_argument("--set", nargs="*", default=[], help="more overrides for our run")
     p.add_argument("--no-score", action="store_true", help="time only")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="our run's checkpoint interval: a call that runs out of time is then resumed by the next one "
+        "(0: none; a checkpoint counts in the window it falls in)",
+    )
     p.add_argument("--work", default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args()

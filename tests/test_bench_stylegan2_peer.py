@@ -152,3 +152,34 @@ def test_seeds_are_summarized_per_trainer_and_paired_by_seed(tmp_path):
     assert not out["ours_minus_nvlabs"]["precision"]["exceeds_interval"]  # equal in every seed: no difference
     with pytest.raises(ValueError, match="both trainers"):
         summarize([{"nvlabs": None, "quality": None}])
+
+
+def test_a_call_after_one_that_ran_out_of_time_keeps_what_finished(tmp_path):
+    """NVlabs' run with its last snapshot and our exported run are read back, not trained again."""
+    run = tmp_path / "work" / "nvlabs" / "00000-images-auto1"
+    run.mkdir(parents=True)
+    (run / "log.txt").write_text('Setting up PyTorch plugin "upfirdn2d_plugin"... Done.\n')
+    ticks = [{"Progress/tick": {"mean": t}, "Timing/sec_per_kimg": {"mean": s}} for t, s in ((0, 9.0), (1, 3.0))]
+    (run / "stats.jsonl").write_text("\n".join(json.dumps(t) for t in ticks))
+    (run / "network-snapshot-000002.pkl").write_bytes(b"")
+    args = argparse.Namespace(work=str(tmp_path / "work"), nvlabs=str(tmp_path / "absent"), kimg=2, seed=0,
+                              channels=None, device="cuda")  # fmt: skip
+    kept = run_nvlabs(args, tmp_path / "images", auto_settings(64, 32))  # no train.py there: not run again
+    assert kept["plugins"] == {"upfirdn2d_plugin": "cuda"} and kept["kimg_per_s"] == pytest.approx(1 / 3)
+
+    ours = tmp_path / "work" / "ours"
+    (ours / "models").mkdir(parents=True)
+    (ours / "models" / "G.pt").write_bytes(b"")
+    rows = [{"step": 19, "window": 1, "steps_per_s": 0.1, "data_wait_fraction": 0.0},
+            {"step": 39, "window": 2, "steps_per_s": 10.0, "data_wait_fraction": 0.0}]  # fmt: skip
+    (ours / "train_log.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    report = stylegan2_peer.run_ours(argparse.Namespace(**vars(args), set=[], checkpoint_every=0),
+                                     auto_settings(64, 32))  # fmt: skip
+    assert report["steps"] == 40 and report["kimg_per_s"] == pytest.approx(10.0 * 32 / 1e3)
+
+
+def test_each_process_first_window_is_left_out_of_the_timing():
+    """A resumed run's log holds a second start-up window; the first fifth of all windows goes too."""
+    rows = [{"window": w, "steps_per_s": v} for w, v in [(1, 0.1), (2, 5.0), (3, 5.0), (1, 0.2), (2, 6.0)]]
+    assert [r["steps_per_s"] for r in stylegan2_peer.steady_windows(rows)] == [5.0, 5.0, 6.0]
+    assert stylegan2_peer.steady_windows([{"steps_per_s": 1.0}]) == [{"steps_per_s": 1.0}]  # logs without windows

@@ -98,6 +98,7 @@ class Reporter:
         self._losses: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._window = _empty_window()
         self._window_start = time.perf_counter()
+        self._windows = 0  # since this process started: its first window holds start-up and compilation
         self._tb = self._bar = self._log = None
         if not self.main:
             return
@@ -145,9 +146,11 @@ class Reporter:
         losses = _window_means(self._losses)
         now = time.perf_counter()
         seconds, self._window_start = max(now - self._window_start, 1e-9), now
+        self._windows += 1
         summary = {
             "step": step,
             "time": time.time(),
+            "window": self._windows,
             "samples_per_s": w["samples"] / seconds,
             "steps_per_s": w["steps"] / seconds,
             "step_seconds": seconds / w["steps"],
@@ -175,7 +178,7 @@ class Reporter:
             self._log.flush()
             if self._tb is not None:
                 for key, value in record.items():
-                    if key not in ("step", "time"):
+                    if key not in ("step", "time", "window"):
                         self._tb.add_scalar(key if key.startswith("loss/") else f"perf/{key}", value, step)
             if self._bar is not None:
                 shown = {k.rpartition("/")[2] if k.count("/") else k: v for k, v in list(losses.items())[:4]}
