@@ -42,6 +42,12 @@ class RayCheckpointStore:
         self._restored = Path(tempfile.mkdtemp(prefix="renderloop-restore-"))
         return Path(checkpoint.to_directory(str(self._restored)))
 
+    def release(self, path: Path) -> None:
+        """Done restoring: remove the local copy ``latest`` made (a full checkpoint per restart)."""
+        if self._restored is not None:
+            shutil.rmtree(self._restored, ignore_errors=True)
+            self._restored = None
+
     def save(self, step: int, write, metrics: dict[str, float]) -> Path:
         import ray.train
 

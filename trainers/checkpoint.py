@@ -122,6 +122,9 @@ class CheckpointStore:
         name = _from_main(self.dist, name)
         return None if name is None else self.directory / name
 
+    def release(self, path: Path) -> None:
+        """Done restoring ``path``: the run's own checkpoints stay."""
+
     def _candidates(self) -> list[str]:
         """The folder ``latest`` names, then the older step folders, newest first."""
         pointer = self.directory / "latest"

@@ -283,6 +283,13 @@ class Trainer:
         path = self.checkpoints.latest() if self.cfg.resume or self.checkpoints.only_this_run else None
         if path is None:
             return False
+        try:
+            self._restore(path)
+        finally:
+            self.checkpoints.release(path)
+        return True
+
+    def _restore(self, path: Path) -> None:
         first = torch.load(path / "client-rank0.pt", map_location="cpu", weights_only=True)
         if first["world_size"] != self.dist.world_size:
             raise InputError(
@@ -310,7 +317,6 @@ class Trainer:
         self._positions = dict(client["data"])
         self.method.load_state_dict(client["method"])
         set_rng_state(client["rng"])
-        return True
 
     def _method_settings(self) -> dict[str, Any]:
         """The method's config as JSON types (what a weights-only checkpoint load accepts)."""

@@ -185,3 +185,21 @@ def test_a_checkpoint_of_another_architecture_is_refused_in_one_error_naming_bot
     cfg.engine.max_steps = 6  # the run's own settings still resume
     train_worker(cfg)
     assert max(_log(tmp_path / "run")) == 5
+
+
+class _RecordingStore(CheckpointStore):
+    released: list[str] = []
+
+    def release(self, path: Path) -> None:
+        self.released.append(path.name)
+
+
+def test_the_store_hears_a_restore_is_over_even_when_it_is_refused(reference, tmp_path):
+    """A store that copied a checkpoint to restore it (Ray's) may drop the copy, whatever came of it."""
+    cfg = debug_config(reference / "data", tmp_path / "run", "engine.max_steps=3", "engine.checkpoint_every=3")
+    train_worker(cfg)
+    wider = debug_config(reference / "data", tmp_path / "run", "engine.max_steps=6", "method.channels=12")
+    store = _RecordingStore(tmp_path / "run" / "checkpoints", 3, ALONE)
+    with pytest.raises(InputError):
+        train_worker(wider, checkpoints=store)
+    assert store.released == ["step00000003"]

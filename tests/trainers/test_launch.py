@@ -11,6 +11,7 @@ import sys
 import tarfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +142,22 @@ def test_ray_train_two_workers_restore_after_a_worker_is_killed(tmp_path):
         losses = {k: v for k, v in row.items() if k.startswith("loss/")}
         assert losses and losses == pytest.approx({k: rows[row["step"]][k] for k in losses}, rel=1e-5)
     assert (run_dir / "models" / "R.pt").exists()
+
+
+def test_the_ray_store_removes_its_local_copy_once_restored(monkeypatch):
+    """Each restart copies the newest checkpoint out of Ray's storage; the copy goes after the restore."""
+    import ray.train
+
+    from renderloop.cluster.ray_train import RayCheckpointStore
+
+    class Saved:
+        def to_directory(self, path: str) -> str:
+            (Path(path) / "client-rank0.pt").write_bytes(b"")
+            return path
+
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: Saved())
+    store = RayCheckpointStore(dist=None)
+    restored = store.latest()
+    assert (restored / "client-rank0.pt").exists()
+    store.release(restored)
+    assert not restored.exists()
