@@ -32,7 +32,9 @@ from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95
 from renderloop.trainers.view_codes import AZIMUTH_BINS
 
-SCORES = ("input_view_iou", "novel_view_iou")
+SCORES = ("input_view_iou", "novel_view_iou", "chamfer", "fscore@", "gan_view_iou", "camera_error_deg")
+"""What a row summarizes, where its runs report it (``fscore@`` whatever its threshold; GAN views
+and camera errors only for the rows trained on GAN groups)."""
 ROWS = {
     "A": ["method=ganverse3d"],
     "A_fixed_cameras": ["method=ganverse3d", "method.optimize_cameras=false"],
@@ -179,11 +181,18 @@ def _report(run: Path) -> dict:
 def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
     """Row → score → (mean, 95% half-width, runs), and the constant mean-shape row every
     evaluation reports beside its network (the same for every run: scored once)."""
-    rows = {row: {s: tuple(mean_ci95([r[s] for r in reports])) for s in SCORES} for row, reports in runs.items()}
+    rows = {row: {s: tuple(mean_ci95([r[s] for r in reports])) for s in _scored(reports)}
+            for row, reports in runs.items() if reports}  # fmt: skip
     first = next((reports[0] for reports in runs.values() if reports), {})
-    if all(f"mean_shape/{s}" in first for s in SCORES):
-        rows["mean_shape"] = {s: (first[f"mean_shape/{s}"], float("nan"), 1) for s in SCORES}
+    constant = {k.removeprefix("mean_shape/"): v for k, v in first.items() if k.startswith("mean_shape/")}
+    if constant:
+        rows["mean_shape"] = {s: (constant[s], float("nan"), 1) for s in _scored([constant])}
     return rows
+
+
+def _scored(reports: list[dict]) -> list[str]:
+    """The scores of ``SCORES`` every report has."""
+    return [k for k in reports[0] if k.startswith(SCORES) and all(k in r for r in reports)]
 
 
 def main() -> None:

@@ -14,9 +14,14 @@ from tests.trainers.helpers import gan_method_assets
 
 
 def test_rows_are_means_with_intervals_over_seeds():
-    runs = {"A": [{"input_view_iou": v, "novel_view_iou": v / 2} for v in (0.5, 0.6, 0.7)]}
-    row = summarize(runs)["A"]
-    assert row["input_view_iou"][0] == pytest.approx(0.6) and row["novel_view_iou"][2] == 3
+    runs = {"A": [{"input_view_iou": v, "novel_view_iou": v / 2, "chamfer": v / 10, "fscore@0.02": v,
+                   "camera_error_deg": 10 * v, "mean_shape/chamfer": 0.02, "steps": 9} for v in (0.5, 0.6, 0.7)],
+            "C": [{"input_view_iou": v, "chamfer": 0.1, "fscore@0.02": 0.3} for v in (0.4, 0.6)]}  # fmt: skip
+    rows = summarize(runs)
+    assert rows["A"]["input_view_iou"][0] == pytest.approx(0.6) and rows["A"]["novel_view_iou"][2] == 3
+    assert rows["A"]["chamfer"][0] == pytest.approx(0.06) and rows["A"]["camera_error_deg"][0] == pytest.approx(6)
+    assert set(rows["C"]) == {"input_view_iou", "chamfer", "fscore@0.02"}  # no GAN scores for C; no steps
+    assert rows["mean_shape"] == {"chamfer": (0.02, pytest.approx(float("nan"), nan_ok=True), 1)}
 
 
 def test_views_take_codes_of_distinct_spread_bins():

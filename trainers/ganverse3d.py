@@ -66,8 +66,10 @@ class GANverse3DEvalConfig:
     gan_groups: int = 32
     """Held-out GAN groups (a producer seed no run uses) scored against the oracle's masks and
     viewpoints: silhouette IoU in every view, and the camera error of each code they draw."""
-    shape_points: int = 2000
-    """Surface samples per mesh for Chamfer distance and F-score (both scale-normalized)."""
+    shape_points: int = 10000
+    """Surface samples per mesh for Chamfer distance and F-score (both scale-normalized). A true
+    mesh against new samples of itself scores Chamfer 0.0116 and F 0.90 at 2,000 points, 0.0052
+    and 1.00 at 10,000: with too few points the sampling floor hides differences between rows."""
     fscore_tau: float = 0.02
     """F-score threshold, as a share of the bounding-box diagonal (at 0.05 the mean shape already
     scores 0.99 on this category)."""
@@ -244,7 +246,9 @@ class GANverse3D(Method):
         self.oracle.calls.update(state["oracle_calls"])
 
     def shuffle(self, role: str) -> bool:
-        return False  # a batch holds whole groups, in the order the source wrote them
+        """Groups stay whole, in the order the source wrote them; single views (row C's closed
+        set, read for many epochs) are shuffled, or every batch would hold the same renders."""
+        return self.source.views == 1
 
     def build(self) -> dict[str, ModelSpec]:
         cfg = self.config

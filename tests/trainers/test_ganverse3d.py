@@ -218,6 +218,8 @@ def test_renders_with_exact_cameras_train_the_ceiling_and_the_single_view_baseli
         "method.renders.subdivisions=2", "method.evaluation.samples=2", "method.evaluation.novel_views=1",
         "method.evaluation.batch_size=4", "engine.max_steps=2", f"storage.root={tmp_path / 'data'}",
         f"run_dir={tmp_path / 'run'}", "samples_per_shard=4", "device=cpu"], TrainConfig)  # fmt: skip
+    # Single views are a closed set read for many epochs: shuffled; groups keep the source's order.
+    assert GANverse3D(cfg.method_config, torch.device("cpu")).shuffle("views") == (views == 1)
     make_streams(cfg, samples=8)
     train(cfg, [], command="train")
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]

@@ -19,6 +19,9 @@ def test_scores_know_their_answers():
     assert (points.norm(dim=-1) <= 1 + 1e-5).all() and (points.norm(dim=-1) > 0.98).all()  # on the surface
     same, f_same = chamfer_fscore(points, points)
     assert same.item() == 0 and f_same.item() == 1
+    other = sample_surface(sphere.verts[None], sphere.faces, 4000, gen)
+    whole, chunked = chamfer_fscore(points, other), chamfer_fscore(points, other, chunk=999)
+    assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])  # chunks change nothing
     shifted = points + torch.tensor([0.1, 0.0, 0.0])
     far, f_far = chamfer_fscore(points, shifted, tau=0.05)
     # A unit sphere moved by d lies |d cos θ| from the original: d / 2 on average, plus the gaps
