@@ -84,9 +84,13 @@ class DatasetGANSource:
         except (CheckpointError, FileNotFoundError) as err:
             raise ConfigError("source.checkpoint", str(err)) from None
         try:
-            interpreter, _ = load_interpreter(config.interpreter)
+            interpreter, trained = load_interpreter(config.interpreter)
         except (ValueError, FileNotFoundError) as err:
             raise ConfigError("source.interpreter", str(err)) from None
+        for key in ("network", "truncation_psi", "truncation_cutoff"):  # the latents it learned to label
+            if key in trained and trained[key] != getattr(config, key):
+                raise ConfigError(f"source.{key}", f"is {getattr(config, key)!r}; the interpreter was trained on "
+                                  f"samples drawn with {key}={trained[key]!r}")  # fmt: skip
         if interpreter.channels != feature_channels(self.G):
             raise ConfigError("source.interpreter", f"was trained on {interpreter.channels} feature channels; "
                               f"this generator has {feature_channels(self.G)}")  # fmt: skip

@@ -85,6 +85,8 @@ def test_annotations_once_training_resume_and_the_labelled_source(tmp_path, asse
     assert torch.allclose(split["uncertainty"], batch["uncertainty"], rtol=1e-5, atol=1e-7)
     with pytest.raises(ConfigError, match="source.members"):
         DatasetGANSource(DatasetGANSourceConfig(**{**config.__dict__, "members": 4}))
+    with pytest.raises(ConfigError, match="source.truncation_psi.*trained on samples drawn with truncation_psi=0.7"):
+        DatasetGANSource(DatasetGANSourceConfig(**{**config.__dict__, "truncation_psi": 1.0}))
 
     # The downstream segmenter learns from that stream like from any other.
     interpreter = config.interpreter
