@@ -34,7 +34,7 @@ from renderloop.models.stylegan2.latents import feature_channels, pixel_features
 
 from .method import Method, ModelSpec, Phase
 from .oracle import Oracle, colour_labels
-from .scores import class_iou, confusion
+from .scores import confusion, mean_iou, scored_classes
 
 __all__ = ["DatasetGANConfig", "DatasetGAN"]
 
@@ -192,14 +192,14 @@ class DatasetGAN(Method):
         features, labels = self._holdout(G)
         logits = interpreter(features.float())
         vote = majority_vote(logits)
-        iou = class_iou(confusion(vote, labels, self.classes))
+        counts = confusion(vote, labels, self.classes)
         report = {
             "annotations": self.config.annotations,
             "oracle_calls": int(self.annotated["calls"]),
             "validation_pixels": int(len(labels)),
             "member_validation_accuracy": [round(a, 4) for a in self.best_accuracy],
             "ensemble_validation_accuracy": float((vote == labels).float().mean()),
-            "ensemble_validation_miou": float(iou.nanmean()),
+            "ensemble_validation_miou": mean_iou(counts, scored_classes(counts), background=True),
         }
         out = Path(out_dir)
         save_interpreter(interpreter, out / "interpreter.pt", {"generator": str(self.config.generator),
@@ -232,10 +232,12 @@ class DatasetGAN(Method):
         batch = self._source(interpreter, n).generate(self.config.annotation_seed, 1)  # not the figure's batch
         oracle = Oracle.load(self.config.oracle_run, str(self.device))
         truth = oracle.segment(batch["rgb"])
-        iou = class_iou(confusion(batch["seg"].flatten(), truth.flatten(), self.classes))
+        counts = confusion(batch["seg"].flatten(), truth.flatten(), self.classes)
+        scored = scored_classes(counts)
         return {"fresh_samples": n, "fresh_oracle_calls": oracle.calls["segment"],
                 "fresh_pixel_accuracy": float((batch["seg"] == truth).float().mean()),
-                "fresh_miou": float(iou[1:].nanmean()), "fresh_miou_with_background": float(iou.nanmean())}  # fmt: skip
+                "fresh_miou": mean_iou(counts, scored, background=False),
+                "fresh_miou_with_background": mean_iou(counts, scored, background=True)}  # fmt: skip
 
     def _generated_figure(self, interpreter: Path, path: Path, pool: int = 40) -> None:
         """New samples labelled by the interpreter: the 8 least uncertain of a pool (kept) above

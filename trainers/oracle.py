@@ -32,7 +32,7 @@ from renderloop.images import image_grid, save_png
 from renderloop.models.oracles import PartSegmenter, ViewpointRegressor
 
 from .method import Method, ModelSpec, Phase
-from .scores import angle_error_deg, class_iou, confusion
+from .scores import angle_error_deg, class_iou, confusion, mean_iou, scored_classes
 
 __all__ = ["OracleConfig", "OracleMethod", "Oracle", "OracleBudgetError", "colour_labels"]
 
@@ -147,17 +147,17 @@ def evaluate_oracles(oracle: Oracle, source, ev: OracleEvalConfig, out_dir: Any)
     # Constant baseline for the parts: every pixel gets the test set's most frequent label.
     majority = int(pixel_totals.argmax())
     label_counts[:, majority] = pixel_totals
-    iou, constant_iou = class_iou(counts), class_iou(label_counts)
+    iou, constant_iou, scored = class_iou(counts), class_iou(label_counts), scored_classes(counts)
     binary = torch.stack([counts[:1, :1].sum(), counts[:1, 1:].sum(), counts[1:, :1].sum(), counts[1:, 1:].sum()])
     az, zero = torch.cat(azimuth_errors), torch.cat(zero_errors)
     el, elevation_all = torch.cat(elevation_errors), torch.cat(elevations)
     results = {
         "test_images": len(az),
-        "part_miou": float(iou[1:].nanmean()),
-        "part_miou_with_background": float(iou.nanmean()),
+        "part_miou": mean_iou(counts, scored, background=False),
+        "part_miou_with_background": mean_iou(counts, scored, background=True),
         "mask_iou": float(binary[3] / (binary[1] + binary[2] + binary[3])),
         "pixel_accuracy": float(counts.diagonal().sum() / counts.sum()),
-        "constant_part_miou_with_background": float(constant_iou.nan_to_num(0).mean()),
+        "constant_part_miou_with_background": float(constant_iou[scored].nan_to_num(0).mean()),
         "azimuth_median_error_deg": float(az.median()),
         "azimuth_mean_error_deg": float(az.mean()),
         "azimuth_within_15deg": float((az <= 15).float().mean()),
@@ -168,6 +168,7 @@ def evaluate_oracles(oracle: Oracle, source, ev: OracleEvalConfig, out_dir: Any)
             ((elevation_all - elevation_all.mean()).abs() * 180 / math.pi).mean()
         ),
         "part_iou": {name: float(v) for name, v in zip(category.PART_NAMES, iou[1:], strict=True)},
+        "parts_not_scored": [n for n, kept in zip(category.PART_NAMES, scored[1:], strict=True) if not kept],
         "calls": dict(oracle.calls),
     }
     save_png(image_grid(figure, columns=len(figure) // 3), out_dir / "oracle_eval.png")

@@ -32,7 +32,7 @@ from renderloop.models.oracles import PartSegmenter
 
 from .method import Method, ModelSpec, Phase
 from .oracle import colour_labels
-from .scores import class_iou, confusion
+from .scores import confusion, mean_iou, scored_classes
 
 __all__ = ["PartSegmentationConfig", "PartSegmentation", "fold_scores", "selected_scores", "mirror_classes", "mirrored"]
 
@@ -115,11 +115,13 @@ def mirrored(
     return rgb, seg
 
 
-def fold_scores(counts: torch.Tensor) -> dict[str, float]:
+def fold_scores(counts: torch.Tensor, scored: torch.Tensor | None = None) -> dict[str, float]:
     """Per-fold confusion counts ``[F, C, C]`` → mIoU with and without class 0 (background), each
-    dataset-level within its fold, as mean and sample standard deviation over folds."""
-    with_bg = torch.stack([class_iou(c).nanmean() for c in counts])
-    parts = torch.stack([class_iou(c)[1:].nanmean() for c in counts])
+    dataset-level within its fold, as mean and sample standard deviation over folds; over the
+    ``scored`` classes (default: ``scored_classes`` of the whole test set, the same in every fold)."""
+    scored = scored_classes(counts) if scored is None else scored
+    with_bg = torch.tensor([mean_iou(c, scored, background=True) for c in counts])
+    parts = torch.tensor([mean_iou(c, scored, background=False) for c in counts])
     report = {}
     for name, values in (("miou_with_background", with_bg), ("miou", parts)):
         report[name] = float(values.mean())
@@ -135,9 +137,16 @@ def selected_scores(counts: torch.Tensor) -> tuple[dict[str, float], list[int]]:
     N, F = counts.shape[:2]
     if F < 2:
         raise ValueError(f"selected_scores(): choosing on one fold and scoring on the others needs >= 2 folds; got {F}")
-    chosen = [int(torch.stack([class_iou(counts[n, i])[1:].nanmean() for n in range(N)]).argmax()) for i in range(F)]
+    scored = scored_classes(counts[0])  # every candidate labels the same test set
+    chosen = [int(torch.tensor([mean_iou(counts[n, i], scored, background=False) for n in range(N)]).argmax())
+              for i in range(F)]  # fmt: skip
     others = torch.stack([counts[c].sum(0) - counts[c, i] for i, c in enumerate(chosen)])
-    return {f"selected/{k}": v for k, v in fold_scores(others).items()}, chosen
+    return {f"selected/{k}": v for k, v in fold_scores(others, scored).items()}, chosen
+
+
+def _not_scored(counts: torch.Tensor) -> list[str]:
+    """The parts too rare in the test set to count in its mIoU (``scored_classes``)."""
+    return [name for name, kept in zip(category.PART_NAMES, scored_classes(counts)[1:], strict=True) if not kept]
 
 
 class PartSegmentation(Method):
@@ -226,7 +235,8 @@ class PartSegmentation(Method):
         predicted = segmenter(test[0][0][:k]).argmax(1).cpu()
         figure = torch.cat([test[0][0][:k].cpu(), colour_labels(test[0][1][:k]), colour_labels(predicted)])
         counts = self._fold_counts(segmenter, test, classes)
-        report = {"test_images": float(ev.samples), "folds": float(ev.folds), **fold_scores(counts)}
+        report = {"test_images": float(ev.samples), "folds": float(ev.folds), **fold_scores(counts),
+                  "parts_not_scored": _not_scored(counts)}  # fmt: skip
         snapshots = sorted((self.run_dir / "snapshots").glob("step*")) if self.run_dir else []
         if snapshots and ev.folds > 1:  # the paper's protocol: weights chosen on one fold, scored on the others
             candidates = [counts]

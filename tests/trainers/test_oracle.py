@@ -15,7 +15,7 @@ from renderloop.models.oracles import PartSegmenter, ViewpointRegressor
 from renderloop.models.stylegan2 import Generator, GeneratorConfig
 from renderloop.trainers.methods import method_config
 from renderloop.trainers.oracle import Oracle, OracleBudgetError
-from renderloop.trainers.scores import angle_error_deg, class_iou, confusion
+from renderloop.trainers.scores import angle_error_deg, class_iou, confusion, mean_iou, scored_classes
 from renderloop.trainers.stylegan2_quality import QualityConfig, quality_report
 
 
@@ -28,6 +28,21 @@ def test_iou_counts_over_the_whole_dataset():
     assert iou.tolist() == pytest.approx([1 / 4, 2 / 3, 2 / 4])
     assert class_iou(confusion(target, target, 4))[:3].tolist() == [1.0, 1.0, 1.0]
     assert math.isnan(class_iou(confusion(target, target, 4))[3])  # absent everywhere: undefined
+
+
+def test_a_part_almost_never_seen_is_left_out_of_the_mean():
+    """Part 3 has 1 of 2,001 true part pixels (under 0.1%) and no model learns it: counting it
+    would take a third off a perfect segmenter's parts mIoU."""
+    counts = torch.diag(torch.tensor([500, 1000, 1000, 0]))
+    counts[3, 0] = 1  # its one pixel predicted as background
+    scored = scored_classes(counts)
+    assert scored.tolist() == [True, True, True, False]
+    assert mean_iou(counts, scored, background=False) == pytest.approx(1.0)
+    assert mean_iou(counts, scored, background=True) == pytest.approx((500 / 501 + 2) / 3)
+    assert mean_iou(counts, torch.ones(4, dtype=torch.bool), background=False) == pytest.approx(2 / 3)
+    assert scored_classes(torch.stack([counts, counts])).tolist() == scored.tolist()  # folds summed
+    counts[3, 3] = 10  # 11 of 2,011: counted, and scored as it is
+    assert scored_classes(counts)[3] and mean_iou(counts, scored_classes(counts), background=False) < 1
 
 
 def test_angle_errors_wrap_around():

@@ -57,6 +57,14 @@ def test_fold_scores_are_dataset_level_iou_per_fold():
     assert scores["miou_fold_std"] == pytest.approx(torch.tensor([1.0, 0.5]).std().item())
 
 
+def test_fold_scores_leave_out_a_part_the_test_set_almost_never_shows():
+    seen = torch.diag(torch.tensor([5000, 1000, 1000, 0]))
+    rare = seen.clone()
+    rare[3, 0] = 1  # the only true pixel of part 3, in one fold: never predicted
+    scores = fold_scores(torch.stack([seen, rare]))
+    assert scores["miou"] == pytest.approx(1.0) and scores["miou_fold_std"] == 0
+
+
 def test_each_fold_chooses_the_weights_best_on_it_and_the_others_score_them():
     perfect, half = torch.diag(torch.tensor([50, 10, 5])), torch.tensor([[50, 0, 0], [0, 5, 5], [0, 0, 5]])
     # Candidate 0 is perfect on fold 0 and half right on fold 1; candidate 1 the other way round.
