@@ -42,12 +42,13 @@ VARIANTS = {
     "flat_prior": ("gan2shape", ["method.prior=flat"]),
     "with_symmetry": ("gan2shape", ["method.symmetry=true"]),
     "pseudo_view": ("gan2shape", ["method.projected_view=pseudo"]),
+    "no_projection": ("gan2shape", ["method.lam_projected=0"]),  # step 3 on the image alone: the control
     "per_image": ("gan2shape", []),  # + method.instances from --instances, --instance-samples
     "per_image_pseudo": ("gan2shape", ["method.projected_view=pseudo"]),
 }
 VARIANTS |= {
     f"per_image_pseudo_{ablation}": ("gan2shape", VARIANTS["per_image_pseudo"][1] + VARIANTS[ablation][1])
-    for ablation in ("no_offset_reg", "flat_prior", "with_symmetry")
+    for ablation in ("no_offset_reg", "flat_prior", "with_symmetry", "no_projection")
 }  # the ablations, per image
 """Variant → (config, overrides)."""
 BASELINES = ("ellipsoid", "average", "flat")

@@ -171,6 +171,9 @@ class GAN2ShapeConfig:
     lam_perc: float = 0.5
     lam_smooth: float = 0.01
     lam_offset: float = 0.01
+    lam_projected: float = 1.0
+    """Step 3's weight of the projected samples (the paper's 1). 0 is the control: step 3 then fits
+    the image alone, so whatever the method gains over it comes from the GAN's samples."""
     offset_depth: int = 2
     """Mapping layers that E's output passes through to become Δw (the paper's ``F1_d``, 2 for
     cars): E moves the hidden code there, so w + Δw stays near what the mapping makes; 0: Δw in W."""
@@ -224,7 +227,7 @@ class GAN2ShapeConfig:
             raise ConfigError("method", "needs rounds >= 1, init_steps >= 0, width >= 4 and zdim >= 1")
         for key in ("fov_deg", "lr", "rotation_deg", "pseudo_yaw_deg", "pseudo_pitch_deg"):
             check_number(f"method.{key}", getattr(self, key), above=0)
-        for key in ("lam_perc", "lam_smooth", "lam_offset", "lam_flip", "translation", "weight_decay"):
+        for key in ("lam_perc", "lam_smooth", "lam_offset", "lam_projected", "lam_flip", "translation", "weight_decay"):
             check_number(f"method.{key}", getattr(self, key), at_least=0)
 
     @property
@@ -484,8 +487,8 @@ class GAN2Shape(Method):
         if phase.name == "init":
             if cfg.prior == "ellipsoid":
                 prior = ellipsoid_depth(self.oracle.mask(image), *cfg.prior_depth)
-            else:
-                prior = torch.full_like(image[:, 0], cfg.prior_depth[1])
+            else:  # the level a constant raw map reaches (the depth head centres it)
+                prior = torch.full_like(image[:, 0], (cfg.min_depth + cfg.max_depth) / 2)
             loss = F.mse_loss(net.depth(image), prior)  # as the official initialization
             return {"loss": loss, "prior_mse": loss.detach()}
         if phase.name == "albedo":
@@ -517,7 +520,7 @@ class GAN2Shape(Method):
             flipped = self._render(image, depth.flip(2), albedo.flip(3), light, view)
             flip = self._reconstruction(flipped.image, image, flipped.mask)
             loss, losses["flip"] = loss + cfg.lam_flip * flip, flip.detach()
-        if cfg.mode == "gan2shape":
+        if cfg.mode == "gan2shape" and cfg.lam_projected:
             image, w, depth, albedo = (self._samples(x) for x in (image, w, depth, albedo))
             with torch.no_grad():
                 pseudo, counted, pseudo_view = self._pseudo(round_net, image)
@@ -525,7 +528,7 @@ class GAN2Shape(Method):
             guess = net.view(projected) if cfg.projected_view == "predicted" else None
             rendered = self._render(image, depth, albedo, net.light(projected), pseudo_view if guess is None else guess)
             samples = self._reconstruction(rendered.image, projected, rendered.mask * counted)
-            loss, losses["projected"] = loss + samples, samples.detach()
+            loss, losses["projected"] = loss + cfg.lam_projected * samples, samples.detach()
             with torch.no_grad():  # how far the view network is from the views the samples were drawn at
                 turn = (net.view(projected) if guess is None else guess)[0].detach()
                 losses["projected_view_error_deg"] = torch.rad2deg(turn - pseudo_view[0]).abs().mean()

@@ -125,8 +125,8 @@ def test_the_init_phase_fits_the_chosen_prior(tmp_path, assets):
         nets = {name: spec.module for name, spec in method.build().items()}
         init = next(p for p in method.phases() if p.name == "init")
         depth = nets["net"].depth(image)
-        if prior == "flat":
-            expected = torch.full_like(depth, 1.15)
+        if prior == "flat":  # the level a constant raw map reaches: (min_depth + max_depth) / 2
+            expected = torch.full_like(depth, 1.05)
         else:
             expected = ellipsoid_depth(method.oracle.mask(image), 0.85, 1.15)
         loss = method.step(init, batch, nets, 1)["loss"]
@@ -300,6 +300,19 @@ def test_step_3_draws_the_projected_samples_from_the_chosen_view(tmp_path, asset
     last = rendered_views[-1]  # the projected samples' render
     uses_pseudo = all(torch.equal(a, b) for a, b in zip(last, drawn[0], strict=True))
     assert uses_pseudo == (projected_view == "pseudo")
+
+
+def test_without_projected_samples_step_3_fits_the_image_alone(tmp_path, assets):
+    """The control of ``lam_projected=0``: the same loss as Unsup3d's step, no GAN sample drawn."""
+    cfg = _config(tmp_path, assets, "method.lam_projected=0")
+    method = GAN2Shape(cfg.method_config, torch.device("cpu"))
+    nets = {name: spec.module for name, spec in method.build().items()}
+    method._pseudo = method._project = None  # must not be called
+    image = torch.rand(2, 3, 16, 16)
+    losses = method._shape(image, torch.zeros(2, 8, 16), nets, copy.deepcopy(nets["net"]))
+    assert "projected" not in losses
+    smooth = cfg.method_config.lam_smooth * losses["smoothness"]
+    assert losses["loss"].item() == pytest.approx((losses["reconstruction"] + smooth).item(), rel=1e-6)
 
 
 PER_IMAGE = ("method.instances.count=2", "method.instances.first=1", "method.instances.samples=2",
