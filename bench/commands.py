@@ -28,6 +28,22 @@ def renderloop(command: str, *overrides: str, log: Path) -> float:
     return seconds
 
 
+def claim(folder: Path, settings: list[str]) -> None:
+    """Record the settings ``folder``'s run is made with, or exit if an earlier call made it with
+    others: benches reuse finished runs and resume killed ones, which under other settings would
+    mix old rows into new tables without a word."""
+    record = folder / "bench_settings.json"
+    if record.exists():
+        made = json.loads(record.read_text())
+        if made != list(settings):
+            differ = [s for s in made if s not in settings] + [s for s in settings if s not in made]
+            raise SystemExit(f"{folder} holds a run made with other settings ({', '.join(differ[:6])}); "
+                             "use another --work folder or remove that run")  # fmt: skip
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(list(settings)) + "\n")
+
+
 def _mark(log: Path, what: str) -> None:
     with open(log, "a") as out:
         out.write(f"bench {time.strftime('%H:%M:%S', time.gmtime())} {what}\n")

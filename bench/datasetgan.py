@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.commands import last_throughput, renderloop, save_seconds, saved_seconds
+from bench.commands import claim, last_throughput, renderloop, save_seconds, saved_seconds
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95
 
@@ -52,13 +52,14 @@ def _scores(run: Path) -> dict:
 def interpreter(args, k: int, seed: int, work: Path) -> Path:
     """Train and export the style interpreter of K annotations; its ``interpreter.pt``."""
     run = work / f"interpreter-k{k}-s{seed}"
+    common = [
+        "method=datasetgan", f"device={args.device}", f"method.generator={args.generator}",
+        f"method.oracle_run={args.oracle}", f"method.annotations={k}", f"method.annotation_seed={seed}",
+        f"engine.seed={seed}", f"run_dir={run}", f"storage.root={run / 'data'}", "engine.progress=false",
+        *args.interpreter_set,
+    ]  # fmt: skip
+    claim(run, [*common, f"engine.max_steps={args.interpreter_steps}"])
     if not (run / "eval" / "interpreter.pt").exists():
-        common = [
-            "method=datasetgan", f"device={args.device}", f"method.generator={args.generator}",
-            f"method.oracle_run={args.oracle}", f"method.annotations={k}", f"method.annotation_seed={seed}",
-            f"engine.seed={seed}", f"run_dir={run}", f"storage.root={run / 'data'}", "engine.progress=false",
-            *args.interpreter_set,
-        ]  # fmt: skip
         renderloop("run", *common, f"engine.max_steps={args.interpreter_steps}", log=work / "bench.log")
         renderloop("eval", *common, log=work / "bench.log")
     return run / "eval" / "interpreter.pt"
@@ -68,11 +69,12 @@ def segmenter(args, row: str, seed: int, work: Path, data: list[str], closed_sam
     """Train the part segmenter on one row's data (``closed_samples``: first write that many
     samples and repeat them; ``steps``: other than ``--segmenter-steps``) and score it."""
     run = work / f"{row}-s{seed}"
-    if (run / "eval" / "part_segmentation_eval.json").exists():
-        return _scores(run)
     common = [f"device={args.device}", f"engine.seed={seed}", f"run_dir={run}", f"storage.root={run / 'data'}",
               "engine.progress=false", f"engine.snapshot_every={max(1, args.segmenter_steps // SNAPSHOTS)}",
               *data, *args.segmenter_set]  # fmt: skip
+    claim(run, [*common, f"engine.max_steps={steps or args.segmenter_steps}", f"closed_samples={closed_samples}"])
+    if (run / "eval" / "part_segmentation_eval.json").exists():
+        return _scores(run)
     log, seconds = work / "bench.log", {}
     if closed_samples:
         per_shard = max(1, closed_samples // 8)  # shards enough for every reader slot

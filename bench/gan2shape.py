@@ -30,7 +30,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.commands import last_step, phase_throughput, renderloop
+from bench.commands import claim, last_step, phase_throughput, renderloop
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95, welch_difference
 
@@ -63,9 +63,6 @@ def _row(variant: str) -> str:
 def one_run(variant: str, seed: int, args, work: Path) -> dict:
     """Train and evaluate one (variant, seed); its scores plus wall times. Finished runs are reused."""
     tag = f"{variant}-s{seed}"
-    done = work / f"{tag}.json"
-    if done.exists():
-        return json.loads(done.read_text())
     config, overrides = VARIANTS[variant]
     if variant.startswith("per_image"):
         overrides = [f"method.instances.count={args.instances}", f"method.instances.samples={args.instance_samples}",
@@ -79,6 +76,10 @@ def one_run(variant: str, seed: int, args, work: Path) -> dict:
         f"engine.max_steps={args.steps}", f"engine.snapshot_every={args.snapshot_every}", *images, *overrides,
         *args.set,
     ]  # fmt: skip
+    claim(work / tag, common)
+    done = work / f"{tag}.json"
+    if done.exists():
+        return json.loads(done.read_text())
     times = {f"{command}_seconds": renderloop(command, *common, log=work / f"{tag}-{command}.log")
              for command in ("run", "eval")}  # fmt: skip
     report = json.loads((work / tag / "run" / "eval" / "gan2shape_eval.json").read_text())

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from pathlib import Path
 
-from bench.commands import last_step, renderloop, save_seconds, saved_seconds
+from bench.commands import claim, last_step, renderloop, save_seconds, saved_seconds
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95
 from renderloop.trainers.view_codes import AZIMUTH_BINS
@@ -122,8 +122,6 @@ def pool_names(labels: dict[str, int], views: int, pool: str) -> list[str]:
 
 def one_run(args, row: str, seed: int, work: Path, views: int) -> dict:
     run = work / f"{row}-s{seed}"
-    if (run / "eval" / "ganverse3d_eval.json").exists():
-        return _report(run)
     annotation = work / "annotation"
     if row in ("B", "C"):
         data = [*ROWS[row], f"method.data.views.resolution={args.resolution}", f"method.data.views.views={views}"]
@@ -150,6 +148,9 @@ def one_run(args, row: str, seed: int, work: Path, views: int) -> dict:
         *args.set,
     ]
     log, steps, seconds = work / "bench.log", f"engine.max_steps={args.steps}", {}
+    claim(run, [*common, steps, f"single_renders={args.single_renders}"])
+    if (run / "eval" / "ganverse3d_eval.json").exists():
+        return _report(run)
     if row == "C":  # a fixed set of single renders, repeated
         generate = [
             "source=simulator_vehicle",

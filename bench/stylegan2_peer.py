@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.commands import claim
+
 STREAM = "stylegan2-real"  # method=stylegan2's real role under the default storage.stream
 
 
@@ -272,6 +274,8 @@ def main() -> None:
     p.add_argument("--out", default=None)
     args = p.parse_args()
     args.work = args.work or tempfile.mkdtemp(prefix="bench-sg2-peer-")
+    claim(Path(args.work), [f"{key}={getattr(args, key)}" for key in ("device", "nvlabs", "resolution", "batch", "kimg",
+                                                                    "images", "channels", "seed", "set")])  # fmt: skip
     settings = auto_settings(args.resolution, args.batch)
     folder = make_data(Path(args.work), args.resolution, args.images, args.device)
     nvlabs = run_nvlabs(args, folder, settings) if args.nvlabs else None

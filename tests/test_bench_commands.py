@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from bench.commands import last_step, last_throughput, phase_throughput, renderloop
+from bench.commands import claim, last_step, last_throughput, phase_throughput, renderloop
 
 
 def test_steps_throughput_and_phases_from_the_training_log(tmp_path):
@@ -35,3 +35,11 @@ def test_each_command_leaves_its_start_and_end_in_the_log(tmp_path):
     lines = [line for line in log.read_text().splitlines() if line.startswith("bench ")]
     assert re.fullmatch(rf"bench \d\d:\d\d:\d\d start nonsense {tmp_path / 'r'}", lines[0])
     assert re.fullmatch(rf"bench \d\d:\d\d:\d\d end nonsense {tmp_path / 'r'} rc=[1-9]\d* \d+\.\d s", lines[1])
+
+
+def test_a_run_folder_is_reused_only_under_the_settings_it_was_made_with(tmp_path):
+    claim(tmp_path / "run", ["method=x", "engine.max_steps=10"])
+    claim(tmp_path / "run", ["method=x", "engine.max_steps=10"])  # the same: reused
+    with pytest.raises(SystemExit, match=r"other settings \(engine.max_steps=10, engine.max_steps=20\)"):
+        claim(tmp_path / "run", ["method=x", "engine.max_steps=20"])
+    claim(tmp_path / "other", ["method=x", "engine.max_steps=20"])  # another folder: its own

@@ -71,10 +71,13 @@ def test_two_variants_run_end_to_end(tmp_path):
     assert baseline["shape"]["logged_steps"] == 4 and method["offset"]["samples_per_s"] > 0
     assert set(report["rows"]) == {"gan2shape", "unsup3d", "per_image_pseudo", "ellipsoid", "average", "flat"}
     assert report["rows"]["gan2shape"]["side"][2] == 1
-    shutil.rmtree(tmp_path / "w" / "gan2shape-s0" / "data")  # a second call reuses finished runs
-    again = subprocess.run([sys.executable, "-m", "bench.gan2shape", "--gate", str(gate), "--variants", "gan2shape",
-                            "--seeds", "0", "--work", str(tmp_path / "w")], capture_output=True, text=True)  # fmt: skip
+    shutil.rmtree(tmp_path / "w" / "gan2shape-s0" / "data")  # a second call reuses finished runs ...
+    call = [sys.executable, "-m", "bench.gan2shape", "--gate", str(gate), "--resolution", "16", "--variants",
+            "gan2shape", "--seeds", "0", "--work", str(tmp_path / "w"), "--set", *tiny]  # fmt: skip
+    again = subprocess.run(call, capture_output=True, text=True)
     assert again.returncode == 0 and "gan2shape seed 0" in again.stdout
+    other = subprocess.run([*call[:-1], "engine.max_steps=5"], capture_output=True, text=True)
+    assert other.returncode != 0 and "holds a run made with other settings" in other.stderr  # ... if made alike
 
 
 def test_trajectories_average_each_step_over_the_seeds_that_kept_it():
