@@ -36,7 +36,8 @@ from renderloop.stats import mean_ci95, welch_difference
 
 VARIANTS = {
     "gan2shape": ("gan2shape", []),
-    "unsup3d": ("gan2shape", ["method.mode=unsup3d", "method.symmetry=true"]),  # its flip term is its core
+    # Its flip term is its core, at the weight of its synthetic-car config.
+    "unsup3d": ("gan2shape", ["method.mode=unsup3d", "method.symmetry=true", "method.lam_flip=1"]),
     "supervised": ("gan2shape_supervised", []),
     "no_offset_reg": ("gan2shape", ["method.lam_offset=0"]),
     "flat_prior": ("gan2shape", ["method.prior=flat"]),

@@ -401,8 +401,10 @@ class GAN2Shape(Method):
 
     def _reconstruction(self, image: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """L1 over the pixels ``weight [B, 1, H, W]`` counts (each image's samples apart, per image),
-        plus the perceptual term on ``image`` there completed by the target elsewhere."""
-        per_image = ((image - target).abs() * weight).unflatten(0, (self._groups, -1)).flatten(1).sum(1)
+        plus the perceptual term on ``image`` there completed by the target elsewhere. The L1 is
+        taken as on images in [-1, 1], as the official code does, so the paper's weights of the
+        regularizers keep their balance against it."""
+        per_image = 2 * ((image - target).abs() * weight).unflatten(0, (self._groups, -1)).flatten(1).sum(1)
         counted = weight.unflatten(0, (self._groups, -1)).flatten(1).sum(1) * target.shape[1]
         l1 = (per_image / counted.clamp_min(1)).mean()
         composite = image * weight + (1 - weight) * target

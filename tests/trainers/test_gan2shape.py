@@ -199,8 +199,8 @@ def test_a_reconstruction_counts_only_the_weighted_pixels():
     image = target.clone()
     image[..., 4:] += 5.0  # wrong only where nothing is counted (the background of a drawn render)
     assert GAN2Shape._reconstruction(method, image, target, weight).item() == pytest.approx(0.0, abs=1e-6)
-    image[..., :4] += 0.5  # wrong by 0.5 where counted: L1 0.5, and half of the composite off by 0.5
-    assert GAN2Shape._reconstruction(method, image, target, weight).item() == pytest.approx(0.5 + 0.25, abs=1e-5)
+    image[..., :4] += 0.5  # wrong by 0.5 where counted: L1 1.0 in [-1, 1] units, half the composite off by 0.5
+    assert GAN2Shape._reconstruction(method, image, target, weight).item() == pytest.approx(1.0 + 0.25, abs=1e-5)
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
