@@ -47,6 +47,9 @@ ROWS = {
 
 def view_codes(args, work: Path) -> dict:
     """The layer sweep and the annotation (once per work folder)."""
+    keys = ("generator", "oracle", "ks", "k", "sweep_codes", "sweep_contents", "candidates", "samples_per_code",
+            "max_spread_deg", "keep_broken", "max_elevation_spread_deg", "max_size_spread")  # fmt: skip
+    claim(work / "annotation", [f"{key}={getattr(args, key)}" for key in keys])
     done = work / "annotation" / "report.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -70,6 +73,8 @@ def view_codes(args, work: Path) -> dict:
         samples_per_code=args.samples_per_code,
         max_spread_deg=args.max_spread_deg,
         require_object=not args.keep_broken,
+        max_elevation_spread_deg=args.max_elevation_spread_deg,
+        max_size_spread=args.max_size_spread,
     )
     save_annotation(codes, report, work / "annotation")
     if len(codes):  # one code per covered bin, by azimuth: each row should turn the same contents further
@@ -209,6 +214,18 @@ def main() -> None:
     p.add_argument("--samples-per-code", type=int, default=4)
     p.add_argument("--max-spread-deg", type=float, default=20.0)
     p.add_argument("--keep-broken", action="store_true", help="keep codes whose samples are not one object")
+    p.add_argument(
+        "--max-elevation-spread-deg",
+        type=float,
+        default=None,
+        help="pass over codes whose contents' elevations vary more (standard deviation; default: keep)",
+    )
+    p.add_argument(
+        "--max-size-spread",
+        type=float,
+        default=None,
+        help="pass over codes whose contents' apparent sizes vary more (std of the log; default: keep)",
+    )
     p.add_argument("--views", type=int, default=4, help="view codes per group (A) and views per object (B)")
     p.add_argument("--pool", choices=("all", "spread"), default="all", help="row A's view codes (see above)")
     p.add_argument("--single-renders", type=int, default=3000)
@@ -232,11 +249,14 @@ def main() -> None:
     for k, spread in codes["sweep"].items():
         print(
             f"k={k}: a code's spread across contents {spread['code_spread_deg']:.1f}°, "
-            f"a content's across codes {spread['content_spread_deg']:.1f}°"
+            f"a content's across codes {spread['content_spread_deg']:.1f}°; in elevation "
+            f"{spread['code_elevation_spread_deg']:.1f}° and {spread['content_elevation_spread_deg']:.1f}°"
         )
     print(
         f"annotator: {codes['annotation']['kept']} of {codes['annotation']['candidates']} codes kept, "
-        f"{codes['annotation']['bins_covered']} bins, {codes['annotation']['oracle_calls']} oracle calls"
+        f"{codes['annotation']['bins_covered']} bins, {codes['annotation']['oracle_calls']} oracle calls; "
+        f"kept codes' spreads across contents: elevation {codes['annotation'].get('kept_elevation_spread_deg')}, "
+        f"log size {codes['annotation'].get('kept_size_spread')}"
     )
     if gan_rows:
         print(f"row A: each group draws {args.views} of a pool of {len(args.pool_names)} view codes")

@@ -106,3 +106,37 @@ def test_the_annotator_passes_over_codes_whose_images_are_broken():
     unchecked, loose = annotate(G, Annotator(broken_above=threshold), k=G.num_ws, candidates=6, samples_per_code=3,
                                 max_spread_deg=1.0, require_object=False)  # fmt: skip
     assert len(unchecked) == 6 and loose["oracle_calls_by_kind"] == {"viewpoint": 18, "segment": 0}
+
+
+class TiltingAnnotator(Annotator):
+    """Sees the i-th image of every call 0.1 rad higher and a little larger: each code's contents
+    disagree in elevation (5.7° standard deviation over three) and in apparent size."""
+
+    def viewpoint(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        azimuth, _ = super().viewpoint(images)
+        return azimuth, 0.1 * torch.arange(len(images), dtype=azimuth.dtype)
+
+    def mask(self, images: torch.Tensor) -> torch.Tensor:
+        masks = super().mask(images)
+        for i in range(len(images)):
+            masks[i, : i + 4] = True  # rows grow the object: its area share differs per content
+        return masks
+
+
+def test_the_annotator_reports_and_can_pass_over_codes_whose_elevation_or_size_varies():
+    G = _generator()
+    args = {"k": G.num_ws, "candidates": 6, "samples_per_code": 3, "max_spread_deg": 1.0}
+    steady = annotate(G, Annotator(), **args)[1]
+    assert steady["kept_elevation_spread_deg"] == {"mean": 0.0, "max": 0.0}
+    assert steady["kept_size_spread"]["max"] == 0.0 and steady["passed_over_inconsistent"] == 0
+    _, loose = annotate(G, TiltingAnnotator(), **args)
+    assert loose["kept"] == 6 and loose["kept_elevation_spread_deg"]["mean"] == pytest.approx(5.73, abs=0.01)
+    assert loose["kept_size_spread"]["mean"] > 0
+    codes, strict = annotate(G, TiltingAnnotator(), **args, max_elevation_spread_deg=5.0)
+    assert len(codes) == 0 and strict["passed_over_inconsistent"] == 6 and strict["kept_elevation_spread_deg"] is None
+    assert annotate(G, TiltingAnnotator(), **args, max_size_spread=0.01)[1]["passed_over_inconsistent"] == 6
+    with pytest.raises(ValueError, match="needs require_object"):
+        annotate(G, Annotator(), **args, max_size_spread=0.1, require_object=False)
+    sweep = layer_sweep(G, TiltingAnnotator(), ks=(G.num_ws,), codes=2, contents=3)
+    assert sweep[G.num_ws]["code_elevation_spread_deg"] == pytest.approx(5.73, abs=0.01)
+    assert sweep[G.num_ws]["content_elevation_spread_deg"] == 0  # the same index in every code's call
