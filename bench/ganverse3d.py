@@ -32,9 +32,11 @@ from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95
 from renderloop.trainers.view_codes import AZIMUTH_BINS
 
-SCORES = ("input_view_iou", "novel_view_iou", "chamfer", "fscore@", "gan_view_iou", "camera_error_deg")
-"""What a row summarizes, where its runs report it (``fscore@`` whatever its threshold; GAN views
-and camera errors only for the rows trained on GAN groups)."""
+SCORES = ("input_view_iou", "novel_view_iou", "chamfer", "fscore@", "gan_oracle_camera_", "gan_view_iou",
+          "camera_error_deg")  # fmt: skip
+"""What a row summarizes, where its runs report it (``fscore@`` whatever its threshold; every row on
+the GAN's held-out groups at the oracle's viewpoints; with learned cameras and their errors only
+the rows trained on GAN groups)."""
 ROWS = {
     "A": ["method=ganverse3d"],
     "A_fixed_cameras": ["method=ganverse3d", "method.optimize_cameras=false"],
@@ -128,18 +130,19 @@ def pool_names(labels: dict[str, int], views: int, pool: str) -> list[str]:
 def one_run(args, row: str, seed: int, work: Path, views: int) -> dict:
     run = work / f"{row}-s{seed}"
     annotation = work / "annotation"
-    if row in ("B", "C"):
-        data = [*ROWS[row], f"method.data.views.resolution={args.resolution}", f"method.data.views.views={views}"]
+    gan = [
+        f"checkpoint={args.generator}",
+        f"views={args.views}",
+        f"view_layers={args.k}",
+        f"view_codes={annotation / 'view_codes.pt'}",
+        f"view_names=[{','.join(args.pool_names or sorted(args.labels))}]",
+    ]
+    if row in ("B", "C"):  # scored on row A's held-out GAN groups too, at the oracle's viewpoints
+        data = [*ROWS[row], f"method.data.views.resolution={args.resolution}", f"method.data.views.views={views}",
+                "+method.gan_test.name=stylegan2", *(f"+method.gan_test.{o}" for o in gan)]  # fmt: skip
     else:
-        data = [
-            *ROWS[row],
-            f"method.data.views.checkpoint={args.generator}",
-            f"method.data.views.views={views}",
-            f"method.data.views.view_layers={args.k}",
-            f"method.data.views.view_codes={annotation / 'view_codes.pt'}",
-            f"method.data.views.view_names=[{','.join(args.pool_names)}]",
-            f"method.view_labels={annotation / 'view_labels.json'}",
-        ]
+        labels = f"method.view_labels={annotation / 'view_labels.json'}"
+        data = [*ROWS[row], *(f"method.data.views.{o}" for o in gan), labels]
     common = [
         *data,
         f"method.oracle_run={args.oracle}",

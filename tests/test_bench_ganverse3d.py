@@ -71,5 +71,8 @@ def test_view_codes_then_two_rows_end_to_end(tmp_path):
     (a_run,) = report["runs"]["A"]
     assert len(a_run["camera_azimuth_deg"]) == 4 and a_run["camera_names"] == report["view_pool"]["names"]
     assert 0 <= report["rows"]["C"]["input_view_iou"][0] <= 1
+    # Both rows scored on the same held-out GAN groups at the oracle's viewpoints; only A has learned cameras.
+    assert {"gan_oracle_camera_input_view_iou", "camera_error_deg"} <= set(report["rows"]["A"])
+    assert "gan_oracle_camera_input_view_iou" in report["rows"]["C"] and "camera_error_deg" not in report["rows"]["C"]
     (c_run,) = report["runs"]["C"]
     assert c_run["steps"] == 1 and set(c_run["seconds"]) == {"generate", "train", "eval"}

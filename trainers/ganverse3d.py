@@ -96,6 +96,11 @@ class GANverse3DConfig:
     every code of the source's pool needs one."""
     renders: dict[str, Any] = field(default_factory=dict)
     """The simulator category, for the evaluation."""
+    gan_test: dict[str, Any] = field(default_factory=dict)
+    """A ``stylegan2`` source with ``views > 1`` whose held-out groups every row is scored on, each
+    image drawn from the oracle's viewpoint of it at the nominal distance: rows trained on renders
+    are then scored in the GAN's domain too, with the same cameras as the GAN rows. Empty: the
+    GAN rows' own ``data.views``; none for rows trained on renders."""
     oracle_run: str = "???"
     subdivisions: int = 3
     texture_size: int = 64
@@ -141,6 +146,10 @@ class GANverse3DConfig:
             raise ConfigError("method.view_labels", "GAN views need their codes' azimuth labels (view_labels.json)")
         if self.multi_view and views.views < 2:
             raise ConfigError("method.multi_view", "needs views >= 2 per object; set it false for single views")
+        if self.gan_test:
+            gname, gan = source_config(self.gan_test)
+            if gname != "stylegan2" or gan.views < 2:
+                raise ConfigError("method.gan_test", "needs a stylegan2 source with views >= 2 (the view codes)")
         rname, renders = source_config(self.renders)
         if rname != "simulator" or not renders.category:
             raise ConfigError("method.renders", f"needs a simulator category (simulator_vehicle); got {rname}")
@@ -326,11 +335,32 @@ class GANverse3D(Method):
         return {"loss": total + shape, "shape": shape.detach(), **losses}
 
     @torch.no_grad()
-    def _gan_scores(self, model: GANverse3DModel) -> dict[str, Any]:
-        V, groups = self.source.views, self.config.evaluation.gan_groups
-        b = StyleGAN2Source(replace(self.source, batch_size=V * groups), self.device).generate(HELD_OUT_GAN_SEED, 0)
+    def _gan_test(self) -> Any | None:
+        """The source of the held-out GAN groups every row is scored on, if any."""
+        if self.config.gan_test:
+            return source_config(self.config.gan_test)[1]
+        return None if self.exact else self.source
+
+    def _oracle_camera_scores(self, model: GANverse3DModel, b: dict, mask: torch.Tensor, V: int) -> dict[str, float]:
+        """Each group's prediction from its first image, drawn at the oracle's viewpoint of every
+        image of the group at the nominal distance: the same cameras for every row."""
+        rgb = b["rgb"]
+        azimuth, elevation = self.oracle.viewpoint(rgb)
+        R, t = orbit_camera(azimuth, elevation, torch.full_like(azimuth, self.config.distance))
+        verts, tex = model.net(rgb[::V])
+        res = rgb.shape[-1]
+        out = render_textured(verts.repeat_interleave(V, 0), model.net.faces, model.net.template,
+                              tex.repeat_interleave(V, 0), R, t, self._K(len(rgb), res), (res, res),
+                              backend=self.raster)  # fmt: skip
+        iou = _iou(out.mask, mask).view(-1, V)
+        return {"gan_oracle_camera_input_view_iou": float(iou[:, 0].mean()),
+                "gan_oracle_camera_other_views_iou": float(iou[:, 1:].mean())}  # fmt: skip
+
+    def _gan_scores(self, model: GANverse3DModel, b: dict, mask: torch.Tensor) -> dict[str, Any]:
+        """The GAN rows' own cameras: IoU with each view code's learned camera, and those cameras'
+        error against the oracle's viewpoints of the images that drew them."""
+        V = self.source.views
         rgb, view = b["rgb"], b["view"].long()
-        mask = self.oracle.mask(rgb)
         verts, tex = model.net(rgb[::V])
         verts, tex = verts.repeat_interleave(V, 0), tex.repeat_interleave(V, 0)
         R, t = model.cameras(view)
@@ -407,8 +437,14 @@ class GANverse3D(Method):
             "camera_distance": [round(float(d), 3) for d in model.cameras.log_distance.exp()],
             "labelled_azimuth_deg": [int(b) * 360 // AZIMUTH_BINS for b in self.bins],
         }
-        if not self.exact:
-            report |= self._gan_scores(model)
+        if (gan := self._gan_test()) is not None:
+            b = StyleGAN2Source(replace(gan, batch_size=gan.views * ev.gan_groups), self.device).generate(
+                HELD_OUT_GAN_SEED, 0
+            )
+            mask = self.oracle.mask(b["rgb"])
+            report |= self._oracle_camera_scores(model, b, mask, gan.views)
+            if not self.exact and not self.config.gan_test:
+                report |= self._gan_scores(model, b, mask)
         report["oracle_calls"] = dict(self.oracle.calls)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

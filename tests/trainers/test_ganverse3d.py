@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from renderloop.config import ConfigError, load_config
 from renderloop.datasets.stylegan2 import StyleGAN2Source
 from renderloop.models.stylegan2.io import load_generator
 from renderloop.models.stylegan2.latents import ViewCodes
-from renderloop.trainers.ganverse3d import GANverse3D, ViewCameras, per_code_viewpoints
+from renderloop.trainers.ganverse3d import HELD_OUT_GAN_SEED, GANverse3D, ViewCameras, per_code_viewpoints
 from renderloop.trainers.oracle import Oracle
 from renderloop.trainers.scores import angle_error_deg
 from renderloop.trainers.view_codes import annotate, save_annotation
@@ -92,6 +93,7 @@ def test_groups_train_the_network_and_the_cameras_and_are_scored_in_true_views(t
     assert 0 < report["mean_shape/input_view_iou"] <= 1 and report["mean_shape/chamfer"] > 0  # the constant row
     assert 0 <= report["mean_shape/novel_view_iou"] <= 1 and 0 <= report["mean_shape/fscore@0.02"] <= 1
     assert 0 <= report["gan_view_iou"] <= 1 and 0 <= report["camera_error_deg"] <= 180  # held-out GAN groups
+    assert 0 <= report["gan_oracle_camera_input_view_iou"] <= 1  # the cameras every row is scored with
     assert 0 <= report["camera_elevation_error_deg"] <= 180 and 2 <= report["camera_codes_scored"] <= 6
     saved = json.loads((tmp_path / "run" / "eval" / "ganverse3d_eval.json").read_text())
     assert len(saved["camera_azimuth_deg"]) == 6 and (tmp_path / "run" / "eval" / "ganverse3d_eval.png").exists()
@@ -169,17 +171,10 @@ def test_the_gan_camera_error_is_each_drawn_codes_offset_from_the_oracle(tmp_pat
     model = method.build()["model"].module
     offsets = torch.tensor([5.0, -10.0, 20.0, 30.0, -40.0, 50.0])
     truth = torch.deg2rad(method.bins.float() * 30 + offsets)
-    drawn = {}
-    generate = StyleGAN2Source.generate
-
-    def recording(self, seed, batch_index):
-        drawn["view"] = generate(self, seed, batch_index)["view"]
-        return generate(self, seed, batch_index)
-
-    monkeypatch.setattr(StyleGAN2Source, "generate", recording)
-    monkeypatch.setattr(method.oracle, "viewpoint", lambda rgb: (truth[drawn["view"]], torch.full((len(rgb),), 0.1)))
-    scores = method._gan_scores(model)
-    codes = drawn["view"].tolist()
+    b = StyleGAN2Source(replace(method.source, batch_size=method.source.views)).generate(HELD_OUT_GAN_SEED, 0)
+    monkeypatch.setattr(method.oracle, "viewpoint", lambda rgb: (truth[b["view"]], torch.full((len(rgb),), 0.1)))
+    scores = method._gan_scores(model, b, method.oracle.mask(b["rgb"]))
+    codes = b["view"].tolist()
     assert len(set(codes)) == 2 and scores["camera_codes_scored"] == 2
     expected = [abs(float(o)) if i in codes else None for i, o in enumerate(offsets)]
     assert scores["camera_error_per_code_deg"] == expected
@@ -217,14 +212,20 @@ def test_renders_with_exact_cameras_train_the_ceiling_and_the_single_view_baseli
         "method.texture_size=8", "method.width=8", "method.zdim=16", "method.warmup_steps=1",
         "method.renders.subdivisions=2", "method.evaluation.samples=2", "method.evaluation.novel_views=1",
         "method.evaluation.batch_size=4", "engine.max_steps=2", f"storage.root={tmp_path / 'data'}",
-        f"run_dir={tmp_path / 'run'}", "samples_per_shard=4", "device=cpu"], TrainConfig)  # fmt: skip
+        f"run_dir={tmp_path / 'run'}", "samples_per_shard=4", "device=cpu", "method.evaluation.gan_groups=2",
+        # Scored on the GAN's held-out groups too, at the oracle's viewpoints (the GAN rows' cameras).
+        "+method.gan_test.name=stylegan2", f"+method.gan_test.checkpoint={assets['checkpoint']}",
+        "+method.gan_test.views=2", f"+method.gan_test.view_codes={assets['codes']}"], TrainConfig)  # fmt: skip
     # Single views are a closed set read for many epochs: shuffled; groups keep the source's order.
     assert GANverse3D(cfg.method_config, torch.device("cpu")).shuffle("views") == (views == 1)
     make_streams(cfg, samples=8)
     train(cfg, [], command="train")
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert ("loss/main/iou_other_views" in rows[-1]) == (views > 1)
-    assert evaluate(cfg)["test_objects"] == 2
+    report = evaluate(cfg)
+    assert report["test_objects"] == 2 and "camera_error_deg" not in report  # no learned cameras to score
+    for score in ("gan_oracle_camera_input_view_iou", "gan_oracle_camera_other_views_iou"):
+        assert 0 <= report[score] <= 1, score
 
 
 def test_bf16_weights_are_refused_for_the_renderer_methods(tmp_path, assets):
