@@ -58,7 +58,9 @@ class DatasetGANConfig:
     pixels: int = 4096
     """Training pixels per step, over all K images."""
     holdout: float = 0.1
-    """Share of each annotated image's pixels held out for early stopping."""
+    """Share of each annotated image's pixels held out for early stopping and never trained on:
+    the interpreter learns from the rest of its K annotations, where the K-labelled rows use all
+    of theirs (the official code holds none out; this works against DatasetGAN)."""
     fresh_samples: int = 64
     """New GAN samples on which ``renderloop eval`` scores the interpreter's labels against the
     oracle's (outside the annotation budget, counted apart): how it generalizes beyond its K
