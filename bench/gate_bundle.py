@@ -21,7 +21,13 @@ from pathlib import Path
 
 import torch
 
-from renderloop.models.stylegan2.io import generator_from_record, generator_record, load_generator, save_generator
+from renderloop.models.stylegan2.io import (
+    generator_from_record,
+    generator_record,
+    generator_trained_on,
+    load_generator,
+    save_generator,
+)
 
 BUNDLE_FORMAT = "renderloop-gate-bundle"
 MAX_FILES = 8
@@ -81,7 +87,12 @@ def export(work: Path, out: Path, part_mib: float = 15.0) -> dict:
     scores = oracle / "eval" / "oracle_eval.json"
     manifest = {
         "format": BUNDLE_FORMAT,
-        "generator": {"config": saved["config"], "dtype": "float16", "parts": _named(files, "generator-")},
+        "generator": {
+            "config": saved["config"],
+            "dtype": "float16",
+            "parts": _named(files, "generator-"),
+            "trained_on": generator_trained_on(generator),
+        },
         "oracle": {
             "method": json.loads((oracle / "method.json").read_text()),
             "models": _named(files, "oracle-"),
@@ -121,7 +132,8 @@ def restore(bundle: Path, work: Path) -> dict:
     state = {}
     for name in manifest["generator"]["parts"]:
         state.update(torch.load(io.BytesIO(data[name]), map_location="cpu", weights_only=True))
-    save_generator(generator_from_record(manifest["generator"]["config"], state), generator)
+    save_generator(generator_from_record(manifest["generator"]["config"], state), generator,
+                   manifest["generator"].get("trained_on"))  # fmt: skip
     (oracle / "models").mkdir(parents=True)
     (oracle / "method.json").write_text(json.dumps(manifest["oracle"]["method"], indent=1) + "\n")
     for name in manifest["oracle"]["models"]:

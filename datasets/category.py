@@ -23,7 +23,7 @@ from renderloop.config import ConfigError
 from .shapes import TEXTURES, paint, texture_draws
 
 __all__ = ["CATEGORIES", "PART_NAMES", "SEED_RANGES", "vehicle", "part_labels", "resolve_range", "check_disjoint",
-           "held_out"]  # fmt: skip
+           "check_generator_held_out", "held_out"]  # fmt: skip
 
 CATEGORIES = ("vehicle",)
 
@@ -81,6 +81,20 @@ def check_disjoint(ranges: dict[str, tuple[int, int]]) -> None:
                 f"{name_a} [{first_a}, {end_a}) and {name_b} [{first_b}, {end_b}) share objects; "
                 "training, oracle and test objects must come from disjoint seed ranges",
             )
+
+
+def check_generator_held_out(checkpoint: str, key: str) -> None:
+    """Refuse a generator whose file records training objects of the ``test`` range: a method
+    scored on test renders would then be scored on objects its GAN has seen."""
+    from renderloop.models.stylegan2.io import generator_trained_on
+
+    seeds = (generator_trained_on(checkpoint) or {}).get("object_seeds")
+    if seeds is None:
+        return
+    (first, end), (test_first, test_end) = resolve_range(seeds), SEED_RANGES["test"]
+    if first < test_end and test_first < end:
+        raise ConfigError(key, f"{checkpoint} was trained on objects [{first}, {end}), which include test objects "
+                          f"[{test_first}, {test_end}) that the evaluation scores on")  # fmt: skip
 
 
 def held_out(config):

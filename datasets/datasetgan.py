@@ -18,6 +18,7 @@ import torch
 
 from renderloop.config import ConfigError, check_number
 
+from . import category
 from .seeding import batch_seed, config_digest
 
 __all__ = ["DatasetGANSourceConfig", "DatasetGANSource"]
@@ -62,6 +63,8 @@ class DatasetGANSourceConfig:
                               f"set drop_share=0 with members=1 (got {self.drop_share})")  # fmt: skip
         check_number("source.top_share", self.top_share, above=0, at_most=1)
         check_number("source.truncation_psi", self.truncation_psi, note="1 is no truncation")
+        if self.checkpoint != "???":  # its labels train segmenters scored on the test objects
+            category.check_generator_held_out(self.checkpoint, "source.checkpoint")
 
     def digest(self) -> str:
         return config_digest(self, {"pixel_chunk": self.pixel_chunk})  # it never changes the samples

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench import gate_bundle
-from renderloop.models.stylegan2.io import load_generator
+from renderloop.models.stylegan2.io import generator_trained_on, load_generator, save_generator
 from renderloop.trainers.oracle import Oracle
 
 from .trainers.helpers import gan_method_assets
@@ -20,7 +20,8 @@ def gate(tmp_path_factory):
     root = tmp_path_factory.mktemp("gate")
     assets = gan_method_assets(root / "assets")
     (root / "gan" / "eval").mkdir(parents=True)
-    shutil.copy(assets["checkpoint"], root / "gan" / "eval" / "generator.pt")
+    trained_on = {"source": "simulator", "category": "vehicle", "object_seeds": [0, 1000]}
+    save_generator(load_generator(assets["checkpoint"]), root / "gan" / "eval" / "generator.pt", trained_on)
     shutil.copytree(assets["oracle"], root / "oracle")
     (root / "curve.jsonl").write_text(json.dumps({"steps": 12, "gate": {"azimuth_tv": True}}) + "\n")
     return root
@@ -47,6 +48,8 @@ def test_export_then_restore_gives_the_same_generator_and_oracle(gate, tmp_path)
     assert torch.equal(o1.segment(images), o2.segment(images))
     assert all(torch.equal(x, y) for x, y in zip(o1.viewpoint(images), o2.viewpoint(images), strict=True))
     assert json.loads((tmp_path / "work" / "curve.jsonl").read_text())["steps"] == 12
+    restored = tmp_path / "work" / "gan" / "eval" / "generator.pt"
+    assert generator_trained_on(restored)["object_seeds"] == [0, 1000]  # what it learned from travels too
 
 
 def test_weights_are_cut_into_parts_under_the_limit_in_key_order():

@@ -81,6 +81,7 @@ class DatasetGANConfig:
         check_number("method.holdout", self.holdout, above=0, below=1)
         check_number("method.truncation_psi", self.truncation_psi, above=0, at_most=1)
         check_number("method.lr", self.lr, above=0)
+        category.check_generator_held_out(self.generator, "method.generator")
 
 
 class DatasetGAN(Method):

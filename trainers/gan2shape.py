@@ -209,6 +209,8 @@ class GAN2ShapeConfig:
         elif name != "stylegan2" or images.views != 1 or images.noise_mode != "const" or images.resolution:
             needs = "a stylegan2 source with views=1, noise_mode=const and resolution=0"
             raise ConfigError("method.data.images", f"needs {needs} (step 2 regenerates its images); got {name}")
+        else:
+            category.check_generator_held_out(images.checkpoint, "method.data.images.checkpoint")
         rname, renders = source_config(self.renders)
         if rname != "simulator" or not renders.category:
             raise ConfigError("method.renders", f"needs a simulator category (simulator_vehicle); got {rname}")

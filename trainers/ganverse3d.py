@@ -144,12 +144,15 @@ class GANverse3DConfig:
                               "view_codes) or simulator renders of the category")  # fmt: skip
         elif not self.view_labels:
             raise ConfigError("method.view_labels", "GAN views need their codes' azimuth labels (view_labels.json)")
+        else:
+            category.check_generator_held_out(views.checkpoint, "method.data.views.checkpoint")
         if self.multi_view and views.views < 2:
             raise ConfigError("method.multi_view", "needs views >= 2 per object; set it false for single views")
         if self.gan_test:
             gname, gan = source_config(self.gan_test)
             if gname != "stylegan2" or gan.views < 2:
                 raise ConfigError("method.gan_test", "needs a stylegan2 source with views >= 2 (the view codes)")
+            category.check_generator_held_out(gan.checkpoint, "method.gan_test.checkpoint")
         rname, renders = source_config(self.renders)
         if rname != "simulator" or not renders.category:
             raise ConfigError("method.renders", f"needs a simulator category (simulator_vehicle); got {rname}")

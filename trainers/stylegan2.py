@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from renderloop.config import ConfigError, check_number, check_roles, check_values
+from renderloop.datasets import category
 from renderloop.datasets.sources import source_config
 from renderloop.models.stylegan2 import Discriminator, Generator, GeneratorConfig
 
@@ -215,6 +216,15 @@ class StyleGAN2(Method):
         img = G(self.grid_z.to(self.device), noise_mode="const")
         return {"samples": ((img.float() + 1) / 2).clamp(0, 1)}
 
+    def _trained_on(self) -> dict[str, Any] | None:
+        """The simulator category's object range the real images came from (recorded in the
+        generator file, so the GAN methods can prove their test objects were never shown)."""
+        name, real = source_config(self.config.data["real"])
+        if name != "simulator" or not real.category:
+            return None
+        seeds = list(category.resolve_range(real.object_seeds))
+        return {"source": name, "category": real.category, "object_seeds": seeds}
+
     @torch.no_grad()
     def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:
         from renderloop.images import image_grid, save_png
@@ -224,7 +234,7 @@ class StyleGAN2(Method):
         G = nets["G"]
         grid = self.images({}, nets)["samples"]
         save_png(image_grid(grid, columns=int(math.ceil(math.sqrt(len(grid))))), out / "samples.png")
-        save_generator(G.cpu() if isinstance(G, Generator) else G, out / "generator.pt")
+        save_generator(G.cpu() if isinstance(G, Generator) else G, out / "generator.pt", self._trained_on())
         G.to(self.device)
         report = {"images": float(len(grid)), "w_avg_norm": G.mapping.w_avg.norm().item()}
         report |= quality_report(G, self.config.data["real"], self.config.evaluation, self.device)

@@ -13,7 +13,14 @@ import torch
 
 from .networks import Generator, GeneratorConfig
 
-__all__ = ["FORMAT", "generator_record", "generator_from_record", "save_generator", "load_generator"]
+__all__ = [
+    "FORMAT",
+    "generator_record",
+    "generator_from_record",
+    "save_generator",
+    "load_generator",
+    "generator_trained_on",
+]
 
 FORMAT = "renderloop-stylegan2"
 
@@ -31,12 +38,27 @@ def generator_from_record(config: dict, state_dict: dict) -> Generator:
     return G.eval()
 
 
-def save_generator(G: Generator, path: str | Path) -> Path:
-    """Write ``G`` (architecture and weights) in our format."""
+def save_generator(G: Generator, path: str | Path, trained_on: dict | None = None) -> Path:
+    """Write ``G`` (architecture and weights) in our format, with what it was trained on
+    (``trained_on``, plain values: e.g. the simulator category's ``object_seeds``), so that a
+    method scored on held-out objects can check they are not among them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(generator_record(G), path)
+    torch.save(generator_record(G) | ({"trained_on": trained_on} if trained_on else {}), path)
     return path
+
+
+def generator_trained_on(path: str | Path) -> dict | None:
+    """What a generator file of our format records it was trained on; None if it records nothing
+    or is of another format."""
+    path = Path(path)
+    if not path.is_file() or path.suffix == ".pkl":
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a file of ours
+        return None
+    return state.get("trained_on") if isinstance(state, dict) and state.get("format") == FORMAT else None
 
 
 def load_generator(path: str | Path, which: str = "G_ema") -> Generator:

@@ -198,3 +198,26 @@ def test_bf16_autocast_keeps_fp32_weights_and_trains_like_fp32(tmp_path):
         for key in (k for k in a if k.startswith("loss/")):
             assert b[key] == pytest.approx(a[key], rel=0.1, abs=0.05), (a["step"], key)
     assert _weights(tmp_path / "bf16_autocast" / "run", "G")["mapping.fc0.weight"].dtype == torch.float32
+
+
+def test_a_generator_records_the_objects_it_learned_and_methods_refuse_one_that_saw_test_objects(tmp_path):
+    from renderloop.datasets.category import SEED_RANGES, check_generator_held_out
+    from renderloop.datasets.datasetgan import DatasetGANSourceConfig
+    from renderloop.models.stylegan2 import Generator, GeneratorConfig
+    from renderloop.models.stylegan2.io import generator_trained_on, load_generator, save_generator
+    from renderloop.trainers.stylegan2 import StyleGAN2
+
+    vehicle = load_config("train", ["method=stylegan2_vehicle", "device=cpu"], TrainConfig).method_config
+    trained_on = StyleGAN2(vehicle, torch.device("cpu"))._trained_on()
+    assert trained_on["object_seeds"] == list(SEED_RANGES["gan"]) and trained_on["category"] == "vehicle"
+    G = Generator(GeneratorConfig(z_dim=8, w_dim=8, img_resolution=16, channel_base=64, channel_max=16))
+    gan, leaky, plain = tmp_path / "gan.pt", tmp_path / "leaky.pt", tmp_path / "plain.pt"
+    save_generator(G, gan, trained_on)
+    save_generator(G, leaky, {"object_seeds": [1_999_000, 2_000_001]})  # one test object
+    save_generator(G, plain)
+    assert generator_trained_on(gan) == trained_on and generator_trained_on(plain) is None
+    assert load_generator(leaky).cfg == G.cfg  # the record does not change what loads
+    check_generator_held_out(str(gan), "method.generator")
+    check_generator_held_out(str(plain), "method.generator")  # nothing recorded: nothing to prove
+    with pytest.raises(ConfigError, match=r"source.checkpoint: .*include test objects \[2000000, 2010000\)"):
+        DatasetGANSourceConfig(checkpoint=str(leaky), interpreter="unused.pt")
