@@ -103,14 +103,14 @@ def nvlabs_seconds_per_kimg(stats_jsonl: str) -> list[float]:
 
 
 def run_nvlabs(args, folder: Path, settings: dict) -> dict:
-    outdir = Path(args.work) / "nvlabs"
+    outdir, kimg = Path(args.work) / "nvlabs", max(round(args.kimg), 1)
     command = [
         sys.executable, "-m", "bench.peer_compat", str(Path(args.nvlabs) / "train.py"), f"--outdir={outdir}",
         f"--data={folder}", "--gpus=1",
         "--cfg=auto", f"--batch={settings['batch']}", f"--gamma={settings['r1_gamma']}", "--mirror=0",
-        "--aug=noaug", "--metrics=none", f"--kimg={max(round(args.kimg), 1)}", "--snap=1000", f"--seed={args.seed}",
+        "--aug=noaug", "--metrics=none", f"--kimg={kimg}", "--snap=1000", f"--seed={args.seed}",
     ]  # fmt: skip
-    finished = sorted(outdir.glob(f"*/network-snapshot-{max(round(args.kimg), 1):06d}.pkl"))
+    finished = sorted(outdir.glob(f"*/network-snapshot-{kimg:06d}.pkl"))
     if finished:  # a call that ran out of time after training: keep the run, time it from its own log
         return _nvlabs_report(finished[-1].parent, (finished[-1].parent / "log.txt").read_text())
     env = dict(os.environ)

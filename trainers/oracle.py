@@ -34,7 +34,7 @@ from renderloop.models.oracles import PartSegmenter, ViewpointRegressor
 from .method import Method, ModelSpec, Phase
 from .scores import angle_error_deg, class_iou, confusion, mean_iou, scored_classes
 
-__all__ = ["OracleConfig", "OracleMethod", "Oracle", "OracleBudgetError", "colour_labels"]
+__all__ = ["OracleConfig", "OracleMethod", "Oracle", "OracleBudgetError", "colour_labels", "parts_not_scored"]
 
 
 @dataclass
@@ -168,12 +168,17 @@ def evaluate_oracles(oracle: Oracle, source, ev: OracleEvalConfig, out_dir: Any)
             ((elevation_all - elevation_all.mean()).abs() * 180 / math.pi).mean()
         ),
         "part_iou": {name: float(v) for name, v in zip(category.PART_NAMES, iou[1:], strict=True)},
-        "parts_not_scored": [n for n, kept in zip(category.PART_NAMES, scored[1:], strict=True) if not kept],
+        "parts_not_scored": parts_not_scored(scored),
         "calls": dict(oracle.calls),
     }
     save_png(image_grid(figure, columns=len(figure) // 3), out_dir / "oracle_eval.png")
     (out_dir / "oracle_eval.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def parts_not_scored(scored: torch.Tensor) -> list[str]:
+    """The part names a mean IoU over ``scored`` classes (``scores.scored_classes``) leaves out."""
+    return [name for name, kept in zip(category.PART_NAMES, scored[1:], strict=True) if not kept]
 
 
 def colour_labels(labels: torch.Tensor) -> torch.Tensor:

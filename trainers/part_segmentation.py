@@ -31,7 +31,7 @@ from renderloop.datasets.sources import image_size, source_config
 from renderloop.models.oracles import PartSegmenter
 
 from .method import Method, ModelSpec, Phase
-from .oracle import colour_labels
+from .oracle import colour_labels, parts_not_scored
 from .scores import confusion, mean_iou, scored_classes
 
 __all__ = ["PartSegmentationConfig", "PartSegmentation", "fold_scores", "selected_scores", "mirror_classes", "mirrored"]
@@ -144,11 +144,6 @@ def selected_scores(counts: torch.Tensor) -> tuple[dict[str, float], list[int]]:
     return {f"selected/{k}": v for k, v in fold_scores(others, scored).items()}, chosen
 
 
-def _not_scored(counts: torch.Tensor) -> list[str]:
-    """The parts too rare in the test set to count in its mIoU (``scored_classes``)."""
-    return [name for name, kept in zip(category.PART_NAMES, scored_classes(counts)[1:], strict=True) if not kept]
-
-
 class PartSegmentation(Method):
     """A part segmenter trained on one labelled stream, scored on held-out renders."""
 
@@ -236,7 +231,7 @@ class PartSegmentation(Method):
         figure = torch.cat([test[0][0][:k].cpu(), colour_labels(test[0][1][:k]), colour_labels(predicted)])
         counts = self._fold_counts(segmenter, test, classes)
         report = {"test_images": float(ev.samples), "folds": float(ev.folds), **fold_scores(counts),
-                  "parts_not_scored": _not_scored(counts)}  # fmt: skip
+                  "parts_not_scored": parts_not_scored(scored_classes(counts))}  # fmt: skip
         snapshots = sorted((self.run_dir / "snapshots").glob("step*")) if self.run_dir else []
         if snapshots and ev.folds > 1:  # the paper's protocol: weights chosen on one fold, scored on the others
             candidates = [counts]
