@@ -26,6 +26,9 @@ clamping (its ``--fp32``), so a small side-by-side run needs no GPU.
 A call that runs out of time loses nothing finished: the same command again keeps the renders,
 NVlabs' run once its last snapshot exists and our run once its models are exported, resumes our
 unfinished run from its last checkpoint (``--checkpoint-every``), and scores.
+
+``--together`` trains the two at once. That is for quality at equal kimg when time is short: each
+then shares the device with the other, so its kimg/s is no peer comparison (the report says so).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -221,7 +225,8 @@ def summarize(reports: list[dict]) -> dict:
     both = [r for r in reports if r["nvlabs"] and r["quality"] and "nvlabs" in r["quality"]]
     if not both:
         raise ValueError("summarize(): no report has both trainers scored")
-    out = {"seeds": len(both), "trainers": {}, "ours_minus_nvlabs": {}}
+    out = {"seeds": len(both), "trained_together": any(r.get("trained_together") for r in both), "trainers": {},
+           "ours_minus_nvlabs": {}}  # fmt: skip
     for trainer in ("nvlabs", "ours"):
         row = {"kimg_per_s": tuple(mean_ci95([r[trainer]["kimg_per_s"] for r in both]))}
         row |= {m: tuple(mean_ci95([r["quality"][trainer][m] for r in both])) for m in QUALITY}
@@ -270,6 +275,11 @@ def main() -> None:
         help="our run's checkpoint interval: a call that runs out of time is then resumed by the next one "
         "(0: none; a checkpoint counts in the window it falls in)",
     )
+    p.add_argument(
+        "--together",
+        action="store_true",
+        help="train NVlabs' and ours at once (quality at equal kimg; their speeds then share the device)",
+    )
     p.add_argument("--work", default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -278,8 +288,14 @@ def main() -> None:
                                                                     "images", "channels", "seed", "set")])  # fmt: skip
     settings = auto_settings(args.resolution, args.batch)
     folder = make_data(Path(args.work), args.resolution, args.images, args.device)
-    nvlabs = run_nvlabs(args, folder, settings) if args.nvlabs else None
-    ours = run_ours(args, settings)
+    if args.nvlabs and args.together:
+        with ThreadPoolExecutor(2) as pool:
+            nvlabs_run = pool.submit(run_nvlabs, args, folder, settings)
+            ours_run = pool.submit(run_ours, args, settings)
+            nvlabs, ours = nvlabs_run.result(), ours_run.result()
+    else:
+        nvlabs = run_nvlabs(args, folder, settings) if args.nvlabs else None
+        ours = run_ours(args, settings)
     report = {
         "machine": platform.node(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -288,6 +304,7 @@ def main() -> None:
         "settings": settings,
         "nvlabs": nvlabs,
         "ours": ours,
+        "trained_together": bool(args.nvlabs and args.together),
         "ours_vs_nvlabs": ours["kimg_per_s"] / nvlabs["kimg_per_s"] if nvlabs else None,
         "quality": None if args.no_score else score(args, nvlabs, ours),
     }

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -183,3 +184,23 @@ def test_each_process_first_window_is_left_out_of_the_timing():
     rows = [{"window": w, "steps_per_s": v} for w, v in [(1, 0.1), (2, 5.0), (3, 5.0), (1, 0.2), (2, 6.0)]]
     assert [r["steps_per_s"] for r in stylegan2_peer.steady_windows(rows)] == [5.0, 5.0, 6.0]
     assert stylegan2_peer.steady_windows([{"steps_per_s": 1.0}]) == [{"steps_per_s": 1.0}]  # logs without windows
+
+
+def test_together_trains_both_at_once_and_says_so(tmp_path, monkeypatch):
+    both_running = threading.Barrier(2, timeout=20)  # broken if the second starts after the first ends
+
+    def trainer(name):
+        def run(*_):
+            both_running.wait()
+            return {"kimg_per_s": 1.0, "snapshot": None, "run_dir": name}
+
+        return run
+
+    monkeypatch.setattr(stylegan2_peer, "make_data", lambda *_: tmp_path / "images")
+    monkeypatch.setattr(stylegan2_peer, "run_nvlabs", trainer("nvlabs"))
+    monkeypatch.setattr(stylegan2_peer, "run_ours", trainer("ours"))
+    argv = ["stylegan2_peer", "--nvlabs", "checkout", "--together", "--no-score", "--work", str(tmp_path / "w"),
+            "--out", str(tmp_path / "peer.json")]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    stylegan2_peer.main()
+    assert json.loads((tmp_path / "peer.json").read_text())["trained_together"] is True
