@@ -8,6 +8,8 @@ seen by ``--views`` cameras around it, by Adam on the mean squared difference be
 method's silhouette and the target's hard masks:
 
 - ``soft``: ours, ``ops.soft_silhouette`` (DIB-R-style; ``--sigma`` in squared pixels);
+- ``antialias``: ours, the hard mask blended across the outline (``renderers/antialias.py``, the
+  method of nvdiffrast's ``antialias``);
 - ``nvdiffrast``: nvdiffrast's ``antialias`` of the hard mask (its gradients come from the
   outline's edge pixels only);
 - ``hard``: the hard mask, which has no gradient w.r.t. positions (the untrained row: parameters
@@ -31,10 +33,11 @@ import torch
 
 from bench.timing import synchronize
 from renderloop.renderers import cameras, ops
+from renderloop.renderers.antialias import antialias, edge_neighbours
 from renderloop.renderers.meshes import icosphere
 from renderloop.stats import mean_ci95
 
-METHODS = ("soft", "nvdiffrast", "hard")
+METHODS = ("soft", "antialias", "nvdiffrast", "hard")
 
 
 def scene(views: int, res: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -63,6 +66,7 @@ class Silhouettes:
     def __init__(self, faces: torch.Tensor, res: int, sigma: float, device):
         self.faces, self.res, self.sigma = faces, res, sigma
         self.ctx = ops.make_context()
+        self.neighbours = edge_neighbours(faces.unsqueeze(0))
         self._dr = None
         if device.type == "cuda":
             try:
@@ -83,6 +87,10 @@ class Silhouettes:
             return ops.soft_silhouette(clip, self.faces, (self.res, self.res), sigma=self.sigma, ctx=self.ctx)
         if method == "hard":
             return self.hard(clip)
+        if method == "antialias":
+            frags = ops.rasterize(clip, self.faces, (self.res, self.res), ctx=self.ctx)
+            neighbours = self.neighbours.expand(len(clip), -1, -1)
+            return antialias(frags.mask.unsqueeze(-1).to(clip.dtype), frags, clip, neighbours)[..., 0]
         dr, context, tri = self._dr
         pos = clip.float().contiguous()
         rast, _ = dr.rasterize(context, pos, tri, resolution=[self.res, self.res])

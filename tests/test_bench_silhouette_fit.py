@@ -20,17 +20,20 @@ def test_iou_pools_the_views():
     assert silhouette_fit.iou(b, b) == 1.0 and silhouette_fit.iou(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)) == 0.0
 
 
-def test_the_soft_silhouette_fits_the_target_and_the_hard_mask_cannot():
+def test_the_soft_silhouette_and_antialiasing_fit_the_target_and_the_hard_mask_cannot():
     args = argparse.Namespace(res=32, steps=30, lr=0.03)
     device = torch.device("cpu")
     mesh = icosphere(2)
     silhouettes = silhouette_fit.Silhouettes(mesh.faces, args.res, 1.0, device)
     assert not silhouettes.available("nvdiffrast") and silhouettes.available("soft")
     R, t, K = silhouette_fit.scene(4, args.res, device)
-    soft, hard = (silhouette_fit.fit(m, 1, args, device, silhouettes, mesh.verts, R, t, K) for m in ("soft", "hard"))
-    assert soft["iou_start"] == hard["iou_start"] < 0.8  # the same target and start for every method
-    assert soft["iou_end"] > soft["iou_start"] + 0.1
-    assert soft["param_error_end"] < soft["param_error_start"]
+    soft, smooth, hard = (
+        silhouette_fit.fit(m, 1, args, device, silhouettes, mesh.verts, R, t, K) for m in ("soft", "antialias", "hard")
+    )
+    assert soft["iou_start"] == smooth["iou_start"] == hard["iou_start"] < 0.8  # one target and start for all
+    for moved in (soft, smooth):
+        assert moved["iou_end"] > moved["iou_start"] + 0.1
+        assert moved["param_error_end"] < moved["param_error_start"]
     assert hard["iou_end"] == hard["iou_start"] and hard["param_error_end"] == hard["param_error_start"]
     summary = silhouette_fit.summarize([soft, hard, dict(soft, seed=2, iou_end=soft["iou_end"] - 0.1)])
     assert summary["soft"]["iou_end"][0] == pytest.approx(soft["iou_end"] - 0.05)

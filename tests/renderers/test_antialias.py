@@ -1,0 +1,133 @@
+"""antialias(): exact coverage of straight outlines, its gradients, which edges it blends, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from renderloop.renderers import cameras, ops
+from renderloop.renderers.antialias import antialias, edge_neighbours
+
+from .helpers import orbit_scene, pixels_to_clip
+
+RES = (24, 24)
+QUAD = torch.tensor([[0, 1, 2], [0, 2, 3]])
+
+
+def _rectangle(x0: float, x1: float, y0: float, y1: float, dtype=torch.float64) -> torch.Tensor:
+    return torch.tensor([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=dtype)
+
+
+def _mask_antialiased(xy: torch.Tensor, faces=QUAD, res=RES, w=1.0) -> torch.Tensor:
+    clip = pixels_to_clip(xy, res, w).unsqueeze(0)
+    frags = ops.rasterize(clip, faces, res)
+    return antialias(frags.mask.unsqueeze(-1).to(xy.dtype), frags, clip)[0, ..., 0]
+
+
+@pytest.mark.parametrize("right", [10.3, 10.7])  # the crossing past or before the midpoint
+def test_a_straight_outline_gets_its_covered_area(right):
+    mask = _mask_antialiased(_rectangle(2.0, right, 3.0, 20.2))
+    assert torch.allclose(mask[3:20].sum(1), torch.full((17,), right - 2.0, dtype=mask.dtype))
+    assert torch.allclose(mask[:, 2:10].sum(0), torch.full((8,), 17.2, dtype=mask.dtype))
+    assert mask.min() >= 0 and mask.max() <= 1
+    assert bool((mask[5:18, 4:9] == 1).all()) and bool((mask[:, 12:] == 0).all())  # away from outlines
+
+
+def test_moving_an_outline_moves_the_covered_area():
+    corners = torch.tensor([10.3, 20.2], dtype=torch.float64, requires_grad=True)
+    xy = torch.stack(
+        [torch.stack([torch.tensor(2.0, dtype=torch.float64), torch.tensor(3.0, dtype=torch.float64)]),
+         torch.stack([corners[0], torch.tensor(3.0, dtype=torch.float64)]),
+         corners,
+         torch.stack([torch.tensor(2.0, dtype=torch.float64), corners[1]])]
+    )  # fmt: skip
+    _mask_antialiased(xy).sum().backward()
+    # one unit of area per covered row (17) and column (8); the corner pixel beyond both edges is not blended
+    assert torch.allclose(corners.grad, torch.tensor([17.0, 8.0], dtype=torch.float64))
+
+
+def test_gradients_match_finite_differences():
+    torch.manual_seed(0)
+    res = (12, 12)
+    xy = torch.tensor([[1.3, 2.1], [10.6, 3.4], [4.2, 10.8], [9.7, 9.9]], dtype=torch.float64)
+    faces = torch.tensor([[0, 1, 2], [1, 3, 2]])
+    clip = pixels_to_clip(xy, res, torch.tensor([1.0, 1.5, 2.0, 1.2], dtype=torch.float64)).unsqueeze(0)
+    frags = ops.rasterize(clip, faces, res)
+    color = torch.rand(1, *res, 2, dtype=torch.float64, requires_grad=True)
+    clip = clip.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda c, p: antialias(c, frags, p), (color, clip), eps=1e-6, atol=1e-6)
+
+
+def test_edges_inside_a_surface_are_not_blended():
+    xy = _rectangle(2.0, 21.6, 3.0, 20.4)
+    clip = pixels_to_clip(xy, RES).unsqueeze(0)
+    frags = ops.rasterize(clip, QUAD, RES)
+    color = torch.where(frags.face_id == 1, 2.0, frags.mask.double()).unsqueeze(-1)  # faces 1 and 2 apart
+    out = antialias(color, frags, clip)
+    inside = torch.zeros(RES, dtype=torch.bool)
+    inside[4:20, 3:21] = True  # every pixel whose four neighbours are covered: only the diagonal between them
+    assert torch.equal(out[0][inside], color[0][inside])
+    assert not torch.equal(out, color)  # the outer outline is blended
+
+
+def test_the_nearer_surface_owns_the_outline():
+    res = RES
+    front, back = _rectangle(5.0, 12.3, 2.0, 22.0), _rectangle(-4.0, 30.0, -4.0, 30.0)
+    clip = torch.cat([pixels_to_clip(front, res, 1.0), pixels_to_clip(back, res, 3.0)]).unsqueeze(0)
+    faces = torch.cat([QUAD, QUAD + 4])
+    frags = ops.rasterize(clip, faces, res)
+    front_face = (frags.face_id < 2).unsqueeze(-1).double()
+    out = antialias(front_face, frags, clip)[0, ..., 0]
+    assert torch.allclose(out[2:22].sum(1), torch.full((20,), 7.3, dtype=out.dtype))
+
+
+def test_edge_neighbours_pair_faces_that_share_an_edge():
+    tetrahedron = torch.tensor([[[0, 1, 2], [0, 3, 1], [1, 3, 2], [2, 3, 0], [-1, -1, -1]]])
+    n = edge_neighbours(tetrahedron)[0]
+    assert bool((n[4] == -1).all())  # padding
+    for face in range(4):
+        for k in range(3):  # edge k is opposite corner k: the face's other two vertices
+            edge = {int(v) for i, v in enumerate(tetrahedron[0, face]) if i != k}
+            other = int(n[face, k])
+            assert other not in (face, -1) and edge <= set(tetrahedron[0, other].tolist())
+    assert bool((edge_neighbours(torch.tensor([[[0, 1, 2]]])) == -1).all())  # a boundary everywhere
+
+
+def test_bad_inputs_raise():
+    xy = _rectangle(2.0, 10.3, 3.0, 20.2)
+    clip = pixels_to_clip(xy, RES).unsqueeze(0)
+    frags = ops.rasterize(clip, QUAD, RES)
+    with pytest.raises(ValueError, match=r"antialias\(\): color must have shape"):
+        antialias(frags.mask.double(), frags, clip)
+    with pytest.raises(ValueError, match=r"antialias\(\): clip_pos must have shape"):
+        antialias(frags.mask.unsqueeze(-1).double(), frags, clip[:, :3])
+
+
+def test_a_closed_mesh_comes_closer_to_its_supersampled_mask():
+    verts, faces, R, t, K = orbit_scene(2, RES, subdivisions=2, dtype=torch.float64)
+    clip = cameras.camera_to_clip(cameras.world_to_camera(verts, R, t), K, RES)
+    frags = ops.rasterize(clip, faces, RES)
+    hard = frags.mask.double()
+    smooth = antialias(hard.unsqueeze(-1), frags, clip)[..., 0]
+    scale = 8  # the same cameras at 8× the pixels, averaged back down: each pixel's covered area
+    K_fine = cameras.fov_intrinsics(40.0, RES[0] * scale, RES[1] * scale, batch=2, dtype=torch.float64)
+    fine_clip = cameras.camera_to_clip(cameras.world_to_camera(verts, R, t), K_fine, (RES[0] * scale,) * 2)
+    fine = ops.rasterize(fine_clip, faces, (RES[0] * scale,) * 2).mask.double()
+    area = torch.nn.functional.avg_pool2d(fine.unsqueeze(1), scale).squeeze(1)
+    assert (smooth - area).abs().sum() < 0.5 * (hard - area).abs().sum()
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_cuda():
+    verts, faces, R, t, K = orbit_scene(4, (64, 64), subdivisions=3, dtype=torch.float64)
+    clip = cameras.camera_to_clip(cameras.world_to_camera(verts, R, t), K, (64, 64))
+    results = []
+    for device in ("cpu", "cuda"):
+        pos = clip.to(device).requires_grad_(True)
+        frags = ops.rasterize(pos, faces.to(device), (64, 64))
+        color = frags.mask.unsqueeze(-1).double()
+        out = antialias(color, frags, pos)
+        (out.square().sum()).backward()
+        results.append((out.cpu(), pos.grad.cpu()))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
