@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from renderloop.config import MAX_IMAGE_SIDE, ConfigError, check_number
 
+from .antialias import antialias
 from .backends import config_backend, get_backend
 from .cameras import camera_to_clip, fov_intrinsics, orbit_camera, world_to_camera
 from .meshes import icosphere
@@ -53,6 +54,9 @@ class RendererConfig:
     """Also compute a soft silhouette (gradients of the mask w.r.t. vertex positions)."""
     sigma: float = 1.0
     """Soft silhouette softness in squared pixels."""
+    antialias: bool = False
+    """Blend the image (and the hard mask, unless ``soft_mask``) across mesh outlines
+    (``antialias.antialias``): antialiased edges, and gradients of both w.r.t. vertex positions."""
     background: float = 0.0
     """Grey level of uncovered pixels."""
     compile: bool = False
@@ -91,7 +95,8 @@ class RenderOutput:
 
     Attributes:
         rgb: ``[B, H, W, C]`` shaded colour over the background.
-        mask: ``[B, H, W]`` float coverage: hard, or soft when ``soft_mask`` is on.
+        mask: ``[B, H, W]`` float coverage: hard, soft when ``soft_mask`` is on, else antialiased
+            when ``antialias`` is.
         depth: ``[B, H, W]`` camera depth, 0 in the background.
         normals: ``[B, H, W, 3]`` unit camera-frame normals, 0 in the background.
         fragments: the rasterizer output.
@@ -186,10 +191,12 @@ class MeshRenderer(torch.nn.Module):
         flat = cfg.normals == "face"
         normals = face_normals(cam, faces) if flat else vertex_normals(cam, faces)
         rgb, normals = self._shade(frags, normals, colors, light_dir, amb, dif, cfg.background, flat)
+        mask = frags.mask.to(verts.dtype)
+        if cfg.antialias:
+            blended = antialias(torch.cat([rgb, mask.unsqueeze(-1)], dim=-1), frags, clip)
+            rgb, mask = blended[..., :-1], blended[..., -1]
         if cfg.soft_mask:
             mask = self.backend.soft_silhouette(clip, faces, self.resolution, sigma=cfg.sigma, ctx=self.raster_context)
-        else:
-            mask = frags.mask.to(verts.dtype)
         return RenderOutput(rgb=rgb, mask=mask, depth=frags.depth, normals=normals, fragments=frags)
 
     def warmup(self, batch: int | None = None, device: torch.device | str = "cpu") -> None:

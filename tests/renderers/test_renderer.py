@@ -37,6 +37,23 @@ def test_renderer_outputs_and_gradients_torch():
     assert float(verts.grad.abs().sum()) > 0 and float(colors.grad.abs().sum()) > 0
 
 
+def test_antialiased_renders_blend_only_the_outline_and_move_it_torch():
+    plain, _, _ = _render(MeshRenderer(RendererConfig(height=32, width=32)))
+    out, verts, _ = _render(MeshRenderer(RendererConfig(height=32, width=32, antialias=True)))
+    mask, hard = out.mask.detach(), out.fragments.mask
+    blended = (mask > 0) & (mask < 1)
+    assert int(blended.sum()) > 20 and float(mask.min()) >= 0 and float(mask.max()) <= 1
+
+    def near(m):  # pixels with one of m within a 3 × 3 window
+        return torch.nn.functional.max_pool2d(m.float().unsqueeze(1), 3, 1, 1).squeeze(1).bool()
+
+    outline = near(hard) & near(~hard)
+    assert not bool(blended[~outline].any())  # only pixels next to the outline change
+    assert torch.equal(out.rgb.detach()[~outline], plain.rgb.detach()[~outline])
+    out.mask.sum().backward()  # the hard mask alone has no gradient w.r.t. positions
+    assert float(verts.grad.abs().sum()) > 0
+
+
 def test_renderer_warmup_and_compile_torch(tmp_path, monkeypatch):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
