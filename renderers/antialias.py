@@ -10,11 +10,16 @@ pixel's colour equal to how far the face reaches past the midpoint. The share is
 crossing point, so both the colours and the vertex positions get gradients; pixels away from
 outlines are unchanged. A straight axis-aligned outline gets exactly its covered area.
 
-An edge is an outline where it bounds the mesh or joins a front-facing and a back-facing face (on
-screen); edges inside a continuous surface are not blended.
+An edge is an outline where it bounds the mesh or where the face beyond it folds back over the face
+on screen (one faces the camera, the other away); edges inside a continuous surface are not
+blended. As in the paper, each edge is blended by one pair direction only: horizontal pairs take
+edges steeper than 45°, vertical pairs the rest, so a slanted outline is not counted twice.
 """
 
 from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -59,55 +64,109 @@ def _edge_values(xy: torch.Tensor, inward: torch.Tensor, point: torch.Tensor) ->
     return ((b[..., 0] - a[..., 0]) * d[..., 1] - (b[..., 1] - a[..., 1]) * d[..., 0]) * inward.unsqueeze(1)
 
 
+@dataclass(frozen=True)
+class _Scene:
+    """What every walk reads: flat face ids ``[B * H * W]``, clip positions, faces, their neighbours."""
+
+    face_id: torch.Tensor
+    clip_pos: torch.Tensor
+    faces: torch.Tensor
+    neighbours: torch.Tensor
+    resolution: tuple[int, int]
+
+
+def _walk(
+    scene: _Scene, own: torch.Tensor, other: torch.Tensor, horizontal: bool, max_hops: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Follow the segment from pixel ``own``'s centre to ``other``'s (flat indices ``[P]``) through
+    ``own``'s face and across inner edges. Returns which pairs leave through an outline edge of this
+    direction's kind, at which ``t`` in ``[0, 1]`` along the segment (differentiable), which pairs
+    met an outline at all, and how many walks ran out of hops."""
+    H, W = scene.resolution
+    item, face = own // (H * W), scene.face_id[own].clone()
+    own_centre, other_centre = (
+        _pixel_centre(own, H, W, scene.clip_pos.dtype),
+        _pixel_centre(other, H, W, scene.clip_pos.dtype),
+    )
+    met = torch.zeros_like(own, dtype=torch.bool)
+    found, at = [own.new_zeros(0)], [scene.clip_pos.new_zeros(0)]
+    active = torch.arange(len(own), device=own.device)
+    for _ in range(max_hops):
+        if not len(active):
+            break
+        it, f = item[active], face[active]
+        corners = scene.faces[it, f]
+        xy = clip_to_pixel(scene.clip_pos[it.unsqueeze(1), corners], scene.resolution)  # [A, 3, 2]
+        inward = torch.sign(_screen_area(xy.detach()))
+        at_own = _edge_values(xy, inward, own_centre[active])
+        at_other = _edge_values(xy, inward, other_centre[active])
+        leaving = at_other < at_own  # convex: the segment leaves where the first of these reaches 0
+        crossing = torch.where(leaving, at_own / torch.where(leaving, at_own - at_other, 1.0), torch.inf)
+        exit_t, edge = crossing.min(dim=1)
+        with torch.no_grad():
+            beyond = scene.neighbours[it, f, edge]
+            ends = corners.gather(1, torch.stack([(edge + 1) % 3, (edge + 2) % 3], dim=1))
+            wing = scene.faces[it, beyond.clamp(min=0)]
+            apex = wing.gather(1, ((wing != ends[:, :1]) & (wing != ends[:, 1:])).long().argmax(1, keepdim=True))
+            apex_xy = clip_to_pixel(scene.clip_pos[it, apex.squeeze(1)], scene.resolution)
+            # An outline: no face beyond, or the one beyond folds back over this face on screen
+            # (its far corner on this side of the edge), whichever way the faces are wound.
+            folds = _edge_values(xy.detach(), inward, apex_xy).gather(1, edge.unsqueeze(1)).squeeze(1) >= 0
+            outline = (beyond < 0) | folds
+            # Each edge is blended by one pair direction: horizontal pairs take the steeper edges.
+            span = (xy.detach().roll(-2, dims=1) - xy.detach().roll(-1, dims=1)).abs()
+            span = span.gather(1, edge.view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1)
+            this_kind = span[:, 1] >= span[:, 0] if horizontal else span[:, 0] > span[:, 1]
+            # A crossing exactly at the other centre counts, unless this face is the one seen there.
+            reaches = (exit_t < 1) | ((exit_t == 1) & (scene.face_id[other[active]] != f))
+        ends_here = reaches & outline
+        met[active[ends_here]] = True
+        found.append(active[ends_here & this_kind])
+        at.append(exit_t[ends_here & this_kind])
+        walking = reaches & ~outline
+        face[active[walking]] = beyond[walking]
+        active = active[walking]
+    index = torch.cat(found)
+    return index, torch.cat(at).clamp(0.0, 1.0), met, len(active)
+
+
+def _changes(color: torch.Tensor, own: torch.Tensor, other: torch.Tensor, t: torch.Tensor):
+    """The owner's face reaches ``t`` along the segment: the pixel past the crossing shows the far
+    side's colour over the rest of it, so the other pixel takes ``t - 1/2`` of the owner's colour,
+    or the owner ``1/2 - t`` of the other's."""
+    past_middle = (t > 0.5).unsqueeze(1)
+    share = torch.where(past_middle, t.unsqueeze(1) - 0.5, 0.5 - t.unsqueeze(1))
+    own_color, other_color = color[own], color[other]
+    change = share * torch.where(past_middle, own_color - other_color, other_color - own_color)
+    return torch.where(past_middle.squeeze(1), other, own), change
+
+
 def _blends(
     color: torch.Tensor,
-    face_id: torch.Tensor,
+    scene: _Scene,
     depth: torch.Tensor,
-    clip_pos: torch.Tensor,
-    faces: torch.Tensor,
-    neighbours: torch.Tensor,
     p: torch.Tensor,
     q: torch.Tensor,
-    resolution: tuple[int, int],
+    horizontal: bool,
     max_hops: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """For adjacent pixel pairs ``(p, q)`` (flat indices): the pixels that change and by how much."""
-    H, W = resolution
+) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    """For adjacent pixel pairs ``(p, q)`` (flat indices): the pixels that change, by how much, and
+    how many walks ran out of hops."""
+    face_id = scene.face_id
     differ = face_id[p] != face_id[q]
     p, q = p[differ], q[differ]
     fp, fq = face_id[p], face_id[q]
     p_owns = (fq < 0) | ((fp >= 0) & (depth[p] <= depth[q]))  # the nearer face's outline is the one seen
     own, other = torch.where(p_owns, p, q), torch.where(p_owns, q, p)
-    item, face = own // (H * W), face_id[own]
-    own_centre, other_centre = _pixel_centre(own, H, W, clip_pos.dtype), _pixel_centre(other, H, W, clip_pos.dtype)
-    t = torch.full_like(own_centre[:, 0], torch.inf)
-    walking = torch.ones_like(face, dtype=torch.bool)
-    for _ in range(max_hops):  # from face to face across inner edges, until an outline or the segment's end
-        xy = clip_to_pixel(clip_pos[item.unsqueeze(1), faces[item, face]], resolution)  # [P, 3, 2]
-        inward = torch.sign(_screen_area(xy))
-        at_own, at_other = _edge_values(xy, inward, own_centre), _edge_values(xy, inward, other_centre)
-        leaving = at_other < at_own  # convex: the segment leaves where the first of these reaches 0
-        crossing = torch.where(leaving, at_own / torch.where(leaving, at_own - at_other, 1.0), torch.inf)
-        exit_t, edge = crossing.min(dim=1)
-        beyond = neighbours[item, face, edge]
-        with torch.no_grad():
-            beyond_xy = clip_to_pixel(clip_pos[item.unsqueeze(1), faces[item, beyond.clamp(min=0)]], resolution)
-            outline = (beyond < 0) | (torch.sign(_screen_area(beyond_xy)) != inward)
-        ends_here = walking & (exit_t < 1)
-        t = torch.where(ends_here & outline, exit_t, t)
-        walking = ends_here & ~outline
-        if not bool(walking.any()):
-            break
-        face = torch.where(walking, beyond, face)
-    keep = torch.isfinite(t)
-    t, own, other = t[keep], own[keep], other[keep]
-    own_color, other_color = color[own], color[other]
-    past_middle = (t > 0.5).unsqueeze(1)
-    # The face reaches t along the segment; the pixel beyond the crossing shows the far side's colour
-    # over what is left of it: the other pixel takes (t - 1/2) of the owner's, or the owner (1/2 - t) of the other's.
-    share = torch.where(past_middle, t.unsqueeze(1) - 0.5, 0.5 - t.unsqueeze(1))
-    change = share * torch.where(past_middle, own_color - other_color, other_color - own_color)
-    return torch.where(past_middle.squeeze(1), other, own), change
+    index, t, met, unfinished = _walk(scene, own, other, horizontal, max_hops)
+    pixels, changes = _changes(color, own[index], other[index], t)
+    # Depth at the two centres can pick the wrong owner where surfaces nearly touch: if the owner's
+    # face meets no outline on the way, the other pixel's face is tried.
+    retry = ~met & (face_id[other] >= 0)
+    own, other = other[retry], own[retry]
+    index, t, _, more = _walk(scene, own, other, horizontal, max_hops)
+    pixels_back, changes_back = _changes(color, own[index], other[index], t)
+    return [pixels, pixels_back], [changes, changes_back], unfinished + more
 
 
 def antialias(
@@ -115,13 +174,18 @@ def antialias(
     fragments: Fragments,
     clip_pos: torch.Tensor,
     neighbours: torch.Tensor | None = None,
-    max_hops: int = 16,
+    max_hops: int = 64,
 ) -> torch.Tensor:
     """``color [B, H, W, C]`` (rendered through ``fragments``) blended across mesh outlines;
     differentiable w.r.t. ``color`` and ``clip_pos [B, V, 4]`` (the positions ``fragments`` were
     rasterized from). ``neighbours``: :func:`edge_neighbours` of ``fragments.faces``, to reuse for a
-    fixed mesh. The segment between two pixel centres may cross inner edges before it meets the
-    outline (small faces): it is followed across at most ``max_hops`` faces."""
+    fixed mesh.
+
+    The segment between two pixel centres may cross many small faces before it meets the outline
+    (faces seen edge-on near it): it is followed across at most ``max_hops`` faces, and a warning
+    counts the segments cut short. A pixel blended by several pairs (a feature smaller than a
+    pixel) can leave ``[0, 1]``, as in nvdiffrast. Vertices must be shared between faces (welded):
+    a seam of duplicated vertices counts as an outline."""
     B, H, W = fragments.face_id.shape
     check_shape("antialias", "color", color, (B, H, W, "C"))
     check_shape("antialias", "clip_pos", clip_pos, (B, fragments.num_verts, 4))
@@ -129,13 +193,17 @@ def antialias(
     neighbours = edge_neighbours(faces) if neighbours is None else neighbours
     check_shape("antialias", "neighbours", neighbours, tuple(faces.shape))
     flat = color.reshape(B * H * W, -1)
-    face_id, depth = fragments.face_id.reshape(-1), fragments.depth.detach().reshape(-1)
+    scene = _Scene(fragments.face_id.reshape(-1), clip_pos, faces, neighbours, (H, W))
+    depth = fragments.depth.detach().reshape(-1)
     index = torch.arange(B * H * W, device=color.device).view(B, H, W)
-    pixels, changes = [], []
-    for first, second in ((index[:, :, :-1], index[:, :, 1:]), (index[:, :-1], index[:, 1:])):
-        pixel, change = _blends(
-            flat, face_id, depth, clip_pos, faces, neighbours, first.reshape(-1), second.reshape(-1), (H, W), max_hops
+    pixels, changes, unfinished = [], [], 0
+    for horizontal, first, second in ((True, index[:, :, :-1], index[:, :, 1:]), (False, index[:, :-1], index[:, 1:])):
+        found, change, cut = _blends(flat, scene, depth, first.reshape(-1), second.reshape(-1), horizontal, max_hops)
+        pixels += found
+        changes += change
+        unfinished += cut
+    if unfinished:
+        warnings.warn(
+            f"antialias(): {unfinished} segments crossed more than max_hops={max_hops} faces; not blended", stacklevel=2
         )
-        pixels.append(pixel)
-        changes.append(change)
     return flat.index_add(0, torch.cat(pixels), torch.cat(changes).to(flat.dtype)).view(B, H, W, -1)

@@ -58,6 +58,46 @@ def test_gradients_match_finite_differences():
     assert torch.autograd.gradcheck(lambda c, p: antialias(c, frags, p), (color, clip), eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("tilt", [0.3, 0.6])
+def test_a_slanted_outline_is_blended_once(tilt):
+    radius = torch.tensor(17.3, dtype=torch.float64, requires_grad=True)
+    angle = tilt + torch.arange(4, dtype=torch.float64) * torch.pi / 2
+    xy = 24.0 + radius * torch.stack([angle.cos(), angle.sin()], dim=-1)  # a tilted square of area 2 r²
+    _mask_antialiased(xy, res=(48, 48)).sum().backward()
+    assert float(radius.grad) == pytest.approx(4 * 17.3, rel=0.05)  # d(area)/dr; both pair directions: 2×
+
+
+@pytest.mark.parametrize("faces", [[[0, 1, 2], [0, 3, 2]], [[0, 1, 2], [0, 2, 3], [1, 2, 0]]])
+def test_winding_and_doubled_faces_leave_the_outline_as_it_is(faces):
+    mask = _mask_antialiased(_rectangle(2.0, 21.6, 3.0, 20.4), torch.tensor(faces))
+    assert torch.allclose(mask[3:20].sum(1), torch.full((17,), 19.6, dtype=mask.dtype))
+    assert bool((mask[4:20, 3:21] == 1).all())  # the diagonal inside is not an outline
+
+
+def test_an_outline_through_the_next_centre_still_counts():
+    mask = _mask_antialiased(_rectangle(2.5, 10.5, 3.5, 12.5), res=(16, 16))
+    assert torch.allclose(mask[4:12].sum(1), torch.full((8,), 8.0, dtype=mask.dtype))
+
+
+def test_where_surfaces_nearly_touch_the_other_side_is_tried():
+    front, back = _rectangle(2.0, 10.3, 3.0, 20.2), _rectangle(1.0, 23.0, -4.0, 30.0)
+    inverse_w = 0.5 + 0.05 * (back[:, 0] - 10.4)  # a plane just behind the front face's right edge
+    clip = torch.cat([pixels_to_clip(front, RES, 2.0), pixels_to_clip(back, RES, 1 / inverse_w)]).unsqueeze(0)
+    frags = ops.rasterize(clip, torch.cat([QUAD, QUAD + 4]), RES)
+    assert float(frags.depth[0, 10, 10]) < 2.0  # the back plane is nearer at the next centre
+    front_face = ((frags.face_id >= 0) & (frags.face_id < 2)).unsqueeze(-1).double()
+    out = antialias(front_face, frags, clip)[0, ..., 0]
+    assert torch.allclose(out[4:20, 2:12].sum(1), torch.full((16,), 8.3, dtype=out.dtype))
+
+
+def test_walks_cut_short_are_reported():
+    verts, faces, R, t, K = orbit_scene(1, (16, 16), subdivisions=4, dtype=torch.float64)
+    clip = cameras.camera_to_clip(cameras.world_to_camera(verts, R, t), K, (16, 16))
+    frags = ops.rasterize(clip, faces, (16, 16))
+    with pytest.warns(UserWarning, match=r"antialias\(\): \d+ segments crossed more than max_hops=1 faces"):
+        antialias(frags.mask.unsqueeze(-1).double(), frags, clip, max_hops=1)
+
+
 def test_edges_inside_a_surface_are_not_blended():
     xy = _rectangle(2.0, 21.6, 3.0, 20.4)
     clip = pixels_to_clip(xy, RES).unsqueeze(0)
@@ -76,7 +116,7 @@ def test_the_nearer_surface_owns_the_outline():
     clip = torch.cat([pixels_to_clip(front, res, 1.0), pixels_to_clip(back, res, 3.0)]).unsqueeze(0)
     faces = torch.cat([QUAD, QUAD + 4])
     frags = ops.rasterize(clip, faces, res)
-    front_face = (frags.face_id < 2).unsqueeze(-1).double()
+    front_face = ((frags.face_id >= 0) & (frags.face_id < 2)).unsqueeze(-1).double()
     out = antialias(front_face, frags, clip)[0, ..., 0]
     assert torch.allclose(out[2:22].sum(1), torch.full((20,), 7.3, dtype=out.dtype))
 
@@ -114,7 +154,7 @@ def test_a_closed_mesh_comes_closer_to_its_supersampled_mask():
     fine_clip = cameras.camera_to_clip(cameras.world_to_camera(verts, R, t), K_fine, (RES[0] * scale,) * 2)
     fine = ops.rasterize(fine_clip, faces, (RES[0] * scale,) * 2).mask.double()
     area = torch.nn.functional.avg_pool2d(fine.unsqueeze(1), scale).squeeze(1)
-    assert (smooth - area).abs().sum() < 0.5 * (hard - area).abs().sum()
+    assert (smooth - area).abs().sum() < 0.3 * (hard - area).abs().sum()  # measured: 9.0 against 41.6
 
 
 @pytest.mark.gpu
