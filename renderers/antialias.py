@@ -26,31 +26,42 @@ import torch
 from renderloop.checks import check_shape
 
 from .cameras import clip_to_pixel
-from .ops import Fragments, _screen_area
+from .ops import Fragments, _screen_area, drawable_faces
 
 __all__ = ["antialias", "edge_neighbours"]
 
 
 def edge_neighbours(faces: torch.Tensor) -> torch.Tensor:
     """``[B, F, 3]`` int64: for edge ``k`` of each face (the edge opposite corner ``k``), the index of
-    the other face that has it, or ``-1`` on a mesh boundary and for padding rows. On an edge with
-    more than two faces, one of the others."""
+    the other face that has it, or ``-1`` on a mesh boundary, for padding rows and for faces with a
+    repeated corner. A face listed twice takes the first copy's neighbours; on an edge with more
+    than two distinct faces, one of the others."""
     B, F, _ = faces.shape
-    a, b = faces.roll(-1, dims=-1), faces.roll(-2, dims=-1)  # edge k joins corners k + 1 and k + 2
+    flat = faces.reshape(B * F, 3)
+    item = torch.arange(B * F, device=faces.device) // F
+    corners = flat.sort(dim=1).values
+    proper = (corners[:, 0] >= 0) & (corners[:, 0] != corners[:, 1]) & (corners[:, 1] != corners[:, 2])
+    _, copy_of = torch.unique(torch.cat([item.unsqueeze(1), corners], dim=1), dim=0, return_inverse=True)
+    first_copy = torch.full((B * F,), B * F, device=faces.device).scatter_reduce(
+        0, copy_of, torch.arange(B * F, device=faces.device), reduce="amin"
+    )[copy_of]
+    pairs = proper & (first_copy == torch.arange(B * F, device=faces.device))  # only first copies pair
+    a, b = flat.roll(-1, dims=-1), flat.roll(-2, dims=-1)  # edge k joins corners k + 1 and k + 2
     lo, hi = torch.minimum(a, b), torch.maximum(a, b)
     num_verts = int(faces.max().clamp(min=0)) + 1
-    item = torch.arange(B, device=faces.device).view(B, 1, 1)
-    key = (item * num_verts + lo) * num_verts + hi
+    edge_key = (item.unsqueeze(1) * num_verts + lo) * num_verts + hi  # [B * F, 3]
     slot = torch.arange(B * F * 3, device=faces.device)
-    real = (faces >= 0).all(-1, keepdim=True).expand(B, F, 3).reshape(-1)
-    key = torch.where(real, key.reshape(-1), -1 - slot)  # padding keys are unique: they never pair
-    ordered, order = key.sort()
+    key = torch.where(pairs.repeat_interleave(3), edge_key.reshape(-1), -1 - slot)  # unique: never pair
+    ordered, order = key.sort(stable=True)
     pair = (ordered[1:] == ordered[:-1]).nonzero().squeeze(1)
     first, second = order[pair], order[pair + 1]
     out = torch.full((B * F * 3,), -1, dtype=torch.int64, device=faces.device)
     out[first] = (second // 3) % F
     out[second] = (first // 3) % F
-    return out.view(B, F, 3)
+    # A later copy may list its corners in another order: its edge k is the first copy's edge with the same key.
+    same_edge = edge_key.unsqueeze(2) == edge_key[first_copy].unsqueeze(1)  # [B * F, 3, 3]
+    out = out.view(B * F, 3)[first_copy].gather(1, same_edge.int().argmax(dim=2))
+    return torch.where(proper.unsqueeze(1), out, -1).view(B, F, 3)
 
 
 def _pixel_centre(index: torch.Tensor, H: int, W: int, dtype: torch.dtype) -> torch.Tensor:
@@ -66,37 +77,53 @@ def _edge_values(xy: torch.Tensor, inward: torch.Tensor, point: torch.Tensor) ->
 
 @dataclass(frozen=True)
 class _Scene:
-    """What every walk reads: flat face ids ``[B * H * W]``, clip positions, faces, their neighbours."""
+    """What every walk reads: flat face ids ``[B * H * W]``, clip positions, faces, their neighbours
+    and which faces the rasterizer draws (``[B, F]``)."""
 
     face_id: torch.Tensor
     clip_pos: torch.Tensor
     faces: torch.Tensor
     neighbours: torch.Tensor
+    drawn: torch.Tensor
     resolution: tuple[int, int]
 
+    def corners(self, item: torch.Tensor, face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vertex indices ``[P, 3]`` of the faces and their pixel positions ``[P, 3, 2]``."""
+        corners = self.faces[item, face]
+        return corners, clip_to_pixel(self.clip_pos[item.unsqueeze(1), corners], self.resolution)
 
-def _walk(
-    scene: _Scene, own: torch.Tensor, other: torch.Tensor, horizontal: bool, max_hops: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+
+@dataclass(frozen=True)
+class _Walked:
+    """Where each walk of :func:`_walk` ended (``[P]`` each, but ``found``/``t``/``face``: the walks
+    that left through an outline of the pair direction's kind, by index)."""
+
+    found: torch.Tensor
+    t: torch.Tensor
+    face: torch.Tensor
+    met: torch.Tensor
+    cut: torch.Tensor
+    end_face: torch.Tensor
+
+
+def _walk(scene: _Scene, own: torch.Tensor, other: torch.Tensor, horizontal: bool, max_hops: int) -> _Walked:
     """Follow the segment from pixel ``own``'s centre to ``other``'s (flat indices ``[P]``) through
-    ``own``'s face and across inner edges. Returns which pairs leave through an outline edge of this
-    direction's kind, at which ``t`` in ``[0, 1]`` along the segment (differentiable), which pairs
-    met an outline at all, and how many walks ran out of hops."""
+    ``own``'s face and across inner edges, until it leaves through an outline (``met``; blended if
+    the edge is of this pair direction's kind, at ``t`` in ``[0, 1]`` along the segment,
+    differentiable), ends inside a face (``end_face``), or runs out of hops (``cut``)."""
     H, W = scene.resolution
     item, face = own // (H * W), scene.face_id[own].clone()
-    own_centre, other_centre = (
-        _pixel_centre(own, H, W, scene.clip_pos.dtype),
-        _pixel_centre(other, H, W, scene.clip_pos.dtype),
-    )
+    own_centre = _pixel_centre(own, H, W, scene.clip_pos.dtype)
+    other_centre = _pixel_centre(other, H, W, scene.clip_pos.dtype)
     met = torch.zeros_like(own, dtype=torch.bool)
-    found, at = [own.new_zeros(0)], [scene.clip_pos.new_zeros(0)]
+    end_face = torch.full_like(own, -1)
+    found, at, at_face = [own.new_zeros(0)], [scene.clip_pos.new_zeros(0)], [own.new_zeros(0)]
     active = torch.arange(len(own), device=own.device)
     for _ in range(max_hops):
         if not len(active):
             break
         it, f = item[active], face[active]
-        corners = scene.faces[it, f]
-        xy = clip_to_pixel(scene.clip_pos[it.unsqueeze(1), corners], scene.resolution)  # [A, 3, 2]
+        corners, xy = scene.corners(it, f)  # [A, 3], [A, 3, 2]
         inward = torch.sign(_screen_area(xy.detach()))
         at_own = _edge_values(xy, inward, own_centre[active])
         at_other = _edge_values(xy, inward, other_centre[active])
@@ -106,13 +133,13 @@ def _walk(
         with torch.no_grad():
             beyond = scene.neighbours[it, f, edge]
             ends = corners.gather(1, torch.stack([(edge + 1) % 3, (edge + 2) % 3], dim=1))
-            wing = scene.faces[it, beyond.clamp(min=0)]
-            apex = wing.gather(1, ((wing != ends[:, :1]) & (wing != ends[:, 1:])).long().argmax(1, keepdim=True))
-            apex_xy = clip_to_pixel(scene.clip_pos[it, apex.squeeze(1)], scene.resolution)
-            # An outline: no face beyond, or the one beyond folds back over this face on screen
-            # (its far corner on this side of the edge), whichever way the faces are wound.
+            wing, wing_xy = scene.corners(it, beyond.clamp(min=0))
+            apex = ((wing != ends[:, :1]) & (wing != ends[:, 1:])).long().argmax(1, keepdim=True)
+            apex_xy = wing_xy.gather(1, apex.unsqueeze(2).expand(-1, 1, 2)).squeeze(1)
+            # An outline: no drawn face beyond, or the one beyond folds back over this face on
+            # screen (its far corner on this side of the edge), whichever way the faces are wound.
             folds = _edge_values(xy.detach(), inward, apex_xy).gather(1, edge.unsqueeze(1)).squeeze(1) >= 0
-            outline = (beyond < 0) | folds
+            outline = (beyond < 0) | ~scene.drawn[it, beyond.clamp(min=0)] | folds
             # Each edge is blended by one pair direction: horizontal pairs take the steeper edges.
             span = (xy.detach().roll(-2, dims=1) - xy.detach().roll(-1, dims=1)).abs()
             span = span.gather(1, edge.view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1)
@@ -121,13 +148,26 @@ def _walk(
             reaches = (exit_t < 1) | ((exit_t == 1) & (scene.face_id[other[active]] != f))
         ends_here = reaches & outline
         met[active[ends_here]] = True
-        found.append(active[ends_here & this_kind])
-        at.append(exit_t[ends_here & this_kind])
+        end_face[active[~reaches]] = f[~reaches]
+        blended = ends_here & this_kind
+        found.append(active[blended])
+        at.append(exit_t[blended])
+        at_face.append(f[blended])
         walking = reaches & ~outline
         face[active[walking]] = beyond[walking]
         active = active[walking]
-    index = torch.cat(found)
-    return index, torch.cat(at).clamp(0.0, 1.0), met, len(active)
+    cut = torch.zeros_like(met)
+    cut[active] = True
+    return _Walked(torch.cat(found), torch.cat(at).clamp(0.0, 1.0), torch.cat(at_face), met, cut, end_face)
+
+
+def _inverse_depth(scene: _Scene, item: torch.Tensor, face: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+    """``1 / w`` of each face's plane at screen ``point [P, 2]`` (affine on screen): larger is nearer."""
+    corners, xy = scene.corners(item, face)
+    edge = _edge_values(xy, torch.ones_like(xy[:, 0, 0]), point)
+    total = edge.sum(dim=1)
+    inverse_w = 1.0 / scene.clip_pos[item.unsqueeze(1), corners][..., 3]
+    return (edge * inverse_w).sum(dim=1) / torch.where(total == 0, 1.0, total)
 
 
 def _changes(color: torch.Tensor, own: torch.Tensor, other: torch.Tensor, t: torch.Tensor):
@@ -158,15 +198,25 @@ def _blends(
     fp, fq = face_id[p], face_id[q]
     p_owns = (fq < 0) | ((fp >= 0) & (depth[p] <= depth[q]))  # the nearer face's outline is the one seen
     own, other = torch.where(p_owns, p, q), torch.where(p_owns, q, p)
-    index, t, met, unfinished = _walk(scene, own, other, horizontal, max_hops)
-    pixels, changes = _changes(color, own[index], other[index], t)
-    # Depth at the two centres can pick the wrong owner where surfaces nearly touch: if the owner's
-    # face meets no outline on the way, the other pixel's face is tried.
-    retry = ~met & (face_id[other] >= 0)
-    own, other = other[retry], own[retry]
-    index, t, _, more = _walk(scene, own, other, horizontal, max_hops)
-    pixels_back, changes_back = _changes(color, own[index], other[index], t)
-    return [pixels, pixels_back], [changes, changes_back], unfinished + more
+    first = _walk(scene, own, other, horizontal, max_hops)
+    pixels, changes = _changes(color, own[first.found], other[first.found], first.t)
+    # Depth at the two centres can pick the wrong owner where surfaces nearly touch. If the owner's
+    # walk ends inside a face other than the one seen at the other pixel, that pixel's face is
+    # walked back; its outline counts where it lies in front of the face the first walk ended in.
+    retry = ~first.met & ~first.cut & (face_id[other] >= 0) & (first.end_face != face_id[other])
+    own, other, behind = other[retry], own[retry], first.end_face[retry]
+    back = _walk(scene, own, other, horizontal, max_hops)
+    with torch.no_grad():
+        H, W = scene.resolution
+        start, end = _pixel_centre(own, H, W, color.dtype), _pixel_centre(other, H, W, color.dtype)
+        item = own // (H * W)
+        found = back.found
+        at = start[found] + back.t.detach().unsqueeze(1) * (end[found] - start[found])
+        seen = _inverse_depth(scene, item[found], back.face, at) > _inverse_depth(scene, item[found], behind[found], at)
+    keep = found[seen]
+    pixels_back, changes_back = _changes(color, own[keep], other[keep], back.t[seen])
+    unfinished = int(first.cut.sum()) + int(back.cut.sum())
+    return [pixels, pixels_back], [changes, changes_back], unfinished
 
 
 def antialias(
@@ -193,7 +243,8 @@ def antialias(
     neighbours = edge_neighbours(faces) if neighbours is None else neighbours
     check_shape("antialias", "neighbours", neighbours, tuple(faces.shape))
     flat = color.reshape(B * H * W, -1)
-    scene = _Scene(fragments.face_id.reshape(-1), clip_pos, faces, neighbours, (H, W))
+    drawn = drawable_faces(clip_pos.detach(), faces, (H, W))
+    scene = _Scene(fragments.face_id.reshape(-1), clip_pos, faces, neighbours, drawn, (H, W))
     depth = fragments.depth.detach().reshape(-1)
     index = torch.arange(B * H * W, device=color.device).view(B, H, W)
     pixels, changes, unfinished = [], [], 0

@@ -67,11 +67,23 @@ def test_a_slanted_outline_is_blended_once(tilt):
     assert float(radius.grad) == pytest.approx(4 * 17.3, rel=0.05)  # d(area)/dr; both pair directions: 2×
 
 
-@pytest.mark.parametrize("faces", [[[0, 1, 2], [0, 3, 2]], [[0, 1, 2], [0, 2, 3], [1, 2, 0]]])
-def test_winding_and_doubled_faces_leave_the_outline_as_it_is(faces):
-    mask = _mask_antialiased(_rectangle(2.0, 21.6, 3.0, 20.4), torch.tensor(faces))
-    assert torch.allclose(mask[3:20].sum(1), torch.full((17,), 19.6, dtype=mask.dtype))
-    assert bool((mask[4:20, 3:21] == 1).all())  # the diagonal inside is not an outline
+@pytest.mark.parametrize(
+    "faces",
+    [[[0, 1, 2], [0, 3, 2]], [[0, 1, 2], [0, 2, 3], [1, 2, 0]], [[0, 1, 2], [0, 0, 2], [0, 2, 3]]],
+    ids=["flipped", "doubled", "degenerate"],
+)
+def test_winding_doubled_and_degenerate_faces_leave_the_outline_as_it_is(faces):
+    xy = _rectangle(2.0, 21.6, 3.0, 20.4)
+    clip = pixels_to_clip(xy, RES).unsqueeze(0)
+    plain = ops.rasterize(clip, QUAD, RES)
+    frags = ops.rasterize(clip, torch.tensor(faces), RES)
+    # Each pixel coloured by the triangle of the plain quad it lies in: the diagonal between them is inside.
+    color = torch.where(plain.face_id == 1, 2.0, plain.mask.double()).unsqueeze(-1)
+    out = antialias(color, frags, clip)[0, ..., 0]
+    assert torch.equal(out, antialias(color, plain, clip)[0, ..., 0])
+    assert torch.equal(out[4:20, 3:21], color[0, 4:20, 3:21, 0])
+    mask = antialias(plain.mask.unsqueeze(-1).double(), frags, clip)[0, ..., 0]
+    assert torch.allclose(mask[3:20].sum(1), torch.full((17,), 19.6, dtype=torch.float64))
 
 
 def test_an_outline_through_the_next_centre_still_counts():
@@ -88,6 +100,33 @@ def test_where_surfaces_nearly_touch_the_other_side_is_tried():
     front_face = ((frags.face_id >= 0) & (frags.face_id < 2)).unsqueeze(-1).double()
     out = antialias(front_face, frags, clip)[0, ..., 0]
     assert torch.allclose(out[4:20, 2:12].sum(1), torch.full((16,), 8.3, dtype=out.dtype))
+
+
+def test_gradients_where_the_other_side_is_tried_match_finite_differences():
+    res = (12, 12)
+    front, back = _rectangle(2.2, 6.3, 3.3, 9.2), _rectangle(1.3, 10.7, -4.1, 15.2)
+    inverse_w = 0.5 + 0.05 * (back[:, 0] - 6.4)  # the back plane comes nearer than 2 just past x = 6.3
+    clip = torch.cat([pixels_to_clip(front, res, 2.0), pixels_to_clip(back, res, 1 / inverse_w)]).unsqueeze(0)
+    frags = ops.rasterize(clip, torch.cat([QUAD, QUAD + 4]), res)
+    assert float(frags.depth[0, 5, 6]) < 2.0  # the front face's right outline sits by a nearer back pixel
+    color = torch.rand(1, *res, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    color, clip = color.requires_grad_(True), clip.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda c, p: antialias(c, frags, p), (color, clip), eps=1e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("apex_w, apex_z", [(1.0, -2.0), (0.0, 0.0)], ids=["before-near-plane", "at-the-camera"])
+def test_a_neighbour_the_rasterizer_drops_leaves_an_outline(apex_w, apex_z):
+    res = (12, 16)
+    xy = torch.tensor([[1.2, 1.3], [8.3, 1.1], [8.3, 10.8], [14.6, 6.1]], dtype=torch.float64)
+    clip = pixels_to_clip(xy, res).clone()
+    clip[3, 2:] = torch.tensor([apex_z, apex_w], dtype=torch.float64)  # the second face cannot be drawn
+    clip = clip.unsqueeze(0).requires_grad_(True)
+    frags = ops.rasterize(clip, torch.tensor([[0, 1, 2], [1, 3, 2]]), res)
+    assert not bool((frags.face_id == 1).any())
+    out = antialias(frags.mask.unsqueeze(-1).double(), frags, clip)
+    assert float(out.detach()[0, 5, 8, 0]) == pytest.approx(0.3)  # x = 8.3: the pixel past it takes 0.3
+    out.sum().backward()
+    assert bool(torch.isfinite(clip.grad).all())
 
 
 def test_walks_cut_short_are_reported():
