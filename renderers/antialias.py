@@ -96,21 +96,25 @@ class _Scene:
 @dataclass(frozen=True)
 class _Walked:
     """Where each walk of :func:`_walk` ended (``[P]`` each, but ``found``/``t``/``face``: the walks
-    that left through an outline of the pair direction's kind, by index)."""
+    that left through an outline of the pair direction's kind, by index). A walk neither ``met``
+    an outline nor ended inside a face (``end_face`` -1) ran out of hops."""
 
     found: torch.Tensor
     t: torch.Tensor
     face: torch.Tensor
     met: torch.Tensor
-    cut: torch.Tensor
     end_face: torch.Tensor
+
+    @property
+    def cut(self) -> torch.Tensor:
+        return ~self.met & (self.end_face < 0)
 
 
 def _walk(scene: _Scene, own: torch.Tensor, other: torch.Tensor, horizontal: bool, max_hops: int) -> _Walked:
     """Follow the segment from pixel ``own``'s centre to ``other``'s (flat indices ``[P]``) through
     ``own``'s face and across inner edges, until it leaves through an outline (``met``; blended if
     the edge is of this pair direction's kind, at ``t`` in ``[0, 1]`` along the segment,
-    differentiable), ends inside a face (``end_face``), or runs out of hops (``cut``)."""
+    differentiable), ends inside a face (``end_face``), or runs out of hops."""
     H, W = scene.resolution
     item, face = own // (H * W), scene.face_id[own].clone()
     own_centre = _pixel_centre(own, H, W, scene.clip_pos.dtype)
@@ -156,9 +160,7 @@ def _walk(scene: _Scene, own: torch.Tensor, other: torch.Tensor, horizontal: boo
         walking = reaches & ~outline
         face[active[walking]] = beyond[walking]
         active = active[walking]
-    cut = torch.zeros_like(met)
-    cut[active] = True
-    return _Walked(torch.cat(found), torch.cat(at).clamp(0.0, 1.0), torch.cat(at_face), met, cut, end_face)
+    return _Walked(torch.cat(found), torch.cat(at).clamp(0.0, 1.0), torch.cat(at_face), met, end_face)
 
 
 def _inverse_depth(scene: _Scene, item: torch.Tensor, face: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
