@@ -15,13 +15,16 @@ same folders as Ray checkpoints (``cluster/ray_train.py``); Ray keeps and restor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +109,34 @@ def _all_ranks(dist: Dist, *, ok: bool) -> bool:
     return bool(flag.item())
 
 
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold the main thread's first SIGINT (Ctrl-C, or a producer watch's ``interrupt_main``) until
+    the block is done, then hand it to the handler it was meant for; another one goes through at once.
+
+    An interruption may land between any two bytecodes: one right after ``shutil.rmtree`` closes a
+    directory's descriptor makes it close that number again (EBADF, or another thread's new file),
+    and the OSError replaces the interruption."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield  # only the main thread runs handlers; SIG_DFL, SIG_IGN or a C handler are left alone
+        return
+    held: list = []
+
+    def hold(signum, frame) -> None:
+        held.append(frame)
+        if len(held) > 1:  # again: a save that storage holds up can still be stopped
+            previous(signum, frame)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if len(held) == 1:
+            previous(signal.SIGINT, held[0])
+
+
 class CheckpointStore:
     """Checkpoints under ``directory`` (shared by all ranks), keeping the newest ``keep``."""
 
@@ -154,7 +185,13 @@ class CheckpointStore:
         return None
 
     def save(self, step: int, write: Callable[[Path], None], metrics: dict[str, float]) -> Path:
-        """Call ``write(folder)`` on every rank, then (rank 0) checksum, check and publish it and prune."""
+        """Call ``write(folder)`` on every rank, then (rank 0) checksum, check and publish it and prune.
+
+        An interruption (Ctrl-C, a failed producer) waits until the save is done: see ``_interrupts_held``."""
+        with _interrupts_held():
+            return self._save(step, write)
+
+    def _save(self, step: int, write: Callable[[Path], None]) -> Path:
         path = self.directory / step_tag(step)
         tmp = self.directory / f".{path.name}.partial"
         if self.dist.is_main:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import _thread
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -108,6 +110,41 @@ def test_saves_after_a_fallback_prune_the_damaged_checkpoint_and_keep_the_fallba
     assert store.latest() == store.directory / "step00000002"
     store.save(3, _writer(b"three"), {})  # the resumed run's next save
     assert sorted(p.name for p in store.directory.glob("step*")) == ["step00000002", "step00000003"]
+
+
+def _interrupt_after_first_close(monkeypatch) -> None:
+    """Make the first ``os.close`` interrupt the main thread as it returns, as a producer watch's
+    ``interrupt_main`` may: ``shutil.rmtree`` then closes that directory descriptor a second time."""
+    close, calls = os.close, []
+
+    def closing(fd: int) -> None:
+        close(fd)
+        if not calls:
+            calls.append(fd)
+            _thread.interrupt_main()
+
+    monkeypatch.setattr(os, "close", closing)
+
+
+def test_an_interrupt_during_a_save_waits_until_it_is_published(tmp_path, monkeypatch):
+    store = _store(tmp_path, keep=1)
+    _interrupt_after_first_close(monkeypatch)  # lands while pruning step 1 (its folders are removed by fd)
+    with pytest.raises(KeyboardInterrupt):
+        store.save(3, _writer(b"three"), {})
+    assert store.latest() == store.directory / "step00000003"
+    assert sorted(p.name for p in store.directory.glob("step*")) == ["step00000003"]
+
+
+def test_a_second_interrupt_stops_a_save_at_once(tmp_path):
+    store = _store(tmp_path)
+
+    def hung(folder: Path) -> None:
+        _thread.interrupt_main()
+        _thread.interrupt_main()  # as a second Ctrl-C on a save that storage holds up
+
+    with pytest.raises(KeyboardInterrupt):
+        store.save(3, hung, {})
+    assert store.latest() == store.directory / "step00000002"
 
 
 # -- whole runs: the resumed run continues the uninterrupted loss curve ---------------------------
