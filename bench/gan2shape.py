@@ -16,7 +16,8 @@ setting) on the first ``--instances`` test renders inverted into W, a copy of th
 Every variant trains for ``--steps`` engine steps (equal steps; the
 default is the schedule of ``method=gan2shape``). Each run's report also holds the ellipsoid,
 average-depth and flat rows. A row gives the mean and 95% t interval over seeds; the method is
-compared with Unsup3d by Welch intervals. Where runs scored different renders (``per_image``
+compared with Unsup3d by Welch intervals, and a variant with its ``_no_projection`` control
+(step 3 without the GAN's samples) by differences paired by seed. Where runs scored different renders (``per_image``
 scores its instances only), ``shared`` gives every row again on the renders all runs scored. With
 ``--snapshot-every`` each run also scores its depth along the schedule (``trajectories``: which
 phase moves it, and which way).
@@ -156,6 +157,23 @@ def compare(runs: list[dict], a: str = "gan2shape", b: str = "unsup3d") -> dict[
             for s in ("side", "mad")}  # fmt: skip
 
 
+def against_control(runs: list[dict], a: str, b: str) -> dict[str, dict]:
+    """Each score of variant ``a`` minus its control ``b``, paired by seed: both start from the same
+    weights and test renders, so the mean per-seed difference and its 95% t interval show what ``a``'s
+    one change did. Empty where no seed ran both."""
+    by = {(r["variant"], r["seed"]): r["scores"] for r in runs}
+    seeds = sorted(s for v, s in by if v == a and (b, s) in by)
+    if not seeds:
+        return {}
+    out = {}
+    for score in ("side", "mad"):
+        diffs = [by[a, s][f"{_row(a)}/{score}"] - by[b, s][f"{_row(b)}/{score}"] for s in seeds]
+        summary = mean_ci95(diffs)
+        out[score] = {"difference": summary.mean, "ci95": summary.half_width, "seeds": seeds, "per_seed": diffs,
+                      "exceeds_interval": summary.excludes(0.0)}  # fmt: skip
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
@@ -194,6 +212,13 @@ def main() -> None:
                            "gan2shape_minus_unsup3d": compare(restricted), **differences}  # fmt: skip
         print(f"on the {len(indices)} renders every run scored:")
         print_rows(extra["shared"]["rows"])
+    variants = dict.fromkeys(r["variant"] for r in runs)
+    controls = {f"{v}_minus_{v}_no_projection": against_control(runs, v, f"{v}_no_projection")
+                for v in variants if f"{v}_no_projection" in variants}  # fmt: skip
+    for name, difference in controls.items():
+        extra[name] = difference
+        print(f"{name} (paired by seed): " + ", ".join(f"{s} {d['difference']:+.3f} ± {d['ci95']:.3f}"
+                                                       for s, d in difference.items()))  # fmt: skip
     for variant, points in paths.items():
         print(f"{variant}: " + ", ".join(f"{p['step']} {p['phase']} SIDE {p['side']:.2f} MAD {p['mad']:.1f}"
                                          for p in points))  # fmt: skip

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from bench.gan2shape import compare, on_renders, shared, summarize, trajectories
+from bench.gan2shape import against_control, compare, on_renders, shared, summarize, trajectories
 from renderloop.cli import main
 from renderloop.models.stylegan2 import Generator, GeneratorConfig
 from renderloop.models.stylegan2.io import save_generator
@@ -116,3 +116,16 @@ def test_per_image_ablations_are_the_joint_ablations_on_the_per_image_method():
         config, overrides = VARIANTS[f"per_image_pseudo_{ablation}"]
         assert config == "gan2shape"
         assert overrides == VARIANTS["per_image_pseudo"][1] + VARIANTS[ablation][1]
+
+
+def test_a_variant_is_paired_with_its_control_by_seed():
+    runs = [_run("per_image_pseudo", s, v) for s, v in enumerate((9.0, 8.0, 10.0))]
+    runs += [_run("per_image_pseudo_no_projection", s, v) for s, v in enumerate((10.0, 9.5, 11.0, 4.0))]
+    diff = against_control(runs, "per_image_pseudo", "per_image_pseudo_no_projection")["side"]
+    assert diff["seeds"] == [0, 1, 2]  # seed 3 ran the control alone
+    assert diff["per_seed"] == pytest.approx([-1.0, -1.5, -1.0])
+    mean, sd = -7 / 6, (1 / 12) ** 0.5
+    assert diff["difference"] == pytest.approx(mean) and diff["ci95"] == pytest.approx(4.303 * sd / 3**0.5, rel=1e-3)
+    assert diff["exceeds_interval"]  # a steady difference is measurable where Welch's over seeds is not
+    assert not compare(runs, "per_image_pseudo", "per_image_pseudo_no_projection")["side"]["exceeds_interval"]
+    assert against_control(runs, "per_image_pseudo", "no_projection") == {}
