@@ -9,7 +9,8 @@ method's silhouette and the target's hard masks:
 
 - ``soft``: ours, ``ops.soft_silhouette`` (DIB-R-style; ``--sigma`` in squared pixels);
 - ``antialias``: ours, the hard mask blended across the outline (``renderers/antialias.py``, the
-  method of nvdiffrast's ``antialias``);
+  method of nvdiffrast's ``antialias``); ``antialias_compiled``: the same with each hop of its walk
+  ``torch.compile``d;
 - ``nvdiffrast``: nvdiffrast's ``antialias`` of the hard mask (its gradients come from the
   outline's edge pixels only);
 - ``hard``: the hard mask, which has no gradient w.r.t. positions (the untrained row: parameters
@@ -17,7 +18,8 @@ method's silhouette and the target's hard masks:
 
 Each seed draws its own target and start. Reported per method: mask IoU with the targets (the
 hard masks of the fitted shape) at the start and after ``--steps`` steps (equal steps), the error
-of the six parameters, and milliseconds per step (silhouette forward and backward).
+of the six parameters, and milliseconds per step (silhouette forward and backward, after one
+untimed warm-up step that pays any compilation).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from renderloop.renderers.antialias import antialias, edge_neighbours
 from renderloop.renderers.meshes import icosphere
 from renderloop.stats import mean_ci95
 
-METHODS = ("soft", "antialias", "nvdiffrast", "hard")
+METHODS = ("soft", "antialias", "antialias_compiled", "nvdiffrast", "hard")
 
 
 def scene(views: int, res: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -87,10 +89,11 @@ class Silhouettes:
             return ops.soft_silhouette(clip, self.faces, (self.res, self.res), sigma=self.sigma, ctx=self.ctx)
         if method == "hard":
             return self.hard(clip)
-        if method == "antialias":
+        if method.startswith("antialias"):
             frags = ops.rasterize(clip, self.faces, (self.res, self.res), ctx=self.ctx)
             neighbours = self.neighbours.expand(len(clip), -1, -1)
-            return antialias(frags.mask.unsqueeze(-1).to(clip.dtype), frags, clip, neighbours)[..., 0]
+            mask = frags.mask.unsqueeze(-1).to(clip.dtype)
+            return antialias(mask, frags, clip, neighbours, compile=method == "antialias_compiled")[..., 0]
         dr, context, tri = self._dr
         pos = clip.float().contiguous()
         rast, _ = dr.rasterize(context, pos, tri, resolution=[self.res, self.res])
@@ -112,6 +115,10 @@ def fit(method: str, seed: int, args, device, silhouettes: Silhouettes, verts, R
         goal = silhouettes.hard(shape_clip(verts, target, R, t, K, args.res))
         first = iou(silhouettes.hard(shape_clip(verts, params, R, t, K, args.res)), goal)
     optimizer = torch.optim.Adam([params], lr=args.lr)
+    warm = params.detach().clone().requires_grad_(True)
+    silhouette = silhouettes(method, shape_clip(verts, warm, R, t, K, args.res))
+    if silhouette.requires_grad:
+        silhouette.sum().backward()
     synchronize(device)
     begin = time.perf_counter()
     for _ in range(args.steps):

@@ -196,17 +196,29 @@ def test_a_closed_mesh_comes_closer_to_its_supersampled_mask():
     assert (smooth - area).abs().sum() < 0.3 * (hard - area).abs().sum()  # measured: 9.0 against 41.6
 
 
+def _antialiased_with_grad(clip: torch.Tensor, faces: torch.Tensor, res, compile: bool = False):
+    pos = clip.detach().clone().requires_grad_(True)
+    frags = ops.rasterize(pos, faces, res)
+    color = torch.cat([frags.mask.unsqueeze(-1).to(pos.dtype), frags.depth.unsqueeze(-1)], dim=-1)
+    out = antialias(color, frags, pos, compile=compile)
+    out.square().sum().backward()
+    return out.detach().cpu(), pos.grad.cpu()
+
+
+@pytest.mark.slow
+def test_the_compiled_walk_gives_the_same_blend_and_gradients():
+    verts, faces, R, t, K = orbit_scene(2, RES, subdivisions=2, dtype=torch.float64)
+    clip = cameras.camera_to_clip(cameras.world_to_camera(verts, R, t), K, RES)
+    eager = _antialiased_with_grad(clip, faces, RES)
+    compiled = _antialiased_with_grad(clip, faces, RES, compile=True)  # walks of every length: dynamic shapes
+    torch.testing.assert_close(compiled, eager)
+
+
 @pytest.mark.gpu
 def test_cuda_matches_cpu_cuda():
     verts, faces, R, t, K = orbit_scene(4, (64, 64), subdivisions=3, dtype=torch.float64)
     clip = cameras.camera_to_clip(cameras.world_to_camera(verts, R, t), K, (64, 64))
-    results = []
-    for device in ("cpu", "cuda"):
-        pos = clip.to(device).requires_grad_(True)
-        frags = ops.rasterize(pos, faces.to(device), (64, 64))
-        color = frags.mask.unsqueeze(-1).double()
-        out = antialias(color, frags, pos)
-        (out.square().sum()).backward()
-        results.append((out.cpu(), pos.grad.cpu()))
-    torch.testing.assert_close(results[0][0], results[1][0])
-    torch.testing.assert_close(results[0][1], results[1][1])
+    cpu = _antialiased_with_grad(clip, faces, (64, 64))
+    for compile in (False, True):
+        cuda = _antialiased_with_grad(clip.cuda(), faces.cuda(), (64, 64), compile=compile)
+        torch.testing.assert_close(cuda, cpu)
