@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 import uuid
 import weakref
@@ -159,24 +160,41 @@ class ProducerBusyError(RenderloopError):
 
 
 # Lock descriptors this process holds. A forked child (a dataloader worker) closes its copies, so
-# a lease ends when its holder releases it, not when the last fork of the holder exits.
+# a lease ends when its holder releases it, not when the last fork of the holder exits. _HELD_LOCK
+# spans each descriptor's open and record, and its unrecord and close, and a fork waits for it:
+# else a fork from another thread in between leaves the child an unrecorded copy that keeps the
+# lease. It is held for an open or a close only (never across a flock), so a fork waits no longer;
+# reentrant, so a finalizer or signal handler of the holding thread cannot deadlock on it.
 _HELD: set[int] = set()
+_HELD_LOCK = threading.RLock()
 
 
-def _close_inherited() -> None:
-    for fd in list(_HELD):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _HELD.clear()
-
-
-os.register_at_fork(after_in_child=_close_inherited)
+def _open_held(path: str) -> int:
+    with _HELD_LOCK:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        _HELD.add(fd)
+    return fd
 
 
 def _unlock(fd: int) -> None:
-    if fd in _HELD:
-        _HELD.discard(fd)
-        os.close(fd)  # drops the flock
+    """Close a held descriptor (dropping its flock); a no-op in a child, where it was closed at the fork."""
+    with _HELD_LOCK:
+        if fd in _HELD:
+            _HELD.discard(fd)
+            os.close(fd)
+
+
+def _close_inherited() -> None:
+    try:
+        for fd in _HELD:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        _HELD.clear()
+    finally:
+        _HELD_LOCK.release()
+
+
+os.register_at_fork(before=_HELD_LOCK.acquire, after_in_parent=_HELD_LOCK.release, after_in_child=_close_inherited)
 
 
 class ProducerLease:
@@ -197,18 +215,18 @@ class ProducerLease:
         if not storage.is_local:
             return
         storage.makedirs(ledger.rel("producers"))
-        fd = os.open(storage.path(ledger.rel("producers", f"{producer}.lock")), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_held(storage.path(ledger.rel("producers", f"{producer}.lock")))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
+            _unlock(fd)
             raise ProducerBusyError(
                 f"stream {storage.url(ledger.stream)}: producer {producer} is already being written by another "
                 f"process ({holder}); use another storage.stream (or storage.root), or wait for it to finish"
             ) from None
         except OSError as err:
-            os.close(fd)
+            _unlock(fd)
             if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
             log.warning(
@@ -218,11 +236,10 @@ class ProducerLease:
                 producer,
             )
             return
+        self._finalizer = weakref.finalize(self, _unlock, fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)  # for the other's message
         self.fd = fd
-        _HELD.add(fd)
-        self._finalizer = weakref.finalize(self, _unlock, fd)
 
     def release(self) -> None:
         if self.fd is not None:

@@ -9,9 +9,11 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -187,6 +189,60 @@ def test_two_writers_of_one_id_in_one_process_are_refused_too(tmp_path):
     ShardWriter(ledger, "p1", 8).acquire()  # another id writes beside it
     first.release()
     ShardWriter(ledger, "p0", 8).acquire()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+@pytest.mark.parametrize("window", ["open", "close"])
+def test_a_fork_while_another_thread_takes_or_gives_back_a_lease_leaves_the_child_none(tmp_path, monkeypatch, window):
+    """A fork between a lock file's open and its record (or its unrecord and close) would leave the
+    child an unrecorded copy that keeps the lease: the fork must wait for the thread to finish."""
+    ledger = Ledger(Storage(str(tmp_path)), "s")
+    leases = [] if window == "open" else [ledger.lease("p0")]
+    in_window, forked = threading.Event(), threading.Event()
+    real = getattr(os, window)
+
+    def held_up(target, *args, **kw):
+        ours = threading.current_thread() is worker and (target == leases[0].fd if leases else target.endswith(".lock"))
+        if not ours:
+            return real(target, *args, **kw)
+        fd = real(target, *args, **kw) if window == "open" else None
+        in_window.set()
+        forked.wait(0.5)  # a fork that does not wait for the window comes now
+        return fd if window == "open" else real(target)
+
+    def take_or_give_back() -> None:
+        if window == "open":
+            leases.append(ledger.lease("p0"))
+        else:
+            leases[0].release()
+
+    monkeypatch.setattr(os, window, held_up)
+    worker = threading.Thread(target=take_or_give_back)
+    worker.start()
+    assert in_window.wait(10)
+    ours, theirs = socket.socketpair()
+    ours.settimeout(30)
+    theirs.settimeout(30)
+    pid = os.fork()
+    if pid == 0:  # past the fork handlers: it holds whatever it still has until the parent is done
+        try:
+            ours.close()
+            theirs.send(b"x")
+            theirs.recv(1)
+        finally:
+            os._exit(0)
+    try:
+        forked.set()
+        worker.join()
+        monkeypatch.undo()
+        assert ours.recv(1) == b"x"
+        leases[0].release()
+        ledger.lease("p0").release()  # ProducerBusyError while the child holds a copy
+    finally:
+        ours.close()
+        os.waitpid(pid, 0)
+        theirs.close()
 
 
 def test_temporary_shards_of_two_writers_never_share_a_name(tmp_path):
