@@ -206,30 +206,38 @@ class CheckpointStore:
             raise
         if not _all_ranks(self.dist, ok=True):
             raise OSError(f"checkpoint {path}: another rank failed to write its part; nothing was published")
-        error = None
-        if self.dist.is_main:
-            try:
-                error = self._publish(tmp, path)
-            except OSError as err:  # every rank must hear of it, or the others wait for ever
-                error = str(err)
-        error = _from_main(self.dist, error)
+        error = self._publish(tmp, path) if self.dist.is_main else None
+        error = _from_main(self.dist, error)  # every rank must hear of it, or the others wait for ever
         if error is not None:
-            raise OSError(f"checkpoint {path} failed its check after writing: {error}; {self.directory / 'latest'} "
-                          "still names the previous one")  # fmt: skip
+            raise OSError(f"checkpoint {path} {error}")
         return path
 
     def _publish(self, tmp: Path, path: Path) -> str | None:
-        """Manifest, check, rename into place, move ``latest``, prune; the failed check, if any."""
+        """Place the checkpoint, then prune; what went wrong, if anything, and so where ``latest`` stands."""
+        latest = self.directory / "latest"
+        try:
+            why = self._place(tmp, path)
+        except OSError as err:
+            why = f"could not be published: {err}"
+        if why is not None:
+            return f"{why}; {latest} still names the previous checkpoint, if there is one"
+        try:
+            self._prune(path)
+        except OSError as err:  # latest was moved already: the new checkpoint is the one a resume takes
+            return f"was saved and {latest} names it, but removing older checkpoints failed: {err}"
+        return None
+
+    def _place(self, tmp: Path, path: Path) -> str | None:
+        """Manifest, check, rename into place and, last, move ``latest``; the failed check, if any."""
         write_manifest(tmp)
         if (why := damage(tmp, hashes=False)) is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-            return why
+            return f"failed its check after writing: {why}"
         shutil.rmtree(path, ignore_errors=True)  # a stale folder of an earlier run must not mix in
         tmp.rename(path)
         pointer = self.directory / f".latest.{os.getpid()}"
         pointer.write_text(path.name + "\n")
         os.replace(pointer, self.directory / "latest")
-        self._prune(path)
         return None
 
     def _prune(self, newest: Path) -> None:

@@ -14,6 +14,7 @@ import torch
 
 from renderloop.cluster.launch import train_worker
 from renderloop.errors import InputError
+from renderloop.trainers import checkpoint
 from renderloop.trainers.checkpoint import MANIFEST, CheckpointStore, damage
 from renderloop.trainers.distributed import Dist
 from tests.trainers.helpers import debug_config, make_streams
@@ -71,6 +72,38 @@ def test_a_failed_write_leaves_no_folder_and_latest_on_the_previous_checkpoint(t
     assert not (store.directory / "step00000003").exists()
     store.save(3, _writer(b"again"), {})  # the next save clears what the failed one left
     assert [p.name for p in store.directory.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_save_that_fails_its_check_says_latest_still_names_the_previous_one(tmp_path, monkeypatch):
+    store = _store(tmp_path)
+    monkeypatch.setattr(checkpoint, "damage", lambda folder, hashes=True: "model/states.pt is missing")
+    with pytest.raises(OSError) as failed:
+        store.save(3, _writer(b"three"), {})
+    assert str(failed.value) == (
+        f"checkpoint {store.directory / 'step00000003'} failed its check after writing: model/states.pt is "
+        f"missing; {store.directory / 'latest'} still names the previous checkpoint, if there is one"
+    )
+    monkeypatch.undo()
+    assert store.latest() == store.directory / "step00000002"
+    assert not (store.directory / "step00000003").exists()
+
+
+def test_a_save_that_fails_while_pruning_says_latest_names_the_new_one(tmp_path, monkeypatch):
+    store = _store(tmp_path, keep=1)
+
+    def prune(newest: Path) -> None:
+        raise OSError("Permission denied")
+
+    monkeypatch.setattr(store, "_prune", prune)
+    with pytest.raises(OSError) as failed:
+        store.save(3, _writer(b"three"), {})
+    newest = store.directory / "step00000003"
+    assert str(failed.value) == (
+        f"checkpoint {newest} was saved and {store.directory / 'latest'} names it, but removing older "
+        "checkpoints failed: Permission denied"
+    )
+    assert store.latest() == newest and damage(newest) is None
+    assert (store.directory / "step00000002").exists()  # the prune did not get to it
 
 
 DAMAGES = {
