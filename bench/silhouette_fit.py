@@ -9,8 +9,7 @@ method's silhouette and the target's hard masks:
 
 - ``soft``: ours, ``ops.soft_silhouette`` (DIB-R-style; ``--sigma`` in squared pixels);
 - ``antialias``: ours, the hard mask blended across the outline (``renderers/antialias.py``, the
-  method of nvdiffrast's ``antialias``); ``antialias_compiled``: the same with each hop of its walk
-  ``torch.compile``d;
+  method of nvdiffrast's ``antialias``; on CUDA its walk is one Triton kernel);
 - ``nvdiffrast``: nvdiffrast's ``antialias`` of the hard mask (its gradients come from the
   outline's edge pixels only);
 - ``hard``: the hard mask, which has no gradient w.r.t. positions (the untrained row: parameters
@@ -39,7 +38,7 @@ from renderloop.renderers.antialias import antialias, edge_neighbours
 from renderloop.renderers.meshes import icosphere
 from renderloop.stats import mean_ci95
 
-METHODS = ("soft", "antialias", "antialias_compiled", "nvdiffrast", "hard")
+METHODS = ("soft", "antialias", "nvdiffrast", "hard")
 
 
 def scene(views: int, res: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -89,11 +88,10 @@ class Silhouettes:
             return ops.soft_silhouette(clip, self.faces, (self.res, self.res), sigma=self.sigma, ctx=self.ctx)
         if method == "hard":
             return self.hard(clip)
-        if method.startswith("antialias"):
+        if method == "antialias":
             frags = ops.rasterize(clip, self.faces, (self.res, self.res), ctx=self.ctx)
             neighbours = self.neighbours.expand(len(clip), -1, -1)
-            mask = frags.mask.unsqueeze(-1).to(clip.dtype)
-            return antialias(mask, frags, clip, neighbours, compile=method == "antialias_compiled")[..., 0]
+            return antialias(frags.mask.unsqueeze(-1).to(clip.dtype), frags, clip, neighbours)[..., 0]
         dr, context, tri = self._dr
         pos = clip.float().contiguous()
         rast, _ = dr.rasterize(context, pos, tri, resolution=[self.res, self.res])

@@ -18,15 +18,14 @@ edges steeper than 45°, vertical pairs the rest, so a slanted outline is not co
 
 from __future__ import annotations
 
-import functools
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from renderloop.checks import check_shape
 
+from . import _antialias_triton
 from .cameras import clip_to_pixel
 from .ops import Fragments, _screen_area, drawable_faces
 
@@ -112,6 +111,20 @@ class _Walked:
         return ~self.met & (self.end_face < 0)
 
 
+def _crossings(
+    scene: _Scene, item: torch.Tensor, face: torch.Tensor, own_centre: torch.Tensor, other_centre: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each segment ``[A]`` from ``own_centre`` to ``other_centre`` inside ``face``, where along
+    it the segment crosses each edge's line (``[A, 3]``, ``inf`` where it does not leave the face
+    through that edge; differentiable) and each face's corners ``[A, 3]``."""
+    corners, xy = scene.corners(item, face)  # [A, 3], [A, 3, 2]
+    inward = torch.sign(_screen_area(xy.detach()))
+    at_own = _edge_values(xy, inward, own_centre)
+    at_other = _edge_values(xy, inward, other_centre)
+    leaving = at_other < at_own  # convex: the segment leaves where the first of these reaches 0
+    return torch.where(leaving, at_own / torch.where(leaving, at_own - at_other, 1.0), torch.inf), corners
+
+
 def _hop(
     scene: _Scene,
     item: torch.Tensor,
@@ -121,81 +134,96 @@ def _hop(
     face_at_other: torch.Tensor,
     horizontal: bool,
 ) -> tuple[torch.Tensor, ...]:
-    """One step of :func:`_walk` for walks ``[A]`` inside ``face``: where the segment leaves the face
-    (``exit_t``, differentiable), the face beyond that edge, whether the edge is an outline the
-    segment ``met``, whether it is ``blended`` (an outline of this pair direction's kind), and
-    whether the segment ``reaches`` the edge at all (else it ends inside the face)."""
-    corners, xy = scene.corners(item, face)  # [A, 3], [A, 3, 2]
-    inward = torch.sign(_screen_area(xy.detach()))
-    at_own = _edge_values(xy, inward, own_centre)
-    at_other = _edge_values(xy, inward, other_centre)
-    leaving = at_other < at_own  # convex: the segment leaves where the first of these reaches 0
-    crossing = torch.where(leaving, at_own / torch.where(leaving, at_own - at_other, 1.0), torch.inf)
+    """One step of :func:`_walk` for walks ``[A]`` inside ``face`` (no gradients): the edge the
+    segment leaves the face through, the face beyond it, whether that edge is an outline the segment
+    ``met``, whether it is ``blended`` (an outline of this pair direction's kind), and whether the
+    segment ``reaches`` the edge at all (else it ends inside the face)."""
+    crossing, corners = _crossings(scene, item, face, own_centre, other_centre)
     exit_t, edge = crossing.min(dim=1)
-    with torch.no_grad():
-        beyond = scene.neighbours[item, face, edge]
-        ends = corners.gather(1, torch.stack([(edge + 1) % 3, (edge + 2) % 3], dim=1))
-        wing, wing_xy = scene.corners(item, beyond.clamp(min=0))
-        apex = ((wing != ends[:, :1]) & (wing != ends[:, 1:])).long().argmax(1, keepdim=True)
-        apex_xy = wing_xy.gather(1, apex.unsqueeze(2).expand(-1, 1, 2)).squeeze(1)
-        # An outline: no drawn face beyond, or the one beyond folds back over this face on
-        # screen (its far corner on this side of the edge), whichever way the faces are wound.
-        folds = _edge_values(xy.detach(), inward, apex_xy).gather(1, edge.unsqueeze(1)).squeeze(1) >= 0
-        outline = (beyond < 0) | ~scene.drawn[item, beyond.clamp(min=0)] | folds
-        # Each edge is blended by one pair direction: horizontal pairs take the steeper edges.
-        span = (xy.detach().roll(-2, dims=1) - xy.detach().roll(-1, dims=1)).abs()
-        span = span.gather(1, edge.view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1)
-        this_kind = span[:, 1] >= span[:, 0] if horizontal else span[:, 0] > span[:, 1]
-        # A crossing exactly at the other centre counts, unless this face is the one seen there.
-        reaches = (exit_t < 1) | ((exit_t == 1) & (face_at_other != face))
-        met = reaches & outline
-    return exit_t, beyond, met, met & this_kind, reaches
+    xy = clip_to_pixel(scene.clip_pos[item.unsqueeze(1), corners], scene.resolution)
+    beyond = scene.neighbours[item, face, edge]
+    ends = corners.gather(1, torch.stack([(edge + 1) % 3, (edge + 2) % 3], dim=1))
+    wing, wing_xy = scene.corners(item, beyond.clamp(min=0))
+    apex = ((wing != ends[:, :1]) & (wing != ends[:, 1:])).long().argmax(1, keepdim=True)
+    apex_xy = wing_xy.gather(1, apex.unsqueeze(2).expand(-1, 1, 2)).squeeze(1)
+    # An outline: no drawn face beyond, or the one beyond folds back over this face on screen (its
+    # far corner on this side of the edge), whichever way the faces are wound.
+    inward = torch.sign(_screen_area(xy))
+    folds = _edge_values(xy, inward, apex_xy).gather(1, edge.unsqueeze(1)).squeeze(1) >= 0
+    outline = (beyond < 0) | ~scene.drawn[item, beyond.clamp(min=0)] | folds
+    # Each edge is blended by one pair direction: horizontal pairs take the steeper edges.
+    span = (xy.roll(-2, dims=1) - xy.roll(-1, dims=1)).abs()
+    span = span.gather(1, edge.view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1)
+    this_kind = span[:, 1] >= span[:, 0] if horizontal else span[:, 0] > span[:, 1]
+    # A crossing exactly at the other centre counts, unless this face is the one seen there.
+    reaches = (exit_t < 1) | ((exit_t == 1) & (face_at_other != face))
+    met = reaches & outline
+    return edge, beyond, met, met & this_kind, reaches
 
 
-@functools.cache
-def _compiled_hop() -> Callable:
-    return torch.compile(_hop, dynamic=True)
-
-
-def _walk(
-    scene: _Scene, own: torch.Tensor, other: torch.Tensor, horizontal: bool, max_hops: int, hop: Callable = _hop
-) -> _Walked:
+def _walk(scene: _Scene, own: torch.Tensor, other: torch.Tensor, horizontal: bool, max_hops: int) -> _Walked:
     """Follow the segment from pixel ``own``'s centre to ``other``'s (flat indices ``[P]``) through
     ``own``'s face and across inner edges, until it leaves through an outline (``met``; blended if
     the edge is of this pair direction's kind, at ``t`` in ``[0, 1]`` along the segment,
     differentiable), ends inside a face (``end_face``), or runs out of hops."""
     H, W = scene.resolution
-    item, face = own // (H * W), scene.face_id[own].clone()
+    item = own // (H * W)
     own_centre = _pixel_centre(own, H, W, scene.clip_pos.dtype)
     other_centre = _pixel_centre(other, H, W, scene.clip_pos.dtype)
-    # Each hop records its walks' outcomes, scattered once at the end: the only host sync per hop
-    # is dropping the walks that ended (a walk ends once, so the records never overlap).
-    none = own.new_zeros(0)
-    walked, outcomes = [none], [(none, none, own_centre.new_zeros(0), none)]
-    active = torch.arange(len(own), device=own.device)
+    with torch.no_grad():
+        if _antialias_triton.supports(own.device):
+            met, face, edge, end_face = _antialias_triton.follow(
+                scene.clip_pos, scene.faces, scene.neighbours, scene.drawn, scene.face_id, own, other, (H, W),
+                horizontal, max_hops,
+            )  # fmt: skip
+        else:
+            met, face, edge, end_face = _follow(scene, item, own_centre, other_centre, scene.face_id[own],
+                                                scene.face_id[other], horizontal, max_hops)  # fmt: skip
+    found = (face >= 0).nonzero().squeeze(1)
+    # Only where a walk ends does its position matter: the crossing is taken again there, with gradients.
+    crossing, _ = _crossings(scene, item[found], face[found], own_centre[found], other_centre[found])
+    t = crossing.gather(1, edge[found].unsqueeze(1)).squeeze(1)
+    return _Walked(found, t.clamp(0.0, 1.0), face[found], met, end_face)
+
+
+def _follow(
+    scene: _Scene,
+    item: torch.Tensor,
+    own_centre: torch.Tensor,
+    other_centre: torch.Tensor,
+    start: torch.Tensor,
+    face_at_other: torch.Tensor,
+    horizontal: bool,
+    max_hops: int,
+) -> tuple[torch.Tensor, ...]:
+    """:func:`_walk`'s hops, without gradients: per walk ``[P]``, whether it met an outline, the
+    face and edge it was blended at (-1 where it was not), and the face it ended inside (-1 where
+    it did not). Each hop's outcomes are scattered once at the end, so the only host sync per hop is
+    dropping the walks that ended (a walk ends once, so the records never overlap)."""
+    face = start.clone()
+    none = start.new_zeros(0)
+    walked, outcomes = [none], [(none, none, none, none)]
+    active = torch.arange(len(start), device=start.device)
     for _ in range(max_hops):
         if not len(active):
             break
         f = face[active]
-        exit_t, beyond, met, blended, reaches = hop(
-            scene, item[active], f, own_centre[active], other_centre[active], scene.face_id[other[active]], horizontal
+        edge, beyond, met, blended, reaches = _hop(
+            scene, item[active], f, own_centre[active], other_centre[active], face_at_other[active], horizontal
         )
         walked.append(active)
-        outcomes.append((met.long(), torch.where(blended, f + 1, 0), torch.where(blended, exit_t, 0.0),
+        outcomes.append((met.long(), torch.where(blended, f + 1, 0), torch.where(blended, edge + 1, 0),
                          torch.where(reaches, 0, f + 1)))  # fmt: skip
         walking = reaches & ~met
         face[active] = torch.where(walking, beyond, f)
         active = active[walking]
     index = torch.cat(walked)
-    met, blended_face, t, end_face = (torch.cat(column) for column in zip(*outcomes, strict=True))
-
-    def scattered(values: torch.Tensor) -> torch.Tensor:
-        return values.new_zeros(len(own)).index_put((index,), values, accumulate=True)
-
-    blended_face = scattered(blended_face) - 1
-    found = (blended_face >= 0).nonzero().squeeze(1)
-    return _Walked(found, scattered(t)[found].clamp(0.0, 1.0), blended_face[found], scattered(met) > 0,
-                   scattered(end_face) - 1)  # fmt: skip
+    scattered = (
+        torch.cat(column).new_zeros(len(start)).index_put((index,), torch.cat(column), accumulate=True)
+        for column in zip(*outcomes, strict=True)
+    )
+    met, blended_face, blended_edge, end_face = scattered
+    return met > 0, blended_face - 1, blended_edge - 1, end_face - 1
 
 
 def _inverse_depth(scene: _Scene, item: torch.Tensor, face: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
@@ -226,7 +254,6 @@ def _blends(
     q: torch.Tensor,
     horizontal: bool,
     max_hops: int,
-    hop: Callable,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
     """For adjacent pixel pairs ``(p, q)`` (flat indices): the pixels that change, by how much, and
     how many walks ran out of hops."""
@@ -236,14 +263,14 @@ def _blends(
     fp, fq = face_id[p], face_id[q]
     p_owns = (fq < 0) | ((fp >= 0) & (depth[p] <= depth[q]))  # the nearer face's outline is the one seen
     own, other = torch.where(p_owns, p, q), torch.where(p_owns, q, p)
-    first = _walk(scene, own, other, horizontal, max_hops, hop)
+    first = _walk(scene, own, other, horizontal, max_hops)
     pixels, changes = _changes(color, own[first.found], other[first.found], first.t)
     # Depth at the two centres can pick the wrong owner where surfaces nearly touch. If the owner's
     # walk ends inside a face other than the one seen at the other pixel, that pixel's face is
     # walked back; its outline counts where it lies in front of the face the first walk ended in.
     retry = ~first.met & ~first.cut & (face_id[other] >= 0) & (first.end_face != face_id[other])
     own, other, behind = other[retry], own[retry], first.end_face[retry]
-    back = _walk(scene, own, other, horizontal, max_hops, hop)
+    back = _walk(scene, own, other, horizontal, max_hops)
     with torch.no_grad():
         H, W = scene.resolution
         start, end = _pixel_centre(own, H, W, color.dtype), _pixel_centre(other, H, W, color.dtype)
@@ -263,7 +290,6 @@ def antialias(
     clip_pos: torch.Tensor,
     neighbours: torch.Tensor | None = None,
     max_hops: int = 64,
-    compile: bool = False,
 ) -> torch.Tensor:
     """``color [B, H, W, C]`` (rendered through ``fragments``) blended across mesh outlines;
     differentiable w.r.t. ``color`` and ``clip_pos [B, V, 4]`` (the positions ``fragments`` were
@@ -274,8 +300,8 @@ def antialias(
     (faces seen edge-on near it): it is followed across at most ``max_hops`` faces, and a warning
     counts the segments cut short. A pixel blended by several pairs (a feature smaller than a
     pixel) can leave ``[0, 1]``, as in nvdiffrast. Vertices must be shared between faces (welded):
-    a seam of duplicated vertices counts as an outline. ``compile=True`` runs each hop of the walk as
-    one ``torch.compile``d kernel (dynamic shapes): eager, a hop is some forty small launches."""
+    a seam of duplicated vertices counts as an outline. On CUDA the walks run as one Triton kernel
+    (``_antialias_triton``); elsewhere as tensor code, a few dozen operations per hop."""
     B, H, W = fragments.face_id.shape
     check_shape("antialias", "color", color, (B, H, W, "C"))
     check_shape("antialias", "clip_pos", clip_pos, (B, fragments.num_verts, 4))
@@ -287,12 +313,9 @@ def antialias(
     scene = _Scene(fragments.face_id.reshape(-1), clip_pos, faces, neighbours, drawn, (H, W))
     depth = fragments.depth.detach().reshape(-1)
     index = torch.arange(B * H * W, device=color.device).view(B, H, W)
-    hop = _compiled_hop() if compile else _hop
     pixels, changes, unfinished = [], [], 0
     for horizontal, first, second in ((True, index[:, :, :-1], index[:, :, 1:]), (False, index[:, :-1], index[:, 1:])):
-        found, change, cut = _blends(
-            flat, scene, depth, first.reshape(-1), second.reshape(-1), horizontal, max_hops, hop
-        )
+        found, change, cut = _blends(flat, scene, depth, first.reshape(-1), second.reshape(-1), horizontal, max_hops)
         pixels += found
         changes += change
         unfinished += cut

@@ -60,10 +60,10 @@ class RendererConfig:
     background: float = 0.0
     """Grey level of uncovered pixels."""
     compile: bool = False
-    """``torch.compile`` (dynamic shapes) the shading stage, the rasterizer's dense kernels
-    (candidate keys, fragment maths and soft-silhouette terms) and ``antialias``'s walk; candidate
-    binning stays eager (on CUDA the z-buffer pass is one Triton kernel, compiled or not). Kernels
-    compile on first use, so call ``MeshRenderer.warmup`` to pay that before real batches."""
+    """``torch.compile`` (dynamic shapes) the shading stage and the rasterizer's dense kernels:
+    candidate keys, fragment maths and soft-silhouette terms; candidate binning stays eager (on
+    CUDA the z-buffer pass is one Triton kernel, compiled or not). Kernels compile on first use, so
+    call ``MeshRenderer.warmup`` to pay that before real batches."""
     compile_cache_dir: str = "~/.cache/renderloop/compile"
     """Where ``compile`` keeps Inductor's and Triton's caches, so later processes reuse the kernels
     (put it on shared storage on a cluster). Building a compiling renderer sets ``TORCHINDUCTOR_CACHE_DIR``
@@ -193,7 +193,7 @@ class MeshRenderer(torch.nn.Module):
         rgb, normals = self._shade(frags, normals, colors, light_dir, amb, dif, cfg.background, flat)
         mask = frags.mask.to(verts.dtype)
         if cfg.antialias:
-            blended = antialias(torch.cat([rgb, mask.unsqueeze(-1)], dim=-1), frags, clip, compile=cfg.compile)
+            blended = antialias(torch.cat([rgb, mask.unsqueeze(-1)], dim=-1), frags, clip)
             rgb, mask = blended[..., :-1], blended[..., -1]
         if cfg.soft_mask:
             mask = self.backend.soft_silhouette(clip, faces, self.resolution, sigma=cfg.sigma, ctx=self.raster_context)
