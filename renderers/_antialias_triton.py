@@ -93,8 +93,9 @@ if triton is not None:
             t0 = _crossing(_edge_value(x1, y1, x2, y2, ox, oy, inward), _edge_value(x1, y1, x2, y2, tx, ty, inward))
             t1 = _crossing(_edge_value(x2, y2, x0, y0, ox, oy, inward), _edge_value(x2, y2, x0, y0, tx, ty, inward))
             t2 = _crossing(_edge_value(x0, y0, x1, y1, ox, oy, inward), _edge_value(x0, y0, x1, y1, tx, ty, inward))
+            # The first of equal minima, as torch.min (crossings of a drawn face are never NaN).
             edge = tl.where(t1 < t0, 1, 0)
-            exit_t = tl.minimum(t0, t1)  # the first of equal minima, as torch.min
+            exit_t = tl.where(t1 < t0, t1, t0)
             edge = tl.where(t2 < exit_t, 2, edge)
             exit_t = tl.where(t2 < exit_t, t2, exit_t)
             beyond = tl.load(neighbours_ptr + row + edge, mask=alive, other=-1)
@@ -111,7 +112,7 @@ if triton is not None:
             bx, by = _pick((edge + 2) % 3, x0, x1, x2), _pick((edge + 2) % 3, y0, y1, y2)
             folds = _edge_value(ax, ay, bx, by, apex_x, apex_y, inward) >= 0
             drawn = tl.load(drawn_ptr + face_base + tl.maximum(beyond, 0), mask=alive, other=0) != 0
-            outline = (beyond < 0) | (drawn == 0) | folds
+            outline = (beyond < 0) | ~drawn | folds
             span_x, span_y = tl.abs(bx - ax), tl.abs(by - ay)
             if HORIZONTAL:
                 this_kind = span_y >= span_x  # horizontal pairs take the steeper edges
