@@ -113,16 +113,17 @@ class _Walked:
 
 def _crossings(
     scene: _Scene, item: torch.Tensor, face: torch.Tensor, own_centre: torch.Tensor, other_centre: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each segment ``[A]`` from ``own_centre`` to ``other_centre`` inside ``face``, where along
     it the segment crosses each edge's line (``[A, 3]``, ``inf`` where it does not leave the face
-    through that edge; differentiable) and each face's corners ``[A, 3]``."""
+    through that edge; differentiable), and each face's corners ``[A, 3]`` and their pixel
+    positions ``[A, 3, 2]``."""
     corners, xy = scene.corners(item, face)  # [A, 3], [A, 3, 2]
     inward = torch.sign(_screen_area(xy.detach()))
     at_own = _edge_values(xy, inward, own_centre)
     at_other = _edge_values(xy, inward, other_centre)
     leaving = at_other < at_own  # convex: the segment leaves where the first of these reaches 0
-    return torch.where(leaving, at_own / torch.where(leaving, at_own - at_other, 1.0), torch.inf), corners
+    return torch.where(leaving, at_own / torch.where(leaving, at_own - at_other, 1.0), torch.inf), corners, xy
 
 
 def _hop(
@@ -138,9 +139,8 @@ def _hop(
     segment leaves the face through, the face beyond it, whether that edge is an outline the segment
     ``met``, whether it is ``blended`` (an outline of this pair direction's kind), and whether the
     segment ``reaches`` the edge at all (else it ends inside the face)."""
-    crossing, corners = _crossings(scene, item, face, own_centre, other_centre)
+    crossing, corners, xy = _crossings(scene, item, face, own_centre, other_centre)
     exit_t, edge = crossing.min(dim=1)
-    xy = clip_to_pixel(scene.clip_pos[item.unsqueeze(1), corners], scene.resolution)
     beyond = scene.neighbours[item, face, edge]
     ends = corners.gather(1, torch.stack([(edge + 1) % 3, (edge + 2) % 3], dim=1))
     wing, wing_xy = scene.corners(item, beyond.clamp(min=0))
@@ -181,7 +181,7 @@ def _walk(scene: _Scene, own: torch.Tensor, other: torch.Tensor, horizontal: boo
                                                 scene.face_id[other], horizontal, max_hops)  # fmt: skip
     found = (face >= 0).nonzero().squeeze(1)
     # Only where a walk ends does its position matter: the crossing is taken again there, with gradients.
-    crossing, _ = _crossings(scene, item[found], face[found], own_centre[found], other_centre[found])
+    crossing, _, _ = _crossings(scene, item[found], face[found], own_centre[found], other_centre[found])
     t = crossing.gather(1, edge[found].unsqueeze(1)).squeeze(1)
     return _Walked(found, t.clamp(0.0, 1.0), face[found], met, end_face)
 
