@@ -12,15 +12,15 @@ initialization, and the flip term added, which the method leaves off as the pape
 does); and step 3 drawing each projected sample from its pseudo view (``pseudo_view``, for the joint
 training's one frame per image); and ``per_image``, the paper's per-image optimization (its car
 setting) on the first ``--instances`` test renders inverted into W, a copy of the networks each
-(``per_image_pseudo``: with the pseudo views in step 3; ``per_image_pseudo_*``: its ablations).
-Every variant trains for ``--steps`` engine steps (equal steps; the
-default is the schedule of ``method=gan2shape``). Each run's report also holds the ellipsoid,
-average-depth and flat rows. A row gives the mean and 95% t interval over seeds; the method is
-compared with Unsup3d by Welch intervals, and a variant with its ``_no_projection`` control
-(step 3 without the GAN's samples) by differences paired by seed. Where runs scored different renders (``per_image``
-scores its instances only), ``shared`` gives every row again on the renders all runs scored. With
-``--snapshot-every`` each run also scores its depth along the schedule (``trajectories``: which
-phase moves it, and which way).
+(``--instance-chunks`` blocks of them, a run each, scored together; ``per_image_pseudo``: with
+the pseudo views in step 3; ``per_image_pseudo_*``: its ablations). Every variant trains for
+``--steps`` engine steps (equal steps; the default is the schedule of ``method=gan2shape``).
+Each run's report also holds the ellipsoid, average-depth and flat rows. A row gives the mean and
+95% t interval over seeds; the method is compared with Unsup3d by Welch intervals, and a variant
+with its ``_no_projection`` control (step 3 without the GAN's samples) by differences paired by
+seed. Where runs scored different renders (``per_image`` scores its instances only), ``shared``
+gives every row again on the renders all runs scored. With ``--snapshot-every`` each run also
+scores its depth along the schedule (``trajectories``: which phase moves it, and which way).
 """
 
 from __future__ import annotations
@@ -62,13 +62,14 @@ def _row(variant: str) -> str:
     return {"unsup3d": "unsup3d", "supervised": "supervised"}.get(variant, "gan2shape")
 
 
-def one_run(variant: str, seed: int, args, work: Path) -> dict:
-    """Train and evaluate one (variant, seed); its scores plus wall times. Finished runs are reused."""
-    tag = f"{variant}-s{seed}"
+def one_run(variant: str, seed: int, args, work: Path, chunk: int = 0) -> dict:
+    """Train and evaluate one (variant, seed), a per-image variant on its ``chunk``-th block of
+    ``--instances`` test renders; its scores plus wall times. Finished runs are reused."""
+    tag = f"{variant}-s{seed}" + (f"-c{chunk}" if chunk else "")
     config, overrides = VARIANTS[variant]
     if variant.startswith("per_image"):
         overrides = [f"method.instances.count={args.instances}", f"method.instances.samples={args.instance_samples}",
-                     *overrides]  # fmt: skip
+                     f"method.instances.first={chunk * args.instances}", *overrides]  # fmt: skip
     gate = Path(args.gate)
     images = ([f"method.data.images.checkpoint={gate / 'gan' / 'eval' / 'generator.pt'}"] if config == "gan2shape"
               else [f"method.data.images.resolution={args.resolution}"])  # fmt: skip
@@ -89,6 +90,32 @@ def one_run(variant: str, seed: int, args, work: Path) -> dict:
            "phases": phase_throughput(work / tag / "run"), "scores": report}  # fmt: skip
     done.write_text(json.dumps(run) + "\n")
     return run
+
+
+def jobs(args) -> list[tuple[str, int, int]]:
+    """(variant, seed, chunk) of every run: a per-image variant runs ``--instance-chunks`` blocks of
+    ``--instances`` consecutive test renders, each its own run (one copy of the networks per render
+    must fit the device), which :func:`joined` makes one again."""
+    return [(v, s, c) for v in args.variants for s in args.seeds
+            for c in range(args.instance_chunks if v.startswith("per_image") else 1)]  # fmt: skip
+
+
+def joined(chunks: list[dict]) -> dict:
+    """A (variant, seed)'s runs over blocks of test renders as one run: every row's scores averaged
+    over all their renders (as each run's are over its own), inversions' PSNR over all renders,
+    oracle calls and wall times summed."""
+    if len(chunks) == 1:
+        return chunks[0]
+    reports = [c["scores"] for c in chunks]
+    per_image = {k: [v for r in reports for v in r["per_image"][k]] for k in reports[0]["per_image"]}
+    scores = on_renders({"per_image": per_image}, set(per_image["index"]))
+    renders = [r["test_images"] for r in reports]
+    psnr = sum(r["inversion_psnr"] * n for r, n in zip(reports, renders, strict=True)) / sum(renders)
+    scores |= {"per_image": per_image, "test_images": sum(renders), "scored_images": sum(renders),
+               "frontal_images": sum(r["frontal_images"] for r in reports), "inversion_psnr": psnr,
+               "oracle_segment_calls": sum(r["oracle_segment_calls"] for r in reports)}  # fmt: skip
+    seconds = {k: sum(c[k] for c in chunks) for k in ("run_seconds", "eval_seconds")}
+    return {**chunks[0], **seconds, "chunks": len(chunks), "scores": scores}
 
 
 def summarize(runs: list[dict]) -> dict[str, dict]:
@@ -188,17 +215,22 @@ def main() -> None:
     p.add_argument("--snapshot-every", type=int, default=0, help="score the depth every this many steps (0: never)")
     p.add_argument("--instances", type=int, default=32, help="per_image: test renders optimized, one copy each")
     p.add_argument("--instance-samples", type=int, default=8, help="per_image: pseudo samples per image and step")
+    p.add_argument("--instance-chunks", type=int, default=1,
+                   help="per_image: blocks of --instances test renders, a run each, scored as one")  # fmt: skip
     p.add_argument("--out", default="")
     args = p.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="renderloop-gan2shape-"))
     work.mkdir(parents=True, exist_ok=True)
-    runs = []
+    parts: dict[tuple[str, int], list[dict]] = {}
+    todo = jobs(args)
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        for r in pool.map(lambda job: one_run(*job, args, work), [(v, s) for v in args.variants for s in args.seeds]):
-            runs.append(r)
-            row = _row(r["variant"])
-            print(f"{r['variant']:>14} seed {r['seed']}: SIDE {r['scores'][f'{row}/side']:.3f} "
+        finished = pool.map(lambda job: one_run(job[0], job[1], args, work, job[2]), todo)
+        for (variant, seed, chunk), r in zip(todo, finished, strict=True):
+            parts.setdefault((variant, seed), []).append(r)
+            row, block = _row(variant), f" block {chunk}" if chunk else ""
+            print(f"{variant:>14} seed {seed}{block}: SIDE {r['scores'][f'{row}/side']:.3f} "
                   f"MAD {r['scores'][f'{row}/mad']:.2f}", flush=True)  # fmt: skip
+    runs = [joined(chunks) for chunks in parts.values()]
     rows, paths = summarize(runs), trajectories(runs)
     print_rows(rows)
     extra = {}

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from bench.gan2shape import against_control, compare, on_renders, shared, summarize, trajectories
+from bench.gan2shape import against_control, compare, jobs, joined, on_renders, shared, summarize, trajectories
 from renderloop.cli import main
 from renderloop.models.stylegan2 import Generator, GeneratorConfig
 from renderloop.models.stylegan2.io import save_generator
@@ -52,9 +52,9 @@ def test_two_variants_run_end_to_end(tmp_path):
             "engine.max_steps=4", "samples_per_shard=8"]  # fmt: skip
     out = tmp_path / "g2s.json"
     done = subprocess.run([sys.executable, "-m", "bench.gan2shape", "--gate", str(gate), "--resolution", "16",
-                           "--variants", "gan2shape", "unsup3d", "per_image_pseudo", "--seeds", "0", "--instances", "2",
-                           "--instance-samples", "2", "--work", str(tmp_path / "w"), "--out", str(out), "--set",
-                           *tiny], capture_output=True, text=True)  # fmt: skip
+                           "--variants", "gan2shape", "unsup3d", "per_image_pseudo", "--seeds", "0", "--instances", "1",
+                           "--instance-chunks", "2", "--instance-samples", "2", "--work", str(tmp_path / "w"),
+                           "--out", str(out), "--set", *tiny], capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["meta"]["argv"][:4] == ["python", "-m", "bench.gan2shape", "--gate"]  # no checkout path
@@ -64,9 +64,12 @@ def test_two_variants_run_end_to_end(tmp_path):
     method, baseline, per_image = (r["phases"] for r in report["runs"])
     assert set(per_image) == {"init", "albedo", "offset", "shape"}
     assert report["runs"][2]["scores"]["test_images"] == 2  # its two instances, where the others score four
+    assert report["runs"][2]["chunks"] == 2 and sorted(report["runs"][2]["scores"]["per_image"]["index"]) == [0, 1]
     assert 1 <= report["shared"]["renders"] <= 2 and "per_image_pseudo" in report["shared"]["rows"]
     settings = json.loads((tmp_path / "w" / "per_image_pseudo-s0" / "run" / "method.json").read_text())
-    assert settings["instances"]["count"] == 2 and settings["projected_view"] == "pseudo"
+    assert settings["instances"]["count"] == 1 and settings["projected_view"] == "pseudo"
+    second = json.loads((tmp_path / "w" / "per_image_pseudo-s0-c1" / "run" / "method.json").read_text())
+    assert second["instances"]["first"] == 1  # the next block of test renders
     assert set(method) == {"init", "albedo", "offset", "shape"} and set(baseline) == {"shape"}
     assert baseline["shape"]["logged_steps"] == 4 and method["offset"]["samples_per_s"] > 0
     assert set(report["rows"]) == {"gan2shape", "unsup3d", "per_image_pseudo", "ellipsoid", "average", "flat"}
@@ -129,3 +132,29 @@ def test_a_variant_is_paired_with_its_control_by_seed():
     assert diff["exceeds_interval"]  # a steady difference is measurable where Welch's over seeds is not
     assert not compare(runs, "per_image_pseudo", "per_image_pseudo_no_projection")["side"]["exceeds_interval"]
     assert against_control(runs, "per_image_pseudo", "no_projection") == {}
+
+
+def test_blocks_of_renders_are_joined_into_one_run_per_seed():
+    class Args:
+        variants, seeds, instance_chunks = ["gan2shape", "per_image_pseudo"], [0, 1], 2
+
+    blocks = [("per_image_pseudo", seed, block) for seed in (0, 1) for block in (0, 1)]
+    assert jobs(Args) == [("gan2shape", 0, 0), ("gan2shape", 1, 0), *blocks]
+
+    def block(index: list[int], side: list[float], psnr: float) -> dict:
+        per_image = {"index": index, "frontal": [i == 2 for i in index], "gan2shape/side": side,
+                     "gan2shape/mad": [10 * v for v in side], "flat/side": [9.0] * len(index),
+                     "flat/mad": [40.0] * len(index)}  # fmt: skip
+        scores = {"per_image": per_image, "test_images": len(index), "frontal_images": sum(per_image["frontal"]),
+                  "inversion_psnr": psnr, "oracle_segment_calls": 100}  # fmt: skip
+        return {"variant": "per_image_pseudo", "seed": 0, "run_seconds": 10.0, "eval_seconds": 1.0, "scores": scores}
+
+    run = joined([block([0, 1], [1.0, 2.0], 20.0), block([2, 3, 4], [3.0, 4.0, 5.0], 25.0)])
+    scores = run["scores"]
+    assert scores["gan2shape/side"] == pytest.approx(3.0) and scores["gan2shape/mad"] == pytest.approx(30.0)
+    assert scores["gan2shape/frontal_side"] == pytest.approx(3.0) and scores["flat/side"] == pytest.approx(9.0)
+    assert (scores["test_images"], scores["frontal_images"], scores["oracle_segment_calls"]) == (5, 1, 200)
+    assert scores["inversion_psnr"] == pytest.approx(23.0)  # over renders: (2 × 20 + 3 × 25) / 5
+    assert (run["run_seconds"], run["eval_seconds"], run["chunks"]) == (20.0, 2.0, 2)
+    single = block([0], [1.0], 20.0)
+    assert joined([single]) is single
