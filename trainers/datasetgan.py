@@ -1,16 +1,17 @@
 """DatasetGAN's style interpreter (``method=datasetgan``): per-pixel part labels from a frozen GAN.
 
 Zhang et al., "DatasetGAN: Efficient Labeled Data Factory with Minimal Human Effort" (CVPR 2021).
-K GAN samples (seeded) get part labels from the oracle segmenter, called exactly K times where the
-paper asks a person; the annotations live in the method's checkpoint state, so a resumed run asks
-nothing again. An ensemble of ``members`` small MLPs (``models/style_interpreter.py``) learns the
-labels from every synthesis layer's features at random pixels of the K images, each member on its
-own half of each step's pixels. A fixed share of each image's pixels is held out: every
-``validate_every`` steps each member is scored there and its best weights are kept (early
-stopping by selection). ``renderloop eval`` writes the K annotations for review, the validation
-scores (optimistic: the same pixels chose the weights, and they lie among the training pixels of
-the same K images; the downstream test is what counts), and ``interpreter.pt``, which the
-``datasetgan`` source loads to label new samples.
+K GAN samples (seeded) get part labels from the oracle segmenter, called exactly K times per job
+where the paper asks a person (rank 0 asks; the other ranks receive its labels), a count logged
+with the losses (``oracle_calls``) and in the evaluation report; the annotations live in the
+method's checkpoint state, so a resumed run asks nothing again. An ensemble of ``members`` small
+MLPs (``models/style_interpreter.py``) learns the labels from every synthesis layer's features at
+random pixels of the K images, each member on its own half of each step's pixels. A fixed share
+of each image's pixels is held out: every ``validate_every`` steps each member is scored there
+and its best weights are kept (early stopping by selection). ``renderloop eval`` writes the K
+annotations for review, the validation scores (optimistic: the same pixels chose the weights, and
+they lie among the training pixels of the same K images; the downstream test is what counts), and
+``interpreter.pt``, which the ``datasetgan`` source loads to label new samples.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from renderloop.models.style_interpreter import StyleInterpreter, majority_vote,
 from renderloop.models.stylegan2.io import load_generator
 from renderloop.models.stylegan2.latents import feature_channels, pixel_features, sample_ws
 
+from .distributed import from_main, is_main_rank
 from .method import Method, ModelSpec, Phase
 from .oracle import Oracle, colour_labels
 from .scores import confusion, mean_iou, scored_classes
@@ -108,22 +110,40 @@ class DatasetGAN(Method):
 
     @torch.no_grad()
     def _annotate(self, G: nn.Module) -> None:
-        """K samples and their oracle labels, once per run (restored from checkpoints after that)."""
+        """K samples and their oracle labels, once per job (restored from checkpoints after that).
+
+        Every rank draws the same K samples; rank 0 alone asks the oracle (the one annotator) and
+        hands its label maps to the others, so a job of R ranks asks K times, not K × R."""
         if self.annotated:
             return
         cfg = self.config
         z = torch.randn(cfg.annotations, G.z_dim, generator=torch.Generator().manual_seed(cfg.annotation_seed))
         ws = sample_ws(G, z.to(self.device), psi=cfg.truncation_psi, cutoff=cfg.truncation_cutoff or None)
         images = ((G.synthesis(ws, noise_mode="const").float() + 1) / 2).clamp(0, 1)
-        oracle = Oracle.load(cfg.oracle_run, str(self.device), budget=cfg.annotations)
-        labels = oracle.segment(images)
-        if oracle.calls["segment"] != cfg.annotations:
-            raise RuntimeError(f"the oracle was asked {oracle.calls['segment']} times, not K={cfg.annotations}")
+        answer = self._ask_oracle(images) if is_main_rank() else None
+        labels = from_main(str(answer) if isinstance(answer, Exception) else answer)
+        if isinstance(answer, Exception):
+            raise answer
+        if isinstance(labels, str):
+            raise RuntimeError(f"rank 0 could not annotate: {labels}")
         pixels = labels[0].numel()
         gen = torch.Generator().manual_seed(cfg.annotation_seed + 1)
         holdout = torch.rand(cfg.annotations, pixels, generator=gen) < cfg.holdout
-        self.annotated = {"ws": ws, "labels": labels.flatten(1), "holdout": holdout.to(self.device),
-                          "calls": torch.tensor(oracle.calls["segment"])}  # fmt: skip
+        self.annotated = {"ws": ws, "labels": labels.to(self.device).flatten(1), "holdout": holdout.to(self.device),
+                          "calls": torch.tensor(cfg.annotations, device=self.device)}  # fmt: skip
+
+    def _ask_oracle(self, images: torch.Tensor) -> torch.Tensor | Exception:
+        """The oracle's K label maps (on the CPU, to be broadcast), or the error that stopped it:
+        an error on rank 0 must also reach the other ranks, which would otherwise wait for ever."""
+        try:
+            oracle = Oracle.load(self.config.oracle_run, str(self.device), budget=self.config.annotations)
+            labels = oracle.segment(images)
+        except Exception as err:  # noqa: BLE001 - raised on every rank by the caller
+            return err
+        K, asked = self.config.annotations, oracle.calls["segment"]
+        if asked != K:
+            return RuntimeError(f"the oracle was asked {asked} times, not K={K}")
+        return labels.cpu()
 
     def _training_pixels(self) -> torch.Tensor:
         """``[K, P / K]`` random pixel indices of each image outside its held-out pixels."""
@@ -145,7 +165,7 @@ class DatasetGAN(Method):
         losses = [F.cross_entropy(m(features[i]), target[i]) for m, i in zip(interpreter.members, halves, strict=True)]
         loss = torch.stack(losses).mean()
         self.updates += 1
-        out = {"loss": loss}
+        out = {"loss": loss, "oracle_calls": self.annotated["calls"].float()}  # the job's annotations, logged
         if self.updates % self.config.validate_every == 0:
             out["validation_accuracy"] = loss.new_tensor(self._validate(G, interpreter))
         return out

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["Dist", "init_distributed", "seed_everything", "rng_state", "set_rng_state"]
+__all__ = ["Dist", "from_main", "init_distributed", "is_main_rank", "seed_everything", "rng_state", "set_rng_state"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,21 @@ class Dist:
     def barrier(self) -> None:
         if dist.is_initialized() and self.world_size > 1:
             dist.barrier()
+
+
+def is_main_rank() -> bool:
+    """Whether this process is rank 0 of its group (or in none), for code the engine's ``Dist`` does not reach."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def from_main(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank of the process group (a collective: every rank must call
+    it), for work that must happen once per job, not once per process; outside a group, ``value``."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def init_distributed(device: str = "auto") -> Dist:

@@ -1,6 +1,7 @@
-"""method=datasetgan and source=datasetgan: the oracle annotates exactly K samples once (a resumed
-run asks nothing again), the interpreter trains with held-out selection, and the source labels
-new samples, dropping each pool's most uncertain share."""
+"""method=datasetgan and source=datasetgan: the oracle annotates exactly K samples once per job (a
+resumed run asks nothing again; of two ranks, rank 0 asks and the other receives its labels), the
+interpreter trains with held-out selection, and the source labels new samples, dropping each
+pool's most uncertain share."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import json
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from renderloop.cluster.launch import TrainConfig, train
 from renderloop.config import ConfigError, load_config
 from renderloop.datasets.datasetgan import DatasetGANSource, DatasetGANSourceConfig
 from renderloop.datasets.schema import decode_sample, encode_sample
-from renderloop.trainers.datasetgan import DatasetGAN
+from renderloop.models.stylegan2.io import load_generator
+from renderloop.trainers.datasetgan import DatasetGAN, DatasetGANConfig
 
 from .helpers import evaluate, gan_method_assets, make_streams
 
@@ -50,6 +54,7 @@ def test_annotations_once_training_resume_and_the_labelled_source(tmp_path, asse
     assert [r["step"] for r in rows] == list(range(6))
     accuracy = [r["loss/interpreter/validation_accuracy"] for r in rows if "loss/interpreter/validation_accuracy" in r]
     assert len(accuracy) == 3 and all(0 <= a <= 1 for a in accuracy)  # every 2 updates, across the resume
+    assert [r["loss/interpreter/oracle_calls"] for r in rows] == [4] * 6  # the job's annotations, logged
 
     report = evaluate(_config(tmp_path, assets))
     assert report["annotations"] == 4 and report["oracle_calls"] == 4  # the annotation budget
@@ -107,3 +112,44 @@ def test_bad_datasetgan_configs_are_refused(tmp_path, assets):
     with pytest.raises(ConfigError, match="source.interpreter"):
         DatasetGANSource(DatasetGANSourceConfig(checkpoint=assets["checkpoint"], interpreter=assets["checkpoint"]))
     assert DatasetGAN.name == "datasetgan"
+
+
+def _annotating_rank(rank: int, store: str, assets: dict[str, str], out: str) -> None:
+    """One of two gloo ranks: annotate, recording this rank's oracle calls, then fail with a missing oracle."""
+    from renderloop.trainers.oracle import Oracle
+
+    asked: list[int] = []
+    segment = Oracle.segment
+
+    def counted(self, images):
+        asked.append(len(images))
+        return segment(self, images)
+
+    Oracle.segment = counted
+    dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
+    try:
+        G = load_generator(assets["checkpoint"]).requires_grad_(False)
+        method = DatasetGAN(DatasetGANConfig(generator=assets["checkpoint"], oracle_run=assets["oracle"],
+                                             annotations=4), torch.device("cpu"))  # fmt: skip
+        method._annotate(G)
+        missing = DatasetGAN(DatasetGANConfig(generator=assets["checkpoint"], oracle_run=f"{out}-no-oracle",
+                                              annotations=4), torch.device("cpu"))  # fmt: skip
+        error = None
+        try:
+            missing._annotate(G)
+        except Exception as err:  # noqa: BLE001 - reported to the test
+            error = type(err).__name__
+        torch.save({"asked": asked, "annotated": method.annotated, "error": error}, f"{out}{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_ask_the_oracle_k_times_in_all_and_share_its_labels(tmp_path, assets):
+    out = str(tmp_path / "rank")
+    mp.spawn(_annotating_rank, args=(str(tmp_path / "store"), assets, out), nprocs=2)
+    first, second = (torch.load(f"{out}{r}.pt", weights_only=True) for r in (0, 1))
+    assert first["asked"] == [4] and second["asked"] == []  # one annotator: K images in the whole job
+    for key in ("ws", "labels", "holdout", "calls"):
+        assert torch.equal(first["annotated"][key], second["annotated"][key]), key
+    assert int(second["annotated"]["calls"]) == 4
+    assert first["error"] and second["error"] == "RuntimeError"  # rank 0's failure stops rank 1 too, not a hang
