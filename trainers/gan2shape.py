@@ -81,6 +81,12 @@ PRIORS = ("ellipsoid", "flat")
 PROJECTED_VIEWS = ("predicted", "pseudo")
 
 
+def _shown_normals(rendered: DepthRender) -> torch.Tensor:
+    """Normals as colours in [0, 1]: x right, y up and z towards the viewer."""
+    facing = torch.tensor([1.0, -1.0, -1.0], device=rendered.normals.device).view(1, 3, 1, 1)
+    return (rendered.normals * facing + 1) / 2
+
+
 @dataclass
 class GAN2ShapeEvalConfig:
     samples: int = 128
@@ -544,16 +550,27 @@ class GAN2Shape(Method):
 
     @torch.no_grad()
     def images(self, batch: dict, nets: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
-        if self.config.instances.count:  # every copy sees its own image
+        """TensorBoard's grids, as the evaluation figure's columns: the inputs, their depth and
+        normals, the reconstruction, the shape turned ±30° and relit, and (GAN2Shape, where the
+        images' latents are at hand) a pseudo sample and its projection through the GAN."""
+        if self.config.instances.count:  # every copy sees its own image: all go in, eight are shown
             if self._instances is None:
                 return {}
-            net, image = nets["net"], self._instances["rgb"]
+            image, w = self._instances["rgb"], self._instances["latent"]
         else:
-            net, image = nets["net"], batch["images"]["rgb"].float()[:8]
-        depth = net.depth(image)[:8]
+            image, w = batch["images"]["rgb"].float()[:8], batch["images"].get("latent")
+            w = None if w is None else w[:8]
+        net = nets["net"]
+        depth = net.depth(image)
+        rendered = self._render(image, depth, net.albedo(image), net.light(image), net.view(image))
         shown = (depth - self.config.min_depth) / (self.config.max_depth - self.config.min_depth)
-        pseudo, _, _ = self._pseudo(net, image)
-        return {"input": image[:8], "depth": shown[:, None].expand(-1, 3, -1, -1), "pseudo": pseudo.image[:8]}
+        turned_left, turned_right, lit_left, lit_right = self._turned_and_relit(net, image)
+        grids = {"input": image, "depth": shown[:, None].expand(-1, 3, -1, -1), "normals": _shown_normals(rendered),
+                 "reconstruction": rendered.image, "turned_left": turned_left, "turned_right": turned_right,
+                 "lit_left": lit_left, "lit_right": lit_right}  # fmt: skip
+        if self.config.mode == "gan2shape" and w is not None and "E" in nets:
+            grids["pseudo"], grids["projected"] = self._projected(nets, image, w)
+        return {name: grid[:8] for name, grid in grids.items()}
 
     def _test_renders(self, object_seeds: str, count: int) -> dict[str, torch.Tensor]:
         ev = self.config.evaluation
@@ -701,9 +718,8 @@ class GAN2Shape(Method):
             lo, hi = depth.flatten(1).quantile(0.02, 1), depth.flatten(1).quantile(0.98, 1)
             return ((depth - lo[:, None, None]) / (hi - lo).clamp_min(1e-6)[:, None, None]).clamp(0, 1)
 
-        facing = torch.tensor([1.0, -1.0, -1.0], device=image.device).view(1, 3, 1, 1)  # x right, y up, towards us
         columns = [image[:n], shade(torch.where(mask, test["depth"], test["depth"][mask].max()))[:n, None],
-                   shade(predicted.depth)[:n, None] * valid[:n, None], (predicted.normals[:n] * facing + 1) / 2,
+                   shade(predicted.depth)[:n, None] * valid[:n, None], _shown_normals(predicted)[:n],
                    predicted.image[:n], *(v[:n] for v in self._turned_and_relit(net, image))]  # fmt: skip
         if cfg.mode == "gan2shape" and latents is not None:  # all rows per image: each copy sees its own
             shown = image if inst.count else image[:n]

@@ -391,3 +391,26 @@ def test_the_per_image_loss_is_the_sum_of_each_images_loss_alone(tmp_path, asset
             total += method.step(phase, {}, nets, 1)["loss"].item()
         losses[count] = total
     assert losses[2] == pytest.approx(losses[1], rel=1e-5)
+
+
+@pytest.mark.parametrize("per_image", [False, True], ids=["joint", "per-image"])
+def test_tensorboard_grids_show_the_figure_columns(tmp_path, assets, per_image):
+    cfg = _config(tmp_path, assets, *(PER_IMAGE if per_image else ()))
+    method = GAN2Shape(cfg.method_config, torch.device("cpu"))
+    nets = {name: spec.module for name, spec in method.build().items()}
+    G = nets["G"]
+    w = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0))).detach()
+    image = ((G.synthesis(w, noise_mode="const") + 1) / 2).clamp(0, 1)
+    batch = {"images": {"rgb": image, "latent": w}}
+    if per_image:
+        assert method.images({}, nets) == {}  # before the held-out renders are inverted
+        method._instances, batch = {"rgb": image, "latent": w, "psnr": torch.zeros(2)}, {}
+    grids = method.images(batch, nets)
+    assert list(grids) == ["input", "depth", "normals", "reconstruction", "turned_left", "turned_right", "lit_left",
+                           "lit_right", "pseudo", "projected"]  # fmt: skip
+    for name, grid in grids.items():
+        assert grid.shape == image.shape and bool(torch.isfinite(grid).all()), name
+    assert torch.equal(grids["input"], image)
+    assert float(grids["normals"].min()) >= 0 and float(grids["normals"].max()) <= 1
+    if not per_image:  # a stream without latents shows no projections
+        assert "projected" not in method.images({"images": {"rgb": image}}, nets)
