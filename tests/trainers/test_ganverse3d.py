@@ -42,15 +42,10 @@ def assets(tmp_path_factory):
 def _config(tmp_path, assets, *overrides: str) -> TrainConfig:
     return load_config(
         "train",
-        ["method=ganverse3d", "engine=debug", f"method.data.views.checkpoint={assets['checkpoint']}",
+        ["method=ganverse3d_debug", "engine=debug", f"method.data.views.checkpoint={assets['checkpoint']}",
          f"method.data.views.view_codes={assets['codes']}", f"method.view_labels={assets['labels']}",
-         f"method.oracle_run={assets['oracle']}", "method.data.views.batch_size=4", "method.data.views.views=2",
-         "engine.data.batch_size=4", "method.subdivisions=1", "method.texture_size=8", "method.width=8",
-         "method.zdim=16", "method.warmup_steps=1", "method.min_area=0", "method.renders.subdivisions=2",
-         "method.evaluation.samples=4", "method.evaluation.novel_views=2", "method.evaluation.batch_size=6",
-         "method.evaluation.gan_groups=3", "method.evaluation.mean_shape_objects=8",
-         f"storage.root={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}", "samples_per_shard=4", "device=cpu",
-         *overrides],
+         f"method.oracle_run={assets['oracle']}", f"storage.root={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}",
+         "samples_per_shard=4", "device=cpu", *overrides],
         TrainConfig,
     )  # fmt: skip
 
