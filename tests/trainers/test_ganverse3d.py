@@ -177,6 +177,46 @@ def test_the_gan_camera_error_is_each_drawn_codes_offset_from_the_oracle(tmp_pat
     assert scores["camera_elevation_error_deg"] == pytest.approx(math.degrees(0.1), abs=1e-4)
 
 
+def _squares(*sides: int, twice: tuple[int, ...] = ()) -> torch.Tensor:
+    """16² masks, one a side: a square of that side, and a second one apart for the indices in ``twice``."""
+    masks = torch.zeros(len(sides), 16, 16, dtype=torch.bool)
+    for i, side in enumerate(sides):
+        masks[i, 1 : 1 + side, 1 : 1 + side] = True
+        if i in twice:
+            masks[i, 9 : 9 + side, 9 : 9 + side] = True
+    return masks
+
+
+def test_the_mask_filter_drops_whole_groups_from_the_loss(tmp_path, assets, monkeypatch):
+    """min_area 0.1 of 16² is 25.6 pixels: a 6² square passes, a 5² one (25) does not, nor two 6²
+    squares (not one instance). A group with one such view is counted out and adds nothing to the
+    loss, which is then group 0's alone; only the shape terms, zeroed here, see every group."""
+    shape_terms = ["method.lam_lap=0", "method.lam_flat=0", "method.lam_mov=0"]
+    cfg = _config(tmp_path, assets, "method.min_area=0.1", *shape_terms)
+    method = GANverse3D(cfg.method_config, torch.device("cpu"))
+    model = method.build()["model"].module
+    warmup = method.phases()[0]
+    rgb = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def step(images, masks):
+        images = images.clone().requires_grad_(True)
+        monkeypatch.setattr(method.oracle, "mask", lambda _: masks)
+        n = len(images)
+        views = {"rgb": images, "group": torch.arange(n) // 2, "view": torch.arange(n) % 6}
+        out = method.step(warmup, {"views": views}, {"model": model}, gain=1)
+        out["loss"].backward()
+        return out, images.grad.abs().flatten(1).sum(1)
+
+    out, grad = step(rgb, _squares(6, 6, 6, 5, 6, 6, twice=(4,)))
+    assert float(out["usable"]) == pytest.approx(1 / 3)
+    assert (grad[:2] > 0).all() and (grad[2:] == 0).all()
+    alone, _ = step(rgb[:2], _squares(6, 6))
+    assert float(alone["usable"]) == 1
+    assert torch.allclose(out["loss"], alone["loss"], rtol=1e-5)
+    out, grad = step(rgb, _squares(6, 6, 6, 6, 6, 7))  # every group passes: every view trains
+    assert float(out["usable"]) == 1 and (grad > 0).all()
+
+
 def test_pool_codes_without_a_label_are_refused(tmp_path, assets):
     labels = json.loads(Path(assets["labels"]).read_text())
     partial = tmp_path / "labels.json"
