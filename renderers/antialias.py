@@ -306,7 +306,8 @@ def antialias(
     check_shape("antialias", "color", color, (B, H, W, "C"))
     check_shape("antialias", "clip_pos", clip_pos, (B, fragments.num_verts, 4))
     faces = fragments.faces
-    neighbours = edge_neighbours(faces) if neighbours is None else neighbours
+    if neighbours is None:  # a batch sharing one face list (stride 0) pairs its faces once
+        neighbours = edge_neighbours(faces[:1] if faces.stride(0) == 0 else faces).expand(B, -1, -1)
     check_shape("antialias", "neighbours", neighbours, tuple(faces.shape))
     flat = color.reshape(B * H * W, -1)
     drawn = drawable_faces(clip_pos.detach(), faces, (H, W))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .antialias import edge_neighbours
 from .backends import RasterBackend, get_backend
 from .cameras import camera_to_clip, world_to_camera
 from .ops import interpolate, texture
@@ -81,10 +82,8 @@ def flatten_loss(verts: torch.Tensor, faces: torch.Tensor, face_pairs: torch.Ten
 
 
 def neighbouring_faces(faces: torch.Tensor) -> torch.Tensor:
-    """``[P, 2]`` pairs of faces that share an edge."""
-    edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(1).values
-    owner = torch.arange(len(faces), device=faces.device).repeat(3)
-    order = (edges[:, 0] * (int(faces.max()) + 1) + edges[:, 1]).argsort()
-    sorted_edges, sorted_owner = edges[order], owner[order]
-    same = (sorted_edges[1:] == sorted_edges[:-1]).all(1)
-    return torch.stack([sorted_owner[:-1][same], sorted_owner[1:][same]], 1)
+    """``[P, 2]`` pairs of faces that share an edge, each pair once (from ``edge_neighbours``)."""
+    neighbours = edge_neighbours(faces.unsqueeze(0))[0]
+    face = torch.arange(len(faces), device=faces.device).unsqueeze(1).expand_as(neighbours)
+    once = neighbours > face
+    return torch.stack([face[once], neighbours[once]], 1)
