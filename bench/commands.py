@@ -4,6 +4,7 @@ appended to a log, a failure reported with the log's path."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,6 +27,15 @@ def renderloop(command: str, *overrides: str, log: Path) -> float:
     if proc.returncode:
         raise SystemExit(f"renderloop {command} failed ({proc.returncode}); see {log}")
     return seconds
+
+
+def share_cpus(processes: int) -> None:
+    """Give each of ``processes`` commands run at once an equal share of the CPU cores as its
+    thread count, unless the caller set one: every process otherwise starts one thread per core,
+    and a dozen of them sharing a GPU host spend their evaluations switching threads."""
+    share = str(max(1, (os.cpu_count() or 1) // max(1, processes)))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, share)
 
 
 def claim(folder: Path, settings: list[str]) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.commands import claim, last_throughput, renderloop, save_seconds, saved_seconds
+from bench.commands import claim, last_throughput, renderloop, save_seconds, saved_seconds, share_cpus
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95
 
@@ -203,6 +203,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     per_seed, pretexts, interpreters = {}, {}, {}
     start = time.monotonic()
+    share_cpus(max(1, args.parallel) * max(1, args.rows_parallel))
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         results = pool.map(lambda s: rows_for(args, s, work), args.seeds)
         for seed, (rows, pretext, interpreted) in zip(args.seeds, results, strict=True):

@@ -31,7 +31,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.commands import claim, last_step, phase_throughput, renderloop
+from bench.commands import claim, last_step, phase_throughput, renderloop, share_cpus
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95, welch_difference
 
@@ -223,6 +223,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     parts: dict[tuple[str, int], list[dict]] = {}
     todo = jobs(args)
+    share_cpus(args.parallel)
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         finished = pool.map(lambda job: one_run(job[0], job[1], args, work, job[2]), todo)
         for (variant, seed, chunk), r in zip(todo, finished, strict=True):

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from pathlib import Path
 
-from bench.commands import claim, last_step, renderloop, save_seconds, saved_seconds
+from bench.commands import claim, last_step, renderloop, save_seconds, saved_seconds, share_cpus
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95
 from renderloop.trainers.view_codes import AZIMUTH_BINS
@@ -264,6 +264,7 @@ def main() -> None:
     if gan_rows:
         print(f"row A: each group draws {args.views} of a pool of {len(args.pool_names)} view codes")
     jobs = [(row, seed) for row in args.rows for seed in args.seeds]
+    share_cpus(args.parallel)
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         done = pool.map(lambda job: one_run(args, *job, work, 1 if job[0] == "C" else args.views), jobs)
         reports = dict(zip(jobs, done, strict=True))
