@@ -35,8 +35,8 @@ def _method(name: str, assets: dict[str, str]) -> tuple[list[str], str]:
         return ["method=datasetgan_debug", f"method.generator={assets['checkpoint']}", oracle], "interpreter.pt"
     if name == "gan2shape":
         return ["method=gan2shape_debug", f"method.data.images.checkpoint={assets['checkpoint']}", oracle], "net.pt"
-    return ["method=ganverse3d_debug", f"method.data.views.checkpoint={assets['checkpoint']}", oracle,
-            f"method.data.views.view_codes={assets['codes']}", f"method.view_labels={assets['labels']}"], "model.pt"  # fmt: skip
+    views = [f"method.data.views.checkpoint={assets['checkpoint']}", f"method.data.views.view_codes={assets['codes']}"]
+    return ["method=ganverse3d_debug", *views, oracle, f"method.view_labels={assets['labels']}"], "model.pt"
 
 
 @pytest.mark.parametrize("name", ["datasetgan", "gan2shape", "ganverse3d"])
