@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,3 +78,25 @@ def test_connected_components_and_the_one_object_filter():
     assert one_object(masks).tolist() == [True, False, False, False]
     assert one_object(masks, min_share=0.9).tolist() == [True, False, False, True]
     assert largest_component_share(torch.zeros(1, 5, 5, dtype=torch.bool)).tolist() == [1.0]
+
+
+def _largest_share_by_scipy(mask: torch.Tensor) -> float:
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask.numpy())  # 4-connected by default
+    return float(np.bincount(labels.ravel())[1:].max() / mask.sum()) if count else 1.0
+
+
+@pytest.mark.parametrize("check_every", [1, 4])
+def test_component_shares_match_an_independent_labelling(check_every):
+    g = torch.Generator().manual_seed(0)
+    noisy = torch.rand(6, 24, 31, generator=g) > torch.linspace(0.3, 0.7, 6).view(6, 1, 1)
+    snake = torch.zeros(1, 24, 31, dtype=torch.bool)  # one path folding back and forth: many rounds to settle
+    snake[0, ::4] = True
+    snake[0, 1::8, -1] = snake[0, 2::8, -1] = snake[0, 3::8, 0] = snake[0, 5::8, 0] = snake[0, 6::8, 0] = True
+    snake[0, 7::8, -1] = True
+    checker = (torch.arange(24).view(24, 1) + torch.arange(31)).remainder(2).bool().unsqueeze(0)  # only diagonals touch
+    masks = torch.cat([noisy, snake, checker])
+    expected = [_largest_share_by_scipy(m) for m in masks]
+    assert largest_component_share(masks, check_every=check_every).tolist() == pytest.approx(expected)
+    assert expected[-1] == pytest.approx(1 / int(checker.sum()))
