@@ -169,12 +169,16 @@ def predictions_figure(figures: dict[str, Path], out: Path, pad: int = 2) -> lis
 
 
 def summarize(per_seed: dict[int, dict[str, dict]], ceiling: dict) -> dict[str, dict]:
-    """Row → score → (mean, 95% half-width, seeds); the oracle row has no seeds (one network)."""
+    """Row → score → (mean, 95% half-width, seeds); the oracle row has no seeds (one network), nor
+    the constant prediction (the training renders' per-pixel majority label)."""
     names = dict.fromkeys(name for rows in per_seed.values() for name in rows)
     out = {name: {s: tuple(mean_ci95(values)) for s in SCORES
                   if (values := [rows[name][s] for rows in per_seed.values() if s in rows.get(name, {})])}
            for name in names}  # fmt: skip
     out["oracle"] = {s: (ceiling.get(s, float("nan")), float("nan"), 1) for s in SCORES}  # one network: no choice
+    first = next((r for rows in per_seed.values() for r in rows.values() if "constant/miou" in r), None)
+    if first:  # the trivial row is the same in every run (the evaluation's renders): scored once
+        out["constant"] = {s: (first[f"constant/{s}"], float("nan"), 1) for s in SCORES if f"constant/{s}" in first}
     return out
 
 

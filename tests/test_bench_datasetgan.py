@@ -19,11 +19,13 @@ from tests.trainers.helpers import gan_method_assets
 
 
 def test_rows_summarize_over_seeds_beside_the_oracle():
-    per_seed = {s: {"datasetgan_k4": {"miou": 0.1 * (s + 1), "miou_with_background": 0.5}} for s in range(3)}
+    per_seed = {s: {"datasetgan_k4": {"miou": 0.1 * (s + 1), "miou_with_background": 0.5, "constant/miou": 0.02}}
+                for s in range(3)}  # fmt: skip
     rows = summarize(per_seed, {"miou": 0.9, "miou_with_background": 0.95})
     mean, half, n = rows["datasetgan_k4"]["miou"]
     assert (mean, n) == (pytest.approx(0.2), 3) and half == pytest.approx(4.303 * 0.1 / 3**0.5, rel=1e-3)
     assert rows["oracle"]["miou"][0] == 0.9 and rows["oracle"]["miou"][2] == 1
+    assert rows["constant"]["miou"][0] == 0.02 and rows["constant"]["miou"][2] == 1  # scored once
 
 
 def test_rows_picks_the_runs_and_trains_the_ablations_interpreter_alone(tmp_path, monkeypatch):
@@ -95,7 +97,8 @@ def test_every_row_runs_end_to_end(tmp_path):
     assert trained["seconds/train"] > 0 and trained["seconds/eval"] > 0
     assert report["interpreters"]["0"]["2"]["oracle_calls"] == 2 and "fresh_miou" in report["interpreters"]["0"]["2"]
     assert report["per_seed"]["0"]["k_labeled_k2"]["seconds/generate"] > 0
-    assert set(rows) == {"datasetgan_k2", "k_labeled_k2", "transfer_k2", "one_member_k2", "no_filter_k2", "oracle"}
+    networks = {"datasetgan_k2", "k_labeled_k2", "transfer_k2", "one_member_k2", "no_filter_k2", "oracle"}
+    assert set(rows) == networks | {"constant"}  # the trivial row beside the networks
     assert all(0 <= row["miou"][0] <= 1 for row in rows.values())
-    assert set(report["predictions_figure"]["rows"]) == set(rows) and out.with_suffix(".png").exists()
-    assert all(0 <= row["selected/miou"][0] <= 1 for name, row in rows.items() if name != "oracle")
+    assert set(report["predictions_figure"]["rows"]) == networks and out.with_suffix(".png").exists()
+    assert all(0 <= row["selected/miou"][0] <= 1 for name, row in rows.items() if name not in ("oracle", "constant"))

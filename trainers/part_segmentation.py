@@ -34,7 +34,8 @@ from .method import Method, ModelSpec, Phase
 from .oracle import colour_labels, parts_not_scored
 from .scores import confusion, mean_iou, scored_classes
 
-__all__ = ["PartSegmentationConfig", "PartSegmentation", "fold_scores", "selected_scores", "mirror_classes", "mirrored"]
+__all__ = ["PartSegmentationConfig", "PartSegmentation", "fold_scores", "selected_scores", "mirror_classes", "mirrored",
+           "majority_labels"]  # fmt: skip
 
 TASKS = ("parts", "inpaint")
 
@@ -47,11 +48,16 @@ class PartSegmentationEvalConfig:
     folds: int = 5
     batch_size: int = 50
     seed: int = 0
+    prior_samples: int = 500
+    """Renders of training (``gan`` range) objects whose per-pixel majority label is the trivial
+    row's constant prediction (``constant/*``); 0: no such row."""
 
     def __post_init__(self) -> None:
         for key in ("samples", "folds", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"method.evaluation.{key}", f"must be >= 1; got {getattr(self, key)}")
+        if self.prior_samples < 0:
+            raise ConfigError("method.evaluation.prior_samples", f"must be >= 0; got {self.prior_samples}")
         if self.samples < self.folds:
             raise ConfigError("method.evaluation.samples", f"must be at least the {self.folds} folds")
 
@@ -113,6 +119,13 @@ def mirrored(
         swapped = mirror_classes().to(seg.device)[seg.flip(2).long()].to(seg.dtype)
         seg = torch.where(which[:, None, None], swapped, seg)
     return rgb, seg
+
+
+def majority_labels(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """``[H, W]`` the most frequent class at each pixel of label maps ``[N, H, W]`` (ties: the
+    lowest class)."""
+    counts = F.one_hot(labels.long(), classes).sum(0)
+    return counts.argmax(-1)
 
 
 def fold_scores(counts: torch.Tensor, scored: torch.Tensor | None = None) -> dict[str, float]:
@@ -203,6 +216,15 @@ class PartSegmentation(Method):
                 counts[f] += confusion(predicted[fold == f], seg[fold == f], classes)
         return counts
 
+    def _label_prior(self, renders, classes: int) -> torch.Tensor:
+        """The per-pixel majority label of ``prior_samples`` renders of training objects."""
+        ev = self.config.evaluation
+        sim = Simulator(replace(renders, object_seeds="gan"), self.device)
+        labels = [
+            sim.generate(ev.seed, index)["seg"].cpu() for index in range(math.ceil(ev.prior_samples / ev.batch_size))
+        ]
+        return majority_labels(torch.cat(labels)[: ev.prior_samples], classes)
+
     @torch.no_grad()
     def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:
         from renderloop.images import image_grid, save_png
@@ -232,6 +254,10 @@ class PartSegmentation(Method):
         counts = self._fold_counts(segmenter, test, classes)
         report = {"test_images": float(ev.samples), "folds": float(ev.folds), **fold_scores(counts),
                   "parts_not_scored": parts_not_scored(scored_classes(counts))}  # fmt: skip
+        if ev.prior_samples:  # the trivial row: one label map for every test image
+            prior = F.one_hot(self._label_prior(renders, classes), classes).permute(2, 0, 1).float().to(self.device)
+            constant = self._fold_counts(lambda rgb: prior.expand(len(rgb), -1, -1, -1), test, classes)
+            report |= {f"constant/{key}": value for key, value in fold_scores(constant).items()}
         snapshots = sorted((self.run_dir / "snapshots").glob("step*")) if self.run_dir else []
         if snapshots and ev.folds > 1:  # the paper's protocol: weights chosen on one fold, scored on the others
             candidates = [counts]

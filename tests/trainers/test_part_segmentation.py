@@ -14,6 +14,7 @@ from renderloop.datasets import category
 from renderloop.trainers.part_segmentation import (
     PartSegmentation,
     fold_scores,
+    majority_labels,
     mirror_classes,
     mirrored,
     selected_scores,
@@ -46,6 +47,12 @@ def test_mirroring_flips_the_chosen_images_and_swaps_left_and_right_parts():
     assert torch.equal(out[0], rgb[0].flip(2)) and torch.equal(out[1], rgb[1])
     assert labels[0, 0].tolist() == [0, hood, right] and torch.equal(labels[1], seg[1])
     assert mirrored(rgb, None, torch.tensor([True, True]))[1] is None  # the inpainting pretext has no labels
+
+
+def test_the_constant_prediction_is_each_pixels_most_frequent_label():
+    labels = torch.tensor([[[0, 1], [2, 2]], [[0, 1], [3, 2]], [[1, 2], [3, 0]]])
+    assert majority_labels(labels, classes=4).tolist() == [[0, 1], [3, 2]]
+    assert majority_labels(labels[:2], classes=4).tolist() == [[0, 1], [2, 2]]  # ties go to the lowest class
 
 
 def test_fold_scores_are_dataset_level_iou_per_fold():
@@ -85,6 +92,7 @@ def test_k_labelled_renders_train_and_are_scored_on_test_object_folds(tmp_path):
     report = evaluate(cfg)
     assert report["test_images"] == 10 and report["folds"] == 2
     assert 0 <= report["miou"] <= 1 and 0 <= report["miou_with_background"] <= 1
+    assert 0 <= report["constant/miou"] <= 1 and 0 < report["constant/miou_with_background"] <= 1  # the trivial row
     assert (tmp_path / "run" / "eval" / "part_segmentation_eval.png").exists()
     # Snapshots at steps 2, 4 and 6 and the last weights: each fold chooses among the four.
     assert sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir()) == [f"step0000000{i}" for i in (2, 4, 6)]
