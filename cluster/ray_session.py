@@ -57,7 +57,8 @@ class RaySink(MetricsSink):
         self.default_labels = default_labels
 
     def inc(self, name, value=1.0, **labels):
-        self._metrics[name].inc(value, tags=labels)
+        if value:  # Ray's counters refuse 0 (a step of a method that reads no stream samples adds none)
+            self._metrics[name].inc(value, tags=labels)
 
     def set(self, name, value, **labels):
         self._metrics[name].set(value, tags=labels)
