@@ -26,25 +26,27 @@ __all__ = ["TexturedRender", "render_textured", "edge_pairs", "neighbouring_face
 
 @dataclass(frozen=True)
 class TexturedRender:
-    """``image [B, 3, H, W]`` (0 off the mesh), ``mask [B, H, W]`` (hard coverage), ``soft [B, H, W]``."""
+    """``image [B, 3, H, W]`` (0 off the mesh), ``mask [B, H, W]`` (hard coverage), ``soft [B, H, W]``
+    (None where not asked for)."""
 
     image: torch.Tensor
     mask: torch.Tensor
-    soft: torch.Tensor
+    soft: torch.Tensor | None
 
 
-def render_textured(verts, faces, template, tex, R, t, K, resolution: tuple[int, int], sigma: float = 1.0,
+def render_textured(verts, faces, template, tex, R, t, K, resolution: tuple[int, int], sigma: float | None = 1.0,
                     ctx=None, backend: RasterBackend | None = None) -> TexturedRender:  # fmt: skip
     """Draw meshes ``verts [B, V, 3]`` (object frame) with spherical texture maps ``tex [B, 3, T, T]``
     through cameras ``x_cam = R x + t`` with intrinsics ``K``, rasterized by ``backend`` (ours
-    by default)."""
+    by default); the soft silhouette at ``sigma``, or none (``sigma=None``: scores that read only
+    the hard mask skip its cost)."""
     backend = backend or get_backend("torch")
     clip = camera_to_clip(world_to_camera(verts, R, t), K, resolution)
     frags = backend.rasterize(clip, faces, resolution, ctx=ctx)
     direction = F.normalize(interpolate(template.expand(len(verts), -1, -1), frags), dim=-1, eps=1e-8)
     image = texture(tex.permute(0, 2, 3, 1), sphere_uv(direction)).permute(0, 3, 1, 2)
     mask = frags.mask
-    soft = backend.soft_silhouette(clip, faces, resolution, sigma=sigma, ctx=ctx)
+    soft = None if sigma is None else backend.soft_silhouette(clip, faces, resolution, sigma=sigma, ctx=ctx)
     return TexturedRender(image * mask[:, None].to(image.dtype), mask, soft)
 
 

@@ -353,7 +353,7 @@ class GANverse3D(Method):
         verts, tex = model.net(rgb[::V])
         res = rgb.shape[-1]
         out = render_textured(verts.repeat_interleave(V, 0), model.net.faces, model.net.template,
-                              tex.repeat_interleave(V, 0), R, t, self._K(len(rgb), res), (res, res),
+                              tex.repeat_interleave(V, 0), R, t, self._K(len(rgb), res), (res, res), sigma=None,
                               backend=self.raster)  # fmt: skip
         iou = _iou(out.mask, mask).view(-1, V)
         return {"gan_oracle_camera_input_view_iou": float(iou[:, 0].mean()),
@@ -370,7 +370,7 @@ class GANverse3D(Method):
         R, t = model.cameras(view)
         res = rgb.shape[-1]
         out = render_textured(verts, model.net.faces, model.net.template, tex, R, t, self._K(len(rgb), res), (res, res),
-                              backend=self.raster)  # fmt: skip
+                              sigma=None, backend=self.raster)  # fmt: skip
         cams = model.cameras
         seen_azimuth, seen_elevation, used = per_code_viewpoints(*self.oracle.viewpoint(rgb), view, len(cams.azimuth))
         error = angle_error_deg(cams.azimuth, seen_azimuth)  # NaN for a code no group drew
@@ -391,7 +391,8 @@ class GANverse3D(Method):
         distance and F-score against the true surface samples ``true``."""
         ev, res = self.config.evaluation, batch["rgb"].shape[-1]
         drawn = render_textured(verts.repeat_interleave(views, 0), faces, template, tex.repeat_interleave(views, 0),
-                                batch["R"], batch["t"], batch["K"], (res, res), backend=self.raster)  # fmt: skip
+                                batch["R"], batch["t"], batch["K"], (res, res), sigma=None,
+                                backend=self.raster)  # fmt: skip
         iou = _iou(drawn.mask, batch["mask"].bool()).view(-1, views)
         pred = normalized(sample_surface(verts, faces, ev.shape_points, points))
         return drawn, (iou[:, 0], iou[:, 1:].mean(1), *chamfer_fscore(pred, true, ev.fscore_tau))
@@ -408,6 +409,7 @@ class GANverse3D(Method):
         sim = Simulator(replace(category.held_out(renders), resolution=res, views=V, batch_size=objects * V),
                         self.device)  # fmt: skip
         points = torch.Generator().manual_seed(ev.seed)
+        mean_points = torch.Generator().manual_seed(ev.seed + 1)  # its own: the network's samples stay the same
         mean = _mean_shape(sim, ev.mean_shape_objects) if ev.mean_shape_objects else None
         scores: dict[str, list[torch.Tensor]] = defaultdict(list)  # "[mean_shape/]<score>" → per-object values
         score_names = ("input_view_iou", "novel_view_iou", "chamfer", f"fscore@{ev.fscore_tau:g}")
@@ -417,14 +419,14 @@ class GANverse3D(Method):
             true_verts, true_faces = sim.category_meshes(b["object_seed"][::V])
             true = normalized(sample_surface(true_verts, true_faces, ev.shape_points, points))
             verts, tex = model.net(b["rgb"][::V])
-            rows = {"": (verts, model.net.faces, model.net.template, tex)}
+            rows = {"": (points, verts, model.net.faces, model.net.template, tex)}
             if mean is not None:  # the constant prediction: the same mean shape for every input, untextured
                 n = len(true_verts)
                 grey = torch.full((n, 3, 8, 8), 0.5, device=verts.device)
-                rows["mean_shape/"] = (mean.expand(n, -1, -1), true_faces, sim.sphere_dirs, grey)
+                rows["mean_shape/"] = (mean_points, mean.expand(n, -1, -1), true_faces, sim.sphere_dirs, grey)
             drawings = {}
             for row, prediction in rows.items():
-                drawings[row], values = self._prediction_scores(b, true, V, points, *prediction)
+                drawings[row], values = self._prediction_scores(b, true, V, *prediction)
                 for name, value in zip(score_names, values, strict=True):
                     scores[f"{row}{name}"].append(value.cpu())
             if figure is None:
@@ -446,9 +448,14 @@ class GANverse3D(Method):
                 HELD_OUT_GAN_SEED, 0
             )
             mask = self.oracle.mask(b["rgb"])
-            report |= self._oracle_camera_scores(model, b, mask, gan.views)
-            if not self.exact and not self.config.gan_test:
-                report |= self._gan_scores(model, b, mask)
+            # As in training, a group with a view that is not one object is not scored: its true mask is broken.
+            keep = one_object(mask, self.config.min_area).view(-1, gan.views).all(1).repeat_interleave(gan.views)
+            report["gan_groups_scored"] = float(keep.sum()) / gan.views
+            if keep.any():
+                b = {key: value[keep] for key, value in b.items() if torch.is_tensor(value) and len(value) == len(keep)}
+                report |= self._oracle_camera_scores(model, b, mask[keep], gan.views)
+                if not self.exact and not self.config.gan_test:
+                    report |= self._gan_scores(model, b, mask[keep])
         report["oracle_calls"] = dict(self.oracle.calls)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -217,6 +217,23 @@ def test_the_mask_filter_drops_whole_groups_from_the_loss(tmp_path, assets, monk
     assert float(out["usable"]) == 1 and (grad > 0).all()
 
 
+def test_only_gan_groups_of_whole_objects_are_scored_and_the_constant_row_samples_apart(tmp_path, assets, monkeypatch):
+    """Held-out GAN groups pass the training's mask filter before they are scored (group 1's second
+    view is two squares: not one object); the mean-shape row samples its own surface points, so
+    turning it off leaves the network's shape scores as they were."""
+    method = GANverse3D(_config(tmp_path, assets, "method.min_area=0.1").method_config, torch.device("cpu"))
+    model = method.build()["model"].module.eval()
+    monkeypatch.setattr(method.oracle, "mask", lambda rgb: _squares(6, 6, 6, 6, 6, 6, twice=(3,))[: len(rgb)])
+    report = method.evaluate({"model": model}, tmp_path / "eval")
+    assert report["gan_groups_scored"] == 2 and 0 <= report["gan_view_iou"] <= 1
+    assert "mean_shape/chamfer" in report
+    method.config.evaluation.mean_shape_objects = 0
+    alone = method.evaluate({"model": model}, tmp_path / "eval-alone")
+    assert "mean_shape/chamfer" not in alone
+    for key in ("chamfer", "fscore@0.02", "input_view_iou", "novel_view_iou"):
+        assert alone[key] == report[key], key
+
+
 def test_pool_codes_without_a_label_are_refused(tmp_path, assets):
     labels = json.loads(Path(assets["labels"]).read_text())
     partial = tmp_path / "labels.json"
