@@ -4,11 +4,12 @@ from a run's training log."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
 
-from bench.commands import claim, last_step, last_throughput, phase_throughput, renderloop
+from bench.commands import claim, last_step, last_throughput, phase_throughput, renderloop, share_cpus
 
 
 def test_steps_throughput_and_phases_from_the_training_log(tmp_path):
@@ -43,3 +44,14 @@ def test_a_run_folder_is_reused_only_under_the_settings_it_was_made_with(tmp_pat
     with pytest.raises(SystemExit, match=r"other settings \(engine.max_steps=10, engine.max_steps=20\)"):
         claim(tmp_path / "run", ["method=x", "engine.max_steps=20"])
     claim(tmp_path / "other", ["method=x", "engine.max_steps=20"])  # another folder: its own
+
+
+def test_commands_run_at_once_share_the_cores_unless_a_count_was_set(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "7")
+    share_cpus(5)
+    assert os.environ["OMP_NUM_THREADS"] == "3" and os.environ["MKL_NUM_THREADS"] == "7"  # 16 // 5; the set one kept
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    share_cpus(40)
+    assert os.environ["OMP_NUM_THREADS"] == "1"  # never none
