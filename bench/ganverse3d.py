@@ -156,7 +156,6 @@ def one_run(args, row: str, seed: int, work: Path, views: int, mean_shape: bool 
         f"engine.data.batch_size={args.batch}",
         f"method.data.views.batch_size={args.batch}",
         *args.set,
-        *([] if mean_shape else ["method.evaluation.mean_shape_objects=0"]),
     ]
     log, steps, seconds = work / "bench.log", f"engine.max_steps={args.steps}", {}
     claim(run, [*common, steps, f"single_renders={args.single_renders}"])
@@ -178,7 +177,8 @@ def one_run(args, row: str, seed: int, work: Path, views: int, mean_shape: bool 
         seconds["train"] = renderloop("train", *common, "engine.data.follow=false", steps, log=log)
     else:
         seconds["train"] = renderloop("run", *common, steps, log=log)
-    seconds["eval"] = renderloop("eval", *common, log=log)
+    constant = [] if mean_shape else ["method.evaluation.mean_shape_objects=0"]  # not a setting of the run
+    seconds["eval"] = renderloop("eval", *common, *constant, log=log)
     save_seconds(run, seconds)
     return _report(run)
 

@@ -96,6 +96,8 @@ def largest_component_share(masks: torch.Tensor, check_every: int = 4) -> torch.
     (1 for an empty mask). Labels spread along whole row and column runs, so a compact shape settles
     in a few rounds; the host checks for a change only every ``check_every`` rounds (it runs on
     every training step of the GAN methods, where each check waits for the GPU)."""
+    if check_every < 1:
+        raise ValueError(f"largest_component_share(): check_every must be >= 1; got {check_every}")
     B, H, W = masks.shape
     inside = masks.bool()
     ids = torch.arange(1, H * W + 1, device=masks.device).view(1, H, W)
@@ -107,8 +109,8 @@ def largest_component_share(masks: torch.Tensor, check_every: int = 4) -> torch.
         if torch.equal(labels, before):
             break
     counts = torch.zeros(B, H * W + 1, dtype=torch.long, device=masks.device)
-    counts.scatter_add_(1, labels.view(B, -1), inside.view(B, -1).long())
-    area = inside.view(B, -1).sum(1)
+    counts.scatter_add_(1, labels.reshape(B, -1), inside.reshape(B, -1).long())
+    area = inside.reshape(B, -1).sum(1)
     share = counts[:, 1:].amax(1) / area.clamp(min=1)
     return torch.where(area > 0, share, 1.0).float()
 

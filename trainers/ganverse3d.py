@@ -451,11 +451,15 @@ class GANverse3D(Method):
             # As in training, a group with a view that is not one object is not scored: its true mask is broken.
             keep = one_object(mask, self.config.min_area).view(-1, gan.views).all(1).repeat_interleave(gan.views)
             report["gan_groups_scored"] = float(keep.sum()) / gan.views
+            own_cameras = not self.exact and not self.config.gan_test
             if keep.any():
                 b = {key: value[keep] for key, value in b.items() if torch.is_tensor(value) and len(value) == len(keep)}
                 report |= self._oracle_camera_scores(model, b, mask[keep], gan.views)
-                if not self.exact and not self.config.gan_test:
+                if own_cameras:
                     report |= self._gan_scores(model, b, mask[keep])
+            else:  # nothing to score: said so, not left out (a summary over seeds would drop the key)
+                names = [*GAN_ORACLE_CAMERA_SCORES, *(GAN_OWN_CAMERA_SCORES if own_cameras else ())]
+                report |= dict.fromkeys(names, math.nan)
         report["oracle_calls"] = dict(self.oracle.calls)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -465,6 +469,8 @@ class GANverse3D(Method):
 
 
 HELD_OUT_GAN_SEED = 2**31 - 1
+GAN_ORACLE_CAMERA_SCORES = ("gan_oracle_camera_input_view_iou", "gan_oracle_camera_other_views_iou")
+GAN_OWN_CAMERA_SCORES = ("gan_view_iou", "camera_error_deg", "camera_elevation_error_deg")
 """The producer seed of the GAN groups the evaluation draws (producers count up from 0)."""
 
 

@@ -35,9 +35,11 @@ from .oracle import colour_labels, parts_not_scored
 from .scores import confusion, mean_iou, scored_classes
 
 __all__ = ["PartSegmentationConfig", "PartSegmentation", "fold_scores", "selected_scores", "mirror_classes", "mirrored",
-           "majority_labels"]  # fmt: skip
+           "label_counts", "majority_labels"]  # fmt: skip
 
 TASKS = ("parts", "inpaint")
+PRIOR_SEED = 1_000_003
+"""Added to the evaluation seed for the constant row's training renders."""
 
 
 @dataclass
@@ -121,11 +123,18 @@ def mirrored(
     return rgb, seg
 
 
+def label_counts(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """``[H, W, classes]`` how often each class appears at each pixel of label maps ``[N, H, W]``
+    (add them up over batches)."""
+    H, W = labels.shape[1:]
+    index = torch.arange(H * W, device=labels.device) * classes + labels.reshape(len(labels), -1).long()
+    return torch.bincount(index.reshape(-1), minlength=H * W * classes).view(H, W, classes)
+
+
 def majority_labels(labels: torch.Tensor, classes: int) -> torch.Tensor:
     """``[H, W]`` the most frequent class at each pixel of label maps ``[N, H, W]`` (ties: the
     lowest class)."""
-    counts = F.one_hot(labels.long(), classes).sum(0)
-    return counts.argmax(-1)
+    return label_counts(labels, classes).argmax(-1)
 
 
 def fold_scores(counts: torch.Tensor, scored: torch.Tensor | None = None) -> dict[str, float]:
@@ -217,13 +226,16 @@ class PartSegmentation(Method):
         return counts
 
     def _label_prior(self, renders, classes: int) -> torch.Tensor:
-        """The per-pixel majority label of ``prior_samples`` renders of training objects."""
+        """The per-pixel majority label of ``prior_samples`` renders of training objects, drawn with
+        a seed of their own (the test seed would give render i the test render i's camera)."""
         ev = self.config.evaluation
         sim = Simulator(replace(renders, object_seeds="gan"), self.device)
-        labels = [
-            sim.generate(ev.seed, index)["seg"].cpu() for index in range(math.ceil(ev.prior_samples / ev.batch_size))
-        ]
-        return majority_labels(torch.cat(labels)[: ev.prior_samples], classes)
+        counts, left = 0, ev.prior_samples
+        for index in range(math.ceil(ev.prior_samples / ev.batch_size)):
+            seg = sim.generate(PRIOR_SEED + ev.seed, index)["seg"][:left]
+            counts = counts + label_counts(seg, classes).cpu()
+            left -= len(seg)
+        return counts.argmax(-1)
 
     @torch.no_grad()
     def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:

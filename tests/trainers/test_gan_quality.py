@@ -100,3 +100,6 @@ def test_component_shares_match_an_independent_labelling(check_every):
     expected = [_largest_share_by_scipy(m) for m in masks]
     assert largest_component_share(masks, check_every=check_every).tolist() == pytest.approx(expected)
     assert expected[-1] == pytest.approx(1 / int(checker.sum()))
+    assert largest_component_share(masks.transpose(1, 2)).tolist() == pytest.approx(expected)  # any strides
+    with pytest.raises(ValueError, match="check_every"):
+        largest_component_share(masks, check_every=0)

@@ -226,6 +226,17 @@ def test_only_gan_groups_of_whole_objects_are_scored_and_the_constant_row_sample
     monkeypatch.setattr(method.oracle, "mask", lambda rgb: _squares(6, 6, 6, 6, 6, 6, twice=(3,))[: len(rgb)])
     report = method.evaluate({"model": model}, tmp_path / "eval")
     assert report["gan_groups_scored"] == 2 and 0 <= report["gan_view_iou"] <= 1
+    kept = method._oracle_camera_scores  # the scored groups are the kept ones, in order
+    seen = []
+    monkeypatch.setattr(
+        method, "_oracle_camera_scores", lambda m, b, mask, V: seen.append(mask.sum((1, 2))) or kept(m, b, mask, V)
+    )
+    monkeypatch.setattr(method.oracle, "mask", lambda rgb: _squares(6, 5, 6, 6, 6, 6, twice=(3,))[: len(rgb)])
+    broken = method.evaluate({"model": model}, tmp_path / "eval-broken")
+    assert broken["gan_groups_scored"] == 1 and seen[-1].tolist() == [36, 36]  # group 2 alone
+    monkeypatch.setattr(method.oracle, "mask", lambda rgb: torch.zeros(len(rgb), 16, 16, dtype=torch.bool))
+    none = method.evaluate({"model": model}, tmp_path / "eval-none")
+    assert none["gan_groups_scored"] == 0 and math.isnan(none["gan_view_iou"]) and math.isnan(none["camera_error_deg"])
     assert "mean_shape/chamfer" in report
     method.config.evaluation.mean_shape_objects = 0
     alone = method.evaluate({"model": model}, tmp_path / "eval-alone")

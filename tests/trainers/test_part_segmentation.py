@@ -14,6 +14,7 @@ from renderloop.datasets import category
 from renderloop.trainers.part_segmentation import (
     PartSegmentation,
     fold_scores,
+    label_counts,
     majority_labels,
     mirror_classes,
     mirrored,
@@ -53,6 +54,7 @@ def test_the_constant_prediction_is_each_pixels_most_frequent_label():
     labels = torch.tensor([[[0, 1], [2, 2]], [[0, 1], [3, 2]], [[1, 2], [3, 0]]])
     assert majority_labels(labels, classes=4).tolist() == [[0, 1], [3, 2]]
     assert majority_labels(labels[:2], classes=4).tolist() == [[0, 1], [2, 2]]  # ties go to the lowest class
+    assert label_counts(labels, classes=4)[1, 0].tolist() == [0, 0, 1, 2]
 
 
 def test_fold_scores_are_dataset_level_iou_per_fold():
