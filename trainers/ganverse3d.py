@@ -279,6 +279,11 @@ class GANverse3D(Method):
     def _K(self, n: int, res: int) -> torch.Tensor:
         return fov_intrinsics(self.config.fov_deg, res, res, batch=n, device=self.device)
 
+    def _whole_groups(self, mask: torch.Tensor, views: int) -> torch.Tensor:
+        """``[N]`` per image, whether every view of its group is one object covering ``min_area``
+        (the mask filter, in training and on held-out GAN groups alike)."""
+        return one_object(mask, self.config.min_area).view(-1, views).all(1).repeat_interleave(views)
+
     def _iou_loss(self, soft: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         inter = (soft * mask).sum((1, 2))
         return 1 - inter / (soft + mask - soft * mask).sum((1, 2)).clamp_min(1e-6)
@@ -300,7 +305,7 @@ class GANverse3D(Method):
                 return cam["R"].float()[index], cam["t"].float()[index], cam["K"].float()[index]
         else:
             mask = self.oracle.mask(rgb)
-            usable = one_object(mask, cfg.min_area).view(-1, V).all(1).repeat_interleave(V).float()
+            usable = self._whole_groups(mask, V).float()
             view, K = views["view"].long().view(-1), self._K(len(rgb), res)
 
             def camera(index: torch.Tensor):
@@ -449,7 +454,7 @@ class GANverse3D(Method):
             )
             mask = self.oracle.mask(b["rgb"])
             # As in training, a group with a view that is not one object is not scored: its true mask is broken.
-            keep = one_object(mask, self.config.min_area).view(-1, gan.views).all(1).repeat_interleave(gan.views)
+            keep = self._whole_groups(mask, gan.views)
             report["gan_groups_scored"] = float(keep.sum()) / gan.views
             own_cameras = not self.exact and not self.config.gan_test
             if keep.any():

@@ -35,7 +35,7 @@ from .oracle import colour_labels, parts_not_scored
 from .scores import confusion, mean_iou, scored_classes
 
 __all__ = ["PartSegmentationConfig", "PartSegmentation", "fold_scores", "selected_scores", "mirror_classes", "mirrored",
-           "label_counts", "majority_labels"]  # fmt: skip
+           "label_counts"]  # fmt: skip
 
 TASKS = ("parts", "inpaint")
 PRIOR_SEED = 1_000_003
@@ -131,12 +131,6 @@ def label_counts(labels: torch.Tensor, classes: int) -> torch.Tensor:
     return torch.bincount(index.reshape(-1), minlength=H * W * classes).view(H, W, classes)
 
 
-def majority_labels(labels: torch.Tensor, classes: int) -> torch.Tensor:
-    """``[H, W]`` the most frequent class at each pixel of label maps ``[N, H, W]`` (ties: the
-    lowest class)."""
-    return label_counts(labels, classes).argmax(-1)
-
-
 def fold_scores(counts: torch.Tensor, scored: torch.Tensor | None = None) -> dict[str, float]:
     """Per-fold confusion counts ``[F, C, C]`` → mIoU with and without class 0 (background), each
     dataset-level within its fold, as mean and sample standard deviation over folds; over the
@@ -226,8 +220,9 @@ class PartSegmentation(Method):
         return counts
 
     def _label_prior(self, renders, classes: int) -> torch.Tensor:
-        """The per-pixel majority label of ``prior_samples`` renders of training objects, drawn with
-        a seed of their own (the test seed would give render i the test render i's camera)."""
+        """The per-pixel majority label of ``prior_samples`` renders of training objects (ties: the
+        lowest class), drawn with a seed of their own (the test seed would give render i the test
+        render i's camera)."""
         ev = self.config.evaluation
         sim = Simulator(replace(renders, object_seeds="gan"), self.device)
         counts, left = 0, ev.prior_samples
