@@ -60,8 +60,12 @@ def _mark(log: Path, what: str) -> None:
 
 
 def save_seconds(run_dir: Path, seconds: dict[str, float]) -> None:
-    """Keep a run's commands' wall seconds beside its evaluation (a finished run is reused)."""
-    (run_dir / "eval" / "bench_seconds.json").write_text(json.dumps(seconds))
+    """Keep a run's commands' wall seconds beside its evaluation (a finished run is reused), added
+    to those of earlier calls (a run continued over several)."""
+    total = saved_seconds(run_dir)
+    total.update({key: total.get(key, 0.0) + value for key, value in seconds.items()})
+    (run_dir / "eval").mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval" / "bench_seconds.json").write_text(json.dumps(total))
 
 
 def saved_seconds(run_dir: Path) -> dict[str, float]:
@@ -77,6 +81,14 @@ def _train_log(run_dir: Path) -> list[dict]:
 def last_step(run_dir: Path) -> int:
     """The last step a run logged to ``train_log.jsonl`` (0 if none): how far a time-capped run got."""
     return max((record.get("step", 0) for record in _train_log(run_dir)), default=0)
+
+
+def saved_step(run_dir: Path) -> int:
+    """The step of a run's newest checkpoint (0 if none): how many steps a time-capped training has
+    finished, whatever its logging interval."""
+    pointer = run_dir / "checkpoints" / "latest"
+    name = pointer.read_text().strip() if pointer.exists() else ""
+    return int(name.removeprefix("step")) if name.startswith("step") and name[4:].isdigit() else 0
 
 
 THROUGHPUT = ("step", "samples_per_s", "data_wait_fraction", "data/generated_per_s")

@@ -15,7 +15,9 @@
    single-view, B (simulator renders in groups with their exact cameras: the ceiling), C
    (``--single-renders`` single-view renders with exact cameras, repeated: the paper's Pascal3D
    analogue).
-A row gives the mean and 95% t interval over seeds.
+A row gives the mean and 95% t interval over seeds. With ``--train-minutes`` each training stops
+after that long in this call and is scored only once it reaches ``--steps``: the same command
+again continues it from its checkpoint (rows at equal steps over several calls).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from pathlib import Path
 
-from bench.commands import claim, last_step, renderloop, save_seconds, saved_seconds, share_cpus
+from bench.commands import claim, last_step, renderloop, save_seconds, saved_seconds, saved_step, share_cpus
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95
 from renderloop.trainers.view_codes import AZIMUTH_BINS
@@ -127,9 +129,10 @@ def pool_names(labels: dict[str, int], views: int, pool: str) -> list[str]:
     return sorted(labels)
 
 
-def one_run(args, row: str, seed: int, work: Path, views: int, mean_shape: bool = True) -> dict:
-    """Train and score one row and seed; ``mean_shape``: also score the constant mean-shape row
-    (the same in every run, so the bench asks only the first run for it)."""
+def one_run(args, row: str, seed: int, work: Path, views: int, mean_shape: bool = True) -> dict | None:
+    """Train and score one row and seed (None: stopped by ``--train-minutes`` short of ``--steps``);
+    ``mean_shape``: also score the constant mean-shape row (the same in every run, so the bench
+    asks only the first run for it)."""
     run = work / f"{row}-s{seed}"
     annotation = work / "annotation"
     gan = [
@@ -161,7 +164,8 @@ def one_run(args, row: str, seed: int, work: Path, views: int, mean_shape: bool 
     claim(run, [*common, steps, f"single_renders={args.single_renders}"])
     if (run / "eval" / "ganverse3d_eval.json").exists():
         return _report(run)
-    if row == "C":  # a fixed set of single renders, repeated
+    capped = [f"engine.max_minutes={args.train_minutes}"] if args.train_minutes else []
+    if row == "C" and not (run / "generated").exists():  # a fixed set of single renders, repeated
         generate = [
             "source=simulator_vehicle",
             *_as_source(data),
@@ -174,9 +178,14 @@ def one_run(args, row: str, seed: int, work: Path, views: int, mean_shape: bool 
             f"device={args.device}",
         ]
         seconds["generate"] = renderloop("generate", *generate, log=log)
-        seconds["train"] = renderloop("train", *common, "engine.data.follow=false", steps, log=log)
+        (run / "generated").touch()
+    if row == "C":
+        seconds["train"] = renderloop("train", *common, "engine.data.follow=false", steps, *capped, log=log)
     else:
-        seconds["train"] = renderloop("run", *common, steps, log=log)
+        seconds["train"] = renderloop("run", *common, steps, *capped, log=log)
+    if saved_step(run) < args.steps:
+        save_seconds(run, seconds)
+        return None
     constant = [] if mean_shape else ["method.evaluation.mean_shape_objects=0"]  # not a setting of the run
     seconds["eval"] = renderloop("eval", *common, *constant, log=log)
     save_seconds(run, seconds)
@@ -239,6 +248,7 @@ def main() -> None:
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--train-minutes", type=float, default=0.0, help="> 0: stop trainings after this long (see above)")
     p.add_argument("--set", nargs="*", default=[], help="more overrides for every run")
     p.add_argument("--parallel", type=int, default=1, help="runs sharing the device at once (after the codes)")
     p.add_argument("--work", default="")
@@ -271,7 +281,10 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         done = pool.map(lambda job: one_run(args, *job, work, 1 if job[0] == "C" else args.views, job == jobs[0]), jobs)
         reports = dict(zip(jobs, done, strict=True))
-    runs = {row: [reports[row, seed] for seed in args.seeds] for row in args.rows}
+    unfinished = [f"{row}-s{seed}" for (row, seed), report in reports.items() if report is None]
+    if unfinished:
+        print(f"{len(unfinished)} runs short of {args.steps} steps ({', '.join(unfinished)}): run again to continue")
+    runs = {row: [reports[row, seed] for seed in args.seeds if reports[row, seed]] for row in args.rows}
     rows = summarize(runs)
     print_rows(rows)
     if args.out:

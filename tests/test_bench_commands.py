@@ -9,7 +9,17 @@ import re
 
 import pytest
 
-from bench.commands import claim, last_step, last_throughput, phase_throughput, renderloop, share_cpus
+from bench.commands import (
+    claim,
+    last_step,
+    last_throughput,
+    phase_throughput,
+    renderloop,
+    save_seconds,
+    saved_seconds,
+    saved_step,
+    share_cpus,
+)
 
 
 def test_steps_throughput_and_phases_from_the_training_log(tmp_path):
@@ -55,3 +65,13 @@ def test_commands_run_at_once_share_the_cores_unless_a_count_was_set(monkeypatch
     monkeypatch.delenv("OMP_NUM_THREADS")
     share_cpus(40)
     assert os.environ["OMP_NUM_THREADS"] == "1"  # never none
+
+
+def test_a_run_continued_over_calls_adds_its_seconds_and_counts_its_checkpointed_steps(tmp_path):
+    assert saved_step(tmp_path) == 0 and saved_seconds(tmp_path) == {}
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest").write_text("step00001500\n")
+    assert saved_step(tmp_path) == 1500
+    save_seconds(tmp_path, {"train": 10.0})
+    save_seconds(tmp_path, {"train": 5.0, "eval": 2.0})
+    assert saved_seconds(tmp_path) == {"train": 15.0, "eval": 2.0}

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
+import bench.ganverse3d as bench
 from bench.ganverse3d import pool_names, spread_codes, summarize
 from tests.trainers.helpers import gan_method_assets
 
@@ -42,6 +44,31 @@ def test_row_a_pools_every_kept_code_unless_told_to_spread():
     assert pool_names(labels, 2, "spread") == ["az000_0", "az090_0"]
     with pytest.raises(SystemExit, match="kept 3 codes"):
         pool_names(labels, 4, "all")
+
+
+def test_a_time_capped_training_is_scored_only_once_a_later_call_finishes_it(tmp_path, monkeypatch):
+    calls = []
+
+    def fake(command, *overrides, log):  # trains 3 steps a call; stands in for the command line
+        calls.append((command, [o for o in overrides if o.startswith("engine.max")]))
+        run = tmp_path / "A-s0"
+        if command == "run":
+            done = int(((run / "checkpoints" / "latest").read_text() if calls[1:] else "step0")[4:])
+            (run / "checkpoints").mkdir(exist_ok=True)
+            (run / "checkpoints" / "latest").write_text(f"step{min(done + 3, 5)}")
+        else:
+            (run / "eval").mkdir(exist_ok=True)
+            (run / "eval" / "ganverse3d_eval.json").write_text('{"input_view_iou": 0.5}')
+        return 1.0
+
+    monkeypatch.setattr(bench, "renderloop", fake)
+    args = SimpleNamespace(generator="g.pt", views=2, k=4, pool_names=["a", "b"], labels={}, resolution=16, oracle="o",
+                           device="cpu", batch=4, set=[], steps=5, single_renders=4, train_minutes=0.5)  # fmt: skip
+    assert bench.one_run(args, "A", 0, tmp_path, 2) is None  # 3 of 5 steps: not scored
+    report = bench.one_run(args, "A", 0, tmp_path, 2)
+    assert report["input_view_iou"] == 0.5 and report["seconds"] == {"train": 2.0, "eval": 1.0}
+    assert [c for c, _ in calls] == ["run", "run", "eval"]
+    assert calls[0][1] == ["engine.max_steps=5", "engine.max_minutes=0.5"] and calls[2][1] == []  # scoring: no cap
 
 
 def test_view_codes_then_two_rows_end_to_end(tmp_path):
