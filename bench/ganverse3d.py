@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from pathlib import Path
 
-from bench.commands import claim, last_step, renderloop, save_seconds, saved_seconds, saved_step, share_cpus
+from bench.commands import claim, renderloop, save_seconds, saved_seconds, saved_step, share_cpus
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95
 from renderloop.trainers.view_codes import AZIMUTH_BINS
@@ -193,10 +193,10 @@ def one_run(args, row: str, seed: int, work: Path, views: int, mean_shape: bool 
 
 
 def _report(run: Path) -> dict:
-    """A run's evaluation, with the steps it reached (a time cap may stop it early) and each
+    """A run's evaluation, with the steps it finished (a time cap may stop it early) and each
     command's wall seconds."""
     report = json.loads((run / "eval" / "ganverse3d_eval.json").read_text())
-    return report | {"steps": last_step(run), "seconds": saved_seconds(run)}
+    return report | {"steps": saved_step(run), "seconds": saved_seconds(run)}
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:

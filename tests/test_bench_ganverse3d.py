@@ -102,5 +102,5 @@ def test_view_codes_then_two_rows_end_to_end(tmp_path):
     assert {"gan_oracle_camera_input_view_iou", "camera_error_deg"} <= set(report["rows"]["A"])
     assert "gan_oracle_camera_input_view_iou" in report["rows"]["C"] and "camera_error_deg" not in report["rows"]["C"]
     (c_run,) = report["runs"]["C"]
-    assert c_run["steps"] == 1 and set(c_run["seconds"]) == {"generate", "train", "eval"}
+    assert c_run["steps"] == 2 and set(c_run["seconds"]) == {"generate", "train", "eval"}
     assert "mean_shape/chamfer" in a_run and "mean_shape/chamfer" not in c_run  # the constant row: scored once
