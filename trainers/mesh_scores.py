@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["sample_surface", "normalized", "chamfer_fscore"]
+__all__ = ["sample_surface", "normalized", "chamfer_fscore", "distances"]
 
 
 def sample_surface(verts: torch.Tensor, faces: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -43,10 +43,21 @@ def chamfer_fscore(
     10,000-point sets, which the scores need to sit well above their sampling floor, fit in memory."""
     to_true = torch.empty(pred.shape[:2], dtype=pred.dtype, device=pred.device)
     to_pred = torch.full(true.shape[:2], torch.inf, dtype=pred.dtype, device=pred.device)
+    on_cpu = pred.device.type == "cpu"
     for start in range(0, pred.shape[1], chunk):
-        d = torch.cdist(pred[:, start : start + chunk], true, compute_mode="donot_use_mm_for_euclid_dist")
+        d = distances(pred[:, start : start + chunk], true, cdist=on_cpu)
         to_true[:, start : start + chunk] = d.amin(2)
         to_pred = torch.minimum(to_pred, d.amin(1))
     chamfer = (to_true.mean(1) + to_pred.mean(1)) / 2
     precision, recall = (to_true < tau).float().mean(1), (to_pred < tau).float().mean(1)
     return chamfer, 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+
+
+def distances(a: torch.Tensor, b: torch.Tensor, cdist: bool) -> torch.Tensor:
+    """Exact distances ``[B, N, M]`` between ``a [B, N, 3]`` and ``b [B, M, 3]``: by ``torch.cdist``'s
+    direct kernel, or from the difference vectors themselves. The CPU takes the first; CUDA the
+    second, as its direct cdist kernel reduces every distance with a thread block of its own, three
+    of whose threads have work for 3-D points."""
+    if cdist:
+        return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+    return (a.unsqueeze(2) - b.unsqueeze(1)).norm(dim=-1)

@@ -9,7 +9,7 @@ from renderloop.datasets.simulator import Simulator, SimulatorConfig
 from renderloop.renderers.cameras import camera_to_clip, world_to_camera
 from renderloop.renderers.meshes import icosphere
 from renderloop.renderers.ops import rasterize
-from renderloop.trainers.mesh_scores import chamfer_fscore, normalized, sample_surface
+from renderloop.trainers.mesh_scores import chamfer_fscore, distances, normalized, sample_surface
 
 
 def test_scores_know_their_answers():
@@ -27,6 +27,10 @@ def test_scores_know_their_answers():
     # A unit sphere moved by d lies |d cos θ| from the original: d / 2 on average, plus the gaps
     # between samples (about 0.02 at 4,000 points).
     assert 0.05 <= far.item() <= 0.05 + 0.03 and f_far.item() < 0.7
+    # The GPU's way (difference vectors) and the CPU's (cdist's direct kernel) agree, 0 for the same point.
+    pair = torch.cat([points[:, :500], other[:, :100]], dim=1)
+    by_differences, by_cdist = distances(pair, points, cdist=False), distances(pair, points, cdist=True)
+    assert torch.allclose(by_differences, by_cdist, atol=1e-6) and (by_differences[0, :500].amin(1) == 0).all()
     bigger = normalized(points * 3 + 1)
     assert torch.allclose(bigger, normalized(points), atol=1e-5)  # size and place normalized away
 
