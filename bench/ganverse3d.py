@@ -165,21 +165,21 @@ def one_run(args, row: str, seed: int, work: Path, views: int, mean_shape: bool 
     if (run / "eval" / "ganverse3d_eval.json").exists():
         return _report(run)
     capped = [f"engine.max_minutes={args.train_minutes}"] if args.train_minutes else []
-    if row == "C" and not (run / "generated").exists():  # a fixed set of single renders, repeated
-        generate = [
-            "source=simulator_vehicle",
-            *_as_source(data),
-            f"num_samples={args.single_renders}",
-            f"source.batch_size={args.batch}",
-            f"samples_per_shard={args.batch}",
-            f"seed={seed}",
-            f"storage.root={run / 'data'}",
-            "storage.stream=ganverse3d-views",
-            f"device={args.device}",
-        ]
-        seconds["generate"] = renderloop("generate", *generate, log=log)
-        (run / "generated").touch()
-    if row == "C":
+    if row == "C":  # a fixed set of single renders (made once), repeated
+        if not (run / "generated").exists():
+            generate = [
+                "source=simulator_vehicle",
+                *_as_source(data),
+                f"num_samples={args.single_renders}",
+                f"source.batch_size={args.batch}",
+                f"samples_per_shard={args.batch}",
+                f"seed={seed}",
+                f"storage.root={run / 'data'}",
+                "storage.stream=ganverse3d-views",
+                f"device={args.device}",
+            ]
+            seconds["generate"] = renderloop("generate", *generate, log=log)
+            (run / "generated").touch()
         seconds["train"] = renderloop("train", *common, "engine.data.follow=false", steps, *capped, log=log)
     else:
         seconds["train"] = renderloop("run", *common, steps, *capped, log=log)
