@@ -56,17 +56,25 @@ def make_step(batch: int, res: int, faces: int, *, device, mode: str, soft: bool
     """A closure that renders (and for ``fwd+bwd`` backpropagates) one batch; ``zbuffer="tensor"``
     keeps the renderer on the candidate lists and tensor code instead of the Triton kernels (the
     z-buffer's, the fragments' and the soft silhouette's); ``fragments="torch"`` keeps only the
-    fragment math as (compiled) tensor code; ``launch`` shapes the z-buffer kernel's programs
-    (``_raster_triton.Launch``, e.g. ``4x32x1``; empty: the default)."""
+    fragment math as (compiled) tensor code, ``"triton_pixelwise"`` its kernels with a backward
+    pass that adds each pixel's gradients on its own; ``launch`` shapes the z-buffer's and the soft
+    silhouette's programs (``_raster_triton.Launch``, e.g. ``4x32x1``; empty: the default)."""
     cfg = RendererConfig(height=res, width=res, soft_mask=soft, compile=compile_, backend=backend)
     renderer = MeshRenderer(cfg)
     if zbuffer == "tensor":
         renderer.raster_context = replace(renderer.raster_context, zbuffer=None, fragments=None, soft_sums=None)
     if fragments == "torch":
         renderer.raster_context = replace(renderer.raster_context, fragments=None)
+    if fragments == "triton_pixelwise":
+        pixelwise = functools.partial(_raster_triton.fragments, runs=False)
+        renderer.raster_context = replace(renderer.raster_context, fragments=pixelwise)
     if zbuffer != "tensor" and launch:
-        kernel = functools.partial(_raster_triton.nearest_face_keys, launch=_raster_triton.Launch.parse(launch))
-        renderer.raster_context = replace(renderer.raster_context, zbuffer=kernel)
+        shape = _raster_triton.Launch.parse(launch)
+        renderer.raster_context = replace(
+            renderer.raster_context,
+            zbuffer=functools.partial(_raster_triton.nearest_face_keys, launch=shape),
+            soft_sums=functools.partial(_raster_triton.soft_sums, launch=shape),
+        )
     verts, face_idx, R, t, K = orbit_scene(batch, (res, res), SUBDIVISIONS[faces], device=device)
     colors = 0.5 + 0.5 * verts.detach()
     light = torch.nn.functional.normalize(torch.tensor([[0.3, -0.4, -1.0]], device=device), dim=-1).expand(batch, 3)
@@ -217,14 +225,16 @@ def main() -> None:
         nargs="*",
         default=[""],
         metavar="FxBxW",
-        help="Triton z-buffer launch shapes to time, in turn: faces per program x pixel block x warps",
+        help="launch shapes of the Triton z-buffer and soft silhouette to time, in turn: faces per program x "
+        "pixel block x warps",
     )
     parser.add_argument(
         "--fragments",
         nargs="*",
         default=["triton"],
-        choices=["triton", "torch"],
-        help="with the Triton z-buffer: the fragment math as Triton kernels or as (compiled) tensor code, in turn",
+        choices=["triton", "triton_pixelwise", "torch"],
+        help="with the Triton z-buffer: the fragment math as Triton kernels (pixelwise: without summing a face's "
+        "runs of pixels before adding gradients) or as (compiled) tensor code, in turn",
     )
     parser.add_argument("--backends", nargs="*", default=["torch"], help="renderer backends to time, in turn")
     parser.add_argument("--rounds", type=int, default=1, help="rounds, each timing every variant of a setting once")

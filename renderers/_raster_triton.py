@@ -12,8 +12,9 @@ Triton's interpreter (``TRITON_INTERPRET=1``).
 
 The fragment kernels recompute each covered pixel's perspective-correct barycentrics and depth
 from its face's three clip-space corners (``ops._fragment_math``'s formulas), and in the backward
-pass add each pixel's nine corner gradients (x, y and w of three corners) straight into the vertex
-gradients: no per-pixel corner table is gathered or kept, and background pixels add nothing.
+pass sum the nine corner gradients (x, y and w of three corners) over each run of pixels showing
+one face and add the sums straight into the vertex gradients: no per-pixel corner table is
+gathered or kept, and background pixels add nothing.
 
 The soft silhouette walks each face's box grown by its margin the same way, adding each pixel's
 ``log(1 - exp(-d²/sigma))`` with an atomic add; its backward walks the boxes again and sums each
@@ -38,9 +39,9 @@ __all__ = ["Launch", "supports", "nearest_face_keys", "fragments", "soft_sums"]
 @dataclass(frozen=True)
 class Launch:
     """How a kernel's programs cover the faces: ``faces`` per program, each face's pixel box walked
-    ``block`` centres at a time, by ``warps`` warps. The z-buffer takes any shape (the results are
-    the same bit for bit); the soft silhouette's kernels take one face per program. The default
-    is chosen with ``bench/renderers.py --launch``."""
+    ``block`` centres at a time, by ``warps`` warps. The z-buffer and the soft silhouette take any
+    shape (the z-buffer's keys are the same bit for bit, the soft sums the same to rounding). The
+    default is chosen with ``bench/renderers.py --launch``."""
 
     faces: int = 4
     block: int = 32
@@ -63,10 +64,6 @@ class Launch:
 
     def __str__(self) -> str:
         return f"{self.faces}x{self.block}x{self.warps}"
-
-
-BLOCK = Launch().block
-"""Pixel centres the soft silhouette's programs test at once."""
 
 
 def supports(device: torch.device) -> bool:
@@ -213,19 +210,37 @@ if triton is not None:
         tl.store(depth_ptr + pixel, tl.where(covered, (e0 + e1 + e2) / total_q, 0.0), mask=inside)
 
     @triton.jit
-    def _add_corner(grad_ptr, vertex, gu, gt, gw_direct, x, y, w, sx, sy, covered):
-        """Chain a corner's screen-position and w gradients to its clip x, y, w and add them."""
+    def _clip_gradient(gu, gt, gw_direct, x, y, w, sx, sy):
+        """A corner's screen-position and w gradients chained to its clip x, y and w."""
         gx = gu * sx / w
         gy = gt * sy / w
-        gw = gw_direct - (gx * x + gy * y) / w
-        row = grad_ptr + vertex * 4
-        tl.atomic_add(row, gx, mask=covered)
-        tl.atomic_add(row + 1, gy, mask=covered)
-        tl.atomic_add(row + 3, gw, mask=covered)
+        return gx, gy, gw_direct - (gx * x + gy * y) / w
+
+    @triton.jit
+    def _face_key(face_id_ptr, pixel, total, H, W):
+        """Which face a pixel shows, unique across the batch (negative for the background and
+        outside ``[0, total)``)."""
+        face = tl.load(face_id_ptr + pixel, mask=(pixel >= 0) & (pixel < total), other=-1)
+        return tl.where(face >= 0, (pixel // (H * W)) * 2**32 + face, -1)
+
+    @triton.jit
+    def _run_sum(fa, a0, a1, a2, a3, a4, a5, a6, a7, a8, fb, b0, b1, b2, b3, b4, b5, b6, b7, b8):
+        """Segmented sum: ``fb`` marks where a run begins, and a run's sum restarts there."""
+        restart = fb != 0
+        return (fa | fb, tl.where(restart, b0, a0 + b0), tl.where(restart, b1, a1 + b1),
+                tl.where(restart, b2, a2 + b2), tl.where(restart, b3, a3 + b3), tl.where(restart, b4, a4 + b4),
+                tl.where(restart, b5, a5 + b5), tl.where(restart, b6, a6 + b6), tl.where(restart, b7, a7 + b7),
+                tl.where(restart, b8, a8 + b8))  # fmt: skip
+
+    @triton.jit
+    def _add_row(row, gx, gy, gw, last):
+        tl.atomic_add(row, gx, mask=last)
+        tl.atomic_add(row + 1, gy, mask=last)
+        tl.atomic_add(row + 3, gw, mask=last)
 
     @triton.jit
     def _fragment_backward_kernel(clip_ptr, faces_ptr, face_id_ptr, grad_bary_ptr, grad_depth_ptr, grad_clip_ptr,
-                                  total, V, face_stride, H, W, BLOCK: tl.constexpr):  # fmt: skip
+                                  total, V, face_stride, H, W, RUNS: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
         pixel, covered, px, py, v0, x0, y0, w0, v1, x1, y1, w1, v2, x2, y2, w2 = _fragment_pixels(
             clip_ptr, faces_ptr, face_id_ptr, tl.program_id(0).to(tl.int64) * BLOCK, total, V, face_stride,
             H, W, BLOCK)  # fmt: skip
@@ -252,9 +267,23 @@ if triton is not None:
         gt1 = ge2 * (u0 - px) + ge0 * (px - u2)
         gu2 = ge0 * (py - t1) + ge1 * (t0 - py)
         gt2 = ge0 * (u1 - px) + ge1 * (px - u0)
-        _add_corner(grad_clip_ptr, v0, gu0, gt0, -gq0 * q0 / w0, x0, y0, w0, sx, sy, covered)
-        _add_corner(grad_clip_ptr, v1, gu1, gt1, -gq1 * q1 / w1, x1, y1, w1, sx, sy, covered)
-        _add_corner(grad_clip_ptr, v2, gu2, gt2, -gq2 * q2 / w2, x2, y2, w2, sx, sy, covered)
+        gx0, gy0, gw0 = _clip_gradient(gu0, gt0, -gq0 * q0 / w0, x0, y0, w0, sx, sy)
+        gx1, gy1, gw1 = _clip_gradient(gu1, gt1, -gq1 * q1 / w1, x1, y1, w1, sx, sy)
+        gx2, gy2, gw2 = _clip_gradient(gu2, gt2, -gq2 * q2 / w2, x2, y2, w2, sx, sy)
+        last = covered
+        if RUNS:
+            # Neighbouring pixels mostly show the same face: each run of them adds its sum once, from
+            # its last pixel, so a vertex takes a few atomic adds per row of a face, not one per pixel.
+            key = _face_key(face_id_ptr, pixel, total, H, W)
+            begins = (key != _face_key(face_id_ptr, pixel - 1, total, H, W)).to(tl.int32)
+            ends = (key != _face_key(face_id_ptr, pixel + 1, total, H, W)) | (tl.arange(0, BLOCK) == BLOCK - 1)
+            last = covered & ends
+            _, gx0, gy0, gw0, gx1, gy1, gw1, gx2, gy2, gw2 = tl.associative_scan(
+                (begins, gx0, gy0, gw0, gx1, gy1, gw1, gx2, gy2, gw2), 0, _run_sum
+            )
+        _add_row(grad_clip_ptr + v0 * 4, gx0, gy0, gw0, last)
+        _add_row(grad_clip_ptr + v1 * 4, gx1, gy1, gw1, last)
+        _add_row(grad_clip_ptr + v2 * 4, gx2, gy2, gw2, last)
 
 
 FRAGMENT_BLOCK = 256
@@ -270,7 +299,7 @@ def _face_layout(faces: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 class _Fragments(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, clip_pos, faces, face_id):
+    def forward(ctx, clip_pos, faces, face_id, runs):
         V = clip_pos.shape[1]
         H, W = face_id.shape[1:]
         flat_faces, face_stride = _face_layout(faces)
@@ -284,7 +313,7 @@ class _Fragments(torch.autograd.Function):
             clip, flat_faces, face_id, bary, depth, total, V, face_stride, H, W, BLOCK=FRAGMENT_BLOCK
         )
         ctx.save_for_backward(clip, flat_faces, face_id)
-        ctx.face_stride = face_stride
+        ctx.face_stride, ctx.runs = face_stride, runs
         return bary, depth
 
     @staticmethod
@@ -299,16 +328,18 @@ class _Fragments(torch.autograd.Function):
         grid = (triton.cdiv(total, FRAGMENT_BLOCK),)
         _fragment_backward_kernel[grid](
             clip, flat_faces, face_id, grad_bary.contiguous(), grad_depth.contiguous(), grad_clip, total, V,
-            ctx.face_stride, H, W, BLOCK=FRAGMENT_BLOCK,
+            ctx.face_stride, H, W, RUNS=ctx.runs, BLOCK=FRAGMENT_BLOCK,
         )  # fmt: skip
-        return grad_clip, None, None
+        return grad_clip, None, None, None
 
 
-def fragments(clip_pos: torch.Tensor, faces: torch.Tensor, face_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fragments(clip_pos: torch.Tensor, faces: torch.Tensor, face_id: torch.Tensor, *,
+              runs: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """``ops._fragment_math`` as two kernels: barycentrics ``[P, 3]`` and depth ``[P, 1]`` of each
     pixel's face ``face_id [B, H, W]`` (-1: background, zeros), differentiable w.r.t. ``clip_pos [B, V, 4]``;
-    ``faces`` int64 ``[B, F, 3]``."""
-    return _Fragments.apply(clip_pos, faces, face_id)
+    ``faces`` int64 ``[B, F, 3]``. ``runs=False``: the backward pass adds every pixel's corner
+    gradients on its own (one atomic add per pixel and value, for ``bench/renderers.py``)."""
+    return _Fragments.apply(clip_pos, faces, face_id, runs)
 
 
 if triton is not None:
@@ -323,17 +354,21 @@ if triton is not None:
         return dx * dx + dy * dy, t, dx, dy
 
     @triton.jit
-    def _soft_block(tri_ptr, box_ptr, face, block, W, sigma, BLOCK: tl.constexpr):
-        """One block of a face's grown box: pixel index, in the box, inside the face, d²/sigma, the
-        nearest edge k (from corner k to corner k + 1), and for each edge the closest point's
-        parameter t and the offset from it to the pixel centre."""
+    def _soft_tile(tri_ptr, box_ptr, face, real, start, W, sigma, BLOCK: tl.constexpr):
+        """Columns ``start`` to ``start + BLOCK`` of each face's grown box (rows: the program's faces):
+        pixel index within the image, in the box, inside the face, d²/sigma, the nearest edge k (from
+        corner k to corner k + 1), and for each edge the closest point's parameter t and the offset
+        from it to the pixel centre."""
         row = tri_ptr + face * 6
-        x0, y0, x1, y1 = tl.load(row), tl.load(row + 1), tl.load(row + 2), tl.load(row + 3)
-        x2, y2 = tl.load(row + 4), tl.load(row + 5)
+        x0, y0 = _column(row, 0, real), _column(row, 1, real)
+        x1, y1 = _column(row, 2, real), _column(row, 3, real)
+        x2, y2 = _column(row, 4, real), _column(row, 5, real)
         box = box_ptr + face * 4
-        col0, row0, width = tl.load(box), tl.load(box + 1), tl.load(box + 2)
-        offset = block + tl.arange(0, BLOCK)
-        in_box = offset < width * tl.load(box + 3)
+        col0 = tl.load(box, mask=real, other=0)[:, None]
+        row0 = tl.load(box + 1, mask=real, other=0)[:, None]
+        width = tl.load(box + 2, mask=real, other=0)[:, None]
+        offset = start + tl.arange(0, BLOCK)[None, :]
+        in_box = offset < width * tl.load(box + 3, mask=real, other=0)[:, None]
         r = row0 + offset // tl.maximum(width, 1)
         c = col0 + offset % tl.maximum(width, 1)
         px, py = c.to(x0.dtype) + 0.5, r.to(x0.dtype) + 0.5
@@ -352,13 +387,22 @@ if triton is not None:
         return pixel, in_box, inside, x, nearest, t0, dx0, dy0, t1, dx1, dy1, t2, dx2, dy2
 
     @triton.jit
-    def _soft_forward_kernel(tri_ptr, box_ptr, log_ptr, covered_ptr, num_faces, H, W, sigma, BLOCK: tl.constexpr):
-        face = tl.program_id(0).to(tl.int64)
-        image = (face // num_faces) * H * W
-        count = tl.load(box_ptr + face * 4 + 2) * tl.load(box_ptr + face * 4 + 3)
-        for block in range(0, count, BLOCK):
-            pixel, in_box, inside, x, _, _, _, _, _, _, _, _, _, _ = _soft_block(
-                tri_ptr, box_ptr, face, block, W, sigma, BLOCK
+    def _program_faces(box_ptr, total_faces, num_faces, H, W, FACES: tl.constexpr):
+        """This program's faces, which are real (not the last tile's padding), the first pixel of
+        each face's image, and the most box pixels any of them has."""
+        face = tl.program_id(0).to(tl.int64) * FACES + tl.arange(0, FACES).to(tl.int64)
+        real = face < total_faces
+        box = box_ptr + face * 4
+        count = tl.load(box + 2, mask=real, other=0) * tl.load(box + 3, mask=real, other=0)
+        return face, real, ((face // num_faces) * H * W)[:, None], tl.max(count, axis=0)
+
+    @triton.jit
+    def _soft_forward_kernel(tri_ptr, box_ptr, log_ptr, covered_ptr, total_faces, num_faces, H, W, sigma,
+                             FACES: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+        face, real, image, most = _program_faces(box_ptr, total_faces, num_faces, H, W, FACES)
+        for start in range(0, most, BLOCK):
+            pixel, in_box, inside, x, _, _, _, _, _, _, _, _, _, _ = _soft_tile(
+                tri_ptr, box_ptr, face, real, start, W, sigma, BLOCK
             )
             x = tl.maximum(x, 1e-6)  # a centre exactly on an edge keeps a finite gradient
             # log(1 - exp(-x)); near 0 its series, where 1 - exp(-x) would lose the digits.
@@ -368,16 +412,14 @@ if triton is not None:
             tl.atomic_max(covered_ptr + image + pixel, inside.to(tl.int32), mask=in_box & inside)
 
     @triton.jit
-    def _soft_backward_kernel(tri_ptr, box_ptr, grad_log_ptr, grad_tri_ptr, num_faces, H, W, sigma,
-                              BLOCK: tl.constexpr):  # fmt: skip
-        face = tl.program_id(0).to(tl.int64)
-        image = (face // num_faces) * H * W
-        count = tl.load(box_ptr + face * 4 + 2) * tl.load(box_ptr + face * 4 + 3)
-        zero = tl.load(tri_ptr + face * 6) * 0.0
+    def _soft_backward_kernel(tri_ptr, box_ptr, grad_log_ptr, grad_tri_ptr, total_faces, num_faces, H, W, sigma,
+                              FACES: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+        face, real, image, most = _program_faces(box_ptr, total_faces, num_faces, H, W, FACES)
+        zero = tl.zeros((FACES,), dtype=tri_ptr.dtype.element_ty)
         g0x, g0y, g1x, g1y, g2x, g2y = zero, zero, zero, zero, zero, zero
-        for block in range(0, count, BLOCK):
-            pixel, in_box, inside, x, nearest, t0, dx0, dy0, t1, dx1, dy1, t2, dx2, dy2 = _soft_block(
-                tri_ptr, box_ptr, face, block, W, sigma, BLOCK
+        for start in range(0, most, BLOCK):
+            pixel, in_box, inside, x, nearest, t0, dx0, dy0, t1, dx1, dy1, t2, dx2, dy2 = _soft_tile(
+                tri_ptr, box_ptr, face, real, start, W, sigma, BLOCK
             )
             grad = tl.load(grad_log_ptr + image + pixel, mask=in_box, other=0.0)
             # d term / dx = 1 / (exp(x) - 1); x = d²/sigma carries no gradient where it was clamped.
@@ -392,19 +434,19 @@ if triton is not None:
             b1 = tl.where(nearest == 1, g * t1, 0.0)
             a2 = tl.where(nearest == 2, g * (1.0 - t2), 0.0)
             b2 = tl.where(nearest == 2, g * t2, 0.0)
-            g0x += tl.sum(a0 * dx0 + b2 * dx2, axis=0)
-            g0y += tl.sum(a0 * dy0 + b2 * dy2, axis=0)
-            g1x += tl.sum(b0 * dx0 + a1 * dx1, axis=0)
-            g1y += tl.sum(b0 * dy0 + a1 * dy1, axis=0)
-            g2x += tl.sum(b1 * dx1 + a2 * dx2, axis=0)
-            g2y += tl.sum(b1 * dy1 + a2 * dy2, axis=0)
+            g0x += tl.sum(a0 * dx0 + b2 * dx2, axis=1)
+            g0y += tl.sum(a0 * dy0 + b2 * dy2, axis=1)
+            g1x += tl.sum(b0 * dx0 + a1 * dx1, axis=1)
+            g1y += tl.sum(b0 * dy0 + a1 * dy1, axis=1)
+            g2x += tl.sum(b1 * dx1 + a2 * dx2, axis=1)
+            g2y += tl.sum(b1 * dy1 + a2 * dy2, axis=1)
         out = grad_tri_ptr + face * 6
-        tl.store(out, g0x)
-        tl.store(out + 1, g0y)
-        tl.store(out + 2, g1x)
-        tl.store(out + 3, g1y)
-        tl.store(out + 4, g2x)
-        tl.store(out + 5, g2y)
+        tl.store(out, g0x, mask=real)
+        tl.store(out + 1, g0y, mask=real)
+        tl.store(out + 2, g1x, mask=real)
+        tl.store(out + 3, g1y, mask=real)
+        tl.store(out + 4, g2x, mask=real)
+        tl.store(out + 5, g2y, mask=real)
 
 
 class _SoftSums(torch.autograd.Function):
@@ -412,30 +454,35 @@ class _SoftSums(torch.autograd.Function):
     the screen triangles) and whether a face covers its centre."""
 
     @staticmethod
-    def forward(ctx, tri, boxes, num_faces, resolution, sigma):
+    def forward(ctx, tri, boxes, num_faces, resolution, sigma, launch):
         H, W = resolution
-        pixels = tri.shape[0] // num_faces * H * W
-        log_empty = torch.zeros(pixels, dtype=tri.dtype, device=tri.device)
-        covered = torch.zeros(pixels, dtype=torch.int32, device=tri.device)
-        _soft_forward_kernel[(boxes.shape[0],)](tri, boxes, log_empty, covered, num_faces, H, W, sigma, BLOCK=BLOCK)
+        total = boxes.shape[0]
+        log_empty = torch.zeros(total // num_faces * H * W, dtype=tri.dtype, device=tri.device)
+        covered = torch.zeros_like(log_empty, dtype=torch.int32)
+        _soft_forward_kernel[(triton.cdiv(total, launch.faces),)](
+            tri, boxes, log_empty, covered, total, num_faces, H, W, sigma,
+            FACES=launch.faces, BLOCK=launch.block, num_warps=launch.warps,
+        )  # fmt: skip
         ctx.save_for_backward(tri, boxes)
-        ctx.settings = (num_faces, H, W, sigma)
+        ctx.settings = (num_faces, H, W, sigma, launch)
         ctx.mark_non_differentiable(covered)
         return log_empty, covered
 
     @staticmethod
     def backward(ctx, grad_log, _):
         tri, boxes = ctx.saved_tensors
-        num_faces, H, W, sigma = ctx.settings
+        num_faces, H, W, sigma, launch = ctx.settings
+        total = boxes.shape[0]
         grad_tri = torch.empty_like(tri)
-        _soft_backward_kernel[(boxes.shape[0],)](
-            tri, boxes, grad_log.contiguous(), grad_tri, num_faces, H, W, sigma, BLOCK=BLOCK
-        )
-        return grad_tri, None, None, None, None
+        _soft_backward_kernel[(triton.cdiv(total, launch.faces),)](
+            tri, boxes, grad_log.contiguous(), grad_tri, total, num_faces, H, W, sigma,
+            FACES=launch.faces, BLOCK=launch.block, num_warps=launch.warps,
+        )  # fmt: skip
+        return grad_tri, None, None, None, None, None
 
 
-def soft_sums(tri: torch.Tensor, first: torch.Tensor, size: torch.Tensor, num_faces: int,
-              resolution: tuple[int, int], sigma: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def soft_sums(tri: torch.Tensor, first: torch.Tensor, size: torch.Tensor, num_faces: int, resolution: tuple[int, int],
+              sigma: float, *, launch: Launch = Launch()) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """``ops.soft_silhouette``'s per-pixel sums over the faces' grown boxes: ``log_empty [B * H * W]``
     (differentiable w.r.t. ``tri [B * F, 6]``, the screen corners) and ``covered`` (int32, 0 or 1)."""
-    return _SoftSums.apply(tri.contiguous(), _boxes(first, size), num_faces, tuple(resolution), float(sigma))
+    return _SoftSums.apply(tri.contiguous(), _boxes(first, size), num_faces, tuple(resolution), float(sigma), launch)

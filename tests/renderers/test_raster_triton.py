@@ -68,14 +68,16 @@ def _compare(device: str = "cpu") -> dict[str, list[int]]:
 
 def _compare_soft(device: str = "cpu") -> dict[str, list[float]]:
     """Per scene: the largest silhouette difference, and the largest gradient difference relative to
-    the largest gradient (a random weighting of the pixels backpropagated). Sharp and wide sigmas
-    alternate between scenes, since the interpreter takes seconds per call."""
-    from renderloop.renderers._raster_triton import soft_sums
+    the largest gradient (a random weighting of the pixels backpropagated). Sharp and wide sigmas,
+    and launch shapes, alternate between scenes, since the interpreter takes seconds per call."""
+    from renderloop.renderers._raster_triton import Launch, soft_sums
 
-    tensor_path, triton_path = ops.RasterContext(), ops.RasterContext(soft_sums=soft_sums)
+    tensor_path = ops.RasterContext()
     out = {}
     scenes = _scenes(device, batch=1, subdivisions=1)
-    for (name, clip, faces, res), sigma in zip(scenes, (0.5, 2.0, 0.5, 2.0), strict=True):
+    settings = ((0.5, "4x32x4"), (2.0, "1x32x4"), (0.5, "2x64x2"), (2.0, "4x16x1"))
+    for (name, clip, faces, res), (sigma, launch) in zip(scenes, settings, strict=True):
+        triton_path = ops.RasterContext(soft_sums=functools.partial(soft_sums, launch=Launch.parse(launch)))
         clip = clip.detach().requires_grad_(True)
         want = ops.soft_silhouette(clip, faces, res, sigma=sigma, ctx=tensor_path)
         got = ops.soft_silhouette(clip, faces, res, sigma=sigma, ctx=triton_path)
@@ -93,12 +95,14 @@ def _compare_soft(device: str = "cpu") -> dict[str, list[float]]:
 def _compare_fragments(device: str = "cpu") -> dict[str, list[float]]:
     """Per scene: the largest barycentric and (relative) depth difference of the fragment kernels
     against ``ops._fragment_math``, and the largest gradient difference relative to the largest
-    gradient (random weights on barycentrics and depth backpropagated to the clip coordinates)."""
+    gradient (random weights on barycentrics and depth backpropagated to the clip coordinates). The
+    backward pass sums runs of pixels in two scenes and adds pixel by pixel in the other two."""
     from renderloop.renderers._raster_triton import fragments
 
-    tensor_path, triton_path = ops.RasterContext(), ops.RasterContext(fragments=fragments)
+    tensor_path = ops.RasterContext()
     out = {}
-    for name, clip, faces, res in _scenes(device, batch=2, subdivisions=1):
+    for (name, clip, faces, res), runs in zip(_scenes(device, batch=2, subdivisions=1), (True, False) * 2, strict=True):
+        triton_path = ops.RasterContext(fragments=functools.partial(fragments, runs=runs))
         clip = clip.detach().requires_grad_(True)
         want = ops.rasterize(clip, faces, res, ctx=tensor_path)
         got = ops.rasterize(clip, faces, res, ctx=triton_path)
