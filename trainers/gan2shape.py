@@ -21,10 +21,12 @@ offset encoder E, in rounds of three steps after an initialization:
 The paper runs this per image: ``instances.count = N`` does so for N held-out renders inverted
 into W, each with its own copy of the networks (``models/instances.py``), trained side by side.
 By default it runs jointly on the stream (the paper's joint mode). Either way the
-projected samples of step 3 are made afresh for each batch, from the frozen E and from a frozen
-copy of the decomposition as it stood when the shape phase began (as the paper's samples, which
-it collects once after step 2, come from the networks of steps 1-2), instead of being collected
-once per round: targets made from the depth being trained would follow it. With ``use_mask`` the pseudo and projected
+projected samples of step 3 come from the frozen E and from a frozen copy of the decomposition
+as it stood when the shape phase began (as the paper's, collected after step 2, come from the
+networks of steps 1-2): targets made from the depth being trained would follow it. Per image they
+are collected as the paper does, ``instances.collect`` per image when step 3 begins, and drawn
+from at every step; jointly, where each streamed image is seen once, they are made afresh for each
+batch. With ``use_mask`` the pseudo and projected
 samples' losses count only the object (the oracle's mask of the image, carried into their
 views). Perceptual terms use the oracle segmenter's features, the declared substitute for
 ImageNet features, in every row alike. ``mode=unsup3d`` is
@@ -122,12 +124,17 @@ class GAN2ShapeInstancesConfig:
     slices cover it."""
     samples: int = 8
     """Pseudo and projected samples per image and step (the official batch of 8 for cars)."""
+    collect: int = 800
+    """Projected samples collected per image when each step 3 begins, from which its every step
+    draws ``samples``, as the official code collects them after step 2 (100 batches of 8 for
+    cars); 0: a fresh projection through the GAN at every step."""
     invert_steps: int = 300
 
     def __post_init__(self) -> None:
-        if self.count < 0 or self.first < 0 or self.samples < 1 or self.invert_steps < 1:
-            raise ConfigError("method.instances", "needs count >= 0, first >= 0, samples >= 1 and invert_steps >= 1; "
-                              f"got {self.count}, {self.first}, {self.samples}, {self.invert_steps}")  # fmt: skip
+        if min(self.count, self.first, self.collect) < 0 or self.samples < 1 or self.invert_steps < 1:
+            raise ConfigError("method.instances", "needs count, first and collect >= 0, samples >= 1 and "
+                              f"invert_steps >= 1; got {self.count}, {self.first}, {self.collect}, {self.samples}, "
+                              f"{self.invert_steps}")  # fmt: skip
 
 
 @dataclass
@@ -284,6 +291,8 @@ class GAN2Shape(Method):
         self._round_net: Decomposition | None = None  # step 3's source of pseudo samples
         self._round_start: int | None = None
         self._round_saved: tuple[int, dict] | None = None
+        self._pool_seed: int | None = None  # per image: the seed the round's projected samples are collected with
+        self._pool: tuple[Decomposition, dict[str, torch.Tensor]] | None = None  # (its round's net, the samples)
         self._instances: dict[str, torch.Tensor] | None = None  # per-image mode: the images and their latents
 
     @property
@@ -314,6 +323,7 @@ class GAN2Shape(Method):
         state = {"oracle_calls": dict(self.oracle.calls)}  # training's calls reach the evaluation's report
         if self._round_net is not None:  # a resumed shape phase keeps its pseudo samples' source
             state["round_net"] = (self._round_start, self._round_net.state_dict())
+            state["pool_seed"] = self._pool_seed
         if self._instances is not None:  # a resume does not invert again
             state["instances"] = {k: v.cpu() for k, v in self._instances.items()}
         return state
@@ -321,6 +331,7 @@ class GAN2Shape(Method):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.oracle.calls.update(state["oracle_calls"])
         self._round_saved = state.get("round_net")
+        self._pool_seed = state.get("pool_seed")
         if "instances" in state:
             self._instances = {k: v.to(self.device) for k, v in state["instances"].items()}
 
@@ -330,7 +341,9 @@ class GAN2Shape(Method):
         if self._round_start != phase.start:
             self._round_net = copy.deepcopy(net).eval().requires_grad_(False)
             if self._round_saved is not None and self._round_saved[0] == phase.start:
-                self._round_net.load_state_dict(self._round_saved[1])
+                self._round_net.load_state_dict(self._round_saved[1])  # and the pool's seed was loaded with it
+            elif self._collects:
+                self._pool_seed = int(torch.randint(2**62, ()))
             self._round_start, self._round_saved = phase.start, None
         return self._round_net
 
@@ -456,6 +469,43 @@ class GAN2Shape(Method):
         image = G.synthesis(w + offset[:, None].to(w.dtype), noise_mode="const")
         return (image.float() + 1) / 2, offset
 
+    @property
+    def _collects(self) -> bool:
+        return bool(self.config.instances.count and self.config.instances.collect)
+
+    @torch.no_grad()
+    def _pseudo_projected(self, image: torch.Tensor, w: torch.Tensor, nets: Mapping[str, nn.Module],
+                          round_net: Decomposition) -> tuple[torch.Tensor, torch.Tensor, tuple]:  # fmt: skip
+        """Pseudo samples of ``image`` (one per row) from the round's decomposition, projected
+        through the GAN: the projections, the pixels they count and the pseudo views."""
+        pseudo, counted, view = self._pseudo(round_net, image)
+        projected, _ = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
+        return projected, counted, view
+
+    @torch.no_grad()
+    def _projections(self, image: torch.Tensor, w: torch.Tensor, nets: Mapping[str, nn.Module],
+                     round_net: Decomposition) -> tuple[torch.Tensor, torch.Tensor, tuple]:  # fmt: skip
+        """Step 3's projected samples, ``_samples`` rows per image: drawn from the round's pool
+        (``instances.collect``), collected at its first step with the seed the round began with (so a
+        resumed round collects the same pool), or projected afresh."""
+        if not self._collects:
+            return self._pseudo_projected(self._samples(image), self._samples(w), nets, round_net)
+        inst = self.config.instances
+        if self._pool is None or self._pool[0] is not round_net:
+            devices = [image.device] if image.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self._pool_seed)
+                drawn = [self._pseudo_projected(self._samples(image), self._samples(w), nets, round_net)
+                         for _ in range(-(-inst.collect // inst.samples))]  # fmt: skip
+            columns = zip(*[(projected, counted, *view) for projected, counted, view in drawn], strict=True)
+            pooled = [torch.cat([x.unflatten(0, (inst.count, inst.samples)) for x in c], 1) for c in columns]
+            self._pool = (round_net, dict(zip(("projected", "counted", "angles", "translation"), pooled, strict=True)))
+        pool = self._pool[1]
+        count, size = pool["projected"].shape[:2]
+        pick = torch.randint(size, (count, inst.samples), device=image.device)
+        taken = {k: v[torch.arange(count, device=image.device)[:, None], pick].flatten(0, 1) for k, v in pool.items()}
+        return taken["projected"], taken["counted"], (taken["angles"], taken["translation"])
+
     def step(self, phase: Phase, batch: dict, nets: Mapping[str, nn.Module], gain: int) -> dict[str, torch.Tensor]:
         cfg, net = self.config, nets["net"]
         if phase.name == "depth":
@@ -531,10 +581,8 @@ class GAN2Shape(Method):
             flip = self._reconstruction(flipped.image, image, flipped.mask)
             loss, losses["flip"] = loss + cfg.lam_flip * flip, flip.detach()
         if cfg.mode == "gan2shape" and cfg.lam_projected:
-            image, w, depth, albedo = (self._samples(x) for x in (image, w, depth, albedo))
-            with torch.no_grad():
-                pseudo, counted, pseudo_view = self._pseudo(round_net, image)
-                projected, _ = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
+            projected, counted, pseudo_view = self._projections(image, w, nets, round_net)
+            image, depth, albedo = (self._samples(x) for x in (image, depth, albedo))
             guess = net.view(projected) if cfg.projected_view == "predicted" else None
             rendered = self._render(image, depth, albedo, net.light(projected), pseudo_view if guess is None else guess)
             samples = self._reconstruction(rendered.image, projected, rendered.mask * counted)

@@ -341,6 +341,47 @@ def test_per_image_mode_trains_a_copy_per_held_out_render_resumes_and_scores_the
     assert report["gan2shape/side"] == pytest.approx(sum(scored["gan2shape/side"]) / report["scored_images"])
 
 
+def test_per_image_step_3_draws_from_a_pool_collected_once_per_round(tmp_path, assets):
+    """``instances.collect`` projections per image are collected at a round's first step 3 step
+    (the official code's collection after step 2), every step draws each image's samples from its
+    own pool, a resumed round collects the same pool, and the next round a new one; ``collect=0``
+    projects afresh at every step."""
+    calls: dict[int, list[int]] = {}
+    for collect in (6, 0):
+        cfg = _config(tmp_path, assets, *PER_IMAGE, f"method.instances.collect={collect}")
+        method = GAN2Shape(cfg.method_config, torch.device("cpu"))
+        nets = {name: spec.module for name, spec in method.build().items()}
+        G = nets["G"]
+        w = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0))).detach()
+        image = ((G.synthesis(w, noise_mode="const") + 1) / 2).clamp(0, 1)
+        method._instances = {"rgb": image, "latent": w, "psnr": torch.zeros(2)}
+        project, calls[collect] = method._project, []
+        method._project = lambda E, G, pseudo, w, seen=calls[collect], project=project: (
+            seen.append(len(pseudo)) or project(E, G, pseudo, w)
+        )
+        first, second = [p for p in method.phases() if p.name == "shape"][:2]
+        for _ in range(3):
+            assert torch.isfinite(method.step(first, {}, nets, 1)["loss"])
+        if not collect:
+            continue
+        pool = method._pool[1]
+        assert pool["projected"].shape[:2] == (2, 6) and pool["angles"].shape[:2] == (2, 6)
+        _, _, (angles, _) = method._projections(image, w, nets, method._round_net)
+        for row, view in enumerate(angles):  # rows 0-1 are image 0's samples, 2-3 image 1's
+            assert any(torch.equal(view, kept) for kept in pool["angles"][row // 2])
+        resumed = GAN2Shape(cfg.method_config, torch.device("cpu"))
+        resumed.load_state_dict(method.state_dict())
+        resumed._project = method._project
+        resumed.step(first, {}, nets, 1)
+        assert all(torch.equal(resumed._pool[1][k], pool[k]) for k in pool)
+        method.step(second, {}, nets, 1)  # (E starts at zero offsets: the projections differ only by their views)
+        assert not torch.equal(method._pool[1]["angles"], pool["angles"])
+    assert (
+        calls[6] == [4] * 3 + [4] * 3 + [4] * 3
+    )  # three batches of 2 samples x 2 images per pool: first, resumed, next round
+    assert calls[0] == [4] * 3  # one projection per step
+
+
 @pytest.mark.parametrize("phase_name", ["init", "albedo", "offset", "shape"])
 def test_per_image_copies_learn_from_their_own_image_alone(tmp_path, assets, phase_name):
     """Changing the second image leaves the first copy's gradient as it was, in every phase."""
@@ -355,6 +396,7 @@ def test_per_image_copies_learn_from_their_own_image_alone(tmp_path, assets, pha
 
     def first_copy_gradient(images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         method._instances = {"rgb": images, "latent": w.detach(), "psnr": torch.zeros(2)}
+        method._round_start = None  # step 3 begins anew: its pool is collected from these images
         model.zero_grad()
         torch.manual_seed(1)
         loss = method.step(phase, {}, nets, 1)["loss"]
