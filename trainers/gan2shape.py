@@ -341,8 +341,10 @@ class GAN2Shape(Method):
         if self._round_start != phase.start:
             self._round_net = copy.deepcopy(net).eval().requires_grad_(False)
             if self._round_saved is not None and self._round_saved[0] == phase.start:
-                self._round_net.load_state_dict(self._round_saved[1])  # and the pool's seed was loaded with it
-            elif self._collects:
+                self._round_net.load_state_dict(self._round_saved[1])  # the pool's seed was loaded with it
+            else:
+                self._pool_seed = None
+            if self._collects and self._pool_seed is None:
                 self._pool_seed = int(torch.randint(2**62, ()))
             self._round_start, self._round_saved = phase.start, None
         return self._round_net
