@@ -477,12 +477,12 @@ class GAN2Shape(Method):
 
     @torch.no_grad()
     def _pseudo_projected(self, image: torch.Tensor, w: torch.Tensor, nets: Mapping[str, nn.Module],
-                          round_net: Decomposition) -> tuple[torch.Tensor, torch.Tensor, tuple]:  # fmt: skip
-        """Pseudo samples of ``image`` (one per row) from the round's decomposition, projected
-        through the GAN: the projections, the pixels they count and the pseudo views."""
-        pseudo, counted, view = self._pseudo(round_net, image)
+                          net: Decomposition) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple]:  # fmt: skip
+        """Pseudo samples of ``image`` (one per row) from the decomposition ``net``, and what the GAN
+        makes of them: the pseudo images, their projections, the pixels they count and their views."""
+        pseudo, counted, view = self._pseudo(net, image)
         projected, _ = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
-        return projected, counted, view
+        return pseudo.image, projected, counted, view
 
     @torch.no_grad()
     def _projections(self, image: torch.Tensor, w: torch.Tensor, nets: Mapping[str, nn.Module],
@@ -491,7 +491,7 @@ class GAN2Shape(Method):
         (``instances.collect``), collected at its first step with the seed the round began with (so a
         resumed round collects the same pool), or projected afresh."""
         if not self._collects:
-            return self._pseudo_projected(self._samples(image), self._samples(w), nets, round_net)
+            return self._pseudo_projected(self._samples(image), self._samples(w), nets, round_net)[1:]
         inst = self.config.instances
         if self._pool is None or self._pool[0] is not round_net:
             devices = [image.device] if image.device.type == "cuda" else []
@@ -499,7 +499,7 @@ class GAN2Shape(Method):
                 torch.manual_seed(self._pool_seed)
                 drawn = [self._pseudo_projected(self._samples(image), self._samples(w), nets, round_net)
                          for _ in range(-(-inst.collect // inst.samples))]  # fmt: skip
-            columns = zip(*[(projected, counted, *view) for projected, counted, view in drawn], strict=True)
+            columns = zip(*[(projected, counted, *view) for _, projected, counted, view in drawn], strict=True)
             pooled = [torch.cat([x.unflatten(0, (inst.count, inst.samples)) for x in c], 1) for c in columns]
             self._pool = (round_net, dict(zip(("projected", "counted", "angles", "translation"), pooled, strict=True)))
         pool = self._pool[1]
@@ -703,9 +703,8 @@ class GAN2Shape(Method):
 
     def _projected(self, nets: Mapping[str, nn.Module], image: torch.Tensor, w: torch.Tensor) -> list[torch.Tensor]:
         """A pseudo sample of each image and what the GAN makes of it (the figure's last columns)."""
-        pseudo, _, _ = self._pseudo(nets["net"], image)
-        projected, _ = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)
-        return [pseudo.image, projected.clamp(0, 1)]
+        pseudo, projected, _, _ = self._pseudo_projected(image, w, nets, nets["net"])
+        return [pseudo, projected.clamp(0, 1)]
 
     @torch.no_grad()
     def evaluate(self, nets: Mapping[str, nn.Module], out_dir: Any) -> dict[str, float]:
