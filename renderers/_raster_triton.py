@@ -162,8 +162,8 @@ if triton is not None:
 
     @triton.jit
     def _fragment_pixels(clip_ptr, faces_ptr, face_id_ptr, start, total, V, face_stride, H, W, BLOCK: tl.constexpr):
-        """One block of pixels: index, whether covered, the pixel centre, and each corner's vertex
-        row and clip x, y, w."""
+        """One block of pixels: index, face, whether covered, the pixel centre, and each corner's
+        vertex row and clip x, y, w."""
         pixel = start + tl.arange(0, BLOCK).to(tl.int64)
         face = tl.load(face_id_ptr + pixel, mask=pixel < total, other=-1)
         covered = face >= 0
@@ -175,7 +175,7 @@ if triton is not None:
         v2, x2, y2, w2 = _fragment_corner(clip_ptr, faces_ptr, face_row, 2, item * V, covered)
         px = (local % W).to(x0.dtype) + 0.5
         py = (local // W).to(x0.dtype) + 0.5
-        return (pixel, covered, px, py, v0, x0, y0, w0, v1, x1, y1, w1, v2, x2, y2, w2)
+        return (pixel, face, covered, px, py, v0, x0, y0, w0, v1, x1, y1, w1, v2, x2, y2, w2)
 
     @triton.jit
     def _edge(ax, ay, bx, by, px, py):
@@ -195,7 +195,7 @@ if triton is not None:
     @triton.jit
     def _fragment_forward_kernel(clip_ptr, faces_ptr, face_id_ptr, bary_ptr, depth_ptr, total, V, face_stride,
                                  H, W, BLOCK: tl.constexpr):  # fmt: skip
-        pixel, covered, px, py, _, x0, y0, w0, _, x1, y1, w1, _, x2, y2, w2 = _fragment_pixels(
+        pixel, _, covered, px, py, _, x0, y0, w0, _, x1, y1, w1, _, x2, y2, w2 = _fragment_pixels(
             clip_ptr, faces_ptr, face_id_ptr, tl.program_id(0).to(tl.int64) * BLOCK, total, V, face_stride,
             H, W, BLOCK)  # fmt: skip
         sx, sy = 0.5 * W, 0.5 * H
@@ -217,11 +217,14 @@ if triton is not None:
         return gx, gy, gw_direct - (gx * x + gy * y) / w
 
     @triton.jit
-    def _face_key(face_id_ptr, pixel, total, H, W):
-        """Which face a pixel shows, unique across the batch (negative for the background and
-        outside ``[0, total)``)."""
-        face = tl.load(face_id_ptr + pixel, mask=(pixel >= 0) & (pixel < total), other=-1)
+    def _face_key(face, pixel, H, W):
+        """Which face a pixel shows, unique across the batch (negative for the background)."""
         return tl.where(face >= 0, (pixel // (H * W)) * 2**32 + face, -1)
+
+    @triton.jit
+    def _key_at(face_id_ptr, pixel, total, H, W):
+        """``_face_key`` of the pixel at ``pixel`` (the background outside ``[0, total)``)."""
+        return _face_key(tl.load(face_id_ptr + pixel, mask=(pixel >= 0) & (pixel < total), other=-1), pixel, H, W)
 
     @triton.jit
     def _run_sum(fa, a0, a1, a2, a3, a4, a5, a6, a7, a8, fb, b0, b1, b2, b3, b4, b5, b6, b7, b8):
@@ -241,7 +244,7 @@ if triton is not None:
     @triton.jit
     def _fragment_backward_kernel(clip_ptr, faces_ptr, face_id_ptr, grad_bary_ptr, grad_depth_ptr, grad_clip_ptr,
                                   total, V, face_stride, H, W, RUNS: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
-        pixel, covered, px, py, v0, x0, y0, w0, v1, x1, y1, w1, v2, x2, y2, w2 = _fragment_pixels(
+        pixel, face, covered, px, py, v0, x0, y0, w0, v1, x1, y1, w1, v2, x2, y2, w2 = _fragment_pixels(
             clip_ptr, faces_ptr, face_id_ptr, tl.program_id(0).to(tl.int64) * BLOCK, total, V, face_stride,
             H, W, BLOCK)  # fmt: skip
         sx, sy = 0.5 * W, 0.5 * H
@@ -274,9 +277,9 @@ if triton is not None:
         if RUNS:
             # Neighbouring pixels mostly show the same face: each run of them adds its sum once, from
             # its last pixel, so a vertex takes a few atomic adds per row of a face, not one per pixel.
-            key = _face_key(face_id_ptr, pixel, total, H, W)
-            begins = (key != _face_key(face_id_ptr, pixel - 1, total, H, W)).to(tl.int32)
-            ends = (key != _face_key(face_id_ptr, pixel + 1, total, H, W)) | (tl.arange(0, BLOCK) == BLOCK - 1)
+            key = _face_key(face, pixel, H, W)
+            begins = (key != _key_at(face_id_ptr, pixel - 1, total, H, W)).to(tl.int32)
+            ends = (key != _key_at(face_id_ptr, pixel + 1, total, H, W)) | (tl.arange(0, BLOCK) == BLOCK - 1)
             last = covered & ends
             _, gx0, gy0, gw0, gx1, gy1, gw1, gx2, gy2, gw2 = tl.associative_scan(
                 (begins, gx0, gy0, gw0, gx1, gy1, gw1, gx2, gy2, gw2), 0, _run_sum
@@ -354,26 +357,38 @@ if triton is not None:
         return dx * dx + dy * dy, t, dx, dy
 
     @triton.jit
-    def _soft_tile(tri_ptr, box_ptr, face, real, start, W, sigma, BLOCK: tl.constexpr):
-        """Columns ``start`` to ``start + BLOCK`` of each face's grown box (rows: the program's faces):
-        pixel index within the image, in the box, inside the face, d²/sigma, the nearest edge k (from
-        corner k to corner k + 1), and for each edge the closest point's parameter t and the offset
-        from it to the pixel centre."""
+    def _soft_faces(tri_ptr, box_ptr, total_faces, num_faces, H, W, FACES: tl.constexpr):
+        """This program's faces, read once (columns): which are real (not the last tile's padding),
+        the first pixel of each face's image, its screen corners and winding sign, its grown box
+        (first column, first row, width, pixel count), and the most box pixels any of them has."""
+        face = tl.program_id(0).to(tl.int64) * FACES + tl.arange(0, FACES).to(tl.int64)
+        real = face < total_faces
         row = tri_ptr + face * 6
         x0, y0 = _column(row, 0, real), _column(row, 1, real)
         x1, y1 = _column(row, 2, real), _column(row, 3, real)
         x2, y2 = _column(row, 4, real), _column(row, 5, real)
+        area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+        sign = tl.where(area > 0, 1.0, tl.where(area < 0, -1.0, 0.0))
         box = box_ptr + face * 4
         col0 = tl.load(box, mask=real, other=0)[:, None]
         row0 = tl.load(box + 1, mask=real, other=0)[:, None]
-        width = tl.load(box + 2, mask=real, other=0)[:, None]
+        width = tl.load(box + 2, mask=real, other=0)
+        count = width * tl.load(box + 3, mask=real, other=0)
+        image = ((face // num_faces) * H * W)[:, None]
+        return (face, real, image, x0, y0, x1, y1, x2, y2, sign, col0, row0, tl.maximum(width, 1)[:, None],
+                count[:, None], tl.max(count, axis=0))  # fmt: skip
+
+    @triton.jit
+    def _soft_tile(x0, y0, x1, y1, x2, y2, sign, col0, row0, width, count, start, W, sigma, BLOCK: tl.constexpr):
+        """Columns ``start`` to ``start + BLOCK`` of each face's grown box (rows: the program's faces):
+        pixel index within the image, in the box, inside the face, d²/sigma, the nearest edge k (from
+        corner k to corner k + 1), and for each edge the closest point's parameter t and the offset
+        from it to the pixel centre."""
         offset = start + tl.arange(0, BLOCK)[None, :]
-        in_box = offset < width * tl.load(box + 3, mask=real, other=0)[:, None]
-        r = row0 + offset // tl.maximum(width, 1)
-        c = col0 + offset % tl.maximum(width, 1)
+        in_box = offset < count
+        r = row0 + offset // width
+        c = col0 + offset % width
         px, py = c.to(x0.dtype) + 0.5, r.to(x0.dtype) + 0.5
-        area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
-        sign = tl.where(area > 0, 1.0, tl.where(area < 0, -1.0, 0.0))
         e0 = ((x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)) * sign
         e1 = ((x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)) * sign
         e2 = ((x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)) * sign
@@ -387,22 +402,14 @@ if triton is not None:
         return pixel, in_box, inside, x, nearest, t0, dx0, dy0, t1, dx1, dy1, t2, dx2, dy2
 
     @triton.jit
-    def _program_faces(box_ptr, total_faces, num_faces, H, W, FACES: tl.constexpr):
-        """This program's faces, which are real (not the last tile's padding), the first pixel of
-        each face's image, and the most box pixels any of them has."""
-        face = tl.program_id(0).to(tl.int64) * FACES + tl.arange(0, FACES).to(tl.int64)
-        real = face < total_faces
-        box = box_ptr + face * 4
-        count = tl.load(box + 2, mask=real, other=0) * tl.load(box + 3, mask=real, other=0)
-        return face, real, ((face // num_faces) * H * W)[:, None], tl.max(count, axis=0)
-
-    @triton.jit
     def _soft_forward_kernel(tri_ptr, box_ptr, log_ptr, covered_ptr, total_faces, num_faces, H, W, sigma,
                              FACES: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
-        face, real, image, most = _program_faces(box_ptr, total_faces, num_faces, H, W, FACES)
+        face, real, image, x0, y0, x1, y1, x2, y2, sign, col0, row0, width, count, most = _soft_faces(
+            tri_ptr, box_ptr, total_faces, num_faces, H, W, FACES
+        )
         for start in range(0, most, BLOCK):
             pixel, in_box, inside, x, _, _, _, _, _, _, _, _, _, _ = _soft_tile(
-                tri_ptr, box_ptr, face, real, start, W, sigma, BLOCK
+                x0, y0, x1, y1, x2, y2, sign, col0, row0, width, count, start, W, sigma, BLOCK
             )
             x = tl.maximum(x, 1e-6)  # a centre exactly on an edge keeps a finite gradient
             # log(1 - exp(-x)); near 0 its series, where 1 - exp(-x) would lose the digits.
@@ -414,12 +421,14 @@ if triton is not None:
     @triton.jit
     def _soft_backward_kernel(tri_ptr, box_ptr, grad_log_ptr, grad_tri_ptr, total_faces, num_faces, H, W, sigma,
                               FACES: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
-        face, real, image, most = _program_faces(box_ptr, total_faces, num_faces, H, W, FACES)
+        face, real, image, x0, y0, x1, y1, x2, y2, sign, col0, row0, width, count, most = _soft_faces(
+            tri_ptr, box_ptr, total_faces, num_faces, H, W, FACES
+        )
         zero = tl.zeros((FACES,), dtype=tri_ptr.dtype.element_ty)
         g0x, g0y, g1x, g1y, g2x, g2y = zero, zero, zero, zero, zero, zero
         for start in range(0, most, BLOCK):
             pixel, in_box, inside, x, nearest, t0, dx0, dy0, t1, dx1, dy1, t2, dx2, dy2 = _soft_tile(
-                tri_ptr, box_ptr, face, real, start, W, sigma, BLOCK
+                x0, y0, x1, y1, x2, y2, sign, col0, row0, width, count, start, W, sigma, BLOCK
             )
             grad = tl.load(grad_log_ptr + image + pixel, mask=in_box, other=0.0)
             # d term / dx = 1 / (exp(x) - 1); x = d²/sigma carries no gradient where it was clamped.

@@ -188,6 +188,48 @@ def test_compiled_kernels_match_the_tensor_path_cuda():
     _check_fragments(_compare_fragments("cuda"))
 
 
+_COMPILE = """
+import json
+import triton
+from triton.backends.compiler import GPUTarget
+from renderloop.renderers import _raster_triton as kernels
+
+def pointers(*names, kind="*fp32"):
+    return {f"{name}_ptr": kind for name in names}
+
+soft = {**pointers("tri"), **pointers("box", kind="*i32")}
+sizes = dict.fromkeys(["total_faces", "num_faces", "H", "W"], "i32") | {"sigma": "fp32"}
+sizes |= dict.fromkeys(["FACES", "BLOCK"], "constexpr")
+fragments = {**pointers("clip"), **pointers("faces", "face_id", kind="*i64")}
+fragments |= pointers("grad_bary", "grad_depth", "grad_clip") | {"total": "i64"}
+fragments |= dict.fromkeys(["V", "face_stride", "H", "W"], "i32") | dict.fromkeys(["RUNS", "BLOCK"], "constexpr")
+tile = {"FACES": 4, "BLOCK": 32}
+soft_forward = {**soft, **pointers("log"), **pointers("covered", kind="*i32"), **sizes}
+cases = {
+    "soft forward": (kernels._soft_forward_kernel, soft_forward, tile),
+    "soft backward": (kernels._soft_backward_kernel, {**soft, **pointers("grad_log", "grad_tri"), **sizes}, tile),
+    "fragment backward, runs": (kernels._fragment_backward_kernel, fragments, {"RUNS": True, "BLOCK": 256}),
+    "fragment backward, pixelwise": (kernels._fragment_backward_kernel, fragments, {"RUNS": False, "BLOCK": 256}),
+}
+report = {}
+for name, (fn, signature, constexprs) in cases.items():
+    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    report[name] = triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"].count("atom.")
+print(json.dumps(report))
+"""
+
+
+def test_the_changed_kernels_compile_for_a_gpu():
+    """Compiled for sm_90 without a GPU (the interpreter checks their values, not that they
+    compile): the soft silhouette's forward adds with atomics and its backward sums in registers."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    atomics = json.loads(done.stdout.strip().splitlines()[-1])
+    assert atomics["soft backward"] == 0 and atomics["soft forward"] > 0
+    assert atomics["fragment backward, runs"] > 0 and atomics["fragment backward, pixelwise"] > 0
+
+
 def test_a_launch_shape_is_checked_when_it_is_made():
     from renderloop.renderers._raster_triton import Launch
 
