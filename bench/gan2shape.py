@@ -21,6 +21,9 @@ with its ``_no_projection`` control (step 3 without the GAN's samples) by differ
 seed. Where runs scored different renders (``per_image`` scores its instances only), ``shared``
 gives every row again on the renders all runs scored. With ``--snapshot-every`` each run also
 scores its depth along the schedule (``trajectories``: which phase moves it, and which way).
+With ``--train-minutes`` trainings stop that long after the bench starts (a run begun later gets
+what is left) and are scored only once they reach ``--steps``: the same command again continues
+them from their checkpoints (runs at equal steps over several calls of a limited length).
 """
 
 from __future__ import annotations
@@ -28,10 +31,20 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.commands import claim, last_step, phase_throughput, renderloop, share_cpus
+from bench.commands import (
+    claim,
+    last_step,
+    phase_throughput,
+    renderloop,
+    save_seconds,
+    saved_seconds,
+    saved_step,
+    share_cpus,
+)
 from bench.reports import print_rows, write_report
 from renderloop.stats import mean_ci95, welch_difference
 
@@ -62,9 +75,10 @@ def _row(variant: str) -> str:
     return {"unsup3d": "unsup3d", "supervised": "supervised"}.get(variant, "gan2shape")
 
 
-def one_run(variant: str, seed: int, args, work: Path, chunk: int = 0) -> dict:
+def one_run(variant: str, seed: int, args, work: Path, chunk: int = 0, deadline: float = 0.0) -> dict | None:
     """Train and evaluate one (variant, seed), a per-image variant on its ``chunk``-th block of
-    ``--instances`` test renders; its scores plus wall times. Finished runs are reused."""
+    ``--instances`` test renders; its scores plus wall times (summed over calls). Finished runs are
+    reused; None where the ``deadline`` (``time.monotonic()``, 0: none) stopped it short."""
     tag = f"{variant}-s{seed}" + (f"-c{chunk}" if chunk else "")
     config, overrides = VARIANTS[variant]
     if variant.startswith("per_image"):
@@ -83,11 +97,23 @@ def one_run(variant: str, seed: int, args, work: Path, chunk: int = 0) -> dict:
     done = work / f"{tag}.json"
     if done.exists():
         return json.loads(done.read_text())
-    times = {f"{command}_seconds": renderloop(command, *common, log=work / f"{tag}-{command}.log")
-             for command in ("run", "eval")}  # fmt: skip
-    report = json.loads((work / tag / "run" / "eval" / "gan2shape_eval.json").read_text())
-    run = {"variant": variant, "seed": seed, **times, "steps": last_step(work / tag / "run"),
-           "phases": phase_throughput(work / tag / "run"), "scores": report}  # fmt: skip
+    run_dir = work / tag / "run"
+    if deadline:
+        minutes = (deadline - time.monotonic()) / 60
+        if minutes < 1:  # too little left to pass the start-up
+            return None
+        seconds = renderloop("run", *common, f"engine.max_minutes={minutes:.2f}", log=work / f"{tag}-run.log")
+    else:
+        seconds = renderloop("run", *common, log=work / f"{tag}-run.log")
+    save_seconds(run_dir, {"run_seconds": seconds})
+    steps = [o for o in common if o.startswith("engine.max_steps=")][-1]  # --set may override --steps
+    if saved_step(run_dir) < int(steps.split("=", 1)[1]):
+        return None
+    save_seconds(run_dir, {"eval_seconds": renderloop("eval", *common, log=work / f"{tag}-eval.log")})
+    times = saved_seconds(run_dir)
+    report = json.loads((run_dir / "eval" / "gan2shape_eval.json").read_text())
+    run = {"variant": variant, "seed": seed, **times, "steps": last_step(run_dir), "phases": phase_throughput(run_dir),
+           "scores": report}  # fmt: skip
     done.write_text(json.dumps(run) + "\n")
     return run
 
@@ -217,21 +243,29 @@ def main() -> None:
     p.add_argument("--instance-samples", type=int, default=8, help="per_image: pseudo samples per image and step")
     p.add_argument("--instance-chunks", type=int, default=1,
                    help="per_image: blocks of --instances test renders, a run each, scored as one")  # fmt: skip
+    p.add_argument("--train-minutes", type=float, default=0.0, help="> 0: stop trainings this long after the start")
     p.add_argument("--out", default="")
     args = p.parse_args()
+    deadline = time.monotonic() + 60 * args.train_minutes if args.train_minutes > 0 else 0.0
     work = Path(args.work or tempfile.mkdtemp(prefix="renderloop-gan2shape-"))
     work.mkdir(parents=True, exist_ok=True)
     parts: dict[tuple[str, int], list[dict]] = {}
-    todo = jobs(args)
+    todo, unfinished = jobs(args), set()
     share_cpus(args.parallel)
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        finished = pool.map(lambda job: one_run(job[0], job[1], args, work, job[2]), todo)
+        finished = pool.map(lambda job: one_run(job[0], job[1], args, work, job[2], deadline), todo)
         for (variant, seed, chunk), r in zip(todo, finished, strict=True):
+            if r is None:
+                unfinished.add((variant, seed))
+                continue
             parts.setdefault((variant, seed), []).append(r)
             row, block = _row(variant), f" block {chunk}" if chunk else ""
             print(f"{variant:>14} seed {seed}{block}: SIDE {r['scores'][f'{row}/side']:.3f} "
                   f"MAD {r['scores'][f'{row}/mad']:.2f}", flush=True)  # fmt: skip
-    runs = [joined(chunks) for chunks in parts.values()]
+    if unfinished:
+        names = ", ".join(f"{v}-s{s}" for v, s in sorted(unfinished))
+        print(f"short of {args.steps} steps, left out until a call finishes them: {names}")
+    runs = [joined(chunks) for key, chunks in parts.items() if key not in unfinished]
     rows, paths = summarize(runs), trajectories(runs)
     print_rows(rows)
     extra = {}

@@ -158,3 +158,32 @@ def test_blocks_of_renders_are_joined_into_one_run_per_seed():
     assert (run["run_seconds"], run["eval_seconds"], run["chunks"]) == (20.0, 2.0, 2)
     single = block([0], [1.0], 20.0)
     assert joined([single]) is single
+
+
+def test_a_run_stopped_short_by_the_deadline_is_continued_and_scored_once_it_reaches_its_steps(tmp_path, monkeypatch):
+    import time
+    from types import SimpleNamespace
+
+    import bench.gan2shape as bench
+
+    reached, calls = iter([2, 4]), []
+
+    def renderloop(command: str, *overrides: str, log) -> float:
+        calls.append((command, [o for o in overrides if o.startswith("engine.max_minutes")]))
+        run = tmp_path / "gan2shape-s0" / "run"
+        if command == "run":  # the engine saves where its time ran out, then at its last step
+            (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (run / "checkpoints" / "latest").write_text(f"step{next(reached)}")
+        else:
+            (run / "eval" / "gan2shape_eval.json").write_text(json.dumps({"gan2shape/side": 1.0}))
+        return 5.0
+
+    monkeypatch.setattr(bench, "renderloop", renderloop)
+    args = SimpleNamespace(gate=str(tmp_path), device="cpu", steps=4, snapshot_every=0, resolution=16, set=[])
+    assert bench.one_run("gan2shape", 0, args, tmp_path, deadline=time.monotonic() + 30) is None  # under a minute
+    assert calls == []
+    assert bench.one_run("gan2shape", 0, args, tmp_path, deadline=time.monotonic() + 600) is None  # stopped at 2
+    run = bench.one_run("gan2shape", 0, args, tmp_path, deadline=time.monotonic() + 600)
+    assert [c for c, _ in calls] == ["run", "run", "eval"] and calls[0][1] == ["engine.max_minutes=10.00"]
+    assert (run["run_seconds"], run["eval_seconds"]) == (10.0, 5.0)  # both calls' training
+    assert bench.one_run("gan2shape", 0, args, tmp_path) == run and len(calls) == 3  # finished: reused
