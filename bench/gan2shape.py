@@ -119,10 +119,11 @@ def one_run(variant: str, seed: int, args, work: Path, chunk: int = 0, deadline:
 
 
 def jobs(args) -> list[tuple[str, int, int]]:
-    """(variant, seed, chunk) of every run: a per-image variant runs ``--instance-chunks`` blocks of
-    ``--instances`` consecutive test renders, each its own run (one copy of the networks per render
-    must fit the device), which :func:`joined` makes one again."""
-    return [(v, s, c) for v in args.variants for s in args.seeds
+    """(variant, seed, chunk) of every run, seed by seed (a call cut short leaves whole seeds of every
+    variant, which pair): a per-image variant runs ``--instance-chunks`` blocks of ``--instances``
+    consecutive test renders, each its own run (one copy of the networks per render must fit the
+    device), which :func:`joined` makes one again."""
+    return [(v, s, c) for s in args.seeds for v in args.variants
             for c in range(args.instance_chunks if v.startswith("per_image") else 1)]  # fmt: skip
 
 

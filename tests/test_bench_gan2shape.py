@@ -138,8 +138,8 @@ def test_blocks_of_renders_are_joined_into_one_run_per_seed():
     class Args:
         variants, seeds, instance_chunks = ["gan2shape", "per_image_pseudo"], [0, 1], 2
 
-    blocks = [("per_image_pseudo", seed, block) for seed in (0, 1) for block in (0, 1)]
-    assert jobs(Args) == [("gan2shape", 0, 0), ("gan2shape", 1, 0), *blocks]
+    blocks = [[("per_image_pseudo", seed, block) for block in (0, 1)] for seed in (0, 1)]
+    assert jobs(Args) == [("gan2shape", 0, 0), *blocks[0], ("gan2shape", 1, 0), *blocks[1]]  # seed by seed
 
     def block(index: list[int], side: list[float], psnr: float) -> dict:
         per_image = {"index": index, "frontal": [i == 2 for i in index], "gan2shape/side": side,
