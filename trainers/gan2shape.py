@@ -186,7 +186,8 @@ class GAN2ShapeConfig:
     lam_offset: float = 0.01
     lam_projected: float = 1.0
     """Step 3's weight of the projected samples (the paper's 1). 0 is the control: step 3 then fits
-    the image alone, so whatever the method gains over it comes from the GAN's samples."""
+    the image alone, so whatever the method gains over it comes from the GAN's samples; step 2, whose
+    offsets nothing then reads, keeps its steps but draws and projects nothing."""
     offset_depth: int = 2
     """Mapping layers that E's output passes through to become Δw (the paper's ``F1_d``, 2 for
     cars): E moves the hidden code there, so w + Δw stays near what the mapping makes; 0: Δw in W."""
@@ -559,6 +560,8 @@ class GAN2Shape(Method):
             loss = self._reconstruction(rendered.image, image, rendered.mask)
             return {"loss": loss, "reconstruction": loss.detach()}
         if phase.name == "offset":
+            if not cfg.lam_projected:  # the control reads no projection: E's steps keep the schedule, not its cost
+                return {"loss": sum(p.sum() for p in nets["E"].parameters() if p.requires_grad) * 0.0}
             image, w = self._samples(image), self._samples(w)
             pseudo, counted, _ = self._pseudo(net, image)
             projected, offset = self._project(nets["E"], nets["G"], pseudo.image + (1 - pseudo.mask) * image, w)

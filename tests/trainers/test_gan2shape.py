@@ -313,6 +313,9 @@ def test_without_projected_samples_step_3_fits_the_image_alone(tmp_path, assets)
     assert "projected" not in losses
     smooth = cfg.method_config.lam_smooth * losses["smoothness"]
     assert losses["loss"].item() == pytest.approx((losses["reconstruction"] + smooth).item(), rel=1e-6)
+    offset = next(phase for phase in method.phases() if phase.name == "offset")
+    step_2 = method._losses(offset, image, torch.zeros(2, 8, 16), nets)  # nothing reads its offsets: no sample
+    assert set(step_2) == {"loss"} and step_2["loss"].item() == 0 and step_2["loss"].requires_grad
 
 
 PER_IMAGE = ("method.instances.count=2", "method.instances.first=1", "method.instances.samples=2",
