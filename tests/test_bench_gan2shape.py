@@ -186,4 +186,5 @@ def test_a_run_stopped_short_by_the_deadline_is_continued_and_scored_once_it_rea
     run = bench.one_run("gan2shape", 0, args, tmp_path, deadline=time.monotonic() + 600)
     assert [c for c, _ in calls] == ["run", "run", "eval"] and 9.9 < float(calls[0][1][0].split("=")[1]) <= 10
     assert (run["run_seconds"], run["eval_seconds"]) == (10.0, 5.0)  # both calls' training
+    assert not (tmp_path / "gan2shape-s0" / "run" / "checkpoints").exists()  # scored: its checkpoints go
     assert bench.one_run("gan2shape", 0, args, tmp_path) == run and len(calls) == 3  # finished: reused
