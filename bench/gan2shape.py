@@ -99,14 +99,11 @@ def one_run(variant: str, seed: int, args, work: Path, chunk: int = 0, deadline:
     if done.exists():
         return json.loads(done.read_text())
     run_dir = work / tag / "run"
-    if deadline:
-        minutes = (deadline - time.monotonic()) / 60
-        if minutes < 1:  # too little left to pass the start-up
-            return None
-        seconds = renderloop("run", *common, f"engine.max_minutes={minutes:.2f}", log=work / f"{tag}-run.log")
-    else:
-        seconds = renderloop("run", *common, log=work / f"{tag}-run.log")
-    save_seconds(run_dir, {"run_seconds": seconds})
+    minutes = (deadline - time.monotonic()) / 60
+    if deadline and minutes < 1:  # too little left to pass the start-up
+        return None
+    capped = [f"engine.max_minutes={minutes:.2f}"] if deadline else []  # not a setting of the run: kept from claim
+    save_seconds(run_dir, {"run_seconds": renderloop("run", *common, *capped, log=work / f"{tag}-run.log")})
     steps = [o for o in common if o.startswith("engine.max_steps=")][-1]  # --set may override --steps
     if saved_step(run_dir) < int(steps.split("=", 1)[1]):
         return None
@@ -269,7 +266,7 @@ def main() -> None:
                   f"MAD {r['scores'][f'{row}/mad']:.2f}", flush=True)  # fmt: skip
     if unfinished:
         names = ", ".join(f"{v}-s{s}" for v, s in sorted(unfinished))
-        print(f"short of {args.steps} steps, left out until a call finishes them: {names}")
+        print(f"short of their steps, left out until a call finishes them: {names}")
     runs = [joined(chunks) for key, chunks in parts.items() if key not in unfinished]
     rows, paths = summarize(runs), trajectories(runs)
     print_rows(rows)
