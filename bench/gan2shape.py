@@ -23,7 +23,10 @@ gives every row again on the renders all runs scored. With ``--snapshot-every`` 
 scores its depth along the schedule (``trajectories``: which phase moves it, and which way).
 With ``--train-minutes`` trainings stop that long after the bench starts (a run begun later gets
 what is left) and are scored only once they reach ``--steps``: the same command again continues
-them from their checkpoints (runs at equal steps over several calls of a limited length).
+them from their checkpoints (runs at equal steps over several calls of a limited length). A
+scored run is its ``<work>/<tag>.json`` and the settings it was made with
+(``<work>/<tag>/bench_settings.json``): copied into another machine's ``--work``, they are reused
+there (given the same ``--work`` and ``--gate`` paths), so finished runs need not stay on one host.
 """
 
 from __future__ import annotations

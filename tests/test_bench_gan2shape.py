@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,3 +189,36 @@ def test_a_run_stopped_short_by_the_deadline_is_continued_and_scored_once_it_rea
     assert (run["run_seconds"], run["eval_seconds"]) == (10.0, 5.0)  # both calls' training
     assert not (tmp_path / "gan2shape-s0" / "run" / "checkpoints").exists()  # scored: its checkpoints go
     assert bench.one_run("gan2shape", 0, args, tmp_path) == run and len(calls) == 3  # finished: reused
+
+
+def test_a_scored_run_copied_to_another_host_is_reused_there_under_its_settings_alone(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import bench.gan2shape as bench
+
+    calls = []
+
+    def renderloop(command: str, *overrides: str, log) -> float:
+        calls.append(command)
+        run = Path("w") / "gan2shape-s0" / "run"
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run / "checkpoints" / "latest").write_text("step4")
+        if command == "eval":
+            (run / "eval").mkdir(exist_ok=True)
+            (run / "eval" / "gan2shape_eval.json").write_text(json.dumps({"gan2shape/side": 1.0}))
+        return 5.0
+
+    monkeypatch.setattr(bench, "renderloop", renderloop)
+    args = SimpleNamespace(gate="g", device="cpu", steps=4, snapshot_every=0, resolution=16, set=[])
+    first, other = tmp_path / "first", tmp_path / "other"
+    first.mkdir()
+    monkeypatch.chdir(first)
+    run = bench.one_run("gan2shape", 0, args, Path("w"))
+    assert calls == ["run", "eval"]
+    for name in ("gan2shape-s0.json", "gan2shape-s0/bench_settings.json"):  # what travels: no checkpoint, no log
+        (other / "w" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(first / "w" / name, other / "w" / name)
+    monkeypatch.chdir(other)
+    assert bench.one_run("gan2shape", 0, args, Path("w")) == run and calls == ["run", "eval"]  # reused, not trained
+    with pytest.raises(SystemExit, match="other settings"):
+        bench.one_run("gan2shape", 0, SimpleNamespace(**{**vars(args), "steps": 5}), Path("w"))
