@@ -5,7 +5,8 @@
 
 Each call (1) trains the oracles once (``method=oracle``, objects of the ``oracle`` range) unless
 ``--oracle-run`` names a finished run, (2) trains ``method=stylegan2_vehicle`` (on a GPU with
-``GPU_SETTINGS``) for another ``--minutes`` from its last checkpoint, (3) evaluates it
+``GPU_SETTINGS``) for another ``--minutes`` from its last checkpoint, beside the oracles' run once
+that has logged a step (they are needed only by the evaluation), (3) evaluates it
 (``renderloop eval``, the oracle as the feature encoder and judge) and appends a point to
 ``<work>/curve.jsonl``: steps and wall minutes of training so far (the ``renderloop run`` calls,
 start-up included), FD beside the real-vs-real floor, KID, precision/recall, the share of samples
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from bench.commands import last_step, renderloop
@@ -42,6 +44,22 @@ def _curve(work: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _train_oracle(oracle: Path, work: Path, args, log: Path) -> None:
+    common = ["method=oracle", f"device={args.device}", f"run_dir={oracle}", f"storage.root={work / 'oracle-data'}"]
+    renderloop("run", *common, f"engine.max_minutes={args.oracle_minutes}", "engine.max_steps=1000000",
+               "engine.progress=false", *args.oracle_set, log=log)  # fmt: skip
+    renderloop("eval", *common, *args.oracle_set, log=log)
+
+
+def _until_training(oracle: Path, job: Future) -> None:
+    """Wait until the oracle run has logged a step (its settings were accepted) or ended, failing as
+    it failed: the GAN then trains beside it, as the oracle is needed only for the evaluation."""
+    while not (oracle / "train_log.jsonl").exists() and not job.done():
+        time.sleep(1.0)
+    if job.done():
+        job.result()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
@@ -56,20 +74,21 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     log = work / "gate.log"
     oracle = Path(args.oracle_run) if args.oracle_run else work / "oracle"
-    if not (oracle / "models").is_dir():
-        common = ["method=oracle", f"device={args.device}", f"run_dir={oracle}", f"storage.root={work / 'oracle-data'}"]
-        renderloop("run", *common, f"engine.max_minutes={args.oracle_minutes}", "engine.max_steps=1000000",
-                    "engine.progress=false", *args.oracle_set, log=log)  # fmt: skip
-        renderloop("eval", *common, *args.oracle_set, log=log)
     run = work / "gan"
     gpu = GPU_SETTINGS if args.device.startswith("cuda") else ()
     common = ["method=stylegan2_vehicle", f"device={args.device}", f"run_dir={run}",
               f"storage.root={work / 'gan-data'}", *gpu]  # fmt: skip
-    start = time.monotonic()
-    # Minutes bound each call; the engine's default step cap would end a continued run early.
-    renderloop("run", *common, f"engine.max_minutes={args.minutes}", "engine.max_steps=1000000000",
-               "engine.progress=false", *args.set, log=log)  # fmt: skip
-    wall = time.monotonic() - start
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        oracle_job = None if (oracle / "models").is_dir() else pool.submit(_train_oracle, oracle, work, args, log)
+        if oracle_job:
+            _until_training(oracle, oracle_job)
+        start = time.monotonic()
+        # Minutes bound each call; the engine's default step cap would end a continued run early.
+        renderloop("run", *common, f"engine.max_minutes={args.minutes}", "engine.max_steps=1000000000",
+                   "engine.progress=false", *args.set, log=log)  # fmt: skip
+        wall = time.monotonic() - start
+        if oracle_job:
+            oracle_job.result()
     renderloop("eval", *common, f"method.evaluation.oracle_run={oracle}", *args.set, log=log)
     report = json.loads((run / "eval" / "quality.json").read_text())
     steps = last_step(run)
