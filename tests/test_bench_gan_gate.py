@@ -38,6 +38,14 @@ def test_a_second_call_continues_the_gan_and_adds_a_point(tmp_path, monkeypatch,
     assert curve[1]["oracle_calls"]["segment"] == 32  # samples and renders, 16 each
     assert capsys.readouterr().out.count("oracle: mask IoU") == 2
     assert (tmp_path / "oracle" / "models").is_dir()
+    marks = [
+        line.split(" ", 2)[2] for line in (tmp_path / "gate.log").read_text().splitlines() if line.startswith("bench ")
+    ]
+    gan_start, oracle_eval = (
+        marks.index(f"start run {tmp_path / 'gan'}"),
+        marks.index(f"start eval {tmp_path / 'oracle'}"),
+    )
+    assert gan_start < oracle_eval  # the GAN trained beside the oracles, not after them
     with pytest.raises(SystemExit, match="renderloop run failed"):
         bad = ["gan_gate", "--work", str(tmp_path / "bad"), "--oracle-set", "method.width=7"]
         monkeypatch.setattr(sys, "argv", bad)
