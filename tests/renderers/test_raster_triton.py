@@ -128,16 +128,32 @@ def _check_fragments(result: dict[str, list[float]]) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the compiled kernel is tested instead")
 def test_interpreted_kernels_match_the_tensor_path():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    code = (
-        "import json; from renderloop.renderers import _raster_triton; "
-        "_raster_triton.supports = lambda device: True; "  # ops runs them on CUDA only
-        "from tests.renderers.test_raster_triton import _compare, _compare_fragments, _compare_soft; "
-        "print(json.dumps([_compare(), _compare_soft(), _compare_fragments()]))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    faces, soft, fragments = json.loads(done.stdout.strip().splitlines()[-1])
+    """The interpreter runs on one core: the three comparisons run side by side, one single-threaded
+    process each."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    compares = ("_compare", "_compare_soft", "_compare_fragments")
+    runs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import json; from renderloop.renderers import _raster_triton; "
+                "_raster_triton.supports = lambda device: True; "  # ops runs them on CUDA only
+                f"from tests.renderers.test_raster_triton import {name}; print(json.dumps({name}()))",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in compares
+    ]
+    results = []
+    for name, run in zip(compares, runs, strict=True):
+        stdout, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, f"{name}: {stderr[-3000:]}"
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    faces, soft, fragments = results
     _check(faces)
     _check_soft(soft)
     _check_fragments(fragments)
