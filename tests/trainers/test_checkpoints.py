@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,14 @@ def test_saves_after_a_fallback_prune_the_damaged_checkpoint_and_keep_the_fallba
     assert sorted(p.name for p in store.directory.glob("step*")) == ["step00000002", "step00000003"]
 
 
+@pytest.fixture
+def sigint_raises():
+    """``interrupt_main`` does nothing where SIGINT is ignored (a shell's background job): let it raise."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _interrupt_after_first_close(monkeypatch) -> None:
     """Make the first ``os.close`` interrupt the main thread as it returns, as a producer watch's
     ``interrupt_main`` may: ``shutil.rmtree`` then closes that directory descriptor a second time."""
@@ -159,7 +168,7 @@ def _interrupt_after_first_close(monkeypatch) -> None:
     monkeypatch.setattr(os, "close", closing)
 
 
-def test_an_interrupt_during_a_save_waits_until_it_is_published(tmp_path, monkeypatch):
+def test_an_interrupt_during_a_save_waits_until_it_is_published(tmp_path, monkeypatch, sigint_raises):
     store = _store(tmp_path, keep=1)
     _interrupt_after_first_close(monkeypatch)  # lands while pruning step 1 (its folders are removed by fd)
     with pytest.raises(KeyboardInterrupt):
@@ -168,7 +177,7 @@ def test_an_interrupt_during_a_save_waits_until_it_is_published(tmp_path, monkey
     assert sorted(p.name for p in store.directory.glob("step*")) == ["step00000003"]
 
 
-def test_a_second_interrupt_stops_a_save_at_once(tmp_path):
+def test_a_second_interrupt_stops_a_save_at_once(tmp_path, sigint_raises):
     store = _store(tmp_path)
 
     def hung(folder: Path) -> None:
