@@ -149,10 +149,14 @@ def test_interpreted_kernels_match_the_tensor_path():
         for name in compares
     ]
     results = []
-    for name, run in zip(compares, runs, strict=True):
-        stdout, stderr = run.communicate(timeout=600)
-        assert run.returncode == 0, f"{name}: {stderr[-3000:]}"
-        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    try:
+        for name, run in zip(compares, runs, strict=True):
+            stdout, stderr = run.communicate(timeout=600)
+            assert run.returncode == 0, f"{name}: {stderr[-3000:]}"
+            results.append(json.loads(stdout.strip().splitlines()[-1]))
+    finally:
+        for run in runs:  # a failed comparison leaves none of the others running
+            run.kill()
     faces, soft, fragments = results
     _check(faces)
     _check_soft(soft)
