@@ -362,7 +362,7 @@ class Trainer:
             nets = self.nets(phase)
             for _ in range(phase.repeats * micro):
                 batch, n = self._batch(phase.inputs, times)
-                samples += n
+                samples += n if phase.inputs else self.method.held_samples(phase)
                 t0 = self._sync()
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                     out = self.method.step(phase, batch, nets, phase.interval)

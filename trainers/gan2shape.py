@@ -509,6 +509,12 @@ class GAN2Shape(Method):
         taken = {k: v[torch.arange(count, device=image.device)[:, None], pick].flatten(0, 1) for k, v in pool.items()}
         return taken["projected"], taken["counted"], (taken["angles"], taken["translation"])
 
+    def held_samples(self, phase: Phase) -> int:
+        """Per image: the renders a step fits, and in steps 2 and 3 each one's projected samples too."""
+        inst = self.config.instances
+        projected = inst.count * inst.samples if self.config.lam_projected else 0
+        return {"offset": projected, "shape": inst.count + projected}.get(phase.name, inst.count)
+
     def step(self, phase: Phase, batch: dict, nets: Mapping[str, nn.Module], gain: int) -> dict[str, torch.Tensor]:
         cfg, net = self.config, nets["net"]
         if phase.name == "depth":

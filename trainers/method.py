@@ -119,6 +119,11 @@ class Method:
         its penalty by it, so that on average it weighs as much as one applied at every step."""
         raise NotImplementedError
 
+    def held_samples(self, phase: Phase) -> int:
+        """Images one micro-batch of ``phase`` fits when it reads no stream (a method that holds its
+        own images, as per-image optimization does): what the engine counts for its samples/s."""
+        return 0
+
     def images(self, batch: dict[str, dict[str, torch.Tensor]], nets: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Image grids to log: name → ``[N, 3, H, W]`` in ``[0, 1]`` (optional)."""
         return {}

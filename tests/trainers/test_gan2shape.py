@@ -316,6 +316,8 @@ def test_without_projected_samples_step_3_fits_the_image_alone(tmp_path, assets)
     offset = next(phase for phase in method.phases() if phase.name == "offset")
     step_2 = method._losses(offset, image, torch.zeros(2, 8, 16), nets)  # nothing reads its offsets: no sample
     assert set(step_2) == {"loss"} and step_2["loss"].item() == 0 and step_2["loss"].requires_grad
+    per_image = GAN2Shape(_config(tmp_path, assets, *PER_IMAGE, "method.lam_projected=0").method_config, "cpu")
+    assert [per_image.held_samples(p) for p in per_image.phases()[:4]] == [2, 2, 0, 2]  # renders fitted a step
 
 
 PER_IMAGE = ("method.instances.count=2", "method.instances.first=1", "method.instances.samples=2",
@@ -332,6 +334,10 @@ def test_per_image_mode_trains_a_copy_per_held_out_render_resumes_and_scores_the
     assert [r["step"] for r in rows] == list(range(10))
     assert all(math.isfinite(v) for r in rows for k, v in r.items() if k.startswith("loss/"))
     assert all(r["loss/shape/projected"] > 0 for r in rows if "loss/shape/projected" in r)
+    fitted = {"init": 2, "albedo": 2, "offset": 4, "shape": 6}  # 2 renders, each with 2 projected samples
+    for r in rows:
+        (phase,) = {key.split("/")[1] for key in r if key.startswith("loss/")}
+        assert r["samples_per_s"] == pytest.approx(fitted[phase] * r["steps_per_s"], rel=1e-6)
     weights = torch.load(tmp_path / "run" / "models" / "net.pt", weights_only=True)
     depth_head = weights["depth_net.module.decode.7.weight"]
     assert depth_head.shape[0] == 2 and not torch.equal(depth_head[0], depth_head[1])  # the copies parted
