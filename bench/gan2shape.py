@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -229,7 +230,28 @@ def against_control(runs: list[dict], a: str, b: str) -> dict[str, dict]:
         summary = mean_ci95(diffs)
         out[score] = {"difference": summary.mean, "ci95": summary.half_width, "seeds": seeds, "per_seed": diffs,
                       "exceeds_interval": summary.excludes(0.0)}  # fmt: skip
+        per_render = [_per_render(by[a, s].get("per_image"), by[b, s].get("per_image"), score, a, b) for s in seeds]
+        if all(per_render):
+            out[score]["per_render"] = per_render
     return out
+
+
+def _per_render(ours: dict | None, control: dict | None, score: str, a: str, b: str) -> dict | None:
+    """One seed's differences render by render (both runs scored the same renders): their mean and 95%
+    t interval over the renders (how much the gap depends on which renders were drawn; the seeds'
+    interval above is how much it depends on the run), how many renders went down, and the same on
+    the near-frontal renders alone. None where the runs kept no per-render scores."""
+    if not ours or not control or ours["index"] != control["index"]:
+        return None
+    diffs = [x - y for x, y in zip(ours[f"{_row(a)}/{score}"], control[f"{_row(b)}/{score}"], strict=True)]
+
+    def summary(values: list[float]) -> dict:
+        s = mean_ci95(values) if values else None
+        return {"renders": len(values), "lower": sum(v < 0 for v in values),
+                "difference": s.mean if s else math.nan, "ci95": s.half_width if s else math.nan}  # fmt: skip
+
+    frontal = [d for d, f in zip(diffs, ours["frontal"], strict=True) if f]
+    return {**summary(diffs), "frontal": summary(frontal)}
 
 
 def main() -> None:
@@ -291,6 +313,11 @@ def main() -> None:
         extra[name] = difference
         print(f"{name} (paired by seed): " + ", ".join(f"{s} {d['difference']:+.3f} ± {d['ci95']:.3f}"
                                                        for s, d in difference.items()))  # fmt: skip
+        for score, d in difference.items():
+            for seed, r in zip(d["seeds"], d.get("per_render", []), strict=False):
+                print(f"  seed {seed} {score} per render: {r['difference']:+.3f} ± {r['ci95']:.3f}, lower on "
+                      f"{r['lower']} of {r['renders']} ({r['frontal']['lower']} of {r['frontal']['renders']} "
+                      "near-frontal)")  # fmt: skip
     for variant, points in paths.items():
         print(f"{variant}: " + ", ".join(f"{p['step']} {p['phase']} SIDE {p['side']:.2f} MAD {p['mad']:.1f}"
                                          for p in points))  # fmt: skip

@@ -135,6 +135,27 @@ def test_a_variant_is_paired_with_its_control_by_seed():
     assert against_control(runs, "per_image_pseudo", "no_projection") == {}
 
 
+def test_a_paired_difference_is_also_summarized_render_by_render():
+    """Per seed, over the renders both runs scored: the mean difference, its t interval, and how many
+    renders went down, on all renders and on the near-frontal ones."""
+
+    def run(variant: str, side: list[float]) -> dict:
+        per_image = {"index": [0, 1, 2, 3], "frontal": [True, False, False, True], "gan2shape/side": side,
+                     "gan2shape/mad": side}  # fmt: skip
+        scores = {"gan2shape/side": sum(side) / 4, "gan2shape/mad": sum(side) / 4, "per_image": per_image}
+        return {"variant": variant, "seed": 0, "scores": scores}
+
+    runs = [run("per_image_pseudo", [1.0, 2.0, 3.0, 5.0]), run("per_image_pseudo_no_projection", [2.0, 4.0, 4.0, 4.0])]
+    (r,) = against_control(runs, "per_image_pseudo", "per_image_pseudo_no_projection")["side"]["per_render"]
+    diffs = [-1.0, -2.0, -1.0, 1.0]
+    sd = (sum((d + 0.75) ** 2 for d in diffs) / 3) ** 0.5
+    assert (r["renders"], r["lower"]) == (4, 3) and r["difference"] == pytest.approx(-0.75)
+    assert r["ci95"] == pytest.approx(3.182 * sd / 2, rel=1e-3)
+    assert r["frontal"] == {"renders": 2, "lower": 1, "difference": 0.0, "ci95": pytest.approx(12.706)}
+    runs[1]["scores"]["per_image"]["index"] = [0, 1, 2, 4]  # other renders: nothing to pair
+    assert "per_render" not in against_control(runs, "per_image_pseudo", "per_image_pseudo_no_projection")["side"]
+
+
 def test_blocks_of_renders_are_joined_into_one_run_per_seed():
     class Args:
         variants, seeds, instance_chunks = ["gan2shape", "per_image_pseudo"], [0, 1], 2
