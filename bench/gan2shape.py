@@ -18,8 +18,9 @@ the pseudo views in step 3; ``per_image_pseudo_*``: its ablations). Every varian
 Each run's report also holds the ellipsoid, average-depth and flat rows. A row gives the mean and
 95% t interval over seeds; the method is compared with Unsup3d by Welch intervals, and a variant
 with its ``_no_projection`` control (step 3 without the GAN's samples) by differences paired by
-seed. Where runs scored different renders (``per_image`` scores its instances only), ``shared``
-gives every row again on the renders all runs scored. With ``--snapshot-every`` each run also
+seed, as is an ablation with the variant it changes (on the renders both scored, ``ablations``).
+Where runs scored different renders (``per_image`` scores its instances only), ``shared`` gives
+the other rows again on the renders they all scored. With ``--snapshot-every`` each run also
 scores its depth along the schedule (``trajectories``: which phase moves it, and which way).
 With ``--train-minutes`` trainings stop that long after the bench starts (a run begun later gets
 what is left) and are scored only once they reach ``--steps``: the same command again continues
@@ -216,6 +217,23 @@ def compare(runs: list[dict], a: str = "gan2shape", b: str = "unsup3d") -> dict[
             for s in ("side", "mad")}  # fmt: skip
 
 
+def parent(variant: str) -> str:
+    """The variant an ablation changes one thing of (``per_image_pseudo_flat_prior`` → ``per_image_pseudo``);
+    empty for the rest. Its control (``_no_projection``) is compared on its own, on all its renders."""
+    ablated = variant.startswith("per_image_pseudo_") and not variant.endswith("_no_projection")
+    return "per_image_pseudo" if ablated else ""
+
+
+def ablation(runs: list[dict], variant: str) -> dict:
+    """An ablation against the variant it changes, on the test renders both scored: their rows, and
+    the difference paired by seed (both start from the same seed's weights and renders)."""
+    base = parent(variant)
+    indices, restricted = shared([r for r in runs if r["variant"] in (variant, base)])
+    rows = summarize(restricted)
+    return {"renders": len(indices), "rows": {v: rows[v] for v in (base, variant) if v in rows},
+            "difference": against_control(restricted, variant, base)}  # fmt: skip
+
+
 def against_control(runs: list[dict], a: str, b: str) -> dict[str, dict]:
     """Each score of variant ``a`` minus its control ``b``, paired by seed: both start from the same
     weights and test renders, so the mean per-seed difference and its 95% t interval show what ``a``'s
@@ -296,9 +314,12 @@ def main() -> None:
     rows, paths = summarize(runs), trajectories(runs)
     print_rows(rows)
     extra = {}
-    scored = [r["scores"].get("per_image", {}).get("index") for r in runs]
+    variants = dict.fromkeys(r["variant"] for r in runs)
+    ablations = [v for v in variants if parent(v) in variants]  # may score fewer renders than their parent
+    rest = [r for r in runs if r["variant"] not in ablations]
+    scored = [r["scores"].get("per_image", {}).get("index") for r in rest]
     if all(scored) and len({len(s) for s in scored}) > 1:  # some runs (per_image) scored fewer renders
-        indices, restricted = shared(runs)
+        indices, restricted = shared(rest)
         per_image = [v for v in VARIANTS if v.startswith("per_image")]
         differences = {f"{v}_minus_{b}": compare(restricted, v, b) for v in per_image for b in ("unsup3d", "per_image")
                        if v != b}  # fmt: skip
@@ -306,7 +327,13 @@ def main() -> None:
                            "gan2shape_minus_unsup3d": compare(restricted), **differences}  # fmt: skip
         print(f"on the {len(indices)} renders every run scored:")
         print_rows(extra["shared"]["rows"])
-    variants = dict.fromkeys(r["variant"] for r in runs)
+    if ablations:
+        extra["ablations"] = {v: ablation(runs, v) for v in ablations}
+    for v, a in extra.get("ablations", {}).items():
+        print(f"{v} on the {a['renders']} renders it shares with {parent(v)}:")
+        print_rows(a["rows"])
+        print(f"{v} − {parent(v)} (paired by seed): " + ", ".join(
+            f"{s} {d['difference']:+.3f} ± {d['ci95']:.3f}" for s, d in a["difference"].items()))  # fmt: skip
     controls = {f"{v}_minus_{v}_no_projection": against_control(runs, v, f"{v}_no_projection")
                 for v in variants if f"{v}_no_projection" in variants}  # fmt: skip
     for name, difference in controls.items():

@@ -12,7 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.gan2shape import against_control, compare, jobs, joined, on_renders, shared, summarize, trajectories
+from bench.gan2shape import (
+    ablation,
+    against_control,
+    compare,
+    jobs,
+    joined,
+    on_renders,
+    parent,
+    shared,
+    summarize,
+    trajectories,
+)
 from renderloop.cli import main
 from renderloop.models.stylegan2 import Generator, GeneratorConfig
 from renderloop.models.stylegan2.io import save_generator
@@ -116,10 +127,10 @@ def test_runs_that_scored_different_renders_are_compared_on_those_they_share():
 def test_per_image_ablations_are_the_joint_ablations_on_the_per_image_method():
     from bench.gan2shape import VARIANTS
 
-    for ablation in ("no_offset_reg", "flat_prior", "with_symmetry"):
-        config, overrides = VARIANTS[f"per_image_pseudo_{ablation}"]
+    for change in ("no_offset_reg", "flat_prior", "with_symmetry"):
+        config, overrides = VARIANTS[f"per_image_pseudo_{change}"]
         assert config == "gan2shape"
-        assert overrides == VARIANTS["per_image_pseudo"][1] + VARIANTS[ablation][1]
+        assert overrides == VARIANTS["per_image_pseudo"][1] + VARIANTS[change][1]
 
 
 def test_a_variant_is_paired_with_its_control_by_seed():
@@ -154,6 +165,25 @@ def test_a_paired_difference_is_also_summarized_render_by_render():
     assert r["frontal"] == {"renders": 2, "lower": 1, "difference": 0.0, "ci95": pytest.approx(12.706)}
     runs[1]["scores"]["per_image"]["index"] = [0, 1, 2, 4]  # other renders: nothing to pair
     assert "per_render" not in against_control(runs, "per_image_pseudo", "per_image_pseudo_no_projection")["side"]
+
+
+def test_an_ablation_is_paired_with_its_parent_on_the_renders_both_scored():
+    def run(variant: str, seed: int, side: list[float]) -> dict:
+        index = list(range(len(side)))
+        per_image = {"index": index, "frontal": [i == 0 for i in index], "gan2shape/side": side,
+                     "gan2shape/mad": side}  # fmt: skip
+        return {"variant": variant, "seed": seed, "scores": {"per_image": per_image}}
+
+    # The method scored 4 renders per seed, the ablation the first 2 only (one block of them).
+    runs = [run("per_image_pseudo", s, [1.0 + s, 3.0, 50.0, 50.0]) for s in range(3)]
+    runs += [run("per_image_pseudo_flat_prior", s, [2.0 + s, 4.0 + s]) for s in range(3)]
+    found = ablation(runs, "per_image_pseudo_flat_prior")
+    assert found["renders"] == 2
+    assert found["rows"]["per_image_pseudo"]["side"][0] == pytest.approx(2.5)  # not 26: renders 2, 3 left out
+    d = found["difference"]["side"]
+    assert d["per_seed"] == pytest.approx([1.0, 1.5, 2.0]) and d["seeds"] == [0, 1, 2]
+    assert (parent("per_image_pseudo_flat_prior"), parent("per_image_pseudo_no_projection")) == ("per_image_pseudo", "")
+    assert (parent("per_image_pseudo"), parent("no_offset_reg")) == ("", "")
 
 
 def test_blocks_of_renders_are_joined_into_one_run_per_seed():
