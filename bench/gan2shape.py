@@ -72,6 +72,8 @@ VARIANTS |= {
     for ablation in ("no_offset_reg", "flat_prior", "with_symmetry", "no_projection")
 }  # the ablations, per image
 """Variant → (config, overrides)."""
+ABLATED = {f"per_image_pseudo_{a}": "per_image_pseudo" for a in ("no_offset_reg", "flat_prior", "with_symmetry")}
+"""Ablation → the variant it changes one thing of (the ``_no_projection`` control is compared apart)."""
 BASELINES = ("ellipsoid", "average", "flat")
 SCORES = ("side", "mad", "frontal_side", "frontal_mad")
 
@@ -217,17 +219,10 @@ def compare(runs: list[dict], a: str = "gan2shape", b: str = "unsup3d") -> dict[
             for s in ("side", "mad")}  # fmt: skip
 
 
-def parent(variant: str) -> str:
-    """The variant an ablation changes one thing of (``per_image_pseudo_flat_prior`` → ``per_image_pseudo``);
-    empty for the rest. Its control (``_no_projection``) is compared on its own, on all its renders."""
-    ablated = variant.startswith("per_image_pseudo_") and not variant.endswith("_no_projection")
-    return "per_image_pseudo" if ablated else ""
-
-
 def ablation(runs: list[dict], variant: str) -> dict:
     """An ablation against the variant it changes, on the test renders both scored: their rows, and
     the difference paired by seed (both start from the same seed's weights and renders)."""
-    base = parent(variant)
+    base = ABLATED[variant]
     indices, restricted = shared([r for r in runs if r["variant"] in (variant, base)])
     rows = summarize(restricted)
     return {"renders": len(indices), "rows": {v: rows[v] for v in (base, variant) if v in rows},
@@ -315,7 +310,7 @@ def main() -> None:
     print_rows(rows)
     extra = {}
     variants = dict.fromkeys(r["variant"] for r in runs)
-    ablations = [v for v in variants if parent(v) in variants]  # may score fewer renders than their parent
+    ablations = [v for v in variants if ABLATED.get(v) in variants]  # may score fewer renders than their parent
     rest = [r for r in runs if r["variant"] not in ablations]
     scored = [r["scores"].get("per_image", {}).get("index") for r in rest]
     if all(scored) and len({len(s) for s in scored}) > 1:  # some runs (per_image) scored fewer renders
@@ -327,12 +322,11 @@ def main() -> None:
                            "gan2shape_minus_unsup3d": compare(restricted), **differences}  # fmt: skip
         print(f"on the {len(indices)} renders every run scored:")
         print_rows(extra["shared"]["rows"])
-    if ablations:
-        extra["ablations"] = {v: ablation(runs, v) for v in ablations}
-    for v, a in extra.get("ablations", {}).items():
-        print(f"{v} on the {a['renders']} renders it shares with {parent(v)}:")
+    for v in ablations:
+        a = extra.setdefault("ablations", {})[v] = ablation(runs, v)
+        print(f"{v} on the {a['renders']} renders it shares with {ABLATED[v]}:")
         print_rows(a["rows"])
-        print(f"{v} − {parent(v)} (paired by seed): " + ", ".join(
+        print(f"{v} − {ABLATED[v]} (paired by seed): " + ", ".join(
             f"{s} {d['difference']:+.3f} ± {d['ci95']:.3f}" for s, d in a["difference"].items()))  # fmt: skip
     controls = {f"{v}_minus_{v}_no_projection": against_control(runs, v, f"{v}_no_projection")
                 for v in variants if f"{v}_no_projection" in variants}  # fmt: skip
