@@ -13,7 +13,8 @@ does); and step 3 drawing each projected sample from its pseudo view (``pseudo_v
 training's one frame per image); and ``per_image``, the paper's per-image optimization (its car
 setting) on the first ``--instances`` test renders inverted into W, a copy of the networks each
 (``--instance-chunks`` blocks of them, a run each, scored together; ``per_image_pseudo``: with
-the pseudo views in step 3; ``per_image_pseudo_*``: its ablations). Every variant trains for
+the pseudo views in step 3; ``per_image_pseudo_*``: its ablations, on the first
+``--ablation-chunks`` blocks where given). Every variant trains for
 ``--steps`` engine steps (equal steps; the default is the schedule of ``method=gan2shape``).
 Each run's report also holds the ellipsoid, average-depth and flat rows. A row gives the mean and
 95% t interval over seeds; the method is compared with Unsup3d by Welch intervals, and a variant
@@ -131,8 +132,16 @@ def jobs(args) -> list[tuple[str, int, int]]:
     variant, which pair): a per-image variant runs ``--instance-chunks`` blocks of ``--instances``
     consecutive test renders, each its own run (one copy of the networks per render must fit the
     device), which :func:`joined` makes one again."""
-    return [(v, s, c) for s in args.seeds for v in args.variants
-            for c in range(args.instance_chunks if v.startswith("per_image") else 1)]  # fmt: skip
+    return [(v, s, c) for s in args.seeds for v in args.variants for c in range(blocks(args, v))]
+
+
+def blocks(args, variant: str) -> int:
+    """How many blocks of test renders a variant runs: an ablation the first ``--ablation-chunks``
+    (its paired difference needs only renders its parent scored too), a per-image variant
+    ``--instance-chunks``, the others one run over every render."""
+    if variant in ABLATED and args.ablation_chunks:
+        return min(args.ablation_chunks, args.instance_chunks)
+    return args.instance_chunks if variant.startswith("per_image") else 1
 
 
 def joined(chunks: list[dict]) -> dict:
@@ -173,23 +182,30 @@ def _scores(reports: list[dict], row: str) -> dict[str, tuple]:
 def on_renders(report: dict, indices: set[int]) -> dict[str, float]:
     """A run's report with every row's scores averaged over the test renders ``indices`` alone
     (from its ``per_image`` lists)."""
-    scored = report["per_image"]
-    picked = [i for i, index in enumerate(scored["index"]) if index in indices]
-    frontal = [i for i in picked if scored["frontal"][i]]
+    scored = kept(report["per_image"], indices)
+    frontal = [i for i, near in enumerate(scored["frontal"]) if near]
     out = {}
     for key, values in scored.items():
         if "/" in key:
             row, score = key.split("/")
-            out[f"{row}/{score}"] = sum(values[i] for i in picked) / len(picked)
+            out[f"{row}/{score}"] = sum(values) / len(values)
             if frontal:
                 out[f"{row}/frontal_{score}"] = sum(values[i] for i in frontal) / len(frontal)
     return out
 
 
 def shared(runs: list[dict]) -> tuple[set[int], list[dict]]:
-    """The test renders every run scored, and the runs with their scores restricted to them."""
+    """The test renders every run scored, and the runs with their scores (and per-render lists, for
+    paired differences render by render) restricted to them."""
     indices = set.intersection(*(set(r["scores"]["per_image"]["index"]) for r in runs))
-    return indices, [{**r, "scores": on_renders(r["scores"], indices)} for r in runs]
+    return indices, [{**r, "scores": {**on_renders(r["scores"], indices),
+                                      "per_image": kept(r["scores"]["per_image"], indices)}} for r in runs]  # fmt: skip
+
+
+def kept(per_image: dict[str, list], indices: set[int]) -> dict[str, list]:
+    """Per-render lists with only the test renders ``indices``, in their order."""
+    picked = [i for i, index in enumerate(per_image["index"]) if index in indices]
+    return {key: [values[i] for i in picked] for key, values in per_image.items()}
 
 
 def trajectories(runs: list[dict]) -> dict[str, list[dict]]:
@@ -283,6 +299,8 @@ def main() -> None:
     p.add_argument("--instance-samples", type=int, default=8, help="per_image: pseudo samples per image and step")
     p.add_argument("--instance-chunks", type=int, default=1,
                    help="per_image: blocks of --instances test renders, a run each, scored as one")  # fmt: skip
+    p.add_argument("--ablation-chunks", type=int, default=0,
+                   help="> 0: the ablations run only this many of those blocks (compared on them)")  # fmt: skip
     p.add_argument("--train-minutes", type=float, default=0.0, help="> 0: stop trainings this long after the start")
     p.add_argument("--out", default="")
     args = p.parse_args()
@@ -315,9 +333,9 @@ def main() -> None:
     scored = [r["scores"].get("per_image", {}).get("index") for r in rest]
     if all(scored) and len({len(s) for s in scored}) > 1:  # some runs (per_image) scored fewer renders
         indices, restricted = shared(rest)
-        per_image = [v for v in VARIANTS if v.startswith("per_image")]
-        differences = {f"{v}_minus_{b}": compare(restricted, v, b) for v in per_image for b in ("unsup3d", "per_image")
-                       if v != b}  # fmt: skip
+        per_image = [v for v in dict.fromkeys(r["variant"] for r in rest) if v.startswith("per_image")]
+        differences = {f"{v}_minus_{b}": d for v in per_image for b in ("unsup3d", "per_image")
+                       if v != b and (d := compare(restricted, v, b))}  # fmt: skip
         extra["shared"] = {"renders": len(indices), "rows": summarize(restricted),
                            "gan2shape_minus_unsup3d": compare(restricted), **differences}  # fmt: skip
         print(f"on the {len(indices)} renders every run scored:")

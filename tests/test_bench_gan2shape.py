@@ -182,16 +182,20 @@ def test_an_ablation_is_paired_with_its_parent_on_the_renders_both_scored():
     assert found["rows"]["per_image_pseudo"]["side"][0] == pytest.approx(2.5)  # not 26: renders 2, 3 left out
     d = found["difference"]["side"]
     assert d["per_seed"] == pytest.approx([1.0, 1.5, 2.0]) and d["seeds"] == [0, 1, 2]
+    seed1 = d["per_render"][1]  # renders 0, 1: 3 - 2 and 5 - 3
+    assert (seed1["renders"], seed1["lower"], seed1["difference"]) == (2, 0, pytest.approx(1.5))
     assert ABLATED["per_image_pseudo_flat_prior"] == "per_image_pseudo"
     assert not {"per_image_pseudo", "per_image_pseudo_no_projection", "no_offset_reg"} & set(ABLATED)
 
 
 def test_blocks_of_renders_are_joined_into_one_run_per_seed():
     class Args:
-        variants, seeds, instance_chunks = ["gan2shape", "per_image_pseudo"], [0, 1], 2
+        variants, seeds, instance_chunks, ablation_chunks = ["gan2shape", "per_image_pseudo"], [0, 1], 2, 0
 
     blocks = [[("per_image_pseudo", seed, block) for block in (0, 1)] for seed in (0, 1)]
     assert jobs(Args) == [("gan2shape", 0, 0), *blocks[0], ("gan2shape", 1, 0), *blocks[1]]  # seed by seed
+    Args.variants, Args.seeds, Args.ablation_chunks = ["per_image_pseudo", "per_image_pseudo_flat_prior"], [0], 1
+    assert jobs(Args) == [*blocks[0], ("per_image_pseudo_flat_prior", 0, 0)]  # the ablation: its first block only
 
     def block(index: list[int], side: list[float], psnr: float) -> dict:
         per_image = {"index": index, "frontal": [i == 2 for i in index], "gan2shape/side": side,
