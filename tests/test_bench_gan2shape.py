@@ -118,8 +118,11 @@ def test_runs_that_scored_different_renders_are_compared_on_those_they_share():
     runs = [run("unsup3d", [0, 1, 2, 3], [1.0, 2.0, 3.0, 4.0]), run("per_image", [0, 1], [5.0, 7.0])]
     indices, restricted = shared(runs)
     assert indices == {0, 1}
+    kept_lists = restricted[0]["scores"].pop("per_image")
     assert restricted[0]["scores"] == {"unsup3d/side": 1.5, "unsup3d/frontal_side": 1.0, "unsup3d/mad": 15.0,
                                        "unsup3d/frontal_mad": 10.0}  # fmt: skip
+    assert kept_lists == {"index": [0, 1], "frontal": [True, False], "unsup3d/side": [1.0, 2.0],
+                          "unsup3d/mad": [10.0, 20.0]}  # fmt: skip
     assert on_renders(runs[1]["scores"], {1})["gan2shape/side"] == 7.0
     assert "gan2shape/frontal_side" not in on_renders(runs[1]["scores"], {1})  # render 1 is not frontal
 
