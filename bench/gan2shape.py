@@ -152,7 +152,7 @@ def joined(chunks: list[dict]) -> dict:
         return chunks[0]
     reports = [c["scores"] for c in chunks]
     per_image = {k: [v for r in reports for v in r["per_image"][k]] for k in reports[0]["per_image"]}
-    scores = on_renders({"per_image": per_image}, set(per_image["index"]))
+    scores = averaged(per_image)
     renders = [r["test_images"] for r in reports]
     psnr = sum(r["inversion_psnr"] * n for r, n in zip(reports, renders, strict=True)) / sum(renders)
     scores |= {"per_image": per_image, "test_images": sum(renders), "scored_images": sum(renders),
@@ -182,10 +182,14 @@ def _scores(reports: list[dict], row: str) -> dict[str, tuple]:
 def on_renders(report: dict, indices: set[int]) -> dict[str, float]:
     """A run's report with every row's scores averaged over the test renders ``indices`` alone
     (from its ``per_image`` lists)."""
-    scored = kept(report["per_image"], indices)
-    frontal = [i for i, near in enumerate(scored["frontal"]) if near]
+    return averaged(kept(report["per_image"], indices))
+
+
+def averaged(per_image: dict[str, list]) -> dict[str, float]:
+    """Every row's scores averaged over the renders of ``per_image``, and over its near-frontal ones."""
+    frontal = [i for i, near in enumerate(per_image["frontal"]) if near]
     out = {}
-    for key, values in scored.items():
+    for key, values in per_image.items():
         if "/" in key:
             row, score = key.split("/")
             out[f"{row}/{score}"] = sum(values) / len(values)
@@ -198,8 +202,8 @@ def shared(runs: list[dict]) -> tuple[set[int], list[dict]]:
     """The test renders every run scored, and the runs with their scores (and per-render lists, for
     paired differences render by render) restricted to them."""
     indices = set.intersection(*(set(r["scores"]["per_image"]["index"]) for r in runs))
-    return indices, [{**r, "scores": {**on_renders(r["scores"], indices),
-                                      "per_image": kept(r["scores"]["per_image"], indices)}} for r in runs]  # fmt: skip
+    lists = [kept(r["scores"]["per_image"], indices) for r in runs]
+    return indices, [{**r, "scores": {**averaged(k), "per_image": k}} for r, k in zip(runs, lists, strict=True)]
 
 
 def kept(per_image: dict[str, list], indices: set[int]) -> dict[str, list]:
@@ -333,7 +337,7 @@ def main() -> None:
     scored = [r["scores"].get("per_image", {}).get("index") for r in rest]
     if all(scored) and len({len(s) for s in scored}) > 1:  # some runs (per_image) scored fewer renders
         indices, restricted = shared(rest)
-        per_image = [v for v in dict.fromkeys(r["variant"] for r in rest) if v.startswith("per_image")]
+        per_image = [v for v in variants if v.startswith("per_image") and v not in ablations]
         differences = {f"{v}_minus_{b}": d for v in per_image for b in ("unsup3d", "per_image")
                        if v != b and (d := compare(restricted, v, b))}  # fmt: skip
         extra["shared"] = {"renders": len(indices), "rows": summarize(restricted),
