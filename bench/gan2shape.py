@@ -68,12 +68,13 @@ VARIANTS = {
     "per_image": ("gan2shape", []),  # + method.instances from --instances, --instance-samples
     "per_image_pseudo": ("gan2shape", ["method.projected_view=pseudo"]),
 }
+PER_IMAGE_ABLATIONS = ("no_offset_reg", "flat_prior", "with_symmetry")
 VARIANTS |= {
     f"per_image_pseudo_{ablation}": ("gan2shape", VARIANTS["per_image_pseudo"][1] + VARIANTS[ablation][1])
-    for ablation in ("no_offset_reg", "flat_prior", "with_symmetry", "no_projection")
-}  # the ablations, per image
+    for ablation in (*PER_IMAGE_ABLATIONS, "no_projection")
+}  # the ablations and the control, per image
 """Variant → (config, overrides)."""
-ABLATED = {f"per_image_pseudo_{a}": "per_image_pseudo" for a in ("no_offset_reg", "flat_prior", "with_symmetry")}
+ABLATED = {f"per_image_pseudo_{a}": "per_image_pseudo" for a in PER_IMAGE_ABLATIONS}
 """Ablation → the variant it changes one thing of (the ``_no_projection`` control is compared apart)."""
 BASELINES = ("ellipsoid", "average", "flat")
 SCORES = ("side", "mad", "frontal_side", "frontal_mad")
@@ -177,12 +178,6 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
 
 def _scores(reports: list[dict], row: str) -> dict[str, tuple]:
     return {s: tuple(mean_ci95([m[f"{row}/{s}"] for m in reports])) for s in SCORES if f"{row}/{s}" in reports[0]}
-
-
-def on_renders(report: dict, indices: set[int]) -> dict[str, float]:
-    """A run's report with every row's scores averaged over the test renders ``indices`` alone
-    (from its ``per_image`` lists)."""
-    return averaged(kept(report["per_image"], indices))
 
 
 def averaged(per_image: dict[str, list]) -> dict[str, float]:

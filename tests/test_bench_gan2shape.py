@@ -16,10 +16,11 @@ from bench.gan2shape import (
     ABLATED,
     ablation,
     against_control,
+    averaged,
     compare,
     jobs,
     joined,
-    on_renders,
+    kept,
     shared,
     summarize,
     trajectories,
@@ -123,8 +124,9 @@ def test_runs_that_scored_different_renders_are_compared_on_those_they_share():
                                        "unsup3d/frontal_mad": 10.0}  # fmt: skip
     assert kept_lists == {"index": [0, 1], "frontal": [True, False], "unsup3d/side": [1.0, 2.0],
                           "unsup3d/mad": [10.0, 20.0]}  # fmt: skip
-    assert on_renders(runs[1]["scores"], {1})["gan2shape/side"] == 7.0
-    assert "gan2shape/frontal_side" not in on_renders(runs[1]["scores"], {1})  # render 1 is not frontal
+    render1 = averaged(kept(runs[1]["scores"]["per_image"], {1}))
+    assert render1["gan2shape/side"] == 7.0
+    assert "gan2shape/frontal_side" not in render1  # render 1 is not frontal
 
 
 def test_per_image_ablations_are_the_joint_ablations_on_the_per_image_method():
